@@ -1,0 +1,12 @@
+//! tailopsmcp: an MCP server for operating a homelab or small fleet, reachable only over the
+//! owner's tailnet, with the caller's tailnet identity attached to every request.
+//!
+//! See ARCHITECTURE.md for the code map. Dependencies point one way:
+//! `main → http → mcp → {tools, policy, audit}`, `tools → exec`, `http → tailnet`.
+
+pub mod audit;
+pub mod exec;
+pub mod policy;
+pub mod store;
+pub mod tailnet;
+pub mod tools;

@@ -1,0 +1,157 @@
+//! The tool catalog: each tool is declared as data ([`ToolSpec`]: name, scope, risk, required
+//! annotations, schemas) next to its handler, one file per toolset.
+//!
+//! Tools do not touch bollard, russh, reqwest or rusqlite: they call `exec` for anything that
+//! reaches the system, and never write audit rows (the `mcp` layer does that around them).
+//! Filtering (policy, read-only mode) happens in one place, `mcp`; a tool never checks scopes.
+
+pub mod identity;
+pub mod system;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use rmcp::model::JsonObject;
+use serde::Serialize;
+
+use crate::policy;
+use crate::tailnet::Caller;
+
+/// How much harm a tool can do; drives approvals in later layers and is shown in the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    Low,
+    Moderate,
+    High,
+    Critical,
+}
+
+/// The four MCP tool annotations, all required: MCP's defaults (`destructiveHint` = true,
+/// the others false) are easy to get wrong by omission, so no tool may omit one.
+/// They are hints to clients, not authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Annotations {
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    pub open_world: bool,
+}
+
+/// What the policy layer needs from a tool before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "scope")]
+pub enum Requirement {
+    /// The caller must hold this scope on the call's target.
+    Scope(policy::Scope),
+    /// Any caller holding at least one grant (used by `whoami`).
+    AnyGrant,
+}
+
+/// A tool declared as data.
+#[derive(Debug, Clone)]
+pub struct ToolSpec {
+    /// `<toolset>_<verb>[_<noun>]`, snake case.
+    pub name: &'static str,
+    pub title: &'static str,
+    pub description: &'static str,
+    pub requires: Requirement,
+    pub risk: Risk,
+    pub annotations: Annotations,
+    /// JSON Schema of the arguments (an object schema).
+    pub input_schema: Arc<JsonObject>,
+    /// JSON Schema of `structuredContent`.
+    pub output_schema: Arc<JsonObject>,
+}
+
+impl ToolSpec {
+    /// Whether running this tool can change anything (the audit row is then committed before
+    /// the action runs).
+    pub fn mutates(&self) -> bool {
+        !self.annotations.read_only
+    }
+}
+
+/// What a tool knows about the call it serves.
+#[derive(Clone)]
+pub struct ToolContext {
+    pub caller: Arc<Caller>,
+    /// The target the call runs against (`local` until the target registry exists).
+    pub target: String,
+    /// The effective grants of the caller (for `whoami`).
+    pub grants: Arc<policy::Effective>,
+    /// Facts about this server's own tailnet node, when known.
+    pub tailnet: Arc<TailnetInfo>,
+}
+
+/// The server's own place in the tailnet, from LocalAPI status (empty in dev mode).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TailnetInfo {
+    /// Tailnet name (`CurrentTailnet.Name`).
+    pub tailnet: Option<String>,
+    /// MagicDNS suffix (`CurrentTailnet.MagicDNSSuffix`).
+    pub magic_dns_suffix: Option<String>,
+    /// This node's MagicDNS name, without the trailing dot.
+    pub dns_name: Option<String>,
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+/// A successful tool result: structured content plus a readable rendering of it.
+#[derive(Debug, Clone)]
+pub struct ToolOutput {
+    pub structured: serde_json::Value,
+    pub text: String,
+}
+
+impl ToolOutput {
+    /// Structured content from any serializable value, with `text` as its rendering.
+    pub fn new<T: Serialize>(value: &T, text: String) -> Result<ToolOutput, ToolError> {
+        let structured = serde_json::to_value(value)
+            .map_err(|e| ToolError::Internal(format!("result does not serialize: {e}")))?;
+        Ok(ToolOutput { structured, text })
+    }
+}
+
+/// Why a tool call failed. The message is safe to show the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The arguments are wrong: a protocol-level "invalid params" error.
+    #[error("invalid arguments: {0}")]
+    InvalidArgs(String),
+    /// The operation failed on the system it ran against.
+    #[error("{0}")]
+    Failed(String),
+    /// A bug or an unexpected condition in the server.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A tool: its spec and its handler.
+pub trait Tool: Send + Sync {
+    fn spec(&self) -> &ToolSpec;
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>>;
+}
+
+/// Parse arguments into a typed struct, with a clear error for wrong types or unknown fields.
+pub fn parse_args<T: serde::de::DeserializeOwned>(args: JsonObject) -> Result<T, ToolError> {
+    serde_json::from_value(serde_json::Value::Object(args)).map_err(|e| ToolError::InvalidArgs(e.to_string()))
+}
+
+/// The input JSON Schema of `T` (root type must be an object; checked by a catalog test).
+pub fn input_schema<T: schemars::JsonSchema + std::any::Any>() -> Arc<JsonObject> {
+    rmcp::handler::server::common::schema_for_input::<T>()
+        .unwrap_or_else(|e| panic!("input schema of {}: {e}", std::any::type_name::<T>()))
+}
+
+/// The output JSON Schema of `T`, for `structuredContent`.
+pub fn output_schema<T: schemars::JsonSchema + std::any::Any>() -> Arc<JsonObject> {
+    rmcp::handler::server::common::schema_for_output::<T>()
+}
+
+/// Every tool this build knows, in catalog order.
+pub fn catalog() -> Vec<Arc<dyn Tool>> {
+    let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
+    tools.extend(identity::tools());
+    tools.extend(system::tools());
+    tools
+}
