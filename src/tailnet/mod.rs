@@ -150,7 +150,6 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,7 +178,13 @@ mod tests {
 
     #[test]
     fn unmaps_v4_mapped_v6() {
-        assert_eq!(unmap("::ffff:100.1.2.3".parse().unwrap()), "100.1.2.3".parse::<IpAddr>().unwrap());
-        assert_eq!(unmap("fd7a:115c:a1e0::1".parse().unwrap()), "fd7a:115c:a1e0::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            unmap("::ffff:100.1.2.3".parse().unwrap()),
+            "100.1.2.3".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            unmap("fd7a:115c:a1e0::1".parse().unwrap()),
+            "fd7a:115c:a1e0::1".parse::<IpAddr>().unwrap()
+        );
     }
 }

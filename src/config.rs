@@ -1,0 +1,438 @@
+//! Configuration: the TOML file, `TAILOPSMCP_*` environment variables and command-line flags,
+//! resolved once at start-up into a validated [`Config`].
+//!
+//! Precedence: flag > environment > file > default. Unknown keys are errors (a typo must not
+//! silently widen or narrow access). This module does no IO after start-up.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::policy::{self, LocalGrant};
+use crate::tailnet;
+
+pub const DEFAULT_PATH: &str = "/etc/tailopsmcp/config.toml";
+pub const DEFAULT_PORT: u16 = 8471;
+pub const DEFAULT_SOCKET: &str = "/run/tailscale/tailscaled.sock";
+pub const DEFAULT_DATABASE: &str = "/var/lib/tailopsmcp/tailopsmcp.db";
+pub const DEFAULT_CAPABILITY: &str = "tailopsmcp.dev/cap/tailopsmcp";
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from, if any.
+    pub source: Option<PathBuf>,
+    pub port: u16,
+    /// Tailnet addresses to listen on; empty = every address tailscaled reports for this node.
+    pub listen: Vec<IpAddr>,
+    /// Extra names accepted in the `Host` header (a Tailscale Services name, a CNAME).
+    pub extra_hosts: Vec<String>,
+    /// Browser origins allowed to call (none by default: any `Origin` header is refused).
+    pub allowed_origins: Vec<String>,
+    /// Accept calls that whois as this server's own node.
+    pub allow_self: bool,
+    /// Keep MCP sessions for clients on protocol versions before 2026-07-28.
+    pub sessions: bool,
+    pub max_body_bytes: usize,
+    /// Time a client has to send a request's headers; it also closes keep-alive connections
+    /// that wait that long for their next request.
+    pub header_timeout: Duration,
+    /// How long one connection may reuse a whois answer.
+    pub identity_cache: Duration,
+    pub socket: PathBuf,
+    pub capability: String,
+    pub whois_timeout: Duration,
+    pub database: PathBuf,
+    pub redact_fields: Vec<String>,
+    pub journald: bool,
+    pub grants: Vec<LocalGrant>,
+}
+
+/// Values given on the command line or in the environment; `None` = not given.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub port: Option<u16>,
+    pub socket: Option<PathBuf>,
+    pub database: Option<PathBuf>,
+    pub capability: Option<String>,
+}
+
+/// Why the configuration cannot be used. Messages name the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid { path: String, key: String, message: String },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    tailscale: TailscaleSection,
+    #[serde(default)]
+    audit: AuditSection,
+    #[serde(default)]
+    grant: Vec<GrantSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServerSection {
+    port: u16,
+    listen: Vec<String>,
+    extra_hosts: Vec<String>,
+    allowed_origins: Vec<String>,
+    allow_self: bool,
+    sessions: bool,
+    max_body_bytes: usize,
+    header_timeout_secs: u64,
+    identity_cache_secs: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            port: DEFAULT_PORT,
+            listen: Vec::new(),
+            extra_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            allow_self: false,
+            sessions: true,
+            max_body_bytes: 1024 * 1024,
+            header_timeout_secs: 30,
+            identity_cache_secs: 2,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TailscaleSection {
+    socket: PathBuf,
+    capability: String,
+    whois_timeout_ms: u64,
+}
+
+impl Default for TailscaleSection {
+    fn default() -> Self {
+        TailscaleSection {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            capability: DEFAULT_CAPABILITY.to_string(),
+            whois_timeout_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuditSection {
+    database: PathBuf,
+    redact_fields: Vec<String>,
+    journald: bool,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            database: PathBuf::from(DEFAULT_DATABASE),
+            redact_fields: Vec::new(),
+            journald: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantSection {
+    #[serde(rename = "match")]
+    matcher: String,
+    scopes: Vec<String>,
+    #[serde(default)]
+    targets: Option<Vec<String>>,
+}
+
+impl Config {
+    /// Load `path` (or the default path, which may be absent), then apply overrides and validate.
+    /// An explicitly named file must exist.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (file, source) = match path {
+            Some(p) => (read(p)?, Some(p.to_path_buf())),
+            None if Path::new(DEFAULT_PATH).exists() => {
+                (read(Path::new(DEFAULT_PATH))?, Some(PathBuf::from(DEFAULT_PATH)))
+            }
+            None => (File::default(), None),
+        };
+        build(file, source, overrides)
+    }
+
+    /// Parse a configuration from text (used by tests and `check-config`).
+    pub fn from_toml(text: &str, name: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file = parse(text, name)?;
+        build(file, Some(name.to_path_buf()), overrides)
+    }
+}
+
+fn read(path: &Path) -> Result<File, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+fn parse(text: &str, path: &Path) -> Result<File, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, ConfigError> {
+    let name = source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(defaults)".to_string());
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        path: name.clone(),
+        key: key.to_string(),
+        message,
+    };
+
+    let port = o.port.unwrap_or(file.server.port);
+    if port == 0 {
+        return Err(invalid("server.port", "must be between 1 and 65535".into()));
+    }
+    let mut listen = Vec::new();
+    for (i, raw) in file.server.listen.iter().enumerate() {
+        let key = format!("server.listen[{i}]");
+        let ip: IpAddr = raw
+            .parse()
+            .map_err(|_| invalid(&key, format!("`{raw}` is not an IP address")))?;
+        if !tailnet::is_tailnet_ip(ip) {
+            return Err(invalid(
+                &key,
+                format!(
+                    "`{ip}` is not a tailnet address (100.64.0.0/10 or fd7a:115c:a1e0::/48); tailopsmcp never listens outside the tailnet (use --dev-listen for a loopback dev server)"
+                ),
+            ));
+        }
+        listen.push(tailnet::unmap(ip));
+    }
+    for (i, h) in file.server.extra_hosts.iter().enumerate() {
+        if h.is_empty() || h.contains(['/', ' ', '@']) {
+            return Err(invalid(
+                &format!("server.extra_hosts[{i}]"),
+                format!("`{h}` is not a host name"),
+            ));
+        }
+    }
+    for (i, origin) in file.server.allowed_origins.iter().enumerate() {
+        if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+            return Err(invalid(
+                &format!("server.allowed_origins[{i}]"),
+                format!("`{origin}` must start with http:// or https://"),
+            ));
+        }
+    }
+    if file.server.max_body_bytes < 1024 {
+        return Err(invalid("server.max_body_bytes", "must be at least 1024".into()));
+    }
+    if !(1..=3600).contains(&file.server.header_timeout_secs) {
+        return Err(invalid(
+            "server.header_timeout_secs",
+            "must be between 1 and 3600".into(),
+        ));
+    }
+    if file.server.identity_cache_secs > 30 {
+        return Err(invalid(
+            "server.identity_cache_secs",
+            "must be at most 30 (grants and tags change)".into(),
+        ));
+    }
+
+    let capability = o.capability.clone().unwrap_or(file.tailscale.capability);
+    if !valid_capability(&capability) {
+        return Err(invalid(
+            "tailscale.capability",
+            format!("`{capability}` is not an app capability name like `example.com/cap/tailopsmcp`"),
+        ));
+    }
+    if !(100..=30_000).contains(&file.tailscale.whois_timeout_ms) {
+        return Err(invalid(
+            "tailscale.whois_timeout_ms",
+            "must be between 100 and 30000".into(),
+        ));
+    }
+
+    let mut grants = Vec::new();
+    for (i, g) in file.grant.into_iter().enumerate() {
+        let key = |field: &str| format!("grant[{i}].{field}");
+        let matcher = g.matcher.parse().map_err(|e| invalid(&key("match"), e))?;
+        if g.scopes.is_empty() {
+            return Err(invalid(&key("scopes"), "names no scopes".into()));
+        }
+        let mut scopes = Vec::new();
+        for w in &g.scopes {
+            scopes.extend(policy::expand(w).map_err(|e| invalid(&key("scopes"), e))?);
+        }
+        scopes.sort();
+        scopes.dedup();
+        let targets = g.targets.unwrap_or_else(|| vec!["local".to_string()]);
+        if targets.is_empty() || targets.iter().any(|t| t.is_empty()) {
+            return Err(invalid(
+                &key("targets"),
+                "must name at least one target (or `*`)".into(),
+            ));
+        }
+        grants.push(LocalGrant {
+            matcher,
+            words: g.scopes,
+            scopes,
+            targets,
+        });
+    }
+
+    Ok(Config {
+        source,
+        port,
+        listen,
+        extra_hosts: file.server.extra_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        allowed_origins: file.server.allowed_origins,
+        allow_self: file.server.allow_self,
+        sessions: file.server.sessions,
+        max_body_bytes: file.server.max_body_bytes,
+        header_timeout: Duration::from_secs(file.server.header_timeout_secs),
+        identity_cache: Duration::from_secs(file.server.identity_cache_secs),
+        socket: o.socket.clone().unwrap_or(file.tailscale.socket),
+        capability,
+        whois_timeout: Duration::from_millis(file.tailscale.whois_timeout_ms),
+        database: o.database.clone().unwrap_or(file.audit.database),
+        redact_fields: file.audit.redact_fields,
+        journald: file.audit.journald,
+        grants,
+    })
+}
+
+/// `^([\pL\pN-]+\.)+[\pL\pN-]+/[\pL\pN-/]+$`, the form tailscaled requires of app capability names.
+fn valid_capability(name: &str) -> bool {
+    let word = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '-');
+    let Some((domain, path)) = name.split_once('/') else {
+        return false;
+    };
+    let labels: Vec<&str> = domain.split('.').collect();
+    labels.len() >= 2
+        && labels.iter().all(|l| word(l))
+        && !path.is_empty()
+        && path.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, String> {
+        Config::from_toml(text, Path::new("test.toml"), &Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    /// A config that must be refused, with a message containing `needle`.
+    fn check_err(text: &str, needle: &str) {
+        match load(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => assert!(e.contains(needle), "`{e}` does not mention `{needle}`"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load("").unwrap();
+        assert_eq!(c.port, DEFAULT_PORT);
+        assert!(c.listen.is_empty());
+        assert!(!c.allow_self);
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(c.database, Path::new(DEFAULT_DATABASE));
+        assert!(c.grants.is_empty());
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../config.example.toml");
+        let c = load(text).unwrap();
+        assert!(!c.grants.is_empty());
+    }
+
+    #[test]
+    fn refuses_listening_outside_the_tailnet() {
+        check_err(
+            "[server]\nlisten = [\"0.0.0.0\"]",
+            "server.listen[0]: `0.0.0.0` is not a tailnet address",
+        );
+        check_err("[server]\nlisten = [\"127.0.0.1\"]", "not a tailnet address");
+        check_err("[server]\nlisten = [\"192.168.1.5\"]", "not a tailnet address");
+        check_err("[server]\nlisten = [\"::\"]", "not a tailnet address");
+        check_err("[server]\nlisten = [\"nas\"]", "not an IP address");
+        let c = load("[server]\nlisten = [\"100.100.1.1\", \"fd7a:115c:a1e0::1\"]").unwrap();
+        assert_eq!(c.listen.len(), 2);
+    }
+
+    #[test]
+    fn refuses_bad_values_naming_the_key() {
+        check_err("[server]\nport = 0", "server.port");
+        check_err("[server]\nprot = 1", "unknown field `prot`");
+        check_err("[tailscale]\ncapability = \"tailopsmcp\"", "tailscale.capability");
+        check_err("[tailscale]\nwhois_timeout_ms = 5", "tailscale.whois_timeout_ms");
+        check_err("[[grant]]\nmatch = \"alice\"\nscopes = [\"monitor\"]", "grant[0].match");
+        check_err(
+            "[[grant]]\nmatch = \"*\"\nscopes = [\"system:write\"]",
+            "grant[0].scopes: unknown level `write`",
+        );
+        check_err("[[grant]]\nmatch = \"*\"\nscopes = []", "grant[0].scopes");
+        check_err(
+            "[[grant]]\nmatch = \"*\"\nscopes = [\"monitor\"]\ntargets = []",
+            "grant[0].targets",
+        );
+        check_err(
+            "[server]\nallowed_origins = [\"evil.example\"]",
+            "server.allowed_origins[0]",
+        );
+        check_err("[server]\nmax_body_bytes = 10", "server.max_body_bytes");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let o = Overrides {
+            port: Some(9000),
+            socket: Some("/tmp/ts.sock".into()),
+            database: Some("/tmp/a.db".into()),
+            capability: Some("example.com/cap/x".into()),
+        };
+        let c = Config::from_toml("[server]\nport = 1234", Path::new("t.toml"), &o).unwrap();
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.socket, Path::new("/tmp/ts.sock"));
+        assert_eq!(c.database, Path::new("/tmp/a.db"));
+        assert_eq!(c.capability, "example.com/cap/x");
+    }
+
+    #[test]
+    fn capability_names() {
+        for (name, ok) in [
+            ("example.com/cap/tailopsmcp", true),
+            ("tailscale.com/cap/golink", true),
+            ("a.b.c/x", true),
+            ("nodot/cap/x", false),
+            ("example.com/", false),
+            ("example.com/cap x", false),
+            (".com/x", false),
+        ] {
+            assert_eq!(valid_capability(name), ok, "{name}");
+        }
+    }
+}
