@@ -1,1 +1,529 @@
-//! placeholder
+//! The audit trail: one record per `tools/call` and per request refused at the identity layer,
+//! committed to SQLite (the record) and mirrored to journald (a copy for log pipelines).
+//!
+//! Owns: the [`Record`] shape, the [`Auditor`] (the only writer of audit rows: one dedicated
+//! thread that group-commits whatever is queued), redaction of arguments before they reach disk,
+//! the journald mirror, and the queries and renderings the CLI uses.
+//!
+//! Does not: decide anything (policy does), run tools, or get called by tools (the `mcp` layer
+//! records around them). It never drops a record silently: every write either resolves after
+//! its transaction committed or returns an error the caller must act on (refuse the action).
+//!
+//! **Invariant:** `record`, `begin` and `complete` resolve only after COMMIT; journald failures
+//! never fail or delay a SQLite write.
+
+mod journald;
+mod query;
+mod redact;
+mod render;
+mod writer;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::StoreError;
+use crate::tailnet::Caller;
+
+/// The journald fields of every mirrored audit event (name, meaning), for the README. Fields
+/// without a value are omitted. `arguments` are never sent to journald.
+pub const JOURNAL_FIELDS: &[(&str, &str)] = &[
+    (
+        "SYSLOG_IDENTIFIER",
+        "always `tailopsmcp-audit` (not trusted on its own: pair with `_SYSTEMD_UNIT`)",
+    ),
+    (
+        "MESSAGE",
+        "one-line summary: `principal tool-or-method target decision outcome`",
+    ),
+    ("PRIORITY", "6 (info), 4 (warning) for a deny"),
+    (
+        "TAILOPS_AUDIT_ID",
+        "row id in the SQLite audit table (the authoritative record)",
+    ),
+    (
+        "TAILOPS_REQUEST_ID",
+        "uuid of the request; a begin and its completion share it",
+    ),
+    ("TAILOPS_SESSION_ID", "MCP session id, when there is one"),
+    (
+        "TAILOPS_PRINCIPAL",
+        "the caller: login, or comma-joined tags for a tagged node",
+    ),
+    ("TAILOPS_USER_ID", "tailnet UserProfile.ID"),
+    (
+        "TAILOPS_LOGIN",
+        "tailnet login name (`tagged-devices` for tagged nodes)",
+    ),
+    ("TAILOPS_NODE_ID", "caller's Node.StableID"),
+    ("TAILOPS_NODE", "caller's MagicDNS node name"),
+    ("TAILOPS_TAGS", "caller's node tags, comma-joined"),
+    ("TAILOPS_REMOTE_ADDR", "TCP peer ip:port"),
+    ("TAILOPS_IDENTITY_SOURCE", "how identity was resolved: `whois` or `dev`"),
+    (
+        "TAILOPS_METHOD",
+        "MCP method (`tools/call`), or `http` for identity-layer refusals",
+    ),
+    ("TAILOPS_TOOL", "tool name"),
+    ("TAILOPS_TARGET", "target the tool acted on"),
+    ("TAILOPS_DECISION", "`allow` or `deny`"),
+    ("TAILOPS_REASON", "why policy decided so"),
+    ("TAILOPS_GRANTS", "grants that allowed the call, comma-joined"),
+    ("TAILOPS_OUTCOME", "`pending`, `ok`, `error` or `denied`"),
+    ("TAILOPS_ERROR", "error message when outcome is `error`"),
+    ("TAILOPS_DURATION_MS", "how long the tool ran, in milliseconds"),
+];
+
+/// The policy decision for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Allow,
+    /// The default, so a record built without a decision can never read as allowed.
+    #[default]
+    Deny,
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Committed by [`Auditor::begin`] before the action ran; not completed (yet).
+    #[default]
+    Pending,
+    Ok,
+    Error,
+    Denied,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }
+    }
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pending => "pending",
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Decision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allow" => Ok(Decision::Allow),
+            "deny" => Ok(Decision::Deny),
+            other => Err(format!("unknown decision {other:?} (allow, deny)")),
+        }
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pending" => Ok(Outcome::Pending),
+            "ok" => Ok(Outcome::Ok),
+            "error" => Ok(Outcome::Error),
+            "denied" => Ok(Outcome::Denied),
+            other => Err(format!("unknown outcome {other:?} (pending, ok, error, denied)")),
+        }
+    }
+}
+
+/// One audit record: who called, what, what policy decided, and what happened.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct Record {
+    /// Row id, set by the store.
+    pub id: Option<i64>,
+    /// RFC 3339 UTC with milliseconds (`2025-01-02T03:04:05.678Z`), set by [`Record::new`].
+    /// Left empty, the time of insertion is used; another offset is converted to UTC; a value
+    /// that is not RFC 3339 is refused ([`AuditError::Invalid`]).
+    pub time: String,
+    /// uuid v4, set by [`Record::new`]. Left empty, the writer makes one.
+    pub request_id: String,
+    pub session_id: Option<String>,
+    pub principal: Option<String>,
+    pub user_id: Option<i64>,
+    pub login: Option<String>,
+    pub node_id: Option<String>,
+    pub node_name: Option<String>,
+    pub tags: Vec<String>,
+    pub remote_addr: Option<String>,
+    /// `"whois"` | `"dev"`.
+    pub identity_source: Option<String>,
+    /// MCP method (`"tools/call"`), or `"http"` for identity-layer refusals.
+    pub method: String,
+    pub tool: Option<String>,
+    pub target: Option<String>,
+    /// Stored redacted (see [`AuditOptions::redact_fields`]).
+    pub arguments: Option<serde_json::Value>,
+    pub decision: Decision,
+    pub reason: Option<String>,
+    pub grants: Vec<String>,
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    pub duration_ms: Option<f64>,
+    pub result_bytes: Option<i64>,
+}
+
+impl Record {
+    /// An empty record stamped with the current time and a fresh request id.
+    pub fn new() -> Record {
+        Record {
+            time: now_rfc3339(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ..Record::default()
+        }
+    }
+
+    /// [`Record::new`] with the identity fields filled from `caller`.
+    pub fn for_caller(caller: &Caller) -> Record {
+        Record {
+            principal: Some(caller.principal.clone()),
+            user_id: caller.user_id,
+            login: Some(caller.login.clone()),
+            node_id: Some(caller.node_id.clone()),
+            node_name: Some(caller.node_name.clone()),
+            tags: caller.tags.clone(),
+            remote_addr: Some(crate::tailnet::unmap_socket(caller.addr).to_string()),
+            identity_source: Some(caller.source.as_str().to_string()),
+            ..Record::new()
+        }
+    }
+}
+
+/// How the [`Auditor`] treats records.
+#[derive(Debug, Clone, Default)]
+pub struct AuditOptions {
+    /// Extra argument keys to redact (case-insensitive, `-`/`_` ignored, exact match), on top of
+    /// the built-in secret-looking keys.
+    pub redact_fields: Vec<String>,
+    /// Mirror each committed record to journald when `/run/systemd/journal/socket` exists.
+    pub journald: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("open audit store: {0}")]
+    Store(#[from] StoreError),
+    #[error("start audit writer thread for {path}: {source}")]
+    Spawn { path: PathBuf, source: std::io::Error },
+    #[error("audit writer for {path} has stopped; record not stored")]
+    WriterGone { path: PathBuf },
+    #[error("{op} audit record in {path}: {source}")]
+    Write {
+        path: PathBuf,
+        op: &'static str,
+        source: Arc<rusqlite::Error>,
+    },
+    #[error("complete audit record {id} in {path}: no such pending record")]
+    NotPending { path: PathBuf, id: i64 },
+    #[error("invalid audit record: {0}")]
+    Invalid(String),
+    #[error("query audit records in {path}: {source}")]
+    Query { path: PathBuf, source: rusqlite::Error },
+}
+
+/// The audit writer and reader. Cheap to clone (an `Arc` inside); `Send + Sync`.
+///
+/// Writes go to ONE dedicated thread owning the write connection: it takes everything queued
+/// (up to [`writer::MAX_BATCH`] operations), runs them in one transaction with cached
+/// statements, commits, and only then wakes each waiter. Reads use their own connection.
+#[derive(Clone)]
+pub struct Auditor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// `None` only while dropping.
+    tx: Option<mpsc::Sender<writer::Op>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    read: Mutex<rusqlite::Connection>,
+    redact: redact::Redactor,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued and exit; joining makes the
+        // last commit (and the WAL checkpoint on close) happen before the process moves on.
+        self.tx.take();
+        let handle = self.thread.get_mut().ok().and_then(Option::take);
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Auditor {
+    /// Open (creating and migrating) the audit database at `path` and start the writer thread
+    /// (and, with `opts.journald` and an existing journald socket, the mirror's sender thread; a
+    /// missing socket is a warning, not an error).
+    pub fn open(path: &Path, opts: AuditOptions) -> Result<Auditor, AuditError> {
+        let write = crate::store::open(path)?;
+        let read = crate::store::open_readonly(path)?;
+        let mirror = if opts.journald {
+            journald::Mirror::start(Path::new(journald::SOCKET))
+        } else {
+            None
+        };
+        let (tx, handle) = writer::spawn(write, path.to_path_buf(), mirror).map_err(|source| AuditError::Spawn {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Auditor {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                tx: Some(tx),
+                thread: Mutex::new(Some(handle)),
+                read: Mutex::new(read),
+                redact: redact::Redactor::new(&opts.redact_fields),
+            }),
+        })
+    }
+
+    /// The database file this auditor writes.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Insert a complete record. Resolves with its row id once COMMITTED.
+    pub async fn record(&self, rec: Record) -> Result<i64, AuditError> {
+        self.insert(rec, None).await
+    }
+
+    /// Insert `rec` with `outcome = pending` before a mutating action runs. Resolves with its
+    /// row id once COMMITTED; if this fails, the action must not run.
+    pub async fn begin(&self, rec: Record) -> Result<i64, AuditError> {
+        self.insert(rec, Some(Outcome::Pending)).await
+    }
+
+    /// Complete the pending record `id` (exactly once). Resolves once COMMITTED.
+    pub async fn complete(
+        &self,
+        id: i64,
+        outcome: Outcome,
+        error: Option<String>,
+        duration_ms: f64,
+        result_bytes: Option<i64>,
+    ) -> Result<(), AuditError> {
+        if outcome == Outcome::Pending {
+            return Err(AuditError::Invalid(format!(
+                "complete record {id} with outcome pending"
+            )));
+        }
+        let (reply, wait) = oneshot::channel();
+        let op = writer::Op::Complete {
+            id,
+            outcome,
+            error: error.map(|e| redact::truncate(&e)),
+            duration_ms,
+            result_bytes,
+            reply,
+        };
+        self.send(op).await?;
+        wait.await.map_err(|_| self.gone())?
+    }
+
+    /// Records matching `q`, newest last, read on the auditor's own read connection (never
+    /// waits for the writer). Blocking: from async code with large scans, use `spawn_blocking`.
+    pub fn query(&self, q: &Query) -> Result<Vec<Record>, AuditError> {
+        let conn = self.inner.read.lock().unwrap_or_else(|p| p.into_inner());
+        query::run(&conn, q).map_err(|source| AuditError::Query {
+            path: self.inner.path.clone(),
+            source,
+        })
+    }
+
+    async fn insert(&self, mut rec: Record, force: Option<Outcome>) -> Result<i64, AuditError> {
+        if let Some(outcome) = force {
+            rec.outcome = outcome;
+        }
+        let row = writer::PreparedRecord::new(rec, &self.inner.redact)?;
+        let (reply, wait) = oneshot::channel();
+        self.send(writer::Op::Insert {
+            row: Box::new(row),
+            reply,
+        })
+        .await?;
+        wait.await.map_err(|_| self.gone())?
+    }
+
+    async fn send(&self, op: writer::Op) -> Result<(), AuditError> {
+        let tx = self.inner.tx.as_ref().ok_or_else(|| self.gone())?;
+        tx.send(op).await.map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> AuditError {
+        AuditError::WriterGone {
+            path: self.inner.path.clone(),
+        }
+    }
+}
+
+/// A filter over audit records. Results are ordered by id, newest last.
+///
+/// Without `after_id`: the newest `limit` matching records. With `after_id`: the oldest `limit`
+/// matching records with a larger id (paging forward / following). `since` is inclusive,
+/// `until` exclusive. `limit == 0` means no limit. Only time is indexed (writes stay cheap):
+/// principal/tool/decision filters scan from the newest row and stop at `limit`, so bound
+/// large searches with `since`.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub principal: Option<String>,
+    pub tool: Option<String>,
+    pub decision: Option<Decision>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: usize,
+    pub after_id: Option<i64>,
+}
+
+impl Default for Query {
+    /// Everything, newest 100.
+    fn default() -> Query {
+        Query {
+            principal: None,
+            tool: None,
+            decision: None,
+            since: None,
+            until: None,
+            limit: 100,
+            after_id: None,
+        }
+    }
+}
+
+/// Run `q` against the database at `db`, opened read-only (for the CLI; never migrates).
+pub fn query_path(db: &Path, q: &Query) -> Result<Vec<Record>, AuditError> {
+    let conn = crate::store::open_readonly(db)?;
+    query::run(&conn, q).map_err(|source| AuditError::Query {
+        path: db.to_path_buf(),
+        source,
+    })
+}
+
+/// Aligned columns: time, principal, node, tool, target, decision, outcome, reason (short).
+/// Control characters in values are escaped, so a record cannot drive the terminal.
+pub fn render_table(records: &[Record]) -> String {
+    render::table(records)
+}
+
+/// One JSON object per line.
+pub fn render_jsonl(records: &[Record]) -> String {
+    render::jsonl(records)
+}
+
+/// An absolute RFC 3339 time (`2025-01-02T03:04:05Z`), a UTC date (`2025-01-02`), or a
+/// duration ago relative to `now`: `30s`, `15m`, `2h`, `7d`, `1w`.
+pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    query::parse_time(s, now)
+}
+
+/// The canonical stored form of a time: RFC 3339, UTC, milliseconds, `Z`.
+fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn now_rfc3339() -> String {
+    format_time(Utc::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn new_record_has_time_and_request_id() {
+        let r = Record::new();
+        assert_eq!(r.time.len(), "2025-01-02T03:04:05.678Z".len(), "{}", r.time);
+        assert!(r.time.ends_with('Z'));
+        assert!(DateTime::parse_from_rfc3339(&r.time).is_ok());
+        let id = uuid::Uuid::parse_str(&r.request_id).unwrap();
+        assert_eq!(id.get_version_num(), 4);
+        assert_ne!(Record::new().request_id, r.request_id);
+        assert_eq!(r.decision, Decision::Deny);
+        assert_eq!(r.outcome, Outcome::Pending);
+    }
+
+    #[test]
+    fn for_caller_fills_identity() {
+        let addr: SocketAddr = "[::ffff:100.100.2.2]:43817".parse().unwrap();
+        let mut caller = Caller::dev("alice@example.com", addr);
+        caller.tags = vec!["tag:ci".into()];
+        let r = Record::for_caller(&caller);
+        assert_eq!(r.principal.as_deref(), Some("alice@example.com"));
+        assert_eq!(r.login.as_deref(), Some("alice@example.com"));
+        assert_eq!(r.node_id.as_deref(), Some("dev"));
+        assert_eq!(r.node_name.as_deref(), Some("dev"));
+        assert_eq!(r.tags, vec!["tag:ci".to_string()]);
+        assert_eq!(r.remote_addr.as_deref(), Some("100.100.2.2:43817"));
+        assert_eq!(r.identity_source.as_deref(), Some("dev"));
+        assert_eq!(r.user_id, None);
+        assert!(!r.request_id.is_empty());
+    }
+
+    #[test]
+    fn enums_serialize_lowercase_and_parse_back() {
+        for d in [Decision::Allow, Decision::Deny] {
+            assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
+            assert_eq!(d.as_str().parse::<Decision>().unwrap(), d);
+        }
+        for o in [Outcome::Pending, Outcome::Ok, Outcome::Error, Outcome::Denied] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+            assert_eq!(o.as_str().parse::<Outcome>().unwrap(), o);
+        }
+        assert!("Allow".parse::<Decision>().is_err());
+    }
+
+    #[test]
+    fn record_json_round_trips_and_tolerates_missing_fields() {
+        let mut r = Record::new();
+        r.method = "tools/call".into();
+        r.decision = Decision::Allow;
+        r.outcome = Outcome::Ok;
+        r.arguments = Some(serde_json::json!({"a": 1}));
+        let back: Record = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let sparse: Record = serde_json::from_str(r#"{"method":"http"}"#).unwrap();
+        assert_eq!(sparse.method, "http");
+        assert_eq!(sparse.decision, Decision::Deny);
+    }
+
+    #[test]
+    fn auditor_is_send_sync_clone() {
+        fn check<T: Send + Sync + Clone + 'static>() {}
+        check::<Auditor>();
+        fn error<T: std::error::Error + Send + Sync + 'static>() {}
+        error::<AuditError>();
+    }
+}

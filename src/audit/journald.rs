@@ -1,0 +1,366 @@
+//! The journald mirror of committed audit records, in journald's native protocol.
+//!
+//! Why native, not `tracing-journald`: the audit mirror must not depend on logging
+//! configuration. A tracing layer sees an event only if the process's filters let it through
+//! (`RUST_LOG=warn` would silence audit events), it prefixes custom fields (`F_`) unless told not
+//! to, and it sends synchronously on the emitting thread. Writing the datagram ourselves gives
+//! exact `TAILOPS_*` field names and lets a dedicated thread do the sending, fed by a bounded
+//! queue the SQLite writer only `try_send`s into: a slow, missing or broken journald can never
+//! block or fail an audit commit. The protocol is small: `KEY=value\n` per field, or
+//! `KEY\n<u64 LE length><bytes>\n` when the value contains a newline
+//! (<https://systemd.io/JOURNAL_NATIVE_PROTOCOL/>). Values are capped at 4 KiB so a datagram
+//! always fits the socket buffer, so the memfd fallback is never needed.
+//!
+//! Does not: send arguments, decide what is recorded, or retry: SQLite is the record; a journald
+//! failure is logged once (`tracing::warn`) until sending works again, and counted.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
+
+use super::{Decision, Record, redact};
+
+/// journald's native protocol socket.
+pub(crate) const SOCKET: &str = "/run/systemd/journal/socket";
+/// `SYSLOG_IDENTIFIER` of every audit event: `journalctl -t tailopsmcp-audit`.
+pub(crate) const IDENTIFIER: &str = "tailopsmcp-audit";
+/// Committed records waiting for the sender thread; beyond this they are dropped (and counted).
+const QUEUE: usize = 8192;
+/// How long one send may block when journald is not reading.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A running mirror: a queue into the sender thread. Dropping it stops the thread.
+pub(crate) struct Mirror {
+    tx: SyncSender<Record>,
+    state: Arc<State>,
+    socket: PathBuf,
+}
+
+#[derive(Default)]
+struct State {
+    /// Set while events are being lost; the first loss warns, the next success says so.
+    failing: AtomicBool,
+    dropped: AtomicU64,
+}
+
+impl State {
+    fn lost(&self, why: &str, socket: &Path) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                socket = %socket.display(),
+                reason = why,
+                "audit events are not reaching journald (SQLite still has every record); \
+                 warning once until it recovers"
+            );
+        }
+    }
+
+    fn delivered(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                dropped = self.dropped.load(Ordering::Relaxed),
+                "audit events reach journald again"
+            );
+        }
+    }
+}
+
+impl Mirror {
+    /// Start mirroring to the journald socket at `socket`; `None` (with a warning) when it does
+    /// not exist or the sender cannot start.
+    pub(crate) fn start(socket: &Path) -> Option<Mirror> {
+        if !socket.exists() {
+            tracing::warn!(
+                socket = %socket.display(),
+                "journald socket not found; audit records are not mirrored to journald"
+            );
+            return None;
+        }
+        let sock = match UnixDatagram::unbound().and_then(|s| s.set_write_timeout(Some(SEND_TIMEOUT)).map(|()| s)) {
+            Ok(sock) => sock,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create a socket for journald; audit records are not mirrored");
+                return None;
+            }
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        let state = Arc::new(State::default());
+        let sender = Sender {
+            sock,
+            socket: socket.to_path_buf(),
+            state: Arc::clone(&state),
+        };
+        match std::thread::Builder::new()
+            .name("audit-journald".to_string())
+            .spawn(move || sender.run(rx))
+        {
+            Ok(_) => Some(Mirror {
+                tx,
+                state,
+                socket: socket.to_path_buf(),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the journald sender; audit records are not mirrored");
+                None
+            }
+        }
+    }
+
+    /// Queue a committed record for journald. Never blocks.
+    pub(crate) fn send(&self, rec: Record) {
+        match self.tx.try_send(rec) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.state.lost("queue full", &self.socket),
+            Err(TrySendError::Disconnected(_)) => self.state.lost("sender thread stopped", &self.socket),
+        }
+    }
+}
+
+struct Sender {
+    sock: UnixDatagram,
+    socket: PathBuf,
+    state: Arc<State>,
+}
+
+impl Sender {
+    fn run(self, rx: Receiver<Record>) {
+        for rec in rx {
+            let datagram = encode(&rec);
+            match self.sock.send_to(&datagram, &self.socket) {
+                Ok(_) => self.state.delivered(),
+                Err(e) => self.state.lost(&e.to_string(), &self.socket),
+            }
+        }
+    }
+}
+
+/// The native-protocol datagram for `rec` (fields without a value are left out).
+pub(crate) fn encode(rec: &Record) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1024);
+    let priority = if rec.decision == Decision::Deny { "4" } else { "6" };
+    field(&mut buf, "PRIORITY", priority);
+    field(&mut buf, "SYSLOG_IDENTIFIER", IDENTIFIER);
+    field(&mut buf, "MESSAGE", &summary(rec));
+    let opt = |buf: &mut Vec<u8>, name: &str, v: Option<&str>| {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            field(buf, name, v);
+        }
+    };
+    opt(&mut buf, "TAILOPS_AUDIT_ID", rec.id.map(|i| i.to_string()).as_deref());
+    opt(&mut buf, "TAILOPS_REQUEST_ID", Some(&rec.request_id));
+    opt(&mut buf, "TAILOPS_SESSION_ID", rec.session_id.as_deref());
+    opt(&mut buf, "TAILOPS_PRINCIPAL", rec.principal.as_deref());
+    opt(
+        &mut buf,
+        "TAILOPS_USER_ID",
+        rec.user_id.map(|i| i.to_string()).as_deref(),
+    );
+    opt(&mut buf, "TAILOPS_LOGIN", rec.login.as_deref());
+    opt(&mut buf, "TAILOPS_NODE_ID", rec.node_id.as_deref());
+    opt(&mut buf, "TAILOPS_NODE", rec.node_name.as_deref());
+    opt(&mut buf, "TAILOPS_TAGS", Some(&rec.tags.join(",")));
+    opt(&mut buf, "TAILOPS_REMOTE_ADDR", rec.remote_addr.as_deref());
+    opt(&mut buf, "TAILOPS_IDENTITY_SOURCE", rec.identity_source.as_deref());
+    opt(&mut buf, "TAILOPS_METHOD", Some(&rec.method));
+    opt(&mut buf, "TAILOPS_TOOL", rec.tool.as_deref());
+    opt(&mut buf, "TAILOPS_TARGET", rec.target.as_deref());
+    field(&mut buf, "TAILOPS_DECISION", rec.decision.as_str());
+    opt(&mut buf, "TAILOPS_REASON", rec.reason.as_deref());
+    opt(&mut buf, "TAILOPS_GRANTS", Some(&rec.grants.join(",")));
+    field(&mut buf, "TAILOPS_OUTCOME", rec.outcome.as_str());
+    opt(&mut buf, "TAILOPS_ERROR", rec.error.as_deref());
+    opt(
+        &mut buf,
+        "TAILOPS_DURATION_MS",
+        rec.duration_ms
+            .filter(|d| d.is_finite())
+            .map(|d| d.to_string())
+            .as_deref(),
+    );
+    buf
+}
+
+/// `alice@example.com whoami local allow ok`: principal, tool (or method), target, decision,
+/// outcome; `-` for what is missing.
+fn summary(rec: &Record) -> String {
+    let dash = |v: Option<&str>| v.filter(|v| !v.is_empty()).unwrap_or("-").to_string();
+    format!(
+        "{} {} {} {} {}",
+        dash(rec.principal.as_deref()),
+        dash(rec.tool.as_deref().or(Some(&rec.method))),
+        dash(rec.target.as_deref()),
+        rec.decision,
+        rec.outcome
+    )
+}
+
+fn field(buf: &mut Vec<u8>, name: &str, value: &str) {
+    let value = redact::truncate(value);
+    buf.extend_from_slice(name.as_bytes());
+    if value.contains('\n') {
+        buf.push(b'\n');
+        buf.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        buf.extend_from_slice(value.as_bytes());
+    } else {
+        buf.push(b'=');
+        buf.extend_from_slice(value.as_bytes());
+    }
+    buf.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{JOURNAL_FIELDS, Outcome};
+    use std::collections::BTreeMap;
+
+    /// Parse a native-protocol datagram (both forms) into fields.
+    fn decode(mut d: &[u8]) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        while !d.is_empty() {
+            let nl = d.iter().position(|b| *b == b'\n').unwrap();
+            let line = &d[..nl];
+            if let Some(eq) = line.iter().position(|b| *b == b'=') {
+                out.insert(
+                    String::from_utf8(line[..eq].to_vec()).unwrap(),
+                    String::from_utf8(line[eq + 1..].to_vec()).unwrap(),
+                );
+                d = &d[nl + 1..];
+            } else {
+                let name = String::from_utf8(line.to_vec()).unwrap();
+                let len = u64::from_le_bytes(d[nl + 1..nl + 9].try_into().unwrap()) as usize;
+                let value = &d[nl + 9..nl + 9 + len];
+                assert_eq!(d[nl + 9 + len], b'\n');
+                out.insert(name, String::from_utf8(value.to_vec()).unwrap());
+                d = &d[nl + 10 + len..];
+            }
+        }
+        out
+    }
+
+    fn full() -> Record {
+        Record {
+            id: Some(42),
+            time: "2025-01-02T03:04:05.678Z".into(),
+            request_id: "0b6e1c3e-0000-4000-8000-000000000001".into(),
+            session_id: Some("sess".into()),
+            principal: Some("alice@example.com".into()),
+            user_id: Some(7),
+            login: Some("alice@example.com".into()),
+            node_id: Some("nXYZ".into()),
+            node_name: Some("laptop.tail.ts.net".into()),
+            tags: vec!["tag:a".into(), "tag:b".into()],
+            remote_addr: Some("100.100.2.2:43817".into()),
+            identity_source: Some("whois".into()),
+            method: "tools/call".into(),
+            tool: Some("whoami".into()),
+            target: Some("local".into()),
+            arguments: Some(serde_json::json!({"never": "sent"})),
+            decision: Decision::Allow,
+            reason: Some("granted".into()),
+            grants: vec!["system:read".into(), "logs:read".into()],
+            outcome: Outcome::Ok,
+            error: Some("line one\nline two".into()),
+            duration_ms: Some(12.5),
+            result_bytes: Some(99),
+        }
+    }
+
+    fn check(rec: &Record, expected: &[(&str, &str)]) {
+        let got = decode(&encode(rec));
+        for (k, v) in expected {
+            assert_eq!(got.get(*k).map(String::as_str), Some(*v), "{k} in {got:?}");
+        }
+    }
+
+    #[test]
+    fn encodes_every_documented_field_and_nothing_else() {
+        let got = decode(&encode(&full()));
+        let names: Vec<&str> = got.keys().map(String::as_str).collect();
+        let mut documented: Vec<&str> = JOURNAL_FIELDS.iter().map(|(n, _)| *n).collect();
+        documented.sort();
+        assert_eq!(names, documented);
+        assert!(!String::from_utf8_lossy(&encode(&full())).contains("never"));
+    }
+
+    #[test]
+    fn encodes_values() {
+        check(
+            &full(),
+            &[
+                ("PRIORITY", "6"),
+                ("SYSLOG_IDENTIFIER", "tailopsmcp-audit"),
+                ("MESSAGE", "alice@example.com whoami local allow ok"),
+                ("TAILOPS_AUDIT_ID", "42"),
+                ("TAILOPS_USER_ID", "7"),
+                ("TAILOPS_NODE", "laptop.tail.ts.net"),
+                ("TAILOPS_TAGS", "tag:a,tag:b"),
+                ("TAILOPS_GRANTS", "system:read,logs:read"),
+                ("TAILOPS_ERROR", "line one\nline two"),
+                ("TAILOPS_DURATION_MS", "12.5"),
+                ("TAILOPS_OUTCOME", "ok"),
+            ],
+        );
+        let deny = Record {
+            method: "http".into(),
+            decision: Decision::Deny,
+            outcome: Outcome::Denied,
+            request_id: "r".into(),
+            ..Record::default()
+        };
+        check(
+            &deny,
+            &[
+                ("PRIORITY", "4"),
+                ("MESSAGE", "- http - deny denied"),
+                ("TAILOPS_DECISION", "deny"),
+            ],
+        );
+        let got = decode(&encode(&deny));
+        assert!(!got.contains_key("TAILOPS_TAGS") && !got.contains_key("TAILOPS_AUDIT_ID"));
+    }
+
+    #[test]
+    fn long_values_are_capped() {
+        let mut r = full();
+        r.error = Some("e".repeat(100_000));
+        let got = decode(&encode(&r));
+        assert!(got["TAILOPS_ERROR"].len() < redact::MAX_STRING + 64);
+    }
+
+    #[test]
+    fn mirror_delivers_datagrams_to_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket");
+        let server = UnixDatagram::bind(&path).unwrap();
+        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mirror = Mirror::start(&path).unwrap();
+        mirror.send(full());
+        let mut buf = vec![0u8; 65536];
+        let n = server.recv(&mut buf).unwrap();
+        let got = decode(&buf[..n]);
+        assert_eq!(got["TAILOPS_REQUEST_ID"], full().request_id);
+    }
+
+    #[test]
+    fn mirror_survives_a_dead_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket");
+        drop(UnixDatagram::bind(&path).unwrap()); // the file stays; nobody reads it
+        let mirror = Mirror::start(&path).unwrap();
+        for _ in 0..3 {
+            mirror.send(full()); // never blocks, never panics
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while mirror.state.dropped.load(Ordering::Relaxed) < 3 {
+            assert!(std::time::Instant::now() < deadline, "sends did not fail");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(mirror.state.failing.load(Ordering::Relaxed));
+        assert!(Mirror::start(&dir.path().join("absent")).is_none());
+    }
+}
