@@ -1,2 +1,193 @@
-//! placeholder
-pub fn tools() -> Vec<std::sync::Arc<dyn super::Tool>> { Vec::new() }
+//! `whoami`: the caller's tailnet identity as the server sees it, the scopes it holds on each
+//! target pattern, and the grant behind each scope. Reads nothing but the request's own context.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use rmcp::model::JsonObject;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Annotations, Requirement, Risk, Tool, ToolContext, ToolError, ToolOutput, ToolSpec};
+use crate::policy;
+
+pub fn tools() -> Vec<Arc<dyn Tool>> {
+    vec![Arc::new(WhoAmI::new())]
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct WhoAmIArgs {
+    /// Show the scopes held on this target (default `local`).
+    #[serde(default)]
+    #[allow(dead_code)]
+    target: Option<String>,
+}
+
+/// The caller's identity and effective grants.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WhoAmIResult {
+    /// Who policy and audit see: a login for a user's node, the tag set for a tagged node.
+    pub principal: String,
+    /// `user` or `tagged` (or `dev` for a loopback dev server).
+    pub kind: String,
+    pub login: String,
+    pub display_name: String,
+    pub user_id: Option<i64>,
+    pub node_id: String,
+    pub node_name: String,
+    pub tags: Vec<String>,
+    pub os: Option<String>,
+    pub remote_addr: String,
+    /// `whois` (tailscaled) or `dev`.
+    pub identity_source: String,
+    /// The target these scopes apply to.
+    pub target: String,
+    /// Each scope held on `target`, with the grants that give it.
+    pub scopes: Vec<ScopeGrant>,
+    /// Every grant that applies to the caller (capability grants and local rules).
+    pub grants: Vec<GrantView>,
+    /// Grant elements that were ignored, and why.
+    pub ignored: Vec<IgnoredView>,
+    /// The server's tailnet, when known.
+    pub tailnet: Option<String>,
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ScopeGrant {
+    pub scope: String,
+    pub granted_by: Vec<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct GrantView {
+    pub source: String,
+    pub scopes: Vec<String>,
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct IgnoredView {
+    pub source: String,
+    pub reason: String,
+}
+
+struct WhoAmI {
+    spec: ToolSpec,
+}
+
+impl WhoAmI {
+    fn new() -> WhoAmI {
+        WhoAmI {
+            spec: ToolSpec {
+                name: "whoami",
+                title: "Who am I",
+                description: "Your tailnet identity as this server sees it (from tailscaled, not from anything your \
+                              client sent): principal, user, node, tags, address, and every scope you hold with the \
+                              grant that gives it. Call this first to learn what you may do.",
+                requires: Requirement::AnyGrant,
+                risk: Risk::Low,
+                annotations: Annotations {
+                    read_only: true,
+                    destructive: false,
+                    idempotent: true,
+                    open_world: false,
+                },
+                input_schema: super::input_schema::<WhoAmIArgs>(),
+                output_schema: super::output_schema::<WhoAmIResult>(),
+            },
+        }
+    }
+}
+
+/// Build the `whoami` view of a caller (also used by `tailopsmcp whois`).
+pub fn describe(ctx: &ToolContext) -> WhoAmIResult {
+    let c = &ctx.caller;
+    let kind = match (c.source, c.is_tagged()) {
+        (crate::tailnet::IdentitySource::Dev, _) => "dev",
+        (_, true) => "tagged",
+        (_, false) => "user",
+    };
+    let show = |v: &[policy::Scope]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    WhoAmIResult {
+        principal: c.principal.clone(),
+        kind: kind.to_string(),
+        login: c.login.clone(),
+        display_name: c.display_name.clone(),
+        user_id: c.user_id,
+        node_id: c.node_id.clone(),
+        node_name: c.node_name.clone(),
+        tags: c.tags.clone(),
+        os: c.os.clone(),
+        remote_addr: c.addr.to_string(),
+        identity_source: c.source.as_str().to_string(),
+        target: ctx.target.clone(),
+        scopes: policy::scopes_on(&ctx.grants, &ctx.target)
+            .into_iter()
+            .map(|(s, by)| ScopeGrant {
+                scope: s.to_string(),
+                granted_by: by,
+            })
+            .collect(),
+        grants: ctx
+            .grants
+            .grants
+            .iter()
+            .map(|g| GrantView {
+                source: g.source.to_string(),
+                scopes: show(&g.scopes),
+                targets: g.targets.clone(),
+            })
+            .collect(),
+        ignored: ctx
+            .grants
+            .ignored
+            .iter()
+            .map(|i| IgnoredView {
+                source: i.source.to_string(),
+                reason: i.reason.clone(),
+            })
+            .collect(),
+        tailnet: ctx.tailnet.tailnet.clone(),
+        server: ctx.tailnet.dns_name.clone(),
+    }
+}
+
+/// A readable rendering of [`WhoAmIResult`].
+pub fn render(r: &WhoAmIResult) -> String {
+    let mut out = format!(
+        "{} ({}) on node {} [{}] from {} via {}\n",
+        r.principal, r.kind, r.node_name, r.node_id, r.remote_addr, r.identity_source
+    );
+    if !r.tags.is_empty() {
+        out.push_str(&format!("tags: {}\n", r.tags.join(", ")));
+    }
+    if r.scopes.is_empty() {
+        out.push_str(&format!("no scopes on target {}\n", r.target));
+    } else {
+        out.push_str(&format!("scopes on target {}:\n", r.target));
+        for s in &r.scopes {
+            out.push_str(&format!("  {:<22} from {}\n", s.scope, s.granted_by.join(", ")));
+        }
+    }
+    for i in &r.ignored {
+        out.push_str(&format!("ignored {}: {}\n", i.source, i.reason));
+    }
+    out
+}
+
+impl Tool for WhoAmI {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let _args: WhoAmIArgs = super::parse_args(args)?;
+            let view = describe(&ctx);
+            let text = render(&view);
+            ToolOutput::new(&view, text)
+        })
+    }
+}

@@ -106,8 +106,8 @@ pub struct ToolOutput {
 impl ToolOutput {
     /// Structured content from any serializable value, with `text` as its rendering.
     pub fn new<T: Serialize>(value: &T, text: String) -> Result<ToolOutput, ToolError> {
-        let structured = serde_json::to_value(value)
-            .map_err(|e| ToolError::Internal(format!("result does not serialize: {e}")))?;
+        let structured =
+            serde_json::to_value(value).map_err(|e| ToolError::Internal(format!("result does not serialize: {e}")))?;
         Ok(ToolOutput { structured, text })
     }
 }
