@@ -5,7 +5,10 @@
 //! `main → http → mcp → {tools, policy, audit}`, `tools → exec`, `http → tailnet`.
 
 pub mod audit;
+pub mod config;
 pub mod exec;
+pub mod http;
+pub mod mcp;
 pub mod policy;
 pub mod store;
 pub mod tailnet;

@@ -1,1 +1,362 @@
-fn main(){}
+//! The `tailopsmcp` command: CLI parsing, tracing setup, building state, exit codes. The only
+//! place that turns errors into exit codes; it holds no product logic.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use tailopsmcp::audit::{self, AuditOptions, Auditor, Query};
+use tailopsmcp::config::{Config, Overrides};
+use tailopsmcp::http::{self, AppState, IdentityMode};
+use tailopsmcp::tailnet::{self, Caller, localapi::LocalApi};
+use tailopsmcp::tools::{self, ToolContext};
+use tailopsmcp::{mcp, policy};
+
+#[derive(Parser)]
+#[command(
+    name = "tailopsmcp",
+    version,
+    about = "An MCP server for your homelab, reachable only over your tailnet"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Configuration file [default: /etc/tailopsmcp/config.toml if it exists]
+    #[arg(long, global = true, env = "TAILOPSMCP_CONFIG")]
+    config: Option<PathBuf>,
+    /// TCP port on each tailnet address
+    #[arg(long, global = true, env = "TAILOPSMCP_PORT")]
+    port: Option<u16>,
+    /// tailscaled's LocalAPI socket
+    #[arg(long, global = true, env = "TAILOPSMCP_SOCKET")]
+    socket: Option<PathBuf>,
+    /// SQLite audit database
+    #[arg(long, global = true, env = "TAILOPSMCP_DATABASE")]
+    database: Option<PathBuf>,
+    /// App capability name carrying grants in the tailnet policy file
+    #[arg(long, global = true, env = "TAILOPSMCP_CAPABILITY")]
+    capability: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP on this node's tailnet addresses (or on loopback with --dev-listen)
+    Serve {
+        /// Dev mode: listen on this loopback address instead of the tailnet (no Tailscale needed)
+        #[arg(long, requires = "dev_identity")]
+        dev_listen: Option<SocketAddr>,
+        /// Dev mode: the identity every request gets (marked `dev` in audit rows)
+        #[arg(long, requires = "dev_listen")]
+        dev_identity: Option<String>,
+    },
+    /// Show what the server would see for a caller at ADDR (IP or IP:PORT): identity, scopes, grants
+    Whois {
+        addr: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration and print a summary
+    CheckConfig,
+    /// Read the audit log
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// The newest records (and follow new ones with --follow)
+    Tail {
+        /// How many records
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Keep printing new records as they arrive
+        #[arg(short, long)]
+        follow: bool,
+        /// JSON lines instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Records matching filters, oldest first
+    Query {
+        #[command(flatten)]
+        filter: Filter,
+        /// At most this many records (the newest matching)
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// JSON lines instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct Filter {
+    /// Principal (login, or tag set like `tag:ci`)
+    #[arg(long)]
+    principal: Option<String>,
+    /// Tool name
+    #[arg(long)]
+    tool: Option<String>,
+    /// allow or deny
+    #[arg(long)]
+    decision: Option<String>,
+    /// RFC 3339 time or an age like 15m, 2h, 7d
+    #[arg(long)]
+    since: Option<String>,
+    /// RFC 3339 time or an age like 15m, 2h, 7d
+    #[arg(long)]
+    until: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tailopsmcp: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TAILOPSMCP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides {
+        port: cli.global.port,
+        socket: cli.global.socket.clone(),
+        database: cli.global.database.clone(),
+        capability: cli.global.capability.clone(),
+    };
+    let config = Config::load(cli.global.config.as_deref(), &overrides)?;
+    match cli.command {
+        Command::Serve {
+            dev_listen,
+            dev_identity,
+        } => runtime()?.block_on(serve(config, dev_listen.zip(dev_identity))),
+        Command::Whois { addr, json } => runtime()?.block_on(whois(config, &addr, json)),
+        Command::CheckConfig => check_config(&config),
+        Command::Audit { command } => audit_cmd(&config, command),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn serve(config: Config, dev: Option<(SocketAddr, String)>) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(config);
+    if let Some((addr, _)) = &dev
+        && !tailnet::is_loopback(addr.ip())
+    {
+        bail!("--dev-listen {addr} is not a loopback address; the dev listener only binds 127.0.0.0/8 or [::1]");
+    }
+    let auditor = Auditor::open(
+        &config.database,
+        AuditOptions {
+            redact_fields: config.redact_fields.clone(),
+            journald: config.journald,
+        },
+    )
+    .with_context(|| format!("cannot open the audit database {}", config.database.display()))?;
+    let shutdown = CancellationToken::new();
+    let shared = Arc::new(mcp::Shared::new(
+        tools::catalog(),
+        config.capability.clone(),
+        config.grants.clone(),
+        auditor.clone(),
+    ));
+    let mode = match &dev {
+        Some((_, login)) => IdentityMode::Dev { login: login.clone() },
+        None => IdentityMode::Tailnet(LocalApi::new(&config.socket, config.whois_timeout)),
+    };
+    let state = Arc::new(AppState::new(config.clone(), mode, auditor));
+    let app = http::app(
+        state.clone(),
+        http::mcp_service(&config, shared.clone(), shutdown.child_token()),
+    );
+
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signals.cancel();
+    });
+
+    match dev {
+        Some((addr, login)) => {
+            eprintln!(
+                "\n  WARNING: dev mode. Listening on loopback {addr} with the fixed identity `{login}`.\n  \
+                 No Tailscale identity is checked; every audit row is marked `dev`. Never use this on a shared host.\n"
+            );
+            tracing::warn!(addr = %addr, identity = %login, "dev mode: fixed identity, no tailnet");
+            http::listen::serve_dev(state, app, addr, shutdown).await?;
+        }
+        None => {
+            tracing::info!(socket = %config.socket.display(), port = config.port, "starting; waiting for tailscaled");
+            http::listen::serve_tailnet(state, app, shared, shutdown).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn whois(config: Config, addr: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let peer: SocketAddr = match addr.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => SocketAddr::new(
+            addr.parse()
+                .with_context(|| format!("`{addr}` is not an IP or IP:PORT"))?,
+            0,
+        ),
+    };
+    let api = LocalApi::new(&config.socket, config.whois_timeout);
+    let who = api
+        .whois(peer, None)
+        .await
+        .with_context(|| format!("whois {peer} via {}", config.socket.display()))?;
+    let caller = Arc::new(Caller::from_whois(&who, peer, &config.capability));
+    let effective = Arc::new(policy::effective(&caller, &config.capability, &config.grants));
+    let ctx = ToolContext {
+        caller,
+        target: mcp::LOCAL_TARGET.into(),
+        grants: effective,
+        tailnet: Default::default(),
+    };
+    let view = tools::identity::describe(&ctx);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", tools::identity::render(&view));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
+    let source = config
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(no file; defaults)".into());
+    println!("config:     {source}: ok");
+    let listen = if config.listen.is_empty() {
+        "every tailnet address of this node".to_string()
+    } else {
+        format!("{:?}", config.listen)
+    };
+    println!("listen:     {listen}, port {}", config.port);
+    println!("localapi:   {}", config.socket.display());
+    println!("capability: {}", config.capability);
+    println!("database:   {}", config.database.display());
+    println!("grants:     {} local rule(s)", config.grants.len());
+    for (i, g) in config.grants.iter().enumerate() {
+        println!(
+            "  [{i}] {:?} → {} on {}",
+            g.matcher,
+            g.words.join(", "),
+            g.targets.join(", ")
+        );
+    }
+    let catalog = tools::catalog();
+    println!(
+        "tools:      {}",
+        catalog.iter().map(|t| t.spec().name).collect::<Vec<_>>().join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit_cmd(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    let db = &config.database;
+    let print = |records: &[audit::Record], json: bool| {
+        if json {
+            print!("{}", audit::render_jsonl(records));
+        } else {
+            print!("{}", audit::render_table(records));
+        }
+    };
+    match command {
+        AuditCommand::Tail { lines, follow, json } => {
+            let mut q = Query {
+                limit: lines,
+                ..Query::default()
+            };
+            let records = audit::query_path(db, &q).with_context(|| format!("cannot read {}", db.display()))?;
+            print(&records, json);
+            if follow {
+                let mut last = records.last().and_then(|r| r.id).unwrap_or(0);
+                q.limit = 1000;
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    q.after_id = Some(last);
+                    let more = audit::query_path(db, &q)?;
+                    if let Some(id) = more.last().and_then(|r| r.id) {
+                        last = id;
+                        print(&more, json);
+                    }
+                }
+            }
+        }
+        AuditCommand::Query { filter, limit, json } => {
+            let now = chrono::Utc::now();
+            let time = |s: Option<String>| -> anyhow::Result<_> {
+                s.map(|s| audit::parse_time(&s, now).map_err(anyhow::Error::msg))
+                    .transpose()
+            };
+            let decision = match filter.decision.as_deref() {
+                None => None,
+                Some("allow") => Some(audit::Decision::Allow),
+                Some("deny") => Some(audit::Decision::Deny),
+                Some(other) => bail!("--decision must be `allow` or `deny`, not `{other}`"),
+            };
+            let q = Query {
+                principal: filter.principal,
+                tool: filter.tool,
+                decision,
+                since: time(filter.since)?,
+                until: time(filter.until)?,
+                limit,
+                after_id: None,
+            };
+            let records = audit::query_path(db, &q).with_context(|| format!("cannot read {}", db.display()))?;
+            print(&records, json);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,399 @@
+//! The HTTP edge: `app(state) -> Router`, the identity middleware (whois → [`Caller`]), the Host
+//! allow-list, session↔principal binding, and the one mapping from refusals to responses.
+//! Listeners live in [`listen`].
+//!
+//! **Invariant:** no request reaches `/mcp` without a `Caller` resolved from the TCP peer by
+//! tailscaled (or the explicit loopback dev identity). Client-sent identity headers are dropped,
+//! never read. Every refusal here writes an audit row. This module runs no tools and touches no
+//! SQL directly (it hands records to `audit`).
+
+pub mod listen;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Method, StatusCode, header};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{self, Auditor, Outcome, Record};
+use crate::config::Config;
+use crate::mcp::{self, McpServer};
+use crate::tailnet::{Caller, localapi::LocalApi};
+
+/// Where identities come from.
+pub enum IdentityMode {
+    /// tailscaled `whois` of the TCP peer.
+    Tailnet(LocalApi),
+    /// A fixed identity for a loopback dev listener (`--dev-identity`).
+    Dev { login: String },
+}
+
+/// State shared by every connection.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub mode: IdentityMode,
+    pub auditor: Auditor,
+    /// Lowercase host names (no port, IPv6 without brackets) accepted in `Host`.
+    hosts: RwLock<HashSet<String>>,
+    /// This server's own node StableID (calls from it are refused unless `allow_self`).
+    self_node: RwLock<Option<String>>,
+    sessions: Sessions,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>, mode: IdentityMode, auditor: Auditor) -> AppState {
+        AppState {
+            config,
+            mode,
+            auditor,
+            hosts: RwLock::new(HashSet::new()),
+            self_node: RwLock::new(None),
+            sessions: Sessions::default(),
+        }
+    }
+
+    /// Replace the Host allow-list with `names` plus the configured extra hosts.
+    pub fn set_hosts(&self, names: impl IntoIterator<Item = String>) {
+        let mut set: HashSet<String> = names
+            .into_iter()
+            .map(|n| normalize_host(&n))
+            .filter(|n| !n.is_empty())
+            .collect();
+        set.extend(self.config.extra_hosts.iter().cloned());
+        if let Ok(mut h) = self.hosts.write() {
+            *h = set;
+        }
+    }
+
+    pub fn hosts(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .hosts
+            .read()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn set_self_node(&self, stable_id: Option<String>) {
+        if let Ok(mut s) = self.self_node.write() {
+            *s = stable_id;
+        }
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        self.hosts
+            .read()
+            .map(|h| h.contains(&normalize_host(host)))
+            .unwrap_or(false)
+    }
+
+    fn is_self(&self, caller: &Caller) -> bool {
+        self.self_node
+            .read()
+            .ok()
+            .and_then(|s| s.clone())
+            .is_some_and(|id| id == caller.node_id)
+    }
+}
+
+/// `Host` header value → bare lowercase host: port and IPv6 brackets removed, trailing dot dropped.
+fn normalize_host(raw: &str) -> String {
+    let raw = raw.trim().to_ascii_lowercase();
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("").to_string()
+    } else if raw.matches(':').count() == 1 {
+        raw.split(':').next().unwrap_or("").to_string()
+    } else {
+        raw
+    };
+    host.trim_end_matches('.').to_string()
+}
+
+/// A whois answer and when it was fetched.
+type CachedCaller = Option<(Instant, Arc<Caller>)>;
+
+/// Per TCP connection: the peer, and a short-lived cache of its whois answer.
+#[derive(Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    cache: Arc<Mutex<CachedCaller>>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            peer,
+            cache: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+/// Which principal created each MCP session. rmcp does not tie sessions to callers; we do.
+#[derive(Default)]
+struct Sessions {
+    map: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+/// Bindings unused this long are forgotten (rmcp closes idle sessions after 5 minutes).
+const SESSION_BINDING_IDLE: Duration = Duration::from_secs(15 * 60);
+
+impl Sessions {
+    /// `Ok` if the session is unknown to us or belongs to `principal`.
+    fn check(&self, id: &str, principal: &str) -> Result<(), ()> {
+        let mut map = self.map.lock().map_err(|_| ())?;
+        match map.get_mut(id) {
+            Some((owner, used)) if owner == principal => {
+                *used = Instant::now();
+                Ok(())
+            }
+            Some(_) => Err(()),
+            None => Ok(()),
+        }
+    }
+
+    fn bind(&self, id: String, principal: String) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= 1024 {
+                map.retain(|_, (_, used)| used.elapsed() < SESSION_BINDING_IDLE);
+            }
+            map.insert(id, (principal, Instant::now()));
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(id);
+        }
+    }
+}
+
+/// The rmcp Streamable HTTP service, configured for this server.
+pub fn mcp_service(
+    config: &Config,
+    shared: Arc<mcp::Shared>,
+    shutdown: CancellationToken,
+) -> StreamableHttpService<McpServer, LocalSessionManager> {
+    let rmcp_config = StreamableHttpServerConfig::default()
+        // Host is checked by `identify` against a list that follows the tailnet addresses.
+        .disable_allowed_hosts()
+        // MCP clients send no Origin; a browser page must not act with its user's identity.
+        .with_allowed_origins(config.allowed_origins.clone())
+        .enforce_origin_validation()
+        .with_legacy_session_mode(config.sessions)
+        .with_json_response(true)
+        .with_max_request_body_bytes(config.max_body_bytes)
+        .with_cancellation_token(shutdown);
+    StreamableHttpService::new(
+        move || Ok(McpServer::new(shared.clone())),
+        Arc::new(LocalSessionManager::default()),
+        rmcp_config,
+    )
+}
+
+/// The whole HTTP application. Layer order: `identify` runs first for every path.
+pub fn app(state: Arc<AppState>, mcp: StreamableHttpService<McpServer, LocalSessionManager>) -> Router {
+    Router::new()
+        .nest_service("/mcp", mcp)
+        .fallback(|| async { refusal(StatusCode::NOT_FOUND, "not found: the MCP endpoint is /mcp") })
+        .layer(middleware::from_fn_with_state(state, identify))
+}
+
+/// Headers a client might send hoping to be believed about who it is. Dropped unread.
+const CLIENT_IDENTITY_HEADERS: &[&str] = &[
+    "tailscale-user-login",
+    "tailscale-user-name",
+    "tailscale-user-profile-pic",
+    "tailscale-app-capabilities",
+    "tailscale-headers-info",
+];
+
+/// Resolve the caller from the TCP peer, check Host and session ownership, and pass the
+/// request on with `Arc<Caller>` in its extensions.
+async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    for h in CLIENT_IDENTITY_HEADERS {
+        req.headers_mut().remove(*h);
+    }
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let Some(conn) = req.extensions().get::<ConnInfo>().cloned() else {
+        tracing::error!("request without connection info; refusing");
+        return refusal(StatusCode::FORBIDDEN, "forbidden");
+    };
+
+    let caller = match resolve(&st, &conn).await {
+        Ok(c) => c,
+        Err(reason) => {
+            refuse_audit(&st, None, conn.peer, format!("{what}: {reason}")).await;
+            return refusal(
+                StatusCode::FORBIDDEN,
+                "forbidden: no tailnet identity for this connection",
+            );
+        }
+    };
+    if !st.config.allow_self && st.is_self(&caller) {
+        refuse_audit(
+            &st,
+            Some(&caller),
+            conn.peer,
+            format!("{what}: call from this server's own node (allow_self is off)"),
+        )
+        .await;
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "forbidden: calls from the server's own node are refused",
+        );
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if !st.host_allowed(&host) {
+        refuse_audit(
+            &st,
+            Some(&caller),
+            conn.peer,
+            format!("{what}: Host `{host}` is not allowed"),
+        )
+        .await;
+        return refusal(StatusCode::FORBIDDEN, "forbidden: Host not allowed");
+    }
+    let session = req
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(id) = &session
+        && st.sessions.check(id, &caller.principal).is_err()
+    {
+        refuse_audit(
+            &st,
+            Some(&caller),
+            conn.peer,
+            format!("{what}: session belongs to another principal"),
+        )
+        .await;
+        return refusal(StatusCode::NOT_FOUND, "session not found");
+    }
+
+    let is_delete = req.method() == Method::DELETE;
+    let principal = caller.principal.clone();
+    req.extensions_mut().insert(caller);
+    let response = next.run(req).await;
+
+    match &session {
+        None => {
+            if let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+                st.sessions.bind(id.to_string(), principal);
+            }
+        }
+        Some(id) if response.status() == StatusCode::NOT_FOUND => st.sessions.forget(id),
+        Some(id) if is_delete && response.status().is_success() => st.sessions.forget(id),
+        Some(_) => {}
+    }
+    response
+}
+
+/// The caller behind this connection: the cached answer if fresh, else a whois.
+async fn resolve(st: &AppState, conn: &ConnInfo) -> Result<Arc<Caller>, String> {
+    let ttl = st.config.identity_cache;
+    if let Ok(cache) = conn.cache.lock()
+        && let Some((at, caller)) = cache.as_ref()
+        && at.elapsed() < ttl
+    {
+        return Ok(caller.clone());
+    }
+    let caller = match &st.mode {
+        IdentityMode::Dev { login } => Arc::new(Caller::dev(login, conn.peer)),
+        IdentityMode::Tailnet(api) => {
+            let who = api
+                .whois(conn.peer, None)
+                .await
+                .map_err(|e| format!("whois failed ({}): {e}", e.reason()))?;
+            Arc::new(Caller::from_whois(&who, conn.peer, &st.config.capability))
+        }
+    };
+    if !ttl.is_zero()
+        && let Ok(mut cache) = conn.cache.lock()
+    {
+        *cache = Some((Instant::now(), caller.clone()));
+    }
+    Ok(caller)
+}
+
+/// Record a refusal at the identity layer (committed before the response goes out).
+async fn refuse_audit(st: &AppState, caller: Option<&Caller>, peer: SocketAddr, reason: String) {
+    let mut rec = match caller {
+        Some(c) => mcp::record_for(c, None, "http"),
+        None => {
+            let mut r = Record::new();
+            r.method = "http".into();
+            r.remote_addr = Some(peer.to_string());
+            r
+        }
+    };
+    rec.decision = audit::Decision::Deny;
+    rec.outcome = Outcome::Denied;
+    tracing::info!(peer = %peer, reason = %reason, "refused");
+    rec.reason = Some(reason);
+    if let Err(e) = st.auditor.record(rec).await {
+        tracing::error!(error = %e, "audit write failed for a refusal");
+    }
+}
+
+/// The one shape of every refusal: an HTTP status with a JSON-RPC error body.
+pub fn refusal(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": -32001, "message": message },
+    });
+    let mut resp = (status, Body::from(body.to_string())).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_normalization() {
+        for (raw, want) in [
+            ("100.100.1.1:8471", "100.100.1.1"),
+            ("100.100.1.1", "100.100.1.1"),
+            ("[fd7a:115c:a1e0::1]:8471", "fd7a:115c:a1e0::1"),
+            ("fd7a:115c:a1e0::1", "fd7a:115c:a1e0::1"),
+            ("MCP-Host.tail3f9c2.ts.net.:443", "mcp-host.tail3f9c2.ts.net"),
+            ("mcp-host", "mcp-host"),
+            ("", ""),
+        ] {
+            assert_eq!(normalize_host(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn sessions_belong_to_their_creator() {
+        let s = Sessions::default();
+        s.bind("abc".into(), "alice@example.com".into());
+        assert!(s.check("abc", "alice@example.com").is_ok());
+        assert!(s.check("abc", "bob@example.com").is_err());
+        assert!(
+            s.check("unknown", "bob@example.com").is_ok(),
+            "unknown ids are rmcp's to refuse"
+        );
+        s.forget("abc");
+        assert!(s.check("abc", "bob@example.com").is_ok());
+    }
+}
