@@ -1,0 +1,239 @@
+//! The foundation's budgets, measured on the tailnet harness (`cargo bench --bench whoami`):
+//! `whoami` over HTTP with whois + policy + audit on every call (identity cache off), one client
+//! and 32 concurrent clients, on a session (2025-06-18) and stateless (2026-07-28); resident
+//! memory idle and under load; time from tailscaled reporting `Running` to a connectable listener.
+//!
+//! Needs root (network namespaces). Environment: `BENCH_SECS` (load duration per phase, default 10),
+//! `BENCH_CLIENTS` (default 32), `BENCH_CACHE_SECS` (identity cache, default 0 = whois every call).
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::http::{Conn, Mcp};
+use support::localapi::{StandIn, fixture};
+use support::netns::Tailnet;
+use support::server::{PORT, Server};
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
+const ALICE: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 2));
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Session,
+    Stateless,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Session => "session 2025-06-18",
+            Mode::Stateless => "stateless 2026-07-28",
+        }
+    }
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// A client ready to call `whoami` in `mode`.
+async fn client(net: &Tailnet, addr: SocketAddr, mode: Mode) -> Mcp {
+    let stream = net.connect(ALICE, addr).await.expect("connect");
+    let mut m = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
+    match mode {
+        Mode::Session => {
+            m.protocol = "2025-06-18".into();
+            m.initialize().await.expect("initialize");
+        }
+        Mode::Stateless => m.protocol = "2026-07-28".into(),
+    }
+    m
+}
+
+async fn call(m: &mut Mcp, mode: Mode) -> Value {
+    let params = match mode {
+        Mode::Session => json!({"name": "whoami", "arguments": {}}),
+        Mode::Stateless => json!({"name": "whoami", "arguments": {}, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"},
+            "io.modelcontextprotocol/clientCapabilities": {}
+        }}),
+    };
+    let resp = m.request("tools/call", params).await.expect("tools/call");
+    let v = resp.json();
+    assert_eq!(
+        v["result"]["structuredContent"]["principal"], "alice@example.com",
+        "unexpected answer: {v}"
+    );
+    v
+}
+
+/// Run `clients` clients for `secs`; returns (calls, per-call latencies in µs).
+async fn load(net: &Arc<Tailnet>, addr: SocketAddr, mode: Mode, clients: usize, secs: u64) -> (usize, Vec<u32>, f64) {
+    let mut ready = Vec::new();
+    for _ in 0..clients {
+        let mut m = client(net, addr, mode).await;
+        for _ in 0..20 {
+            call(&mut m, mode).await;
+        }
+        ready.push(m);
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let tasks: Vec<_> = ready
+        .into_iter()
+        .map(|mut m| {
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(100_000);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    call(&mut m, mode).await;
+                    lat.push(t.elapsed().as_micros() as u32);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("client task"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    (all.len(), all, elapsed)
+}
+
+async fn time_to_listen(net: &Tailnet, trials: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for _ in 0..trials {
+        let standin = StandIn::start().await;
+        standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
+        standin.set_backend_state("Starting");
+        let mut server = Server::spawn(net, &standin, "", "").await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let addr = SocketAddr::new(IpAddr::V4(SERVER_IP), PORT);
+        assert!(net.connect(ALICE, addr).await.is_err(), "listening before Running");
+        standin.set_backend_state("Running");
+        let t0 = Instant::now();
+        loop {
+            if net.connect(ALICE, addr).await.is_ok() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "never listened: {}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        out.push(t0.elapsed().as_secs_f64() * 1e3);
+        server.stop().await;
+    }
+    out
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {cpu}, kernel {}", kernel.trim())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if let Err(e) = support::netns::require_root_and_netns() {
+        eprintln!("bench needs root and network namespaces: {e}");
+        std::process::exit(1);
+    }
+    let secs = env_num("BENCH_SECS", 10);
+    let clients = env_num("BENCH_CLIENTS", 32) as usize;
+    let cache = env_num("BENCH_CACHE_SECS", 0);
+    println!("machine: {}", machine());
+    println!(
+        "identity cache: {cache} s ({}), load: {clients} clients x {secs} s",
+        if cache == 0 {
+            "whois on every call"
+        } else {
+            "per connection"
+        }
+    );
+
+    let net = Arc::new(Tailnet::new(SERVER_IP, None).expect("tailnet"));
+    net.add_caller(ALICE).expect("caller");
+
+    let listen = time_to_listen(&net, 5).await;
+    println!(
+        "listening after Running: {} ms (each of 5 trials; poll interval included)",
+        listen.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", ")
+    );
+
+    let standin = StandIn::start().await;
+    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
+    standin.add_identity(ALICE, fixture("whois-user.json"));
+    let server_section = format!("identity_cache_secs = {cache}");
+    let mut server = Server::start(&net, &standin, &server_section, "").await;
+    let pid = server.child.as_ref().and_then(|c| c.id()).expect("server pid");
+    let addr = server.addr;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("resident memory idle: {:.1} MB", rss_kib(pid, "VmRSS:") as f64 / 1024.0);
+
+    for mode in [Mode::Session, Mode::Stateless] {
+        let (n, lat, el) = load(&net, addr, mode, 1, secs.min(5)).await;
+        println!(
+            "{:<22} 1 client : {:>8.0} calls/s  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  ({n} calls)",
+            mode.name(),
+            n as f64 / el,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.9),
+            percentile(&lat, 0.99)
+        );
+        let (n, lat, el) = load(&net, addr, mode, clients, secs).await;
+        println!(
+            "{:<22} {clients} clients: {:>8.0} calls/s  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  ({n} calls)",
+            mode.name(),
+            n as f64 / el,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.9),
+            percentile(&lat, 0.99)
+        );
+    }
+    println!(
+        "resident memory after load: {:.1} MB now, {:.1} MB peak (VmHWM)",
+        rss_kib(pid, "VmRSS:") as f64 / 1024.0,
+        rss_kib(pid, "VmHWM:") as f64 / 1024.0
+    );
+    let rows = server.audit().len();
+    println!("audit rows written: {rows}");
+    println!("whois requests served by the stand-in: {}", standin.whois_count());
+    server.stop().await;
+}

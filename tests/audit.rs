@@ -1,0 +1,487 @@
+//! Integration tests of `tailopsmcp::audit` against real SQLite files in temp dirs and a real
+//! journald: what the MCP layer relies on (commit before resolve, one row per call, redaction on
+//! disk, filters) and what the CLI shows.
+//!
+//! These tests only use the public API plus independent SQLite connections to look at the file;
+//! they must not reach into the writer's internals.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tailopsmcp::audit::{
+    AuditError, AuditOptions, Auditor, Decision, Outcome, Query, Record, parse_time, query_path, render_jsonl,
+    render_table,
+};
+
+use crate::support::journald::{ensure_journald, journal_entries};
+
+fn open(dir: &tempfile::TempDir) -> (Auditor, PathBuf) {
+    let path = dir.path().join("state/audit.db");
+    let auditor = Auditor::open(&path, AuditOptions::default()).expect("open auditor");
+    (auditor, path)
+}
+
+fn sample(principal: &str, tool: &str) -> Record {
+    Record {
+        principal: Some(principal.to_string()),
+        login: Some(principal.to_string()),
+        user_id: Some(42),
+        node_id: Some("nStable1".to_string()),
+        node_name: Some("laptop.tail1234.ts.net".to_string()),
+        remote_addr: Some("100.100.2.2:43817".to_string()),
+        identity_source: Some("whois".to_string()),
+        session_id: Some("session-1".to_string()),
+        method: "tools/call".to_string(),
+        tool: Some(tool.to_string()),
+        target: Some("local".to_string()),
+        arguments: Some(json!({"verbose": true})),
+        decision: Decision::Allow,
+        reason: Some("scope system:read".to_string()),
+        grants: vec!["system:read".to_string()],
+        outcome: Outcome::Ok,
+        duration_ms: Some(1.25),
+        result_bytes: Some(512),
+        ..Record::new()
+    }
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+}
+
+fn all() -> Query {
+    Query {
+        limit: 0,
+        ..Query::default()
+    }
+}
+
+/// An independent connection to the file, as another process would have.
+fn raw(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).unwrap()
+}
+
+#[tokio::test]
+async fn record_begin_complete_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, _) = open(&dir);
+
+    let mut done = sample("alice@example.com", "whoami");
+    done.tags = vec!["tag:a".into(), "tag:b".into()];
+    let id1 = auditor.record(done.clone()).await.unwrap();
+
+    let mut action = sample("alice@example.com", "services_restart");
+    action.outcome = Outcome::Ok; // begin must store pending whatever it is given
+    action.duration_ms = None;
+    action.result_bytes = None;
+    let id2 = auditor.begin(action.clone()).await.unwrap();
+    assert!(id2 > id1);
+    auditor
+        .complete(id2, Outcome::Error, Some("exit 1".into()), 8.5, Some(3))
+        .await
+        .unwrap();
+
+    let got = auditor.query(&all()).unwrap();
+    assert_eq!(got.len(), 2);
+    let expected1 = Record { id: Some(id1), ..done };
+    assert_eq!(got[0], expected1);
+    let expected2 = Record {
+        id: Some(id2),
+        outcome: Outcome::Error,
+        error: Some("exit 1".into()),
+        duration_ms: Some(8.5),
+        result_bytes: Some(3),
+        ..action
+    };
+    assert_eq!(got[1], expected2);
+}
+
+#[tokio::test]
+async fn begin_is_committed_before_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, path) = open(&dir);
+    let rec = sample("bob@example.com", "containers_stop");
+    let request_id = rec.request_id.clone();
+    let id = auditor.begin(rec).await.unwrap();
+
+    // Another connection sees the row the moment `begin` resolved: it is committed.
+    let other = raw(&path);
+    let row: (String, String) = other
+        .query_row("SELECT outcome, request_id FROM audit WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(row, ("pending".to_string(), request_id));
+
+    auditor.complete(id, Outcome::Ok, None, 3.0, Some(10)).await.unwrap();
+    let outcome: String = other
+        .query_row("SELECT outcome FROM audit WHERE id = ?1", [id], |r| r.get(0))
+        .unwrap();
+    assert_eq!(outcome, "ok");
+
+    // Exactly once: a completed record is final, and unknown ids are refused.
+    let again = auditor.complete(id, Outcome::Error, None, 1.0, None).await;
+    assert!(matches!(again, Err(AuditError::NotPending { .. })), "{again:?}");
+    let unknown = auditor.complete(id + 1000, Outcome::Ok, None, 1.0, None).await;
+    assert!(matches!(unknown, Err(AuditError::NotPending { .. })));
+    let pending = auditor.complete(id, Outcome::Pending, None, 1.0, None).await;
+    assert!(matches!(pending, Err(AuditError::Invalid(_))));
+    // The database itself refuses rewriting a completed row.
+    assert!(
+        other
+            .execute("UPDATE audit SET outcome = 'error' WHERE id = ?1", [id])
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_records_land_with_distinct_ids() {
+    const TOTAL: usize = 10_000;
+    const TASKS: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, path) = open(&dir);
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let auditor = auditor.clone();
+        let n = TOTAL / TASKS + usize::from(t < TOTAL % TASKS);
+        handles.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(n);
+            for i in 0..n {
+                let mut rec = sample(&format!("user{t}@example.com"), "whoami");
+                rec.target = Some(format!("{i}"));
+                ids.push(auditor.record(rec).await.unwrap());
+            }
+            ids
+        }));
+    }
+    let mut ids = HashSet::new();
+    for h in handles {
+        for id in h.await.unwrap() {
+            assert!(ids.insert(id), "duplicate id {id}");
+        }
+    }
+    assert_eq!(ids.len(), TOTAL);
+    let n: i64 = raw(&path)
+        .query_row("SELECT COUNT(DISTINCT id) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, TOTAL as i64);
+}
+
+#[tokio::test]
+async fn filters_select_and_order_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, path) = open(&dir);
+    let times = [
+        "2025-01-01T10:00:00.000Z",
+        "2025-01-01T11:00:00.000Z",
+        "2025-01-01T12:00:00.000Z",
+        "2025-01-01T13:00:00.000Z",
+        "2025-01-01T14:00:00.000Z",
+    ];
+    let who = ["alice", "bob", "alice", "alice", "bob"];
+    let tool = ["whoami", "whoami", "services_restart", "whoami", "logs_read"];
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut r = sample(who[i], tool[i]);
+        r.time = times[i].to_string();
+        if i == 3 {
+            r.decision = Decision::Deny;
+            r.outcome = Outcome::Denied;
+            r.reason = Some("no scope services:write".into());
+        }
+        ids.push(auditor.record(r).await.unwrap());
+    }
+    let q = |f: &dyn Fn(&mut Query)| {
+        let mut q = all();
+        f(&mut q);
+        let got = auditor.query(&q).unwrap();
+        let cli = query_path(&path, &q).unwrap();
+        assert_eq!(got, cli, "auditor and CLI disagree for {q:?}");
+        got.iter().map(|r| r.id.unwrap()).collect::<Vec<_>>()
+    };
+    let pick = |idx: &[usize]| idx.iter().map(|&i| ids[i]).collect::<Vec<_>>();
+
+    assert_eq!(q(&|_| {}), pick(&[0, 1, 2, 3, 4]));
+    assert_eq!(q(&|q| q.principal = Some("alice".into())), pick(&[0, 2, 3]));
+    assert_eq!(q(&|q| q.tool = Some("whoami".into())), pick(&[0, 1, 3]));
+    assert_eq!(q(&|q| q.decision = Some(Decision::Deny)), pick(&[3]));
+    assert_eq!(q(&|q| q.decision = Some(Decision::Allow)), pick(&[0, 1, 2, 4]));
+    assert_eq!(q(&|q| q.since = Some(at("2025-01-01T11:00:00Z"))), pick(&[1, 2, 3, 4]));
+    assert_eq!(q(&|q| q.until = Some(at("2025-01-01T12:00:00Z"))), pick(&[0, 1]));
+    assert_eq!(
+        q(&|q| {
+            q.since = Some(at("2025-01-01T10:30:00Z"));
+            q.until = Some(at("2025-01-01T13:30:00Z"));
+            q.principal = Some("alice".into());
+        }),
+        pick(&[2, 3])
+    );
+    // Newest `limit`, newest last.
+    assert_eq!(q(&|q| q.limit = 2), pick(&[3, 4]));
+    assert_eq!(
+        q(&|q| {
+            q.limit = 2;
+            q.principal = Some("alice".into());
+        }),
+        pick(&[2, 3])
+    );
+    // Paging forward from an id: the oldest `limit` after it.
+    assert_eq!(
+        q(&|q| {
+            q.after_id = Some(ids[0]);
+            q.limit = 2;
+        }),
+        pick(&[1, 2])
+    );
+    assert_eq!(q(&|q| q.after_id = Some(ids[4])), pick(&[]));
+    assert_eq!(auditor.query(&Query::default()).unwrap().len(), 5);
+    // Relative times go through parse_time.
+    let since = parse_time("7d", at("2025-01-08T12:30:00Z")).unwrap();
+    assert_eq!(q(&|q| q.since = Some(since)), pick(&[3, 4]));
+}
+
+#[tokio::test]
+async fn redaction_reaches_the_database() {
+    const SECRET: &str = "hunter2-Sup3rSecret-7c1f";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let auditor = Auditor::open(
+        &path,
+        AuditOptions {
+            redact_fields: vec!["vault_path".to_string()],
+            journald: false,
+        },
+    )
+    .unwrap();
+    let mut rec = sample("alice@example.com", "files_write");
+    rec.arguments = Some(json!({
+        "path": "/etc/app.conf",
+        "password": SECRET,
+        "env": [{"name": "X", "API_KEY": SECRET}],
+        "headers": {"Authorization": format!("Bearer {SECRET}")},
+        "Vault-Path": SECRET,
+        "content": "x".repeat(10_000),
+    }));
+    let id = auditor.record(rec).await.unwrap();
+    let id2 = auditor.begin(sample("bob", "x")).await.unwrap();
+    auditor.complete(id2, Outcome::Ok, None, 1.0, None).await.unwrap();
+
+    let conn = raw(&path);
+    let leaked: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE instr(
+                 coalesce(arguments, '') || coalesce(reason, '') || coalesce(error, '') ||
+                 coalesce(target, ''), ?1) > 0",
+            [SECRET],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(leaked, 0);
+    let stored: String = conn
+        .query_row("SELECT arguments FROM audit WHERE id = ?1", [id], |r| r.get(0))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(v["password"], "[REDACTED]");
+    assert_eq!(v["env"][0]["API_KEY"], "[REDACTED]");
+    assert_eq!(v["env"][0]["name"], "X");
+    assert_eq!(v["headers"]["Authorization"], "[REDACTED]");
+    assert_eq!(v["Vault-Path"], "[REDACTED]");
+    assert_eq!(v["path"], "/etc/app.conf");
+    let content = v["content"].as_str().unwrap();
+    assert!(content.len() < 4200 && content.ends_with("[truncated, 10000 bytes]"));
+
+    // Not on disk at all: neither in the database file nor in its WAL.
+    drop(auditor);
+    for file in [path.clone(), PathBuf::from(format!("{}-wal", path.display()))] {
+        if let Ok(bytes) = std::fs::read(&file) {
+            assert!(
+                !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                "secret found in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn write_failures_reach_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, path) = open(&dir);
+    auditor.record(sample("alice", "whoami")).await.unwrap();
+    // Make every write fail from outside, as a full disk or a broken file would.
+    raw(&path)
+        .execute_batch(
+            "CREATE TRIGGER fail BEFORE INSERT ON audit
+             BEGIN SELECT RAISE(ROLLBACK, 'disk on fire'); END;",
+        )
+        .unwrap();
+    let err = auditor.record(sample("alice", "whoami")).await.unwrap_err();
+    assert!(err.to_string().contains("disk on fire"), "{err}");
+    let err = auditor.begin(sample("alice", "x")).await.unwrap_err();
+    assert!(matches!(err, AuditError::Write { .. }), "{err:?}");
+    raw(&path).execute_batch("DROP TRIGGER fail").unwrap();
+    auditor.record(sample("alice", "whoami")).await.unwrap();
+    assert_eq!(auditor.query(&all()).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn render_functions_show_stored_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, path) = open(&dir);
+    let mut a = sample("alice@example.com", "whoami");
+    a.time = "2025-01-02T03:04:05.678Z".into();
+    auditor.record(a).await.unwrap();
+    let mut d = Record {
+        method: "http".into(),
+        decision: Decision::Deny,
+        outcome: Outcome::Denied,
+        reason: Some("whois: no match for 10.0.0.9:5555".into()),
+        remote_addr: Some("10.0.0.9:5555".into()),
+        ..Record::new()
+    };
+    d.time = "2025-01-02T03:04:06.000Z".into();
+    auditor.record(d).await.unwrap();
+
+    let records = query_path(&path, &all()).unwrap();
+    let table = render_table(&records);
+    assert_eq!(
+        table,
+        "TIME                      PRINCIPAL          NODE    TOOL    TARGET  DECISION  OUTCOME  REASON\n\
+         2025-01-02T03:04:05.678Z  alice@example.com  laptop  whoami  local   allow     ok       scope system:read\n\
+         2025-01-02T03:04:06.000Z  -                  -       http    -       deny      denied   whois: no match for 10.0.0.9:5555\n"
+    );
+    let jsonl = render_jsonl(&records);
+    let back: Vec<Record> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(back, records);
+    assert!(jsonl.contains(r#""decision":"deny""#));
+}
+
+#[tokio::test]
+async fn cli_queries_need_an_existing_current_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    assert!(query_path(&missing, &all()).is_err());
+    assert!(!missing.exists(), "a read-only query must not create the file");
+
+    let (auditor, path) = open(&dir);
+    auditor.record(sample("alice", "whoami")).await.unwrap();
+    drop(auditor);
+    raw(&path).pragma_update(None, "user_version", 999).unwrap();
+    let err = query_path(&path, &all()).unwrap_err();
+    assert!(err.to_string().contains("newer than this binary"), "{err}");
+    let err = Auditor::open(&path, AuditOptions::default())
+        .err()
+        .expect("newer database refused");
+    assert!(err.to_string().contains("newer than this binary"), "{err}");
+}
+
+#[tokio::test]
+async fn journald_mirror_carries_documented_fields() {
+    if let Err(why) = ensure_journald() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("journald is required when CI=true: {why}");
+        }
+        eprintln!("skipping journald_mirror_carries_documented_fields: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let auditor = Auditor::open(
+        &dir.path().join("audit.db"),
+        AuditOptions {
+            redact_fields: Vec::new(),
+            journald: true,
+        },
+    )
+    .unwrap();
+
+    let mut ok = sample("alice@example.com", "whoami");
+    ok.tags = vec!["tag:a".into(), "tag:b".into()];
+    ok.arguments = Some(json!({"marker": "never-in-journald"}));
+    let ok_request = ok.request_id.clone();
+    let ok_id = auditor.record(ok).await.unwrap();
+
+    let mut deny = sample("eve@example.com", "services_restart");
+    deny.decision = Decision::Deny;
+    deny.outcome = Outcome::Denied;
+    deny.reason = Some("no scope services:write\non target web".into());
+    let deny_request = deny.request_id.clone();
+    auditor.record(deny).await.unwrap();
+
+    let action = sample("bob@example.com", "containers_restart");
+    let action_request = action.request_id.clone();
+    let action_id = auditor.begin(action).await.unwrap();
+    auditor
+        .complete(action_id, Outcome::Error, Some("exit 1".into()), 12.5, None)
+        .await
+        .unwrap();
+
+    let by_request = |id: &str, n: usize| {
+        let filter = format!("TAILOPS_REQUEST_ID={id}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let got = journal_entries(&["-t", "tailopsmcp-audit", &filter]);
+            if got.len() >= n || std::time::Instant::now() > deadline {
+                assert_eq!(got.len(), n, "journal entries for {id}: {got:#?}");
+                return got;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let field = |e: &serde_json::Value, k: &str| e[k].as_str().map(String::from);
+
+    let e = &by_request(&ok_request, 1)[0];
+    let expect = [
+        ("SYSLOG_IDENTIFIER", "tailopsmcp-audit"),
+        ("MESSAGE", "alice@example.com whoami local allow ok"),
+        ("PRIORITY", "6"),
+        ("TAILOPS_AUDIT_ID", &ok_id.to_string()),
+        ("TAILOPS_REQUEST_ID", &ok_request),
+        ("TAILOPS_SESSION_ID", "session-1"),
+        ("TAILOPS_PRINCIPAL", "alice@example.com"),
+        ("TAILOPS_USER_ID", "42"),
+        ("TAILOPS_LOGIN", "alice@example.com"),
+        ("TAILOPS_NODE_ID", "nStable1"),
+        ("TAILOPS_NODE", "laptop.tail1234.ts.net"),
+        ("TAILOPS_TAGS", "tag:a,tag:b"),
+        ("TAILOPS_REMOTE_ADDR", "100.100.2.2:43817"),
+        ("TAILOPS_IDENTITY_SOURCE", "whois"),
+        ("TAILOPS_METHOD", "tools/call"),
+        ("TAILOPS_TOOL", "whoami"),
+        ("TAILOPS_TARGET", "local"),
+        ("TAILOPS_DECISION", "allow"),
+        ("TAILOPS_REASON", "scope system:read"),
+        ("TAILOPS_GRANTS", "system:read"),
+        ("TAILOPS_OUTCOME", "ok"),
+        ("TAILOPS_DURATION_MS", "1.25"),
+    ];
+    for (k, v) in expect {
+        assert_eq!(field(e, k).as_deref(), Some(v), "{k} in {e:#}");
+    }
+    assert!(!e.to_string().contains("never-in-journald"), "{e:#}");
+
+    let e = &by_request(&deny_request, 1)[0];
+    assert_eq!(field(e, "PRIORITY").as_deref(), Some("4"));
+    assert_eq!(field(e, "TAILOPS_DECISION").as_deref(), Some("deny"));
+    assert_eq!(field(e, "TAILOPS_OUTCOME").as_deref(), Some("denied"));
+    assert_eq!(
+        field(e, "TAILOPS_REASON").as_deref(),
+        Some("no scope services:write\non target web")
+    );
+
+    // begin (pending) and complete: two events for one row.
+    let events = by_request(&action_request, 2);
+    let outcomes: Vec<Option<String>> = events.iter().map(|e| field(e, "TAILOPS_OUTCOME")).collect();
+    assert_eq!(outcomes, [Some("pending".to_string()), Some("error".to_string())]);
+    for e in &events {
+        assert_eq!(field(e, "TAILOPS_AUDIT_ID"), Some(action_id.to_string()), "{e:#}");
+        assert_eq!(field(e, "TAILOPS_PRINCIPAL").as_deref(), Some("bob@example.com"));
+    }
+    assert_eq!(field(&events[1], "TAILOPS_ERROR").as_deref(), Some("exit 1"));
+    assert_eq!(field(&events[1], "TAILOPS_DURATION_MS").as_deref(), Some("12.5"));
+    assert_eq!(
+        field(&events[1], "MESSAGE").as_deref(),
+        Some("bob@example.com containers_restart local allow error")
+    );
+}

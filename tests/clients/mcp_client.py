@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""A real MCP client for integration tests: the official MCP Python SDK (pinned in
+tests/support/pyclient.rs) over Streamable HTTP, one session, a list of actions.
+
+It only drives the SDK and reports what it saw; it must not judge results (the Rust tests do).
+
+Usage: mcp_client.py URL ACTIONS_JSON [--header NAME:VALUE]...
+
+ACTIONS_JSON is a JSON list, run in order in one session after `initialize`:
+  {"list_tools": {}}                      -> {"action": "list_tools", "tools": [names]}
+  {"call": "NAME", "args": {...}}         -> {"action": "call", "tool": NAME, "isError": bool,
+                                              "structuredContent": ..., "text": [text contents]}
+  {"ping": {}}                            -> {"action": "ping", "ok": true}
+Output: one JSON object per line on stdout, the first being
+  {"action": "initialize", "protocolVersion": ..., "serverInfo": {...}}.
+A protocol failure (HTTP error, JSON-RPC error, broken stream) prints
+  {"action": ..., "error": "...", "code": JSONRPC-CODE-or-null, "httpStatus": LAST-HTTP-ERROR-or-null}
+and exits 1; bad usage exits 2.
+"""
+
+import json
+import sys
+
+import anyio
+import httpx2
+import mcp_types as types
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+
+def emit(obj):
+    print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+class ActionFailed(Exception):
+    def __init__(self, action, error, code=None):
+        super().__init__(error)
+        self.action, self.error, self.code = action, error, code
+
+
+async def run_action(session, action):
+    if not isinstance(action, dict) or len(action) == 0:
+        raise ActionFailed("usage", f"bad action {action!r}")
+    if "list_tools" in action:
+        names, cursor = [], None
+        while True:
+            params = None if cursor is None else types.PaginatedRequestParams(cursor=cursor)
+            result = await session.list_tools(params=params)
+            names.extend(tool.name for tool in result.tools)
+            cursor = result.next_cursor
+            if cursor is None:
+                break
+        emit({"action": "list_tools", "tools": names})
+    elif "call" in action:
+        name = action["call"]
+        result = await session.call_tool(name, action.get("args") or {})
+        texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
+        emit(
+            {
+                "action": "call",
+                "tool": name,
+                "isError": bool(result.is_error),
+                "structuredContent": result.structured_content,
+                "text": texts,
+            }
+        )
+    elif "ping" in action:
+        await session.send_ping()
+        emit({"action": "ping", "ok": True})
+    else:
+        raise ActionFailed("usage", f"unknown action {action!r}")
+
+
+def describe(exc):
+    """The innermost meaningful error of an exception (anyio wraps task failures in groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(e)[0] for e in exc.exceptions), None
+    if isinstance(exc, MCPError):
+        return f"{type(exc).__name__}: {exc.error.message}", exc.error.code
+    return f"{type(exc).__name__}: {exc}", None
+
+
+async def main(url, actions, headers):
+    current = "connect"
+    http_errors = []  # the SDK folds most HTTP errors into one JSON-RPC code; keep the status
+
+    async def on_response(response):
+        if response.status_code >= 400:
+            http_errors.append(response.status_code)
+
+    # trust_env=False: never route test traffic through a proxy from the environment.
+    http = httpx2.AsyncClient(
+        headers=headers,
+        timeout=httpx2.Timeout(30.0, read=300.0),
+        trust_env=False,
+        event_hooks={"response": [on_response]},
+    )
+    try:
+        async with http:
+            async with streamable_http_client(url, http_client=http) as (read, write):
+                async with ClientSession(read, write) as session:
+                    current = "initialize"
+                    init = await session.initialize()
+                    emit(
+                        {
+                            "action": "initialize",
+                            "protocolVersion": init.protocol_version,
+                            "serverInfo": init.server_info.model_dump(mode="json", exclude_none=True),
+                        }
+                    )
+                    for action in actions:
+                        current = next(iter(action)) if isinstance(action, dict) and action else "usage"
+                        await run_action(session, action)
+    except ActionFailed as e:
+        emit({"action": e.action, "error": e.error, "code": e.code, "httpStatus": None})
+        return 2 if e.action == "usage" else 1
+    except BaseException as e:  # noqa: BLE001 - report every failure as one line, then fail
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        error, code = describe(e)
+        status = http_errors[-1] if http_errors else None
+        emit({"action": current, "error": error, "code": code, "httpStatus": status})
+        return 1
+    return 0
+
+
+def parse_args(argv):
+    if len(argv) < 3:
+        raise SystemExit(__doc__)
+    url, actions = argv[1], json.loads(argv[2])
+    if not isinstance(actions, list):
+        raise SystemExit("ACTIONS_JSON must be a JSON list")
+    headers, rest = {}, argv[3:]
+    while rest:
+        if rest[0] != "--header" or len(rest) < 2 or ":" not in rest[1]:
+            raise SystemExit(__doc__)
+        name, value = rest[1].split(":", 1)
+        headers[name.strip()] = value.strip()
+        rest = rest[2:]
+    return url, actions, headers
+
+
+if __name__ == "__main__":
+    try:
+        url, actions, headers = parse_args(sys.argv)
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    sys.exit(anyio.run(main, url, actions, headers))

@@ -1,0 +1,674 @@
+//! The foundation end to end: the real binary in a network namespace with a TUN `tailscale0`,
+//! callers with their own tailnet addresses in a peer namespace, the LocalAPI stand-in for
+//! tailscaled, a real SQLite audit file, and real journald.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::http::{Conn, Mcp, Request};
+use crate::support::localapi::{StandIn, fixture, whois_for};
+use crate::support::netns::{Tailnet, skip_or_fail};
+use crate::support::server::{CAP, PORT, Server};
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
+const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0x1, 0x1);
+const ALICE: &str = "100.100.2.2";
+const BOB: &str = "100.100.2.3";
+const CI: &str = "100.100.2.4";
+const STRANGER: &str = "100.100.2.9";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A server on a test tailnet with three known callers (alice: granted user, bob: no grants,
+/// ci: tagged node) and one unknown address.
+struct World {
+    net: Tailnet,
+    standin: StandIn,
+    server: Server,
+}
+
+async fn world(server_section: &str, extra: &str) -> Option<World> {
+    let net = match Tailnet::new(SERVER_IP, Some(SERVER_IP6)) {
+        Ok(n) => n,
+        Err(e) => {
+            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
+            return None;
+        }
+    };
+    for c in [ALICE, BOB, CI, STRANGER] {
+        net.add_caller(ip(c)).expect("add caller");
+    }
+    let standin = StandIn::start().await;
+    standin.set_self_ips(&[IpAddr::V4(SERVER_IP), IpAddr::V6(SERVER_IP6)]);
+    standin.add_identity(ip(ALICE), fixture("whois-user.json"));
+    standin.add_identity(ip(BOB), fixture("whois-nocaps.json"));
+    standin.add_identity(ip(CI), fixture("whois-tagged.json"));
+    let server = Server::start(&net, &standin, server_section, extra).await;
+    Some(World { net, standin, server })
+}
+
+impl World {
+    fn host(&self) -> String {
+        format!("{SERVER_IP}:{PORT}")
+    }
+
+    async fn conn(&self, from: &str) -> Conn {
+        let stream = self.net.connect(ip(from), self.server.addr).await.expect("connect");
+        Conn::new(stream).await
+    }
+
+    async fn mcp(&self, from: &str) -> Mcp {
+        let mut m = Mcp::new(self.conn(from).await, &self.host());
+        m.initialize().await.expect("initialize");
+        m
+    }
+
+    /// A raw POST to /mcp from `from` with extra headers.
+    async fn post(&self, from: &str, headers: &[(&str, &str)], body: &[u8]) -> crate::support::http::Response {
+        let mut conn = self.conn(from).await;
+        let mut h: Vec<(String, String)> = vec![
+            ("host".into(), self.host()),
+            ("content-type".into(), "application/json".into()),
+            ("accept".into(), "application/json, text/event-stream".into()),
+        ];
+        for (k, v) in headers {
+            h.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+            h.push((k.to_string(), v.to_string()));
+        }
+        conn.send(Request {
+            method: http::Method::POST,
+            path: "/mcp".into(),
+            headers: h,
+            body: body.to_vec(),
+        })
+        .await
+        .expect("send")
+    }
+}
+
+fn init_body() -> Vec<u8> {
+    json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})
+    .to_string()
+    .into_bytes()
+}
+
+fn structured(result: &Value) -> &Value {
+    &result["structuredContent"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listens_only_on_the_tailnet_addresses() {
+    let Some(w) = world("", "").await else { return };
+    w.server
+        .wait_listening(&w.net, SocketAddr::new(IpAddr::V6(SERVER_IP6), PORT))
+        .await;
+    let mut listening = w.net.listening_sockets();
+    listening.sort();
+    assert_eq!(
+        listening,
+        vec![
+            SocketAddr::new(IpAddr::V4(SERVER_IP), PORT),
+            SocketAddr::new(IpAddr::V6(SERVER_IP6), PORT)
+        ],
+        "the server must listen on its tailnet addresses and nothing else"
+    );
+    let refused = w
+        .net
+        .connect_in_server_ns(SocketAddr::from(([127, 0, 0, 1], PORT)))
+        .await;
+    assert!(refused.is_err(), "nothing may listen on loopback");
+    // IPv6 callers are served too.
+    w.net.add_caller(ip("fd7a:115c:a1e0::2:2")).unwrap();
+    w.standin
+        .add_identity(ip("fd7a:115c:a1e0::2:2"), fixture("whois-user.json"));
+    let stream = w
+        .net
+        .connect(ip("fd7a:115c:a1e0::2:2"), SocketAddr::new(IpAddr::V6(SERVER_IP6), PORT))
+        .await
+        .unwrap();
+    let mut m = Mcp::new(Conn::new(stream).await, &format!("[{SERVER_IP6}]:{PORT}"));
+    m.initialize().await.expect("initialize over IPv6");
+    let who = m.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(
+        structured(&who)["remote_addr"]
+            .as_str()
+            .unwrap()
+            .split("]:")
+            .next()
+            .unwrap(),
+        "[fd7a:115c:a1e0::2:2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_user_lists_and_calls_tools() {
+    let Some(w) = world("", "").await else { return };
+    let mut alice = w.mcp(ALICE).await;
+    let mut tools = alice.list_tools().await.unwrap();
+    tools.sort();
+    // alice's grants: system:read + containers:read on *, containers:control on docker-*.
+    assert_eq!(tools, vec!["system_processes", "system_status", "whoami"]);
+
+    let who = alice.call_tool("whoami", json!({})).await.unwrap();
+    let s = structured(&who);
+    assert_eq!(s["principal"], "alice@example.com");
+    assert_eq!(s["kind"], "user");
+    assert_eq!(s["identity_source"], "whois");
+    assert_eq!(s["node_id"], "nQmK8XyZp711CNTRL");
+    assert_eq!(s["node_name"], "alice-laptop.tail3f9c2.ts.net");
+    assert!(s["remote_addr"].as_str().unwrap().starts_with("100.100.2.2:"));
+    let scopes: Vec<&str> = s["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["scope"].as_str().unwrap())
+        .collect();
+    assert_eq!(scopes, vec!["system:read", "containers:read"]);
+    assert_eq!(s["scopes"][0]["granted_by"], json!([format!("cap:{CAP}[0]")]));
+
+    let status = alice.call_tool("system_status", json!({})).await.unwrap();
+    assert_eq!(status["isError"], false, "{status}");
+    assert!(structured(&status)["memory"].is_object(), "{status}");
+
+    let rows = w
+        .server
+        .audit_where(2, |r| {
+            r.principal.as_deref() == Some("alice@example.com") && r.method == "tools/call"
+        })
+        .await;
+    let st = rows
+        .iter()
+        .find(|r| r.tool.as_deref() == Some("system_status"))
+        .expect("system_status row");
+    assert_eq!(st.decision, tailopsmcp::audit::Decision::Allow);
+    assert_eq!(st.outcome, tailopsmcp::audit::Outcome::Ok);
+    assert_eq!(st.target.as_deref(), Some("local"));
+    assert_eq!(st.node_id.as_deref(), Some("nQmK8XyZp711CNTRL"));
+    assert_eq!(st.identity_source.as_deref(), Some("whois"));
+    assert_eq!(st.grants, vec![format!("cap:{CAP}[0]")]);
+    assert!(st.session_id.is_some(), "session id recorded");
+    assert!(st.duration_ms.is_some() && st.result_bytes.unwrap_or(0) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_node_gets_its_tag_grants() {
+    let extra = "[[grant]]\nmatch = \"tag:ci\"\nscopes = [\"network:read\"]\ntargets = [\"local\"]\n";
+    let Some(w) = world("", extra).await else { return };
+    let mut ci = w.mcp(CI).await;
+    let mut tools = ci.list_tools().await.unwrap();
+    tools.sort();
+    assert_eq!(
+        tools,
+        vec!["network_interfaces", "system_processes", "system_status", "whoami"]
+    );
+    let who = ci.call_tool("whoami", json!({})).await.unwrap();
+    let s = structured(&who);
+    assert_eq!(
+        s["principal"], "tag:ci,tag:mcp-client",
+        "a tagged node's principal is its tags, never `tagged-devices`"
+    );
+    assert_eq!(s["kind"], "tagged");
+    let net = ci.call_tool("network_interfaces", json!({})).await.unwrap();
+    assert_eq!(net["isError"], false, "{net}");
+    let rows = w
+        .server
+        .audit_where(1, |r| r.tool.as_deref() == Some("network_interfaces"))
+        .await;
+    assert_eq!(rows[0].principal.as_deref(), Some("tag:ci,tag:mcp-client"));
+    assert_eq!(rows[0].tags, vec!["tag:ci", "tag:mcp-client"]);
+    assert_eq!(rows[0].grants, vec!["config:grant[0](tag:ci)"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ungranted_user_sees_no_tools_and_is_denied() {
+    let Some(w) = world("", "").await else { return };
+    let mut bob = w.mcp(BOB).await;
+    assert!(bob.list_tools().await.unwrap().is_empty());
+    let r = bob.call_tool("system_status", json!({})).await.unwrap();
+    assert_eq!(r["isError"], true);
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("denied: scope system:read is not granted"),
+        "{r}"
+    );
+    let r = bob.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(r["isError"], true);
+    let rows = w
+        .server
+        .audit_where(2, |r| r.principal.as_deref() == Some("bob@example.com"))
+        .await;
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(r.decision, tailopsmcp::audit::Decision::Deny);
+        assert_eq!(r.outcome, tailopsmcp::audit::Outcome::Denied);
+        assert!(r.grants.is_empty());
+    }
+    assert_eq!(rows[0].reason.as_deref(), Some("scope system:read is not granted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_address_is_refused_and_audited() {
+    let Some(w) = world("", "").await else { return };
+    let r = w.post(STRANGER, &[], &init_body()).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], -32001);
+    let rows = w.server.audit_where(1, |r| r.method == "http").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].decision, tailopsmcp::audit::Decision::Deny);
+    assert!(rows[0].remote_addr.as_deref().unwrap().starts_with("100.100.2.9:"));
+    assert!(
+        rows[0].reason.as_deref().unwrap().contains("not_a_peer"),
+        "{:?}",
+        rows[0].reason
+    );
+    assert!(rows[0].principal.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn localapi_slow_hung_failing_or_down_is_refused_within_the_timeout() {
+    let Some(mut w) = world("identity_cache_secs = 0", "").await else {
+        return;
+    };
+    for (knob, reason) in [
+        ("slow", "localapi_timeout"),
+        ("hung", "localapi_timeout"),
+        ("fail", "localapi_http_error"),
+        ("down", "localapi_unavailable"),
+    ] {
+        match knob {
+            "slow" => w.standin.set_delay(Duration::from_secs(3)),
+            "hung" => w.standin.set_hang(true),
+            "fail" => w.standin.set_fail(Some(500)),
+            _ => w.standin.set_absent(true),
+        }
+        let started = Instant::now();
+        let r = w.post(ALICE, &[], &init_body()).await;
+        let took = started.elapsed();
+        assert_eq!(r.status, 403, "{knob}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "{knob}: refused after {took:?}; whois_timeout is 500 ms"
+        );
+        let rows = w
+            .server
+            .audit_where(1, |r| r.reason.as_deref().is_some_and(|x| x.contains(reason)))
+            .await;
+        assert!(!rows.is_empty(), "{knob}: no audit row with {reason}");
+        w.standin.set_delay(Duration::ZERO);
+        w.standin.set_hang(false);
+        w.standin.set_fail(None);
+        w.standin.set_absent(false);
+        assert!(w.server.alive(), "server died after {knob}");
+        let ok = w.post(ALICE, &[], &init_body()).await;
+        assert_eq!(ok.status, 200, "{knob}: not served again once tailscaled is back");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_identity_headers_are_ignored() {
+    let Some(w) = world("", "").await else { return };
+    let mut bob = Mcp::new(w.conn(BOB).await, &w.host());
+    bob.extra_headers = vec![
+        ("Tailscale-User-Login".into(), "alice@example.com".into()),
+        ("Tailscale-User-Name".into(), "Alice Example".into()),
+        (
+            "Tailscale-App-Capabilities".into(),
+            json!({CAP: [{"scopes": ["admin"], "targets": ["*"]}]}).to_string(),
+        ),
+    ];
+    bob.initialize().await.unwrap();
+    assert!(
+        bob.list_tools().await.unwrap().is_empty(),
+        "bob stays bob whatever headers he sends"
+    );
+    let r = bob.call_tool("system_status", json!({})).await.unwrap();
+    assert_eq!(r["isError"], true);
+    let rows = w
+        .server
+        .audit_where(1, |r| r.tool.as_deref() == Some("system_status"))
+        .await;
+    assert_eq!(rows[0].principal.as_deref(), Some("bob@example.com"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_replayed_by_another_principal_gets_404() {
+    let Some(w) = world("", "").await else { return };
+    let mut alice = w.mcp(ALICE).await;
+    let sid = alice.session.clone().expect("a session id");
+    let mut ci = Mcp::new(w.conn(CI).await, &w.host());
+    ci.session = Some(sid.clone());
+    let r = ci
+        .request("tools/call", json!({"name": "whoami", "arguments": {}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "another principal must not use alice's session");
+    let rows = w
+        .server
+        .audit_where(1, |r| {
+            r.reason.as_deref().is_some_and(|x| x.contains("another principal"))
+        })
+        .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].principal.as_deref(), Some("tag:ci,tag:mcp-client"));
+    // Alice's session still works.
+    let who = alice.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(structured(&who)["principal"], "alice@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_headers_outside_the_allow_list_are_refused() {
+    let Some(w) = world("extra_hosts = [\"mcp.tail3f9c2.ts.net\"]", "").await else {
+        return;
+    };
+    for (host, status) in [
+        ("evil.example.com", 403),
+        ("localhost", 403),
+        ("127.0.0.1:8471", 403),
+        ("100.100.1.1:8471", 200),
+        ("mcp-host.tail3f9c2.ts.net", 200),
+        ("mcp-host", 200),
+        ("mcp.tail3f9c2.ts.net:443", 200),
+    ] {
+        let r = w.post(ALICE, &[("host", host)], &init_body()).await;
+        assert_eq!(r.status, status, "Host: {host}");
+    }
+    let rows = w
+        .server
+        .audit_where(3, |r| r.reason.as_deref().is_some_and(|x| x.contains("Host")))
+        .await;
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].principal.as_deref(), Some("alice@example.com"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_from_the_servers_own_node_are_refused_unless_allowed() {
+    let Some(w) = world("", "").await else { return };
+    let self_id = fixture("status.json")["Self"]["ID"].as_str().unwrap().to_string();
+    let mut me = fixture("whois-tagged.json");
+    me["Node"]["StableID"] = json!(self_id);
+    w.standin.add_identity(ip(CI), me);
+    let r = w.post(CI, &[], &init_body()).await;
+    assert_eq!(r.status, 403);
+    let rows = w
+        .server
+        .audit_where(1, |r| r.reason.as_deref().is_some_and(|x| x.contains("own node")))
+        .await;
+    assert_eq!(rows.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
+    let Some(w) = world("", "").await else { return };
+    // Malformed JSON.
+    let r = w
+        .post(ALICE, &[], b"{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\":")
+        .await;
+    assert!(r.status >= 400 && r.status < 500, "malformed JSON: {}", r.status);
+    // Oversized body (default limit 1 MiB).
+    let big = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{{\"pad\":\"{}\"}}}}",
+        "x".repeat(2 << 20)
+    );
+    let r = w.post(ALICE, &[], big.as_bytes()).await;
+    assert_eq!(r.status, 413, "oversized body");
+
+    let mut alice = w.mcp(ALICE).await;
+    // Unknown tool: a protocol error, and an audit row naming it.
+    let r = alice
+        .request("tools/call", json!({"name": "rm_rf", "arguments": {}}))
+        .await
+        .unwrap();
+    let body = r.json();
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown tool `rm_rf`")
+    );
+    // Wrong argument types and out-of-range values: an isError result with the reason.
+    let r = alice
+        .call_tool("system_processes", json!({"limit": "ten"}))
+        .await
+        .unwrap();
+    assert_eq!(r["isError"], true);
+    assert!(
+        r["content"][0]["text"].as_str().unwrap().contains("invalid arguments"),
+        "{r}"
+    );
+    let r = alice
+        .call_tool("system_processes", json!({"limit": 100000}))
+        .await
+        .unwrap();
+    assert_eq!(r["isError"], true, "{r}");
+    let r = alice.call_tool("system_status", json!({"target": 7})).await.unwrap();
+    assert_eq!(r["isError"], true, "{r}");
+    let r = alice
+        .call_tool("system_status", json!({"target": "nas"}))
+        .await
+        .unwrap();
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("unknown target `nas`"),
+        "{r}"
+    );
+
+    let rows = w.server.audit_where(5, |r| r.method == "tools/call").await;
+    let by_tool = |t: &str| rows.iter().filter(|r| r.tool.as_deref() == Some(t)).count();
+    assert_eq!(by_tool("rm_rf"), 1);
+    assert_eq!(by_tool("system_processes"), 2);
+    assert_eq!(by_tool("system_status"), 2);
+    let typed = rows
+        .iter()
+        .find(|r| r.error.as_deref().is_some_and(|e| e.contains("invalid arguments")))
+        .unwrap();
+    assert_eq!(typed.outcome, tailopsmcp::audit::Outcome::Error);
+    assert_eq!(typed.arguments, Some(json!({"limit": "ten"})));
+
+    // Still serving.
+    let who = alice.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(structured(&who)["principal"], "alice@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebinds_when_the_tailnet_addresses_change() {
+    let Some(w) = world("", "").await else { return };
+    let new_ip = Ipv4Addr::new(100, 100, 1, 9);
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            w.net.server_ns(),
+            "addr",
+            "add",
+            &format!("{new_ip}/32"),
+            "dev",
+            "tailscale0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    w.standin.set_self_ips(&[IpAddr::V4(new_ip)]);
+    let new_addr = SocketAddr::new(IpAddr::V4(new_ip), PORT);
+    w.server.wait_listening(&w.net, new_addr).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.net.listening_sockets() != vec![new_addr] {
+        assert!(
+            Instant::now() < deadline,
+            "old listeners not closed: {:?}",
+            w.net.listening_sockets()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_for_running_then_listens() {
+    let net = match Tailnet::new(SERVER_IP, None) {
+        Ok(n) => n,
+        Err(e) => return skip_or_fail(&format!("cannot build a test tailnet: {e}")),
+    };
+    let standin = StandIn::start().await;
+    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
+    standin.set_backend_state("NeedsLogin");
+    let server = Server::spawn(&net, &standin, "", "").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        net.listening_sockets().is_empty(),
+        "must not listen before tailscaled is Running"
+    );
+    assert!(
+        server.log().contains("NeedsLogin"),
+        "says why it waits: {}",
+        server.log()
+    );
+    standin.set_backend_state("Running");
+    server
+        .wait_listening(&net, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn userspace_networking_is_refused_clearly() {
+    let net = match Tailnet::new(SERVER_IP, None) {
+        Ok(n) => n,
+        Err(e) => return skip_or_fail(&format!("cannot build a test tailnet: {e}")),
+    };
+    let standin = StandIn::start().await;
+    let mut status = fixture("status.json");
+    status["TUN"] = json!(false);
+    standin.set_status(status);
+    let mut server = Server::spawn(&net, &standin, "", "").await;
+    let child = server.child.as_mut().unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(!code.success());
+    assert!(server.log().contains("userspace-networking"), "{}", server.log());
+    assert!(net.listening_sockets().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journald_carries_the_audit_events() {
+    if let Err(e) = crate::support::journald::ensure_journald() {
+        return skip_or_fail(&format!("journald: {e}"));
+    }
+    let login = format!("journal-{}@example.com", std::process::id());
+    let Some(w) = world("", "").await else { return };
+    w.standin.add_identity(
+        ip(ALICE),
+        whois_for(
+            "whois-user.json",
+            &login,
+            ip(ALICE),
+            CAP,
+            json!([{"scopes": ["system:read"], "targets": ["local"]}]),
+        ),
+    );
+    let mut m = w.mcp(ALICE).await;
+    m.call_tool("whoami", json!({})).await.unwrap();
+    let filter = format!("TAILOPS_PRINCIPAL={login}");
+    let mut entries = Vec::new();
+    for _ in 0..50 {
+        entries = crate::support::journald::journal_entries(&["-t", "tailopsmcp-audit", &filter]);
+        if !entries.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(entries.len(), 1, "one journal event per call: {entries:?}");
+    let e = &entries[0];
+    assert_eq!(e["SYSLOG_IDENTIFIER"], "tailopsmcp-audit");
+    assert_eq!(e["TAILOPS_TOOL"], "whoami");
+    assert_eq!(e["TAILOPS_DECISION"], "allow");
+    assert_eq!(e["TAILOPS_NODE_ID"], "nQmK8XyZp711CNTRL");
+    let row = w
+        .server
+        .audit_where(1, |r| r.principal.as_deref() == Some(login.as_str()))
+        .await;
+    assert_eq!(
+        e["TAILOPS_REQUEST_ID"].as_str(),
+        Some(row[0].request_id.as_str()),
+        "journal and SQLite cross-check"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_python_sdk_client_works_over_the_tailnet() {
+    let python = match crate::support::pyclient::python_mcp() {
+        Ok(p) => p,
+        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    };
+    let Some(w) = world("", "").await else { return };
+    w.net.set_default_source(ip(ALICE)).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/mcp_client.py");
+    let actions = json!([{"list_tools": {}}, {"call": "whoami", "args": {}}, {"call": "system_status", "args": {}}]);
+    let out = w
+        .net
+        .command_in_peer_ns(python.to_str().unwrap())
+        .arg(script)
+        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
+        .arg(actions.to_string())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(lines.len(), 4, "initialize, list, two calls: {stdout}");
+    assert_eq!(lines[0]["serverInfo"]["name"], "tailopsmcp", "the server names itself, not rmcp");
+    assert_eq!(lines[1]["tools"], json!(["whoami", "system_status", "system_processes"]));
+    assert_eq!(lines[2]["structuredContent"]["principal"], "alice@example.com");
+    assert_eq!(lines[2]["structuredContent"]["remote_addr"].as_str().unwrap().split(':').next(), Some(ALICE));
+    assert_eq!(lines[3]["isError"], false);
+    assert!(lines[3]["structuredContent"]["memory"]["total_bytes"].as_u64().unwrap() > 0);
+    let rows = w.server.audit_where(2, |r| r.method == "tools/call").await;
+    assert_eq!(rows.len(), 2, "one audit row per call");
+}
+
+#[test]
+fn dev_mode_refuses_anything_but_loopback() {
+    let (code, _, err) = crate::support::server::run_cli(&[
+        "serve",
+        "--database",
+        "/tmp/never.db",
+        "--dev-listen",
+        "0.0.0.0:8471",
+        "--dev-identity",
+        "a@b",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a loopback address"), "{err}");
+    let (code, _, err) = crate::support::server::run_cli(&["serve", "--dev-listen", "127.0.0.1:8471"]);
+    assert_eq!(code, 2, "--dev-listen without --dev-identity is a usage error: {err}");
+}
+
+#[test]
+fn check_config_names_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nlisten = [\"0.0.0.0\"]\n").unwrap();
+    let (code, _, err) = crate::support::server::run_cli(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("bad.toml") && err.contains("server.listen[0]") && err.contains("not a tailnet address"),
+        "{err}"
+    );
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let (code, out, err) = crate::support::server::run_cli(&["check-config", "--config", example]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("whoami"), "{out}");
+}

@@ -1,0 +1,9 @@
+//! Harnesses shared by the integration tests (and the benchmark): tailnet namespaces, the
+//! LocalAPI stand-in, the server process, journald, HTTP/MCP clients.
+
+pub mod http;
+pub mod journald;
+pub mod localapi;
+pub mod netns;
+pub mod pyclient;
+pub mod server;
