@@ -52,6 +52,20 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn journald_pid() -> Option<String> {
+    let out = std::process::Command::new("pgrep").arg("-x").arg("systemd-journal").output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().next().map(str::to_string)
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -69,7 +83,10 @@ async fn client(net: &Tailnet, addr: SocketAddr, mode: Mode) -> Mcp {
             m.protocol = "2025-06-18".into();
             m.initialize().await.expect("initialize");
         }
-        Mode::Stateless => m.protocol = "2026-07-28".into(),
+        Mode::Stateless => {
+            m.protocol = "2026-07-28".into();
+            m.extra_headers = vec![("mcp-method".into(), "tools/call".into()), ("mcp-name".into(), "whoami".into())];
+        }
     }
     m
 }
@@ -217,7 +234,17 @@ async fn main() {
             percentile(&lat, 0.9),
             percentile(&lat, 0.99)
         );
+        let jpid = journald_pid();
+        let before = (cpu_secs(&pid.to_string()), cpu_secs("self"), jpid.as_deref().map(cpu_secs).unwrap_or(0.0));
         let (n, lat, el) = load(&net, addr, mode, clients, secs).await;
+        let after = (cpu_secs(&pid.to_string()), cpu_secs("self"), jpid.as_deref().map(cpu_secs).unwrap_or(0.0));
+        println!(
+            "{:<22} CPU per 1000 calls: server {:.0} ms, bench client + LocalAPI stand-in {:.0} ms, journald {:.0} ms",
+            mode.name(),
+            (after.0 - before.0) * 1e6 / n as f64,
+            (after.1 - before.1) * 1e6 / n as f64,
+            (after.2 - before.2) * 1e6 / n as f64
+        );
         println!(
             "{:<22} {clients} clients: {:>8.0} calls/s  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  ({n} calls)",
             mode.name(),
