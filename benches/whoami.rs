@@ -57,12 +57,17 @@ fn cpu_secs(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
 
 fn journald_pid() -> Option<String> {
-    let out = std::process::Command::new("pgrep").arg("-x").arg("systemd-journal").output().ok()?;
+    let out = std::process::Command::new("pgrep")
+        .arg("-x")
+        .arg("systemd-journal")
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&out.stdout).lines().next().map(str::to_string)
 }
 
@@ -85,7 +90,10 @@ async fn client(net: &Tailnet, addr: SocketAddr, mode: Mode) -> Mcp {
         }
         Mode::Stateless => {
             m.protocol = "2026-07-28".into();
-            m.extra_headers = vec![("mcp-method".into(), "tools/call".into()), ("mcp-name".into(), "whoami".into())];
+            m.extra_headers = vec![
+                ("mcp-method".into(), "tools/call".into()),
+                ("mcp-name".into(), "whoami".into()),
+            ];
         }
     }
     m
@@ -173,6 +181,121 @@ async fn time_to_listen(net: &Tailnet, trials: usize) -> Vec<f64> {
     out
 }
 
+/// What `wrk` reported for one run.
+struct Wrk {
+    requests: u64,
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+}
+
+/// Drive `clients` keep-alive connections from the peer namespace with `wrk` (the tool behind the
+/// reference figures in the issue); `None` when wrk is not installed (`apt-get install wrk`).
+async fn wrk(net: &Tailnet, mode: Mode, session: Option<&str>, clients: usize, secs: u64) -> Option<Wrk> {
+    if std::process::Command::new("wrk").arg("--version").output().is_err() {
+        return None;
+    }
+    let dir = tempfile::tempdir().ok()?;
+    let script = dir.path().join("whoami.lua");
+    let params = match mode {
+        Mode::Session => json!({"name": "whoami", "arguments": {}}),
+        Mode::Stateless => json!({"name": "whoami", "arguments": {}, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"},
+            "io.modelcontextprotocol/clientCapabilities": {}
+        }}),
+    };
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).to_string();
+    let mut headers = vec![
+        ("Host".to_string(), format!("{SERVER_IP}:{PORT}")),
+        ("Content-Type".into(), "application/json".into()),
+        ("Accept".into(), "application/json, text/event-stream".into()),
+    ];
+    match mode {
+        Mode::Session => {
+            headers.push(("MCP-Protocol-Version".into(), "2025-06-18".into()));
+            headers.push(("Mcp-Session-Id".into(), session?.to_string()));
+        }
+        Mode::Stateless => {
+            headers.push(("MCP-Protocol-Version".into(), "2026-07-28".into()));
+            headers.push(("Mcp-Method".into(), "tools/call".into()));
+            headers.push(("Mcp-Name".into(), "whoami".into()));
+        }
+    }
+    let mut lua = format!("wrk.method = \"POST\"\nwrk.body = {body:?}\n");
+    for (k, v) in &headers {
+        lua.push_str(&format!("wrk.headers[{k:?}] = {v:?}\n"));
+    }
+    std::fs::write(&script, lua).ok()?;
+    let out = net
+        .command_in_peer_ns("wrk")
+        .args([
+            "-t",
+            "2",
+            "-c",
+            &clients.to_string(),
+            "-d",
+            &format!("{secs}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |prefix: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .map(|l| l.trim_start()[prefix.len()..].trim().to_string())
+    };
+    let ms = |v: String| -> f64 {
+        let v = v.trim();
+        if let Some(x) = v.strip_suffix("us") {
+            x.parse::<f64>().unwrap_or(f64::NAN) / 1000.0
+        } else if let Some(x) = v.strip_suffix("ms") {
+            x.parse().unwrap_or(f64::NAN)
+        } else if let Some(x) = v.strip_suffix('s') {
+            x.parse::<f64>().unwrap_or(f64::NAN) * 1000.0
+        } else {
+            f64::NAN
+        }
+    };
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Some(Wrk {
+        requests,
+        per_sec: field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+        p50_ms: field("50%").map(ms).unwrap_or(f64::NAN),
+        p99_ms: field("99%").map(ms).unwrap_or(f64::NAN),
+        non_2xx: field("Non-2xx or 3xx responses:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
+/// Audit rows for successful `whoami` calls so far.
+fn ok_whoami_rows(server: &Server) -> usize {
+    let q = tailopsmcp::audit::Query {
+        tool: Some("whoami".into()),
+        limit: 0,
+        ..Default::default()
+    };
+    tailopsmcp::audit::query_path(&server.db, &q)
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| r.outcome == tailopsmcp::audit::Outcome::Ok)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -235,9 +358,17 @@ async fn main() {
             percentile(&lat, 0.99)
         );
         let jpid = journald_pid();
-        let before = (cpu_secs(&pid.to_string()), cpu_secs("self"), jpid.as_deref().map(cpu_secs).unwrap_or(0.0));
+        let before = (
+            cpu_secs(&pid.to_string()),
+            cpu_secs("self"),
+            jpid.as_deref().map(cpu_secs).unwrap_or(0.0),
+        );
         let (n, lat, el) = load(&net, addr, mode, clients, secs).await;
-        let after = (cpu_secs(&pid.to_string()), cpu_secs("self"), jpid.as_deref().map(cpu_secs).unwrap_or(0.0));
+        let after = (
+            cpu_secs(&pid.to_string()),
+            cpu_secs("self"),
+            jpid.as_deref().map(cpu_secs).unwrap_or(0.0),
+        );
         println!(
             "{:<22} CPU per 1000 calls: server {:.0} ms, bench client + LocalAPI stand-in {:.0} ms, journald {:.0} ms",
             mode.name(),
@@ -253,6 +384,37 @@ async fn main() {
             percentile(&lat, 0.9),
             percentile(&lat, 0.99)
         );
+        // wrk sends one fixed request on every connection, so it cannot give each connection its
+        // own session; one shared session would serialize the calls. wrk runs stateless only.
+        if mode == Mode::Session {
+            continue;
+        }
+        let session: Option<String> = None;
+        let rows_before = ok_whoami_rows(&server);
+        let jpid = journald_pid();
+        let before = (cpu_secs(&pid.to_string()), jpid.as_deref().map(cpu_secs).unwrap_or(0.0));
+        match wrk(&net, mode, session.as_deref(), clients, secs).await {
+            Some(w) => {
+                let after = (cpu_secs(&pid.to_string()), jpid.as_deref().map(cpu_secs).unwrap_or(0.0));
+                let audited = ok_whoami_rows(&server) - rows_before;
+                println!(
+                    "{:<22} wrk {clients} conns: {:>8.0} calls/s  p50 {:.3} ms  p99 {:.3} ms  ({} calls, {} non-2xx, {} audited ok; CPU/1000 calls: server {:.0} ms, journald {:.0} ms)",
+                    mode.name(),
+                    w.per_sec,
+                    w.p50_ms,
+                    w.p99_ms,
+                    w.requests,
+                    w.non_2xx,
+                    audited,
+                    (after.0 - before.0) * 1e6 / w.requests.max(1) as f64,
+                    (after.1 - before.1) * 1e6 / w.requests.max(1) as f64,
+                );
+            }
+            None => println!(
+                "{:<22} wrk not installed (apt-get install wrk): skipped the wrk run",
+                mode.name()
+            ),
+        }
     }
     println!(
         "resident memory after load: {:.1} MB now, {:.1} MB peak (VmHWM)",

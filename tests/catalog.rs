@@ -35,7 +35,10 @@ fn the_catalog_matches_its_snapshot() {
         return;
     }
     let before = std::fs::read_to_string(path).expect("tests/snapshots/catalog.json (UPDATE_SNAPSHOTS=1 writes it)");
-    assert!(before == now, "the tool catalog changed; review and run UPDATE_SNAPSHOTS=1 cargo test --test integration catalog");
+    assert!(
+        before == now,
+        "the tool catalog changed; review and run UPDATE_SNAPSHOTS=1 cargo test --test integration catalog"
+    );
 }
 
 #[test]
@@ -45,7 +48,10 @@ fn tool_names_are_unique_and_well_formed() {
         let name = t.spec().name;
         assert!(seen.insert(name), "duplicate tool name {name}");
         assert!(
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !name.starts_with('_') && !name.ends_with('_'),
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                && !name.starts_with('_')
+                && !name.ends_with('_'),
             "{name} is not snake case"
         );
     }
@@ -55,10 +61,24 @@ fn tool_names_are_unique_and_well_formed() {
 fn schemas_are_objects_and_annotations_are_consistent() {
     for t in tailopsmcp::tools::catalog() {
         let s = t.spec();
-        assert_eq!(s.input_schema.get("type"), Some(&json!("object")), "{} input schema", s.name);
-        assert_eq!(s.output_schema.get("type"), Some(&json!("object")), "{} output schema: structuredContent is an object", s.name);
+        assert_eq!(
+            s.input_schema.get("type"),
+            Some(&json!("object")),
+            "{} input schema",
+            s.name
+        );
+        assert_eq!(
+            s.output_schema.get("type"),
+            Some(&json!("object")),
+            "{} output schema: structuredContent is an object",
+            s.name
+        );
         if s.annotations.read_only {
-            assert!(!s.annotations.destructive, "{}: read-only cannot be destructive", s.name);
+            assert!(
+                !s.annotations.destructive,
+                "{}: read-only cannot be destructive",
+                s.name
+            );
         }
         assert!(!s.description.is_empty() && !s.title.is_empty(), "{}", s.name);
     }

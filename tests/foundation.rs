@@ -629,10 +629,23 @@ async fn the_official_python_sdk_client_works_over_the_tailnet() {
     );
     let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert_eq!(lines.len(), 4, "initialize, list, two calls: {stdout}");
-    assert_eq!(lines[0]["serverInfo"]["name"], "tailopsmcp", "the server names itself, not rmcp");
-    assert_eq!(lines[1]["tools"], json!(["whoami", "system_status", "system_processes"]));
+    assert_eq!(
+        lines[0]["serverInfo"]["name"], "tailopsmcp",
+        "the server names itself, not rmcp"
+    );
+    assert_eq!(
+        lines[1]["tools"],
+        json!(["whoami", "system_status", "system_processes"])
+    );
     assert_eq!(lines[2]["structuredContent"]["principal"], "alice@example.com");
-    assert_eq!(lines[2]["structuredContent"]["remote_addr"].as_str().unwrap().split(':').next(), Some(ALICE));
+    assert_eq!(
+        lines[2]["structuredContent"]["remote_addr"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .next(),
+        Some(ALICE)
+    );
     assert_eq!(lines[3]["isError"], false);
     assert!(lines[3]["structuredContent"]["memory"]["total_bytes"].as_u64().unwrap() > 0);
     let rows = w.server.audit_where(2, |r| r.method == "tools/call").await;
@@ -677,12 +690,21 @@ fn check_config_names_the_file_and_key() {
 async fn dev_mode_serves_loopback_with_a_marked_identity() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("dev.db");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tailopsmcp"))
         .args(["serve", "--config", example, "--database", db.to_str().unwrap()])
-        .args(["--dev-listen", &format!("127.0.0.1:{port}"), "--dev-identity", "alice@example.com"])
+        .args([
+            "--dev-listen",
+            &format!("127.0.0.1:{port}"),
+            "--dev-identity",
+            "alice@example.com",
+        ])
         .stderr(std::process::Stdio::from(log))
         .kill_on_drop(true)
         .spawn()
@@ -704,13 +726,30 @@ async fn dev_mode_serves_loopback_with_a_marked_identity() {
     assert_eq!(structured(&who)["identity_source"], "dev");
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut evil = Mcp::new(Conn::new(stream).await, "attacker.example:80");
-    assert!(evil.initialize().await.unwrap_err().contains("403"), "Host allow-list applies in dev mode too");
+    assert!(
+        evil.initialize().await.unwrap_err().contains("403"),
+        "Host allow-list applies in dev mode too"
+    );
     let _ = child.kill().await;
     let stderr = std::fs::read_to_string(dir.path().join("log")).unwrap();
     assert!(stderr.contains("WARNING: dev mode"), "loud warning: {stderr}");
-    let rows = tailopsmcp::audit::query_path(&db, &tailopsmcp::audit::Query { limit: 0, ..Default::default() }).unwrap();
-    let call = rows.iter().find(|r| r.tool.as_deref() == Some("whoami")).expect("whoami row");
-    assert_eq!(call.identity_source.as_deref(), Some("dev"), "every dev audit row is marked dev");
+    let rows = tailopsmcp::audit::query_path(
+        &db,
+        &tailopsmcp::audit::Query {
+            limit: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let call = rows
+        .iter()
+        .find(|r| r.tool.as_deref() == Some("whoami"))
+        .expect("whoami row");
+    assert_eq!(
+        call.identity_source.as_deref(),
+        Some("dev"),
+        "every dev audit row is marked dev"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -725,12 +764,19 @@ async fn the_whois_command_shows_identity_scopes_and_grants() {
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["principal"], "alice@example.com");
-    assert_eq!(v["scopes"][0], json!({"scope": "system:read", "granted_by": [format!("cap:{CAP}[0]")]}));
+    assert_eq!(
+        v["scopes"][0],
+        json!({"scope": "system:read", "granted_by": [format!("cap:{CAP}[0]")]})
+    );
     assert_eq!(v["grants"][1]["targets"], json!(["docker-*"]));
     let (code, out, _) = crate::support::server::run_cli(&["whois", ALICE, "--socket", &socket, "--capability", CAP]);
     assert_eq!(code, 0);
-    assert!(out.contains("system:read") && out.contains("from cap:example.com/cap/tailopsmcp[0]"), "{out}");
-    let (code, out, err) = crate::support::server::run_cli(&["whois", STRANGER, "--socket", &socket, "--capability", CAP]);
+    assert!(
+        out.contains("system:read") && out.contains("from cap:example.com/cap/tailopsmcp[0]"),
+        "{out}"
+    );
+    let (code, out, err) =
+        crate::support::server::run_cli(&["whois", STRANGER, "--socket", &socket, "--capability", CAP]);
     assert_eq!(code, 1, "{out}");
     assert!(err.contains("no match for IP:port"), "{err}");
 }
@@ -763,7 +809,10 @@ async fn the_audit_command_filters_and_prints_json_lines() {
     assert!(out.trim().is_empty(), "an empty window returns nothing: {out}");
     let (code, out, _) = cli(&["tail", "-n", "1"]);
     assert_eq!(code, 0);
-    assert!(out.contains("bob@example.com") && !out.contains("alice@example.com"), "table of the newest record: {out}");
+    assert!(
+        out.contains("bob@example.com") && !out.contains("alice@example.com"),
+        "table of the newest record: {out}"
+    );
     let (code, _, err) = cli(&["query", "--decision", "maybe"]);
     assert_eq!(code, 1);
     assert!(err.contains("--decision must be `allow` or `deny`"), "{err}");

@@ -44,7 +44,7 @@ pub const LOCALAPI_HOST: &str = "local-tailscaled.sock";
 /// Largest response body accepted; a bigger one is an [`Error::Protocol`].
 pub const MAX_BODY: usize = 4 << 20;
 /// Idle keep-alive connections kept for reuse; extra connections are closed after use.
-pub const MAX_IDLE: usize = 8;
+pub const MAX_IDLE: usize = 32;
 
 const STATUS_PATH: &str = "/localapi/v0/status?peers=false";
 const WHOIS_PATH: &str = "/localapi/v0/whois";
