@@ -48,6 +48,26 @@ pub struct Config {
     pub redact_fields: Vec<String>,
     pub journald: bool,
     pub grants: Vec<LocalGrant>,
+    /// The Tailscale Service this server sits behind, if any.
+    pub service: Option<ServiceConfig>,
+}
+
+/// A Tailscale Service (`tailscale serve --service=svc:NAME --tls-terminated-tcp=443
+/// --proxy-protocol=2 tcp://LISTEN`): a loopback listener where every connection must begin with
+/// a PROXY v2 header naming the real caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// `svc:NAME`.
+    pub name: String,
+    /// Loopback address `tailscale serve` forwards to.
+    pub listen: std::net::SocketAddr,
+}
+
+impl ServiceConfig {
+    /// `NAME` without the `svc:` prefix.
+    pub fn short_name(&self) -> &str {
+        self.name.trim_start_matches("svc:")
+    }
 }
 
 /// Values given on the command line or in the environment; `None` = not given.
@@ -81,6 +101,24 @@ struct File {
     audit: AuditSection,
     #[serde(default)]
     grant: Vec<GrantSection>,
+    #[serde(default)]
+    service: ServiceSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServiceSection {
+    name: String,
+    listen: String,
+}
+
+impl Default for ServiceSection {
+    fn default() -> Self {
+        ServiceSection {
+            name: String::new(),
+            listen: "127.0.0.1:8472".to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,6 +338,35 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         });
     }
 
+    let service = if file.service.name.is_empty() {
+        None
+    } else {
+        let name = file.service.name.clone();
+        let valid = name.strip_prefix("svc:").is_some_and(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        });
+        if !valid {
+            return Err(invalid(
+                "service.name",
+                format!("`{name}` is not a Service name like `svc:mcp`"),
+            ));
+        }
+        let listen: std::net::SocketAddr = file
+            .service
+            .listen
+            .parse()
+            .map_err(|_| invalid("service.listen", format!("`{}` is not IP:PORT", file.service.listen)))?;
+        if !tailnet::is_loopback(listen.ip()) {
+            return Err(invalid(
+                "service.listen",
+                format!("`{listen}` is not a loopback address; only `tailscale serve` on this host may connect to it"),
+            ));
+        }
+        Some(ServiceConfig { name, listen })
+    };
+
     Ok(Config {
         source,
         port,
@@ -318,6 +385,7 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         redact_fields: file.audit.redact_fields,
         journald: file.audit.journald,
         grants,
+        service,
     })
 }
 
@@ -404,6 +472,22 @@ mod tests {
             "server.allowed_origins[0]",
         );
         check_err("[server]\nmax_body_bytes = 10", "server.max_body_bytes");
+        check_err("[service]\nname = \"mcp\"", "service.name");
+        check_err("[service]\nname = \"svc:Bad_Name\"", "service.name");
+        check_err(
+            "[service]\nname = \"svc:mcp\"\nlisten = \"100.100.1.1:8472\"",
+            "service.listen",
+        );
+        check_err("[service]\nname = \"svc:mcp\"\nlisten = \"8472\"", "service.listen");
+    }
+
+    #[test]
+    fn a_service_listens_on_loopback() {
+        let c = load("[service]\nname = \"svc:mcp\"").unwrap();
+        let s = c.service.unwrap();
+        assert_eq!(s.listen, "127.0.0.1:8472".parse().unwrap());
+        assert_eq!(s.short_name(), "mcp");
+        assert!(load("").unwrap().service.is_none());
     }
 
     #[test]

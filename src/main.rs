@@ -220,7 +220,20 @@ async fn serve(config: Config, dev: Option<(SocketAddr, String)>) -> anyhow::Res
         }
         None => {
             tracing::info!(socket = %config.socket.display(), port = config.port, "starting; waiting for tailscaled");
-            http::listen::serve_tailnet(state, app, shared, shutdown).await?;
+            let service = config.service.clone().map(|svc| {
+                tokio::spawn(http::listen::serve_service(
+                    state.clone(),
+                    app.clone(),
+                    svc,
+                    shutdown.clone(),
+                ))
+            });
+            let result = http::listen::serve_tailnet(state, app, shared, shutdown.clone()).await;
+            shutdown.cancel();
+            if let Some(task) = service {
+                task.await.context("service listener task")??;
+            }
+            result?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -272,7 +272,7 @@ impl ServerHandler for McpServer {
                 (Outcome::Error, Some(message.clone()), error_result(message))
             }
         };
-        let bytes = serde_json::to_vec(&response).map(|v| v.len() as i64).ok();
+        let bytes = serialized_len(&response);
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
         match pending {
             Some(id) => shared
@@ -290,6 +290,22 @@ impl ServerHandler for McpServer {
         }
         Ok(response.into())
     }
+}
+
+/// Bytes `value` takes as JSON, counted without building the text.
+fn serialized_len<T: serde::Serialize>(value: &T) -> Option<i64> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).ok().map(|()| count.0 as i64)
 }
 
 /// The audit store could not record the call: fail closed, without the store's details.

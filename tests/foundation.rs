@@ -817,3 +817,166 @@ async fn the_audit_command_filters_and_prints_json_lines() {
     assert_eq!(code, 1);
     assert!(err.contains("--decision must be `allow` or `deny`"), "{err}");
 }
+
+// --- Tailscale Services: the loopback listener behind `tailscale serve --proxy-protocol=2`.
+
+const SERVICE: &str = "[service]\nname = \"svc:mcp\"\nlisten = \"127.0.0.1:8472\"\n";
+const SERVICE_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 8472);
+
+fn proxy_v2(source: SocketAddr, command: ppp::v2::Command) -> Vec<u8> {
+    let destination = SocketAddr::from(([100, 100, 20, 5], 443));
+    ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | command,
+        ppp::v2::Protocol::Stream,
+        (source, destination),
+    )
+    .build()
+    .unwrap()
+}
+
+/// A connection to the Service listener from inside the server's namespace (as `tailscale
+/// serve` makes it), with `preamble` written first.
+async fn service_conn(w: &World, preamble: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match w.net.connect_in_server_ns(SocketAddr::from(SERVICE_ADDR)).await {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => panic!("service listener not up: {e}\n{}", w.server.log()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    stream.write_all(preamble).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_listener_takes_the_caller_from_a_proxy_v2_header() {
+    let Some(w) = world("", SERVICE).await else { return };
+    let caller = SocketAddr::new(ip(ALICE), 40123);
+    let stream = service_conn(&w, &proxy_v2(caller, ppp::v2::Command::Proxy)).await;
+    let mut m = Mcp::new(Conn::new(stream).await, "mcp.tail3f9c2.ts.net");
+    m.initialize().await.expect("initialize through the Service");
+    let who = m.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(structured(&who)["principal"], "alice@example.com");
+    assert_eq!(
+        structured(&who)["remote_addr"],
+        "100.100.2.2:40123",
+        "the caller named by the PROXY header"
+    );
+    let svc_whois = w
+        .standin
+        .requests()
+        .into_iter()
+        .filter(|r| r.path_only() == "/localapi/v0/whois" && r.query("svc_name").as_deref() == Some("svc:mcp"))
+        .count();
+    assert!(svc_whois >= 1, "whois must ask about grants to the Service (svc_name)");
+    let rows = w.server.audit_where(1, |r| r.tool.as_deref() == Some("whoami")).await;
+    assert_eq!(rows[0].remote_addr.as_deref(), Some("100.100.2.2:40123"));
+    // The same caller identity and policy apply: bob through the Service is still bob.
+    let stream = service_conn(&w, &proxy_v2(SocketAddr::new(ip(BOB), 40124), ppp::v2::Command::Proxy)).await;
+    let mut bob = Mcp::new(Conn::new(stream).await, "mcp.tail3f9c2.ts.net");
+    bob.initialize().await.unwrap();
+    assert!(bob.list_tools().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_listener_refuses_connections_without_a_valid_v2_header() {
+    let Some(w) = world("header_timeout_secs = 2", SERVICE).await else {
+        return;
+    };
+    let http = format!(
+        "POST /mcp HTTP/1.1\r\nhost: mcp.tail3f9c2.ts.net\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        init_body().len()
+    );
+    let mut v1 = b"PROXY TCP4 100.100.2.2 100.100.20.5 40000 443\r\n".to_vec();
+    v1.extend_from_slice(http.as_bytes());
+    let mut local = proxy_v2(SocketAddr::new(ip(ALICE), 40000), ppp::v2::Command::Local);
+    local.extend_from_slice(http.as_bytes());
+    let mut malformed = proxy_v2(SocketAddr::new(ip(ALICE), 40000), ppp::v2::Command::Proxy);
+    malformed[12] = 0x31; // version 3
+    malformed.extend_from_slice(http.as_bytes());
+    for (what, preamble, reason) in [
+        ("no header", http.as_bytes().to_vec(), "no PROXY v2 header"),
+        ("v1 header", v1, "only v2"),
+        ("LOCAL command", local, "LOCAL"),
+        ("malformed header", malformed, "malformed PROXY v2 header"),
+    ] {
+        let mut stream = service_conn(&w, &preamble).await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = stream.write_all(&init_body()).await;
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+        assert!(
+            matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+            "{what}: the connection must be closed unanswered, got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        let rows = w
+            .server
+            .audit_where(1, |r| r.reason.as_deref().is_some_and(|x| x.contains(reason)))
+            .await;
+        assert!(!rows.is_empty(), "{what}: no audit row mentioning `{reason}`");
+    }
+    // A client that connects and says nothing is dropped after the header timeout.
+    let mut silent = service_conn(&w, b"").await;
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "silent connection not closed");
+    assert!(
+        w.server
+            .audit()
+            .iter()
+            .any(|r| r.reason.as_deref().is_some_and(|x| x.contains("in time")))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_on_the_tailnet_listener_is_refused() {
+    let Some(w) = world("", SERVICE).await else { return };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let v2 = proxy_v2(SocketAddr::new(ip(ALICE), 40000), ppp::v2::Command::Proxy);
+    for preamble in [v2, b"PROXY TCP4 100.100.2.2 100.100.1.1 40000 8471\r\n".to_vec()] {
+        // bob connects and claims to be forwarding for alice.
+        let mut stream = w.net.connect(ip(BOB), w.server.addr).await.unwrap();
+        stream.write_all(&preamble).await.unwrap();
+        stream
+            .write_all(
+                format!(
+                    "POST /mcp HTTP/1.1\r\nhost: {}\r\ncontent-length: 2\r\n\r\n{{}}",
+                    w.host()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+        assert!(
+            buf.is_empty(),
+            "no answer to a PROXY header on the tailnet listener: {}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+    let rows = w
+        .server
+        .audit_where(2, |r| {
+            r.reason
+                .as_deref()
+                .is_some_and(|x| x.contains("PROXY protocol header on a tailnet listener"))
+        })
+        .await;
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|r| r.remote_addr.as_deref().unwrap().starts_with("100.100.2.3:")),
+        "audited as the real peer"
+    );
+    // Plain HTTP on the tailnet listener still works.
+    let mut alice = w.mcp(ALICE).await;
+    assert_eq!(
+        structured(&alice.call_tool("whoami", json!({})).await.unwrap())["principal"],
+        "alice@example.com"
+    );
+}

@@ -26,7 +26,10 @@ pub struct CommandSpec {
 
 impl CommandSpec {
     pub fn new(program: impl Into<String>, args: impl IntoIterator<Item = impl Into<String>>) -> CommandSpec {
-        CommandSpec { program: program.into(), args: args.into_iter().map(Into::into).collect() }
+        CommandSpec {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+        }
     }
 }
 
@@ -41,7 +44,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { timeout: Duration::from_secs(30), max_output: 256 * 1024 }
+        Limits {
+            timeout: Duration::from_secs(30),
+            max_output: 256 * 1024,
+        }
     }
 }
 
@@ -134,7 +140,10 @@ mod tests {
         assert_eq!(Secret::File(path).read().unwrap(), b"s3cr3t");
         let missing = Secret::File(dir.path().join("nope")).read().unwrap_err().to_string();
         assert!(missing.contains("cannot read secret file"), "{missing}");
-        let err = Secret::Env("TAILOPSMCP_TEST_UNSET_VAR".into()).read().unwrap_err().to_string();
+        let err = Secret::Env("TAILOPSMCP_TEST_UNSET_VAR".into())
+            .read()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("TAILOPSMCP_TEST_UNSET_VAR is not set"), "{err}");
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::{AppState, ConnInfo, IdentityMode};
+use crate::config::ServiceConfig;
 use crate::mcp;
 use crate::tailnet::{self, localapi::Status};
 use crate::tools::TailnetInfo;
@@ -36,6 +37,19 @@ pub enum ListenError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("configured listen address {0} is not one of this node's tailnet addresses {1:?}")]
     NotOurs(IpAddr, Vec<IpAddr>),
+    #[error("the Service listener {0} is not a loopback address")]
+    ServiceNotLoopback(SocketAddr),
+}
+
+/// Which listener a connection arrived on.
+#[derive(Clone)]
+enum Entry {
+    /// A tailnet address: the TCP peer is the caller; a PROXY header here is refused.
+    Tailnet,
+    /// A loopback address: the caller is the TCP peer, by explicit dev-mode choice.
+    Dev,
+    /// The Tailscale Service listener: every connection must start with a PROXY v2 header.
+    Service(Arc<str>),
 }
 
 /// Serve on a loopback address with the dev identity. Runs until `shutdown`.
@@ -57,7 +71,33 @@ pub async fn serve_dev(
         bound.ip().to_string(),
     ]);
     tracing::info!(addr = %bound, "listening (dev mode, loopback only)");
-    accept_loop(listener, app, state, shutdown).await;
+    accept_loop(listener, app, state, shutdown, Entry::Dev).await;
+    Ok(())
+}
+
+/// Serve the Tailscale Service listener (loopback, PROXY v2 required) until `shutdown`.
+pub async fn serve_service(
+    state: Arc<AppState>,
+    app: Router,
+    service: ServiceConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ListenError> {
+    if !tailnet::is_loopback(service.listen.ip()) {
+        return Err(ListenError::ServiceNotLoopback(service.listen));
+    }
+    let listener = bind(service.listen).map_err(|source| ListenError::Bind {
+        addr: service.listen,
+        source,
+    })?;
+    tracing::info!(addr = %service.listen, service = %service.name, "listening for the Tailscale Service (PROXY v2 required)");
+    accept_loop(
+        listener,
+        app,
+        state,
+        shutdown,
+        Entry::Service(service.name.as_str().into()),
+    )
+    .await;
     Ok(())
 }
 
@@ -155,7 +195,13 @@ pub async fn serve_tailnet(
                         Ok(listener) => {
                             tracing::info!(addr = %addr, after_running_ms = since.elapsed().as_millis() as u64, "listening on tailnet address");
                             let token = shutdown.child_token();
-                            tokio::spawn(accept_loop(listener, app.clone(), state.clone(), token.clone()));
+                            tokio::spawn(accept_loop(
+                                listener,
+                                app.clone(),
+                                state.clone(),
+                                token.clone(),
+                                Entry::Tailnet,
+                            ));
                             bound.insert(*ip, token);
                         }
                         Err(source) => {
@@ -219,6 +265,18 @@ fn refresh_identity(state: &AppState, shared: &mcp::Shared, status: &Status) {
             names.push(short.to_string());
         }
     }
+    if let Some(service) = &state.config.service {
+        let suffix = status
+            .current_tailnet
+            .as_ref()
+            .map(|t| t.magic_dns_suffix.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| status.magic_dns_suffix.clone());
+        names.push(service.short_name().to_string());
+        if !suffix.is_empty() {
+            names.push(format!("{}.{suffix}", service.short_name()));
+        }
+    }
     state.set_hosts(names);
     state.set_self_node(
         status
@@ -239,6 +297,80 @@ fn refresh_identity(state: &AppState, shared: &mcp::Shared, status: &Status) {
     });
 }
 
+mod proxy {
+    //! PROXY protocol v2 on the Service listener; detection of any PROXY header elsewhere.
+
+    use std::net::SocketAddr;
+
+    use ppp::v2;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    /// The v2 signature; a v1 header starts with `PROXY `.
+    const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+    const V1_SIGNATURE: &[u8] = b"PROXY ";
+    /// Address blocks plus generous room for TLVs; `tailscale serve` sends far less.
+    const MAX_V2_BODY: usize = 1024;
+
+    /// Read exactly one PROXY v2 header (no HTTP bytes) and return the source it names.
+    pub async fn read_v2(stream: &mut TcpStream) -> Result<SocketAddr, String> {
+        let mut head = [0u8; 16];
+        stream
+            .read_exact(&mut head)
+            .await
+            .map_err(|_| "connection closed before a PROXY v2 header".to_string())?;
+        if head.starts_with(V1_SIGNATURE) {
+            return Err("PROXY v1 header; only v2 is accepted".into());
+        }
+        if &head[..12] != V2_SIGNATURE {
+            return Err("no PROXY v2 header".into());
+        }
+        let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+        if len > MAX_V2_BODY {
+            return Err(format!("PROXY v2 header too long ({len} bytes)"));
+        }
+        let mut buf = head.to_vec();
+        buf.resize(16 + len, 0);
+        stream
+            .read_exact(&mut buf[16..])
+            .await
+            .map_err(|_| "truncated PROXY v2 header".to_string())?;
+        let header = v2::Header::try_from(buf.as_slice()).map_err(|e| format!("malformed PROXY v2 header: {e}"))?;
+        if header.command != v2::Command::Proxy {
+            return Err("PROXY v2 LOCAL command carries no caller".into());
+        }
+        match header.addresses {
+            v2::Addresses::IPv4(a) => Ok(SocketAddr::from((a.source_address, a.source_port))),
+            v2::Addresses::IPv6(a) => Ok(SocketAddr::from((a.source_address, a.source_port))),
+            _ => Err("PROXY v2 header without an IP source address".into()),
+        }
+    }
+
+    /// Whether the first bytes on `stream` are a PROXY v1 or v2 header (peeked, not consumed).
+    pub async fn starts_with_proxy_header(stream: &TcpStream) -> std::io::Result<bool> {
+        let mut buf = [0u8; 12];
+        loop {
+            let n = stream.peek(&mut buf).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let seen = &buf[..n];
+            let could_be = |sig: &[u8]| sig.starts_with(&seen[..n.min(sig.len())]);
+            let is_v1 = n >= V1_SIGNATURE.len() && seen.starts_with(V1_SIGNATURE);
+            let is_v2 = n >= V2_SIGNATURE.len() && seen.starts_with(V2_SIGNATURE);
+            if is_v1 || is_v2 {
+                return Ok(true);
+            }
+            if !could_be(V1_SIGNATURE) && !could_be(V2_SIGNATURE) {
+                return Ok(false);
+            }
+            // A prefix of a signature so far: wait for more bytes.
+            stream.readable().await?;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+}
+
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -250,7 +382,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-async fn accept_loop(listener: TcpListener, app: Router, state: Arc<AppState>, stop: CancellationToken) {
+async fn accept_loop(listener: TcpListener, app: Router, state: Arc<AppState>, stop: CancellationToken, entry: Entry) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -258,7 +390,14 @@ async fn accept_loop(listener: TcpListener, app: Router, state: Arc<AppState>, s
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(serve_connection(stream, peer, app.clone(), state.clone(), stop.clone()));
+                tokio::spawn(admit(
+                    stream,
+                    peer,
+                    app.clone(),
+                    state.clone(),
+                    stop.clone(),
+                    entry.clone(),
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and similar: do not spin.
@@ -269,17 +408,60 @@ async fn accept_loop(listener: TcpListener, app: Router, state: Arc<AppState>, s
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// Decide who a new connection speaks for, then serve it: on the Service listener from its PROXY
+/// v2 header, elsewhere from the TCP peer (refusing a PROXY header there: only `tailscale serve`
+/// on loopback may assert a caller's address).
+async fn admit(
+    mut stream: TcpStream,
     peer: SocketAddr,
     app: Router,
     state: Arc<AppState>,
     stop: CancellationToken,
+    entry: Entry,
 ) {
     // Responses go out as several small writes (SSE events); without NODELAY, Nagle's
     // algorithm and delayed ACKs add ~40 ms to every call.
     let _ = stream.set_nodelay(true);
-    let conn = ConnInfo::new(tailnet::unmap_socket(peer));
+    let limit = state.config.header_timeout;
+    let conn = match entry {
+        Entry::Dev => ConnInfo::new(tailnet::unmap_socket(peer), None),
+        Entry::Tailnet => match tokio::time::timeout(limit, proxy::starts_with_proxy_header(&stream)).await {
+            Ok(Ok(false)) => ConnInfo::new(tailnet::unmap_socket(peer), None),
+            Ok(Ok(true)) => {
+                super::refuse_audit(&state, None, peer, "PROXY protocol header on a tailnet listener".into()).await;
+                return;
+            }
+            Ok(Err(_)) | Err(_) => return,
+        },
+        Entry::Service(name) => match tokio::time::timeout(limit, proxy::read_v2(&mut stream)).await {
+            Ok(Ok(source)) => ConnInfo::new(tailnet::unmap_socket(source), Some(name)),
+            Ok(Err(reason)) => {
+                super::refuse_audit(&state, None, peer, format!("Service listener: {reason}")).await;
+                return;
+            }
+            Err(_) => {
+                super::refuse_audit(
+                    &state,
+                    None,
+                    peer,
+                    "Service listener: no PROXY v2 header in time".into(),
+                )
+                .await;
+                return;
+            }
+        },
+    };
+    serve_connection(stream, conn, app, state, stop).await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    conn: ConnInfo,
+    app: Router,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+) {
+    let peer = conn.peer;
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(conn.clone());
         app.clone().oneshot(req)

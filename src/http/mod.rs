@@ -125,14 +125,20 @@ type CachedCaller = Option<(Instant, Arc<Caller>)>;
 /// Per TCP connection: the peer, and a short-lived cache of its whois answer.
 #[derive(Clone)]
 pub struct ConnInfo {
+    /// The caller's address: the TCP peer, or the source a PROXY v2 header named on the
+    /// Service listener.
     pub peer: SocketAddr,
+    /// `svc:NAME` when the connection came through a Tailscale Service (whois then describes
+    /// grants to that Service).
+    pub svc_name: Option<Arc<str>>,
     cache: Arc<Mutex<CachedCaller>>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr) -> ConnInfo {
+    pub fn new(peer: SocketAddr, svc_name: Option<Arc<str>>) -> ConnInfo {
         ConnInfo {
             peer,
+            svc_name,
             cache: Arc::new(Mutex::new(None)),
         }
     }
@@ -192,6 +198,9 @@ pub fn mcp_service(
         .with_legacy_session_mode(config.sessions)
         .with_json_response(true)
         .with_max_request_body_bytes(config.max_body_bytes)
+        // No event store, so streams cannot be resumed: a priming `retry:` event would only cost
+        // one more socket write per call.
+        .with_sse_retry(None)
         .with_cancellation_token(shutdown);
     StreamableHttpService::new(
         move || Ok(McpServer::new(shared.clone())),
@@ -317,7 +326,7 @@ async fn resolve(st: &AppState, conn: &ConnInfo) -> Result<Arc<Caller>, String> 
         IdentityMode::Dev { login } => Arc::new(Caller::dev(login, conn.peer)),
         IdentityMode::Tailnet(api) => {
             let who = api
-                .whois(conn.peer, None)
+                .whois(conn.peer, conn.svc_name.as_deref())
                 .await
                 .map_err(|e| format!("whois failed ({}): {e}", e.reason()))?;
             Arc::new(Caller::from_whois(&who, conn.peer, &st.config.capability))
@@ -332,7 +341,7 @@ async fn resolve(st: &AppState, conn: &ConnInfo) -> Result<Arc<Caller>, String> 
 }
 
 /// Record a refusal at the identity layer (committed before the response goes out).
-async fn refuse_audit(st: &AppState, caller: Option<&Caller>, peer: SocketAddr, reason: String) {
+pub(crate) async fn refuse_audit(st: &AppState, caller: Option<&Caller>, peer: SocketAddr, reason: String) {
     let mut rec = match caller {
         Some(c) => mcp::record_for(c, None, "http"),
         None => {
