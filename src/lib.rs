@@ -12,4 +12,5 @@ pub mod mcp;
 pub mod policy;
 pub mod store;
 pub mod tailnet;
+pub mod targets;
 pub mod tools;

@@ -14,6 +14,7 @@ use tailopsmcp::audit::{self, AuditOptions, Auditor, Query};
 use tailopsmcp::config::{Config, Overrides};
 use tailopsmcp::http::{self, AppState, IdentityMode};
 use tailopsmcp::tailnet::{self, Caller, localapi::LocalApi};
+use tailopsmcp::targets::Registry;
 use tailopsmcp::tools::{self, ToolContext};
 use tailopsmcp::{mcp, policy};
 
@@ -73,6 +74,23 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Inspect the configured targets
+    Targets {
+        #[command(subcommand)]
+        command: TargetsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TargetsCommand {
+    /// Check connectivity and credentials of every target, or of one
+    Check {
+        /// Target id or `group:NAME` (default: all)
+        id: Option<String>,
+        /// JSON lines instead of a table
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -160,6 +178,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Whois { addr, json } => runtime()?.block_on(whois(config, &addr, json)),
         Command::CheckConfig => check_config(&config),
         Command::Audit { command } => audit_cmd(&config, command),
+        Command::Targets {
+            command: TargetsCommand::Check { id, json },
+        } => runtime()?.block_on(targets_check(&config, id, json)),
     }
 }
 
@@ -186,8 +207,10 @@ async fn serve(config: Config, dev: Option<(SocketAddr, String)>) -> anyhow::Res
     )
     .with_context(|| format!("cannot open the audit database {}", config.database.display()))?;
     let shutdown = CancellationToken::new();
+    let registry = Arc::new(Registry::build(&config.targets)?);
     let shared = Arc::new(mcp::Shared::new(
         tools::catalog(),
+        registry,
         config.capability.clone(),
         config.grants.clone(),
         auditor.clone(),
@@ -269,7 +292,8 @@ async fn whois(config: Config, addr: &str, json: bool) -> anyhow::Result<ExitCod
     let effective = Arc::new(policy::effective(&caller, &config.capability, &config.grants));
     let ctx = ToolContext {
         caller,
-        target: mcp::LOCAL_TARGET.into(),
+        target: Arc::new(tailopsmcp::targets::Target::local()),
+        targets: Arc::new(Registry::local_only()),
         grants: effective,
         tailnet: Default::default(),
     };
@@ -280,6 +304,31 @@ async fn whois(config: Config, addr: &str, json: bool) -> anyhow::Result<ExitCod
         print!("{}", tools::identity::render(&view));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn targets_check(config: &Config, id: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let registry = Registry::build(&config.targets)?;
+    let chosen = match id {
+        Some(id) => registry.resolve(&[id])?,
+        None => registry.all().to_vec(),
+    };
+    let checks = futures::future::join_all(chosen.iter().map(|t| t.check())).await;
+    for h in &checks {
+        if json {
+            println!("{}", serde_json::to_string(h)?);
+        } else {
+            let state = if h.ok { "ok" } else { "FAILED" };
+            println!(
+                "{:<16} {:<7} {:<6} {:>8.1} ms  {}",
+                h.target, h.kind, state, h.latency_ms, h.detail
+            );
+        }
+    }
+    Ok(if checks.iter().all(|h| h.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
@@ -298,6 +347,16 @@ fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
     println!("localapi:   {}", config.socket.display());
     println!("capability: {}", config.capability);
     println!("database:   {}", config.database.display());
+    let registry = Registry::build(&config.targets)?;
+    println!(
+        "targets:    {}",
+        registry
+            .all()
+            .iter()
+            .map(|t| format!("{} ({})", t.id, t.kind.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("grants:     {} local rule(s)", config.grants.len());
     for (i, g) in config.grants.iter().enumerate() {
         println!(

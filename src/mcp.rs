@@ -8,6 +8,8 @@
 //! itself: tools do, through `exec`.
 
 use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
 use std::time::Instant;
 
 use rmcp::model::{
@@ -20,14 +22,16 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use crate::audit::{self, Auditor, Outcome, Record};
 use crate::policy::{self, LocalGrant};
 use crate::tailnet::Caller;
+use crate::targets::{Registry, Target};
 use crate::tools::{Requirement, TailnetInfo, Tool, ToolContext, ToolError, ToolOutput};
 
-/// The one target that exists until the target registry does.
-pub const LOCAL_TARGET: &str = "local";
+/// The target a call runs on when it names none.
+pub const LOCAL_TARGET: &str = crate::targets::LOCAL;
 
 /// What every MCP session of this server shares.
 pub struct Shared {
     pub tools: Vec<Arc<dyn Tool>>,
+    pub targets: Arc<Registry>,
     pub capability: String,
     pub grants: Vec<LocalGrant>,
     pub auditor: Auditor,
@@ -36,9 +40,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(tools: Vec<Arc<dyn Tool>>, capability: String, grants: Vec<LocalGrant>, auditor: Auditor) -> Shared {
+    pub fn new(
+        tools: Vec<Arc<dyn Tool>>,
+        targets: Arc<Registry>,
+        capability: String,
+        grants: Vec<LocalGrant>,
+        auditor: Auditor,
+    ) -> Shared {
         Shared {
             tools,
+            targets,
             capability,
             grants,
             auditor,
@@ -108,22 +119,24 @@ pub fn record_for(caller: &Caller, session: Option<String>, method: &str) -> Rec
     r
 }
 
-/// Whether the tool belongs in this caller's `tools/list`: the scope is held on some target.
-fn listable(effective: &policy::Effective, requires: Requirement) -> bool {
-    match requires {
-        Requirement::AnyGrant => !effective.grants.is_empty(),
-        Requirement::Scope(needed) => effective
-            .grants
-            .iter()
-            .any(|g| g.scopes.iter().any(|s| s.covers(needed))),
-    }
+/// Whether the tool belongs in this caller's `tools/list`: allowed on at least one target.
+fn listable(effective: &policy::Effective, requires: Requirement, targets: &Registry) -> bool {
+    targets
+        .all()
+        .iter()
+        .any(|t| authorize_on(effective, requires, t).allowed)
 }
 
 fn to_mcp_tool(t: &dyn Tool) -> McpTool {
     let s = t.spec();
-    let mut tool = McpTool::new(s.name, s.description, s.input_schema.clone());
+    let fans_out = s.requires != Requirement::AnyGrant;
+    let mut tool = McpTool::new(s.name, s.description, with_target_args(&s.input_schema, fans_out));
     tool.title = Some(s.title.to_string());
-    tool.output_schema = Some(s.output_schema.clone());
+    tool.output_schema = Some(if fans_out {
+        with_fanout_output(&s.output_schema)
+    } else {
+        s.output_schema.clone()
+    });
     tool.annotations = Some(ToolAnnotations::from_raw(
         Some(s.title.to_string()),
         Some(s.annotations.read_only),
@@ -142,6 +155,66 @@ fn to_mcp_tool(t: &dyn Tool) -> McpTool {
     );
     tool.meta = Some(rmcp::model::MetaObject(meta));
     tool
+}
+
+/// The tool's input schema plus the layer's `target` (and, for fan-out tools, `targets`).
+fn with_target_args(input: &JsonObject, fans_out: bool) -> Arc<JsonObject> {
+    let mut schema = input.clone();
+    let props = schema.entry("properties").or_insert_with(|| serde_json::json!({}));
+    if let Some(props) = props.as_object_mut() {
+        props.insert(
+            "target".into(),
+            serde_json::json!({"type": "string", "description": "The target to run on (default `local`); see `targets_list`."}),
+        );
+        if fans_out {
+            props.insert(
+                "targets".into(),
+                serde_json::json!({
+                    "type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": MAX_FANOUT,
+                    "description": "Run on several targets at once (ids or `group:NAME`); the result lists each target's \
+                                    result or error. Give `target` or `targets`, not both."
+                }),
+            );
+        }
+    }
+    Arc::new(schema)
+}
+
+/// The tool's output schema, or the fan-out envelope `{"results": [{target, ok, result|error}]}`.
+/// Definitions are hoisted to the root so `#/$defs/...` references keep resolving.
+fn with_fanout_output(output: &JsonObject) -> Arc<JsonObject> {
+    let mut single = output.clone();
+    single.remove("$schema");
+    let defs = single.remove("$defs");
+    let fanout = serde_json::json!({
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["target", "ok"],
+                    "properties": {
+                        "target": {"type": "string"},
+                        "ok": {"type": "boolean"},
+                        "result": {"type": "object", "description": "This tool's result on that target"},
+                        "error": {"type": "string"}
+                    }
+                }
+            }
+        }
+    });
+    let mut schema = JsonObject::new();
+    schema.insert("type".into(), "object".into());
+    schema.insert(
+        "anyOf".into(),
+        serde_json::json!([serde_json::Value::Object(single), fanout]),
+    );
+    if let Some(defs) = defs {
+        schema.insert("$defs".into(), defs);
+    }
+    Arc::new(schema)
 }
 
 fn error_result(message: String) -> CallToolResult {
@@ -173,7 +246,7 @@ impl ServerHandler for McpServer {
             .shared
             .tools
             .iter()
-            .filter(|t| listable(&effective, t.spec().requires))
+            .filter(|t| listable(&effective, t.spec().requires, &self.shared.targets))
             .map(|t| to_mcp_tool(t.as_ref()))
             .collect();
         let mut result = ListToolsResult::with_all_items(tools);
@@ -211,36 +284,69 @@ impl ServerHandler for McpServer {
             audit_denial(rec, message.clone()).await.map_err(audit_failed)?;
             return Err(ErrorData::invalid_params(message, None));
         };
+        let spec = tool.spec();
 
-        // `target` is the layer's argument, not the tool's.
-        let target = match args.remove("target") {
-            None | Some(serde_json::Value::Null) => LOCAL_TARGET.to_string(),
-            Some(serde_json::Value::String(t)) => t,
-            Some(other) => {
-                let message = format!("invalid arguments: `target` must be a string, got {other}");
-                rec.target = None;
+        // `target` and `targets` are the layer's arguments, not the tool's.
+        let selection = match take_targets(&mut args, spec.requires) {
+            Ok(s) => s,
+            Err(message) => {
                 audit_denial(rec, message.clone()).await.map_err(audit_failed)?;
                 return Ok(error_result(message).into());
             }
         };
-        rec.target = Some(target.clone());
-        if target != LOCAL_TARGET {
-            let message = format!("unknown target `{target}` (known targets: {LOCAL_TARGET})");
-            audit_denial(rec, message.clone()).await.map_err(audit_failed)?;
-            return Ok(error_result(message).into());
-        }
+        let names = match &selection {
+            Selection::One(id) => vec![id.clone()],
+            Selection::Fanout(ids) => ids.clone(),
+        };
+        rec.target = Some(names.join(","));
+        let targets = match shared.targets.resolve(&names) {
+            Ok(t) => t,
+            Err(e) => {
+                let message = format!("{e} (known targets: {})", shared.targets.ids().join(", "));
+                audit_denial(rec, message.clone()).await.map_err(audit_failed)?;
+                return Ok(error_result(message).into());
+            }
+        };
+        rec.target = Some(targets.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(","));
 
         let effective = Arc::new(policy::effective(&caller, &shared.capability, &shared.grants));
-        let spec = tool.spec();
-        let decision = policy::authorize(&effective, spec.requires, &target);
-        rec.grants = decision.grants.clone();
-        if !decision.allowed {
-            let message = format!("denied: {}", decision.reason);
-            audit_denial(rec, decision.reason).await.map_err(audit_failed)?;
-            return Ok(error_result(message).into());
+        let decisions: Vec<(Arc<Target>, policy::Decision)> = targets
+            .into_iter()
+            .map(|t| (t.clone(), authorize_on(&effective, spec.requires, &t)))
+            .collect();
+        let denied: Vec<String> = decisions
+            .iter()
+            .filter(|(_, d)| !d.allowed)
+            .map(|(t, d)| format!("{}: {}", t.id, d.reason))
+            .collect();
+        let allowed: Vec<Arc<Target>> = decisions
+            .iter()
+            .filter(|(_, d)| d.allowed)
+            .map(|(t, _)| t.clone())
+            .collect();
+        let mut grants: Vec<String> = decisions.iter().flat_map(|(_, d)| d.grants.clone()).collect();
+        grants.sort();
+        grants.dedup();
+        rec.grants = grants;
+        let fanout = matches!(selection, Selection::Fanout(_));
+        if allowed.is_empty() {
+            let reason = match (&decisions[..], fanout) {
+                ([(_, d)], false) => d.reason.clone(),
+                _ => denied.join("; "),
+            };
+            audit_denial(rec, reason.clone()).await.map_err(audit_failed)?;
+            return Ok(error_result(format!("denied: {reason}")).into());
         }
         rec.decision = audit::Decision::Allow;
-        rec.reason = Some(decision.reason);
+        rec.reason = Some(if denied.is_empty() {
+            decisions
+                .iter()
+                .map(|(_, d)| d.reason.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        } else {
+            format!("partly denied: {}", denied.join("; "))
+        });
 
         // A tool that can change something runs only once its audit row is committed.
         let pending = if spec.mutates() {
@@ -251,25 +357,43 @@ impl ServerHandler for McpServer {
             None
         };
 
-        let tool_ctx = ToolContext {
+        let context = |target: &Arc<Target>| ToolContext {
             caller: caller.clone(),
-            target,
-            grants: effective,
+            target: target.clone(),
+            targets: shared.targets.clone(),
+            grants: effective.clone(),
             tailnet: shared.tailnet(),
         };
-        let result = tool.call(tool_ctx, args).await;
-        let (outcome, error, response) = match result {
-            Ok(ToolOutput { structured, text }) => {
-                let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
-                r.structured_content = Some(structured);
-                (Outcome::Ok, None, r)
-            }
-            Err(e) => {
-                let message = e.to_string();
-                if let ToolError::Internal(_) = e {
-                    tracing::error!(tool = spec.name, error = %message, "tool failed");
+        let (outcome, error, response) = if fanout {
+            let jobs: Vec<(usize, ToolContext, bool, String)> = decisions
+                .iter()
+                .enumerate()
+                .map(|(i, (t, d))| (i, context(t), d.allowed, d.reason.clone()))
+                .collect();
+            let runs = futures::stream::iter(jobs.into_iter().map(|(i, ctx, allowed, reason)| {
+                let tool = tool.clone();
+                let args = args.clone();
+                async move {
+                    let r = if allowed {
+                        run_on(tool.as_ref(), ctx, args).await
+                    } else {
+                        Err(format!("denied: {reason}"))
+                    };
+                    (i, r)
                 }
-                (Outcome::Error, Some(message.clone()), error_result(message))
+            }))
+            .buffer_unordered(FANOUT_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+            fanout_result(&decisions, runs)
+        } else {
+            match run_on(tool.as_ref(), context(&allowed[0]), args).await {
+                Ok(ToolOutput { structured, text }) => {
+                    let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+                    r.structured_content = Some(structured);
+                    (Outcome::Ok, None, r)
+                }
+                Err(message) => (Outcome::Error, Some(message.clone()), error_result(message)),
             }
         };
         let bytes = serialized_len(&response);
@@ -289,6 +413,137 @@ impl ServerHandler for McpServer {
             }
         }
         Ok(response.into())
+    }
+}
+
+/// How many targets one fan-out call works on at once.
+const FANOUT_CONCURRENCY: usize = 8;
+
+/// Which targets a call names.
+enum Selection {
+    One(String),
+    Fanout(Vec<String>),
+}
+
+/// Take `target` / `targets` out of the arguments.
+fn take_targets(args: &mut JsonObject, requires: Requirement) -> Result<Selection, String> {
+    let target = args.remove("target");
+    let targets = args.remove("targets");
+    match (target, targets) {
+        (Some(t), Some(_)) if !t.is_null() => Err("invalid arguments: give `target` or `targets`, not both".into()),
+        (_, Some(serde_json::Value::Array(list))) => {
+            if requires == Requirement::AnyGrant {
+                return Err("invalid arguments: this tool takes no `targets`".into());
+            }
+            if list.is_empty() || list.len() > MAX_FANOUT {
+                return Err(format!(
+                    "invalid arguments: `targets` must name 1 to {MAX_FANOUT} targets or groups"
+                ));
+            }
+            list.into_iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => Ok(s),
+                    other => Err(format!(
+                        "invalid arguments: `targets` entries must be strings, got {other}"
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Selection::Fanout)
+        }
+        (_, Some(serde_json::Value::Null)) | (None, None) | (Some(serde_json::Value::Null), None) => {
+            Ok(Selection::One(LOCAL_TARGET.to_string()))
+        }
+        (_, Some(other)) => Err(format!(
+            "invalid arguments: `targets` must be an array of strings, got {other}"
+        )),
+        (Some(serde_json::Value::String(t)), None) => Ok(Selection::One(t)),
+        (Some(other), None) => Err(format!("invalid arguments: `target` must be a string, got {other}")),
+    }
+}
+
+/// The most targets one call may name (after group expansion the registry bounds it).
+const MAX_FANOUT: usize = 64;
+
+/// The caller's grants *and* the target's own ceiling.
+fn authorize_on(effective: &policy::Effective, requires: Requirement, target: &Target) -> policy::Decision {
+    let decision = policy::authorize(effective, requires, &target.id);
+    match requires {
+        Requirement::Scope(needed) if decision.allowed && !target.allows(needed) => policy::Decision {
+            allowed: false,
+            reason: format!("target `{}` does not allow {needed}", target.id),
+            grants: Vec::new(),
+        },
+        _ => decision,
+    }
+}
+
+/// Run the tool on one target within the target's concurrency limit.
+async fn run_on(tool: &dyn Tool, ctx: ToolContext, args: JsonObject) -> Result<ToolOutput, String> {
+    let target = ctx.target.clone();
+    let _permit = target.permit().await.map_err(|e| e.to_string())?;
+    tool.call(ctx, args).await.map_err(|e| {
+        if let ToolError::Internal(_) = e {
+            tracing::error!(tool = tool.spec().name, target = %target.id, error = %e, "tool failed");
+        }
+        e.to_string()
+    })
+}
+
+/// One target's part of a fan-out result.
+#[derive(serde::Serialize)]
+struct TargetResult {
+    target: String,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Per-target results in the order the targets were named; one failure hides no other result.
+fn fanout_result(
+    decisions: &[(Arc<Target>, policy::Decision)],
+    mut runs: Vec<(usize, Result<ToolOutput, String>)>,
+) -> (Outcome, Option<String>, CallToolResult) {
+    runs.sort_by_key(|(i, _)| *i);
+    let mut results = Vec::new();
+    let mut text = String::new();
+    let mut failures = Vec::new();
+    for ((target, _), (_, run)) in decisions.iter().zip(runs) {
+        match run {
+            Ok(out) => {
+                text.push_str(&format!("== {} ==\n{}\n", target.id, out.text.trim_end()));
+                results.push(TargetResult {
+                    target: target.id.clone(),
+                    ok: true,
+                    result: Some(out.structured),
+                    error: None,
+                });
+            }
+            Err(e) => {
+                text.push_str(&format!("== {} ==\nerror: {e}\n", target.id));
+                failures.push(format!("{}: {e}", target.id));
+                results.push(TargetResult {
+                    target: target.id.clone(),
+                    ok: false,
+                    result: None,
+                    error: Some(e),
+                });
+            }
+        }
+    }
+    let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+    r.structured_content = Some(serde_json::json!({ "results": results }));
+    if failures.is_empty() {
+        (Outcome::Ok, None, r)
+    } else {
+        let summary = format!(
+            "{} of {} targets failed: {}",
+            failures.len(),
+            decisions.len(),
+            failures.join("; ")
+        );
+        (Outcome::Error, Some(summary), r)
     }
 }
 

@@ -6,3 +6,4 @@ mod foundation;
 mod harness;
 mod localapi;
 mod support;
+mod targets;

@@ -122,8 +122,8 @@ pub fn describe(ctx: &ToolContext) -> WhoAmIResult {
         os: c.os.clone(),
         remote_addr: c.addr.to_string(),
         identity_source: c.source.as_str().to_string(),
-        target: ctx.target.clone(),
-        scopes: policy::scopes_on(&ctx.grants, &ctx.target)
+        target: ctx.target.id.clone(),
+        scopes: policy::scopes_on(&ctx.grants, &ctx.target.id)
             .into_iter()
             .map(|(s, by)| ScopeGrant {
                 scope: s.to_string(),

@@ -7,6 +7,7 @@
 
 pub mod identity;
 pub mod system;
+pub mod targets;
 
 use std::sync::Arc;
 
@@ -76,8 +77,10 @@ impl ToolSpec {
 #[derive(Clone)]
 pub struct ToolContext {
     pub caller: Arc<Caller>,
-    /// The target the call runs against (`local` until the target registry exists).
-    pub target: String,
+    /// The target this run is for (fan-out runs the tool once per target).
+    pub target: Arc<crate::targets::Target>,
+    /// Every target the server knows (for `targets_*` tools).
+    pub targets: Arc<crate::targets::Registry>,
     /// The effective grants of the caller (for `whoami`).
     pub grants: Arc<policy::Effective>,
     /// Facts about this server's own tailnet node, when known.
@@ -153,5 +156,6 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
     tools.extend(identity::tools());
     tools.extend(system::tools());
+    tools.extend(targets::tools());
     tools
 }

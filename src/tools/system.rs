@@ -529,7 +529,8 @@ mod tests {
     fn ctx() -> ToolContext {
         ToolContext {
             caller: Arc::new(Caller::dev("t@example.com", "127.0.0.1:1".parse().unwrap())),
-            target: "local".to_string(),
+            target: Arc::new(crate::targets::Target::local()),
+            targets: Arc::new(crate::targets::Registry::local_only()),
             grants: Arc::new(policy::Effective::default()),
             tailnet: Arc::new(TailnetInfo::default()),
         }

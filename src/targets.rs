@@ -1,0 +1,266 @@
+//! The target registry: every system a tool can run against (`local` always exists), with the
+//! scopes each target allows, its limits, its groups for fan-out, and its executor.
+//!
+//! A call needs the scope from the caller's grants *and* from the target's own `scopes`
+//! ceiling. This module builds executors from validated config and resolves ids and
+//! `group:NAME` references; it knows nothing about callers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::config::TargetConfig;
+use crate::exec::{ExecError, Limits};
+use crate::policy::Scope;
+
+/// The id of the target that is this host.
+pub const LOCAL: &str = "local";
+
+/// What kind of system a target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Local,
+    Ssh,
+    Docker,
+    Http,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Local => "local",
+            Kind::Ssh => "ssh",
+            Kind::Docker => "docker",
+            Kind::Http => "http",
+        }
+    }
+}
+
+/// How a target is reached. Only `exec` talks to the systems behind these.
+pub enum Executor {
+    Local,
+}
+
+/// One configured target.
+pub struct Target {
+    pub id: String,
+    pub kind: Kind,
+    /// The most a caller may do here, whatever their grants (`None` = no ceiling).
+    pub scopes: Option<Vec<Scope>>,
+    pub groups: Vec<String>,
+    pub limits: Limits,
+    pub max_concurrent: usize,
+    pub executor: Executor,
+    permits: Semaphore,
+}
+
+impl Target {
+    /// Whether this target permits `needed` at all.
+    pub fn allows(&self, needed: Scope) -> bool {
+        self.scopes
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|have| have.covers(needed)))
+    }
+
+    /// Wait (up to the target's timeout) for one of its `max_concurrent` operation slots.
+    pub async fn permit(&self) -> Result<SemaphorePermit<'_>, ExecError> {
+        match tokio::time::timeout(self.limits.timeout, self.permits.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(ExecError::Refused(format!(
+                "target `{}` is busy ({} operations in flight)",
+                self.id, self.max_concurrent
+            ))),
+        }
+    }
+
+    /// The built-in target for this host.
+    pub fn local() -> Target {
+        Target {
+            id: LOCAL.to_string(),
+            kind: Kind::Local,
+            scopes: None,
+            groups: Vec::new(),
+            limits: Limits::default(),
+            max_concurrent: 16,
+            executor: Executor::Local,
+            permits: Semaphore::new(16),
+        }
+    }
+}
+
+/// The result of checking a target's connectivity and credentials.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Health {
+    pub target: String,
+    pub kind: String,
+    pub ok: bool,
+    /// What was checked and what it found (never a secret).
+    pub detail: String,
+    pub latency_ms: f64,
+}
+
+impl Target {
+    /// Connect, authenticate and do the cheapest real operation, within the target's timeout.
+    pub async fn check(&self) -> Health {
+        let started = std::time::Instant::now();
+        let result: Result<String, ExecError> = match &self.executor {
+            Executor::Local => Ok("this host".to_string()),
+        };
+        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(e) => (false, e.to_string()),
+        };
+        Health {
+            target: self.id.clone(),
+            kind: self.kind.as_str().to_string(),
+            ok,
+            detail,
+            latency_ms,
+        }
+    }
+}
+
+/// Every target the server knows, `local` first.
+pub struct Registry {
+    targets: Vec<Arc<Target>>,
+}
+
+/// Why a target could not be built or found.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("target `{id}`: {source}")]
+    Build { id: String, source: ExecError },
+    #[error("unknown target `{0}`")]
+    Unknown(String),
+    #[error("unknown target group `{0}`")]
+    UnknownGroup(String),
+}
+
+impl Registry {
+    /// Build executors for the configured targets (adding `local` unless configured).
+    pub fn build(configs: &[TargetConfig]) -> Result<Registry, TargetError> {
+        let mut targets = Vec::new();
+        if !configs.iter().any(|c| c.id == LOCAL) {
+            targets.push(Arc::new(Target::local()));
+        }
+        for c in configs {
+            let limits = Limits {
+                timeout: c.timeout,
+                max_output: c.max_output,
+            };
+            let executor = match c.kind {
+                Kind::Local => Executor::Local,
+                other => {
+                    return Err(TargetError::Build {
+                        id: c.id.clone(),
+                        source: ExecError::Config(format!(
+                            "{} targets are not supported by this build",
+                            other.as_str()
+                        )),
+                    });
+                }
+            };
+            targets.push(Arc::new(Target {
+                id: c.id.clone(),
+                kind: c.kind,
+                scopes: c.scopes.clone(),
+                groups: c.groups.clone(),
+                limits,
+                max_concurrent: c.max_concurrent,
+                executor,
+                permits: Semaphore::new(c.max_concurrent),
+            }));
+        }
+        Ok(Registry { targets })
+    }
+
+    /// Only the built-in `local` target.
+    pub fn local_only() -> Registry {
+        Registry {
+            targets: vec![Arc::new(Target::local())],
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Target>> {
+        self.targets.iter().find(|t| t.id == id)
+    }
+
+    pub fn all(&self) -> &[Arc<Target>] {
+        &self.targets
+    }
+
+    /// Resolve ids and `group:NAME` references, in order, without duplicates.
+    pub fn resolve(&self, names: &[String]) -> Result<Vec<Arc<Target>>, TargetError> {
+        let mut out: Vec<Arc<Target>> = Vec::new();
+        let mut push = |t: &Arc<Target>| {
+            if !out.iter().any(|o| o.id == t.id) {
+                out.push(t.clone());
+            }
+        };
+        for name in names {
+            if let Some(group) = name.strip_prefix("group:") {
+                let members: Vec<&Arc<Target>> = self
+                    .targets
+                    .iter()
+                    .filter(|t| t.groups.iter().any(|g| g == group))
+                    .collect();
+                if members.is_empty() {
+                    return Err(TargetError::UnknownGroup(group.to_string()));
+                }
+                members.into_iter().for_each(&mut push);
+            } else {
+                push(self.get(name).ok_or_else(|| TargetError::Unknown(name.clone()))?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn ids(&self) -> Vec<&str> {
+        self.targets.iter().map(|t| t.id.as_str()).collect()
+    }
+}
+
+/// Default per-operation timeout for a target.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+    use std::path::Path;
+
+    fn registry(toml: &str) -> Registry {
+        let c = Config::from_toml(toml, Path::new("t.toml"), &Overrides::default()).unwrap();
+        Registry::build(&c.targets).unwrap()
+    }
+
+    #[test]
+    fn local_always_exists_and_groups_resolve() {
+        let r = registry(
+            "[[target]]\nid = \"a\"\nkind = \"local\"\ngroups = [\"lab\"]\n[[target]]\nid = \"b\"\nkind = \"local\"\ngroups = [\"lab\", \"x\"]\n",
+        );
+        assert_eq!(r.ids(), vec!["local", "a", "b"]);
+        let ids = |names: &[&str]| {
+            r.resolve(&names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .map(|v| v.iter().map(|t| t.id.clone()).collect::<Vec<_>>())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(ids(&["group:lab"]).unwrap(), vec!["a", "b"]);
+        assert_eq!(ids(&["b", "group:lab", "local"]).unwrap(), vec!["b", "a", "local"]);
+        assert_eq!(ids(&["nope"]).unwrap_err(), "unknown target `nope`");
+        assert_eq!(ids(&["group:none"]).unwrap_err(), "unknown target group `none`");
+    }
+
+    #[test]
+    fn a_target_ceiling_limits_scopes() {
+        let r = registry("[[target]]\nid = \"ro\"\nkind = \"local\"\nscopes = [\"monitor\"]\n");
+        let ro = r.get("ro").unwrap();
+        assert!(ro.allows("system:read".parse().unwrap()));
+        assert!(!ro.allows("system:control".parse().unwrap()));
+        assert!(r.get("local").unwrap().allows("system:admin".parse().unwrap()));
+    }
+}

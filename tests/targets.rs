@@ -1,0 +1,249 @@
+//! Targets end to end through MCP: per-target grants and ceilings, unknown targets, groups and
+//! fan-out with per-target results, each call audited with the targets it named.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use serde_json::{Value, json};
+
+use crate::support::http::{Conn, Mcp};
+use crate::support::localapi::{StandIn, whois_for};
+use crate::support::netns::{Tailnet, skip_or_fail};
+use crate::support::server::{CAP, PORT, Server};
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
+const CAROL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 7));
+
+/// Two extra local-kind targets in a group, one of them capped at read-only system scopes.
+const TARGETS: &str = r#"
+[[target]]
+id = "lab1"
+kind = "local"
+groups = ["lab"]
+
+[[target]]
+id = "lab2"
+kind = "local"
+groups = ["lab"]
+scopes = ["system:read"]
+"#;
+
+struct World {
+    _net: Tailnet,
+    _standin: StandIn,
+    server: Server,
+    mcp: Mcp,
+}
+
+/// A server with TARGETS and carol, whose capability grants are `grants`.
+async fn world(grants: Value) -> Option<World> {
+    let net = match Tailnet::new(SERVER_IP, None) {
+        Ok(n) => n,
+        Err(e) => {
+            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
+            return None;
+        }
+    };
+    net.add_caller(CAROL).unwrap();
+    let standin = StandIn::start().await;
+    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
+    standin.add_identity(
+        CAROL,
+        whois_for("whois-user.json", "carol@example.com", CAROL, CAP, grants),
+    );
+    let server = Server::start(&net, &standin, "", TARGETS).await;
+    let stream = net
+        .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
+        .await
+        .unwrap();
+    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
+    mcp.initialize().await.unwrap();
+    Some(World {
+        _net: net,
+        _standin: standin,
+        server,
+        mcp,
+    })
+}
+
+fn text(r: &Value) -> &str {
+    r["content"][0]["text"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_granted_on_one_target_is_denied_on_another_with_an_audit_row() {
+    let Some(mut w) = world(json!([{"scopes": ["system:read"], "targets": ["lab1"]}])).await else {
+        return;
+    };
+    let ok = w
+        .mcp
+        .call_tool("system_status", json!({"target": "lab1"}))
+        .await
+        .unwrap();
+    assert_eq!(ok["isError"], false, "{ok}");
+    let denied = w
+        .mcp
+        .call_tool("system_status", json!({"target": "lab2"}))
+        .await
+        .unwrap();
+    assert_eq!(denied["isError"], true);
+    assert!(
+        text(&denied).contains("scope system:read is not granted on target `lab2`"),
+        "{denied}"
+    );
+    let local = w.mcp.call_tool("system_status", json!({})).await.unwrap();
+    assert_eq!(local["isError"], true, "no grant on `local`");
+    let unknown = w
+        .mcp
+        .call_tool("system_status", json!({"target": "nas"}))
+        .await
+        .unwrap();
+    assert!(
+        text(&unknown).contains("unknown target `nas` (known targets: local, lab1, lab2)"),
+        "{unknown}"
+    );
+
+    let rows = w
+        .server
+        .audit_where(4, |r| r.tool.as_deref() == Some("system_status"))
+        .await;
+    let by_target = |t: &str| {
+        rows.iter()
+            .find(|r| r.target.as_deref() == Some(t))
+            .unwrap_or_else(|| panic!("no row for {t}"))
+    };
+    assert_eq!(by_target("lab1").decision, tailopsmcp::audit::Decision::Allow);
+    assert_eq!(by_target("lab2").decision, tailopsmcp::audit::Decision::Deny);
+    assert_eq!(by_target("local").decision, tailopsmcp::audit::Decision::Deny);
+    assert_eq!(by_target("nas").decision, tailopsmcp::audit::Decision::Deny);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targets_own_ceiling_limits_what_grants_allow() {
+    let Some(mut w) = world(json!([{"scopes": ["admin"], "targets": ["*"]}])).await else {
+        return;
+    };
+    let r = w
+        .mcp
+        .call_tool("targets_check", json!({"target": "lab2"}))
+        .await
+        .unwrap();
+    assert!(text(&r).contains("target `lab2` does not allow targets:read"), "{r}");
+    let r = w
+        .mcp
+        .call_tool("targets_check", json!({"target": "lab1"}))
+        .await
+        .unwrap();
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["structuredContent"]["ok"], true);
+    let list = w.mcp.call_tool("targets_list", json!({})).await.unwrap();
+    let targets = list["structuredContent"]["targets"].as_array().unwrap();
+    let lab2 = targets.iter().find(|t| t["id"] == "lab2").unwrap();
+    assert_eq!(
+        lab2["scopes"],
+        json!(["system:read"]),
+        "grants are cut to the target's ceiling"
+    );
+    assert_eq!(targets.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_over_a_group_returns_each_targets_result_or_error() {
+    let grants = json!([{"scopes": ["system:read", "targets:read"], "targets": ["local", "lab1"]}]);
+    let Some(mut w) = world(grants).await else { return };
+    let r = w
+        .mcp
+        .call_tool(
+            "system_processes",
+            json!({"targets": ["local", "group:lab"], "limit": 3}),
+        )
+        .await
+        .unwrap();
+    let results = r["structuredContent"]["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"));
+    let ids: Vec<&str> = results.iter().map(|x| x["target"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        vec!["local", "lab1", "lab2"],
+        "in the order named, groups expanded"
+    );
+    assert_eq!(results[0]["ok"], true);
+    assert_eq!(results[0]["result"]["shown"], 3);
+    assert_eq!(results[1]["ok"], true);
+    assert_eq!(results[2]["ok"], false);
+    assert!(
+        results[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not granted on target `lab2`"),
+        "{r}"
+    );
+    // One failure does not hide the others; the call as a whole reports the failure.
+    assert_eq!(r["isError"], false);
+    let rows = w
+        .server
+        .audit_where(1, |r| r.tool.as_deref() == Some("system_processes"))
+        .await;
+    assert_eq!(rows.len(), 1, "one audit row per tools/call");
+    assert_eq!(rows[0].target.as_deref(), Some("local,lab1,lab2"));
+    assert_eq!(rows[0].decision, tailopsmcp::audit::Decision::Allow);
+    assert!(
+        rows[0].reason.as_deref().unwrap().starts_with("partly denied: lab2:"),
+        "{:?}",
+        rows[0].reason
+    );
+    assert_eq!(rows[0].outcome, tailopsmcp::audit::Outcome::Error);
+
+    // Bad selections are refused clearly.
+    for (args, needle) in [
+        (json!({"targets": []}), "must name 1 to 64"),
+        (json!({"targets": "local"}), "must be an array of strings"),
+        (json!({"targets": [7]}), "entries must be strings"),
+        (json!({"target": "local", "targets": ["lab1"]}), "not both"),
+        (json!({"targets": ["group:nope"]}), "unknown target group `nope`"),
+    ] {
+        let r = w.mcp.call_tool("system_status", args.clone()).await.unwrap();
+        assert_eq!(r["isError"], true, "{args}");
+        assert!(text(&r).contains(needle), "{args}: {r}");
+    }
+    let r = w.mcp.call_tool("whoami", json!({"targets": ["local"]})).await.unwrap();
+    assert!(text(&r).contains("takes no `targets`"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_accepts_fan_out_results_against_the_output_schema() {
+    let python = match crate::support::pyclient::python_mcp() {
+        Ok(p) => p,
+        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    };
+    let Some(w) = world(json!([{"scopes": ["monitor"], "targets": ["*"]}])).await else {
+        return;
+    };
+    let actions = json!([
+        {"call": "system_status", "args": {"targets": ["group:lab"]}},
+        {"call": "system_status", "args": {"target": "lab1"}}
+    ]);
+    let out = w
+        ._net
+        .command_in_peer_ns(python.to_str().unwrap())
+        .arg(crate::support::pyclient::client_script())
+        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
+        .arg(actions.to_string())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(lines[1]["isError"], false, "{stdout}");
+    assert_eq!(
+        lines[1]["structuredContent"]["results"].as_array().unwrap().len(),
+        2,
+        "{stdout}"
+    );
+    assert!(lines[2]["structuredContent"]["memory"].is_object(), "{stdout}");
+}
