@@ -152,7 +152,10 @@ async fn a_granted_user_lists_and_calls_tools() {
     let mut tools = alice.list_tools().await.unwrap();
     tools.sort();
     // alice's grants: system:read + containers:read on *, containers:control on docker-*.
-    assert_eq!(tools, vec!["system_processes", "system_status", "whoami"]);
+    assert_eq!(
+        tools,
+        vec!["system_processes", "system_status", "targets_list", "whoami"]
+    );
 
     let who = alice.call_tool("whoami", json!({})).await.unwrap();
     let s = structured(&who);
@@ -635,7 +638,7 @@ async fn the_official_python_sdk_client_works_over_the_tailnet() {
     );
     assert_eq!(
         lines[1]["tools"],
-        json!(["whoami", "system_status", "system_processes"])
+        json!(["whoami", "system_status", "system_processes", "targets_list"])
     );
     assert_eq!(lines[2]["structuredContent"]["principal"], "alice@example.com");
     assert_eq!(
@@ -940,7 +943,7 @@ async fn a_proxy_header_on_the_tailnet_listener_is_refused() {
     for preamble in [v2, b"PROXY TCP4 100.100.2.2 100.100.1.1 40000 8471\r\n".to_vec()] {
         // bob connects and claims to be forwarding for alice.
         let mut stream = w.net.connect(ip(BOB), w.server.addr).await.unwrap();
-        stream.write_all(&preamble).await.unwrap();
+        stream.write_all(&preamble).await.ok();
         stream
             .write_all(
                 format!(
@@ -950,7 +953,8 @@ async fn a_proxy_header_on_the_tailnet_listener_is_refused() {
                 .as_bytes(),
             )
             .await
-            .unwrap();
+            // The server may already have closed the connection: that is the point.
+            .ok();
         let mut buf = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
         assert!(
