@@ -207,7 +207,13 @@ async fn a_tagged_node_gets_its_tag_grants() {
     tools.sort();
     assert_eq!(
         tools,
-        vec!["network_interfaces", "system_processes", "system_status", "whoami"]
+        vec![
+            "network_interfaces",
+            "system_processes",
+            "system_status",
+            "targets_list",
+            "whoami"
+        ]
     );
     let who = ci.call_tool("whoami", json!({})).await.unwrap();
     let s = structured(&who);
