@@ -2,8 +2,11 @@
 
 mod audit;
 mod catalog;
+mod deploy;
+mod docker;
 mod foundation;
 mod harness;
+mod http_exec;
 mod localapi;
 mod support;
 mod targets;

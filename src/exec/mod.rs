@@ -1,14 +1,17 @@
 //! Everything that reaches a system: typed operations that read or change a host, returning
 //! plain serde + schemars values.
 //!
-//! Executors: [`local`] (this host: sysinfo, `/proc`, `/sys`; processes by argument vector).
-//! Executors for SSH hosts (russh), Docker engines (bollard) and HTTP APIs (reqwest) sit beside
-//! it, each the only user of its client library. Tools call into `exec`; `exec` knows nothing
+//! Executors: [`local`] (this host: sysinfo, `/proc`, `/sys`), [`process`] (local programs by
+//! argument vector, timeouts that kill the process group, capped output), [`docker`] (the only
+//! bollard user), [`http`] (the only reqwest user) and `ssh` (the only russh user). Tools call into `exec`; `exec` knows nothing
 //! about callers, MCP, policy or audit, and never decides whether a caller may do something
 //! (it does enforce a target's own constraints: timeouts, output caps, allowed paths).
 //! Blocking functions say so; async callers run them inside `tokio::task::spawn_blocking`.
 
+pub mod docker;
+pub mod http;
 pub mod local;
+pub mod process;
 
 use std::path::PathBuf;
 use std::time::Duration;
