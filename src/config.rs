@@ -95,6 +95,10 @@ pub struct Overrides {
     pub socket: Option<PathBuf>,
     pub database: Option<PathBuf>,
     pub capability: Option<String>,
+    /// `svc:NAME` of a Tailscale Service (enables the Service listener).
+    pub service: Option<String>,
+    /// The Service listener's loopback address.
+    pub service_listen: Option<String>,
 }
 
 /// Why the configuration cannot be used. Messages name the file and the key.
@@ -396,10 +400,12 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         });
     }
 
-    let service = if file.service.name.is_empty() {
+    let service_name = o.service.clone().unwrap_or(file.service.name);
+    let service_listen = o.service_listen.clone().unwrap_or(file.service.listen);
+    let service = if service_name.is_empty() {
         None
     } else {
-        let name = file.service.name.clone();
+        let name = service_name;
         let valid = name.strip_prefix("svc:").is_some_and(|n| {
             !n.is_empty()
                 && n.chars()
@@ -411,11 +417,9 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
                 format!("`{name}` is not a Service name like `svc:mcp`"),
             ));
         }
-        let listen: std::net::SocketAddr = file
-            .service
-            .listen
+        let listen: std::net::SocketAddr = service_listen
             .parse()
-            .map_err(|_| invalid("service.listen", format!("`{}` is not IP:PORT", file.service.listen)))?;
+            .map_err(|_| invalid("service.listen", format!("`{service_listen}` is not IP:PORT")))?;
         if !tailnet::is_loopback(listen.ip()) {
             return Err(invalid(
                 "service.listen",
@@ -687,12 +691,19 @@ mod tests {
             socket: Some("/tmp/ts.sock".into()),
             database: Some("/tmp/a.db".into()),
             capability: Some("example.com/cap/x".into()),
+            service: Some("svc:mcp".into()),
+            service_listen: Some("127.0.0.1:9443".into()),
         };
         let c = Config::from_toml("[server]\nport = 1234", Path::new("t.toml"), &o).unwrap();
         assert_eq!(c.port, 9000);
         assert_eq!(c.socket, Path::new("/tmp/ts.sock"));
         assert_eq!(c.database, Path::new("/tmp/a.db"));
         assert_eq!(c.capability, "example.com/cap/x");
+        let svc = c.service.unwrap();
+        assert_eq!(
+            (svc.name.as_str(), svc.listen),
+            ("svc:mcp", "127.0.0.1:9443".parse().unwrap())
+        );
     }
 
     #[test]

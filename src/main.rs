@@ -48,6 +48,12 @@ struct Global {
     /// App capability name carrying grants in the tailnet policy file
     #[arg(long, global = true, env = "TAILOPSMCP_CAPABILITY")]
     capability: Option<String>,
+    /// Tailscale Service (`svc:NAME`) to serve behind, on a PROXY v2 loopback listener
+    #[arg(long, global = true, env = "TAILOPSMCP_SERVICE")]
+    service: Option<String>,
+    /// Loopback address of the Tailscale Service listener [default: 127.0.0.1:8472]
+    #[arg(long, global = true, env = "TAILOPSMCP_SERVICE_LISTEN")]
+    service_listen: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -168,6 +174,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         socket: cli.global.socket.clone(),
         database: cli.global.database.clone(),
         capability: cli.global.capability.clone(),
+        service: cli.global.service.clone(),
+        service_listen: cli.global.service_listen.clone(),
     };
     let config = Config::load(cli.global.config.as_deref(), &overrides)?;
     match cli.command {
