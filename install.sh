@@ -325,6 +325,32 @@ targets = ["local"]
 # max_output_bytes = 262144     # output kept per stream; the rest is counted and cut
 # [target.ssh]                  # settings for the kind: [target.ssh], [target.docker] or [target.http]
 # ...
+#
+# [[target]]
+# id = "docker-nas"
+# kind = "docker"
+# [target.docker]
+# endpoint = "tcp://nas.tail1234.ts.net:2376"   # or "unix:///var/run/docker.sock" (default)
+# tls_ca = "/etc/tailopsmcp/docker/ca.pem"       # tcp:// needs TLS: CA, client cert and key
+# tls_cert = "/etc/tailopsmcp/docker/cert.pem"
+# tls_key = "docker-key.pem"                     # relative: from $CREDENTIALS_DIRECTORY
+# insecure_plain_tcp = false                     # plain tcp:// only when set (root-equivalent access!)
+#
+# [[target]]
+# id = "pve"
+# kind = "http"
+# [target.http]
+# base_url = "https://pve.lan:8006/api2/json"
+# auth_header = "Authorization"
+# auth_prefix = "PVEAPIToken="
+# token_file = "proxmox-token"                   # relative: from $CREDENTIALS_DIRECTORY (LoadCredential=)
+# # token_env = "PVE_TOKEN"                      # or an environment variable's name
+# allowed_methods = ["GET"]                      # default ["GET"]
+# allowed_path_prefixes = ["/nodes", "/cluster"] # whole path segments; empty = all under base_url
+# ca_file = "/etc/tailopsmcp/pve-ca.pem"         # an extra CA to trust
+# insecure_skip_verify = false
+# max_response_bytes = 1048576
+# health_path = "/version"                       # what `targets_check` requests
 
 TAILOPSMCP_EMBEDDED_EOF
 }

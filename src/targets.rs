@@ -42,6 +42,8 @@ impl Kind {
 /// How a target is reached. Only `exec` talks to the systems behind these.
 pub enum Executor {
     Local,
+    Docker(crate::exec::docker::Docker),
+    Http(crate::exec::http::Http),
 }
 
 /// One configured target.
@@ -108,6 +110,26 @@ impl Target {
         let started = std::time::Instant::now();
         let result: Result<String, ExecError> = match &self.executor {
             Executor::Local => Ok("this host".to_string()),
+            Executor::Docker(d) => d.version().await.map(|v| {
+                format!(
+                    "Docker {} (API {}) at {}",
+                    v.version.unwrap_or_else(|| "?".into()),
+                    v.negotiated_api_version,
+                    v.endpoint
+                )
+            }),
+            Executor::Http(h) => h.check().await.and_then(|c| {
+                let tls = match c.tls {
+                    crate::exec::http::TlsState::None => "plain http",
+                    crate::exec::http::TlsState::Verified => "TLS verified",
+                    crate::exec::http::TlsState::Unverified => "TLS NOT verified",
+                };
+                if (200..400).contains(&c.status) {
+                    Ok(format!("HTTP {} from {} ({tls})", c.status, c.url))
+                } else {
+                    Err(ExecError::Failed(format!("HTTP {} from {} ({tls})", c.status, c.url)))
+                }
+            }),
         };
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
         let (ok, detail) = match result {
@@ -134,6 +156,12 @@ pub struct Registry {
 pub enum TargetError {
     #[error("target `{id}`: {source}")]
     Build { id: String, source: ExecError },
+    #[error("target `{id}`: [target.{kind}]: {message}")]
+    Settings {
+        id: String,
+        kind: &'static str,
+        message: String,
+    },
     #[error("unknown target `{0}`")]
     Unknown(String),
     #[error("unknown target group `{0}`")]
@@ -152,16 +180,22 @@ impl Registry {
                 timeout: c.timeout,
                 max_output: c.max_output,
             };
+            let build = |source: ExecError| TargetError::Build {
+                id: c.id.clone(),
+                source,
+            };
             let executor = match c.kind {
                 Kind::Local => Executor::Local,
-                other => {
-                    return Err(TargetError::Build {
-                        id: c.id.clone(),
-                        source: ExecError::Config(format!(
-                            "{} targets are not supported by this build",
-                            other.as_str()
-                        )),
-                    });
+                Kind::Docker => Executor::Docker(
+                    crate::exec::docker::Docker::new(&c.id, settings(c, "docker")?, limits).map_err(build)?,
+                ),
+                Kind::Http => {
+                    Executor::Http(crate::exec::http::Http::new(&c.id, settings(c, "http")?, limits).map_err(build)?)
+                }
+                Kind::Ssh => {
+                    return Err(build(ExecError::Config(
+                        "ssh targets are not supported by this build".into(),
+                    )));
                 }
             };
             targets.push(Arc::new(Target {
@@ -224,6 +258,18 @@ impl Registry {
     }
 }
 
+/// The kind-specific table of a target, as that executor's typed settings.
+fn settings<T: serde::de::DeserializeOwned>(c: &TargetConfig, kind: &'static str) -> Result<T, TargetError> {
+    let table = c.settings.clone().unwrap_or_default();
+    toml::Value::Table(table)
+        .try_into::<T>()
+        .map_err(|e| TargetError::Settings {
+            id: c.id.clone(),
+            kind,
+            message: e.to_string().trim().replace('\n', " "),
+        })
+}
+
 /// Default per-operation timeout for a target.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -253,6 +299,37 @@ mod tests {
         assert_eq!(ids(&["b", "group:lab", "local"]).unwrap(), vec!["b", "a", "local"]);
         assert_eq!(ids(&["nope"]).unwrap_err(), "unknown target `nope`");
         assert_eq!(ids(&["group:none"]).unwrap_err(), "unknown target group `none`");
+    }
+
+    #[test]
+    fn kind_settings_are_parsed_with_errors_naming_the_table() {
+        let c = Config::from_toml(
+            "[[target]]\nid = \"d\"\nkind = \"docker\"\n[target.docker]\nendpont = \"unix:///x\"\n",
+            Path::new("t.toml"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let err = Registry::build(&c.targets).err().unwrap().to_string();
+        assert!(
+            err.starts_with("target `d`: [target.docker]: unknown field `endpont`"),
+            "{err}"
+        );
+        let ok = registry(
+            "[[target]]\nid = \"d\"\nkind = \"docker\"\n[target.docker]\nendpoint = \"unix:///run/none.sock\"\n[[target]]\nid = \"h\"\nkind = \"http\"\n[target.http]\nbase_url = \"http://127.0.0.1:9/api\"\n",
+        );
+        assert_eq!(ok.get("d").unwrap().kind, Kind::Docker);
+        assert_eq!(ok.get("h").unwrap().kind, Kind::Http);
+    }
+
+    #[tokio::test]
+    async fn checks_report_unreachable_targets_clearly() {
+        let r = registry(
+            "[[target]]\nid = \"d\"\nkind = \"docker\"\ntimeout_secs = 2\n[target.docker]\nendpoint = \"unix:///run/tailopsmcp-test-no-such.sock\"\n",
+        );
+        let h = r.get("d").unwrap().check().await;
+        assert!(!h.ok);
+        assert!(h.detail.contains("unreachable"), "{}", h.detail);
+        assert!(r.get("local").unwrap().check().await.ok);
     }
 
     #[test]

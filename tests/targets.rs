@@ -247,3 +247,130 @@ async fn the_python_sdk_accepts_fan_out_results_against_the_output_schema() {
     );
     assert!(lines[2]["structuredContent"]["memory"].is_object(), "{stdout}");
 }
+
+/// A real Docker engine, an unreachable one, and an HTTP API inside the server's namespace, in
+/// one group: a fan-out check reports each, and the unreachable one does not hide the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_over_a_group_with_an_unreachable_target() {
+    let docker_host = match crate::support::docker::ensure_dockerd() {
+        Ok(h) => h,
+        Err(e) => return skip_or_fail(&format!("docker engine: {e}")),
+    };
+    let net = match Tailnet::new(SERVER_IP, None) {
+        Ok(n) => n,
+        Err(e) => return skip_or_fail(&format!("cannot build a test tailnet: {e}")),
+    };
+    net.add_caller(CAROL).unwrap();
+    // An HTTP API the server (in its namespace) can reach on its own loopback.
+    let listener = net.bind_in_server_ns(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let api_port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/api/version",
+        axum::routing::get(|| async { axum::Json(json!({"data": {"version": "8.2"}})) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let fleet = format!(
+        r#"
+[[target]]
+id = "engine"
+kind = "docker"
+groups = ["fleet"]
+[target.docker]
+endpoint = "{docker_host}"
+
+[[target]]
+id = "gone"
+kind = "docker"
+groups = ["fleet"]
+timeout_secs = 3
+[target.docker]
+endpoint = "unix:///run/tailopsmcp-test-no-engine.sock"
+
+[[target]]
+id = "api"
+kind = "http"
+groups = ["fleet"]
+[target.http]
+base_url = "http://127.0.0.1:{api_port}/api"
+health_path = "/version"
+"#
+    );
+    let standin = StandIn::start().await;
+    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
+    let grants = json!([{"scopes": ["targets:read", "system:read"], "targets": ["*"]}]);
+    standin.add_identity(
+        CAROL,
+        whois_for("whois-user.json", "carol@example.com", CAROL, CAP, grants),
+    );
+    let server = Server::start(&net, &standin, "", &fleet).await;
+    let stream = net
+        .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
+        .await
+        .unwrap();
+    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
+    mcp.initialize().await.unwrap();
+
+    let r = mcp
+        .call_tool("targets_check", json!({"targets": ["group:fleet"]}))
+        .await
+        .unwrap();
+    let results = r["structuredContent"]["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"));
+    let by = |id: &str| {
+        results
+            .iter()
+            .find(|x| x["target"] == id)
+            .unwrap_or_else(|| panic!("{id}: {r}"))
+    };
+    assert_eq!(by("engine")["ok"], true, "{r}");
+    assert!(
+        by("engine")["result"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Docker "),
+        "{r}"
+    );
+    assert_eq!(by("api")["ok"], true, "{r}");
+    assert!(
+        by("api")["result"]["detail"].as_str().unwrap().contains("HTTP 200"),
+        "{r}"
+    );
+    assert_eq!(by("gone")["ok"], false);
+    assert!(by("gone")["error"].as_str().unwrap().contains("unreachable"), "{r}");
+
+    // Tools that read a host's /proc refuse other kinds instead of answering about this host.
+    let r = mcp
+        .call_tool("system_status", json!({"target": "engine"}))
+        .await
+        .unwrap();
+    assert_eq!(r["isError"], true);
+    assert!(text(&r).contains("target `engine` is a docker target"), "{r}");
+
+    let rows = server
+        .audit_where(1, |r| r.tool.as_deref() == Some("targets_check"))
+        .await;
+    assert_eq!(rows[0].target.as_deref(), Some("engine,gone,api"));
+    assert!(
+        rows[0].error.as_deref().unwrap().contains("gone:"),
+        "{:?}",
+        rows[0].error
+    );
+
+    // The same from the host's command line (engines only: the API lives in the test namespace).
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let engines: String = fleet.split("[[target]]\nid = \"api\"").next().unwrap().to_string();
+    std::fs::write(&cfg, engines).unwrap();
+    let (code, out, err) =
+        crate::support::server::run_cli(&["targets", "check", "engine", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("engine") && out.contains(" ok "), "{out}");
+    let (code, out, _) = crate::support::server::run_cli(&["targets", "check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "one target is down: {out}");
+    assert!(
+        out.contains("gone") && out.contains("FAILED") && out.contains("unreachable"),
+        "{out}"
+    );
+}

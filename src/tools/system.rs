@@ -164,6 +164,7 @@ impl Tool for SystemStatusTool {
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
         Box::pin(async move {
             let _: SystemStatusArgs = parse_args(args)?;
+            on_this_host(&ctx, self.spec.name)?;
             let status = blocking(local::system_status).await?;
             let output = SystemStatusOutput {
                 status,
@@ -215,9 +216,10 @@ impl Tool for SystemProcessesTool {
         &self.spec
     }
 
-    fn call(&self, _ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
         Box::pin(async move {
             let args: SystemProcessesArgs = parse_args(args)?;
+            on_this_host(&ctx, self.spec.name)?;
             let limit = validate_limit(args.limit)?;
             let sort = args.sort;
             let list = blocking(move || local::processes(sort, limit)).await?;
@@ -265,9 +267,10 @@ impl Tool for NetworkInterfacesTool {
         &self.spec
     }
 
-    fn call(&self, _ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
         Box::pin(async move {
             let args: NetworkInterfacesArgs = parse_args(args)?;
+            on_this_host(&ctx, self.spec.name)?;
             let mut interfaces = blocking(local::network_interfaces).await?;
             if let Some(name) = args.name.as_deref() {
                 if !interfaces.iter().any(|i| i.name == name) {
@@ -301,6 +304,19 @@ fn validate_limit(limit: i64) -> Result<usize, ToolError> {
         )));
     }
     usize::try_from(limit).map_err(|_| ToolError::InvalidArgs(format!("limit {limit} is out of range")))
+}
+
+/// These tools read a host's own `/proc` and `/sys`: they run on `local`-kind targets, and refuse
+/// other kinds rather than answer about the wrong machine.
+fn on_this_host(ctx: &ToolContext, tool: &str) -> Result<(), ToolError> {
+    match ctx.target.executor {
+        crate::targets::Executor::Local => Ok(()),
+        _ => Err(ToolError::Failed(format!(
+            "{tool} reads a host's own /proc and /sys; target `{}` is a {} target",
+            ctx.target.id,
+            ctx.target.kind.as_str()
+        ))),
+    }
 }
 
 /// Run blocking `exec` code off the async workers.
