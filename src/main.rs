@@ -178,6 +178,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         service_listen: cli.global.service_listen.clone(),
     };
     let config = Config::load(cli.global.config.as_deref(), &overrides)?;
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // Printing commands end quietly when their reader goes away (`audit query | head`).
+        // The server keeps Rust's default of ignoring SIGPIPE: it writes to sockets.
+        // SAFETY: setting a signal disposition before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Serve {
             dev_listen,

@@ -990,3 +990,18 @@ async fn a_proxy_header_on_the_tailnet_listener_is_refused() {
         "alice@example.com"
     );
 }
+
+#[test]
+fn printing_commands_end_quietly_when_the_reader_goes_away() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let script = format!(
+        "'{}' check-config --config '{example}' | head -n 1 >/dev/null",
+        env!("CARGO_BIN_EXE_tailopsmcp")
+    );
+    let out = std::process::Command::new("sh").args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+}
