@@ -516,14 +516,14 @@ const PSEUDO_FS: &[&str] = &[
 
 /// One mount as listed, before filtering.
 #[derive(Debug, Clone)]
-struct RawDisk {
-    device: String,
-    mount_point: String,
-    fs_type: String,
-    total: u64,
-    available: u64,
+pub(crate) struct RawDisk {
+    pub(crate) device: String,
+    pub(crate) mount_point: String,
+    pub(crate) fs_type: String,
+    pub(crate) total: u64,
+    pub(crate) available: u64,
     /// Whether the mount point is a directory (Docker bind-mounts files such as `/etc/hosts`).
-    is_dir: bool,
+    pub(crate) is_dir: bool,
 }
 
 fn disks() -> Vec<DiskStatus> {
@@ -545,7 +545,7 @@ fn disks() -> Vec<DiskStatus> {
 
 /// Drop pseudo file systems (except `/`), file bind mounts and empty mounts; keep one row per
 /// device at its shortest mount point (as `df` does); sort by mount point.
-fn select_disks(raw: Vec<RawDisk>) -> Vec<DiskStatus> {
+pub(crate) fn select_disks(raw: Vec<RawDisk>) -> Vec<DiskStatus> {
     let mut by_device: HashMap<String, RawDisk> = HashMap::new();
     for d in raw {
         let root = d.mount_point == "/";
@@ -584,29 +584,29 @@ fn select_disks(raw: Vec<RawDisk>) -> Vec<DiskStatus> {
 
 /// The contents of every file virtualization detection looks at (`None` when unreadable).
 #[derive(Debug, Clone, Default)]
-struct VirtInputs {
+pub(crate) struct VirtInputs {
     /// `/run/systemd/container` (written by systemd inside a container).
-    systemd_container: Option<String>,
+    pub(crate) systemd_container: Option<String>,
     /// `/proc/1/environ`, NUL-separated (often unreadable without root).
-    pid1_environ: Option<String>,
+    pub(crate) pid1_environ: Option<String>,
     /// `/.dockerenv` exists.
-    dockerenv: bool,
+    pub(crate) dockerenv: bool,
     /// `/run/.containerenv` exists (Podman).
-    containerenv: bool,
+    pub(crate) containerenv: bool,
     /// `/proc/self/cgroup`.
-    cgroup: Option<String>,
+    pub(crate) cgroup: Option<String>,
     /// `/proc/self/mountinfo`.
-    mountinfo: Option<String>,
+    pub(crate) mountinfo: Option<String>,
     /// `/sys/class/dmi/id/sys_vendor`.
-    sys_vendor: Option<String>,
+    pub(crate) sys_vendor: Option<String>,
     /// `/sys/class/dmi/id/product_name`.
-    product_name: Option<String>,
+    pub(crate) product_name: Option<String>,
     /// `/proc/cpuinfo`.
-    cpuinfo: Option<String>,
+    pub(crate) cpuinfo: Option<String>,
     /// `/sys/devices/system/clocksource/clocksource0/available_clocksource`.
-    clocksource: Option<String>,
+    pub(crate) clocksource: Option<String>,
     /// `/sys/hypervisor/type` (Xen).
-    hypervisor_type: Option<String>,
+    pub(crate) hypervisor_type: Option<String>,
 }
 
 impl VirtInputs {
@@ -635,7 +635,7 @@ fn virtualization() -> Virtualization {
         .clone()
 }
 
-fn detect_virtualization(inputs: &VirtInputs) -> Virtualization {
+pub(crate) fn detect_virtualization(inputs: &VirtInputs) -> Virtualization {
     let vm = detect_vm(inputs);
     let hypervisor = vm.as_ref().map(|(kind, _)| kind.clone());
     if let Some((kind, from)) = detect_container(inputs) {
@@ -966,7 +966,7 @@ fn cpuinfo_has_hypervisor_flag(cpuinfo: &str) -> bool {
 
 /// `/etc/os-release`: `KEY=value` lines, values optionally quoted with `"` or `'` and
 /// backslash-escaped inside double quotes.
-fn parse_os_release(text: &str) -> OsInfo {
+pub(crate) fn parse_os_release(text: &str) -> OsInfo {
     let mut vars: HashMap<&str, String> = HashMap::new();
     for line in text.lines() {
         let line = line.trim();
@@ -1016,7 +1016,7 @@ fn unquote_shell(raw: &str) -> String {
 }
 
 /// `/etc/passwd`: `name:x:uid:gid:gecos:home:shell`; the first entry for a uid wins.
-fn parse_passwd(text: &str) -> HashMap<u32, String> {
+pub(crate) fn parse_passwd(text: &str) -> HashMap<u32, String> {
     let mut names = HashMap::new();
     for line in text.lines() {
         if line.starts_with('#') || line.starts_with('+') || line.starts_with('-') {
@@ -1073,7 +1073,7 @@ fn mac_address(s: &str) -> Option<String> {
     (!s.is_empty() && s.chars().any(|c| c.is_ascii_hexdigit() && c != '0')).then_some(s)
 }
 
-fn sort_and_limit(rows: &mut Vec<ProcessInfo>, sort: ProcessSort, limit: usize) {
+pub(crate) fn sort_and_limit(rows: &mut Vec<ProcessInfo>, sort: ProcessSort, limit: usize) {
     rows.sort_by(|a, b| {
         let by = match sort {
             ProcessSort::Cpu => b
@@ -1109,7 +1109,7 @@ fn state_name(status: ProcessStatus) -> String {
 }
 
 /// At most `max` characters, the last one `…` when cut.
-fn truncate_chars(s: &str, max: usize) -> String {
+pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_string();
     }
@@ -1125,16 +1125,16 @@ fn read_trimmed(path: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn rfc3339(unix_seconds: u64) -> Option<String> {
+pub(crate) fn rfc3339(unix_seconds: u64) -> Option<String> {
     let secs = i64::try_from(unix_seconds).ok().filter(|s| *s > 0)?;
     chrono::DateTime::from_timestamp(secs, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
-fn round1(x: f64) -> f64 {
+pub(crate) fn round1(x: f64) -> f64 {
     if x.is_finite() { (x * 10.0).round() / 10.0 } else { 0.0 }
 }
 
-fn percent(part: u64, whole: u64) -> f64 {
+pub(crate) fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         return 0.0;
     }
