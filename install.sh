@@ -324,7 +324,15 @@ targets = ["local"]
 # max_concurrent = 4            # operations in flight on this target
 # max_output_bytes = 262144     # output kept per stream; the rest is counted and cut
 # [target.ssh]                  # settings for the kind: [target.ssh], [target.docker] or [target.http]
-# ...
+# host = "nas.tail1234.ts.net"
+# port = 22
+# user = "ops"
+# key_file = "nas_ed25519"      # OpenSSH private key; relative = from $CREDENTIALS_DIRECTORY
+# # agent = true                # or use the agent at $SSH_AUTH_SOCK
+# known_hosts = "/etc/tailopsmcp/known_hosts"   # the host key must be listed here...
+# # host_key_fingerprint = "SHA256:..."         # ...or pinned here; unknown or changed keys are refused
+# # trust_on_first_use = false  # only if set: accept an unknown key once and append it to known_hosts
+# sudo = "none"                 # or { allow = ["systemctl"] }: programs run under `sudo -n`
 #
 # [[target]]
 # id = "docker-nas"

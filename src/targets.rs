@@ -44,6 +44,7 @@ pub enum Executor {
     Local,
     Docker(crate::exec::docker::Docker),
     Http(crate::exec::http::Http),
+    Ssh(crate::exec::ssh::Ssh),
 }
 
 /// One configured target.
@@ -116,6 +117,12 @@ impl Target {
                     v.version.unwrap_or_else(|| "?".into()),
                     v.negotiated_api_version,
                     v.endpoint
+                )
+            }),
+            Executor::Ssh(ssh) => ssh.check().await.map(|c| {
+                format!(
+                    "{} as the configured user, host key {}",
+                    c.server_version, c.host_key_fingerprint
                 )
             }),
             Executor::Http(h) => h.check().await.and_then(|c| {
@@ -192,11 +199,9 @@ impl Registry {
                 Kind::Http => {
                     Executor::Http(crate::exec::http::Http::new(&c.id, settings(c, "http")?, limits).map_err(build)?)
                 }
-                Kind::Ssh => {
-                    return Err(build(ExecError::Config(
-                        "ssh targets are not supported by this build".into(),
-                    )));
-                }
+                Kind::Ssh => Executor::Ssh(
+                    crate::exec::ssh::Ssh::new(&c.id, settings(c, "ssh")?, limits, c.max_concurrent).map_err(build)?,
+                ),
             };
             targets.push(Arc::new(Target {
                 id: c.id.clone(),

@@ -374,3 +374,127 @@ health_path = "/version"
         "{out}"
     );
 }
+
+/// The foundation's system tools on an SSH target: a real sshd (in the server's namespace), the
+/// host key pinned in a known_hosts file, the client key from `$CREDENTIALS_DIRECTORY`-style
+/// relative path resolution not needed here (absolute path), results read over SSH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_system_tools_work_on_an_ssh_target() {
+    let net = match Tailnet::new(SERVER_IP, None) {
+        Ok(n) => n,
+        Err(e) => return skip_or_fail(&format!("cannot build a test tailnet: {e}")),
+    };
+    let sshd = match crate::support::sshd::Sshd::start_in_netns(net.server_ns()) {
+        Ok(s) => s,
+        Err(e) => return skip_or_fail(&format!("sshd: {e}")),
+    };
+    net.add_caller(CAROL).unwrap();
+    let known_hosts = sshd.write_known_hosts("known_hosts", &[sshd.known_hosts_line()]);
+    let targets = format!(
+        r#"
+[[target]]
+id = "box"
+kind = "ssh"
+groups = ["boxes"]
+[target.ssh]
+host = "127.0.0.1"
+port = {port}
+user = "{user}"
+key_file = "{key}"
+known_hosts = "{kh}"
+
+[[target]]
+id = "stranger"
+kind = "ssh"
+groups = ["boxes"]
+[target.ssh]
+host = "127.0.0.1"
+port = {port}
+user = "{user}"
+key_file = "{key}"
+known_hosts = "{empty}"
+"#,
+        port = sshd.port(),
+        user = sshd.user(),
+        key = sshd.client_key_path().display(),
+        kh = known_hosts.display(),
+        empty = sshd.write_known_hosts("empty_known_hosts", &[]).display(),
+    );
+    let standin = StandIn::start().await;
+    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
+    let grants = json!([{"scopes": ["system:read", "network:read", "targets:read"], "targets": ["*"]}]);
+    standin.add_identity(
+        CAROL,
+        whois_for("whois-user.json", "carol@example.com", CAROL, CAP, grants),
+    );
+    let server = Server::start(&net, &standin, "", &targets).await;
+    let stream = net
+        .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
+        .await
+        .unwrap();
+    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
+    mcp.initialize().await.unwrap();
+
+    let status = mcp.call_tool("system_status", json!({"target": "box"})).await.unwrap();
+    assert_eq!(status["isError"], false, "{status}");
+    let s = &status["structuredContent"];
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: u64 = meminfo
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        s["memory"]["total_bytes"],
+        total_kib * 1024,
+        "read over SSH from the same machine"
+    );
+    assert!(
+        s["disks"].as_array().unwrap().iter().any(|d| d["mount_point"] == "/"),
+        "{s}"
+    );
+    let procs = mcp
+        .call_tool(
+            "system_processes",
+            json!({"target": "box", "sort": "memory", "limit": 5}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(procs["structuredContent"]["shown"], 5, "{procs}");
+    let ifs = mcp
+        .call_tool("network_interfaces", json!({"target": "box", "name": "tailscale0"}))
+        .await
+        .unwrap();
+    let addrs = &ifs["structuredContent"]["interfaces"][0]["addresses"];
+    assert_eq!(
+        addrs[0]["address"], "100.100.1.1",
+        "the SSH host's own namespace: {ifs}"
+    );
+    assert_eq!(addrs[0]["tailnet"], true);
+
+    // A host whose key is unknown is refused, and the fan-out shows it next to the good one.
+    let r = mcp
+        .call_tool("targets_check", json!({"targets": ["group:boxes"]}))
+        .await
+        .unwrap();
+    let results = r["structuredContent"]["results"].as_array().unwrap();
+    assert_eq!(results[0]["ok"], true, "{r}");
+    assert!(
+        results[0]["result"]["detail"].as_str().unwrap().contains("SHA256:"),
+        "{r}"
+    );
+    assert_eq!(results[1]["ok"], false);
+    assert!(
+        results[1]["error"].as_str().unwrap().contains("not in known_hosts"),
+        "{r}"
+    );
+    let rows = server.audit_where(4, |r| r.method == "tools/call").await;
+    assert!(
+        rows.iter()
+            .any(|r| r.target.as_deref() == Some("box") && r.tool.as_deref() == Some("system_status"))
+    );
+}

@@ -8,5 +8,6 @@ mod foundation;
 mod harness;
 mod http_exec;
 mod localapi;
+mod ssh;
 mod support;
 mod targets;

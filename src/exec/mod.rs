@@ -13,6 +13,7 @@ pub mod http;
 pub mod local;
 pub mod process;
 pub mod remote;
+pub mod ssh;
 
 use std::path::PathBuf;
 use std::time::Duration;

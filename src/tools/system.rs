@@ -164,8 +164,10 @@ impl Tool for SystemStatusTool {
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
         Box::pin(async move {
             let _: SystemStatusArgs = parse_args(args)?;
-            on_this_host(&ctx, self.spec.name)?;
-            let status = blocking(local::system_status).await?;
+            let status = match host(&ctx, self.spec.name)? {
+                Host::Local => blocking(local::system_status).await?,
+                Host::Remote(r) => crate::exec::remote::system_status(r).await.map_err(exec_failed)?,
+            };
             let output = SystemStatusOutput {
                 status,
                 tailnet: TailnetSummary::from(ctx.tailnet.as_ref()),
@@ -219,10 +221,14 @@ impl Tool for SystemProcessesTool {
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
         Box::pin(async move {
             let args: SystemProcessesArgs = parse_args(args)?;
-            on_this_host(&ctx, self.spec.name)?;
             let limit = validate_limit(args.limit)?;
             let sort = args.sort;
-            let list = blocking(move || local::processes(sort, limit)).await?;
+            let list = match host(&ctx, self.spec.name)? {
+                Host::Local => blocking(move || local::processes(sort, limit)).await?,
+                Host::Remote(r) => crate::exec::remote::processes(r, sort, limit)
+                    .await
+                    .map_err(exec_failed)?,
+            };
             let text = render_processes(&list);
             ToolOutput::new(&list, text)
         })
@@ -270,8 +276,10 @@ impl Tool for NetworkInterfacesTool {
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
         Box::pin(async move {
             let args: NetworkInterfacesArgs = parse_args(args)?;
-            on_this_host(&ctx, self.spec.name)?;
-            let mut interfaces = blocking(local::network_interfaces).await?;
+            let mut interfaces = match host(&ctx, self.spec.name)? {
+                Host::Local => blocking(local::network_interfaces).await?,
+                Host::Remote(r) => crate::exec::remote::network_interfaces(r).await.map_err(exec_failed)?,
+            };
             if let Some(name) = args.name.as_deref() {
                 if !interfaces.iter().any(|i| i.name == name) {
                     let known: Vec<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
@@ -306,17 +314,28 @@ fn validate_limit(limit: i64) -> Result<usize, ToolError> {
     usize::try_from(limit).map_err(|_| ToolError::InvalidArgs(format!("limit {limit} is out of range")))
 }
 
-/// These tools read a host's own `/proc` and `/sys`: they run on `local`-kind targets, and refuse
-/// other kinds rather than answer about the wrong machine.
-fn on_this_host(ctx: &ToolContext, tool: &str) -> Result<(), ToolError> {
-    match ctx.target.executor {
-        crate::targets::Executor::Local => Ok(()),
+/// Where these tools read a host's `/proc` and `/sys`: this host directly, or an SSH host
+/// through standard commands. Other kinds are refused rather than answered about the wrong
+/// machine.
+enum Host<'a> {
+    Local,
+    Remote(&'a dyn crate::exec::remote::Runner),
+}
+
+fn host<'a>(ctx: &'a ToolContext, tool: &str) -> Result<Host<'a>, ToolError> {
+    match &ctx.target.executor {
+        crate::targets::Executor::Local => Ok(Host::Local),
+        crate::targets::Executor::Ssh(ssh) => Ok(Host::Remote(ssh)),
         _ => Err(ToolError::Failed(format!(
             "{tool} reads a host's own /proc and /sys; target `{}` is a {} target",
             ctx.target.id,
             ctx.target.kind.as_str()
         ))),
     }
+}
+
+fn exec_failed(e: crate::exec::ExecError) -> ToolError {
+    ToolError::Failed(e.to_string())
 }
 
 /// Run blocking `exec` code off the async workers.

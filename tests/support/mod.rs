@@ -8,5 +8,6 @@ pub mod localapi;
 pub mod netns;
 pub mod pyclient;
 pub mod server;
+pub mod sshd;
 pub mod sysbox;
 pub mod tlsca;

@@ -1,0 +1,1193 @@
+//! The SSH executor: runs argument vectors on a remote host over one reused SSH connection per
+//! target. This is the only module that uses `russh`; nothing else in the crate touches it.
+//!
+//! - **Host keys** are verified against an OpenSSH `known_hosts` file (`[host]:port` entries,
+//!   hashed entries) and/or a pinned `SHA256:` fingerprint before anything else happens. An
+//!   unknown key and a changed key are refused with different messages (the changed one names
+//!   both fingerprints); a key listed on an `@revoked` line is refused whatever its host pattern.
+//!   Reading uses russh's known_hosts reader, which splits fields on single spaces and does not
+//!   do wildcard patterns or `@cert-authority` (such lines never match). Trust on first use happens only when a target sets
+//!   `trust_on_first_use = true`; the key is then appended to its `known_hosts` and logged.
+//! - **Credentials**: an OpenSSH private key file (re-read on every connect; a relative path is
+//!   resolved in `$CREDENTIALS_DIRECTORY`) and/or the ssh-agent at `$SSH_AUTH_SOCK`. Key bytes
+//!   and passphrases never appear in errors, logs or outputs.
+//! - **Commands** are built from a [`CommandSpec`] with every word single-quoted for a POSIX
+//!   shell (the remote login shell must be sh-compatible: sh, dash, bash, zsh, ksh), so spaces,
+//!   quotes, `$(...)` and `;` arrive literally. `sudo -n` is added only for programs on the
+//!   target's allow-list.
+//! - **Limits**: at most `max_concurrent` channels at once (they multiplex on the one
+//!   connection; keep it at or below the server's `MaxSessions`, 10 by default); the whole
+//!   operation (queueing, connecting, running) is bounded by [`Limits::timeout`]; output is
+//!   capped per stream like the local process executor's: a cut stream ends with
+//!   `\n[… N bytes cut]` and `truncated_bytes` counts the cut bytes of both.
+//! - **Timeouts kill**: every command runs as `echo MARKER$$ >&2; exec COMMAND`. sshd makes each
+//!   session's shell a process-group leader, so `$$` names the group; the marker line is taken
+//!   out of stderr. On timeout the channel gets a `signal KILL` request (sshd `killpg`s, but only
+//!   for non-root logins), is closed, and `kill -s KILL -- -PGID` runs on a second channel
+//!   (which works for root too) before the call returns. Known gap: with `sudo` under a non-root
+//!   login the sudo'ed process is root's and survives a KILL of its group.
+//! - A dropped connection is noticed on the next call and re-established once, transparently,
+//!   when the failure happened before the command was sent.
+//!
+//! It knows nothing about callers, policy or audit.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use russh::client;
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
+use russh::{ChannelMsg, Sig};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, Semaphore};
+use tokio::time::timeout_at;
+
+use crate::exec::{CommandSpec, ExecError, Limits, Output, Secret};
+
+/// How an `ssh` target is reached and trusted (embedded in the config's `[[target]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSettings {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub user: String,
+    /// Private key (OpenSSH format, unencrypted); a relative path is resolved in
+    /// `$CREDENTIALS_DIRECTORY`.
+    pub key_file: Option<PathBuf>,
+    /// Authenticate with the keys of the ssh-agent at `$SSH_AUTH_SOCK`.
+    #[serde(default)]
+    pub agent: bool,
+    /// OpenSSH known_hosts file (`[host]:port` entries and hashed entries supported).
+    pub known_hosts: Option<PathBuf>,
+    /// `SHA256:...` pin of the host key, an alternative to `known_hosts`.
+    pub host_key_fingerprint: Option<String>,
+    /// Only when explicitly set: accept an unknown host key once and append it to `known_hosts`
+    /// (which must be set). A *changed* key is refused regardless.
+    #[serde(default)]
+    pub trust_on_first_use: bool,
+    /// Which programs may run under `sudo -n`.
+    #[serde(default)]
+    pub sudo: SudoPolicy,
+}
+
+/// Which programs may run under `sudo -n`: `sudo = "none"` (the default) or
+/// `sudo = { allow = ["systemctl", "journalctl"] }` (exact program names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SudoPolicy {
+    #[default]
+    None,
+    Allow(Vec<String>),
+}
+
+/// The result of [`Ssh::check`].
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct SshCheck {
+    /// `SHA256:...` of the key the server presented (and that was accepted).
+    pub host_key_fingerprint: String,
+    /// The server's identification string, e.g. `SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3`.
+    pub server_version: String,
+    /// TCP connect + key exchange + authentication.
+    pub connect_ms: f64,
+    /// One `true` round trip on the fresh connection.
+    pub latency_ms: f64,
+}
+
+/// An SSH target: one reused connection, re-established when dropped. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Ssh {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Ssh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ssh")
+            .field("target", &self.inner.target_id)
+            .field("destination", &self.inner.dest)
+            .finish()
+    }
+}
+
+impl Ssh {
+    /// Validates the settings (a key file or the agent; `known_hosts` or a fingerprint pin, and
+    /// `known_hosts` when trusting on first use). Does no IO: nothing is read or connected until
+    /// the first operation.
+    pub fn new(
+        target_id: &str,
+        settings: SshSettings,
+        limits: Limits,
+        max_concurrent: usize,
+    ) -> Result<Ssh, ExecError> {
+        let bad = |what: String| Err(ExecError::Config(format!("ssh target {target_id}: {what}")));
+        if settings.host.trim().is_empty() {
+            return bad("host is empty".into());
+        }
+        if settings.user.trim().is_empty() {
+            return bad("user is empty".into());
+        }
+        if settings.port == 0 {
+            return bad("port 0 is not a port".into());
+        }
+        if settings.key_file.is_none() && !settings.agent {
+            return bad("no credentials: set key_file or agent = true".into());
+        }
+        if settings.known_hosts.is_none() && settings.host_key_fingerprint.is_none() {
+            return bad("no host key to verify against: set known_hosts or host_key_fingerprint".into());
+        }
+        if settings.trust_on_first_use && settings.known_hosts.is_none() {
+            return bad("trust_on_first_use needs a known_hosts file to record the key in".into());
+        }
+        if let Some(pin) = &settings.host_key_fingerprint
+            && !valid_sha256_pin(pin)
+        {
+            return bad(format!(
+                "host_key_fingerprint {pin:?} is not of the form SHA256:<43 base64 characters>"
+            ));
+        }
+        if let SudoPolicy::Allow(programs) = &settings.sudo
+            && let Some(p) = programs
+                .iter()
+                .find(|p| p.is_empty() || p.chars().any(char::is_whitespace))
+        {
+            return bad(format!("sudo allow-list entry {p:?} is not a program name"));
+        }
+        if max_concurrent == 0 {
+            return bad("max_concurrent must be at least 1".into());
+        }
+        if limits.timeout.is_zero() {
+            return bad("timeout must be positive".into());
+        }
+        let dest = known_hosts_name(&settings.host, settings.port);
+        Ok(Ssh {
+            inner: Arc::new(Inner {
+                target_id: target_id.to_string(),
+                dest,
+                settings,
+                limits,
+                permits: Semaphore::new(max_concurrent),
+                conn: Mutex::new(None),
+                opened: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Runs `cmd` (every word quoted), under `sudo -n` when `sudo` is set and the program is on
+    /// the target's allow-list (otherwise [`ExecError::Refused`], before anything is sent). A
+    /// command still running at the timeout has its process group killed and returns
+    /// `Output { timed_out: true, status: None, .. }` with the output so far.
+    pub async fn run(&self, cmd: &CommandSpec, sudo: bool) -> Result<Output, ExecError> {
+        let started = Instant::now();
+        let line = self.command_line(cmd, sudo)?;
+        let raw = self.exec(&line, self.inner.limits.max_output, started).await?;
+        let (stdout, cut_out) = raw.stdout.into_text();
+        let (stderr, cut_err) = raw.stderr.into_text();
+        Ok(Output {
+            stdout,
+            stderr,
+            status: raw.status,
+            truncated_bytes: cut_out + cut_err,
+            timed_out: raw.timed_out,
+            duration_ms: millis(started.elapsed()),
+        })
+    }
+
+    /// Reads up to `max` bytes of the remote file `path`; returns them and the file's total size.
+    /// Binary-safe. A missing or unreadable file is [`ExecError::Failed`] with the remote error.
+    pub async fn read_file(&self, path: &str, max: usize) -> Result<(Vec<u8>, u64), ExecError> {
+        let started = Instant::now();
+        // A fixed template; the path and the cap are positional parameters, quoted like any word.
+        // Redirections keep a path starting with `-` from being read as an option.
+        let template = CommandSpec::new(
+            "sh",
+            [
+                "-c",
+                r#"wc -c <"$1" && head -c "$2" <"$1""#,
+                "sh",
+                path,
+                &max.to_string(),
+            ],
+        );
+        let line = self.command_line(&template, false)?;
+        // The size line is at most 21 bytes; anything beyond the file's cap is dropped.
+        let raw = self.exec(&line, max.saturating_add(32), started).await?;
+        if raw.timed_out {
+            return Err(ExecError::Timeout(self.inner.limits.timeout));
+        }
+        if raw.status != Some(0) {
+            let err = String::from_utf8_lossy(&raw.stderr.kept).trim().to_string();
+            return Err(ExecError::Failed(format!("cannot read {path}: {err}")));
+        }
+        let out = raw.stdout.kept;
+        let newline = out
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| ExecError::Failed(format!("cannot read {path}: no size from wc")))?;
+        let size = std::str::from_utf8(&out[..newline])
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| ExecError::Failed(format!("cannot read {path}: unexpected wc output")))?;
+        let mut content = out[newline + 1..].to_vec();
+        content.truncate(max);
+        Ok((content, size))
+    }
+
+    /// Opens a fresh connection (host key verified and authentication done now, not from a
+    /// cached connection), runs `true` on it, and keeps it as the target's connection.
+    pub async fn check(&self) -> Result<SshCheck, ExecError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started + self.inner.limits.timeout);
+        let conn = {
+            let mut slot = self.inner.conn.lock().await;
+            let conn = Arc::new(self.inner.connect(deadline).await?);
+            *slot = Some(conn.clone());
+            conn
+        };
+        let connect_ms = millis(started.elapsed());
+        let t = Instant::now();
+        let _permit = self.inner.permit(deadline).await?;
+        let channel = match open_on(&conn, deadline, self.inner.limits.timeout).await {
+            Ok(channel) => channel,
+            Err(OpenError::Final(e)) => return Err(e),
+            Err(OpenError::Dropped(why)) => {
+                return Err(ExecError::Unreachable(format!(
+                    "{}: connection dropped: {why}",
+                    self.inner.dest
+                )));
+            }
+        };
+        let raw = collect(channel, wrap("true"), 64, deadline).await?;
+        if raw.timed_out {
+            return Err(ExecError::Timeout(self.inner.limits.timeout));
+        }
+        if raw.status != Some(0) {
+            return Err(ExecError::Failed(format!(
+                "`true` exited with {:?} on {}",
+                raw.status, self.inner.dest
+            )));
+        }
+        Ok(SshCheck {
+            host_key_fingerprint: conn.host_key_fingerprint.clone(),
+            server_version: conn.server_version.clone(),
+            connect_ms,
+            latency_ms: millis(t.elapsed()),
+        })
+    }
+
+    /// How many SSH connections this target has opened (for tests and diagnostics).
+    pub fn connections_opened(&self) -> u64 {
+        self.inner.opened.load(Ordering::Relaxed)
+    }
+
+    /// The remote command line for `cmd`: every word quoted, `sudo -n --` in front if allowed.
+    fn command_line(&self, cmd: &CommandSpec, sudo: bool) -> Result<String, ExecError> {
+        let mut words: Vec<&str> = Vec::with_capacity(cmd.args.len() + 4);
+        if sudo {
+            match &self.inner.settings.sudo {
+                SudoPolicy::None => {
+                    return Err(ExecError::Refused(format!(
+                        "sudo is not allowed on target {} (sudo = \"none\")",
+                        self.inner.target_id
+                    )));
+                }
+                SudoPolicy::Allow(programs) if !programs.contains(&cmd.program) => {
+                    return Err(ExecError::Refused(format!(
+                        "`{}` is not on the sudo allow-list of target {}",
+                        cmd.program, self.inner.target_id
+                    )));
+                }
+                SudoPolicy::Allow(_) => words.extend(["sudo", "-n", "--"]),
+            }
+        }
+        words.push(&cmd.program);
+        words.extend(cmd.args.iter().map(String::as_str));
+        quote_command(&words)
+    }
+
+    /// Queue for a channel, open it (connecting or reconnecting as needed), run `line`, collect;
+    /// on timeout, make sure the remote process group is gone before returning.
+    async fn exec(&self, line: &str, cap: usize, started: Instant) -> Result<Raw, ExecError> {
+        let deadline = tokio::time::Instant::from_std(started + self.inner.limits.timeout);
+        let _permit = self.inner.permit(deadline).await?;
+        let channel = self.inner.open_channel(deadline).await?;
+        let raw = collect(channel, wrap(line), cap, deadline).await?;
+        if raw.timed_out
+            && let Some(pgid) = raw.pgid
+        {
+            self.inner.kill_group(pgid).await;
+        }
+        Ok(raw)
+    }
+}
+
+fn default_port() -> u16 {
+    22
+}
+
+struct Inner {
+    target_id: String,
+    /// `host` or `[host]:port`, as in known_hosts.
+    dest: String,
+    settings: SshSettings,
+    limits: Limits,
+    permits: Semaphore,
+    conn: Mutex<Option<Arc<Connection>>>,
+    opened: AtomicU64,
+}
+
+struct Connection {
+    handle: client::Handle<Client>,
+    host_key_fingerprint: String,
+    server_version: String,
+}
+
+impl Inner {
+    async fn permit(&self, deadline: tokio::time::Instant) -> Result<tokio::sync::SemaphorePermit<'_>, ExecError> {
+        match timeout_at(deadline, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ExecError::Failed("the target is shutting down".into())),
+            Err(_) => Err(ExecError::Timeout(self.limits.timeout)),
+        }
+    }
+
+    /// The live connection, connecting if there is none or it was dropped.
+    async fn connection(&self, deadline: tokio::time::Instant) -> Result<Arc<Connection>, ExecError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref()
+            && !conn.handle.is_closed()
+        {
+            return Ok(conn.clone());
+        }
+        *slot = None;
+        let conn = Arc::new(self.connect(deadline).await?);
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forget `conn` if it is still the current connection.
+    async fn invalidate(&self, conn: &Arc<Connection>) {
+        let mut slot = self.conn.lock().await;
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *slot = None;
+        }
+    }
+
+    /// A session channel; a connection that fails to open one is replaced once (nothing was
+    /// sent on it, so retrying cannot run a command twice).
+    async fn open_channel(&self, deadline: tokio::time::Instant) -> Result<russh::Channel<client::Msg>, ExecError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let conn = self.connection(deadline).await?;
+            match open_on(&conn, deadline, self.limits.timeout).await {
+                Ok(channel) => return Ok(channel),
+                Err(OpenError::Final(e)) => return Err(e),
+                Err(OpenError::Dropped(why)) => {
+                    self.invalidate(&conn).await;
+                    tracing::debug!(target_id = %self.target_id, %why, "ssh connection dropped; reconnecting");
+                    if attempt >= 2 {
+                        return Err(ExecError::Unreachable(format!(
+                            "{}: connection dropped: {why}",
+                            self.dest
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `SIGKILL` the process group `pgid` over a new channel. sshd honours a channel's `signal`
+    /// request only for non-root logins (root sessions run without a privilege-separated child,
+    /// and sshd refuses), so this is what actually stops a timed-out command. Best effort,
+    /// bounded by [`KILL_TIMEOUT`]; a failure is logged.
+    async fn kill_group(&self, pgid: u32) {
+        let deadline = tokio::time::Instant::now() + KILL_TIMEOUT;
+        let line = format!("kill -s KILL -- -{pgid}");
+        let result = match self.open_channel(deadline).await {
+            Ok(channel) => collect(channel, line.into_bytes(), 1024, deadline).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(raw) if raw.status == Some(0) => {}
+            Ok(raw) => tracing::warn!(
+                target_id = %self.target_id, pgid, status = ?raw.status,
+                stderr = %String::from_utf8_lossy(&raw.stderr.kept).trim(),
+                "could not kill a timed-out remote command"
+            ),
+            Err(e) => {
+                tracing::warn!(target_id = %self.target_id, pgid, error = %e, "could not kill a timed-out remote command")
+            }
+        }
+    }
+
+    /// TCP connect, key exchange with host-key verification, authentication.
+    async fn connect(&self, deadline: tokio::time::Instant) -> Result<Connection, ExecError> {
+        let s = &self.settings;
+        let recorded = match &s.known_hosts {
+            Some(path) => recorded_keys(&s.host, s.port, path, s.trust_on_first_use)?,
+            None => Recorded::default(),
+        };
+        let preferred = russh::Preferred {
+            key: Cow::Owned(host_key_order(&recorded.entries)),
+            ..Default::default()
+        };
+        let config = Arc::new(client::Config {
+            preferred,
+            nodelay: true,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_max: 3,
+            ..Default::default()
+        });
+        let state = Arc::new(StdMutex::new(Handshake::default()));
+        let handler = Client {
+            verifier: Verifier {
+                dest: self.dest.clone(),
+                host: s.host.clone(),
+                port: s.port,
+                known_hosts: s.known_hosts.clone(),
+                recorded,
+                pin: s.host_key_fingerprint.clone(),
+                tofu: s.trust_on_first_use,
+                target_id: self.target_id.clone(),
+            },
+            state: state.clone(),
+        };
+        let timeout = self.limits.timeout;
+        let unreachable_in_time =
+            || ExecError::Unreachable(format!("{}: no SSH session within {timeout:?}", self.dest));
+
+        let tcp = match timeout_at(deadline, tokio::net::TcpStream::connect((s.host.as_str(), s.port))).await {
+            Err(_) => return Err(unreachable_in_time()),
+            Ok(Err(e)) => return Err(ExecError::Unreachable(format!("{}: {e}", self.dest))),
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        let mut handle = match timeout_at(deadline, client::connect_stream(config, tcp, handler)).await {
+            Err(_) => return Err(unreachable_in_time()),
+            Ok(Err(e)) => return Err(handshake_error(&self.dest, e)),
+            Ok(Ok(handle)) => handle,
+        };
+        match timeout_at(deadline, self.authenticate(&mut handle)).await {
+            Err(_) => return Err(unreachable_in_time()),
+            Ok(result) => result?,
+        }
+        let hs = lock(&state).clone();
+        tracing::debug!(target_id = %self.target_id, dest = %self.dest, host_key = %hs.fingerprint, "ssh connected");
+        Ok(Connection {
+            handle,
+            host_key_fingerprint: hs.fingerprint,
+            server_version: hs.server_version,
+        })
+    }
+
+    async fn authenticate(&self, handle: &mut client::Handle<Client>) -> Result<(), ExecError> {
+        let s = &self.settings;
+        let mut tried = Vec::new();
+        if let Some(path) = &s.key_file {
+            let key = load_key(path)?;
+            let fingerprint = key.public_key().fingerprint(HashAlg::Sha256).to_string();
+            let hash = if key.algorithm().is_rsa() {
+                handle
+                    .best_supported_rsa_hash()
+                    .await
+                    .map_err(|e| ssh_failed(&self.dest, e))?
+                    .flatten()
+            } else {
+                None
+            };
+            let result = handle
+                .authenticate_publickey(&s.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+                .await
+                .map_err(|e| ssh_failed(&self.dest, e))?;
+            if result.success() {
+                return Ok(());
+            }
+            tried.push(format!("key file {} ({fingerprint})", path.display()));
+        }
+        if s.agent {
+            let mut agent = russh::keys::agent::client::AgentClient::connect_env()
+                .await
+                .map_err(|_| ExecError::Auth("agent = true but no ssh-agent is reachable at $SSH_AUTH_SOCK".into()))?;
+            let identities = agent
+                .request_identities()
+                .await
+                .map_err(|_| ExecError::Auth("the ssh-agent did not list its keys".into()))?;
+            for identity in identities {
+                let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = identity else {
+                    continue;
+                };
+                let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+                let hash = if key.algorithm().is_rsa() {
+                    handle
+                        .best_supported_rsa_hash()
+                        .await
+                        .map_err(|e| ssh_failed(&self.dest, e))?
+                        .flatten()
+                } else {
+                    None
+                };
+                match handle.authenticate_publickey_with(&s.user, key, hash, &mut agent).await {
+                    Ok(result) if result.success() => return Ok(()),
+                    Ok(_) => tried.push(format!("agent key {fingerprint}")),
+                    Err(_) => tried.push(format!("agent key {fingerprint} (the agent would not sign)")),
+                }
+            }
+            if tried.is_empty() || !tried.iter().any(|t| t.starts_with("agent")) {
+                tried.push("the ssh-agent (it holds no usable keys)".into());
+            }
+        }
+        Err(ExecError::Auth(format!(
+            "{} refused user {}: tried {}",
+            self.dest,
+            s.user,
+            tried.join(", ")
+        )))
+    }
+}
+
+/// Open a session channel on `conn`, telling a dropped connection apart from a final error.
+async fn open_on(
+    conn: &Connection,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<russh::Channel<client::Msg>, OpenError> {
+    match timeout_at(deadline, conn.handle.channel_open_session()).await {
+        Err(_) => Err(OpenError::Final(ExecError::Timeout(timeout))),
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(russh::Error::ChannelOpenFailure(reason))) => Err(OpenError::Final(ExecError::Refused(format!(
+            "the server refused a session channel ({reason:?}); is max_concurrent above sshd's MaxSessions (default 10)?"
+        )))),
+        Ok(Err(e)) => Err(OpenError::Dropped(e.to_string())),
+    }
+}
+
+enum OpenError {
+    /// The connection is gone; a new one may be tried.
+    Dropped(String),
+    Final(ExecError),
+}
+
+/// Send `command`, close stdin, and collect output until the channel closes or the deadline.
+async fn collect(
+    mut channel: russh::Channel<client::Msg>,
+    command: Vec<u8>,
+    cap: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Raw, ExecError> {
+    let lost = |e: russh::Error| ExecError::Failed(format!("ssh channel failed: {e}"));
+    let wrapped = command.starts_with(MARKER_PREFIX);
+    channel.exec(true, command).await.map_err(lost)?;
+    channel.eof().await.map_err(lost)?;
+    let mut raw = Raw {
+        stdout: Capped::new(cap),
+        stderr: Capped::new(cap),
+        ..Raw::default()
+    };
+    // stderr is held back until the process-group marker has been seen (or cannot come any more).
+    let mut marker: Option<Vec<u8>> = wrapped.then(Vec::new);
+    let mut exited = false;
+    loop {
+        match timeout_at(deadline, channel.wait()).await {
+            Err(_) => {
+                // sshd `killpg`s the session's process group on a signal request.
+                let _ = channel.signal(Sig::KILL).await;
+                let _ = channel.close().await;
+                raw.timed_out = true;
+                raw.status = None;
+                break;
+            }
+            Ok(None) | Ok(Some(ChannelMsg::Close)) => break,
+            Ok(Some(msg)) => match msg {
+                ChannelMsg::Data { data } => raw.stdout.push(&data),
+                ChannelMsg::ExtendedData { data, ext: 1 } => match marker.as_mut() {
+                    None => raw.stderr.push(&data),
+                    Some(pending) => {
+                        pending.extend_from_slice(&data);
+                        if let Some((pgid, rest)) = take_marker(pending) {
+                            raw.pgid = Some(pgid);
+                            raw.stderr.push(&rest);
+                            marker = None;
+                        } else if pending.len() > MARKER_SEARCH_LIMIT {
+                            raw.stderr.push(pending);
+                            marker = None;
+                        }
+                    }
+                },
+                ChannelMsg::ExitStatus { exit_status } => {
+                    raw.status = i32::try_from(exit_status).ok();
+                    exited = true;
+                }
+                ChannelMsg::ExitSignal { .. } => exited = true,
+                ChannelMsg::Failure => {
+                    return Err(ExecError::Failed("the server refused to run the command".into()));
+                }
+                _ => {}
+            },
+        }
+    }
+    if let Some(pending) = marker {
+        raw.stderr.push(&pending);
+    }
+    if !raw.timed_out && !exited {
+        return Err(ExecError::Failed(
+            "the connection closed before the command finished".into(),
+        ));
+    }
+    Ok(raw)
+}
+
+#[derive(Default)]
+struct Raw {
+    stdout: Capped,
+    stderr: Capped,
+    status: Option<i32>,
+    timed_out: bool,
+    /// The remote session's process group, from the marker line.
+    pgid: Option<u32>,
+}
+
+/// Every command runs as `echo MARKER$$ >&2; exec COMMAND`: sshd makes the session's shell a
+/// session and process-group leader, so `$$` names the group to kill on timeout; `exec` keeps
+/// the command in it. The marker line is removed from stderr.
+const MARKER: &str = "tailopsmcp-pgid:";
+const MARKER_PREFIX: &[u8] = b"echo tailopsmcp-pgid:";
+/// Startup noise (e.g. from a shell rc file) tolerated before the marker on stderr.
+const MARKER_SEARCH_LIMIT: usize = 64 * 1024;
+/// How long killing a timed-out command's process group may take.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn wrap(line: &str) -> Vec<u8> {
+    format!("echo {MARKER}$$ >&2; exec {line}").into_bytes()
+}
+
+/// Finds `MARKER<digits>\n` in `pending`; returns the pid and the bytes around the line.
+fn take_marker(pending: &[u8]) -> Option<(u32, Vec<u8>)> {
+    let start = pending.windows(MARKER.len()).position(|w| w == MARKER.as_bytes())?;
+    let digits_at = start + MARKER.len();
+    let end = digits_at + pending[digits_at..].iter().position(|&b| b == b'\n')?;
+    let pgid = std::str::from_utf8(&pending[digits_at..end]).ok()?.parse().ok()?;
+    let mut rest = pending[..start].to_vec();
+    rest.extend_from_slice(&pending[end + 1..]);
+    Some((pgid, rest))
+}
+
+/// One output stream: the first `cap` bytes, and a count of the rest.
+#[derive(Default)]
+struct Capped {
+    kept: Vec<u8>,
+    dropped: u64,
+    cap: usize,
+}
+
+impl Capped {
+    fn new(cap: usize) -> Capped {
+        Capped {
+            kept: Vec::new(),
+            dropped: 0,
+            cap,
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        let room = self.cap.saturating_sub(self.kept.len());
+        let take = room.min(data.len());
+        self.kept.extend_from_slice(&data[..take]);
+        self.dropped += (data.len() - take) as u64;
+    }
+
+    /// The kept bytes as text and how many bytes were cut in all: when the cap split a UTF-8
+    /// sequence, the partial sequence is cut too. Other invalid bytes become U+FFFD. A cut stream
+    /// ends with the same marker line as the local process executor's (`\n[… N bytes cut]`).
+    fn into_text(self) -> (String, u64) {
+        let (mut text, trimmed) = into_text(self.kept, self.dropped > 0);
+        let cut = self.dropped + trimmed;
+        if cut > 0 {
+            text.push_str(&cut_marker(cut));
+        }
+        (text, cut)
+    }
+}
+
+use super::process::cut_marker;
+
+impl super::remote::Runner for Ssh {
+    fn run<'a>(&'a self, cmd: &'a CommandSpec) -> futures::future::BoxFuture<'a, Result<Output, ExecError>> {
+        Box::pin(Ssh::run(self, cmd, false))
+    }
+}
+
+/// Returns the text and how many trailing bytes were trimmed.
+fn into_text(mut bytes: Vec<u8>, was_cut: bool) -> (String, u64) {
+    let mut trimmed = 0;
+    if was_cut
+        && let Err(e) = std::str::from_utf8(&bytes)
+        && e.error_len().is_none()
+    {
+        trimmed = (bytes.len() - e.valid_up_to()) as u64;
+        bytes.truncate(e.valid_up_to());
+    }
+    match String::from_utf8(bytes) {
+        Ok(s) => (s, trimmed),
+        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), trimmed),
+    }
+}
+
+/// What the handshake learned, read after it.
+#[derive(Default, Clone)]
+struct Handshake {
+    fingerprint: String,
+    server_version: String,
+}
+
+struct Client {
+    verifier: Verifier,
+    state: Arc<StdMutex<Handshake>>,
+}
+
+#[derive(Debug)]
+enum ClientError {
+    Ssh(russh::Error),
+    HostKey(String),
+}
+
+impl From<russh::Error> for ClientError {
+    fn from(e: russh::Error) -> Self {
+        ClientError::Ssh(e)
+    }
+}
+
+impl client::Handler for Client {
+    type Error = ClientError;
+
+    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Err(ClientError::HostKey(format!(
+                "{} presented a host certificate; host certificates are not supported",
+                self.verifier.dest
+            )));
+        };
+        lock(&self.state).fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        self.verifier.verify(key).map_err(ClientError::HostKey)?;
+        Ok(true)
+    }
+
+    async fn kex_done(
+        &mut self,
+        _shared_secret: Option<&[u8]>,
+        _names: &russh::Names,
+        session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let mut state = lock(&self.state);
+        if state.server_version.is_empty() {
+            state.server_version = String::from_utf8_lossy(session.remote_sshid()).trim().to_string();
+        }
+        Ok(())
+    }
+}
+
+/// The host-key decision for one connection attempt.
+struct Verifier {
+    dest: String,
+    host: String,
+    port: u16,
+    known_hosts: Option<PathBuf>,
+    /// What `known_hosts` says about this host, read before connecting.
+    recorded: Recorded,
+    pin: Option<String>,
+    tofu: bool,
+    target_id: String,
+}
+
+impl Verifier {
+    fn verify(&self, presented: &PublicKey) -> Result<(), String> {
+        let fp = presented.fingerprint(HashAlg::Sha256).to_string();
+        let algo = presented.algorithm().to_string();
+        if let Some(pin) = &self.pin
+            && *pin != fp
+        {
+            return Err(format!(
+                "HOST KEY MISMATCH for {}: the server presents {algo} {fp} but host_key_fingerprint pins {pin}. \
+                 Someone may be intercepting the connection (man-in-the-middle), or the host was reinstalled. \
+                 Refusing to connect; update the pin only after verifying the new fingerprint out of band",
+                self.dest
+            ));
+        }
+        let Some(path) = &self.known_hosts else {
+            return Ok(()); // pinned and matched
+        };
+        if self
+            .recorded
+            .revoked
+            .iter()
+            .any(|k| k.key_data() == presented.key_data())
+        {
+            return Err(format!(
+                "host key {algo} {fp} of {} is marked @revoked in {}; refusing to connect",
+                self.dest,
+                path.display()
+            ));
+        }
+        match host_key_status(presented, &self.recorded.entries) {
+            KeyStatus::Known => Ok(()),
+            KeyStatus::Changed(recorded) => {
+                let was = recorded
+                    .iter()
+                    .map(|(line, key)| {
+                        format!("{} {} (line {line})", key.algorithm(), key.fingerprint(HashAlg::Sha256))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Err(format!(
+                    "HOST KEY CHANGED for {}: the server presents {algo} {fp} but {} records {was}. \
+                     Someone may be intercepting the connection (man-in-the-middle), or the host was reinstalled. \
+                     Refusing to connect; replace the entry only after verifying the new fingerprint out of band",
+                    self.dest,
+                    path.display()
+                ))
+            }
+            KeyStatus::Unknown if self.pin.is_some() => Ok(()), // the pin matched
+            KeyStatus::Unknown if self.tofu => {
+                russh::keys::known_hosts::learn_known_hosts_path(&self.host, self.port, presented, path).map_err(
+                    |e| {
+                        format!(
+                            "trust_on_first_use: cannot record the host key in {}: {e}",
+                            path.display()
+                        )
+                    },
+                )?;
+                tracing::warn!(
+                    target_id = %self.target_id, dest = %self.dest, key = %format!("{algo} {fp}"),
+                    known_hosts = %path.display(),
+                    "trust on first use: accepted an unknown SSH host key and recorded it"
+                );
+                Ok(())
+            }
+            KeyStatus::Unknown => Err(format!(
+                "host key for {} is not in known_hosts {} (the server presents {algo} {fp}); add it after \
+                 verifying the fingerprint out of band, or pin it with host_key_fingerprint",
+                self.dest,
+                path.display()
+            )),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum KeyStatus {
+    Known,
+    /// Entries of the same key type with a different key.
+    Changed(Vec<(usize, PublicKey)>),
+    Unknown,
+}
+
+/// OpenSSH semantics: a recorded key equal to the presented one → known; otherwise a recorded key
+/// of the same type → changed; otherwise unknown (a key of another type, or no entry).
+fn host_key_status(presented: &PublicKey, recorded: &[(usize, PublicKey)]) -> KeyStatus {
+    if recorded.iter().any(|(_, k)| k.key_data() == presented.key_data()) {
+        return KeyStatus::Known;
+    }
+    let same_type: Vec<_> = recorded
+        .iter()
+        .filter(|(_, k)| same_key_type(k, presented))
+        .cloned()
+        .collect();
+    if same_type.is_empty() {
+        KeyStatus::Unknown
+    } else {
+        KeyStatus::Changed(same_type)
+    }
+}
+
+fn same_key_type(a: &PublicKey, b: &PublicKey) -> bool {
+    let (a, b) = (a.algorithm(), b.algorithm());
+    a == b || (is_rsa(&a) && is_rsa(&b))
+}
+
+fn is_rsa(a: &russh::keys::Algorithm) -> bool {
+    matches!(a, russh::keys::Algorithm::Rsa { .. })
+}
+
+/// Host key algorithms to offer: those recorded for the host first (so a server with several
+/// host keys presents one we know), then the rest of russh's default order.
+fn host_key_order(recorded: &[(usize, PublicKey)]) -> Vec<russh::keys::Algorithm> {
+    let defaults = russh::Preferred::default().key.into_owned();
+    let known = |a: &russh::keys::Algorithm| {
+        recorded.iter().any(|(_, k)| {
+            let r = k.algorithm();
+            r == *a || (is_rsa(&r) && is_rsa(a))
+        })
+    };
+    let mut order: Vec<_> = defaults.iter().filter(|a| known(a)).cloned().collect();
+    order.extend(defaults.iter().filter(|a| !known(a)).cloned());
+    order
+}
+
+/// What a known_hosts file says about one host.
+#[derive(Default)]
+struct Recorded {
+    /// `(line, key)` entries for this host.
+    entries: Vec<(usize, PublicKey)>,
+    /// Keys on `@revoked` lines.
+    revoked: Vec<PublicKey>,
+}
+
+/// The known_hosts entries for `host:port`. A missing file is an error unless trusting on first
+/// use (which creates it).
+fn recorded_keys(host: &str, port: u16, path: &Path, tofu: bool) -> Result<Recorded, ExecError> {
+    match std::fs::metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && tofu => return Ok(Recorded::default()),
+        Err(e) => {
+            return Err(ExecError::HostVerification(format!(
+                "cannot read known_hosts {}: {e}",
+                path.display()
+            )));
+        }
+    }
+    let unreadable = |e: &dyn std::fmt::Display| {
+        ExecError::HostVerification(format!("cannot read known_hosts {}: {e}", path.display()))
+    };
+    let entries = russh::keys::known_hosts::known_host_keys_path(host, port, path).map_err(|e| unreadable(&e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| unreadable(&e))?;
+    // `@revoked PATTERNS TYPE KEY`: refused for every host (the pattern is not consulted).
+    let revoked = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("@revoked"))
+        .filter_map(|rest| rest.split_whitespace().nth(2))
+        .filter_map(|b64| russh::keys::parse_public_key_base64(b64).ok())
+        .collect();
+    // russh numbers entries without counting `#` comment lines; report the file's own line numbers.
+    let physical: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.starts_with('#'))
+        .map(|(i, _)| i + 1)
+        .collect();
+    let entries = entries
+        .into_iter()
+        .map(|(n, key)| (physical.get(n.wrapping_sub(1)).copied().unwrap_or(n), key));
+    Ok(Recorded {
+        entries: entries.collect(),
+        revoked,
+    })
+}
+
+/// Load a private key file. Errors name the file, never its contents.
+fn load_key(path: &Path) -> Result<russh::keys::PrivateKey, ExecError> {
+    let bytes = Secret::File(path.to_path_buf()).read()?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ExecError::Config(format!("key file {} is not an OpenSSH private key", path.display())))?;
+    russh::keys::decode_secret_key(&text, None).map_err(|e| match e {
+        russh::keys::Error::KeyIsEncrypted => ExecError::Config(format!(
+            "key file {} is passphrase-protected; use an unencrypted key (systemd credential) or the ssh-agent",
+            path.display()
+        )),
+        _ => ExecError::Config(format!(
+            "key file {} is not a usable OpenSSH private key",
+            path.display()
+        )),
+    })
+}
+
+fn handshake_error(dest: &str, e: ClientError) -> ExecError {
+    match e {
+        ClientError::HostKey(msg) => ExecError::HostVerification(msg),
+        ClientError::Ssh(russh::Error::NoCommonAlgo { kind, .. }) => {
+            ExecError::Failed(format!("{dest}: no common {kind:?} algorithm with the server"))
+        }
+        ClientError::Ssh(e @ (russh::Error::IO(_) | russh::Error::Disconnect | russh::Error::HUP)) => {
+            ExecError::Unreachable(format!("{dest}: connection closed during the SSH handshake ({e})"))
+        }
+        ClientError::Ssh(e) => ssh_failed(dest, e),
+    }
+}
+
+fn ssh_failed(dest: &str, e: russh::Error) -> ExecError {
+    ExecError::Failed(format!("{dest}: ssh: {e}"))
+}
+
+/// `host` for port 22, `[host]:port` otherwise (the known_hosts spelling).
+fn known_hosts_name(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+fn valid_sha256_pin(pin: &str) -> bool {
+    pin.strip_prefix("SHA256:")
+        .is_some_and(|b64| b64.len() == 43 && b64.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/'))
+}
+
+/// Quote every word for a POSIX shell: `'...'` with each `'` written as `'\''`. NUL cannot be
+/// passed to a remote process and is refused.
+fn quote_command(words: &[&str]) -> Result<String, ExecError> {
+    let mut line = String::new();
+    for (i, word) in words.iter().enumerate() {
+        if word.contains('\0') {
+            return Err(ExecError::Refused("a command argument contains a NUL byte".into()));
+        }
+        if i > 0 {
+            line.push(' ');
+        }
+        line.push('\'');
+        line.push_str(&word.replace('\'', r"'\''"));
+        line.push('\'');
+    }
+    Ok(line)
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b64: &str) -> PublicKey {
+        russh::keys::parse_public_key_base64(b64).unwrap()
+    }
+
+    const ED_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+    const ED_B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G1sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X";
+
+    #[test]
+    fn quoting_keeps_every_word_literal() {
+        fn check(words: &[&str], expected: &str) {
+            assert_eq!(quote_command(words).unwrap(), expected);
+        }
+        check(&["ls"], "'ls'");
+        check(&["echo", "a b", ""], "'echo' 'a b' ''");
+        check(&["echo", "it's"], r"'echo' 'it'\''s'");
+        check(
+            &["echo", "$(id); `id` && x | y > z"],
+            "'echo' '$(id); `id` && x | y > z'",
+        );
+        check(&["echo", "back\\slash\nnewline"], "'echo' 'back\\slash\nnewline'");
+        assert!(matches!(quote_command(&["echo", "a\0b"]), Err(ExecError::Refused(_))));
+    }
+
+    #[test]
+    fn process_group_marker_is_taken_out_of_stderr() {
+        assert_eq!(wrap("'true'"), b"echo tailopsmcp-pgid:$$ >&2; exec 'true'".to_vec());
+        assert!(wrap("x").starts_with(MARKER_PREFIX));
+        assert_eq!(take_marker(b"tailopsmcp-pgid:123\nerr"), Some((123, b"err".to_vec())));
+        assert_eq!(
+            take_marker(b"rc noise\ntailopsmcp-pgid:7\n"),
+            Some((7, b"rc noise\n".to_vec()))
+        );
+        assert_eq!(take_marker(b"tailopsmcp-pgid:12"), None); // incomplete: wait for more
+    }
+
+    #[test]
+    fn host_key_status_follows_openssh() {
+        let (a, b) = (key(ED_A), key(ED_B));
+        assert_eq!(host_key_status(&a, &[(1, a.clone())]), KeyStatus::Known);
+        assert_eq!(
+            host_key_status(&a, &[(3, b.clone())]),
+            KeyStatus::Changed(vec![(3, b.clone())])
+        );
+        assert_eq!(host_key_status(&a, &[(1, b.clone()), (2, a.clone())]), KeyStatus::Known);
+        assert_eq!(host_key_status(&a, &[]), KeyStatus::Unknown);
+    }
+
+    #[test]
+    fn known_host_algorithms_come_first() {
+        let order = host_key_order(&[]);
+        assert_eq!(order, russh::Preferred::default().key.into_owned());
+        let ed = key(ED_A);
+        assert_eq!(host_key_order(&[(1, ed)])[0], russh::keys::Algorithm::Ed25519);
+    }
+
+    #[test]
+    fn output_cap_counts_and_keeps_utf8_whole() {
+        let mut c = Capped::new(4);
+        c.push(b"ab");
+        c.push(b"cdef");
+        assert_eq!((c.kept.as_slice(), c.dropped), (&b"abcd"[..], 2));
+        // "aé" is 3 bytes; a cap of 2 splits the é: the partial byte is trimmed.
+        assert_eq!(into_text("aé".as_bytes()[..2].to_vec(), true), ("a".to_string(), 1));
+        assert_eq!(into_text(b"ok".to_vec(), false), ("ok".to_string(), 0));
+        let mut c = Capped::new(2);
+        c.push("aé".as_bytes());
+        assert_eq!(c.into_text(), ("a\n[… 2 bytes cut]".to_string(), 2));
+        let mut c = Capped::new(3);
+        c.push("aé".as_bytes());
+        assert_eq!(
+            c.into_text(),
+            ("aé".to_string(), 0),
+            "exactly at the cap: nothing cut, no marker"
+        );
+    }
+
+    #[test]
+    fn settings_validation() {
+        fn settings(extra: &str) -> Result<Ssh, String> {
+            let text = format!("host = \"h\"\nuser = \"u\"\n{extra}");
+            let s: SshSettings = toml::from_str(&text).map_err(|e| e.to_string())?;
+            Ssh::new("t", s, Limits::default(), 4).map_err(|e| e.to_string())
+        }
+        let ok = "key_file = \"k\"\nknown_hosts = \"kh\"\n";
+        assert!(settings(ok).is_ok());
+        assert_eq!(settings(ok).unwrap().inner.dest, "h");
+        assert!(settings("agent = true\nknown_hosts = \"kh\"\nport = 2222\n").is_ok());
+        let err = |extra: &str| settings(extra).unwrap_err();
+        assert!(err("known_hosts = \"kh\"\n").contains("no credentials"));
+        assert!(err("key_file = \"k\"\n").contains("no host key"));
+        assert!(err("key_file = \"k\"\nhost_key_fingerprint = \"SHA256:x\"\n").contains("not of the form"));
+        assert!(
+            err("key_file = \"k\"\nhost_key_fingerprint = \"x\"\ntrust_on_first_use = true\n").contains("known_hosts")
+        );
+        assert!(err(&format!("{ok}passphrase = \"x\"\n")).contains("unknown field"));
+        assert!(err(&format!("{ok}sudo = \"always\"\n")).contains("unknown variant"));
+        let s = settings(&format!("{ok}sudo = {{ allow = [\"systemctl\"] }}\n")).unwrap();
+        assert_eq!(s.inner.settings.sudo, SudoPolicy::Allow(vec!["systemctl".into()]));
+        assert!(err(&format!("{ok}sudo = {{ allow = [\"rm -rf\"] }}\n")).contains("not a program name"));
+    }
+
+    #[test]
+    fn sudo_policy_is_checked_before_anything_is_sent() {
+        let base = SshSettings {
+            host: "h".into(),
+            port: 22,
+            user: "u".into(),
+            key_file: Some("k".into()),
+            agent: false,
+            known_hosts: Some("kh".into()),
+            host_key_fingerprint: None,
+            trust_on_first_use: false,
+            sudo: SudoPolicy::None,
+        };
+        let none = Ssh::new("t", base.clone(), Limits::default(), 1).unwrap();
+        let cmd = CommandSpec::new("systemctl", ["restart", "x y"]);
+        assert!(matches!(none.command_line(&cmd, true), Err(ExecError::Refused(_))));
+        assert_eq!(none.command_line(&cmd, false).unwrap(), "'systemctl' 'restart' 'x y'");
+        let allow = Ssh::new(
+            "t",
+            SshSettings {
+                sudo: SudoPolicy::Allow(vec!["systemctl".into()]),
+                ..base
+            },
+            Limits::default(),
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            allow.command_line(&cmd, true).unwrap(),
+            "'sudo' '-n' '--' 'systemctl' 'restart' 'x y'"
+        );
+        let other = CommandSpec::new("/usr/bin/systemctl", ["stop"]);
+        let err = allow.command_line(&other, true).unwrap_err().to_string();
+        assert!(err.contains("not on the sudo allow-list"), "{err}");
+    }
+}
