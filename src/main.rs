@@ -114,6 +114,16 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check the audit hash chain; exit 1 and print the first broken link
+    Verify,
+    /// Export audit records with their chain hashes, one JSON object per line (for SIEMs)
+    Export {
+        #[arg(long, value_parser = ["jsonl"], default_value = "jsonl")]
+        format: String,
+        /// RFC 3339 time or an age like 15m, 2h, 7d
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Records matching filters, oldest first
     Query {
         #[command(flatten)]
@@ -420,6 +430,22 @@ fn audit_cmd(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode>
                     }
                 }
             }
+        }
+        AuditCommand::Verify => {
+            let report = audit::verify_path(db).with_context(|| format!("cannot read {}", db.display()))?;
+            println!("{report}");
+            return Ok(if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        AuditCommand::Export { format: _, since } => {
+            let since = since
+                .map(|s| audit::parse_time(&s, chrono::Utc::now()).map_err(anyhow::Error::msg))
+                .transpose()?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            audit::export_jsonl(db, since, &mut out).with_context(|| format!("cannot export {}", db.display()))?;
         }
         AuditCommand::Query { filter, limit, json } => {
             let now = chrono::Utc::now();

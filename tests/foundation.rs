@@ -825,6 +825,40 @@ async fn the_audit_command_filters_and_prints_json_lines() {
     let (code, _, err) = cli(&["query", "--decision", "maybe"]);
     assert_eq!(code, 1);
     assert!(err.contains("--decision must be `allow` or `deny`"), "{err}");
+    let (code, out, err) = cli(&["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("audit chain OK"), "{out}");
+    let (code, out, _) = cli(&["export", "--format", "jsonl"]);
+    assert_eq!(code, 0);
+    let rows: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        rows.len() >= 3
+            && rows
+                .iter()
+                .all(|r| r["row_hash"].as_str().is_some_and(|h| h.len() == 64)),
+        "{out}"
+    );
+    // Someone with the file rewrites bob's denial into an allow: verify names the row.
+    let bob_id = rows.iter().find(|r| r["principal"] == "bob@example.com").unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let conn = rusqlite::Connection::open(&w.server.db).unwrap();
+    let triggers: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for t in triggers {
+        conn.execute(&format!("DROP TRIGGER \"{t}\""), []).unwrap();
+    }
+    conn.execute("UPDATE audit SET decision = 'allow' WHERE id = ?1", [bob_id])
+        .unwrap();
+    drop(conn);
+    let (code, out, _) = cli(&["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("row {bob_id}")), "names the edited row: {out}");
 }
 
 // --- Tailscale Services: the loopback listener behind `tailscale serve --proxy-protocol=2`.

@@ -1,6 +1,7 @@
 //! The one integration test binary: every test module and the shared harnesses under `support/`.
 
 mod audit;
+mod audit_chain;
 mod catalog;
 mod deploy;
 mod docker;

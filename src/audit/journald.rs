@@ -11,6 +11,10 @@
 //! (<https://systemd.io/JOURNAL_NATIVE_PROTOCOL/>). Values are capped at 4 KiB so a datagram
 //! always fits the socket buffer, so the memfd fallback is never needed.
 //!
+//! Each event carries the row's chain hash (`TAILOPS_ROW_HASH`, and `TAILOPS_COMPLETION_HASH` on a
+//! completion), so the journal and SQLite can be cross-checked: an edited, deleted or re-chained
+//! row no longer matches the hash journald received when it was committed.
+//!
 //! Does not: send arguments, decide what is recorded, or retry: SQLite is the record; a journald
 //! failure is logged once (`tracing::warn`) until sending works again, and counted.
 
@@ -32,9 +36,18 @@ const QUEUE: usize = 8192;
 /// How long one send may block when journald is not reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// One committed link to mirror: the row (without arguments) and its chain hashes.
+pub(crate) struct Event {
+    pub(crate) rec: Record,
+    /// The row's `row_hash` (`None` only for a row older than the chain).
+    pub(crate) row_hash: Option<String>,
+    /// Set on a completion event: the completion link's hash.
+    pub(crate) completion_hash: Option<String>,
+}
+
 /// A running mirror: a queue into the sender thread. Dropping it stops the thread.
 pub(crate) struct Mirror {
-    tx: SyncSender<Record>,
+    tx: SyncSender<Event>,
     state: Arc<State>,
     socket: PathBuf,
 }
@@ -110,9 +123,9 @@ impl Mirror {
         }
     }
 
-    /// Queue a committed record for journald. Never blocks.
-    pub(crate) fn send(&self, rec: Record) {
-        match self.tx.try_send(rec) {
+    /// Queue a committed link for journald. Never blocks.
+    pub(crate) fn send(&self, event: Event) {
+        match self.tx.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.state.lost("queue full", &self.socket),
             Err(TrySendError::Disconnected(_)) => self.state.lost("sender thread stopped", &self.socket),
@@ -127,9 +140,9 @@ struct Sender {
 }
 
 impl Sender {
-    fn run(self, rx: Receiver<Record>) {
-        for rec in rx {
-            let datagram = encode(&rec);
+    fn run(self, rx: Receiver<Event>) {
+        for event in rx {
+            let datagram = encode(&event);
             match self.sock.send_to(&datagram, &self.socket) {
                 Ok(_) => self.state.delivered(),
                 Err(e) => self.state.lost(&e.to_string(), &self.socket),
@@ -138,8 +151,9 @@ impl Sender {
     }
 }
 
-/// The native-protocol datagram for `rec` (fields without a value are left out).
-pub(crate) fn encode(rec: &Record) -> Vec<u8> {
+/// The native-protocol datagram for `event` (fields without a value are left out).
+pub(crate) fn encode(event: &Event) -> Vec<u8> {
+    let rec = &event.rec;
     let mut buf = Vec::with_capacity(1024);
     let priority = if rec.decision == Decision::Deny { "4" } else { "6" };
     field(&mut buf, "PRIORITY", priority);
@@ -181,6 +195,8 @@ pub(crate) fn encode(rec: &Record) -> Vec<u8> {
             .map(|d| d.to_string())
             .as_deref(),
     );
+    opt(&mut buf, "TAILOPS_ROW_HASH", event.row_hash.as_deref());
+    opt(&mut buf, "TAILOPS_COMPLETION_HASH", event.completion_hash.as_deref());
     buf
 }
 
@@ -242,7 +258,23 @@ mod tests {
         out
     }
 
-    fn full() -> Record {
+    fn full() -> Event {
+        Event {
+            rec: full_record(),
+            row_hash: Some("ab".repeat(32)),
+            completion_hash: Some("cd".repeat(32)),
+        }
+    }
+
+    fn plain(rec: Record) -> Event {
+        Event {
+            rec,
+            row_hash: None,
+            completion_hash: None,
+        }
+    }
+
+    fn full_record() -> Record {
         Record {
             id: Some(42),
             time: "2025-01-02T03:04:05.678Z".into(),
@@ -270,8 +302,8 @@ mod tests {
         }
     }
 
-    fn check(rec: &Record, expected: &[(&str, &str)]) {
-        let got = decode(&encode(rec));
+    fn check(event: &Event, expected: &[(&str, &str)]) {
+        let got = decode(&encode(event));
         for (k, v) in expected {
             assert_eq!(got.get(*k).map(String::as_str), Some(*v), "{k} in {got:?}");
         }
@@ -303,6 +335,8 @@ mod tests {
                 ("TAILOPS_ERROR", "line one\nline two"),
                 ("TAILOPS_DURATION_MS", "12.5"),
                 ("TAILOPS_OUTCOME", "ok"),
+                ("TAILOPS_ROW_HASH", &"ab".repeat(32)),
+                ("TAILOPS_COMPLETION_HASH", &"cd".repeat(32)),
             ],
         );
         let deny = Record {
@@ -312,6 +346,7 @@ mod tests {
             request_id: "r".into(),
             ..Record::default()
         };
+        let deny = plain(deny);
         check(
             &deny,
             &[
@@ -322,12 +357,13 @@ mod tests {
         );
         let got = decode(&encode(&deny));
         assert!(!got.contains_key("TAILOPS_TAGS") && !got.contains_key("TAILOPS_AUDIT_ID"));
+        assert!(!got.contains_key("TAILOPS_ROW_HASH") && !got.contains_key("TAILOPS_COMPLETION_HASH"));
     }
 
     #[test]
     fn long_values_are_capped() {
         let mut r = full();
-        r.error = Some("e".repeat(100_000));
+        r.rec.error = Some("e".repeat(100_000));
         let got = decode(&encode(&r));
         assert!(got["TAILOPS_ERROR"].len() < redact::MAX_STRING + 64);
     }
@@ -343,7 +379,8 @@ mod tests {
         let mut buf = vec![0u8; 65536];
         let n = server.recv(&mut buf).unwrap();
         let got = decode(&buf[..n]);
-        assert_eq!(got["TAILOPS_REQUEST_ID"], full().request_id);
+        assert_eq!(got["TAILOPS_REQUEST_ID"], full().rec.request_id);
+        assert_eq!(got["TAILOPS_ROW_HASH"], "ab".repeat(32));
     }
 
     #[test]

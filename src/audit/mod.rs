@@ -3,7 +3,9 @@
 //!
 //! Owns: the [`Record`] shape, the [`Auditor`] (the only writer of audit rows: one dedicated
 //! thread that group-commits whatever is queued), redaction of arguments before they reach disk,
-//! the journald mirror, and the queries and renderings the CLI uses.
+//! the hash chain that makes edits, deletions and reordering detectable ([`verify_path`]),
+//! retention pruning with checkpoints ([`Auditor::prune`]), the journald mirror, and the queries,
+//! renderings and SIEM export ([`export_jsonl`]) the CLI uses.
 //!
 //! Does not: decide anything (policy does), run tools, or get called by tools (the `mcp` layer
 //! records around them). It never drops a record silently: every write either resolves after
@@ -11,11 +13,18 @@
 //!
 //! **Invariant:** `record`, `begin` and `complete` resolve only after COMMIT; journald failures
 //! never fail or delay a SQLite write.
+//!
+//! **Invariant:** only the writer thread extends the hash chain (`chain` defines the encoding,
+//! `verify` re-checks it); every row it inserts is hashed over its canonical content and the
+//! previous link, and a completion is a link of its own.
 
+mod chain;
+mod export;
 mod journald;
 mod query;
 mod redact;
 mod render;
+mod verify;
 mod writer;
 
 use std::fmt;
@@ -77,6 +86,14 @@ pub const JOURNAL_FIELDS: &[(&str, &str)] = &[
     ("TAILOPS_OUTCOME", "`pending`, `ok`, `error` or `denied`"),
     ("TAILOPS_ERROR", "error message when outcome is `error`"),
     ("TAILOPS_DURATION_MS", "how long the tool ran, in milliseconds"),
+    (
+        "TAILOPS_ROW_HASH",
+        "the row's `row_hash` in the SQLite hash chain (64 hex digits); a begin and its completion carry the same one",
+    ),
+    (
+        "TAILOPS_COMPLETION_HASH",
+        "on a completion event: the `completion_hash` that links the outcome into the chain",
+    ),
 ];
 
 /// The policy decision for a request.
@@ -250,6 +267,127 @@ pub enum AuditError {
     Invalid(String),
     #[error("query audit records in {path}: {source}")]
     Query { path: PathBuf, source: rusqlite::Error },
+    #[error("export audit records: {0}")]
+    Export(#[source] std::io::Error),
+}
+
+/// What [`Auditor::prune`] did. With nothing to prune, `pruned` is 0 and no checkpoint was
+/// written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PruneReport {
+    /// The cut-off asked for: rows older than this were candidates.
+    pub before: DateTime<Utc>,
+    pub pruned: u64,
+    pub first_pruned_id: Option<i64>,
+    pub last_pruned_id: Option<i64>,
+    /// `row_hash` of the last deleted row (also named in the checkpoint row).
+    pub last_pruned_hash: Option<String>,
+    /// The first row kept: the chain is verifiable from here.
+    pub resume_id: Option<i64>,
+    /// The checkpoint row (`method = "audit/checkpoint"`).
+    pub checkpoint_id: Option<i64>,
+}
+
+/// The result of [`verify_path`]: counts, and the first broken link if there is one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct VerifyReport {
+    /// Rows read.
+    pub rows: u64,
+    /// Rows with a verified `row_hash`.
+    pub chained: u64,
+    /// Rows written before the chain existed (schema 1), all before the first chained row.
+    pub unchained: u64,
+    /// Completion links verified.
+    pub completions: u64,
+    /// Checkpoint rows (`audit/checkpoint`) among the rows.
+    pub checkpoints: u64,
+    pub first_id: Option<i64>,
+    pub last_id: Option<i64>,
+    /// The chain's last link (64 hex digits): compare with the newest `TAILOPS_ROW_HASH` /
+    /// `TAILOPS_COMPLETION_HASH` in journald, or keep it somewhere else, to detect rows removed
+    /// from the end by someone who also rewrote the head.
+    pub head: Option<String>,
+    /// `None`: the chain verifies.
+    pub broken: Option<BrokenLink>,
+}
+
+impl VerifyReport {
+    /// Whether the whole chain verified.
+    pub fn is_ok(&self) -> bool {
+        self.broken.is_none()
+    }
+}
+
+/// The first link that does not verify: the row where the walk stopped and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BrokenLink {
+    /// The row id the problem was found at.
+    pub id: i64,
+    pub kind: BrokenKind,
+    /// A one-line explanation for people (ids, expected and found hashes).
+    pub detail: String,
+}
+
+/// Kinds of broken links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokenKind {
+    /// The row's content no longer hashes to its `row_hash`: a field was edited, or rows were
+    /// swapped (the id is part of the hash).
+    RowHash,
+    /// A completed row's outcome fields no longer hash to its `completion_hash`.
+    CompletionHash,
+    /// The row's `prev_hash` is not the previous link: a row (or a completion) before it was
+    /// deleted, or rows were reordered.
+    PrevHash,
+    /// The ids jump: rows were deleted even though the hashes were recomputed.
+    IdGap,
+    /// The first row does not start the chain: not from the genesis hash, and not where the
+    /// newest checkpoint says the chain resumes (rows deleted from the start).
+    Start,
+    /// A hash column is empty or not a hash after the chain began.
+    MissingHash,
+    /// A completion link that no later link continues from, or two links claiming the same
+    /// predecessor.
+    CompletionLink,
+    /// The chain does not end where the writer last recorded its head (rows deleted from the
+    /// end).
+    Tail,
+}
+
+impl fmt::Display for BrokenLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "broken at row {}: {}", self.id, self.detail)
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    /// One paragraph for `tailopsmcp audit verify`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let range = match (self.first_id, self.last_id) {
+            (Some(a), Some(b)) => format!(" (ids {a}..={b})"),
+            _ => String::new(),
+        };
+        match &self.broken {
+            None => write!(
+                f,
+                "audit chain OK: {} rows{range}, {} chained, {} completions, {} checkpoints",
+                self.rows, self.chained, self.completions, self.checkpoints
+            )?,
+            Some(b) => write!(f, "audit chain BROKEN {b} (checked {} rows before it)", self.rows)?,
+        }
+        if self.unchained > 0 {
+            write!(
+                f,
+                "; {} rows written before the chain existed are not covered",
+                self.unchained
+            )?;
+        }
+        if let (None, Some(head)) = (&self.broken, &self.head) {
+            write!(f, "; head {head}")?;
+        }
+        Ok(())
+    }
 }
 
 /// The audit writer and reader. Cheap to clone (an `Arc` inside); `Send + Sync`.
@@ -321,8 +459,13 @@ impl Auditor {
     }
 
     /// Insert `rec` with `outcome = pending` before a mutating action runs. Resolves with its
-    /// row id once COMMITTED; if this fails, the action must not run.
-    pub async fn begin(&self, rec: Record) -> Result<i64, AuditError> {
+    /// row id once COMMITTED; if this fails, the action must not run. The pending row has no
+    /// result yet: `error`, `duration_ms` and `result_bytes` are stored empty (and hashed so),
+    /// and [`Auditor::complete`] sets them.
+    pub async fn begin(&self, mut rec: Record) -> Result<i64, AuditError> {
+        rec.error = None;
+        rec.duration_ms = None;
+        rec.result_bytes = None;
         self.insert(rec, Some(Outcome::Pending)).await
     }
 
@@ -350,6 +493,20 @@ impl Auditor {
             reply,
         };
         self.send(op).await?;
+        wait.await.map_err(|_| self.gone())?
+    }
+
+    /// Delete the oldest rows older than `before` (retention), oldest first, and append a
+    /// checkpoint row (`method = "audit/checkpoint"`, its reason naming how many rows went and
+    /// the last pruned hash) so [`verify_path`] keeps verifying from the first row kept. Runs on
+    /// the writer thread, in order with every other write; resolves once COMMITTED.
+    ///
+    /// Rows go as a prefix by id: it stops at the first row at or after `before`, and earlier
+    /// if a deleted row's completion was linked after a kept row. Pending rows older than
+    /// `before` are deleted (their completion then fails with [`AuditError::NotPending`]).
+    pub async fn prune(&self, before: DateTime<Utc>) -> Result<PruneReport, AuditError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(writer::Op::Prune { before, reply }).await?;
         wait.await.map_err(|_| self.gone())?
     }
 
@@ -428,6 +585,37 @@ pub fn query_path(db: &Path, q: &Query) -> Result<Vec<Record>, AuditError> {
     query::run(&conn, q).map_err(|source| AuditError::Query {
         path: db.to_path_buf(),
         source,
+    })
+}
+
+/// Walk the hash chain of the database at `db` (opened read-only, one consistent snapshot) in
+/// id order. `Ok` with [`VerifyReport::broken`] `None` when every link verifies, else the FIRST
+/// broken link: the row id and what is wrong. `Err` only when the file cannot be read.
+/// Blocking (reads every row).
+pub fn verify_path(db: &Path) -> Result<VerifyReport, AuditError> {
+    let conn = crate::store::open_readonly(db)?;
+    verify::run(&conn).map_err(|source| AuditError::Query {
+        path: db.to_path_buf(),
+        source,
+    })
+}
+
+/// Write every row at or after `since` (all rows without it) to `out` as JSON lines, in id
+/// order, for SIEMs: the [`Record`] fields (arguments as JSON, already redacted) plus the chain
+/// fields `prev_hash`, `row_hash`, `completed_after`, `completion_prev`, `completion_hash`.
+/// Returns the number of lines written. Streams (constant memory); blocking.
+pub fn export_jsonl(
+    db: &Path,
+    since: Option<DateTime<Utc>>,
+    out: &mut dyn std::io::Write,
+) -> Result<usize, AuditError> {
+    let conn = crate::store::open_readonly(db)?;
+    export::run(&conn, since, out).map_err(|e| match e {
+        export::Error::Sql(source) => AuditError::Query {
+            path: db.to_path_buf(),
+            source,
+        },
+        export::Error::Io(e) => AuditError::Export(e),
     })
 }
 

@@ -19,6 +19,81 @@ pub(crate) const COLUMNS_WITHOUT_ARGUMENTS: &str = "id, time, request_id, sessio
     user_id, login, node_id, node_name, tags, remote_addr, identity_source, method, tool, target, \
     NULL, decision, reason, grants, outcome, error, duration_ms, result_bytes";
 
+/// Every column as stored, chain columns included, in [`Stored::from_row`]'s order.
+pub(crate) const STORED_COLUMNS: &str = "id, time, request_id, session_id, principal, user_id, \
+    login, node_id, node_name, tags, remote_addr, identity_source, method, tool, target, arguments, \
+    decision, reason, grants, outcome, error, duration_ms, result_bytes, prev_hash, row_hash, \
+    completed_after, completion_prev, completion_hash";
+
+/// One row exactly as stored (JSON columns as their text), for the chain walk and the export.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub id: i64,
+    pub time: String,
+    pub request_id: String,
+    pub session_id: Option<String>,
+    pub principal: Option<String>,
+    pub user_id: Option<i64>,
+    pub login: Option<String>,
+    pub node_id: Option<String>,
+    pub node_name: Option<String>,
+    pub tags: String,
+    pub remote_addr: Option<String>,
+    pub identity_source: Option<String>,
+    pub method: String,
+    pub tool: Option<String>,
+    pub target: Option<String>,
+    pub arguments: Option<String>,
+    pub decision: String,
+    pub reason: Option<String>,
+    pub grants: String,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub duration_ms: Option<f64>,
+    pub result_bytes: Option<i64>,
+    pub prev_hash: Option<String>,
+    pub row_hash: Option<String>,
+    pub completed_after: Option<i64>,
+    pub completion_prev: Option<String>,
+    pub completion_hash: Option<String>,
+}
+
+impl Stored {
+    /// Decode a row selected with [`STORED_COLUMNS`].
+    pub(crate) fn from_row(row: &Row<'_>) -> rusqlite::Result<Stored> {
+        Ok(Stored {
+            id: row.get(0)?,
+            time: row.get(1)?,
+            request_id: row.get(2)?,
+            session_id: row.get(3)?,
+            principal: row.get(4)?,
+            user_id: row.get(5)?,
+            login: row.get(6)?,
+            node_id: row.get(7)?,
+            node_name: row.get(8)?,
+            tags: row.get(9)?,
+            remote_addr: row.get(10)?,
+            identity_source: row.get(11)?,
+            method: row.get(12)?,
+            tool: row.get(13)?,
+            target: row.get(14)?,
+            arguments: row.get(15)?,
+            decision: row.get(16)?,
+            reason: row.get(17)?,
+            grants: row.get(18)?,
+            outcome: row.get(19)?,
+            error: row.get(20)?,
+            duration_ms: row.get(21)?,
+            result_bytes: row.get(22)?,
+            prev_hash: row.get(23)?,
+            row_hash: row.get(24)?,
+            completed_after: row.get(25)?,
+            completion_prev: row.get(26)?,
+            completion_hash: row.get(27)?,
+        })
+    }
+}
+
 /// Decode a row selected with [`COLUMNS`] (or [`COLUMNS_WITHOUT_ARGUMENTS`]).
 pub(crate) fn from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
     Ok(Record {

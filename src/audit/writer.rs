@@ -3,6 +3,12 @@
 //! commits, and only then answers each waiter. After the commit it hands the committed records
 //! to the journald mirror (which never blocks this thread).
 //!
+//! It is also the only place the hash chain grows: each transaction reads the chain head
+//! (`audit_chain_head`), gives every inserted row the next id and `row_hash = H(canonical ||
+//! head)`, links every completion after the head, and writes the new head before COMMIT, so a
+//! rolled-back transaction leaves no trace in the chain. Retention pruning runs here too, for
+//! the same reason (see [`prune`]).
+//!
 //! Does not: redact or validate (callers' tasks do that in [`PreparedRecord::new`], off this
 //! thread, so the single writer only binds and steps), read for queries, or retry silently: a
 //! failed statement fails its own operation; a failed transaction fails every operation in it.
@@ -11,12 +17,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
 
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::journald::Mirror;
-use super::{AuditError, Outcome, Record, format_time, now_rfc3339, query, redact};
+use super::chain::{self, CompletionFields, GENESIS, Hash, RowFields};
+use super::journald::{Event, Mirror};
+use super::{AuditError, Decision, Outcome, PruneReport, Record, format_time, now_rfc3339, query, redact};
 
 /// Most operations committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -24,13 +31,23 @@ pub(crate) const MAX_BATCH: usize = 512;
 /// queue space (backpressure, not unbounded memory).
 pub(crate) const QUEUE: usize = 16 * 1024;
 
-const INSERT: &str = "INSERT INTO audit (time, request_id, session_id, principal, user_id, login,
-    node_id, node_name, tags, remote_addr, identity_source, method, tool, target, arguments,
-    decision, reason, grants, outcome, error, duration_ms, result_bytes)
+/// `method` of the row [`prune`] writes where it deleted rows.
+pub(crate) const CHECKPOINT_METHOD: &str = "audit/checkpoint";
+
+const INSERT: &str = "INSERT INTO audit (id, time, request_id, session_id, principal, user_id,
+    login, node_id, node_name, tags, remote_addr, identity_source, method, tool, target, arguments,
+    decision, reason, grants, outcome, error, duration_ms, result_bytes, prev_hash, row_hash)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-    ?20, ?21, ?22)";
+    ?20, ?21, ?22, ?23, ?24, ?25)";
+const PENDING_ROW_HASH: &str = "SELECT row_hash FROM audit WHERE id = ?1 AND outcome = 'pending'";
 const COMPLETE_WHERE: &str = "UPDATE audit SET outcome = ?2, error = ?3, duration_ms = ?4,
-    result_bytes = ?5 WHERE id = ?1 AND outcome = 'pending'";
+    result_bytes = ?5, completed_after = ?6, completion_prev = ?7, completion_hash = ?8
+    WHERE id = ?1 AND outcome = 'pending'";
+const READ_HEAD: &str = "SELECT (SELECT head_hash FROM audit_chain_head WHERE id = 1),
+    max(coalesce((SELECT last_id FROM audit_chain_head WHERE id = 1), 0),
+        coalesce((SELECT max(id) FROM audit), 0))";
+const WRITE_HEAD: &str = "INSERT INTO audit_chain_head (id, head_hash, last_id) VALUES (1, ?1, ?2)
+    ON CONFLICT (id) DO UPDATE SET head_hash = excluded.head_hash, last_id = excluded.last_id";
 
 /// One queued write and the channel its caller waits on.
 pub(crate) enum Op {
@@ -46,6 +63,10 @@ pub(crate) enum Op {
         result_bytes: Option<i64>,
         reply: oneshot::Sender<Result<(), AuditError>>,
     },
+    Prune {
+        before: DateTime<Utc>,
+        reply: oneshot::Sender<Result<PruneReport, AuditError>>,
+    },
 }
 
 /// A record made ready for the writer on the caller's task: time normalized, request id
@@ -56,6 +77,9 @@ pub(crate) struct PreparedRecord {
     arguments_json: Option<String>,
     tags_json: String,
     grants_json: String,
+    /// The row's canonical encoding with id 0; the writer fills the id in
+    /// ([`chain::ROW_ID_OFFSET`]) and hashes it. Built here, off the writer thread.
+    canonical: Vec<u8>,
 }
 
 impl PreparedRecord {
@@ -72,17 +96,80 @@ impl PreparedRecord {
         }
         rec.id = None;
         rec.error = rec.error.map(|e| redact::truncate(&e));
+        rec.duration_ms = chain::stored_real(rec.duration_ms);
         let arguments_json = rec
             .arguments
             .take()
             .map(|args| redact::arguments_json(&redactor.redact(&args)));
         let to_json = |v: &[String]| serde_json::Value::from(v).to_string();
-        Ok(PreparedRecord {
+        let mut row = PreparedRecord {
             tags_json: to_json(&rec.tags),
             grants_json: to_json(&rec.grants),
             arguments_json,
             rec,
+            canonical: Vec::new(),
+        };
+        row.canonical = row.fields(0).canonical();
+        Ok(row)
+    }
+
+    /// The values as they will be stored, with row id `id`.
+    fn fields(&self, id: i64) -> RowFields<'_> {
+        let r = &self.rec;
+        RowFields {
+            id,
+            time: &r.time,
+            request_id: &r.request_id,
+            session_id: r.session_id.as_deref(),
+            principal: r.principal.as_deref(),
+            user_id: r.user_id,
+            login: r.login.as_deref(),
+            node_id: r.node_id.as_deref(),
+            node_name: r.node_name.as_deref(),
+            tags_json: &self.tags_json,
+            remote_addr: r.remote_addr.as_deref(),
+            identity_source: r.identity_source.as_deref(),
+            method: &r.method,
+            tool: r.tool.as_deref(),
+            target: r.target.as_deref(),
+            arguments_json: self.arguments_json.as_deref(),
+            decision: r.decision.as_str(),
+            reason: r.reason.as_deref(),
+            grants_json: &self.grants_json,
+            outcome: r.outcome.as_str(),
+            error: r.error.as_deref(),
+            duration_ms: r.duration_ms,
+            result_bytes: r.result_bytes,
+        }
+    }
+}
+
+/// The chain head inside one write transaction.
+struct Head {
+    hash: Hash,
+    last_id: i64,
+    changed: bool,
+}
+
+impl Head {
+    fn read(conn: &Connection) -> rusqlite::Result<Head> {
+        let (hash, last_id): (Option<String>, i64) = conn
+            .prepare_cached(READ_HEAD)?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        // A head that is missing or not a hash (edited from outside) restarts from GENESIS: the
+        // break is then visible to `verify` at the next row, and writes go on.
+        let hash = hash.as_deref().and_then(chain::from_hex).unwrap_or(GENESIS);
+        Ok(Head {
+            hash,
+            last_id,
+            changed: false,
         })
+    }
+
+    fn write(&self, conn: &Connection) -> rusqlite::Result<()> {
+        conn.prepare_cached(WRITE_HEAD)?
+            .execute(params![chain::to_hex(&self.hash), self.last_id])?;
+        Ok(())
     }
 }
 
@@ -107,18 +194,33 @@ struct Writer {
 }
 
 /// An operation after it ran, holding its own typed result until the transaction's fate is
-/// known.
+/// known, and what the journald mirror gets once it committed.
 enum Answer {
     Insert {
-        rec: Record,
         reply: oneshot::Sender<Result<i64, AuditError>>,
         result: Result<i64, AuditError>,
+        event: Option<Event>,
     },
     Complete {
         reply: oneshot::Sender<Result<(), AuditError>>,
-        /// `Ok(Some(row))`: the completed row (without arguments), when the mirror needs it.
-        result: Result<Option<Record>, AuditError>,
+        result: Result<(), AuditError>,
+        event: Option<Event>,
     },
+    Prune {
+        reply: oneshot::Sender<Result<PruneReport, AuditError>>,
+        result: Result<PruneReport, AuditError>,
+        event: Option<Event>,
+    },
+}
+
+impl Answer {
+    fn fail(&mut self, err: AuditError) {
+        match self {
+            Answer::Insert { result, .. } => *result = Err(err),
+            Answer::Complete { result, .. } => *result = Err(err),
+            Answer::Prune { result, .. } => *result = Err(err),
+        }
+    }
 }
 
 impl Writer {
@@ -150,39 +252,35 @@ impl Writer {
                 "audit transaction failed; every record in it was refused"
             );
             let e = Arc::new(e);
-            let err = || AuditError::Write {
-                path: self.path.clone(),
-                op,
-                source: Arc::clone(&e),
-            };
             for answer in &mut answers {
-                match answer {
-                    Answer::Insert { result, .. } => *result = Err(err()),
-                    Answer::Complete { result, .. } => *result = Err(err()),
-                }
+                answer.fail(AuditError::Write {
+                    path: self.path.clone(),
+                    op,
+                    source: Arc::clone(&e),
+                });
             }
         }
         for answer in answers {
             // A waiter that gave up (dropped its future) is fine: the row is committed anyway.
-            match answer {
-                Answer::Insert { mut rec, reply, result } => {
-                    let committed = result.as_ref().ok().copied();
+            let (committed, event) = match answer {
+                Answer::Insert { reply, result, event } => {
+                    let ok = result.is_ok();
                     let _ = reply.send(result);
-                    if let (Some(mirror), Some(id)) = (&self.mirror, committed) {
-                        rec.id = Some(id);
-                        mirror.send(rec);
-                    }
+                    (ok, event)
                 }
-                Answer::Complete { reply, result } => {
-                    let (result, rec) = match result {
-                        Ok(rec) => (Ok(()), rec),
-                        Err(e) => (Err(e), None),
-                    };
+                Answer::Complete { reply, result, event } => {
+                    let ok = result.is_ok();
                     let _ = reply.send(result);
-                    if let (Some(mirror), Some(rec)) = (&self.mirror, rec) {
-                        mirror.send(rec);
-                    }
+                    (ok, event)
                 }
+                Answer::Prune { reply, result, event } => {
+                    let ok = result.is_ok();
+                    let _ = reply.send(result);
+                    (ok, event)
+                }
+            };
+            if let (true, Some(mirror), Some(event)) = (committed, &self.mirror, event) {
+                mirror.send(event);
             }
         }
     }
@@ -194,7 +292,7 @@ impl Writer {
         batch: &mut Vec<Op>,
         answers: &mut Vec<Answer>,
     ) -> Result<(), (&'static str, rusqlite::Error)> {
-        let returning = self.mirror.is_some();
+        let mirroring = self.mirror.is_some();
         let path = &self.path;
         let write_err = |op, e| AuditError::Write {
             path: path.clone(),
@@ -208,6 +306,13 @@ impl Writer {
                 return Err(("begin", e));
             }
         };
+        let mut head = match Head::read(&tx) {
+            Ok(head) => head,
+            Err(e) => {
+                answers.extend(batch.drain(..).map(|op| unanswered(op, path)));
+                return Err(("read chain head", e));
+            }
+        };
         let mut failed = None;
         for op in batch.drain(..) {
             if failed.is_some() {
@@ -216,19 +321,25 @@ impl Writer {
             }
             match op {
                 Op::Insert { row, reply } => {
-                    let result = match insert(&tx, &row) {
-                        Ok(id) => Ok(id),
+                    let (result, event) = match insert(&tx, &row, &mut head) {
+                        Ok((id, row_hash)) => {
+                            let event = mirroring.then_some(Event {
+                                rec: Record {
+                                    id: Some(id),
+                                    ..row.rec
+                                },
+                                row_hash: Some(row_hash),
+                                completion_hash: None,
+                            });
+                            (Ok(id), event)
+                        }
                         Err(e) if tx.is_autocommit() => {
                             failed = Some(("insert", e));
-                            Err(AuditError::WriterGone { path: path.clone() })
+                            (Err(AuditError::WriterGone { path: path.clone() }), None)
                         }
-                        Err(e) => Err(write_err("insert", e)),
+                        Err(e) => (Err(write_err("insert", e)), None),
                     };
-                    answers.push(Answer::Insert {
-                        rec: row.rec,
-                        reply,
-                        result,
-                    });
+                    answers.push(Answer::Insert { reply, result, event });
                 }
                 Op::Complete {
                     id,
@@ -238,17 +349,39 @@ impl Writer {
                     result_bytes,
                     reply,
                 } => {
-                    let done = complete(&tx, returning, id, outcome, error.as_deref(), duration_ms, result_bytes);
-                    let result = match done {
-                        Ok(Some(rec)) => Ok(rec),
-                        Ok(None) => Err(AuditError::NotPending { path: path.clone(), id }),
+                    let done = complete(
+                        &tx,
+                        &mut head,
+                        mirroring,
+                        Completion {
+                            id,
+                            outcome,
+                            error: error.as_deref(),
+                            duration_ms,
+                            result_bytes,
+                        },
+                    );
+                    let (result, event) = match done {
+                        Ok(Some(event)) => (Ok(()), event),
+                        Ok(None) => (Err(AuditError::NotPending { path: path.clone(), id }), None),
                         Err(e) if tx.is_autocommit() => {
                             failed = Some(("complete", e));
-                            Err(AuditError::WriterGone { path: path.clone() })
+                            (Err(AuditError::WriterGone { path: path.clone() }), None)
                         }
-                        Err(e) => Err(write_err("complete", e)),
+                        Err(e) => (Err(write_err("complete", e)), None),
                     };
-                    answers.push(Answer::Complete { reply, result });
+                    answers.push(Answer::Complete { reply, result, event });
+                }
+                Op::Prune { before, reply } => {
+                    let (result, event) = match prune(&tx, &mut head, before) {
+                        Ok((report, event)) => (Ok(report), event.filter(|_| mirroring)),
+                        Err(e) if tx.is_autocommit() => {
+                            failed = Some(("prune", e));
+                            (Err(AuditError::WriterGone { path: path.clone() }), None)
+                        }
+                        Err(e) => (Err(write_err("prune", e)), None),
+                    };
+                    answers.push(Answer::Prune { reply, result, event });
                 }
             }
         }
@@ -257,6 +390,9 @@ impl Writer {
         // fails only its own operation.
         if let Some(failed) = failed {
             return Err(failed);
+        }
+        if head.changed {
+            head.write(&tx).map_err(|e| ("write chain head", e))?;
         }
         tx.commit().map_err(|e| ("commit", e))
     }
@@ -269,22 +405,36 @@ fn unanswered(op: Op, path: &std::path::Path) -> Answer {
         path: path.to_path_buf(),
     };
     match op {
-        Op::Insert { row, reply } => Answer::Insert {
-            rec: row.rec,
+        Op::Insert { reply, .. } => Answer::Insert {
             reply,
             result: Err(gone()),
+            event: None,
         },
         Op::Complete { reply, .. } => Answer::Complete {
             reply,
             result: Err(gone()),
+            event: None,
+        },
+        Op::Prune { reply, .. } => Answer::Prune {
+            reply,
+            result: Err(gone()),
+            event: None,
         },
     }
 }
 
-fn insert(conn: &Connection, row: &PreparedRecord) -> rusqlite::Result<i64> {
+/// Insert `row` as the next link after `head`: `(id, row_hash)`. `head` advances only when the
+/// row was stored.
+fn insert(conn: &Connection, row: &PreparedRecord, head: &mut Head) -> rusqlite::Result<(i64, String)> {
     let r = &row.rec;
+    let id = head.last_id + 1;
+    let mut canonical = row.canonical.clone();
+    canonical[chain::ROW_ID_OFFSET..chain::ROW_ID_OFFSET + 8].copy_from_slice(&id.to_be_bytes());
+    let hash = chain::link(&canonical, &head.hash);
+    let row_hash = chain::to_hex(&hash);
     let mut stmt = conn.prepare_cached(INSERT)?;
     stmt.execute(params![
+        id,
         r.time,
         r.request_id,
         r.session_id,
@@ -307,33 +457,179 @@ fn insert(conn: &Connection, row: &PreparedRecord) -> rusqlite::Result<i64> {
         r.error,
         r.duration_ms,
         r.result_bytes,
+        chain::to_hex(&head.hash),
+        row_hash,
     ])?;
-    Ok(conn.last_insert_rowid())
+    head.hash = hash;
+    head.last_id = id;
+    head.changed = true;
+    Ok((id, row_hash))
 }
 
-/// `Ok(None)`: no pending row `id`. `Ok(Some(Some(rec)))`: completed, with the row for the
-/// mirror (`RETURNING`, only when mirroring). `Ok(Some(None))`: completed.
-fn complete(
-    conn: &Connection,
-    returning: bool,
+/// What completing a pending row sets.
+struct Completion<'a> {
     id: i64,
     outcome: Outcome,
-    error: Option<&str>,
+    error: Option<&'a str>,
     duration_ms: f64,
     result_bytes: Option<i64>,
-) -> rusqlite::Result<Option<Option<Record>>> {
-    let args = params![id, outcome.as_str(), error, duration_ms, result_bytes];
-    if returning {
+}
+
+/// Complete pending row `c.id` and link the completion after `head`. `Ok(None)`: no pending row
+/// `c.id`. `Ok(Some(event))`: completed, with the mirror's event when `mirroring` (the row read
+/// back with `RETURNING`).
+fn complete(
+    conn: &Connection,
+    head: &mut Head,
+    mirroring: bool,
+    c: Completion<'_>,
+) -> rusqlite::Result<Option<Option<Event>>> {
+    let row_hash: Option<Option<String>> = conn
+        .prepare_cached(PENDING_ROW_HASH)?
+        .query_row([c.id], |r| r.get(0))
+        .optional()?;
+    let Some(row_hash) = row_hash else {
+        return Ok(None);
+    };
+    let duration_ms = chain::stored_real(Some(c.duration_ms));
+    let fields = CompletionFields {
+        id: c.id,
+        row_hash: row_hash.as_deref(),
+        completed_after: head.last_id,
+        outcome: c.outcome.as_str(),
+        error: c.error,
+        duration_ms,
+        result_bytes: c.result_bytes,
+    };
+    let hash = chain::link(&fields.canonical(), &head.hash);
+    let completion_hash = chain::to_hex(&hash);
+    let args = params![
+        c.id,
+        c.outcome.as_str(),
+        c.error,
+        duration_ms,
+        c.result_bytes,
+        head.last_id,
+        chain::to_hex(&head.hash),
+        completion_hash,
+    ];
+    let event = if mirroring {
         static SQL: LazyLock<String> =
             LazyLock::new(|| format!("{COMPLETE_WHERE} RETURNING {}", query::COLUMNS_WITHOUT_ARGUMENTS));
         let mut stmt = conn.prepare_cached(&SQL)?;
-        let rec = stmt.query_row(args, query::from_row).optional()?;
-        Ok(rec.map(Some))
+        let Some(rec) = stmt.query_row(args, query::from_row).optional()? else {
+            return Ok(None);
+        };
+        Some(Event {
+            rec,
+            row_hash,
+            completion_hash: Some(completion_hash),
+        })
     } else {
-        let mut stmt = conn.prepare_cached(COMPLETE_WHERE)?;
-        let n = stmt.execute(args)?;
-        Ok((n == 1).then_some(None))
+        if conn.prepare_cached(COMPLETE_WHERE)?.execute(args)? != 1 {
+            return Ok(None);
+        }
+        None
+    };
+    head.hash = hash;
+    head.changed = true;
+    Ok(Some(event))
+}
+
+/// Delete the oldest rows (a prefix by id) whose time is before `before`, and first append a
+/// checkpoint row saying what was deleted and where the chain resumes, so `verify` can start
+/// from the first remaining row.
+///
+/// The prefix ends at the first row (by id) at or after `before`, and earlier if needed so that
+/// no deleted row's completion is linked after a kept row (that link would dangle). Pending rows
+/// in the prefix are deleted (a call that never completed within the retention period is not
+/// going to). The checkpoint is inserted before the delete, so ids keep growing even when every
+/// earlier row goes. Nothing to delete: no checkpoint, an empty report.
+fn prune(conn: &Connection, head: &mut Head, before: DateTime<Utc>) -> rusqlite::Result<(PruneReport, Option<Event>)> {
+    let before_text = format_time(before);
+    let first: Option<i64> = conn.query_row("SELECT min(id) FROM audit", [], |r| r.get(0))?;
+    let checkpoint_id = head.last_id + 1;
+    let mut cut: i64 = conn
+        .query_row(
+            "SELECT id FROM audit WHERE time >= ?1 ORDER BY id LIMIT 1",
+            [&before_text],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(checkpoint_id);
+    loop {
+        let earlier: Option<i64> = conn.query_row(
+            "SELECT min(id) FROM audit WHERE id < ?1 AND completed_after >= ?1",
+            [cut],
+            |r| r.get(0),
+        )?;
+        match earlier {
+            Some(id) => cut = id,
+            None => break,
+        }
     }
+    let nothing = PruneReport {
+        before,
+        ..PruneReport::default()
+    };
+    let Some(first) = first.filter(|f| *f < cut) else {
+        return Ok((nothing, None));
+    };
+    let (count, last): (i64, i64) =
+        conn.query_row("SELECT count(*), max(id) FROM audit WHERE id < ?1", [cut], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let last_hash: Option<String> = conn.query_row("SELECT row_hash FROM audit WHERE id = ?1", [last], |r| r.get(0))?;
+    let resume_prev: Option<String> = if cut == checkpoint_id {
+        Some(chain::to_hex(&head.hash))
+    } else {
+        conn.query_row("SELECT prev_hash FROM audit WHERE id = ?1", [cut], |r| r.get(0))?
+    };
+    let none = || "none".to_string();
+    let reason = format!(
+        "pruned {count} rows (ids {first}..={last}) older than {before_text}; last pruned row hash {}; \
+         chain resumes at id {cut} from {}",
+        last_hash.clone().unwrap_or_else(none),
+        resume_prev.clone().unwrap_or_else(none),
+    );
+    let checkpoint = Record {
+        method: CHECKPOINT_METHOD.to_string(),
+        decision: Decision::Allow,
+        outcome: Outcome::Ok,
+        reason: Some(reason),
+        arguments: Some(serde_json::json!({
+            "before": before_text,
+            "pruned_rows": count,
+            "first_pruned_id": first,
+            "last_pruned_id": last,
+            "last_pruned_hash": last_hash,
+            "resume_id": cut,
+            "resume_prev_hash": resume_prev,
+        })),
+        ..Record::new()
+    };
+    let row = PreparedRecord::new(checkpoint, &redact::Redactor::default())
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?;
+    let (id, row_hash) = insert(conn, &row, head)?;
+    conn.execute("DELETE FROM audit WHERE id < ?1", [cut])?;
+    let report = PruneReport {
+        before,
+        pruned: u64::try_from(count).unwrap_or(0),
+        first_pruned_id: Some(first),
+        last_pruned_id: Some(last),
+        last_pruned_hash: last_hash,
+        resume_id: Some(cut),
+        checkpoint_id: Some(id),
+    };
+    let event = Event {
+        rec: Record {
+            id: Some(id),
+            ..row.rec
+        },
+        row_hash: Some(row_hash),
+        completion_hash: None,
+    };
+    Ok((report, Some(event)))
 }
 
 #[cfg(test)]
