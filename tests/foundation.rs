@@ -619,24 +619,9 @@ async fn the_official_python_sdk_client_works_over_the_tailnet() {
     };
     let Some(w) = world("", "").await else { return };
     w.net.set_default_source(ip(ALICE)).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/mcp_client.py");
     let actions = json!([{"list_tools": {}}, {"call": "whoami", "args": {}}, {"call": "system_status", "args": {}}]);
-    let out = w
-        .net
-        .command_in_peer_ns(python.to_str().unwrap())
-        .arg(script)
-        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
-        .arg(actions.to_string())
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "client failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let url = format!("http://{SERVER_IP}:{PORT}/mcp");
+    let (lines, stdout) = crate::support::pyclient::run_actions(&w.net, &python, &url, &actions).await;
     assert_eq!(lines.len(), 4, "initialize, list, two calls: {stdout}");
     assert_eq!(
         lines[0]["serverInfo"]["name"], "tailopsmcp",

@@ -44,25 +44,32 @@ async fn world(grants: Value) -> Option<World> {
         }
     };
     net.add_caller(CAROL).unwrap();
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
-    standin.add_identity(
-        CAROL,
-        whois_for("whois-user.json", "carol@example.com", CAROL, CAP, grants),
-    );
-    let server = Server::start(&net, &standin, "", TARGETS).await;
-    let stream = net
-        .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-        .await
-        .unwrap();
-    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    mcp.initialize().await.unwrap();
+    let (standin, server, mcp) = serve_carol(&net, grants, TARGETS).await;
     Some(World {
         _net: net,
         _standin: standin,
         server,
         mcp,
     })
+}
+
+/// The LocalAPI stand-in with carol (holding `grants`), a server with `targets`, and carol's
+/// initialized MCP session.
+async fn serve_carol(net: &Tailnet, grants: Value, targets: &str) -> (StandIn, Server, Mcp) {
+    let standin = StandIn::start().await;
+    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
+    standin.add_identity(
+        CAROL,
+        whois_for("whois-user.json", "carol@example.com", CAROL, CAP, grants),
+    );
+    let server = Server::start(net, &standin, "", targets).await;
+    let stream = net
+        .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
+        .await
+        .unwrap();
+    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
+    mcp.initialize().await.unwrap();
+    (standin, server, mcp)
 }
 
 fn text(r: &Value) -> &str {
@@ -223,22 +230,8 @@ async fn the_python_sdk_accepts_fan_out_results_against_the_output_schema() {
         {"call": "system_status", "args": {"targets": ["group:lab"]}},
         {"call": "system_status", "args": {"target": "lab1"}}
     ]);
-    let out = w
-        ._net
-        .command_in_peer_ns(python.to_str().unwrap())
-        .arg(crate::support::pyclient::client_script())
-        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
-        .arg(actions.to_string())
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let url = format!("http://{SERVER_IP}:{PORT}/mcp");
+    let (lines, stdout) = crate::support::pyclient::run_actions(&w._net, &python, &url, &actions).await;
     assert_eq!(lines[1]["isError"], false, "{stdout}");
     assert_eq!(
         lines[1]["structuredContent"]["results"].as_array().unwrap().len(),
@@ -296,20 +289,8 @@ base_url = "http://127.0.0.1:{api_port}/api"
 health_path = "/version"
 "#
     );
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
     let grants = json!([{"scopes": ["targets:read", "system:read"], "targets": ["*"]}]);
-    standin.add_identity(
-        CAROL,
-        whois_for("whois-user.json", "carol@example.com", CAROL, CAP, grants),
-    );
-    let server = Server::start(&net, &standin, "", &fleet).await;
-    let stream = net
-        .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-        .await
-        .unwrap();
-    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    mcp.initialize().await.unwrap();
+    let (_standin, server, mut mcp) = serve_carol(&net, grants, &fleet).await;
 
     let r = mcp
         .call_tool("targets_check", json!({"targets": ["group:fleet"]}))
@@ -420,20 +401,8 @@ known_hosts = "{empty}"
         kh = known_hosts.display(),
         empty = sshd.write_known_hosts("empty_known_hosts", &[]).display(),
     );
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
     let grants = json!([{"scopes": ["system:read", "network:read", "targets:read"], "targets": ["*"]}]);
-    standin.add_identity(
-        CAROL,
-        whois_for("whois-user.json", "carol@example.com", CAROL, CAP, grants),
-    );
-    let server = Server::start(&net, &standin, "", &targets).await;
-    let stream = net
-        .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-        .await
-        .unwrap();
-    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    mcp.initialize().await.unwrap();
+    let (_standin, server, mut mcp) = serve_carol(&net, grants, &targets).await;
 
     let status = mcp.call_tool("system_status", json!({"target": "box"})).await.unwrap();
     assert_eq!(status["isError"], false, "{status}");

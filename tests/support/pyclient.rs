@@ -38,6 +38,32 @@ pub fn client_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/mcp_client.py")
 }
 
+/// Run the client script with `python` from `net`'s peer namespace against `url`; assert it
+/// succeeded and return its JSON output lines (and the raw output, for messages).
+pub async fn run_actions(
+    net: &super::netns::Tailnet,
+    python: &Path,
+    url: &str,
+    actions: &serde_json::Value,
+) -> (Vec<serde_json::Value>, String) {
+    let out = net
+        .command_in_peer_ns(&python.to_string_lossy())
+        .arg(client_script())
+        .arg(url)
+        .arg(actions.to_string())
+        .output()
+        .await
+        .expect("run the MCP Python client");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (lines, stdout)
+}
+
 fn ensure_venv(venv: &Path) -> Result<PathBuf, String> {
     let python = venv.join("bin/python");
     let marker = venv.join(MARKER);
