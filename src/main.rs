@@ -170,10 +170,14 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TAILOPSMCP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // rmcp logs every session set-up (with the client's parameters) at info: on a busy server,
+    // and on every stateless request, that is noise in the journal. Its warnings still show.
+    let filter = EnvFilter::try_from_env("TAILOPSMCP_LOG").unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal; journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -55,7 +55,8 @@ impl Server {
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            .env("TAILOPSMCP_LOG", "info")
+            // The product's default log filter, as operators run it.
+            .env_remove("TAILOPSMCP_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
