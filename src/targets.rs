@@ -6,7 +6,6 @@
 //! `group:NAME` references; it knows nothing about callers.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -274,9 +273,6 @@ fn settings<T: serde::de::DeserializeOwned>(c: &TargetConfig, kind: &'static str
             message: e.to_string().trim().replace('\n', " "),
         })
 }
-
-/// Default per-operation timeout for a target.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

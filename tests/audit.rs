@@ -17,13 +17,13 @@ use tailopsmcp::audit::{
 
 use crate::support::journald::{ensure_journald, journal_entries};
 
-fn open(dir: &tempfile::TempDir) -> (Auditor, PathBuf) {
+pub(crate) fn open(dir: &tempfile::TempDir) -> (Auditor, PathBuf) {
     let path = dir.path().join("state/audit.db");
     let auditor = Auditor::open(&path, AuditOptions::default()).expect("open auditor");
     (auditor, path)
 }
 
-fn sample(principal: &str, tool: &str) -> Record {
+pub(crate) fn sample(principal: &str, tool: &str) -> Record {
     Record {
         principal: Some(principal.to_string()),
         login: Some(principal.to_string()),

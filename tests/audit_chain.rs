@@ -11,41 +11,19 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use tailopsmcp::audit::{
-    AuditOptions, Auditor, BrokenKind, Decision, Outcome, Record, VerifyReport, export_jsonl, verify_path,
-};
+use tailopsmcp::audit::{AuditOptions, Auditor, BrokenKind, Outcome, Record, VerifyReport, export_jsonl, verify_path};
 
 use crate::support::journald::{ensure_journald, journal_entries};
 use crate::support::netns::skip_or_fail;
 
-fn open(dir: &tempfile::TempDir) -> (Auditor, PathBuf) {
-    let path = dir.path().join("audit.db");
-    let auditor = Auditor::open(&path, AuditOptions::default()).expect("open auditor");
-    (auditor, path)
-}
+use crate::audit::open;
 
+/// The audit tests' sample record, with tags and one more argument so more fields are hashed.
 fn sample(principal: &str, tool: &str) -> Record {
     Record {
-        principal: Some(principal.to_string()),
-        login: Some(principal.to_string()),
-        user_id: Some(42),
-        node_id: Some("nStable1".to_string()),
-        node_name: Some("laptop.tail1234.ts.net".to_string()),
-        remote_addr: Some("100.100.2.2:43817".to_string()),
-        identity_source: Some("whois".to_string()),
-        session_id: Some("session-1".to_string()),
-        method: "tools/call".to_string(),
-        tool: Some(tool.to_string()),
-        target: Some("local".to_string()),
         arguments: Some(json!({"verbose": true, "n": 3})),
-        decision: Decision::Allow,
-        reason: Some("scope system:read".to_string()),
-        grants: vec!["system:read".to_string()],
         tags: vec!["tag:a".to_string()],
-        outcome: Outcome::Ok,
-        duration_ms: Some(1.25),
-        result_bytes: Some(512),
-        ..Record::new()
+        ..crate::audit::sample(principal, tool)
     }
 }
 
@@ -567,8 +545,8 @@ async fn journald_row_hash_matches_sqlite() {
 #[tokio::test]
 async fn rows_from_before_the_chain_are_counted_and_rows_slipped_in_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
-    drop(Auditor::open(&path, AuditOptions::default()).unwrap());
+    let (first, path) = open(&dir);
+    drop(first);
     // Rows as a schema-1 database had them: no hashes.
     let legacy = "INSERT INTO audit (time, request_id, method, decision, outcome)
                   VALUES ('2025-01-01T00:00:00.000Z', 'r', 'tools/call', 'allow', 'ok')";

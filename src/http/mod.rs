@@ -74,16 +74,6 @@ impl AppState {
         }
     }
 
-    pub fn hosts(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .hosts
-            .read()
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
     pub fn set_self_node(&self, stable_id: Option<String>) {
         if let Ok(mut s) = self.self_node.write() {
             *s = stable_id;
