@@ -290,6 +290,16 @@ journald = true
 name = ""
 listen = "127.0.0.1:8472"
 
+[tools]
+# Which tools this server offers at all; a tool filtered out here is never listed or callable,
+# whatever a caller's grants say. Names are checked at start-up (`tailopsmcp check-config`).
+# Offer only read-only tools (nothing that can change the host is even registered).
+read_only = false
+# When non-empty, offer only these tools, e.g. ["whoami", "system_status"].
+enable = []
+# Never offer these tools, e.g. ["packages_install"].
+disable = []
+
 # Local grants add to the grants from your tailnet policy file's app capability.
 # match:   "user:LOGIN" (a user-owned node of this login), "tag:NAME" (a tagged node with this
 #          tag), "node:NAME" (a node by short or MagicDNS name), or "*" (every tailnet caller).

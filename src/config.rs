@@ -52,6 +52,21 @@ pub struct Config {
     pub service: Option<ServiceConfig>,
     /// Configured targets (`local` is added by the registry unless configured here).
     pub targets: Vec<TargetConfig>,
+    /// Which tools this server offers (`[tools]`).
+    pub tools: ToolsConfig,
+}
+
+/// `[tools]`: which tools are registered at all. A tool filtered out here is never listed and
+/// never callable, whatever a caller's grants say. Tool names are checked against the catalog
+/// at start-up (`tools::select`).
+#[derive(Debug, Clone, Default)]
+pub struct ToolsConfig {
+    /// Offer only tools annotated read-only.
+    pub read_only: bool,
+    /// When non-empty, offer only these tools.
+    pub enable: Vec<String>,
+    /// Never offer these tools.
+    pub disable: Vec<String>,
 }
 
 /// One `[[target]]`, validated except for its kind-specific settings, which the registry
@@ -127,6 +142,16 @@ struct File {
     service: ServiceSection,
     #[serde(default)]
     target: Vec<TargetSection>,
+    #[serde(default)]
+    tools: ToolsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ToolsSection {
+    read_only: bool,
+    enable: Vec<String>,
+    disable: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +296,11 @@ impl Config {
             None => (File::default(), None),
         };
         build(file, source, overrides)
+    }
+
+    /// The built-in defaults, as if no file, flag or environment variable were given.
+    pub fn defaults() -> Config {
+        build(File::default(), None, &Overrides::default()).expect("the defaults are valid")
     }
 
     /// Parse a configuration from text (used by tests and `check-config`).
@@ -545,6 +575,11 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         grants,
         service,
         targets,
+        tools: ToolsConfig {
+            read_only: file.tools.read_only,
+            enable: file.tools.enable,
+            disable: file.tools.disable,
+        },
     })
 }
 

@@ -238,8 +238,10 @@ async fn serve(config: Config, dev: Option<(SocketAddr, String)>) -> anyhow::Res
     .with_context(|| format!("cannot open the audit database {}", config.database.display()))?;
     let shutdown = CancellationToken::new();
     let registry = Arc::new(Registry::build(&config.targets)?);
+    let offered = tools::select(&config.tools).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(&config)))?;
     let shared = Arc::new(mcp::Shared::new(
-        tools::catalog(),
+        config.clone(),
+        offered,
         registry,
         config.capability.clone(),
         config.grants.clone(),
@@ -326,6 +328,7 @@ async fn whois(config: Config, addr: &str, json: bool) -> anyhow::Result<ExitCod
         targets: Arc::new(Registry::local_only()),
         grants: effective,
         tailnet: Default::default(),
+        config: Arc::new(config.clone()),
     };
     let view = tools::identity::describe(&ctx);
     if json {
@@ -359,6 +362,15 @@ async fn targets_check(config: &Config, id: Option<String>, json: bool) -> anyho
     } else {
         ExitCode::from(1)
     })
+}
+
+/// How errors name the configuration: its file, or `(defaults)`.
+fn config_name(config: &Config) -> String {
+    config
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(defaults)".to_string())
 }
 
 fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
@@ -396,7 +408,10 @@ fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
             g.targets.join(", ")
         );
     }
-    let catalog = tools::catalog();
+    let catalog = tools::select(&config.tools).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(config)))?;
+    if config.tools.read_only {
+        println!("read-only:  only read-only tools are offered");
+    }
     println!(
         "tools:      {}",
         catalog.iter().map(|t| t.spec().name).collect::<Vec<_>>().join(", ")

@@ -30,6 +30,7 @@ pub const LOCAL_TARGET: &str = crate::targets::LOCAL;
 
 /// What every MCP session of this server shares.
 pub struct Shared {
+    pub config: Arc<crate::config::Config>,
     pub tools: Vec<Arc<dyn Tool>>,
     pub targets: Arc<Registry>,
     pub capability: String,
@@ -41,6 +42,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(
+        config: Arc<crate::config::Config>,
         tools: Vec<Arc<dyn Tool>>,
         targets: Arc<Registry>,
         capability: String,
@@ -48,6 +50,7 @@ impl Shared {
         auditor: Auditor,
     ) -> Shared {
         Shared {
+            config,
             tools,
             targets,
             capability,
@@ -165,6 +168,15 @@ fn with_target_args(input: &JsonObject, fans_out: bool) -> Arc<JsonObject> {
         props.insert(
             "target".into(),
             serde_json::json!({"type": "string", "description": "The target to run on (default `local`); see `targets_list`."}),
+        );
+        props.insert(
+            "format".into(),
+            serde_json::json!({
+                "type": "string", "enum": ["text", "toon", "json"],
+                "description": "How the text part of the result is rendered: `text` (a readable summary, the default), \
+                                `toon` (the structured result in TOON, compact for tables) or `json`. The structured \
+                                result is the same either way."
+            }),
         );
         if fans_out {
             props.insert(
@@ -287,6 +299,13 @@ impl ServerHandler for McpServer {
         let spec = tool.spec();
 
         // `target` and `targets` are the layer's arguments, not the tool's.
+        let format = match take_format(&mut args) {
+            Ok(f) => f,
+            Err(message) => {
+                audit_denial(rec, message.clone()).await.map_err(audit_failed)?;
+                return Ok(error_result(message).into());
+            }
+        };
         let selection = match take_targets(&mut args, spec.requires) {
             Ok(s) => s,
             Err(message) => {
@@ -363,6 +382,7 @@ impl ServerHandler for McpServer {
             targets: shared.targets.clone(),
             grants: effective.clone(),
             tailnet: shared.tailnet(),
+            config: shared.config.clone(),
         };
         let (outcome, error, response) = if fanout {
             let jobs: Vec<(usize, ToolContext, bool, String)> = decisions
@@ -396,6 +416,7 @@ impl ServerHandler for McpServer {
                 Err(message) => (Outcome::Error, Some(message.clone()), error_result(message)),
             }
         };
+        let response = format.apply(response);
         let bytes = serialized_len(&response);
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
         match pending {
@@ -413,6 +434,48 @@ impl ServerHandler for McpServer {
             }
         }
         Ok(response.into())
+    }
+}
+
+/// How a result's text content is rendered (`format`); structured content never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Text,
+    Toon,
+    Json,
+}
+
+impl Format {
+    /// Replace a successful result's text with the chosen rendering of its structured content.
+    fn apply(self, mut result: CallToolResult) -> CallToolResult {
+        if self == Format::Text || result.is_error == Some(true) {
+            return result;
+        }
+        let Some(structured) = &result.structured_content else {
+            return result;
+        };
+        let text = match self {
+            Format::Toon => crate::tools::format::toon(structured),
+            _ => serde_json::to_string_pretty(structured).unwrap_or_default(),
+        };
+        result.content = vec![ContentBlock::text(text)];
+        result
+    }
+}
+
+/// Take `format` out of the arguments.
+fn take_format(args: &mut JsonObject) -> Result<Format, String> {
+    match args.remove("format") {
+        None | Some(serde_json::Value::Null) => Ok(Format::Text),
+        Some(serde_json::Value::String(s)) => match s.as_str() {
+            "text" => Ok(Format::Text),
+            "toon" => Ok(Format::Toon),
+            "json" => Ok(Format::Json),
+            other => Err(format!(
+                "invalid arguments: `format` must be `text`, `toon` or `json`, got `{other}`"
+            )),
+        },
+        Some(other) => Err(format!("invalid arguments: `format` must be a string, got {other}")),
     }
 }
 

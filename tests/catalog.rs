@@ -83,3 +83,54 @@ fn schemas_are_objects_and_annotations_are_consistent() {
         assert!(!s.description.is_empty() && !s.title.is_empty(), "{}", s.name);
     }
 }
+
+#[test]
+fn every_changing_tool_offers_a_dry_run_and_reports_its_plan() {
+    for t in tailopsmcp::tools::catalog() {
+        let s = t.spec();
+        if s.annotations.read_only {
+            continue;
+        }
+        let props = s.input_schema.get("properties").and_then(Value::as_object);
+        assert!(
+            props.and_then(|p| p.get("dry_run")).is_some(),
+            "{} changes things but takes no `dry_run`",
+            s.name
+        );
+        let out = s.output_schema.get("properties").and_then(Value::as_object);
+        assert!(
+            out.and_then(|p| p.get("plan")).is_some(),
+            "{} changes things but its result has no `plan`",
+            s.name
+        );
+    }
+}
+
+#[test]
+fn read_only_and_enable_lists_filter_the_catalog() {
+    use tailopsmcp::config::ToolsConfig;
+    let all = tailopsmcp::tools::catalog();
+    let ro = tailopsmcp::tools::select(&ToolsConfig {
+        read_only: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!ro.is_empty());
+    assert!(ro.iter().all(|t| t.spec().annotations.read_only));
+    assert_eq!(ro.len(), all.iter().filter(|t| t.spec().annotations.read_only).count());
+    let only = tailopsmcp::tools::select(&ToolsConfig {
+        enable: vec!["whoami".into(), "system_status".into()],
+        disable: vec!["system_status".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(only.iter().map(|t| t.spec().name).collect::<Vec<_>>(), ["whoami"]);
+    let typo = tailopsmcp::tools::select(&ToolsConfig {
+        disable: vec!["sytem_status".into()],
+        ..Default::default()
+    });
+    assert_eq!(
+        typo.err().as_deref(),
+        Some("tools.disable: no tool is named `sytem_status`")
+    );
+}

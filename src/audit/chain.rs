@@ -16,7 +16,7 @@
 //! byte length, then the UTF-8 bytes); `0x02` integer (i64 big-endian); `0x03` real (the IEEE-754
 //! bits as u64 big-endian, with NaN stored as NULL and `-0.0` as `0.0`, exactly as SQLite keeps
 //! them). Every value is the one stored in its SQLite column: `tags`, `grants` and `arguments` are
-//! the JSON texts the writer stored (compact `serde_json` output with sorted keys), hashed as
+//! the JSON texts the writer stored (compact `serde_json` output, keys in insertion order), hashed as
 //! bytes, never re-serialized; `time` is the canonical RFC 3339 text. Fixed order, type bytes and
 //! length prefixes make the encoding injective: no two different rows encode alike.
 //!

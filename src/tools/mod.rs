@@ -5,6 +5,7 @@
 //! reaches the system, and never write audit rows (the `mcp` layer does that around them).
 //! Filtering (policy, read-only mode) happens in one place, `mcp`; a tool never checks scopes.
 
+pub mod format;
 pub mod identity;
 pub mod system;
 pub mod targets;
@@ -85,6 +86,8 @@ pub struct ToolContext {
     pub grants: Arc<policy::Effective>,
     /// Facts about this server's own tailnet node, when known.
     pub tailnet: Arc<TailnetInfo>,
+    /// The server's configuration (toolset sections such as file roots live here).
+    pub config: Arc<crate::config::Config>,
 }
 
 /// The server's own place in the tailnet, from LocalAPI status (empty in dev mode).
@@ -149,6 +152,78 @@ pub fn input_schema<T: schemars::JsonSchema + std::any::Any>() -> Arc<JsonObject
 /// The output JSON Schema of `T`, for `structuredContent`.
 pub fn output_schema<T: schemars::JsonSchema + std::any::Any>() -> Arc<JsonObject> {
     rmcp::handler::server::common::schema_for_output::<T>()
+}
+
+/// One step of what a changing tool does or, with `dry_run: true`, would do.
+///
+/// Every tool that can change something accepts `dry_run` and returns its plan either way:
+/// the exact commands (argv, quoted as a shell would need them), API calls (method and path)
+/// and file writes, in order. The approvals layer shows this plan before anything runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct Step {
+    pub kind: StepKind,
+    /// Where it happens: a target id.
+    pub target: String,
+    /// The exact operation: `systemctl restart nginx.service`, `POST /containers/web/restart`,
+    /// `write /srv/stacks/app/.env (mode 0600, 3 keys)`.
+    pub detail: String,
+}
+
+/// What kind of operation a [`Step`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// A process started with an argument vector (locally or over SSH).
+    Command,
+    /// A call to an engine or HTTP API (Docker, Proxmox).
+    Api,
+    /// A file written, moved or removed.
+    File,
+}
+
+/// A count argument (`limit`, `lines`, ...) with a default and an allowed range. Out of range
+/// is an error naming the range, never a silent clamp: the caller learns the cap.
+pub fn bounded(name: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> Result<usize, ToolError> {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(ToolError::InvalidArgs(format!(
+            "`{name}` must be between {min} and {max}, got {v}"
+        )));
+    }
+    Ok(v as usize)
+}
+
+/// What a capped result left out. Tools put it in their output as `truncated` (absent or
+/// null when nothing was cut), so a model can tell a short answer from a cut one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct Truncated {
+    /// The cap that applied, e.g. `limit=50` or `65536 bytes`.
+    pub cap: String,
+    /// How many items (or bytes, as `cap` says) were left out, when known.
+    pub omitted: Option<u64>,
+}
+
+/// The tools this server offers: the catalog filtered by `[tools]` (`read_only`, `enable`,
+/// `disable`). A name in `enable`/`disable` that no tool has is an error, so a typo cannot
+/// silently leave a tool on.
+pub fn select(config: &crate::config::ToolsConfig) -> Result<Vec<Arc<dyn Tool>>, String> {
+    let all = catalog();
+    for (key, names) in [("tools.enable", &config.enable), ("tools.disable", &config.disable)] {
+        for n in names {
+            if !all.iter().any(|t| t.spec().name == n.as_str()) {
+                return Err(format!("{key}: no tool is named `{n}`"));
+            }
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|t| {
+            let s = t.spec();
+            (!config.read_only || s.annotations.read_only)
+                && (config.enable.is_empty() || config.enable.iter().any(|n| n == s.name))
+                && !config.disable.iter().any(|n| n == s.name)
+        })
+        .collect())
 }
 
 /// Every tool this build knows, in catalog order.

@@ -568,6 +568,7 @@ mod tests {
             targets: Arc::new(crate::targets::Registry::local_only()),
             grants: Arc::new(policy::Effective::default()),
             tailnet: Arc::new(TailnetInfo::default()),
+            config: Arc::new(crate::config::Config::defaults()),
         }
     }
 
