@@ -20,6 +20,7 @@ use sysinfo::{
     ThreadKind, UpdateKind,
 };
 
+use super::procfs;
 use crate::tailnet::is_tailnet_ip;
 
 /// Longest command line returned per process, in characters (longer ones end with `…`).
@@ -397,6 +398,94 @@ pub fn network_interfaces() -> Vec<Interface> {
     interfaces
 }
 
+/// Sockets from `/proc/net/{tcp,tcp6,udp,udp6}` with their owning processes (found by scanning
+/// `/proc/PID/fd` for `socket:[INODE]` links; other users' processes are unreadable unless root).
+pub fn sockets(q: &procfs::SocketQuery) -> procfs::SocketList {
+    let mut raw = Vec::new();
+    for (path, protocol, v6) in procfs::SOCKET_TABLES {
+        if q.protocol.is_some_and(|p| p != *protocol) {
+            continue;
+        }
+        if let Ok(text) = fs::read_to_string(path) {
+            raw.extend(procfs::parse_proc_net(&text, *protocol, *v6));
+        }
+    }
+    let mut owners = HashMap::new();
+    let mut names = HashMap::new();
+    let mut unreadable = 0;
+    for pid in proc_pids() {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            unreadable += 1;
+            continue;
+        };
+        let mut holds = false;
+        for fd in fds.filter_map(Result::ok) {
+            if let Some(inode) = fs::read_link(fd.path())
+                .ok()
+                .and_then(|l| procfs::socket_inode(&l.to_string_lossy()))
+            {
+                procfs::add_owner(&mut owners, inode, pid);
+                holds = true;
+            }
+        }
+        if holds && let Some(comm) = read_trimmed(Path::new(&format!("/proc/{pid}/comm"))) {
+            names.insert(pid, comm);
+        }
+    }
+    let users = lock(&USERS).refreshed().clone();
+    procfs::assemble_sockets(raw, &owners, &names, &users, unreadable, q)
+}
+
+/// Block devices, mounts (with `statvfs` usage) and I/O counters. `all` keeps pseudo file
+/// systems; `limit` caps each list.
+pub fn disks_report(all: bool, limit: usize) -> procfs::DisksReport {
+    let text = |p: &str| fs::read_to_string(p).unwrap_or_default();
+    let partitions = procfs::parse_partitions(&text("/proc/partitions"));
+    let diskstats = procfs::parse_diskstats(&text("/proc/diskstats"));
+    let mounts = procfs::parse_mountinfo(&text("/proc/self/mountinfo"));
+    let files: HashMap<String, String> = procfs::block_attr_paths(&procfs::listed_devices(&partitions))
+        .into_iter()
+        .filter_map(|p| fs::read_to_string(&p).ok().map(|c| (p, c)))
+        .collect();
+    let usage: HashMap<String, procfs::MountUsage> = mounts
+        .iter()
+        .filter(|m| all || procfs::is_storage_mount(m))
+        .filter_map(|m| statvfs_usage(&m.mount_point).map(|u| (m.mount_point.clone(), u)))
+        .collect();
+    procfs::assemble_disks(&partitions, &diskstats, &files, &mounts, &usage, all, limit)
+}
+
+/// Space and inodes of the file system at `path`; `None` when it cannot be queried or is empty.
+fn statvfs_usage(path: &str) -> Option<procfs::MountUsage> {
+    let c = std::ffi::CString::new(path).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 || s.f_blocks == 0 {
+        return None;
+    }
+    let frsize = if s.f_frsize > 0 { s.f_frsize } else { s.f_bsize } as u64;
+    let (blocks, bfree, bavail) = (s.f_blocks as u64, s.f_bfree as u64, s.f_bavail as u64);
+    let (files, ffree) = (s.f_files as u64, s.f_ffree as u64);
+    Some(procfs::MountUsage::new(
+        blocks * frsize,
+        blocks.saturating_sub(bfree) * frsize,
+        bavail * frsize,
+        files,
+        files.saturating_sub(ffree),
+    ))
+}
+
+/// Every numeric entry of `/proc`.
+pub(crate) fn proc_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sampling state
 
@@ -482,7 +571,7 @@ impl UserNames {
 // Disks
 
 /// File system types that do not hold user data (kept only when mounted at `/`).
-const PSEUDO_FS: &[&str] = &[
+pub(crate) const PSEUDO_FS: &[&str] = &[
     "autofs",
     "binfmt_misc",
     "bpf",
@@ -815,7 +904,7 @@ fn parse_mountinfo(mountinfo: &str) -> impl Iterator<Item = Mount> + '_ {
 }
 
 /// Decode the `\NNN` octal escapes the kernel uses for space, tab, newline and backslash.
-fn unescape_mount(s: &str) -> String {
+pub(crate) fn unescape_mount(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut n = 0;

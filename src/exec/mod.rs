@@ -12,6 +12,7 @@ pub mod docker;
 pub mod http;
 pub mod local;
 pub mod process;
+pub mod procfs;
 pub mod remote;
 pub mod ssh;
 

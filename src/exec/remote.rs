@@ -15,7 +15,7 @@ use super::local::{
     self, CpuStatus, Interface, InterfaceAddress, InterfaceCounters, LoadAverage, MemoryStatus, ProcessInfo,
     ProcessList, ProcessSort, RawDisk, SwapStatus, SystemStatus, VirtInputs,
 };
-use super::{CommandSpec, ExecError, Limits, Output};
+use super::{CommandSpec, ExecError, Limits, Output, procfs};
 use crate::tailnet::is_tailnet_ip;
 
 /// Something that runs a command vector on a host.
@@ -187,6 +187,112 @@ pub async fn network_interfaces(r: &dyn Runner) -> Result<Vec<Interface>, ExecEr
     let ip = CommandSpec::new("ip", ["-j", "-s", "addr", "show"]);
     let out = stdout_of(r.run(&ip).await?, "ip")?;
     parse_ip_json(&out).map_err(|e| ExecError::Failed(format!("cannot read `ip -j -s addr show` output: {e}")))
+}
+
+/// `system_sockets` of a host reached through `r`: the same `/proc/net` tables and
+/// `/proc/PID/fd` links as [`local::sockets`], read with `grep` and `find`, parsed by the same
+/// code ([`procfs`]).
+pub async fn sockets(r: &dyn Runner, q: &procfs::SocketQuery) -> Result<procfs::SocketList, ExecError> {
+    let mut files: Vec<&str> = procfs::SOCKET_TABLES
+        .iter()
+        .filter(|(_, p, _)| q.protocol.is_none_or(|want| want == *p))
+        .map(|(path, _, _)| *path)
+        .collect();
+    files.push("/etc/passwd");
+    let grep = CommandSpec::new("grep", ["-H", ""].into_iter().chain(files.iter().copied()));
+    let find = CommandSpec::new(
+        "find",
+        [
+            "/proc",
+            "-mindepth",
+            "3",
+            "-maxdepth",
+            "3",
+            "-path",
+            "/proc/[0-9]*/fd/*",
+            "-lname",
+            "socket:*",
+            "-printf",
+            "%p %l\\n",
+        ],
+    );
+    let names = CommandSpec::new("ps", ["-eo", "pid=,comm="]);
+    let (tables, links, names) = futures::join!(r.run(&grep), r.run(&find), r.run(&names));
+    let tables = parse_grep_h(&stdout_of(tables?, "grep")?);
+    let links = links?;
+    if links.timed_out {
+        return Err(ExecError::Failed("`find` timed out on the target".into()));
+    }
+    // find exits 1 when some of /proc was unreadable; what it printed is still good.
+    let unreadable = unreadable_fd_dirs(&links.stderr);
+    let owners = procfs::parse_fd_links(&links.stdout);
+    let names = parse_ps_names(&stdout_of(names?, "ps")?);
+    let mut raw = Vec::new();
+    for (path, protocol, v6) in procfs::SOCKET_TABLES {
+        if let Some(text) = tables.get(*path) {
+            raw.extend(procfs::parse_proc_net(text, *protocol, *v6));
+        }
+    }
+    let users = local::parse_passwd(tables.get("/etc/passwd").map(String::as_str).unwrap_or(""));
+    Ok(procfs::assemble_sockets(raw, &owners, &names, &users, unreadable, q))
+}
+
+/// Distinct pids whose `/proc/PID/fd` `find` could not read.
+fn unreadable_fd_dirs(stderr: &str) -> usize {
+    let pids: std::collections::HashSet<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Permission denied"))
+        .filter_map(|l| {
+            let rest = &l[l.find("/proc/")? + 6..];
+            let (pid, tail) = rest.split_once('/')?;
+            (tail.starts_with("fd") && pid.bytes().all(|b| b.is_ascii_digit())).then_some(pid)
+        })
+        .collect();
+    pids.len()
+}
+
+/// `system_disks` of a host reached through `r`: `/proc/partitions`, `/proc/diskstats`,
+/// mountinfo and `/sys/class/block/NAME/*` read with `grep`, usage from `df`, assembled by the
+/// same code as [`local::disks_report`].
+pub async fn disks_report(r: &dyn Runner, all: bool, limit: usize) -> Result<procfs::DisksReport, ExecError> {
+    let grep = CommandSpec::new(
+        "grep",
+        ["-H", "", "/proc/partitions", "/proc/diskstats", "/proc/self/mountinfo"],
+    );
+    let df = CommandSpec::new("df", ["-a", "-B1", "--output=size,used,avail,itotal,iused,target"]);
+    let (files, df) = futures::join!(r.run(&grep), r.run(&df));
+    let files = parse_grep_h(&stdout_of(files?, "grep")?);
+    let file = |p: &str| files.get(p).map(String::as_str).unwrap_or("");
+    let partitions = procfs::parse_partitions(file("/proc/partitions"));
+    let diskstats = procfs::parse_diskstats(file("/proc/diskstats"));
+    let mounts = procfs::parse_mountinfo(file("/proc/self/mountinfo"));
+    let paths = procfs::block_attr_paths(&procfs::listed_devices(&partitions));
+    let attrs = if paths.is_empty() {
+        HashMap::new()
+    } else {
+        let grep = CommandSpec::new("grep", ["-H".to_string(), String::new()].into_iter().chain(paths));
+        let out = r.run(&grep).await?;
+        // Exit 2: some attribute files do not exist (partitions have no queue/, loops no model).
+        parse_grep_h(&out.stdout)
+    };
+    let df = df?;
+    if df.timed_out {
+        return Err(ExecError::Failed("`df` timed out on the target".into()));
+    }
+    // df exits 1 when some file system could not be queried; the others are still listed.
+    let usage = match df.status {
+        Some(0 | 1) => procfs::parse_df_usage(&df.stdout),
+        _ => stdout_of(df, "df").map(|s| procfs::parse_df_usage(&s))?,
+    };
+    Ok(procfs::assemble_disks(
+        &partitions,
+        &diskstats,
+        &attrs,
+        &mounts,
+        &usage,
+        all,
+        limit,
+    ))
 }
 
 /// The stdout of a command that must have succeeded (or, for `grep -H` over optional files and
@@ -553,6 +659,42 @@ mod tests {
         let local_ifs = tokio::task::spawn_blocking(local::network_interfaces).await.unwrap();
         let names = |v: &[Interface]| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&ifs), names(&local_ifs));
+    }
+
+    /// Sockets and disks over the command runner agree with `exec::local` on this host.
+    #[tokio::test]
+    async fn sockets_and_disks_agree_with_the_local_executor() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let q = procfs::SocketQuery {
+            state: procfs::StateFilter::Listening,
+            port: Some(port),
+            protocol: None,
+            limit: 10,
+        };
+        let r = runner();
+        let remote = sockets(&r, &q).await.unwrap();
+        let here = tokio::task::spawn_blocking(move || local::sockets(&q)).await.unwrap();
+        assert_eq!(remote.matched, 1, "{remote:?}");
+        assert_eq!(remote.sockets, here.sockets);
+        assert_eq!(remote.sockets[0].pid, Some(std::process::id()));
+
+        let remote = disks_report(&r, false, 100).await.unwrap();
+        let here = tokio::task::spawn_blocking(|| local::disks_report(false, 100))
+            .await
+            .unwrap();
+        let points = |d: &procfs::DisksReport| d.mounts.iter().map(|m| m.mount_point.clone()).collect::<Vec<_>>();
+        assert_eq!(points(&remote), points(&here));
+        let names = |d: &procfs::DisksReport| d.devices.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&remote), names(&here));
+        let root = |d: &procfs::DisksReport| d.mounts.iter().find(|m| m.mount_point == "/").cloned().unwrap();
+        let (a, b) = (root(&remote), root(&here));
+        assert_eq!((a.fs_type, a.options, a.dev), (b.fs_type, b.options, b.dev));
+        assert_eq!(
+            a.usage.unwrap().total_bytes,
+            b.usage.unwrap().total_bytes,
+            "df and statvfs agree"
+        );
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! The `system` toolset: read-only views of a host — status, processes and network
-//! interfaces — each declared as data next to its handler.
+//! The `system` toolset: read-only views of a host — status, processes, network interfaces,
+//! sockets and disks — each declared as data next to its handler.
 //!
 //! Tools here parse and validate arguments, call `exec::local` inside `spawn_blocking`, and
 //! render a compact text next to the structured result. They never read `/proc` or `/sys`
@@ -16,10 +16,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Annotations, Requirement, Risk, TailnetInfo, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, input_schema,
-    output_schema, parse_args,
+    Annotations, Requirement, Risk, TailnetInfo, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated,
+    bounded, input_schema, output_schema, parse_args,
 };
 use crate::exec::local::{self, Interface, ProcessList, ProcessSort, SystemStatus};
+use crate::exec::procfs::{DisksReport, Protocol, SocketList, SocketQuery, StateFilter};
 use crate::policy::{Area, Level, Scope};
 
 /// The allowed range of `system_processes.limit`.
@@ -27,12 +28,21 @@ pub const PROCESS_LIMIT_MIN: i64 = 1;
 pub const PROCESS_LIMIT_MAX: i64 = 100;
 pub const PROCESS_LIMIT_DEFAULT: i64 = 20;
 
+/// The allowed range of `system_sockets.limit`.
+pub const SOCKET_LIMIT_MAX: i64 = 1000;
+pub const SOCKET_LIMIT_DEFAULT: i64 = 100;
+/// The allowed range of `system_disks.limit` (per list).
+pub const DISK_LIMIT_MAX: i64 = 500;
+pub const DISK_LIMIT_DEFAULT: i64 = 100;
+
 /// The tools of this toolset, in catalog order.
 pub fn tools() -> Vec<Arc<dyn Tool>> {
     vec![
         Arc::new(SystemStatusTool::new()),
         Arc::new(SystemProcessesTool::new()),
         Arc::new(NetworkInterfacesTool::new()),
+        Arc::new(SystemSocketsTool::new()),
+        Arc::new(SystemDisksTool::new()),
     ]
 }
 
@@ -301,6 +311,190 @@ impl Tool for NetworkInterfacesTool {
     }
 }
 
+/// Arguments of `system_sockets`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemSocketsArgs {
+    /// The host to run against (`local` when omitted); resolved by the server.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// `all` (default), `listening` (TCP listen + unconnected UDP), `established`, `time_wait`
+    /// or `close_wait`.
+    #[serde(default)]
+    pub state: StateFilter,
+    /// Only sockets whose local or remote port is this.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Only `tcp` or only `udp` (both when omitted).
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    /// Rows to return, 1 to 1000 (default 100).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: Option<i64>,
+}
+
+/// `structuredContent` of `system_sockets`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SystemSocketsOutput {
+    #[serde(flatten)]
+    pub list: SocketList,
+    /// Set when `limit` cut the list.
+    pub truncated: Option<Truncated>,
+}
+
+/// Arguments of `system_disks`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemDisksArgs {
+    /// The host to run against (`local` when omitted); resolved by the server.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Also list pseudo file systems (proc, sysfs, tmpfs, overlay, cgroup, ...).
+    #[serde(default)]
+    pub all: bool,
+    /// Most devices and most mounts to return, 1 to 500 each (default 100).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 500))]
+    pub limit: Option<i64>,
+}
+
+/// `structuredContent` of `system_disks`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SystemDisksOutput {
+    #[serde(flatten)]
+    pub report: DisksReport,
+    /// Set when `limit` cut either list (`omitted` counts both).
+    pub truncated: Option<Truncated>,
+}
+
+/// `system_sockets`: listening sockets and connections.
+pub struct SystemSocketsTool {
+    spec: ToolSpec,
+}
+
+impl SystemSocketsTool {
+    pub fn new() -> SystemSocketsTool {
+        SystemSocketsTool {
+            spec: ToolSpec {
+                name: "system_sockets",
+                title: "Sockets and connections",
+                description: "TCP and UDP sockets of the host (IPv4 and IPv6) from the kernel's /proc/net tables: \
+                    protocol, family, state (TCP states in snake case; UDP `unconnected` or `established`), local \
+                    and remote address and port, owner uid and user, socket inode, and the pid and name of the \
+                    process holding it when that process's /proc/PID/fd is readable (`processes_unreadable` \
+                    counts the ones that were not). Filters: `state` (all, listening, established, time_wait, \
+                    close_wait), `port` (local or remote), `protocol` (tcp, udp). Listeners first, then \
+                    connections, ordered by protocol and port; at most `limit` rows (1-1000, default 100), \
+                    `matched` counts all that matched.",
+                requires: Requirement::Scope(Scope::new(Area::System, Level::Read)),
+                risk: Risk::Low,
+                annotations: READ_ONLY,
+                input_schema: input_schema::<SystemSocketsArgs>(),
+                output_schema: output_schema::<SystemSocketsOutput>(),
+            },
+        }
+    }
+}
+
+impl Default for SystemSocketsTool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tool for SystemSocketsTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let args: SystemSocketsArgs = parse_args(args)?;
+            let limit = bounded("limit", args.limit, SOCKET_LIMIT_DEFAULT, 1, SOCKET_LIMIT_MAX)?;
+            let q = SocketQuery {
+                state: args.state,
+                port: args.port,
+                protocol: args.protocol,
+                limit,
+            };
+            let list = match host(&ctx, self.spec.name)? {
+                Host::Local => blocking(move || local::sockets(&q)).await?,
+                Host::Remote(r) => crate::exec::remote::sockets(r, &q).await.map_err(exec_failed)?,
+            };
+            let truncated = (list.matched > list.shown).then(|| Truncated {
+                cap: format!("limit={limit}"),
+                omitted: Some((list.matched - list.shown) as u64),
+            });
+            let text = render_sockets(&list);
+            ToolOutput::new(&SystemSocketsOutput { list, truncated }, text)
+        })
+    }
+}
+
+/// `system_disks`: block devices, mounts, usage and I/O counters.
+pub struct SystemDisksTool {
+    spec: ToolSpec,
+}
+
+impl SystemDisksTool {
+    pub fn new() -> SystemDisksTool {
+        SystemDisksTool {
+            spec: ToolSpec {
+                name: "system_disks",
+                title: "Disks and mounts",
+                description: "Storage of the host. `devices`: block devices from /proc/partitions (empty loop \
+                    devices and RAM disks left out) with major:minor, kind (disk/partition), size, read-only, \
+                    removable, rotational, model, first mount point, and cumulative I/O counters since boot from \
+                    /proc/diskstats (reads, read bytes, writes, write bytes, in-flight I/Os, milliseconds busy). \
+                    `mounts`: mount point, source, file system type, options, read-only, major:minor, the block \
+                    device behind it, and usage (total/used/available bytes, used percent as `df` computes it, \
+                    inodes). Pseudo file systems (proc, sysfs, tmpfs, overlay, cgroup, ...) are omitted unless \
+                    `all: true` (`/` is always listed). Each list holds at most `limit` rows (1-500, default \
+                    100).",
+                requires: Requirement::Scope(Scope::new(Area::System, Level::Read)),
+                risk: Risk::Low,
+                annotations: READ_ONLY,
+                input_schema: input_schema::<SystemDisksArgs>(),
+                output_schema: output_schema::<SystemDisksOutput>(),
+            },
+        }
+    }
+}
+
+impl Default for SystemDisksTool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tool for SystemDisksTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let args: SystemDisksArgs = parse_args(args)?;
+            let limit = bounded("limit", args.limit, DISK_LIMIT_DEFAULT, 1, DISK_LIMIT_MAX)?;
+            let all = args.all;
+            let report = match host(&ctx, self.spec.name)? {
+                Host::Local => blocking(move || local::disks_report(all, limit)).await?,
+                Host::Remote(r) => crate::exec::remote::disks_report(r, all, limit)
+                    .await
+                    .map_err(exec_failed)?,
+            };
+            let omitted = (report.devices_total - report.devices.len()) + (report.mounts_total - report.mounts.len());
+            let truncated = (omitted > 0).then(|| Truncated {
+                cap: format!("limit={limit} per list"),
+                omitted: Some(omitted as u64),
+            });
+            let text = render_disks(&report);
+            ToolOutput::new(&SystemDisksOutput { report, truncated }, text)
+        })
+    }
+}
+
 fn default_limit() -> i64 {
     PROCESS_LIMIT_DEFAULT
 }
@@ -535,6 +729,96 @@ fn human_bytes(n: u64) -> String {
 }
 
 /// `90061` → `1d 1h 1m`.
+fn render_sockets(list: &SocketList) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{} of {} sockets{}",
+        list.shown,
+        list.matched,
+        if list.processes_unreadable > 0 {
+            format!(
+                " ({} processes unreadable: their sockets show no pid)",
+                list.processes_unreadable
+            )
+        } else {
+            String::new()
+        }
+    );
+    for s in &list.sockets {
+        let endpoint = |a: &IpAddr, p: u16| match a {
+            IpAddr::V6(v6) => format!("[{v6}]:{p}"),
+            IpAddr::V4(v4) => format!("{v4}:{p}"),
+        };
+        let owner = match (&s.process, s.pid) {
+            (Some(name), Some(pid)) => format!("{name}[{pid}]"),
+            (None, Some(pid)) => format!("[{pid}]"),
+            _ => "-".to_string(),
+        };
+        let proto = match s.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        let _ = writeln!(
+            t,
+            "{proto:<3} {:<12} {:<28} {:<28} {owner}",
+            s.state,
+            endpoint(&s.local_address, s.local_port),
+            endpoint(&s.remote_address, s.remote_port),
+        );
+    }
+    t
+}
+
+fn render_disks(r: &DisksReport) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "devices ({} of {}):", r.devices.len(), r.devices_total);
+    for d in &r.devices {
+        let io =
+            d.io.as_ref()
+                .map(|io| {
+                    format!(
+                        "read {} written {}",
+                        human_bytes(io.read_bytes),
+                        human_bytes(io.write_bytes)
+                    )
+                })
+                .unwrap_or_default();
+        let _ = writeln!(
+            t,
+            "  {:<12} {:<9} {:>9}  {:<16} {io}",
+            d.name,
+            d.kind,
+            human_bytes(d.size_bytes),
+            d.mount_point.as_deref().unwrap_or("-"),
+        );
+    }
+    let _ = writeln!(t, "mounts ({} of {}):", r.mounts.len(), r.mounts_total);
+    for m in &r.mounts {
+        let usage = m
+            .usage
+            .map(|u| {
+                format!(
+                    "{:>5.1}% used  {:>9} free of {:>9}",
+                    u.used_percent,
+                    human_bytes(u.available_bytes),
+                    human_bytes(u.total_bytes)
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            t,
+            "  {:<24} {:<8} {}{}  {usage}  {}",
+            truncate(&m.mount_point, 24),
+            m.fs_type,
+            if m.read_only { "ro " } else { "" },
+            truncate(&m.source, 32),
+            m.dev
+        );
+    }
+    t
+}
+
 fn human_duration(seconds: u64) -> String {
     let (d, h, m) = (seconds / 86_400, seconds % 86_400 / 3_600, seconds % 3_600 / 60);
     match (d, h) {
@@ -701,7 +985,16 @@ mod tests {
     fn specs_are_as_declared() {
         let specs: Vec<ToolSpec> = tools().iter().map(|t| t.spec().clone()).collect();
         let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
-        assert_eq!(names, vec!["system_status", "system_processes", "network_interfaces"]);
+        assert_eq!(
+            names,
+            vec![
+                "system_status",
+                "system_processes",
+                "network_interfaces",
+                "system_sockets",
+                "system_disks"
+            ]
+        );
         for spec in &specs {
             assert_eq!(spec.annotations, READ_ONLY, "{}", spec.name);
             assert!(!spec.mutates(), "{}", spec.name);
@@ -880,6 +1173,84 @@ mod tests {
             ),
             other => panic!("expected a failure, got {:?}", other.map(|o| o.text)),
         }
+    }
+
+    #[tokio::test]
+    async fn system_sockets_finds_this_processs_listener_and_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_server_side, _) = listener.accept().unwrap();
+        let client_port = client.local_addr().unwrap().port();
+        let me = std::process::id();
+
+        let out = call("system_sockets", json!({"port": port, "protocol": "tcp"}))
+            .await
+            .unwrap();
+        let rows = out.structured["sockets"].as_array().unwrap().clone();
+        let listen = rows
+            .iter()
+            .find(|r| r["state"] == "listen" && r["local_port"] == port)
+            .unwrap_or_else(|| panic!("no listener on {port}: {rows:?}"));
+        assert_eq!(listen["pid"], json!(me), "{listen}");
+        assert_eq!(listen["local_address"], "127.0.0.1");
+        assert_eq!(listen["uid"], json!(unsafe { libc::getuid() }));
+        assert!(
+            rows.iter().any(|r| r["state"] == "established"
+                && r["local_port"] == client_port
+                && r["remote_port"] == port
+                && r["pid"] == json!(me)),
+            "{rows:?}"
+        );
+        assert!(out.text.contains(&format!("127.0.0.1:{port}")), "{}", out.text);
+
+        let out = call("system_sockets", json!({"state": "listening", "port": port}))
+            .await
+            .unwrap();
+        assert_eq!(out.structured["matched"], 1, "{}", out.structured);
+        let out = call("system_sockets", json!({"limit": 1})).await.unwrap();
+        assert_eq!(out.structured["shown"], 1);
+        if out.structured["matched"].as_u64().unwrap() > 1 {
+            assert_eq!(out.structured["truncated"]["cap"], "limit=1");
+        }
+        assert_invalid_args(
+            call("system_sockets", json!({"limit": 1001})).await,
+            "between 1 and 1000",
+        );
+        assert_invalid_args(call("system_sockets", json!({"port": 70000})).await, "invalid value");
+        assert_invalid_args(
+            call("system_sockets", json!({"state": "open"})).await,
+            "unknown variant",
+        );
+    }
+
+    #[tokio::test]
+    async fn system_disks_lists_the_root_mount_with_sane_numbers() {
+        let out = call("system_disks", json!({})).await.unwrap();
+        let v = &out.structured;
+        let root = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mount_point"] == "/")
+            .unwrap_or_else(|| panic!("no / in {v}"));
+        let u = &root["usage"];
+        let total = u["total_bytes"].as_u64().unwrap();
+        assert!(total > 0 && u["used_bytes"].as_u64().unwrap() <= total, "{u}");
+        assert!(u["available_bytes"].as_u64().unwrap() <= total);
+        assert!((0.0..=100.0).contains(&u["used_percent"].as_f64().unwrap()));
+        assert!(!root["fs_type"].as_str().unwrap().is_empty());
+        assert!(!v["mounts"].as_array().unwrap().iter().any(|m| m["fs_type"] == "proc"));
+        let all = call("system_disks", json!({"all": true})).await.unwrap();
+        assert!(
+            all.structured["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["fs_type"] == "proc"),
+            "all: true lists /proc"
+        );
+        assert_invalid_args(call("system_disks", json!({"limit": 0})).await, "between 1 and 500");
     }
 
     #[test]
