@@ -8,6 +8,8 @@
 //! Does not: know any table's meaning, write rows, or run queries for other modules. A database
 //! whose schema is newer than this binary knows is refused, never "downgraded" or written to.
 
+pub mod inventory;
+
 use std::fs::{DirBuilder, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

@@ -284,6 +284,31 @@ pub fn system_status() -> SystemStatus {
     }
 }
 
+/// Who the host is, without the CPU sample of [`system_status`].
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub hostname: Option<String>,
+    pub os: OsInfo,
+    pub kernel: Option<String>,
+    pub arch: String,
+    pub virtualization: Virtualization,
+}
+
+/// The local host's identity (blocking: reads a few files).
+pub fn identity() -> Identity {
+    Identity {
+        hostname: System::host_name(),
+        os: ["/etc/os-release", "/usr/lib/os-release"]
+            .iter()
+            .find_map(|p| fs::read_to_string(p).ok())
+            .map(|s| parse_os_release(&s))
+            .unwrap_or_default(),
+        kernel: System::kernel_version(),
+        arch: System::cpu_arch(),
+        virtualization: virtualization(),
+    }
+}
+
 /// The top `limit` processes by `sort` (the caller validates `limit`).
 pub fn processes(sort: ProcessSort, limit: usize) -> ProcessList {
     let refresh = ProcessRefreshKind::nothing()

@@ -10,6 +10,7 @@
 
 pub mod docker;
 pub mod http;
+pub mod inventory;
 pub mod local;
 pub mod process;
 pub mod procfs;
