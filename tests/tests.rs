@@ -8,6 +8,7 @@ mod docker;
 mod foundation;
 mod harness;
 mod http_exec;
+mod inventory;
 mod localapi;
 mod ssh;
 mod support;
