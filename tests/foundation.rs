@@ -154,7 +154,14 @@ async fn a_granted_user_lists_and_calls_tools() {
     // alice's grants: system:read + containers:read on *, containers:control on docker-*.
     assert_eq!(
         tools,
-        vec!["system_processes", "system_status", "targets_list", "whoami"]
+        vec![
+            "system_disks",
+            "system_processes",
+            "system_sockets",
+            "system_status",
+            "targets_list",
+            "whoami"
+        ]
     );
 
     let who = alice.call_tool("whoami", json!({})).await.unwrap();
@@ -209,7 +216,9 @@ async fn a_tagged_node_gets_its_tag_grants() {
         tools,
         vec![
             "network_interfaces",
+            "system_disks",
             "system_processes",
+            "system_sockets",
             "system_status",
             "targets_list",
             "whoami"
@@ -629,7 +638,14 @@ async fn the_official_python_sdk_client_works_over_the_tailnet() {
     );
     assert_eq!(
         lines[1]["tools"],
-        json!(["whoami", "system_status", "system_processes", "targets_list"])
+        json!([
+            "whoami",
+            "system_status",
+            "system_processes",
+            "system_sockets",
+            "system_disks",
+            "targets_list"
+        ])
     );
     assert_eq!(lines[2]["structuredContent"]["principal"], "alice@example.com");
     assert_eq!(
