@@ -22,6 +22,9 @@ use super::local::{self, OsInfo, Virtualization};
 use super::procfs::{Protocol, SocketQuery, StateFilter};
 use super::{CommandSpec, Limits};
 
+/// Most ports listed per application.
+pub const MAX_PORTS: usize = 32;
+
 /// How long one version command may run.
 pub const VERSION_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -324,6 +327,20 @@ pub enum EvidenceKind {
     Interface,
 }
 
+impl EvidenceKind {
+    /// The name used in results (`systemd_unit`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvidenceKind::Process => "process",
+            EvidenceKind::Port => "port",
+            EvidenceKind::SystemdUnit => "systemd_unit",
+            EvidenceKind::Package => "package",
+            EvidenceKind::File => "file",
+            EvidenceKind::Interface => "interface",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Evidence {
     pub kind: EvidenceKind,
@@ -352,7 +369,9 @@ pub struct DetectedApp {
     /// Where the version came from: `package NAME`, `file PATH` or `command ARGV`.
     pub version_source: Option<String>,
     pub evidence: Vec<Evidence>,
+    /// At most 32 (`ports_total` counts them all).
     pub ports: Vec<AppPort>,
+    pub ports_total: usize,
     /// Pids of its processes (at most 16).
     pub pids: Vec<u32>,
 }
@@ -578,6 +597,8 @@ pub fn detect(rules: &[AppRule], seen: &Observed) -> Vec<DetectedApp> {
                 });
             }
         }
+        let ports_total = ports.len();
+        let ports: Vec<AppPort> = ports.into_iter().take(MAX_PORTS).collect();
         for p in &ports {
             let proto = match p.protocol {
                 Protocol::Tcp => "tcp",
@@ -605,7 +626,8 @@ pub fn detect(rules: &[AppRule], seen: &Observed) -> Vec<DetectedApp> {
             version,
             version_source,
             evidence,
-            ports: ports.into_iter().collect(),
+            ports,
+            ports_total,
             pids: pids.into_iter().take(16).collect(),
         });
     }
@@ -862,6 +884,47 @@ mod tests {
         assert_eq!(upstream_version("5:7.0.15-1~deb12u10"), "7.0.15");
         assert_eq!(upstream_version("1.22.1-9"), "1.22.1");
         assert_eq!(upstream_version("2.4"), "2.4");
+    }
+
+    #[tokio::test]
+    async fn version_commands_run_by_absolute_path_with_a_timeout() {
+        let rules = [AppRule {
+            processes: &["x"],
+            version: cmd(&["sh"], &["-c", "echo tool v9.8.7"]),
+            ..rule("x", "X")
+        }];
+        let seen = Observed {
+            processes: vec![SeenProcess {
+                pid: 5,
+                comm: "x".into(),
+                exe: None,
+                cmdline: "x".into(),
+            }],
+            ..Observed::default()
+        };
+        let mut apps = detect(&rules, &seen);
+        file_versions(&rules, &mut apps);
+        let commands = version_commands(&rules, &apps);
+        assert_eq!(commands.len(), 1);
+        assert!(commands[0].command.program.starts_with('/'), "{:?}", commands[0]);
+        assert!(commands[0].command.program.ends_with("/sh"));
+        run_version_commands(&commands, &mut apps).await;
+        assert_eq!(apps[0].version.as_deref(), Some("9.8.7"));
+        assert!(apps[0].version_source.as_deref().unwrap().starts_with("command /"));
+
+        // A hanging binary is killed at the timeout and leaves the version unknown.
+        apps[0].version = None;
+        let hang = [VersionCommand {
+            app: "x".into(),
+            command: CommandSpec::new("/bin/sleep", ["30"]),
+        }];
+        let started = std::time::Instant::now();
+        run_version_commands(&hang, &mut apps).await;
+        assert!(started.elapsed() < VERSION_TIMEOUT + Duration::from_secs(2));
+        assert_eq!(apps[0].version, None);
+        // Apps with a version from the package database run nothing.
+        apps[0].version = Some("1.0".into());
+        assert!(version_commands(&rules, &apps).is_empty());
     }
 
     #[test]

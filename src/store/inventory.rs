@@ -413,6 +413,7 @@ mod tests {
                     version_source: None,
                     evidence: vec![],
                     ports: vec![],
+                    ports_total: 0,
                     pids: vec![],
                 })
                 .collect(),

@@ -173,8 +173,8 @@ impl InventoryScanTool {
                     the result as the target's inventory. Each app found has `evidence` (kinds: process, port, \
                     systemd_unit, package, file, interface, each with what was seen), `status` (running when a \
                     process was seen, else installed), its listening `ports` (every listener of its processes, \
-                    plus its default ports when no visible process holds them; a port alone never counts as a \
-                    finding), its pids, and a `version` from the package database, a file, or the binary's \
+                    plus its default ports when no visible process holds them, at most 32; a port alone never \
+                    counts as a finding), its pids, and a `version` from the package database, a file, or the binary's \
                     version flag (run by absolute path with a 3 s timeout). Also returns the host identity \
                     (hostname, machine-id, OS, kernel, virtualization, LXC/Docker container id) and the apps \
                     checked and not found. Keeps the newest 20 scans per target. `dry_run: true` detects and \
@@ -723,11 +723,7 @@ fn render_scan(out: &InventoryScanOutput) -> String {
     );
     for a in &out.apps {
         let ports: Vec<String> = a.ports.iter().map(|p| p.port.to_string()).collect();
-        let mut kinds: Vec<String> = a
-            .evidence
-            .iter()
-            .map(|e| format!("{:?}", e.kind).to_lowercase())
-            .collect();
+        let mut kinds: Vec<&str> = a.evidence.iter().map(|e| e.kind.as_str()).collect();
         kinds.dedup();
         let _ = writeln!(
             t,
