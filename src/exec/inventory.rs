@@ -720,10 +720,15 @@ pub fn parse_dpkg_status(text: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// `5:7.0.15-1~deb12u10` → `7.0.15` (no epoch, no Debian revision).
+/// `5:7.0.15-1~deb12u10` → `7.0.15`: no epoch, no Debian revision, no repack or distribution
+/// suffix (`20.10.24+dfsg1` → `20.10.24`, `15+248+deb12u1` → `15`).
 pub fn upstream_version(v: &str) -> String {
     let v = v.split_once(':').map_or(v, |(_, rest)| rest);
     let v = v.rsplit_once('-').map_or(v, |(up, _)| up);
+    let v = match v.find(['+', '~']) {
+        Some(at) if at > 0 => &v[..at],
+        _ => v,
+    };
     v.to_string()
 }
 
@@ -884,6 +889,9 @@ mod tests {
         assert_eq!(upstream_version("5:7.0.15-1~deb12u10"), "7.0.15");
         assert_eq!(upstream_version("1.22.1-9"), "1.22.1");
         assert_eq!(upstream_version("2.4"), "2.4");
+        assert_eq!(upstream_version("20.10.24+dfsg1-1+deb12u1"), "20.10.24");
+        assert_eq!(upstream_version("15+248+deb12u1"), "15");
+        assert_eq!(upstream_version("1.0~rc1-2"), "1.0");
     }
 
     #[tokio::test]
