@@ -477,6 +477,30 @@ async fn a_scan_finds_the_running_apps_with_evidence_ports_and_versions() {
     let r = mcp.call_tool("system_disks", json!({})).await.unwrap();
     assert_root_mount(ok(&r));
 
+    // The official Python SDK validates every new tool's structured content against its
+    // output schema.
+    match crate::support::pyclient::python_mcp() {
+        Err(e) => skip_or_fail(&format!("MCP Python SDK: {e}")),
+        Ok(python) => {
+            net.set_default_source(DANA).unwrap();
+            let actions = json!([
+                {"call": "system_sockets", "args": {"port": 6379}},
+                {"call": "system_disks", "args": {"all": true}},
+                {"call": "inventory_scan", "args": {"dry_run": true}},
+                {"call": "inventory_get", "args": {}},
+                {"call": "inventory_set", "args": {"tags": ["lab"], "dry_run": true}},
+                {"call": "inventory_annotate", "args": {"note": "checked", "dry_run": true}}
+            ]);
+            let url = format!("http://{SERVER_IP}:{PORT}/mcp");
+            let (lines, stdout) = crate::support::pyclient::run_actions(&net, &python, &url, &actions).await;
+            assert_eq!(lines.len(), 7, "{stdout}");
+            for line in &lines[1..] {
+                assert_eq!(line["isError"], false, "{line}");
+                assert!(line["structuredContent"].is_object(), "{line}");
+            }
+        }
+    }
+
     server.stop().await;
     drop((redis, nginx, ollama, prometheus));
 }
