@@ -5,6 +5,7 @@
 //! reaches the system, and never write audit rows (the `mcp` layer does that around them).
 //! Filtering (policy, read-only mode) happens in one place, `mcp`; a tool never checks scopes.
 
+pub mod containers;
 pub mod format;
 pub mod identity;
 pub mod system;
@@ -232,5 +233,6 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(identity::tools());
     tools.extend(system::tools());
     tools.extend(targets::tools());
+    tools.extend(containers::tools());
     tools
 }
