@@ -2953,9 +2953,18 @@ mod tests {
         assert_eq!(labels.len(), 1);
         assert_eq!(labels["com.docker.compose.project"], "blog");
         let host = body.host_config.clone().unwrap();
-        assert_eq!(host.binds, Some(vec!["named:/srv:ro".to_string(), format!("{anon}:/data")]));
+        assert_eq!(
+            host.binds,
+            Some(vec!["named:/srv:ro".to_string(), format!("{anon}:/data")])
+        );
         assert_eq!(host.memory, Some(1_048_576));
-        assert_eq!(host.restart_policy.and_then(|r| r.name).map(|n| n.to_string()).as_deref(), Some("always"));
+        assert_eq!(
+            host.restart_policy
+                .and_then(|r| r.name)
+                .map(|n| n.to_string())
+                .as_deref(),
+            Some("always")
+        );
         let endpoints = body.networking_config.unwrap().endpoints_config.unwrap();
         assert_eq!(endpoints.len(), 1);
         let front = &endpoints["front"];
