@@ -405,7 +405,7 @@ async fn containers_stop_start_restart_pause_unpause_round_trip_and_dry_runs() {
         args.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let r = w.ok(tool, args).await;
         assert_eq!(r["dry_run"], true);
-        assert_eq!(plan_details(&r), [call.clone()], "{tool}");
+        assert_eq!(plan_details(&r), [call], "{tool}");
         assert_eq!(r["state_before"], "running");
         assert_eq!(r["state_after"], Value::Null);
         assert_eq!(status(&host), "running", "{tool} dry run changed the container");
@@ -805,7 +805,7 @@ async fn containers_update_pulls_and_recreates_with_the_same_configuration() {
     assert!(msg.contains("invalid image reference"), "{msg}");
 
     drop(guard);
-    for t in [&v1, &v2, &v3] {
+    for t in [&v3, &v2, &v1] {
         let _ = docker(&host, &["rmi", "-f", t]);
     }
     let _ = docker(&host, &["volume", "rm", "-f", &vol, &anon]);
@@ -902,4 +902,65 @@ async fn containers_bad_input_denials_and_other_target_kinds_are_refused_and_aud
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].decision, rows[0].outcome), (Decision::Deny, Outcome::Denied));
     assert_eq!(rows[0].target.as_deref(), Some("engine"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_update_puts_the_old_container_back_when_the_new_one_cannot_be_created() {
+    let Some(mut w) = world().await else { return };
+    let host = w.host.clone();
+    let n = name("rollback");
+    let tag = format!("local/tops-rollback:{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("data");
+    std::fs::create_dir(&src).unwrap();
+    let v1 = derive_image(&host, IMAGE, &tag, "one");
+    let mount = format!("type=bind,src={},dst=/data", src.display());
+    docker(
+        &host,
+        &[
+            "create",
+            "--name",
+            &n,
+            "--network=none",
+            "--mount",
+            &mount,
+            "--label",
+            "tailopsmcp.test=1",
+            &tag,
+            "sleep",
+            "3600",
+        ],
+    )
+    .unwrap();
+    let guard = Container {
+        host: host.clone(),
+        name: n.clone(),
+        id: n.clone(),
+    };
+    let old_id = engine_says(&host, "{{.Id}}", &n);
+    // A newer local image, and the bind mount's source gone: the engine refuses to create the
+    // new container (`--mount` sources must exist).
+    let v2 = derive_image(&host, &tag, &tag, "two");
+    std::fs::remove_dir(&src).unwrap();
+
+    let msg = w.err("containers_update", json!({"container": n, "pull": false})).await;
+    assert!(msg.contains(&format!("recreating `{n}` failed")), "{msg}");
+    assert!(msg.contains("the old container was put back"), "{msg}");
+    assert_eq!(
+        engine_says(&host, "{{.Id}}", &n),
+        old_id,
+        "the old container has its name again"
+    );
+    assert_eq!(engine_says(&host, "{{.Image}}", &n), v1);
+    let leftovers = docker(&host, &["ps", "-a", "--filter", &format!("name={n}-old"), "-q"]).unwrap();
+    assert_eq!(leftovers.trim(), "", "no renamed container left behind");
+    let rows = w
+        .server
+        .audit_where(1, |r| r.tool.as_deref() == Some("containers_update"))
+        .await;
+    assert_eq!(rows[0].outcome, Outcome::Error);
+    drop(guard);
+    for t in [&v2, &v1] {
+        let _ = docker(&host, &["rmi", "-f", t]);
+    }
 }

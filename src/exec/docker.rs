@@ -1185,7 +1185,20 @@ impl Docker {
                     .await
             }
         };
-        rename(old_name.to_string()).await?;
+        if let Err(e) = rename(old_name.to_string()).await {
+            let how = if !running {
+                "the old container is unchanged".to_string()
+            } else {
+                match self
+                    .bounded(async { client.start_container(&full_id, None).await.map_err(map) })
+                    .await
+                {
+                    Ok(()) => "the old container was started again".to_string(),
+                    Err(e) => format!("starting the old container again failed: {e}"),
+                }
+            };
+            return Err(ExecError::Failed(format!("recreating `{name}` failed: {e}; {how}")));
+        }
         let created = async {
             let o = bollard::query_parameters::CreateContainerOptionsBuilder::new()
                 .name(&name)
