@@ -874,6 +874,15 @@ async fn containers_bad_input_denials_and_other_target_kinds_are_refused_and_aud
     assert_eq!(engine_says(&host, "{{.RestartCount}}", &n), "0");
     w.ok("containers_inspect", json!({"container": n})).await;
 
+    // A `--rm` container would vanish at the stop: update refuses it and leaves it running.
+    let auto = format!("{n}-rm");
+    let _auto = run(&host, &auto, &["--rm"], SLEEPER);
+    let msg = w
+        .err("containers_update", json!({"container": auto, "pull": false}))
+        .await;
+    assert!(msg.contains("was started with --rm"), "{msg}");
+    assert_eq!(engine_says(&host, "{{.State.Status}}", &auto), "running");
+
     // Containers tools run on docker targets only.
     let msg = w.err("containers_list", json!({"target": "local"})).await;
     assert!(msg.contains("not supported on local targets"), "{msg}");

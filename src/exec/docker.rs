@@ -1087,6 +1087,12 @@ impl Docker {
                 "container `{name}` was created from an image id, not a tag: there is nothing to update it from"
             )));
         }
+        if info.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true) {
+            return Err(ExecError::Failed(format!(
+                "container `{name}` was started with --rm: stopping it would remove it before it could be \
+                 recreated; recreate it with its new image yourself"
+            )));
+        }
         let (_, extra_networks) = networking_for_create(&info);
         let old_name = old_name_for(&name, &full_id);
         let plan = update_plan(&UpdatePlanInput {

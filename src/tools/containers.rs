@@ -613,7 +613,8 @@ impl ContainersTool {
                  restart policy, labels, networks; values the old image supplied are left to the new image; \
                  anonymous volumes are re-mounted so their data stays), start it if the old one ran, remove \
                  the old one. Anything written inside the old container's own filesystem is lost. A failure \
-                 after the rename puts the old container back. Reports old and new image and container ids; \
+                 after the rename puts the old container back. Containers started with `--rm` are refused; Compose-managed ones keep their labels but are \
+                 better updated through their stack. Reports old and new image and container ids; \
                  `dry_run: true` inspects and returns the full plan of API calls without changing anything.",
                     docker_only!()
                 ),
