@@ -171,6 +171,21 @@ async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Volumes a test made; removed on drop (after the containers using them, which are declared
+/// later and so dropped first), also after a panic.
+struct Volumes {
+    host: String,
+    names: Vec<String>,
+}
+
+impl Drop for Volumes {
+    fn drop(&mut self) {
+        for v in &self.names {
+            let _ = docker(&self.host, &["volume", "rm", "-f", v]);
+        }
+    }
+}
+
 fn plan_details(v: &Value) -> Vec<String> {
     v["plan"]
         .as_array()
@@ -192,6 +207,10 @@ async fn containers_list_inspect_logs_stats_networks_volumes_and_images() {
     let vol = name("read-vol");
     let _ = docker(&host, &["volume", "rm", "-f", &vol]);
     docker(&host, &["volume", "create", &vol]).unwrap();
+    let _volumes = Volumes {
+        host: host.clone(),
+        names: vec![vol.clone()],
+    };
     let mount = format!("{vol}:/data");
     let c = run(
         &host,
@@ -379,7 +398,6 @@ async fn containers_list_inspect_logs_stats_networks_volumes_and_images() {
     assert!(rows.len() >= 10);
     assert!(rows.iter().all(|r| r.target.as_deref() == Some("engine")));
     drop(c);
-    let _ = docker(&host, &["volume", "rm", "-f", &vol]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,6 +648,10 @@ async fn containers_update_pulls_and_recreates_with_the_same_configuration() {
     let n = name("upd");
     let vol = name("upd-vol");
     let _ = docker(&host, &["volume", "rm", "-f", &vol]);
+    let mut volumes = Volumes {
+        host: host.clone(),
+        names: vec![vol.clone()],
+    };
     let named = format!("{vol}:/named");
     docker(
         &host,
@@ -673,6 +695,7 @@ async fn containers_update_pulls_and_recreates_with_the_same_configuration() {
         &n,
     );
     assert_eq!(anon.len(), 64);
+    volumes.names.push(anon.clone());
     let v2 = derive_image(&host, &reference, &reference, "two");
     assert_ne!(v1, v2);
     docker(&host, &["push", &reference]).unwrap();
@@ -808,7 +831,6 @@ async fn containers_update_pulls_and_recreates_with_the_same_configuration() {
     for t in [&v3, &v2, &v1] {
         let _ = docker(&host, &["rmi", "-f", t]);
     }
-    let _ = docker(&host, &["volume", "rm", "-f", &vol, &anon]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
