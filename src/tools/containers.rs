@@ -420,9 +420,9 @@ impl ContainersTool {
                 "List containers",
                 concat!(
                     "Containers on the engine, sorted by name: short id, name, image, state (running, exited, \
-                 paused, …), human status, creation time, published ports, Compose project/service and labels. \
-                 Running ones only unless `all`; `name` keeps names containing that text; at most `limit` \
-                 (1-500, default 100), with `total` and `truncated` saying what the limit cut.",
+                     paused, …), human status, creation time, published ports, Compose project/service and labels. \
+                     Running ones only unless `all`; `name` keeps names containing that text; at most `limit` \
+                     (1-500, default 100), with `total` and `truncated` saying what the limit cut.",
                     docker_only!()
                 ),
                 scope(Level::Read),
@@ -436,10 +436,10 @@ impl ContainersTool {
                 "Inspect a container",
                 concat!(
                     "A trimmed `docker inspect` of one container: ids, image and image id, command and \
-                 entrypoint, environment (values of secret-looking keys such as *PASSWORD*, *TOKEN*, *KEY* and \
-                 passwords inside URLs are replaced by [REDACTED]), labels, state (status, pid, exit code, \
-                 health), restart policy and count, mounts, networks with addresses, published ports, \
-                 privileges, capabilities and resource limits.",
+                     entrypoint, environment (values of secret-looking keys such as *PASSWORD*, *TOKEN*, *KEY* and \
+                     passwords inside URLs are replaced by [REDACTED]), labels, state (status, pid, exit code, \
+                     health), restart policy and count, mounts, networks with addresses, published ports, \
+                     privileges, capabilities and resource limits.",
                     docker_only!()
                 ),
                 scope(Level::Read),
@@ -453,11 +453,11 @@ impl ContainersTool {
                 "Container logs",
                 concat!(
                     "The last `lines` lines (1-10000, default 100) of a container's stdout and stderr, oldest \
-                 first, each with its stream and timestamp; `since` (RFC 3339 or an age like `15m`) limits \
-                 them to recent ones; `grep` keeps the lines containing a text (or matching a regular \
-                 expression with `regex: true`). The newest lines are kept within `max_bytes` (default 65536, \
-                 at most 1 MiB and the target's output cap); `truncated` states the cap and the bytes left \
-                 out, `lines_read`/`lines_matched`/`truncated_lines` the counts.",
+                     first, each with its stream and timestamp; `since` (RFC 3339 or an age like `15m`) limits \
+                     them to recent ones; `grep` keeps the lines containing a text (or matching a regular \
+                     expression with `regex: true`). The newest lines are kept within `max_bytes` (default 65536, \
+                     at most 1 MiB and the target's output cap); `truncated` states the cap and the bytes left \
+                     out, `lines_read`/`lines_matched`/`truncated_lines` the counts.",
                     docker_only!()
                 ),
                 scope(Level::Read),
@@ -471,8 +471,8 @@ impl ContainersTool {
                 "Container resource use",
                 concat!(
                     "One sample of a running container's resource use (takes about a second): CPU percent of \
-                 one CPU (can exceed 100 with several), memory in use without page cache, its limit and \
-                 percent, network rx/tx bytes summed over interfaces, block read/write bytes, pids.",
+                     one CPU (can exceed 100 with several), memory in use without page cache, its limit and \
+                     percent, network rx/tx bytes summed over interfaces, block read/write bytes, pids.",
                     docker_only!()
                 ),
                 scope(Level::Read),
@@ -560,9 +560,9 @@ impl ContainersTool {
                 "Remove a container",
                 concat!(
                     "Removes a container for good (its writable layer is lost). A running container is refused \
-                 unless `force` (then it is killed first). `volumes: true` also removes its anonymous \
-                 volumes; named volumes are always kept. Returns the plan (`DELETE /containers/NAME…`) and \
-                 which volumes went and stayed; `dry_run: true` only checks the container exists.",
+                     unless `force` (then it is killed first). `volumes: true` also removes its anonymous \
+                     volumes; named volumes are always kept. Returns the plan (`DELETE /containers/NAME…`) and \
+                     which volumes went and stayed; `dry_run: true` only checks the container exists.",
                     docker_only!()
                 ),
                 scope(Level::Admin),
@@ -576,9 +576,9 @@ impl ContainersTool {
                 "List images",
                 concat!(
                     "Images on the engine, newest first: id (sha256: + 12 hex digits), repository:tag names \
-                 (none for a dangling image), digests, creation time, size, and the number of containers using \
-                 it when the engine counts them. `name` keeps images with a name containing that text; at most \
-                 `limit` (1-500, default 100).",
+                     (none for a dangling image), digests, creation time, size, and the number of containers using \
+                     it when the engine counts them. `name` keeps images with a name containing that text; at most \
+                     `limit` (1-500, default 100).",
                     docker_only!()
                 ),
                 scope(Level::Read),
@@ -592,9 +592,9 @@ impl ContainersTool {
                 "Pull an image",
                 concat!(
                     "Pulls an image reference from its registry (anonymously: private registries that need a \
-                 login are not supported) within the target's operation timeout, and reports the image id \
-                 before and after and whether it changed. Running containers are not touched (see \
-                 `containers_update`). The plan is `POST /images/create?fromImage=NAME&tag=TAG`.",
+                     login are not supported) within the target's operation timeout, and reports the image id \
+                     before and after and whether it changed. Running containers are not touched (see \
+                     `containers_update`). The plan is `POST /images/create?fromImage=NAME&tag=TAG`.",
                     docker_only!()
                 ),
                 scope(Level::Control),
@@ -608,14 +608,14 @@ impl ContainersTool {
                 "Update a container's image",
                 concat!(
                     "Pulls the container's image reference (unless `pull: false`) and, when it now names a \
-                 different image, recreates the container with the same configuration: stop, rename the old \
-                 one aside, create a new one under the same name (environment, command, mounts, ports, \
-                 restart policy, labels, networks; values the old image supplied are left to the new image; \
-                 anonymous volumes are re-mounted so their data stays), start it if the old one ran, remove \
-                 the old one. Anything written inside the old container's own filesystem is lost. A failure \
-                 after the rename puts the old container back. Containers started with `--rm` are refused; Compose-managed ones keep their labels but are \
-                 better updated through their stack. Reports old and new image and container ids; \
-                 `dry_run: true` inspects and returns the full plan of API calls without changing anything.",
+                     different image, recreates the container with the same configuration: stop, rename the old \
+                     one aside, create a new one under the same name (environment, command, mounts, ports, \
+                     restart policy, labels, networks; values the old image supplied are left to the new image; \
+                     anonymous volumes are re-mounted so their data stays), start it if the old one ran, remove \
+                     the old one. Anything written inside the old container's own filesystem is lost. A failure \
+                     after the rename puts the old container back. Containers started with `--rm` are refused; Compose-managed ones keep their labels but are \
+                     better updated through their stack. Reports old and new image and container ids; \
+                     `dry_run: true` inspects and returns the full plan of API calls without changing anything.",
                     docker_only!()
                 ),
                 scope(Level::Admin),
@@ -629,7 +629,7 @@ impl ContainersTool {
                 "List networks",
                 concat!(
                     "Networks on the engine, by name: short id, driver, scope, internal/attachable, IPAM subnets \
-                 and gateways, creation time, labels. At most `limit` (1-500, default 100).",
+                     and gateways, creation time, labels. At most `limit` (1-500, default 100).",
                     docker_only!()
                 ),
                 scope(Level::Read),
@@ -643,8 +643,8 @@ impl ContainersTool {
                 "List volumes",
                 concat!(
                     "Volumes on the engine, by name: driver, mountpoint on the engine's host, creation time, \
-                 scope, labels, and the containers (running or not) that mount each one (`used_by` empty = \
-                 unused). At most `limit` (1-500, default 100).",
+                     scope, labels, and the containers (running or not) that mount each one (`used_by` empty = \
+                     unused). At most `limit` (1-500, default 100).",
                     docker_only!()
                 ),
                 scope(Level::Read),
