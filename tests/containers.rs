@@ -995,3 +995,80 @@ async fn containers_update_puts_the_old_container_back_when_the_new_one_cannot_b
         let _ = docker(&host, &["rmi", "-f", t]);
     }
 }
+
+/// The official MCP Python SDK checks every result against the tool's output schema: one call
+/// of each tool (changing ones as dry runs) must pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_results_match_their_output_schemas_in_the_python_sdk() {
+    let python = match crate::support::pyclient::python_mcp() {
+        Ok(p) => p,
+        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    };
+    let Some(w) = world().await else { return };
+    let n = name("sdk");
+    let _c = run(&w.host, &n, &["-e", "API_TOKEN=s3cr3t"], SLEEPER);
+    let t = "engine";
+    let calls = [
+        ("containers_list", json!({"target": t, "all": true, "limit": 2})),
+        ("containers_inspect", json!({"target": t, "container": n})),
+        (
+            "containers_logs",
+            json!({"target": t, "container": n, "max_bytes": 20, "grep": "line", "since": "1h"}),
+        ),
+        ("containers_stats", json!({"target": t, "container": n})),
+        (
+            "containers_start",
+            json!({"target": t, "container": n, "dry_run": true}),
+        ),
+        (
+            "containers_stop",
+            json!({"target": t, "container": n, "dry_run": true, "timeout_secs": 1}),
+        ),
+        (
+            "containers_restart",
+            json!({"target": t, "container": n, "dry_run": true}),
+        ),
+        (
+            "containers_pause",
+            json!({"target": t, "container": n, "dry_run": true}),
+        ),
+        (
+            "containers_unpause",
+            json!({"target": t, "container": n, "dry_run": true}),
+        ),
+        (
+            "containers_remove",
+            json!({"target": t, "container": n, "dry_run": true, "force": true}),
+        ),
+        (
+            "containers_update",
+            json!({"target": t, "container": n, "dry_run": true}),
+        ),
+        (
+            "containers_image_pull",
+            json!({"target": t, "image": IMAGE, "dry_run": true}),
+        ),
+        ("containers_images", json!({"target": t, "limit": 3})),
+        ("containers_networks", json!({"target": t})),
+        ("containers_volumes", json!({"target": t})),
+        ("containers_list", json!({"targets": [t], "format": "toon"})),
+    ];
+    let actions: Vec<Value> = calls
+        .iter()
+        .map(|(tool, args)| json!({"call": tool, "args": args}))
+        .collect();
+    let url = format!("http://{SERVER_IP}:{PORT}/mcp");
+    let (lines, stdout) = crate::support::pyclient::run_actions(&w.net, &python, &url, &json!(actions)).await;
+    assert_eq!(lines.len(), calls.len() + 1, "{stdout}");
+    for ((tool, _), line) in calls.iter().zip(&lines[1..]) {
+        assert_eq!(line["tool"], *tool, "{stdout}");
+        assert_eq!(line["isError"], false, "{tool}: {line}");
+        assert!(line["structuredContent"].is_object(), "{tool}: {line}");
+    }
+    assert!(!stdout.contains("s3cr3t"), "a secret env value reached the client");
+    assert_eq!(
+        engine_says(&w.host, "{{.State.Status}}", &n),
+        "running",
+        "dry runs only"
+    );
+}
