@@ -820,6 +820,7 @@ async fn containers_update_pulls_and_recreates_with_the_same_configuration() {
         .await;
     assert_eq!(plan_details(&d).len(), 1);
     assert_eq!(d["image_id_after"], Value::Null);
+    assert_eq!(d["image_id_before"], v2, "the dry run reads the current id");
     let msg = w
         .err("containers_image_pull", json!({"image": "127.0.0.1:1/tops/none:1"}))
         .await;

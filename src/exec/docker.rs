@@ -975,6 +975,15 @@ impl Docker {
         .await
     }
 
+    /// The id (`sha256:…`) `image` names on the engine now; `None` when it has no such image.
+    pub async fn image_id_of(&self, image: &ImageRef) -> Result<Option<String>, ExecError> {
+        self.bounded(async {
+            let client = self.client().await?;
+            self.image_id(client, &image.reference()).await
+        })
+        .await
+    }
+
     /// Networks, sorted by name.
     pub async fn networks(&self) -> Result<Vec<NetworkInfo>, ExecError> {
         self.bounded(async {

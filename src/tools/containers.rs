@@ -204,7 +204,7 @@ pub struct PullArgs {
     pub target: Option<String>,
     /// Image reference: `[registry[:port]/]name[:tag|@sha256:digest]`; no tag means `latest`.
     pub image: String,
-    /// Return the plan without doing anything.
+    /// Return the plan (and the image id the reference names now) without pulling.
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -1049,7 +1049,7 @@ async fn pull(ctx: &ToolContext, tool: &str, args: PullArgs) -> Result<ToolOutpu
             dry_run: true,
             plan,
             image: image.reference(),
-            image_id_before: None,
+            image_id_before: d.image_id_of(&image).await.map_err(exec_err)?,
             image_id_after: None,
             changed: None,
             status: None,
