@@ -344,9 +344,10 @@ targets = ["local"]
 # # trust_on_first_use = false  # only if set: accept an unknown key once and append it to known_hosts
 # sudo = "none"                 # or { allow = ["systemctl"] }: programs run under `sudo -n`
 #
-# [[target]]
-# id = "docker-nas"
-# kind = "docker"
+# [[target]]                  # the containers_* tools run on docker targets only; for this host's
+# id = "docker-nas"             # engine use endpoint unix:///var/run/docker.sock (install.sh --docker).
+# kind = "docker"               # Image pulls and updates must finish within timeout_secs: raise it
+#                               # (e.g. 300) for large images.
 # [target.docker]
 # endpoint = "tcp://nas.tail1234.ts.net:2376"   # or "unix:///var/run/docker.sock" (default)
 # tls_ca = "/etc/tailopsmcp/docker/ca.pem"       # tcp:// needs TLS: CA, client cert and key

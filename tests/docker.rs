@@ -87,6 +87,7 @@ fn query(tail: usize) -> LogQuery {
         tail,
         since: None,
         grep: None,
+        regex: false,
         max_bytes: 1 << 20,
     }
 }

@@ -3,6 +3,7 @@
 mod audit;
 mod audit_chain;
 mod catalog;
+mod containers;
 mod deploy;
 mod docker;
 mod foundation;

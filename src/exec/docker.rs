@@ -273,6 +273,10 @@ pub struct LogQuery {
     /// Keep only the lines (of those read) that contain this text (case-sensitive).
     #[serde(default)]
     pub grep: Option<String>,
+    /// Treat `grep` as a regular expression (Rust `regex` syntax: linear time, no
+    /// backreferences) instead of plain text.
+    #[serde(default)]
+    pub regex: bool,
     /// Most bytes of line text to return (default 64 KiB; the target's output cap applies too);
     /// the oldest lines are dropped first.
     #[serde(default = "default_max_bytes")]
@@ -285,6 +289,7 @@ impl Default for LogQuery {
             tail: default_tail(),
             since: None,
             grep: None,
+            regex: false,
             max_bytes: default_max_bytes(),
         }
     }
@@ -462,7 +467,7 @@ impl Docker {
     /// newest kept within `min(q.max_bytes, limits.max_output)` bytes.
     pub async fn logs(&self, id: &str, q: LogQuery) -> Result<Logs, ExecError> {
         validate_ref(id)?;
-        let since = validate_log_query(&q)?;
+        let (since, matcher) = validate_log_query(&q)?;
         let cap = q.max_bytes.min(self.inner.limits.max_output);
         self.bounded(async {
             let client = self.client().await?;
@@ -480,7 +485,7 @@ impl Docker {
                 builder = builder.since(since);
             }
             let mut stream = client.logs(&full_id, Some(builder.build()));
-            let mut collector = LogCollector::new(q.grep.clone(), cap);
+            let mut collector = LogCollector::new(matcher, cap);
             while let Some(frame) = stream.next().await {
                 let frame = frame.map_err(|e| self.map_err(e, Some(id)))?;
                 let (kind, bytes) = match frame {
@@ -529,6 +534,1043 @@ impl Docker {
     pub fn target_id(&self) -> &str {
         &self.inner.target_id
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Remove, images (list, pull), recreate from a newer image, networks and volumes.
+
+/// One engine API call as a plan shows it, e.g. `POST /containers/web/restart`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct ApiCall {
+    /// `GET`, `POST` or `DELETE`.
+    pub method: String,
+    /// Path and query, without the API version prefix.
+    pub path: String,
+}
+
+impl ApiCall {
+    fn new(method: &str, path: String) -> ApiCall {
+        ApiCall {
+            method: method.to_string(),
+            path,
+        }
+    }
+}
+
+impl std::fmt::Display for ApiCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
+}
+
+/// A state change of one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerAction {
+    Start,
+    Stop,
+    Restart,
+    Pause,
+    Unpause,
+}
+
+impl ContainerAction {
+    pub fn verb(self) -> &'static str {
+        match self {
+            ContainerAction::Start => "start",
+            ContainerAction::Stop => "stop",
+            ContainerAction::Restart => "restart",
+            ContainerAction::Pause => "pause",
+            ContainerAction::Unpause => "unpause",
+        }
+    }
+}
+
+/// The API call `action` makes on `container` (a name or id as given); `timeout_secs` applies to
+/// stop and restart.
+pub fn action_call(action: ContainerAction, container: &str, timeout_secs: Option<i64>) -> ApiCall {
+    let mut path = format!("/containers/{container}/{}", action.verb());
+    if let (ContainerAction::Stop | ContainerAction::Restart, Some(t)) = (action, timeout_secs) {
+        path.push_str(&format!("?t={t}"));
+    }
+    ApiCall::new("POST", path)
+}
+
+/// The API call that removes `container`.
+pub fn remove_call(container: &str, force: bool, volumes: bool) -> ApiCall {
+    let query: Vec<&str> = [(force, "force=true"), (volumes, "v=true")]
+        .into_iter()
+        .filter_map(|(on, q)| on.then_some(q))
+        .collect();
+    let mut path = format!("/containers/{container}");
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query.join("&"));
+    }
+    ApiCall::new("DELETE", path)
+}
+
+/// The API call that pulls `image`.
+pub fn pull_call(image: &ImageRef) -> ApiCall {
+    ApiCall::new(
+        "POST",
+        format!("/images/create?fromImage={}&tag={}", image.name, image.tag),
+    )
+}
+
+/// Longest image reference accepted.
+pub const MAX_IMAGE_REF_LEN: usize = 255;
+
+/// A validated image reference: `[registry[:port]/]path[:tag|@digest]`. A reference without a
+/// tag or digest means `:latest` (the engine would otherwise pull every tag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// Repository name with its registry, e.g. `nginx`, `ghcr.io/org/app`, `127.0.0.1:5000/x`.
+    pub name: String,
+    /// The tag, or the digest (`sha256:…`) when `digest`.
+    pub tag: String,
+    pub digest: bool,
+}
+
+impl ImageRef {
+    /// Parses and validates `s` (Docker's reference grammar; lowercase path components).
+    pub fn parse(s: &str) -> Result<ImageRef, ExecError> {
+        let bad = |why: &str| {
+            let shown: String = s.chars().take(64).collect();
+            let more = if s.chars().count() > 64 { "…" } else { "" };
+            ExecError::Refused(format!(
+                "invalid image reference {shown:?}{more}: {why} (expected [registry[:port]/]name[:tag|@sha256:digest])"
+            ))
+        };
+        if s.is_empty() || s.len() > MAX_IMAGE_REF_LEN {
+            return Err(bad(&format!("must be 1 to {MAX_IMAGE_REF_LEN} characters")));
+        }
+        let (rest, digest) = match s.split_once('@') {
+            Some((r, d)) => (r, Some(d)),
+            None => (s, None),
+        };
+        let (name, tag) = match digest {
+            Some(d) => {
+                let (algo, hex) = d.split_once(':').ok_or_else(|| bad("digest must be ALGORITHM:HEX"))?;
+                let algo_ok = !algo.is_empty() && algo.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+                let hex_ok = hex.len() >= 32 && hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'));
+                if !algo_ok || !hex_ok {
+                    return Err(bad("digest must be ALGORITHM:HEX (at least 32 lowercase hex digits)"));
+                }
+                // `name:tag@digest` pins the digest; the tag is informational.
+                let name = match rest.rfind(':') {
+                    Some(i) if !rest[i..].contains('/') => &rest[..i],
+                    _ => rest,
+                };
+                (name, d.to_string())
+            }
+            None => match rest.rfind(':') {
+                Some(i) if !rest[i..].contains('/') => {
+                    let tag = &rest[i + 1..];
+                    let mut chars = tag.chars();
+                    let ok = tag.len() <= 128
+                        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+                    if !ok {
+                        return Err(bad(
+                            "a tag is 1 to 128 of letters, digits, `_`, `.`, `-`, not starting with `.` or `-`",
+                        ));
+                    }
+                    (&rest[..i], tag.to_string())
+                }
+                _ => (rest, "latest".to_string()),
+            },
+        };
+        let mut parts: Vec<&str> = name.split('/').collect();
+        if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
+            if !valid_registry(parts[0]) {
+                return Err(bad("invalid registry host"));
+            }
+            parts.remove(0);
+        }
+        if parts.iter().any(|p| !valid_path_component(p)) {
+            return Err(bad(
+                "each path component is lowercase letters and digits, separated by `.`, `_`, `__` or dashes",
+            ));
+        }
+        Ok(ImageRef {
+            name: name.to_string(),
+            tag,
+            digest: digest.is_some(),
+        })
+    }
+
+    /// `name:tag` or `name@digest`.
+    pub fn reference(&self) -> String {
+        if self.digest {
+            format!("{}@{}", self.name, self.tag)
+        } else {
+            format!("{}:{}", self.name, self.tag)
+        }
+    }
+}
+
+/// `host[:port]`: DNS labels of letters, digits and inner `-`, separated by dots.
+fn valid_registry(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()));
+    let host_ok = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    port_ok && host_ok
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+fn valid_path_component(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() {
+        return false;
+    }
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let mut i = 0;
+    loop {
+        let start = i;
+        while i < bytes.len() && alnum(bytes[i]) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+        if i == bytes.len() {
+            return true;
+        }
+        let sep_start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let sep = &s[sep_start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-')) {
+            return false;
+        }
+    }
+}
+
+/// A container that was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct RemoveResult {
+    /// Short id (12 hex digits).
+    pub id: String,
+    pub name: String,
+    /// Status before removal.
+    pub state_before: String,
+    /// Volumes the container used that no longer exist afterwards (anonymous volumes, with `volumes`).
+    pub volumes_removed: Vec<String>,
+    /// Volumes the container used that are still there (named volumes are never removed).
+    pub volumes_kept: Vec<String>,
+}
+
+/// One local image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct ImageInfo {
+    /// Image id, `sha256:` and the first 12 hex digits.
+    pub id: String,
+    /// `repository:tag` names (empty for a dangling image).
+    pub tags: Vec<String>,
+    /// `repository@sha256:…` digests from the registries it was pulled from.
+    pub digests: Vec<String>,
+    /// Creation time of the image (RFC 3339 UTC).
+    pub created: Option<String>,
+    pub size_bytes: u64,
+    /// Containers using it, when the engine counted them.
+    pub containers: Option<u64>,
+}
+
+/// The outcome of a pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct PullResult {
+    /// The reference pulled (`name:tag` or `name@digest`).
+    pub image: String,
+    /// The image id the reference named here before the pull (`None`: not present).
+    pub image_id_before: Option<String>,
+    pub image_id_after: String,
+    /// Whether the reference now names a different image.
+    pub changed: bool,
+    /// The engine's last status line, e.g. `Status: Image is up to date for …`.
+    pub status: Option<String>,
+}
+
+/// One network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct NetworkInfo {
+    /// Short id (12 hex digits).
+    pub id: String,
+    pub name: String,
+    /// `bridge`, `host`, `null`, `overlay`, `macvlan`, …
+    pub driver: Option<String>,
+    /// `local` or `swarm`.
+    pub scope: Option<String>,
+    pub internal: bool,
+    pub attachable: bool,
+    /// IPAM subnets (CIDR).
+    pub subnets: Vec<String>,
+    pub gateways: Vec<String>,
+    pub created: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub driver: String,
+    /// Where its data lives on the engine's host.
+    pub mountpoint: String,
+    pub created: Option<String>,
+    /// `local` or `global`.
+    pub scope: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Names of the containers (running or not) that mount it; empty = unused.
+    pub used_by: Vec<String>,
+}
+
+/// How [`Docker::update`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateOptions {
+    /// Pull the image reference first (otherwise use what the reference names locally now).
+    pub pull: bool,
+    /// Seconds the old container gets to stop (its own or the engine's default when `None`).
+    pub stop_timeout_secs: Option<i64>,
+    /// Inspect only; return the plan without changing anything.
+    pub dry_run: bool,
+}
+
+/// What [`Docker::update`] did (or would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct UpdateReport {
+    pub name: String,
+    /// The image reference the container was created from (and is recreated from).
+    pub image: String,
+    /// Short id of the container before.
+    pub old_container_id: String,
+    /// Short id of the new container (`None`: not recreated).
+    pub new_container_id: Option<String>,
+    /// Image id the container ran.
+    pub old_image_id: String,
+    /// Image id the reference names after the pull (`None` in a dry run).
+    pub new_image_id: Option<String>,
+    /// Whether the reference already named the container's image (`None` in a dry run).
+    pub up_to_date: Option<bool>,
+    pub recreated: bool,
+    pub state_before: String,
+    pub state_after: Option<String>,
+    /// The API calls, in order: the ones made, or in a dry run the ones that would be made
+    /// (those after the image inspection only when the image id changed).
+    pub plan: Vec<ApiCall>,
+}
+
+impl Docker {
+    /// Removes a container; `force` kills a running one first, `volumes` also removes its
+    /// anonymous volumes (named volumes are kept).
+    pub async fn remove(&self, id: &str, force: bool, volumes: bool) -> Result<RemoveResult, ExecError> {
+        validate_ref(id)?;
+        self.bounded(async {
+            let client = self.client().await?;
+            let info = client
+                .inspect_container(id, None)
+                .await
+                .map_err(|e| self.map_err(e, Some(id)))?;
+            let (full_id, name) = id_and_name(&info);
+            let state_before = state_status(&info);
+            let volume_names: Vec<String> = info
+                .mounts
+                .iter()
+                .flatten()
+                .filter(|m| m.typ.as_deref() == Some("volume"))
+                .filter_map(|m| nonempty(m.name.clone()))
+                .collect();
+            let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                .force(force)
+                .v(volumes)
+                .build();
+            client
+                .remove_container(&full_id, Some(options))
+                .await
+                .map_err(|e| self.map_err(e, Some(id)))?;
+            let (mut removed, mut kept) = (Vec::new(), Vec::new());
+            for v in volume_names {
+                match client.inspect_volume(&v).await {
+                    Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => removed.push(v),
+                    _ => kept.push(v),
+                }
+            }
+            Ok(RemoveResult {
+                id: short_id(&full_id),
+                name,
+                state_before,
+                volumes_removed: removed,
+                volumes_kept: kept,
+            })
+        })
+        .await
+    }
+
+    /// Local images, newest first.
+    pub async fn images(&self) -> Result<Vec<ImageInfo>, ExecError> {
+        self.bounded(async {
+            let client = self.client().await?;
+            let options = bollard::query_parameters::ListImagesOptionsBuilder::new().build();
+            let raw = client
+                .list_images(Some(options))
+                .await
+                .map_err(|e| self.map_err(e, None))?;
+            let mut out: Vec<(i64, ImageInfo)> = raw
+                .into_iter()
+                .map(|i| {
+                    let mut tags: Vec<String> = i.repo_tags.into_iter().filter(|t| t != "<none>:<none>").collect();
+                    tags.sort();
+                    let mut digests: Vec<String> =
+                        i.repo_digests.into_iter().filter(|d| d != "<none>@<none>").collect();
+                    digests.sort();
+                    let info = ImageInfo {
+                        id: short_image_id(&i.id),
+                        tags,
+                        digests,
+                        created: chrono::DateTime::from_timestamp(i.created, 0)
+                            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                        size_bytes: u64::try_from(i.size).unwrap_or(0),
+                        containers: u64::try_from(i.containers).ok(),
+                    };
+                    (i.created, info)
+                })
+                .collect();
+            out.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.tags.cmp(&b.1.tags)));
+            Ok(out.into_iter().map(|(_, i)| i).collect())
+        })
+        .await
+    }
+
+    /// Pulls `image` from its registry (anonymously: no registry credentials are sent).
+    pub async fn pull(&self, image: &ImageRef) -> Result<PullResult, ExecError> {
+        self.bounded(async {
+            let client = self.client().await?;
+            let reference = image.reference();
+            let before = self.image_id(client, &reference).await?;
+            let status = self.pull_stream(client, image).await?;
+            let after = self.image_id(client, &reference).await?.ok_or_else(|| {
+                ExecError::Failed(format!(
+                    "the engine reported the pull of `{reference}` done but has no such image"
+                ))
+            })?;
+            Ok(PullResult {
+                image: reference,
+                changed: before.as_deref() != Some(after.as_str()),
+                image_id_before: before,
+                image_id_after: after,
+                status,
+            })
+        })
+        .await
+    }
+
+    /// The id (`sha256:…`) `image` names on the engine now; `None` when it has no such image.
+    pub async fn image_id_of(&self, image: &ImageRef) -> Result<Option<String>, ExecError> {
+        self.bounded(async {
+            let client = self.client().await?;
+            self.image_id(client, &image.reference()).await
+        })
+        .await
+    }
+
+    /// Networks, sorted by name.
+    pub async fn networks(&self) -> Result<Vec<NetworkInfo>, ExecError> {
+        self.bounded(async {
+            let client = self.client().await?;
+            let raw = client.list_networks(None).await.map_err(|e| self.map_err(e, None))?;
+            let mut out: Vec<NetworkInfo> = raw
+                .into_iter()
+                .map(|n| {
+                    let configs = n.ipam.and_then(|i| i.config).unwrap_or_default();
+                    NetworkInfo {
+                        id: short_id(n.id.as_deref().unwrap_or_default()),
+                        name: n.name.unwrap_or_default(),
+                        driver: nonempty(n.driver),
+                        scope: nonempty(n.scope),
+                        internal: n.internal.unwrap_or(false),
+                        attachable: n.attachable.unwrap_or(false),
+                        subnets: configs.iter().filter_map(|c| nonempty(c.subnet.clone())).collect(),
+                        gateways: configs.iter().filter_map(|c| nonempty(c.gateway.clone())).collect(),
+                        created: n.created.map(|t| t.to_string()),
+                        labels: n.labels.unwrap_or_default().into_iter().collect(),
+                    }
+                })
+                .collect();
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Volumes, sorted by name, each with the containers that mount it.
+    pub async fn volumes(&self) -> Result<Vec<VolumeInfo>, ExecError> {
+        self.bounded(async {
+            let client = self.client().await?;
+            let raw = client
+                .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+                .await
+                .map_err(|e| self.map_err(e, None))?;
+            let options = ListContainersOptionsBuilder::new().all(true).build();
+            let containers = client
+                .list_containers(Some(options))
+                .await
+                .map_err(|e| self.map_err(e, None))?;
+            let mut users: HashMap<String, Vec<String>> = HashMap::new();
+            for c in containers {
+                let name = summary_from(c.clone()).name;
+                for m in c.mounts.unwrap_or_default() {
+                    if let Some(v) = nonempty(m.name) {
+                        users.entry(v).or_default().push(name.clone());
+                    }
+                }
+            }
+            let mut out: Vec<VolumeInfo> = raw
+                .volumes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| {
+                    let mut used_by = users.remove(&v.name).unwrap_or_default();
+                    used_by.sort();
+                    used_by.dedup();
+                    VolumeInfo {
+                        driver: v.driver,
+                        mountpoint: v.mountpoint,
+                        created: v.created_at.map(|t| t.to_string()),
+                        scope: v.scope.map(|s| s.to_string()).filter(|s| !s.is_empty()),
+                        labels: v.labels.into_iter().collect(),
+                        used_by,
+                        name: v.name,
+                    }
+                })
+                .collect();
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Recreates a container from a newer image: pull its image reference (unless `!pull`),
+    /// and when the reference now names another image, stop the container, rename it out of
+    /// the way, create a new one under its name with the same configuration (values the old
+    /// image supplied are left to the new image), connect its other networks, start it if the
+    /// old one ran, and remove the old one (its volumes stay, anonymous ones are mounted into
+    /// the new container). A failure after the rename puts the old container back.
+    pub async fn update(&self, id: &str, options: UpdateOptions) -> Result<UpdateReport, ExecError> {
+        validate_ref(id)?;
+        let stop_t = self.stop_timeout(options.stop_timeout_secs)?;
+        let client = self.bounded(self.client()).await?;
+        let info = self
+            .bounded(async {
+                client
+                    .inspect_container(id, None)
+                    .await
+                    .map_err(|e| self.map_err(e, Some(id)))
+            })
+            .await?;
+        let (full_id, name) = id_and_name(&info);
+        let state_before = state_status(&info);
+        let running = matches!(state_before.as_str(), "running" | "paused" | "restarting");
+        let old_image_id = info.image.clone().unwrap_or_default();
+        let reference = info.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default();
+        let image = ImageRef::parse(&reference).map_err(|_| {
+            ExecError::Failed(format!(
+                "container `{name}` was created from `{reference}`, not from an image reference with a tag: \
+                 there is nothing to update it from"
+            ))
+        })?;
+        if reference.starts_with("sha256:")
+            || image.name.len() == 64 && image.name.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(ExecError::Failed(format!(
+                "container `{name}` was created from an image id, not a tag: there is nothing to update it from"
+            )));
+        }
+        if info.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true) {
+            return Err(ExecError::Failed(format!(
+                "container `{name}` was started with --rm: stopping it would remove it before it could be \
+                 recreated; recreate it with its new image yourself"
+            )));
+        }
+        let (_, extra_networks) = networking_for_create(&info);
+        let old_name = old_name_for(&name, &full_id);
+        let plan = update_plan(&UpdatePlanInput {
+            container: &name,
+            old_name: &old_name,
+            image: &image,
+            pull: options.pull,
+            running,
+            stop_t,
+            extra_networks: &extra_networks,
+        });
+        let mut report = UpdateReport {
+            name: name.clone(),
+            image: reference.clone(),
+            old_container_id: short_id(&full_id),
+            new_container_id: None,
+            old_image_id: old_image_id.clone(),
+            new_image_id: None,
+            up_to_date: None,
+            recreated: false,
+            state_before: state_before.clone(),
+            state_after: None,
+            plan,
+        };
+        if options.dry_run {
+            return Ok(report);
+        }
+        if options.pull {
+            self.bounded(self.pull_stream(client, &image)).await?;
+        }
+        let new_image_id = self
+            .bounded(self.image_id(client, &reference))
+            .await?
+            .ok_or_else(|| ExecError::Failed(format!("no image `{reference}` on the engine (pull: false?)")))?;
+        report.new_image_id = Some(new_image_id.clone());
+        if new_image_id == old_image_id {
+            // Only the read-only calls ran.
+            let keep = if options.pull { 3 } else { 2 };
+            report.plan.truncate(keep);
+            report.up_to_date = Some(true);
+            report.state_after = Some(state_before);
+            return Ok(report);
+        }
+        report.up_to_date = Some(false);
+        let old_image_config = self
+            .bounded(async { Ok(client.inspect_image(&old_image_id).await.ok().and_then(|i| i.config)) })
+            .await?;
+        let body = recreate_body(&info, old_image_config.as_ref());
+        let new_id = self
+            .recreate(client, &info, body, &extra_networks, &old_name, running, stop_t)
+            .await?;
+        let after = self
+            .bounded(async {
+                client
+                    .inspect_container(&new_id, None)
+                    .await
+                    .map_err(|e| self.map_err(e, Some(&name)))
+            })
+            .await?;
+        report.new_container_id = Some(short_id(&new_id));
+        report.recreated = true;
+        report.state_after = Some(state_status(&after));
+        Ok(report)
+    }
+
+    /// The stop → rename → create → connect → start → remove sequence, with the old container
+    /// put back when a step after the rename fails. Returns the new container's full id.
+    #[allow(clippy::too_many_arguments)]
+    async fn recreate(
+        &self,
+        client: &bollard::Docker,
+        info: &bollard::models::ContainerInspectResponse,
+        body: bollard::models::ContainerCreateBody,
+        extra_networks: &[(String, bollard::models::EndpointSettings)],
+        old_name: &str,
+        running: bool,
+        stop_t: Option<i32>,
+    ) -> Result<String, ExecError> {
+        let (full_id, name) = id_and_name(info);
+        let map = |e| self.map_err(e, Some(&name));
+        if running {
+            let mut o = StopContainerOptionsBuilder::new();
+            if let Some(t) = stop_t {
+                o = o.t(t);
+            }
+            self.bounded(async { client.stop_container(&full_id, Some(o.build())).await.map_err(map) })
+                .await?;
+        }
+        let rename = |to: String| {
+            let full_id = full_id.clone();
+            async move {
+                let o = bollard::query_parameters::RenameContainerOptionsBuilder::new()
+                    .name(&to)
+                    .build();
+                self.bounded(async { client.rename_container(&full_id, o).await.map_err(map) })
+                    .await
+            }
+        };
+        if let Err(e) = rename(old_name.to_string()).await {
+            let how = if !running {
+                "the old container is unchanged".to_string()
+            } else {
+                match self
+                    .bounded(async { client.start_container(&full_id, None).await.map_err(map) })
+                    .await
+                {
+                    Ok(()) => "the old container was started again".to_string(),
+                    Err(e) => format!("starting the old container again failed: {e}"),
+                }
+            };
+            return Err(ExecError::Failed(format!("recreating `{name}` failed: {e}; {how}")));
+        }
+        let created = async {
+            let o = bollard::query_parameters::CreateContainerOptionsBuilder::new()
+                .name(&name)
+                .build();
+            let new = self
+                .bounded(async { client.create_container(Some(o), body).await.map_err(map) })
+                .await?;
+            Ok::<String, ExecError>(new.id)
+        }
+        .await;
+        let new_id = match created {
+            Ok(id) => id,
+            Err(e) => return Err(self.roll_back(client, &full_id, &name, None, running, e).await),
+        };
+        let rest = async {
+            for (network, endpoint) in extra_networks {
+                let req = bollard::models::NetworkConnectRequest {
+                    container: new_id.clone(),
+                    endpoint_config: Some(endpoint.clone()),
+                };
+                self.bounded(async { client.connect_network(network, req).await.map_err(map) })
+                    .await?;
+            }
+            if running {
+                self.bounded(async { client.start_container(&new_id, None).await.map_err(map) })
+                    .await?;
+            }
+            Ok::<(), ExecError>(())
+        }
+        .await;
+        if let Err(e) = rest {
+            return Err(self.roll_back(client, &full_id, &name, Some(&new_id), running, e).await);
+        }
+        let o = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(false)
+            .build();
+        self.bounded(async { client.remove_container(&full_id, Some(o)).await.map_err(map) })
+            .await
+            .map_err(|e| {
+                ExecError::Failed(format!(
+                    "recreated `{name}` ({}), but removing the old container ({}) failed: {e}",
+                    short_id(&new_id),
+                    short_id(&full_id)
+                ))
+            })?;
+        Ok(new_id)
+    }
+
+    /// Undo a failed recreate: remove the new container, give the old one its name back and
+    /// start it if it ran. Returns the error to report (the cause and how the roll-back went).
+    async fn roll_back(
+        &self,
+        client: &bollard::Docker,
+        old_id: &str,
+        name: &str,
+        new_id: Option<&str>,
+        running: bool,
+        cause: ExecError,
+    ) -> ExecError {
+        let mut undo: Vec<String> = Vec::new();
+        if let Some(new_id) = new_id {
+            let o = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                .force(true)
+                .build();
+            if let Err(e) = self
+                .bounded(async {
+                    client
+                        .remove_container(new_id, Some(o))
+                        .await
+                        .map_err(|e| self.map_err(e, None))
+                })
+                .await
+            {
+                undo.push(format!("removing the new container failed: {e}"));
+            }
+        }
+        let o = bollard::query_parameters::RenameContainerOptionsBuilder::new()
+            .name(name)
+            .build();
+        if let Err(e) = self
+            .bounded(async {
+                client
+                    .rename_container(old_id, o)
+                    .await
+                    .map_err(|e| self.map_err(e, None))
+            })
+            .await
+        {
+            undo.push(format!("renaming the old container back failed: {e}"));
+        } else if running
+            && let Err(e) = self
+                .bounded(async {
+                    client
+                        .start_container(old_id, None)
+                        .await
+                        .map_err(|e| self.map_err(e, None))
+                })
+                .await
+        {
+            undo.push(format!("starting the old container again failed: {e}"));
+        }
+        let how = if undo.is_empty() {
+            "the old container was put back".to_string()
+        } else {
+            format!("roll-back incomplete: {}", undo.join("; "))
+        };
+        ExecError::Failed(format!("recreating `{name}` failed: {cause}; {how}"))
+    }
+
+    /// The id (`sha256:…`) `reference` names on the engine, `None` when it has no such image.
+    async fn image_id(&self, client: &bollard::Docker, reference: &str) -> Result<Option<String>, ExecError> {
+        match client.inspect_image(reference).await {
+            Ok(i) => Ok(i.id),
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(e) => Err(self.map_err(e, None)),
+        }
+    }
+
+    /// Runs a pull to its end; returns the last status line. A registry failure is an error
+    /// naming the reference.
+    async fn pull_stream(&self, client: &bollard::Docker, image: &ImageRef) -> Result<Option<String>, ExecError> {
+        let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
+            .from_image(&image.name)
+            .tag(&image.tag)
+            .build();
+        let mut stream = client.create_image(Some(options), None, None);
+        let mut last = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(s) = nonempty(info.status) {
+                        last = Some(s);
+                    }
+                }
+                Err(BollardError::DockerStreamError { error }) => {
+                    return Err(ExecError::Failed(format!(
+                        "pull of `{}` failed: {}",
+                        image.reference(),
+                        error.trim()
+                    )));
+                }
+                Err(BollardError::DockerResponseServerError { message, status_code }) => {
+                    return Err(ExecError::Failed(format!(
+                        "pull of `{}` failed: {} (HTTP {status_code})",
+                        image.reference(),
+                        message.trim()
+                    )));
+                }
+                Err(e) => return Err(self.map_err(e, None)),
+            }
+        }
+        Ok(last)
+    }
+}
+
+/// What [`update_plan`] needs.
+struct UpdatePlanInput<'a> {
+    container: &'a str,
+    old_name: &'a str,
+    image: &'a ImageRef,
+    pull: bool,
+    running: bool,
+    stop_t: Option<i32>,
+    extra_networks: &'a [(String, bollard::models::EndpointSettings)],
+}
+
+fn update_plan(p: &UpdatePlanInput<'_>) -> Vec<ApiCall> {
+    let c = p.container;
+    let mut plan = vec![ApiCall::new("GET", format!("/containers/{c}/json"))];
+    if p.pull {
+        plan.push(pull_call(p.image));
+    }
+    plan.push(ApiCall::new("GET", format!("/images/{}/json", p.image.reference())));
+    if p.running {
+        plan.push(action_call(ContainerAction::Stop, c, p.stop_t.map(i64::from)));
+    }
+    plan.push(ApiCall::new(
+        "POST",
+        format!("/containers/{c}/rename?name={}", p.old_name),
+    ));
+    plan.push(ApiCall::new(
+        "POST",
+        format!(
+            "/containers/create?name={c} (the old configuration, image {})",
+            p.image.reference()
+        ),
+    ));
+    for (network, _) in p.extra_networks {
+        plan.push(ApiCall::new(
+            "POST",
+            format!("/networks/{network}/connect (container {c})"),
+        ));
+    }
+    if p.running {
+        plan.push(action_call(ContainerAction::Start, c, None));
+    }
+    plan.push(remove_call(p.old_name, true, false));
+    plan
+}
+
+/// The name the old container gets while its replacement takes its name.
+fn old_name_for(name: &str, full_id: &str) -> String {
+    let base: String = name.chars().take(200).collect();
+    format!("{base}-old-{}", short_id(full_id))
+}
+
+fn short_image_id(id: &str) -> String {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    format!("sha256:{}", short_id(hex))
+}
+
+/// The create body that gives a new container `info`'s configuration on a new image: values
+/// equal to what the old image supplied (environment entries, labels, command, entrypoint,
+/// working directory, user, volumes, exposed ports, health check, stop signal) are left out so
+/// the new image's own apply; the generated hostname (the short id) is left out; anonymous
+/// volumes are mounted by name at the same place, so their data carries over.
+fn recreate_body(
+    info: &bollard::models::ContainerInspectResponse,
+    image: Option<&bollard::models::ImageConfig>,
+) -> bollard::models::ContainerCreateBody {
+    let config = info.config.clone().unwrap_or_default();
+    let mut host = info.host_config.clone().unwrap_or_default();
+    let (full_id, _) = id_and_name(info);
+    let img = image.cloned().unwrap_or_default();
+
+    let differs = |v: Option<Vec<String>>, base: &Option<Vec<String>>| v.filter(|v| Some(v) != base.as_ref());
+    let env = config.env.map(|env| {
+        let base = img.env.clone().unwrap_or_default();
+        env.into_iter().filter(|e| !base.contains(e)).collect::<Vec<_>>()
+    });
+    let labels = config.labels.map(|labels| {
+        let base = img.labels.clone().unwrap_or_default();
+        labels
+            .into_iter()
+            .filter(|(k, v)| base.get(k) != Some(v))
+            .collect::<HashMap<_, _>>()
+    });
+    let minus = |v: Option<Vec<String>>, base: &Option<Vec<String>>| {
+        v.map(|v| {
+            let base = base.clone().unwrap_or_default();
+            v.into_iter().filter(|x| !base.contains(x)).collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty())
+    };
+    let hostname = config.hostname.filter(|h| !h.is_empty() && *h != short_id(&full_id));
+    let same_str = |v: Option<String>, base: &Option<String>| v.filter(|v| !v.is_empty() && Some(v) != base.as_ref());
+
+    // Anonymous volumes (and volumes the image declared) keep their data: mount them by name.
+    let mut covered: Vec<String> = host
+        .binds
+        .iter()
+        .flatten()
+        .filter_map(|b| b.split(':').nth(1).map(str::to_string))
+        .collect();
+    covered.extend(host.mounts.iter().flatten().filter_map(|m| m.target.clone()));
+    for m in info.mounts.iter().flatten() {
+        if m.typ.as_deref() != Some("volume") {
+            continue;
+        }
+        let (Some(vol), Some(dest)) = (nonempty(m.name.clone()), nonempty(m.destination.clone())) else {
+            continue;
+        };
+        if covered.contains(&dest) {
+            continue;
+        }
+        let ro = if m.rw == Some(false) { ":ro" } else { "" };
+        host.binds
+            .get_or_insert_with(Vec::new)
+            .push(format!("{vol}:{dest}{ro}"));
+        covered.push(dest);
+    }
+    let (networking_config, _) = networking_for_create(info);
+
+    bollard::models::ContainerCreateBody {
+        hostname,
+        domainname: config.domainname.filter(|d| !d.is_empty()),
+        user: same_str(config.user, &img.user),
+        attach_stdin: config.attach_stdin,
+        attach_stdout: config.attach_stdout,
+        attach_stderr: config.attach_stderr,
+        exposed_ports: minus(config.exposed_ports, &img.exposed_ports),
+        tty: config.tty,
+        open_stdin: config.open_stdin,
+        stdin_once: config.stdin_once,
+        env,
+        cmd: differs(config.cmd, &img.cmd),
+        healthcheck: config.healthcheck.filter(|h| Some(h) != img.healthcheck.as_ref()),
+        args_escaped: None,
+        image: config.image,
+        volumes: minus(config.volumes, &img.volumes),
+        working_dir: same_str(config.working_dir, &img.working_dir),
+        entrypoint: differs(config.entrypoint, &img.entrypoint),
+        network_disabled: config.network_disabled,
+        on_build: None,
+        labels,
+        stop_signal: same_str(config.stop_signal, &img.stop_signal),
+        stop_timeout: config.stop_timeout,
+        shell: differs(config.shell, &img.shell),
+        host_config: Some(host),
+        networking_config,
+    }
+}
+
+/// The networks a new container joins: the first at create time (older engines take one), the
+/// rest by `connect` afterwards. None for `host`, `none` and `container:…` modes. Endpoint
+/// settings keep what the user chose (aliases other than the generated short id, static
+/// addresses, links, driver options), not what the engine assigned.
+fn networking_for_create(
+    info: &bollard::models::ContainerInspectResponse,
+) -> (
+    Option<bollard::models::NetworkingConfig>,
+    Vec<(String, bollard::models::EndpointSettings)>,
+) {
+    let mode = info
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
+    if matches!(mode.as_str(), "host" | "none") || mode.starts_with("container:") {
+        return (None, Vec::new());
+    }
+    let (full_id, _) = id_and_name(info);
+    let short = short_id(&full_id);
+    let mut nets: Vec<(String, bollard::models::EndpointSettings)> = info
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(net, ep)| {
+            let aliases: Vec<String> = ep
+                .aliases
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| *a != short)
+                .collect();
+            let chosen = bollard::models::EndpointSettings {
+                ipam_config: ep.ipam_config,
+                links: ep.links.filter(|l| !l.is_empty()),
+                aliases: (!aliases.is_empty()).then_some(aliases),
+                driver_opts: ep.driver_opts,
+                ..Default::default()
+            };
+            (net, chosen)
+        })
+        .collect();
+    // The network the container was created on first, then by name.
+    nets.sort_by(|a, b| (a.0 != mode).cmp(&(b.0 != mode)).then_with(|| a.0.cmp(&b.0)));
+    if nets.is_empty() {
+        return (None, Vec::new());
+    }
+    let first = nets.remove(0);
+    let config = bollard::models::NetworkingConfig {
+        endpoints_config: Some(HashMap::from([first])),
+    };
+    (Some(config), nets)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -926,8 +1968,44 @@ pub fn validate_ref(s: &str) -> Result<(), ExecError> {
     )))
 }
 
-/// Checks a [`LogQuery`]; returns `since` as the engine takes it.
-fn validate_log_query(q: &LogQuery) -> Result<Option<i32>, ExecError> {
+/// Most compiled size of a `grep` regex (the `regex` crate's limit on its program).
+const MAX_REGEX_SIZE: usize = 1 << 20;
+
+/// How log lines are filtered.
+#[derive(Debug, Clone)]
+enum LineMatcher {
+    All,
+    Text(String),
+    Regex(regex::Regex),
+}
+
+impl LineMatcher {
+    fn matches(&self, line: &str) -> bool {
+        match self {
+            LineMatcher::All => true,
+            LineMatcher::Text(t) => line.contains(t.as_str()),
+            LineMatcher::Regex(r) => r.is_match(line),
+        }
+    }
+}
+
+/// Checks a [`LogQuery`]; returns `since` as the engine takes it and the line filter.
+fn validate_log_query(q: &LogQuery) -> Result<(Option<i32>, LineMatcher), ExecError> {
+    let since = validate_log_window(q)?;
+    let matcher = match (&q.grep, q.regex) {
+        (None, true) => return Err(ExecError::Refused("regex: true needs a grep pattern".to_string())),
+        (None, false) => LineMatcher::All,
+        (Some(g), false) => LineMatcher::Text(g.clone()),
+        (Some(g), true) => regex::RegexBuilder::new(g)
+            .size_limit(MAX_REGEX_SIZE)
+            .build()
+            .map(LineMatcher::Regex)
+            .map_err(|e| ExecError::Refused(format!("grep is not a valid regular expression: {e}")))?,
+    };
+    Ok((since, matcher))
+}
+
+fn validate_log_window(q: &LogQuery) -> Result<Option<i32>, ExecError> {
     if q.tail == 0 || q.tail > MAX_TAIL {
         return Err(ExecError::Refused(format!("tail {}: must be 1..={MAX_TAIL}", q.tail)));
     }
@@ -1328,7 +2406,7 @@ fn memory_without_cache(usage: u64, stats: Option<&HashMap<String, u64>>) -> u64
 /// frame, joins frames that continue a line, filters by `grep` and keeps the newest lines within
 /// `cap` bytes of text. Memory stays within about `cap` bytes plus one line per stream.
 struct LogCollector {
-    grep: Option<String>,
+    grep: LineMatcher,
     cap: usize,
     /// A line being assembled per stream: its first frame's timestamp and its bytes so far.
     pending: [Option<(Option<String>, Vec<u8>)>; 3],
@@ -1343,7 +2421,7 @@ struct LogCollector {
 }
 
 impl LogCollector {
-    fn new(grep: Option<String>, cap: usize) -> LogCollector {
+    fn new(grep: LineMatcher, cap: usize) -> LogCollector {
         LogCollector {
             grep,
             cap,
@@ -1389,9 +2467,7 @@ impl LogCollector {
             text.pop();
         }
         self.lines_read += 1;
-        if let Some(grep) = &self.grep
-            && !text.contains(grep.as_str())
-        {
+        if !self.grep.matches(&text) {
             return;
         }
         self.lines_matched += 1;
@@ -1691,7 +2767,8 @@ mod tests {
     }
 
     fn collect(grep: Option<&str>, cap: usize, frames: &[(LogStream, &str)]) -> Logs {
-        let mut c = LogCollector::new(grep.map(str::to_string), cap);
+        let matcher = grep.map_or(LineMatcher::All, |g| LineMatcher::Text(g.to_string()));
+        let mut c = LogCollector::new(matcher, cap);
         for (stream, frame) in frames {
             c.push_frame(*stream, frame.as_bytes());
         }
@@ -1760,10 +2837,31 @@ mod tests {
             tail,
             since,
             grep: grep.map(str::to_string),
+            regex: false,
             max_bytes,
         };
-        assert_eq!(validate_log_query(&q(10, None, None, 100)).unwrap(), None);
-        assert_eq!(validate_log_query(&q(10, Some(5), Some("x"), 100)).unwrap(), Some(5));
+        assert_eq!(validate_log_query(&q(10, None, None, 100)).unwrap().0, None);
+        assert_eq!(validate_log_query(&q(10, Some(5), Some("x"), 100)).unwrap().0, Some(5));
+        let re = |g: &str| LogQuery {
+            grep: Some(g.to_string()),
+            regex: true,
+            ..LogQuery::default()
+        };
+        let (_, m) = validate_log_query(&re("^err [0-9]+$")).unwrap();
+        assert!(m.matches("err 42") && !m.matches("x err 42") && !m.matches("err x"));
+        let (_, m) = validate_log_query(&q(10, None, Some("a.b"), 100)).unwrap();
+        assert!(m.matches("xa.by") && !m.matches("axb"), "plain text is not a regex");
+        for bad in [
+            re("(unclosed"),
+            re("a{1000}{1000}"),
+            LogQuery {
+                regex: true,
+                ..LogQuery::default()
+            },
+        ] {
+            let e = validate_log_query(&bad).unwrap_err();
+            assert!(matches!(e, ExecError::Refused(_)), "{bad:?}: {e:?}");
+        }
         for bad in [
             q(0, None, None, 100),
             q(MAX_TAIL + 1, None, None, 100),
@@ -1823,6 +2921,131 @@ mod tests {
             }
         );
         assert!(serde_json::from_value::<LogQuery>(serde_json::json!({"follow": true})).is_err());
+    }
+
+    #[test]
+    fn recreate_keeps_the_users_configuration_and_leaves_image_defaults() {
+        let id = format!("abcdef012345{}", "0".repeat(52));
+        let anon = "f".repeat(64);
+        let raw = serde_json::json!({
+            "Id": id,
+            "Name": "/web",
+            "Image": "sha256:old",
+            "Config": {
+                "Hostname": "abcdef012345",
+                "Image": "app:1",
+                "Env": ["PATH=/usr/bin", "MODE=prod"],
+                "Cmd": ["serve"],
+                "Entrypoint": ["/entry"],
+                "Labels": {"from.image": "x", "com.docker.compose.project": "blog"},
+                "WorkingDir": "/app",
+                "ExposedPorts": {"80/tcp": {}, "9090/tcp": {}},
+                "Volumes": {"/data": {}}
+            },
+            "HostConfig": {
+                "Binds": ["named:/srv:ro"],
+                "NetworkMode": "front",
+                "RestartPolicy": {"Name": "always", "MaximumRetryCount": 0},
+                "Memory": 1048576
+            },
+            "Mounts": [
+                {"Type": "volume", "Name": "named", "Destination": "/srv", "RW": false},
+                {"Type": "volume", "Name": anon, "Destination": "/data", "RW": true},
+                {"Type": "bind", "Source": "/etc/x", "Destination": "/x", "RW": true}
+            ],
+            "NetworkSettings": {"Networks": {
+                "front": {"Aliases": ["abcdef012345", "web"], "IPAddress": "172.18.0.2", "NetworkID": "n1"},
+                "back": {"Aliases": ["abcdef012345"], "IPAMConfig": {"IPv4Address": "10.9.0.5"}}
+            }}
+        });
+        let info: bollard::models::ContainerInspectResponse = serde_json::from_value(raw).unwrap();
+        let image: bollard::models::ImageConfig = serde_json::from_value(serde_json::json!({
+            "Env": ["PATH=/usr/bin"],
+            "Cmd": ["serve"],
+            "Entrypoint": ["/entry"],
+            "Labels": {"from.image": "x"},
+            "WorkingDir": "/app",
+            "ExposedPorts": {"80/tcp": {}},
+            "Volumes": {"/data": {}}
+        }))
+        .unwrap();
+        let body = recreate_body(&info, Some(&image));
+        assert_eq!(body.image.as_deref(), Some("app:1"));
+        assert_eq!(body.hostname, None, "the generated hostname is not kept");
+        assert_eq!(body.env, Some(vec!["MODE=prod".to_string()]));
+        assert_eq!((body.cmd.clone(), body.entrypoint.clone()), (None, None));
+        assert_eq!(body.working_dir, None);
+        assert_eq!(body.exposed_ports, Some(vec!["9090/tcp".to_string()]));
+        assert_eq!(body.volumes, None);
+        let labels = body.labels.clone().unwrap();
+        assert_eq!(labels.len(), 1);
+        assert_eq!(labels["com.docker.compose.project"], "blog");
+        let host = body.host_config.clone().unwrap();
+        assert_eq!(
+            host.binds,
+            Some(vec!["named:/srv:ro".to_string(), format!("{anon}:/data")])
+        );
+        assert_eq!(host.memory, Some(1_048_576));
+        assert_eq!(
+            host.restart_policy
+                .and_then(|r| r.name)
+                .map(|n| n.to_string())
+                .as_deref(),
+            Some("always")
+        );
+        let endpoints = body.networking_config.unwrap().endpoints_config.unwrap();
+        assert_eq!(endpoints.len(), 1);
+        let front = &endpoints["front"];
+        assert_eq!(front.aliases, Some(vec!["web".to_string()]));
+        assert_eq!(front.ip_address, None, "engine-assigned addresses are not pinned");
+        let (_, extra) = networking_for_create(&info);
+        assert_eq!(extra.len(), 1);
+        assert_eq!(extra[0].0, "back");
+        assert_eq!(extra[0].1.aliases, None);
+        assert!(extra[0].1.ipam_config.is_some(), "a static address is kept");
+
+        // Without the old image's configuration everything is kept as it was.
+        let body = recreate_body(&info, None);
+        assert_eq!(body.cmd, Some(vec!["serve".to_string()]));
+        assert_eq!(body.env.map(|e| e.len()), Some(2));
+
+        // `none`/`host` networking: nothing to create or connect.
+        let mut none = info.clone();
+        none.host_config.as_mut().unwrap().network_mode = Some("none".into());
+        assert!(networking_for_create(&none).0.is_none());
+        assert_eq!(old_name_for("web", &id), "web-old-abcdef012345");
+    }
+
+    #[test]
+    fn update_plans_list_every_call() {
+        let image = ImageRef::parse("app:1").unwrap();
+        let extra = vec![("back".to_string(), bollard::models::EndpointSettings::default())];
+        let plan: Vec<String> = update_plan(&UpdatePlanInput {
+            container: "web",
+            old_name: "web-old-abc",
+            image: &image,
+            pull: true,
+            running: true,
+            stop_t: Some(5),
+            extra_networks: &extra,
+        })
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            plan,
+            [
+                "GET /containers/web/json",
+                "POST /images/create?fromImage=app&tag=1",
+                "GET /images/app:1/json",
+                "POST /containers/web/stop?t=5",
+                "POST /containers/web/rename?name=web-old-abc",
+                "POST /containers/create?name=web (the old configuration, image app:1)",
+                "POST /networks/back/connect (container web)",
+                "POST /containers/web/start",
+                "DELETE /containers/web-old-abc?force=true",
+            ]
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! reaches the system, and never write audit rows (the `mcp` layer does that around them).
 //! Filtering (policy, read-only mode) happens in one place, `mcp`; a tool never checks scopes.
 
+pub mod containers;
 pub mod format;
 pub mod identity;
 pub mod inventory;
@@ -234,5 +235,6 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(system::tools());
     tools.extend(targets::tools());
     tools.extend(inventory::tools());
+    tools.extend(containers::tools());
     tools
 }
