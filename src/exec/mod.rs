@@ -9,7 +9,9 @@
 //! Blocking functions say so; async callers run them inside `tokio::task::spawn_blocking`.
 
 pub mod docker;
+pub mod fs;
 pub mod http;
+pub mod journal;
 pub mod local;
 pub mod process;
 pub mod remote;

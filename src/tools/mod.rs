@@ -5,8 +5,10 @@
 //! reaches the system, and never write audit rows (the `mcp` layer does that around them).
 //! Filtering (policy, read-only mode) happens in one place, `mcp`; a tool never checks scopes.
 
+pub mod files;
 pub mod format;
 pub mod identity;
+pub mod logs;
 pub mod system;
 pub mod targets;
 
@@ -232,5 +234,7 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(identity::tools());
     tools.extend(system::tools());
     tools.extend(targets::tools());
+    tools.extend(logs::tools());
+    tools.extend(files::tools());
     tools
 }
