@@ -5,6 +5,7 @@ mod audit_chain;
 mod catalog;
 mod deploy;
 mod docker;
+mod files;
 mod foundation;
 mod harness;
 mod http_exec;

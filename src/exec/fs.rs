@@ -328,7 +328,11 @@ impl Roots {
             });
         }
         let stat = fstat(fd.as_raw_fd()).map_err(|e| io_error(&shown, e))?;
-        let path = root.join(real_rel);
+        let path = if real_rel.as_os_str().is_empty() {
+            root.clone()
+        } else {
+            root.join(real_rel)
+        };
         Ok(Opened {
             fd,
             root,

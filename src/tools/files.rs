@@ -521,7 +521,7 @@ impl FilesSearch {
                 concat!(
                     "Search the directory `path` for a regular expression (`pattern`, Rust regex syntax) in entry \
                  names (`in: names`, default) or in the lines of regular text files (`in: contents`; binary \
-                 files are skipped and counted). Walks depth-first in name order, at most `max_depth` levels \
+                 files are skipped and counted). Walks each directory's entries in name order, then its subdirectories, at most `max_depth` levels \
                  (0-64, default 16), never following symlinks, skipping denied names (counted). Stops at \
                  `max_results` matches (1-1000, default 100), `max_bytes` of contents read (default 16 MiB) or \
                  100000 entries, and says which in `stopped`.",
