@@ -795,8 +795,14 @@ mod tests {
         let c = load("[files]\nroots = [\"/srv\"]\ndeny = [\"*.bak\"]\nmax_read_bytes = 4096").unwrap();
         assert_eq!(c.files.roots, vec![PathBuf::from("/srv")]);
         assert_eq!(c.files.deny, vec!["*.bak".to_string()]);
-        check_err("[files]\nroots = [\"srv\"]", "files.roots[0]: `srv` is not an absolute path");
-        check_err("[files]\nroots = [\"/srv/../etc\"]", "files.roots[0]: `/srv/../etc` contains `..`");
+        check_err(
+            "[files]\nroots = [\"srv\"]",
+            "files.roots[0]: `srv` is not an absolute path",
+        );
+        check_err(
+            "[files]\nroots = [\"/srv/../etc\"]",
+            "files.roots[0]: `/srv/../etc` contains `..`",
+        );
         check_err("[files]\nroots = [\"/root/.ssh\"]", "covered by deny pattern `.ssh`");
         check_err("[files]\ndeny = [\"a/b\"]", "files.deny[0]");
         check_err("[files]\nmax_read_bytes = 10", "files.max_read_bytes");

@@ -140,34 +140,62 @@ async fn symlinks_and_dotdot_cannot_leave_the_root() {
             "resolves outside its root",
         );
     }
-    failed(call(&c, "files_list", json!({"path": p(root, "x")})).await, "resolves outside");
+    failed(
+        call(&c, "files_list", json!({"path": p(root, "x")})).await,
+        "resolves outside",
+    );
     failed(call(&c, "files_stat", json!({"path": "x"})).await, "resolves outside");
     failed(call(&c, "files_list", json!({"path": "up"})).await, "resolves outside");
-    failed(call(&c, "files_read", json!({"path": "escape.txt"})).await, "resolves outside");
-    failed(call(&c, "files_tail", json!({"path": "escape.txt"})).await, "resolves outside");
+    failed(
+        call(&c, "files_read", json!({"path": "escape.txt"})).await,
+        "resolves outside",
+    );
+    failed(
+        call(&c, "files_tail", json!({"path": "escape.txt"})).await,
+        "resolves outside",
+    );
     failed(
         call(&c, "files_search", json!({"path": "up", "pattern": "secret"})).await,
         "resolves outside",
     );
     // `..` traversal, relative and absolute.
-    failed(call(&c, "files_read", json!({"path": "../outside/secret.txt"})).await, "resolves outside");
     failed(
-        call(&c, "files_read", json!({"path": p(root, "sub/../../outside/secret.txt")})).await,
+        call(&c, "files_read", json!({"path": "../outside/secret.txt"})).await,
         "resolves outside",
     );
     failed(
-        call(&c, "files_read", json!({"path": p(root, "sub/../../../../../../etc/passwd")})).await,
+        call(
+            &c,
+            "files_read",
+            json!({"path": p(root, "sub/../../outside/secret.txt")}),
+        )
+        .await,
+        "resolves outside",
+    );
+    failed(
+        call(
+            &c,
+            "files_read",
+            json!({"path": p(root, "sub/../../../../../../etc/passwd")}),
+        )
+        .await,
         "resolves outside",
     );
     // Absolute paths outside every root.
-    failed(call(&c, "files_read", json!({"path": "/etc/passwd"})).await, "outside the allowed roots");
+    failed(
+        call(&c, "files_read", json!({"path": "/etc/passwd"})).await,
+        "outside the allowed roots",
+    );
     failed(
         call(&c, "files_read", json!({"path": p(&t.outside, "secret.txt")})).await,
         "outside the allowed roots",
     );
     // A prefix that is not a path component does not count as inside.
     let sibling = format!("{}-evil/x", root.display());
-    failed(call(&c, "files_stat", json!({"path": sibling})).await, "outside the allowed roots");
+    failed(
+        call(&c, "files_stat", json!({"path": sibling})).await,
+        "outside the allowed roots",
+    );
     // Magic links are refused even where /proc would be reachable: make /proc a root.
     let proc_cfg = config("[files]\nroots = [\"/proc\"]\n");
     failed(
@@ -178,18 +206,30 @@ async fn symlinks_and_dotdot_cannot_leave_the_root() {
     invalid(call(&c, "files_read", json!({"path": "a\u{0}b"})).await, "NUL");
 
     // Symlinks that stay inside are followed.
-    let out = call(&c, "files_read", json!({"path": "inside/inner.txt"})).await.unwrap();
+    let out = call(&c, "files_read", json!({"path": "inside/inner.txt"}))
+        .await
+        .unwrap();
     assert_eq!(out.structured["content"], "inner file with a needle in it\n");
-    assert_eq!(out.structured["path"], json!(p(root, "sub/inner.txt")), "resolved path reported");
-    let out = call(&c, "files_read", json!({"path": p(root, "inside.txt")})).await.unwrap();
+    assert_eq!(
+        out.structured["path"],
+        json!(p(root, "sub/inner.txt")),
+        "resolved path reported"
+    );
+    let out = call(&c, "files_read", json!({"path": p(root, "inside.txt")}))
+        .await
+        .unwrap();
     assert_eq!(out.structured["encoding"], "text");
     let out = call(&c, "files_stat", json!({"path": "inside"})).await.unwrap();
     assert_eq!(out.structured["kind"], "directory");
     // `..` that stays inside is fine.
-    let out = call(&c, "files_read", json!({"path": "sub/../notes.txt"})).await.unwrap();
+    let out = call(&c, "files_read", json!({"path": "sub/../notes.txt"}))
+        .await
+        .unwrap();
     assert_eq!(out.structured["content"], "hello\nworld\n");
     // The root itself.
-    let out = call(&c, "files_stat", json!({"path": root.display().to_string()})).await.unwrap();
+    let out = call(&c, "files_stat", json!({"path": root.display().to_string()}))
+        .await
+        .unwrap();
     assert_eq!(out.structured["kind"], "directory");
     assert_eq!(out.structured["path"], json!(root.display().to_string()));
 }
@@ -214,7 +254,13 @@ async fn a_symlink_swapped_in_during_reads_never_leaks_outside_content() {
             let mut swaps = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let r = unsafe {
-                    libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
                 };
                 assert_eq!(r, 0, "renameat2: {}", std::io::Error::last_os_error());
                 swaps += 1;
@@ -239,33 +285,42 @@ async fn a_symlink_swapped_in_during_reads_never_leaks_outside_content() {
     stop.store(true, Ordering::Relaxed);
     let swaps = swapper.join().unwrap();
     assert!(swaps > 100, "the swapper ran ({swaps} swaps)");
-    assert!(inside > 0 && escapes > 0, "both states were seen: {inside} inside, {escapes} refused");
+    assert!(
+        inside > 0 && escapes > 0,
+        "both states were seen: {inside} inside, {escapes} refused"
+    );
 }
 
 #[tokio::test]
 async fn deny_patterns_hold_on_every_component() {
     let t = tree();
-    let c = config(&format!(
-        "[files]\nroots = [{:?}]\ndeny = [\"*.log\"]\n",
-        t.root
-    ));
+    let c = config(&format!("[files]\nroots = [{:?}]\ndeny = [\"*.log\"]\n", t.root));
     failed(
         call(&c, "files_read", json!({"path": ".ssh/id_ed25519"})).await,
         "component `.ssh` matches deny pattern `.ssh`",
     );
-    failed(call(&c, "files_list", json!({"path": ".ssh"})).await, "deny pattern `.ssh`");
+    failed(
+        call(&c, "files_list", json!({"path": ".ssh"})).await,
+        "deny pattern `.ssh`",
+    );
     failed(
         call(&c, "files_read", json!({"path": p(&t.root, "server.key")})).await,
         "deny pattern `*.key`",
     );
-    failed(call(&c, "files_stat", json!({"path": "SERVER.KEY"})).await, "deny pattern `*.key`");
+    failed(
+        call(&c, "files_stat", json!({"path": "SERVER.KEY"})).await,
+        "deny pattern `*.key`",
+    );
     // Behind an innocent name: the resolved path is checked as well.
     failed(
         call(&c, "files_read", json!({"path": "innocent.txt"})).await,
         "component `.ssh` matches deny pattern `.ssh`",
     );
     // A configured pattern adds to the defaults.
-    failed(call(&c, "files_tail", json!({"path": "big.log"})).await, "deny pattern `*.log`");
+    failed(
+        call(&c, "files_tail", json!({"path": "big.log"})).await,
+        "deny pattern `*.log`",
+    );
 
     let out = call(&c, "files_list", json!({"path": "."})).await.unwrap();
     let names: Vec<&str> = out.structured["entries"]
@@ -283,7 +338,10 @@ async fn deny_patterns_hold_on_every_component() {
         .iter()
         .find(|e| e["name"] == "x")
         .unwrap();
-    assert_eq!((x["kind"].as_str(), x["link_target"].as_str()), (Some("symlink"), Some("/etc")));
+    assert_eq!(
+        (x["kind"].as_str(), x["link_target"].as_str()),
+        (Some("symlink"), Some("/etc"))
+    );
 
     // Search never enters or reports denied names.
     let out = call(
@@ -319,16 +377,27 @@ async fn reads_are_capped_and_binary_is_base64() {
         call(&c, "files_read", json!({"path": "notes.txt", "length": 4097})).await,
         "`length` must be between 1 and 4096, got 4097",
     );
-    invalid(call(&c, "files_read", json!({"path": "notes.txt", "length": 0})).await, "between 1 and 4096");
-    invalid(call(&c, "files_read", json!({"path": "notes.txt", "colour": 1})).await, "unknown field");
+    invalid(
+        call(&c, "files_read", json!({"path": "notes.txt", "length": 0})).await,
+        "between 1 and 4096",
+    );
+    invalid(
+        call(&c, "files_read", json!({"path": "notes.txt", "colour": 1})).await,
+        "unknown field",
+    );
     let out = call(&c, "files_read", json!({"path": "notes.txt", "offset": 2, "length": 5}))
         .await
         .unwrap();
     let v = &out.structured;
     assert_eq!(v["content"], "llo\nw");
-    assert_eq!((v["size"].as_u64(), v["eof"].as_bool(), v["next_offset"].as_u64()), (Some(12), Some(false), Some(7)));
+    assert_eq!(
+        (v["size"].as_u64(), v["eof"].as_bool(), v["next_offset"].as_u64()),
+        (Some(12), Some(false), Some(7))
+    );
     assert_eq!(v["truncated"]["omitted"], 5);
-    let out = call(&c, "files_read", json!({"path": "notes.txt", "offset": 7})).await.unwrap();
+    let out = call(&c, "files_read", json!({"path": "notes.txt", "offset": 7}))
+        .await
+        .unwrap();
     assert_eq!(out.structured["content"], "orld\n");
     assert_eq!(out.structured["eof"], true);
     assert!(out.structured["truncated"].is_null());
@@ -345,25 +414,52 @@ async fn reads_are_capped_and_binary_is_base64() {
     assert_eq!(bytes, std::fs::read(t.root.join("blob.dat")).unwrap());
     failed(call(&c, "files_tail", json!({"path": "blob.dat"})).await, "binary");
     // A FIFO is refused without blocking; a directory is not a file.
-    failed(call(&c, "files_read", json!({"path": "pipe"})).await, "FIFO, not a regular file");
-    failed(call(&c, "files_read", json!({"path": "sub"})).await, "directory, not a regular file");
-    failed(call(&c, "files_list", json!({"path": "notes.txt"})).await, "not a directory");
-    failed(call(&c, "files_stat", json!({"path": "missing"})).await, "does not exist");
+    failed(
+        call(&c, "files_read", json!({"path": "pipe"})).await,
+        "FIFO, not a regular file",
+    );
+    failed(
+        call(&c, "files_read", json!({"path": "sub"})).await,
+        "directory, not a regular file",
+    );
+    failed(
+        call(&c, "files_list", json!({"path": "notes.txt"})).await,
+        "not a directory",
+    );
+    failed(
+        call(&c, "files_stat", json!({"path": "missing"})).await,
+        "does not exist",
+    );
 
     // Tail: the last lines, with the cap named when out of range.
-    let out = call(&c, "files_tail", json!({"path": "big.log", "lines": 3})).await.unwrap();
+    let out = call(&c, "files_tail", json!({"path": "big.log", "lines": 3}))
+        .await
+        .unwrap();
     assert_eq!(out.structured["lines"], json!(["line 498", "line 499", "line 500"]));
-    invalid(call(&c, "files_tail", json!({"path": "big.log", "lines": 0})).await, "between 1 and 2000");
+    invalid(
+        call(&c, "files_tail", json!({"path": "big.log", "lines": 0})).await,
+        "between 1 and 2000",
+    );
     invalid(
         call(&c, "files_tail", json!({"path": "big.log", "lines": 1_000_000})).await,
         "`lines` must be between 1 and 2000",
     );
     // The window (max_read_bytes = 4096) cannot hold 500 lines: the result says it was cut.
-    let out = call(&c, "files_tail", json!({"path": "big.log", "lines": 2000})).await.unwrap();
+    let out = call(&c, "files_tail", json!({"path": "big.log", "lines": 2000}))
+        .await
+        .unwrap();
     let lines = out.structured["lines"].as_array().unwrap();
     assert!(lines.len() < 500 && lines.last() == Some(&json!("line 500")));
-    assert!(out.structured["truncated"]["cap"].as_str().unwrap().contains("4096 bytes"));
-    invalid(call(&c, "files_list", json!({"path": ".", "limit": 1001})).await, "between 1 and 1000");
+    assert!(
+        out.structured["truncated"]["cap"]
+            .as_str()
+            .unwrap()
+            .contains("4096 bytes")
+    );
+    invalid(
+        call(&c, "files_list", json!({"path": ".", "limit": 1001})).await,
+        "between 1 and 1000",
+    );
     let out = call(&c, "files_list", json!({"path": ".", "limit": 2})).await.unwrap();
     assert_eq!(out.structured["entries"].as_array().unwrap().len(), 2);
     assert_eq!(out.structured["truncated"]["cap"], "limit=2");
@@ -416,11 +512,18 @@ async fn search_by_name_and_contents_with_caps() {
     assert_eq!(m[0]["path"], json!(p(&t.root, "sub/inner.txt")));
     assert_eq!(m[0]["line"], 1);
     assert_eq!(m[1]["path"], json!(p(&t.root, "sub/deep/app.log")));
-    assert_eq!((m[1]["line"].as_u64(), m[1]["text"].as_str()), (Some(2), Some("needle two")));
+    assert_eq!(
+        (m[1]["line"].as_u64(), m[1]["text"].as_str()),
+        (Some(2), Some("needle two"))
+    );
     // The binary blob also holds "needle" but is skipped and counted.
-    let out = call(&c, "files_search", json!({"path": ".", "pattern": "needle", "in": "contents"}))
-        .await
-        .unwrap();
+    let out = call(
+        &c,
+        "files_search",
+        json!({"path": ".", "pattern": "needle", "in": "contents"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(out.structured["binary_skipped"], 1, "{}", out.structured);
     let out = call(
         &c,
@@ -430,15 +533,32 @@ async fn search_by_name_and_contents_with_caps() {
     .await
     .unwrap();
     assert!(out.structured["bytes_scanned"].as_u64().unwrap() <= 100);
-    assert!(out.structured["stopped"].as_str().unwrap().contains("bytes scanned"), "{}", out.structured);
+    assert!(
+        out.structured["stopped"].as_str().unwrap().contains("bytes scanned"),
+        "{}",
+        out.structured
+    );
 
-    invalid(call(&c, "files_search", json!({"path": ".", "pattern": "("})).await, "not a valid regular expression");
     invalid(
-        call(&c, "files_search", json!({"path": ".", "pattern": "a", "max_results": 100000})).await,
+        call(&c, "files_search", json!({"path": ".", "pattern": "("})).await,
+        "not a valid regular expression",
+    );
+    invalid(
+        call(
+            &c,
+            "files_search",
+            json!({"path": ".", "pattern": "a", "max_results": 100000}),
+        )
+        .await,
         "`max_results` must be between 1 and 1000",
     );
     invalid(
-        call(&c, "files_search", json!({"path": ".", "pattern": "a", "in": "everything"})).await,
+        call(
+            &c,
+            "files_search",
+            json!({"path": ".", "pattern": "a", "in": "everything"}),
+        )
+        .await,
         "unknown variant",
     );
 }
@@ -462,7 +582,9 @@ fn log_tree() -> (tempfile::TempDir, PathBuf) {
             "Nov 21 08:0{i}:02 host systemd[1]: web.service: Scheduled restart job, restart counter is at {}.\n",
             i + 1
         ));
-        text.push_str(&format!("Nov 21 08:0{i}:03 host systemd[1]: Started web.service - Web app.\n"));
+        text.push_str(&format!(
+            "Nov 21 08:0{i}:03 host systemd[1]: Started web.service - Web app.\n"
+        ));
     }
     text.push_str("Nov 21 08:09:00 host app[200]: warning: cache 3f2a1b9c-0d4e-4f5a-8b6c-7d8e9f0a1b2c is stale\n");
     text.push_str("Nov 21 08:09:01 host app[200]: warning: cache 11111111-0d4e-4f5a-8b6c-7d8e9f0a1b2c is stale\n");
@@ -490,17 +612,33 @@ async fn log_files_are_tailed_and_analysed_within_the_log_roots() {
     .unwrap();
     assert_eq!(out.structured["lines"].as_array().unwrap().len(), 6);
     assert_eq!(out.structured["lines_available"], 6);
-    failed(call(&c, "logs_tail", json!({"path": "/etc/passwd"})).await, "outside the allowed roots");
-    failed(call(&c, "logs_tail", json!({"path": "../../../etc/passwd"})).await, "resolves outside");
-    failed(call(&c, "logs_tail", json!({"path": "auth.key"})).await, "deny pattern `*.key`");
-    invalid(call(&c, "logs_tail", json!({"path": "app.log", "lines": 2001})).await, "between 1 and 2000");
+    failed(
+        call(&c, "logs_tail", json!({"path": "/etc/passwd"})).await,
+        "outside the allowed roots",
+    );
+    failed(
+        call(&c, "logs_tail", json!({"path": "../../../etc/passwd"})).await,
+        "resolves outside",
+    );
+    failed(
+        call(&c, "logs_tail", json!({"path": "auth.key"})).await,
+        "deny pattern `*.key`",
+    );
+    invalid(
+        call(&c, "logs_tail", json!({"path": "app.log", "lines": 2001})).await,
+        "between 1 and 2000",
+    );
 
     let out = call(&c, "logs_analyze", json!({"path": "app.log"})).await.unwrap();
     let a = &out.structured;
     assert_eq!(a["entries"], 27);
     assert_eq!(a["source"], json!(format!("file {}", p(&logs, "app.log"))));
     // 6 db errors + 6 "status=1/FAILURE" exits are errors; 2 stale-cache warnings.
-    assert_eq!((a["errors"].as_u64(), a["warnings"].as_u64()), (Some(12), Some(2)), "{a:#}");
+    assert_eq!(
+        (a["errors"].as_u64(), a["warnings"].as_u64()),
+        (Some(12), Some(2)),
+        "{a:#}"
+    );
     let db = a["error_clusters"]
         .as_array()
         .unwrap()
@@ -511,20 +649,32 @@ async fn log_files_are_tailed_and_analysed_within_the_log_roots() {
     assert_eq!(db["first"], json!({"time": "Nov 21 08:00:00", "line": 1}));
     assert_eq!(db["last"], json!({"time": "Nov 21 08:05:00", "line": 21}));
     let warn = &a["warning_clusters"][0];
-    assert_eq!((warn["pattern"].as_str(), warn["count"].as_u64()), (Some("warning: cache <uuid> is stale"), Some(2)));
+    assert_eq!(
+        (warn["pattern"].as_str(), warn["count"].as_u64()),
+        (Some("warning: cache <uuid> is stale"), Some(2))
+    );
     let web = &a["restarts"][0];
     assert_eq!(web["unit"], "web.service");
     assert_eq!(
-        (web["started"].as_u64(), web["scheduled_restarts"].as_u64(), web["failures"].as_u64()),
+        (
+            web["started"].as_u64(),
+            web["scheduled_restarts"].as_u64(),
+            web["failures"].as_u64()
+        ),
         (Some(6), Some(6), Some(6))
     );
     assert_eq!(web["max_restart_counter"], 6);
     assert_eq!(web["looping"], true);
     assert!(a["summary"].is_null());
     assert!(out.text.contains("web.service [LOOP]"), "{}", out.text);
-    let out = call(&c, "logs_analyze", json!({"path": "app.log", "top": 1})).await.unwrap();
+    let out = call(&c, "logs_analyze", json!({"path": "app.log", "top": 1}))
+        .await
+        .unwrap();
     assert_eq!(out.structured["error_clusters"].as_array().unwrap().len(), 1);
-    invalid(call(&c, "logs_analyze", json!({"path": "app.log", "top": 51})).await, "between 1 and 50");
+    invalid(
+        call(&c, "logs_analyze", json!({"path": "app.log", "top": 51})).await,
+        "between 1 and 50",
+    );
     invalid(
         call(&c, "logs_analyze", json!({"path": "app.log", "unit": "web.service"})).await,
         "cannot be combined with `path`",
@@ -568,7 +718,10 @@ async fn the_journal_is_queried_by_identifier_priority_and_grep() {
     let c = config("");
     let mut all = Value::Null;
     for _ in 0..50 {
-        all = call(&c, "logs_journal", json!({"identifier": ident})).await.unwrap().structured;
+        all = call(&c, "logs_journal", json!({"identifier": ident}))
+            .await
+            .unwrap()
+            .structured;
         if all["count"] == 5 {
             break;
         }
@@ -598,12 +751,18 @@ async fn the_journal_is_queried_by_identifier_priority_and_grep() {
         .iter()
         .map(|e| e["message"].as_str().unwrap())
         .collect();
-    assert_eq!(msgs, vec!["disk sda1 failed with code 1", "disk sda2 failed with code 2"]);
+    assert_eq!(
+        msgs,
+        vec!["disk sda1 failed with code 1", "disk sda2 failed with code 2"]
+    );
     let newest = call(&c, "logs_journal", json!({"identifier": ident, "lines": 2}))
         .await
         .unwrap();
     let v = &newest.structured;
-    assert_eq!(v["entries"][1]["message"], "disk almost full", "the newest, oldest first");
+    assert_eq!(
+        v["entries"][1]["message"], "disk almost full",
+        "the newest, oldest first"
+    );
     assert_eq!(v["count"], 2);
     // A unit filter: none of these entries belong to a unit.
     let unit = call(
@@ -614,24 +773,49 @@ async fn the_journal_is_queried_by_identifier_priority_and_grep() {
     .await
     .unwrap();
     assert_eq!(unit.structured["count"], 0);
-    let since = call(&c, "logs_journal", json!({"identifier": ident, "since": "-1h", "until": "now"}))
-        .await
-        .unwrap();
+    let since = call(
+        &c,
+        "logs_journal",
+        json!({"identifier": ident, "since": "-1h", "until": "now"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(since.structured["count"], 5);
 
     // Bad input never reaches journalctl.
-    invalid(call(&c, "logs_journal", json!({"unit": "--all"})).await, "not a unit name");
-    invalid(call(&c, "logs_journal", json!({"unit": "x;id"})).await, "not a unit name");
-    invalid(call(&c, "logs_journal", json!({"identifier": "a b"})).await, "not a syslog identifier");
+    invalid(
+        call(&c, "logs_journal", json!({"unit": "--all"})).await,
+        "not a unit name",
+    );
+    invalid(
+        call(&c, "logs_journal", json!({"unit": "x;id"})).await,
+        "not a unit name",
+    );
+    invalid(
+        call(&c, "logs_journal", json!({"identifier": "a b"})).await,
+        "not a syslog identifier",
+    );
     invalid(call(&c, "logs_journal", json!({"since": "$(id)"})).await, "`since`");
-    invalid(call(&c, "logs_journal", json!({"priority": "loud"})).await, "`priority`");
-    invalid(call(&c, "logs_journal", json!({"lines": 1001})).await, "between 1 and 1000");
-    invalid(call(&c, "logs_journal", json!({"grep": "(("})).await, "not a valid regular expression");
+    invalid(
+        call(&c, "logs_journal", json!({"priority": "loud"})).await,
+        "`priority`",
+    );
+    invalid(
+        call(&c, "logs_journal", json!({"lines": 1001})).await,
+        "between 1 and 1000",
+    );
+    invalid(
+        call(&c, "logs_journal", json!({"grep": "(("})).await,
+        "not a valid regular expression",
+    );
 
     // Analysis over the journal.
     let out = call(&c, "logs_analyze", json!({"identifier": ident})).await.unwrap();
     let a = &out.structured;
-    assert_eq!((a["entries"].as_u64(), a["errors"].as_u64(), a["warnings"].as_u64()), (Some(5), Some(3), Some(1)));
+    assert_eq!(
+        (a["entries"].as_u64(), a["errors"].as_u64(), a["warnings"].as_u64()),
+        (Some(5), Some(3), Some(1))
+    );
     assert_eq!(a["error_clusters"][0]["pattern"], "disk sda<n> failed with code <n>");
     assert_eq!(a["error_clusters"][0]["count"], 3);
     assert!(a["source"].as_str().unwrap().contains(&ident));
@@ -650,7 +834,9 @@ async fn other_target_kinds_are_refused() {
     let target = registry.get("nas").unwrap().clone();
     let mut context = ctx(c);
     context.target = target;
-    let Value::Object(args) = json!({"path": "notes.txt"}) else { unreachable!() };
+    let Value::Object(args) = json!({"path": "notes.txt"}) else {
+        unreachable!()
+    };
     match tool("files_read").call(context, args).await {
         Err(ToolError::Failed(m)) => assert!(m.contains("not supported on docker targets"), "{m}"),
         other => panic!("{:?}", other.map(|o| o.text)),
@@ -712,12 +898,18 @@ async fn escape_attempts_through_mcp_are_refused_and_audited() {
     let attempts = [
         (json!({"path": p(&t.root, "x/passwd")}), "resolves outside its root"),
         (json!({"path": "../outside/secret.txt"}), "resolves outside its root"),
-        (json!({"path": p(&t.root, "sub/../../outside/secret.txt")}), "resolves outside its root"),
+        (
+            json!({"path": p(&t.root, "sub/../../outside/secret.txt")}),
+            "resolves outside its root",
+        ),
         (json!({"path": "/etc/shadow"}), "outside the allowed roots"),
         (json!({"path": ".ssh/id_ed25519"}), "deny pattern `.ssh`"),
         (json!({"path": "server.key"}), "deny pattern `*.key`"),
         (json!({"path": "innocent.txt"}), "deny pattern `.ssh`"),
-        (json!({"path": "notes.txt", "length": 10_000_000}), "`length` must be between 1 and 262144"),
+        (
+            json!({"path": "notes.txt", "length": 10_000_000}),
+            "`length` must be between 1 and 262144",
+        ),
     ];
     for (args, needle) in &attempts {
         let r = w.mcp.call_tool("files_read", args.clone()).await.unwrap();
@@ -747,11 +939,7 @@ async fn escape_attempts_through_mcp_are_refused_and_audited() {
     }
     assert_eq!(rows.last().unwrap().outcome, Outcome::Ok);
     // Without the scope: denied before anything runs.
-    let r = w
-        .mcp
-        .call_tool("system_status", json!({}))
-        .await
-        .unwrap();
+    let r = w.mcp.call_tool("system_status", json!({})).await.unwrap();
     assert_eq!(r["isError"], true);
     assert!(w.server.alive(), "the server keeps serving");
     let _ = &w.net;
@@ -790,4 +978,47 @@ async fn a_journal_query_through_mcp() {
     assert_eq!(rows.len(), 2);
     assert_eq!((rows[0].decision, rows[0].outcome), (Decision::Allow, Outcome::Ok));
     assert_eq!((rows[1].decision, rows[1].outcome), (Decision::Allow, Outcome::Error));
+}
+
+/// Every tool's successful result passes the official Python SDK's check against its output
+/// schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_accepts_every_result_against_its_output_schema() {
+    let python = match crate::support::pyclient::python_mcp() {
+        Ok(p) => p,
+        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    };
+    if !journal_ready() {
+        return;
+    }
+    let t = tree();
+    let (_logdir, logs) = log_tree();
+    let extra = format!("[files]\nroots = [{:?}]\n\n[logs]\nroots = [{:?}]\n", t.root, logs);
+    let Some(w) = world(&extra).await else { return };
+    let ident = format!("tailops-sdk-{}", uuid::Uuid::new_v4().simple());
+    journal_write(&ident, "err", "sdk check 1 failed");
+    crate::support::journald::journal_entries(&["-t", &ident]);
+    let actions = json!([
+        {"list_tools": {}},
+        {"call": "files_list", "args": {"path": ".", "limit": 3}},
+        {"call": "files_stat", "args": {"path": "inside"}},
+        {"call": "files_read", "args": {"path": "notes.txt", "length": 3}},
+        {"call": "files_read", "args": {"path": "blob.dat"}},
+        {"call": "files_tail", "args": {"path": "big.log", "lines": 2}},
+        {"call": "files_search", "args": {"path": ".", "pattern": "log$", "max_results": 1}},
+        {"call": "files_search", "args": {"path": ".", "pattern": "needle", "in": "contents"}},
+        {"call": "logs_tail", "args": {"path": "app.log", "lines": 2, "grep": "ERROR"}},
+        {"call": "logs_analyze", "args": {"path": "app.log"}},
+        {"call": "logs_journal", "args": {"identifier": ident}},
+        {"call": "logs_analyze", "args": {"identifier": ident}}
+    ]);
+    let url = format!("http://{SERVER_IP}:{PORT}/mcp");
+    let (lines, stdout) = crate::support::pyclient::run_actions(&w.net, &python, &url, &actions).await;
+    let calls: Vec<&Value> = lines.iter().filter(|l| l["action"] == "call").collect();
+    assert_eq!(calls.len(), 11, "{stdout}");
+    for c in &calls {
+        assert_eq!(c["isError"], false, "{}: {stdout}", c["tool"]);
+        assert!(c["structuredContent"].is_object(), "{stdout}");
+    }
+    assert_eq!(calls[9]["structuredContent"]["count"], 1, "{stdout}");
 }

@@ -302,7 +302,8 @@ impl Roots {
         let rel_c = if rel.as_os_str().is_empty() {
             CString::new(".").expect("no NUL")
         } else {
-            CString::new(rel.as_os_str().as_bytes()).map_err(|_| FsError::BadPath("`path` contains a NUL byte".into()))?
+            CString::new(rel.as_os_str().as_bytes())
+                .map_err(|_| FsError::BadPath("`path` contains a NUL byte".into()))?
         };
         let fd = openat2(
             root_fd.as_raw_fd(),
@@ -405,15 +406,7 @@ impl Roots {
         let file = o.reopen_file()?;
         let size = o.stat.st_size as u64;
         let mut buf = vec![0u8; length];
-        let mut got = 0;
-        while got < length {
-            match file.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_error(&shown, e)),
-            }
-        }
+        let got = read_full_at(&file, &mut buf, offset).map_err(|e| io_error(&shown, e))?;
         buf.truncate(got);
         Ok(Chunk {
             path: shown,
@@ -437,18 +430,9 @@ impl Roots {
         let file = o.reopen_file()?;
         let size = o.stat.st_size as u64;
         let start = size.saturating_sub(max_bytes as u64);
-        let mut buf = Vec::new();
-        // A positioned read of the window: bounded by `max_bytes`.
-        buf.resize((size - start) as usize, 0);
-        let mut got = 0;
-        while got < buf.len() {
-            match file.read_at(&mut buf[got..], start + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_error(&shown, e)),
-            }
-        }
+        // One positioned read of the window: bounded by `max_bytes`.
+        let mut buf = vec![0u8; (size - start) as usize];
+        let got = read_full_at(&file, &mut buf, start).map_err(|e| io_error(&shown, e))?;
         buf.truncate(got);
         if buf[..buf.len().min(SNIFF_BYTES)].contains(&0) {
             return Err(FsError::WrongKind {
@@ -942,6 +926,20 @@ fn readlinkat(dirfd: RawFd, name: &OsStr) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// Fill `buf` from `offset` (fewer bytes at the end of the file); returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 /// The path the kernel has for an open descriptor.
 fn fd_path(fd: &OwnedFd) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -971,8 +969,7 @@ fn kind_of(mode: libc::mode_t) -> FileKind {
 }
 
 fn time_rfc3339(secs: i64, nsec: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp(secs, nsec as u32)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    chrono::DateTime::from_timestamp(secs, nsec as u32).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 fn resolve_error(e: io::Error, path: &str, root: &Path) -> FsError {

@@ -300,7 +300,9 @@ impl Tool for FilesList {
             let limit = bounded("limit", args.limit, LIST_LIMIT.0, LIST_LIMIT.1, LIST_LIMIT.2)?;
             local_only(&ctx, self.spec.name)?;
             let roots = files_roots(&ctx);
-            let listing = blocking(move || roots.list(&args.path, limit)).await?.map_err(fs_failed)?;
+            let listing = blocking(move || roots.list(&args.path, limit))
+                .await?
+                .map_err(fs_failed)?;
             let truncated = (listing.omitted > 0).then(|| Truncated {
                 cap: format!("limit={limit}"),
                 omitted: Some(listing.omitted),
@@ -401,13 +403,7 @@ impl Tool for FilesRead {
         Box::pin(async move {
             let args: ReadArgs = parse_args(args)?;
             let cap = ctx.config.files.max_read_bytes;
-            let length = bounded(
-                "length",
-                args.length,
-                READ_DEFAULT.min(cap) as i64,
-                1,
-                cap as i64,
-            )?;
+            let length = bounded("length", args.length, READ_DEFAULT.min(cap) as i64, 1, cap as i64)?;
             local_only(&ctx, self.spec.name)?;
             let roots = files_roots(&ctx);
             let offset = args.offset;
@@ -550,8 +546,20 @@ impl Tool for FilesSearch {
                 SEARCH_RESULTS.1,
                 SEARCH_RESULTS.2,
             )?;
-            let max_bytes = bounded("max_bytes", args.max_bytes, SEARCH_BYTES.0, SEARCH_BYTES.1, SEARCH_BYTES.2)?;
-            let max_depth = bounded("max_depth", args.max_depth, SEARCH_DEPTH.0, SEARCH_DEPTH.1, SEARCH_DEPTH.2)?;
+            let max_bytes = bounded(
+                "max_bytes",
+                args.max_bytes,
+                SEARCH_BYTES.0,
+                SEARCH_BYTES.1,
+                SEARCH_BYTES.2,
+            )?;
+            let max_depth = bounded(
+                "max_depth",
+                args.max_depth,
+                SEARCH_DEPTH.0,
+                SEARCH_DEPTH.1,
+                SEARCH_DEPTH.2,
+            )?;
             let re = compile_regex("pattern", &args.pattern)?;
             local_only(&ctx, self.spec.name)?;
             let roots = files_roots(&ctx);
@@ -734,8 +742,12 @@ mod tests {
     #[test]
     fn regexes_are_bounded() {
         assert!(compile_regex("pattern", "a+b").is_ok());
-        assert!(matches!(compile_regex("pattern", "("), Err(ToolError::InvalidArgs(m)) if m.contains("not a valid regular expression")));
-        assert!(matches!(compile_regex("pattern", &"a".repeat(1025)), Err(ToolError::InvalidArgs(m)) if m.contains("longer than 1024")));
+        assert!(
+            matches!(compile_regex("pattern", "("), Err(ToolError::InvalidArgs(m)) if m.contains("not a valid regular expression"))
+        );
+        assert!(
+            matches!(compile_regex("pattern", &"a".repeat(1025)), Err(ToolError::InvalidArgs(m)) if m.contains("longer than 1024"))
+        );
         assert!(compile_regex("pattern", "(a{1000}){1000}").is_err());
     }
 }

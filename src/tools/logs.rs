@@ -428,9 +428,9 @@ fn journal_limits(ctx: &ToolContext) -> Limits {
 
 fn journal_failed(e: ExecError) -> ToolError {
     match e {
-        ExecError::Failed(m) if m.contains("program `journalctl` not found") => ToolError::Failed(
-            "journalctl not found: the journal tools need systemd's journalctl on this host".into(),
-        ),
+        ExecError::Failed(m) if m.contains("program `journalctl` not found") => {
+            ToolError::Failed("journalctl not found: the journal tools need systemd's journalctl on this host".into())
+        }
         ExecError::Refused(m) => ToolError::InvalidArgs(m),
         other => ToolError::Failed(other.to_string()),
     }
@@ -521,8 +521,10 @@ pub enum Severity {
 }
 
 static ERROR_WORDS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(error|errors|err|fatal|critical|crit|panic|emerg|alert|failed|failure|exception|traceback|segfault)\b")
-        .expect("valid")
+    Regex::new(
+        r"(?i)\b(error|errors|err|fatal|critical|crit|panic|emerg|alert|failed|failure|exception|traceback|segfault)\b",
+    )
+    .expect("valid")
 });
 static WARNING_WORDS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)\b(warn|warning|warnings|deprecated)\b").expect("valid"));
@@ -540,10 +542,11 @@ fn severity(r: &Record) -> Severity {
 static UUID: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b").expect("valid")
 });
-static IPV4: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b").expect("valid"));
-static HEX: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)\b0x[0-9a-f]+\b|\b[0-9a-f]*\d[0-9a-f]*[a-f][0-9a-f]*\b|\b[0-9a-f]*[a-f][0-9a-f]*\d[0-9a-f]*\b").expect("valid"));
+static IPV4: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b").expect("valid"));
+static HEX: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b0x[0-9a-f]+\b|\b[0-9a-f]*\d[0-9a-f]*[a-f][0-9a-f]*\b|\b[0-9a-f]*[a-f][0-9a-f]*\d[0-9a-f]*\b")
+        .expect("valid")
+});
 static NUMBER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\d+").expect("valid"));
 static SPACES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\s+").expect("valid"));
 
@@ -634,11 +637,9 @@ pub struct Analysis {
     pub truncated: Option<Truncated>,
 }
 
-static SCHEDULED: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:(\S+?): )?Scheduled restart job, restart counter is at (\d+)").expect("valid")
-});
-static STARTED: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^(?:Started|Starting) (.+?)\.?$").expect("valid"));
+static SCHEDULED: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(?:(\S+?): )?Scheduled restart job, restart counter is at (\d+)").expect("valid"));
+static STARTED: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(?:Started|Starting) (.+?)\.?$").expect("valid"));
 static STOPPED: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^Stopped (.+?)\.?$").expect("valid"));
 static FAILED: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:(\S+?): )?(?:Failed with result '[^']+'|Main process exited, code=\w+, status=\d+/(?:[A-Z]+))")
@@ -936,7 +937,10 @@ mod tests {
         let r = line(1, "Nov 21 08:40:20 host app[123]: db timeout after 30s");
         assert_eq!(r.time.as_deref(), Some("Nov 21 08:40:20"));
         assert_eq!(r.message, "db timeout after 30s");
-        let r = line(2, "2025-01-31T12:00:00.123+00:00 host systemd[1]: Started foo.service - Foo.");
+        let r = line(
+            2,
+            "2025-01-31T12:00:00.123+00:00 host systemd[1]: Started foo.service - Foo.",
+        );
         assert_eq!(r.time.as_deref(), Some("2025-01-31T12:00:00.123+00:00"));
         assert_eq!(r.message, "Started foo.service - Foo.");
         let r = line(3, "2025-01-31 12:00:00,5 ERROR x");
@@ -949,9 +953,21 @@ mod tests {
     fn clusters_and_restart_loops() {
         let mut records = Vec::new();
         for i in 0..5 {
-            records.push(line(i * 3 + 1, &format!("Nov 21 08:00:{i:02} h app[{i}]: ERROR db timeout after {i}s")));
-            records.push(line(i * 3 + 2, &format!("Nov 21 08:00:{i:02} h systemd[1]: web.service: Scheduled restart job, restart counter is at {}.", i + 1)));
-            records.push(line(i * 3 + 3, &format!("Nov 21 08:00:{i:02} h systemd[1]: Started web.service - Web.")));
+            records.push(line(
+                i * 3 + 1,
+                &format!("Nov 21 08:00:{i:02} h app[{i}]: ERROR db timeout after {i}s"),
+            ));
+            records.push(line(
+                i * 3 + 2,
+                &format!(
+                    "Nov 21 08:00:{i:02} h systemd[1]: web.service: Scheduled restart job, restart counter is at {}.",
+                    i + 1
+                ),
+            ));
+            records.push(line(
+                i * 3 + 3,
+                &format!("Nov 21 08:00:{i:02} h systemd[1]: Started web.service - Web."),
+            ));
         }
         records.push(line(16, "Nov 21 08:01:00 h app[9]: warning: disk 91% full"));
         records.push(line(17, "Nov 21 08:01:01 h systemd[1]: Started cron.service - Cron."));
@@ -968,9 +984,15 @@ mod tests {
         assert_eq!(a.warning_clusters[0].pattern, "warning: disk <n>% full");
         assert_eq!(a.top_messages[0].count, 5);
         let web = a.restarts.iter().find(|u| u.unit == "web.service").unwrap();
-        assert_eq!((web.started, web.scheduled_restarts, web.max_restart_counter), (5, 5, Some(5)));
+        assert_eq!(
+            (web.started, web.scheduled_restarts, web.max_restart_counter),
+            (5, 5, Some(5))
+        );
         assert!(web.looping);
-        assert!(!a.restarts.iter().any(|u| u.unit == "cron.service"), "one start is no loop");
+        assert!(
+            !a.restarts.iter().any(|u| u.unit == "cron.service"),
+            "one start is no loop"
+        );
         assert!(a.summary.is_none());
         assert!(a.notes[0].contains("no sampling peer"));
     }
