@@ -211,12 +211,9 @@ pub struct Roots {
 /// A path opened beneath its root (an `O_PATH` descriptor) with what was learned resolving it.
 pub struct Opened {
     fd: OwnedFd,
-    /// The root as configured.
-    pub root: PathBuf,
-    /// The resolved absolute path (symlinks inside the root followed).
+    /// The resolved absolute path (symlinks inside the root followed), spelled with the root
+    /// as configured.
     pub path: PathBuf,
-    /// The path as asked, made absolute.
-    pub asked: PathBuf,
     stat: libc::stat,
 }
 
@@ -289,8 +286,7 @@ impl Roots {
     /// patterns on the asked and the resolved path.
     pub fn open(&self, path: &str) -> Result<Opened, FsError> {
         let (root, rel) = self.locate(path)?;
-        let asked = root.join(&rel);
-        let shown = asked.display().to_string();
+        let shown = root.join(&rel).display().to_string();
         if let Some((component, pattern)) = self.deny.check(&rel) {
             return Err(FsError::Denied {
                 path: shown,
@@ -334,13 +330,7 @@ impl Roots {
         } else {
             root.join(real_rel)
         };
-        Ok(Opened {
-            fd,
-            root,
-            path,
-            asked,
-            stat,
-        })
+        Ok(Opened { fd, path, stat })
     }
 
     /// `files_stat`: facts about one path.

@@ -323,7 +323,7 @@ impl LogsAnalyze {
                 name: "logs_analyze",
                 title: "Analyse logs",
                 description: "Summarise the journal (filters `unit`, `identifier`, `since`, `until`) or a log file \
-                    (`path`, under `[logs] roots`): up to `max_entries` (default 10000, newest) entries or lines. \
+                    (`path`, under `[logs] roots`; its last 32 MiB): up to `max_entries` (default 10000, newest) entries or lines. \
                     Errors and warnings (journal priority err or worse / warning; otherwise keywords such as \
                     error, failed, fatal / warn) are clustered by normalised message (numbers, hex, UUIDs, IPs \
                     masked as <n> <hex> <uuid> <ip>) with count and first/last occurrence (time and line); `top` \
@@ -379,12 +379,19 @@ impl Tool for LogsAnalyze {
                     let tail = blocking(move || roots.tail(&path, max, ANALYZE_WINDOW, None))
                         .await?
                         .map_err(fs_failed)?;
+                    // Line numbers only when the window started at the top of the file.
                     let first_line = tail.lines_available.saturating_sub(tail.lines.len() as u64) + 1;
                     let records: Vec<Record> = tail
                         .lines
                         .iter()
                         .enumerate()
-                        .map(|(i, l)| Record::from_line(l, first_line + i as u64, tail.window_cut))
+                        .map(|(i, l)| {
+                            let mut r = Record::from_line(l, first_line + i as u64);
+                            if tail.window_cut {
+                                r.line = None;
+                            }
+                            r
+                        })
                         .collect();
                     let cut = tail.window_cut || tail.lines_available > tail.lines.len() as u64;
                     (records, format!("file {}", tail.path), cut)
@@ -483,7 +490,7 @@ static LEADING_TIME: LazyLock<Regex> = LazyLock::new(|| {
 
 impl Record {
     /// A file line: a syslog (RFC 3164 or ISO) prefix or a leading ISO time is split off.
-    pub fn from_line(line: &str, number: u64, _window_cut: bool) -> Record {
+    pub fn from_line(line: &str, number: u64) -> Record {
         let (time, message) = if let Some(c) = SYSLOG_3164.captures(line).or_else(|| SYSLOG_ISO.captures(line)) {
             (Some(c[1].to_string()), c[3].to_string())
         } else if let Some(c) = LEADING_TIME.captures(line) {
@@ -576,7 +583,8 @@ pub fn normalize(message: &str) -> String {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Occurrence {
     pub time: Option<String>,
-    /// Line number in the file (file sources).
+    /// Line number in the file (file sources, when the file was read from its first line; the
+    /// newest 32 MiB are read).
     pub line: Option<u64>,
 }
 
@@ -929,7 +937,7 @@ mod tests {
     }
 
     fn line(n: u64, text: &str) -> Record {
-        Record::from_line(text, n, false)
+        Record::from_line(text, n)
     }
 
     #[test]
