@@ -22,7 +22,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -512,6 +512,10 @@ impl Roots {
                             out.stopped = Some(format!("max_results={} reached", opts.max_results));
                             break 'walk;
                         }
+                        if out.bytes_scanned >= opts.max_bytes {
+                            out.stopped = Some(format!("bytes scanned reached {}", opts.max_bytes));
+                            break 'walk;
+                        }
                     }
                 } else if re.is_match(&name.to_string_lossy()) {
                     out.matches.push(SearchMatch {
@@ -570,24 +574,35 @@ impl Roots {
             _ => return,
         }
         let file = File::from(fd);
-        let mut data = Vec::new();
-        if (&file).take(budget).read_to_end(&mut data).is_err() {
-            return;
-        }
+        // Streamed line by line: memory stays at one line (at most `budget`), not one file.
+        let mut reader = io::BufReader::with_capacity(64 * 1024, (&file).take(budget));
         out.files_scanned += 1;
-        out.bytes_scanned += data.len() as u64;
-        if data[..data.len().min(SNIFF_BYTES)].contains(&0) {
-            out.binary_skipped += 1;
-            return;
+        match reader.fill_buf() {
+            Ok(head) if head[..head.len().min(SNIFF_BYTES)].contains(&0) => {
+                out.bytes_scanned += head.len() as u64;
+                out.binary_skipped += 1;
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => return,
         }
-        let text = String::from_utf8_lossy(&data);
-        for (n, line) in text.lines().enumerate() {
-            if re.is_match(line) {
+        let mut line = Vec::new();
+        let mut number = 0u64;
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.bytes_scanned += n as u64,
+            }
+            number += 1;
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\n', '\r']);
+            if re.is_match(text) {
                 out.matches.push(SearchMatch {
                     path: full.display().to_string(),
                     kind: FileKind::File,
-                    line: Some(n as u64 + 1),
-                    text: Some(cut_line(line)),
+                    line: Some(number),
+                    text: Some(cut_line(text)),
                 });
                 if out.matches.len() >= max_results {
                     return;
@@ -657,6 +672,20 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    /// The short name used in results (`file`, `directory`, `block_device`, ...).
+    pub fn key(self) -> &'static str {
+        match self {
+            FileKind::File => "file",
+            FileKind::Directory => "directory",
+            FileKind::Symlink => "symlink",
+            FileKind::Fifo => "fifo",
+            FileKind::Socket => "socket",
+            FileKind::BlockDevice => "block_device",
+            FileKind::CharDevice => "char_device",
+            FileKind::Unknown => "unknown",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FileKind::File => "regular file",

@@ -30,7 +30,7 @@ pub const TAIL_LINES: (i64, i64, i64) = (100, 1, 2000);
 /// `files_search.max_results`.
 pub const SEARCH_RESULTS: (i64, i64, i64) = (100, 1, 1000);
 /// `files_search.max_bytes`: contents read in all.
-pub const SEARCH_BYTES: (i64, i64, i64) = (16 << 20, 1, 256 << 20);
+pub const SEARCH_BYTES: (i64, i64, i64) = (16 << 20, 1, 64 << 20);
 /// `files_search.max_depth`.
 pub const SEARCH_DEPTH: (i64, i64, i64) = (16, 0, 64);
 /// Default `files_read.length` (capped by `[files] max_read_bytes`).
@@ -155,9 +155,9 @@ pub struct SearchArgs {
     #[serde(default)]
     #[schemars(range(min = 1, max = 1000))]
     pub max_results: Option<i64>,
-    /// Most bytes of file contents read in all (contents mode), 1 to 268435456 (default 16 MiB).
+    /// Most bytes of file contents read in all (contents mode), 1 to 67108864 (default 16 MiB).
     #[serde(default)]
-    #[schemars(range(min = 1, max = 268435456))]
+    #[schemars(range(min = 1, max = 67108864))]
     pub max_bytes: Option<i64>,
     /// Directory levels below `path` to descend, 0 to 64 (default 16).
     #[serde(default)]
@@ -519,7 +519,7 @@ impl FilesSearch {
                  names (`in: names`, default) or in the lines of regular text files (`in: contents`; binary \
                  files are skipped and counted). Walks each directory's entries in name order, then its subdirectories, at most `max_depth` levels \
                  (0-64, default 16), never following symlinks, skipping denied names (counted). Stops at \
-                 `max_results` matches (1-1000, default 100), `max_bytes` of contents read (default 16 MiB) or \
+                 `max_results` matches (1-1000, default 100), `max_bytes` of contents read (default 16 MiB, at most 64 MiB) or \
                  100000 entries, and says which in `stopped`.",
                     " ",
                     safety!()
@@ -677,14 +677,7 @@ fn render_listing(out: &ListOutput) -> String {
         let _ = write!(t, " ({} more not shown)", l.omitted);
     }
     for e in &l.entries {
-        let _ = write!(
-            t,
-            "\n{:>12} {} {:10} {}",
-            e.size,
-            e.mode,
-            format!("{:?}", e.kind).to_lowercase(),
-            e.name
-        );
+        let _ = write!(t, "\n{:>12} {} {:10} {}", e.size, e.mode, e.kind.key(), e.name);
         if let Some(target) = &e.link_target {
             let _ = write!(t, " -> {target}");
         }
