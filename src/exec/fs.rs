@@ -1060,6 +1060,42 @@ mod tests {
         assert!(valid_pattern("*.bak").is_ok());
     }
 
+    fn check_locate(roots: &[&str], path: &str, expected: Result<(&str, &str), &str>) {
+        let r = Roots::new("[files]", roots.iter().map(PathBuf::from).collect(), Deny::new(&[]));
+        match (r.locate(path), expected) {
+            (Ok((root, rel)), Ok((want_root, want_rel))) => {
+                assert_eq!(
+                    (root.to_str().unwrap(), rel.to_str().unwrap()),
+                    (want_root, want_rel),
+                    "{path}"
+                )
+            }
+            (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{path}: `{e}` lacks `{needle}`"),
+            (got, want) => panic!("{path}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn paths_are_placed_under_the_longest_matching_root() {
+        let two = ["/srv", "/srv/media"];
+        check_locate(&two, "/srv/media/a.mkv", Ok(("/srv/media", "a.mkv")));
+        check_locate(&two, "/srv/app/x", Ok(("/srv", "app/x")));
+        check_locate(&two, "/srv", Ok(("/srv", "")));
+        // `..` is left for the kernel to refuse beneath the root.
+        check_locate(&two, "/srv/../etc/passwd", Ok(("/srv", "../etc/passwd")));
+        check_locate(&two, "/srvx/a", Err("outside the allowed roots (/srv, /srv/media)"));
+        check_locate(&two, "a.txt", Err("relative but there are several roots"));
+        check_locate(&["/srv"], "a/b", Ok(("/srv", "a/b")));
+        check_locate(&["/srv"], "", Err("may not be empty"));
+        check_locate(&["/srv"], "a\0b", Err("NUL"));
+        check_locate(&["/srv"], &"a".repeat(5000), Err("longer than 4096"));
+        check_locate(
+            &[],
+            "/srv",
+            Err("no roots are configured for this toolset: set `[files] roots"),
+        );
+    }
+
     #[test]
     fn text_detection() {
         assert_eq!(as_text(b"hello\n"), Some(("hello\n", 0)));
