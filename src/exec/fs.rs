@@ -25,7 +25,7 @@ use std::fs::File;
 use std::io::{self, BufRead, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use schemars::JsonSchema;
@@ -628,20 +628,9 @@ impl Opened {
         let link = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
         std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags_nonblock()
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
             .open(&link)
             .map_err(|e| io_error(&shown, e))
-    }
-}
-
-trait NonBlock {
-    fn custom_flags_nonblock(&mut self) -> &mut Self;
-}
-
-impl NonBlock for std::fs::OpenOptions {
-    fn custom_flags_nonblock(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
     }
 }
 
