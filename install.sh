@@ -300,6 +300,27 @@ enable = []
 # Never offer these tools, e.g. ["packages_install"].
 disable = []
 
+[files]
+# Directories the files_* tools may read beneath (absolute). None by default: every files_*
+# call is refused until you list some. Paths are resolved by the kernel beneath the root
+# (openat2 RESOLVE_BENEATH): `..` or a symlink leading out of a root is refused.
+roots = []                       # e.g. ["/srv", "/etc/nginx"]
+# Deny patterns (`*` and `?`, case-insensitive, matched against every path component) added to
+# the built-in ones, which always apply: .ssh .gnupg .password-store .aws .kube .docker id_rsa*
+# id_dsa* id_ecdsa* id_ed25519* *.key *_key *.pem *.p12 *.pfx *.jks *.keystore *.kdbx shadow
+# shadow- gshadow gshadow- .env .env.* *.env .netrc .pgpass .git-credentials .htpasswd
+# credentials credentials.* secrets tailscaled.state
+deny = []                        # e.g. ["*.bak", "wp-config.php"]
+# The most bytes one files_read returns and one files_tail scans (1024 to 16777216).
+max_read_bytes = 262144
+
+[logs]
+# Directories logs_tail and logs_analyze may read log files beneath (same safe resolution and
+# built-in deny patterns as [files]). The journal tools need no root: the server reads the
+# journal with journalctl (its user needs the systemd-journal group for system entries).
+roots = ["/var/log"]
+deny = []
+
 # Local grants add to the grants from your tailnet policy file's app capability.
 # match:   "user:LOGIN" (a user-owned node of this login), "tag:NAME" (a tagged node with this
 #          tag), "node:NAME" (a node by short or MagicDNS name), or "*" (every tailnet caller).

@@ -54,6 +54,29 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     /// Which tools this server offers (`[tools]`).
     pub tools: ToolsConfig,
+    /// Where the `files` tools may read (`[files]`).
+    pub files: FilesConfig,
+    /// Where `logs_tail` / `logs_analyze` may read log files (`[logs]`).
+    pub logs: LogsConfig,
+}
+
+/// `[files]`: the directories the `files` tools may read beneath, and what they never return.
+#[derive(Debug, Clone)]
+pub struct FilesConfig {
+    /// Absolute directories; empty (the default) = every `files_*` call is refused.
+    pub roots: Vec<PathBuf>,
+    /// Deny patterns added to `exec::fs::DEFAULT_DENY` (which always apply).
+    pub deny: Vec<String>,
+    /// The most bytes one `files_read` returns and one tail scans.
+    pub max_read_bytes: usize,
+}
+
+/// `[logs]`: the directories `logs_tail` and `logs_analyze` may read log files beneath.
+#[derive(Debug, Clone)]
+pub struct LogsConfig {
+    pub roots: Vec<PathBuf>,
+    /// Deny patterns added to `exec::fs::DEFAULT_DENY`.
+    pub deny: Vec<String>,
 }
 
 /// `[tools]`: which tools are registered at all. A tool filtered out here is never listed and
@@ -144,6 +167,72 @@ struct File {
     target: Vec<TargetSection>,
     #[serde(default)]
     tools: ToolsSection,
+    #[serde(default)]
+    files: FilesSection,
+    #[serde(default)]
+    logs: LogsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FilesSection {
+    roots: Vec<PathBuf>,
+    deny: Vec<String>,
+    max_read_bytes: usize,
+}
+
+impl Default for FilesSection {
+    fn default() -> Self {
+        FilesSection {
+            roots: Vec::new(),
+            deny: Vec::new(),
+            max_read_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LogsSection {
+    roots: Vec<PathBuf>,
+    deny: Vec<String>,
+}
+
+impl Default for LogsSection {
+    fn default() -> Self {
+        LogsSection {
+            roots: vec![PathBuf::from("/var/log")],
+            deny: Vec::new(),
+        }
+    }
+}
+
+/// `roots` and `deny` of `[files]` / `[logs]`: absolute, `..`-free roots that no deny pattern
+/// covers; one-component patterns.
+fn check_roots(section: &str, roots: &[PathBuf], deny: &[String]) -> Result<(), (String, String)> {
+    for (i, p) in deny.iter().enumerate() {
+        crate::exec::fs::valid_pattern(p).map_err(|e| (format!("{section}.deny[{i}]"), e))?;
+    }
+    let d = crate::exec::fs::Deny::new(deny);
+    for (i, r) in roots.iter().enumerate() {
+        let key = format!("{section}.roots[{i}]");
+        if !r.is_absolute() {
+            return Err((key, format!("`{}` is not an absolute path", r.display())));
+        }
+        if r.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err((key, format!("`{}` contains `..`", r.display())));
+        }
+        if let Some(pattern) = r.components().find_map(|c| match c {
+            std::path::Component::Normal(n) => d.matches(n).map(str::to_string),
+            _ => None,
+        }) {
+            return Err((
+                key,
+                format!("`{}` is itself covered by deny pattern `{pattern}`", r.display()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -555,6 +644,19 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         });
     }
 
+    for (section, roots, deny) in [
+        ("files", &file.files.roots, &file.files.deny),
+        ("logs", &file.logs.roots, &file.logs.deny),
+    ] {
+        check_roots(section, roots, deny).map_err(|(key, message)| invalid(&key, message))?;
+    }
+    if !(1024..=16 << 20).contains(&file.files.max_read_bytes) {
+        return Err(invalid(
+            "files.max_read_bytes",
+            "must be between 1024 and 16777216".into(),
+        ));
+    }
+
     Ok(Config {
         source,
         port,
@@ -579,6 +681,15 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
             read_only: file.tools.read_only,
             enable: file.tools.enable,
             disable: file.tools.disable,
+        },
+        files: FilesConfig {
+            roots: file.files.roots,
+            deny: file.files.deny,
+            max_read_bytes: file.files.max_read_bytes,
+        },
+        logs: LogsConfig {
+            roots: file.logs.roots,
+            deny: file.logs.deny,
         },
     })
 }
@@ -673,6 +784,30 @@ mod tests {
             "service.listen",
         );
         check_err("[service]\nname = \"svc:mcp\"\nlisten = \"8472\"", "service.listen");
+    }
+
+    #[test]
+    fn files_and_logs_sections() {
+        let c = load("").unwrap();
+        assert!(c.files.roots.is_empty());
+        assert_eq!(c.logs.roots, vec![PathBuf::from("/var/log")]);
+        assert_eq!(c.files.max_read_bytes, 256 * 1024);
+        let c = load("[files]\nroots = [\"/srv\"]\ndeny = [\"*.bak\"]\nmax_read_bytes = 4096").unwrap();
+        assert_eq!(c.files.roots, vec![PathBuf::from("/srv")]);
+        assert_eq!(c.files.deny, vec!["*.bak".to_string()]);
+        check_err(
+            "[files]\nroots = [\"srv\"]",
+            "files.roots[0]: `srv` is not an absolute path",
+        );
+        check_err(
+            "[files]\nroots = [\"/srv/../etc\"]",
+            "files.roots[0]: `/srv/../etc` contains `..`",
+        );
+        check_err("[files]\nroots = [\"/root/.ssh\"]", "covered by deny pattern `.ssh`");
+        check_err("[files]\ndeny = [\"a/b\"]", "files.deny[0]");
+        check_err("[files]\nmax_read_bytes = 10", "files.max_read_bytes");
+        check_err("[logs]\nroots = [\"log\"]", "logs.roots[0]");
+        check_err("[logs]\nbogus = 1", "unknown field `bogus`");
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod catalog;
 mod containers;
 mod deploy;
 mod docker;
+mod files;
 mod foundation;
 mod harness;
 mod http_exec;

@@ -6,9 +6,11 @@
 //! Filtering (policy, read-only mode) happens in one place, `mcp`; a tool never checks scopes.
 
 pub mod containers;
+pub mod files;
 pub mod format;
 pub mod identity;
 pub mod inventory;
+pub mod logs;
 pub mod system;
 pub mod targets;
 
@@ -236,5 +238,7 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(targets::tools());
     tools.extend(inventory::tools());
     tools.extend(containers::tools());
+    tools.extend(logs::tools());
+    tools.extend(files::tools());
     tools
 }

@@ -1,0 +1,1027 @@
+//! The `logs` toolset: journal queries (`journalctl -o json` through `exec::journal`), tails of
+//! log files beneath the `[logs]` roots (the same kernel-enforced resolution as the `files`
+//! tools, `exec::fs`), and `logs_analyze`, which clusters errors and warnings by normalised
+//! message and finds systemd restart loops — on the server's own host (`local` targets) only.
+//!
+//! The analysis is pure (records in, [`Analysis`] out) and table-tested. No model-written summary
+//! is produced: a tool has no handle on the client (`ToolContext` has no peer for sampling), and
+//! the result says so. Tools never check scopes and never write audit rows.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, LazyLock};
+
+use futures::future::BoxFuture;
+use regex::Regex;
+use rmcp::model::JsonObject;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::files::{TAIL_LINES, TailOutput, blocking, compile_regex, fs_failed, local_only, render_tail, tail_output};
+use super::{
+    Annotations, Requirement, Risk, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated, bounded,
+    input_schema, output_schema, parse_args,
+};
+use crate::exec::fs::{Deny, Roots};
+use crate::exec::journal::{self, Filter};
+use crate::exec::{ExecError, Limits};
+use crate::policy::{Area, Level, Scope};
+
+/// `logs_journal.lines`.
+pub const JOURNAL_LINES: (i64, i64, i64) = (100, 1, 1000);
+/// Entries scanned when `logs_journal` filters with `grep`.
+pub const GREP_SCAN: usize = 20_000;
+/// `logs_analyze.max_entries`.
+pub const ANALYZE_ENTRIES: (i64, i64, i64) = (10_000, 1, 100_000);
+/// `logs_analyze.top`.
+pub const ANALYZE_TOP: (i64, i64, i64) = (10, 1, 50);
+/// Bytes read from the end of a log file by `logs_tail`.
+pub const TAIL_WINDOW: usize = 4 << 20;
+/// Bytes read from the end of a log file by `logs_analyze`.
+pub const ANALYZE_WINDOW: usize = 32 << 20;
+/// Output kept from one `journalctl` run.
+const JOURNAL_OUTPUT: usize = 64 << 20;
+/// A unit with at least this many scheduled restarts (or starts with failures) is in a loop.
+pub const RESTART_LOOP_THRESHOLD: u64 = 3;
+
+/// The tools of this toolset, in catalog order.
+pub fn tools() -> Vec<Arc<dyn Tool>> {
+    vec![
+        Arc::new(LogsJournal::new()),
+        Arc::new(LogsTail::new()),
+        Arc::new(LogsAnalyze::new()),
+    ]
+}
+
+const READ_ONLY: Annotations = Annotations {
+    read_only: true,
+    destructive: false,
+    idempotent: true,
+    open_world: false,
+};
+
+/// Arguments of `logs_journal`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JournalArgs {
+    /// The host to run against (`local` when omitted); resolved by the server.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Only this systemd unit (`nginx.service`; globs `*` `?` allowed).
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Only this syslog identifier (`SYSLOG_IDENTIFIER`, `journalctl -t`).
+    #[serde(default)]
+    pub identifier: Option<String>,
+    /// This priority and more severe: emerg, alert, crit, err, warning, notice, info, debug, or 0-7.
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// Start time as journalctl takes it: `2025-01-31 12:00:00`, `-1h`, `today`, `yesterday`.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// End time, same forms as `since`.
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Only entries whose message matches this regular expression (Rust regex syntax).
+    #[serde(default)]
+    pub grep: Option<String>,
+    /// Most entries returned (the newest), 1 to 1000 (default 100).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub lines: Option<i64>,
+}
+
+/// Arguments of `logs_tail`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogsTailArgs {
+    /// The host to run against (`local` when omitted); resolved by the server.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// A log file under a `[logs] roots` directory (default `/var/log`).
+    pub path: String,
+    /// Lines from the end, 1 to 2000 (default 100).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 2000))]
+    pub lines: Option<i64>,
+    /// Only lines matching this regular expression.
+    #[serde(default)]
+    pub grep: Option<String>,
+}
+
+/// Arguments of `logs_analyze`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyzeArgs {
+    /// The host to run against (`local` when omitted); resolved by the server.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Analyse this log file (under `[logs] roots`) instead of the journal.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Journal: only this unit.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Journal: only this syslog identifier.
+    #[serde(default)]
+    pub identifier: Option<String>,
+    /// Journal: start time (`-1h`, `today`, `2025-01-31 12:00:00`).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Journal: end time.
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Most entries (journal) or lines (file, from the end) analysed, 1 to 100000 (default 10000).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_entries: Option<i64>,
+    /// Clusters listed per section, 1 to 50 (default 10).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 50))]
+    pub top: Option<i64>,
+}
+
+/// `structuredContent` of `logs_journal`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct JournalOutput {
+    /// Entries returned, oldest first.
+    pub count: usize,
+    pub entries: Vec<journal::Entry>,
+    /// Entries read from the journal before `grep` filtered them.
+    pub scanned: usize,
+    pub truncated: Option<Truncated>,
+}
+
+/// `logs_journal`.
+pub struct LogsJournal {
+    spec: ToolSpec,
+}
+
+impl Default for LogsJournal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogsJournal {
+    pub fn new() -> LogsJournal {
+        LogsJournal {
+            spec: ToolSpec {
+                name: "logs_journal",
+                title: "Query the journal",
+                description: "The newest `lines` (1-1000, default 100) systemd journal entries of this host, \
+                    oldest first, via `journalctl -o json`: filter by `unit`, `identifier` (syslog identifier), \
+                    `priority` (this and more severe: emerg..debug or 0-7), `since`/`until` (journalctl time \
+                    forms: `-1h`, `today`, `2025-01-31 12:00:00`) and `grep` (a regular expression over the \
+                    message; the newest 20000 entries that pass the other filters are scanned). Each entry: time \
+                    (RFC 3339 UTC), priority, unit, identifier, pid, message (at most 4000 characters). Local \
+                    target only; the server needs the `systemd-journal` group to see system entries.",
+                requires: Requirement::Scope(Scope::new(Area::Logs, Level::Read)),
+                risk: Risk::Low,
+                annotations: READ_ONLY,
+                input_schema: input_schema::<JournalArgs>(),
+                output_schema: output_schema::<JournalOutput>(),
+            },
+        }
+    }
+}
+
+impl Tool for LogsJournal {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let args: JournalArgs = parse_args(args)?;
+            let lines = bounded("lines", args.lines, JOURNAL_LINES.0, JOURNAL_LINES.1, JOURNAL_LINES.2)?;
+            let priority = args
+                .priority
+                .as_deref()
+                .map(journal::parse_priority)
+                .transpose()
+                .map_err(ToolError::InvalidArgs)?;
+            let filter = Filter {
+                unit: args.unit,
+                identifier: args.identifier,
+                priority,
+                since: args.since,
+                until: args.until,
+            };
+            journal::validate(&filter).map_err(ToolError::InvalidArgs)?;
+            let grep = args.grep.as_deref().map(|g| compile_regex("grep", g)).transpose()?;
+            local_only(&ctx, self.spec.name)?;
+            let scan = if grep.is_some() { GREP_SCAN } else { lines };
+            let (mut entries, cut) = journal::query(&filter, scan, journal_limits(&ctx))
+                .await
+                .map_err(journal_failed)?;
+            let scanned = entries.len();
+            if let Some(re) = &grep {
+                entries.retain(|e| re.is_match(&e.message));
+            }
+            let omitted = entries.len().saturating_sub(lines);
+            entries.drain(..omitted);
+            let truncated = if omitted > 0 {
+                Some(Truncated {
+                    cap: format!("lines={lines}"),
+                    omitted: Some(omitted as u64),
+                })
+            } else if cut {
+                Some(Truncated {
+                    cap: format!("{JOURNAL_OUTPUT} bytes of journalctl output"),
+                    omitted: None,
+                })
+            } else if grep.is_some() && scanned >= GREP_SCAN {
+                Some(Truncated {
+                    cap: format!("grep scanned the newest {GREP_SCAN} entries"),
+                    omitted: None,
+                })
+            } else {
+                None
+            };
+            let out = JournalOutput {
+                count: entries.len(),
+                entries,
+                scanned,
+                truncated,
+            };
+            let text = render_journal(&out);
+            ToolOutput::new(&out, text)
+        })
+    }
+}
+
+/// `logs_tail`.
+pub struct LogsTail {
+    spec: ToolSpec,
+}
+
+impl Default for LogsTail {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogsTail {
+    pub fn new() -> LogsTail {
+        LogsTail {
+            spec: ToolSpec {
+                name: "logs_tail",
+                title: "Tail a log file",
+                description: "The last `lines` lines (1-2000, default 100) of a log file under a `[logs] roots` \
+                    directory (default `/var/log`), optionally only those matching `grep` (a regular \
+                    expression), read from the last 4 MiB of the file. Resolution is done by the kernel beneath \
+                    the root: `..` or a symlink leading out of it is refused; names matching a deny pattern \
+                    (`*.key`, `.ssh`, `shadow`, ... plus `[logs] deny`) are refused. Local target only.",
+                requires: Requirement::Scope(Scope::new(Area::Logs, Level::Read)),
+                risk: Risk::Low,
+                annotations: READ_ONLY,
+                input_schema: input_schema::<LogsTailArgs>(),
+                output_schema: output_schema::<TailOutput>(),
+            },
+        }
+    }
+}
+
+impl Tool for LogsTail {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let args: LogsTailArgs = parse_args(args)?;
+            let lines = bounded("lines", args.lines, TAIL_LINES.0, TAIL_LINES.1, TAIL_LINES.2)?;
+            let grep = args.grep.as_deref().map(|g| compile_regex("grep", g)).transpose()?;
+            local_only(&ctx, self.spec.name)?;
+            let roots = logs_roots(&ctx);
+            let tail = blocking(move || roots.tail(&args.path, lines, TAIL_WINDOW, grep.as_ref()))
+                .await?
+                .map_err(fs_failed)?;
+            let out = tail_output(tail, lines, TAIL_WINDOW);
+            let text = render_tail(&out);
+            ToolOutput::new(&out, text)
+        })
+    }
+}
+
+/// `logs_analyze`.
+pub struct LogsAnalyze {
+    spec: ToolSpec,
+}
+
+impl Default for LogsAnalyze {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogsAnalyze {
+    pub fn new() -> LogsAnalyze {
+        LogsAnalyze {
+            spec: ToolSpec {
+                name: "logs_analyze",
+                title: "Analyse logs",
+                description: "Summarise the journal (filters `unit`, `identifier`, `since`, `until`) or a log file \
+                    (`path`, under `[logs] roots`; its last 32 MiB): up to `max_entries` (default 10000, newest) entries or lines. \
+                    Errors and warnings (journal priority err or worse / warning; otherwise keywords such as \
+                    error, failed, fatal / warn) are clustered by normalised message (numbers, hex, UUIDs, IPs \
+                    masked as <n> <hex> <uuid> <ip>) with count and first/last occurrence (time and line); `top` \
+                    (1-50, default 10) clusters each for errors, warnings and the most repeated messages of any \
+                    level. Restart loops: per systemd unit, counts of `Started`, `Stopped`, `Scheduled restart \
+                    job` and `Failed with result` messages; `looping` when restarts were scheduled 3+ times or \
+                    it started 3+ times with 2+ failures. No model-written summary is produced (`summary` is \
+                    null). Local target only.",
+                requires: Requirement::Scope(Scope::new(Area::Logs, Level::Read)),
+                risk: Risk::Low,
+                annotations: READ_ONLY,
+                input_schema: input_schema::<AnalyzeArgs>(),
+                output_schema: output_schema::<Analysis>(),
+            },
+        }
+    }
+}
+
+impl Tool for LogsAnalyze {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let args: AnalyzeArgs = parse_args(args)?;
+            let max = bounded(
+                "max_entries",
+                args.max_entries,
+                ANALYZE_ENTRIES.0,
+                ANALYZE_ENTRIES.1,
+                ANALYZE_ENTRIES.2,
+            )?;
+            let top = bounded("top", args.top, ANALYZE_TOP.0, ANALYZE_TOP.1, ANALYZE_TOP.2)?;
+            let filter = Filter {
+                unit: args.unit,
+                identifier: args.identifier,
+                priority: None,
+                since: args.since,
+                until: args.until,
+            };
+            let (records, source, cut) = match args.path {
+                Some(path) => {
+                    if filter != Filter::default() {
+                        return Err(ToolError::InvalidArgs(
+                            "`unit`, `identifier`, `since` and `until` filter the journal; they cannot be \
+                             combined with `path`"
+                                .into(),
+                        ));
+                    }
+                    local_only(&ctx, self.spec.name)?;
+                    let roots = logs_roots(&ctx);
+                    let tail = blocking(move || roots.tail(&path, max, ANALYZE_WINDOW, None))
+                        .await?
+                        .map_err(fs_failed)?;
+                    // Line numbers only when the window started at the top of the file.
+                    let first_line = tail.lines_available.saturating_sub(tail.lines.len() as u64) + 1;
+                    let records: Vec<Record> = tail
+                        .lines
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| {
+                            let mut r = Record::from_line(l, first_line + i as u64);
+                            if tail.window_cut {
+                                r.line = None;
+                            }
+                            r
+                        })
+                        .collect();
+                    let cut = tail.window_cut || tail.lines_available > tail.lines.len() as u64;
+                    (records, format!("file {}", tail.path), cut)
+                }
+                None => {
+                    journal::validate(&filter).map_err(ToolError::InvalidArgs)?;
+                    local_only(&ctx, self.spec.name)?;
+                    let (entries, cut) = journal::query(&filter, max, journal_limits(&ctx))
+                        .await
+                        .map_err(journal_failed)?;
+                    let full = entries.len() >= max;
+                    let records = entries.into_iter().map(Record::from_entry).collect();
+                    (records, describe_filter(&filter), cut || full)
+                }
+            };
+            let mut out = analyze(&records, top);
+            out.source = source;
+            if cut {
+                out.truncated = Some(Truncated {
+                    cap: format!("max_entries={max} (newest kept)"),
+                    omitted: None,
+                });
+            }
+            let text = render_analysis(&out);
+            ToolOutput::new(&out, text)
+        })
+    }
+}
+
+fn logs_roots(ctx: &ToolContext) -> Roots {
+    let c = &ctx.config.logs;
+    Roots::new("[logs]", c.roots.clone(), Deny::new(&c.deny))
+}
+
+fn journal_limits(ctx: &ToolContext) -> Limits {
+    Limits {
+        timeout: ctx.target.limits.timeout,
+        max_output: JOURNAL_OUTPUT,
+    }
+}
+
+fn journal_failed(e: ExecError) -> ToolError {
+    match e {
+        ExecError::Failed(m) if m.contains("program `journalctl` not found") => {
+            ToolError::Failed("journalctl not found: the journal tools need systemd's journalctl on this host".into())
+        }
+        ExecError::Refused(m) => ToolError::InvalidArgs(m),
+        other => ToolError::Failed(other.to_string()),
+    }
+}
+
+fn describe_filter(f: &Filter) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in [
+        ("unit", &f.unit),
+        ("identifier", &f.identifier),
+        ("since", &f.since),
+        ("until", &f.until),
+    ] {
+        if let Some(v) = v {
+            parts.push(format!("{k}={v}"));
+        }
+    }
+    if parts.is_empty() {
+        "journal".into()
+    } else {
+        format!("journal ({})", parts.join(", "))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Analysis (pure).
+
+/// One log record, from the journal or a file line.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Record {
+    pub time: Option<String>,
+    /// Line number in the file (file sources).
+    pub line: Option<u64>,
+    pub priority: Option<u8>,
+    /// The unit a systemd message is about (journal `UNIT`), when known.
+    pub unit: Option<String>,
+    pub message: String,
+}
+
+static SYSLOG_3164: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) \S+ ([^:\[\s]+)(?:\[\d+\])?: ?(.*)$").expect("valid")
+});
+static SYSLOG_ISO: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?) \S+ ([^:\[\s]+)(?:\[\d+\])?: ?(.*)$")
+        .expect("valid")
+});
+static LEADING_TIME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^\[?(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)\]?\s+(.*)$").expect("valid")
+});
+
+impl Record {
+    /// A file line: a syslog (RFC 3164 or ISO) prefix or a leading ISO time is split off.
+    pub fn from_line(line: &str, number: u64) -> Record {
+        let (time, message) = if let Some(c) = SYSLOG_3164.captures(line).or_else(|| SYSLOG_ISO.captures(line)) {
+            (Some(c[1].to_string()), c[3].to_string())
+        } else if let Some(c) = LEADING_TIME.captures(line) {
+            (Some(c[1].to_string()), c[2].to_string())
+        } else {
+            (None, line.to_string())
+        };
+        Record {
+            time,
+            line: Some(number),
+            priority: None,
+            unit: None,
+            message,
+        }
+    }
+
+    fn from_entry(e: journal::Entry) -> Record {
+        Record {
+            time: e.time,
+            line: None,
+            priority: e.priority,
+            unit: e.about_unit,
+            message: e.message,
+        }
+    }
+}
+
+/// Error, warning or other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Error,
+    Warning,
+    Other,
+}
+
+static ERROR_WORDS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)\b(error|errors|err|fatal|critical|crit|panic|emerg|alert|failed|failure|exception|traceback|segfault)\b",
+    )
+    .expect("valid")
+});
+static WARNING_WORDS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)\b(warn|warning|warnings|deprecated)\b").expect("valid"));
+
+fn severity(r: &Record) -> Severity {
+    match r.priority {
+        Some(p) if p <= 3 => Severity::Error,
+        Some(4) => Severity::Warning,
+        _ if ERROR_WORDS.is_match(&r.message) => Severity::Error,
+        _ if WARNING_WORDS.is_match(&r.message) => Severity::Warning,
+        _ => Severity::Other,
+    }
+}
+
+static UUID: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b").expect("valid")
+});
+static IPV4: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b").expect("valid"));
+static HEX: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b0x[0-9a-f]+\b|\b[0-9a-f]*\d[0-9a-f]*[a-f][0-9a-f]*\b|\b[0-9a-f]*[a-f][0-9a-f]*\d[0-9a-f]*\b")
+        .expect("valid")
+});
+static NUMBER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\d+").expect("valid"));
+static SPACES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\s+").expect("valid"));
+
+/// The message with variable parts masked: UUIDs, IPv4 addresses (with port), hex numbers and
+/// hex strings that mix digits and letters (ids, hashes), then digit runs; whitespace collapsed.
+pub fn normalize(message: &str) -> String {
+    let s = UUID.replace_all(message, "<uuid>");
+    let s = IPV4.replace_all(&s, "<ip>");
+    let s = HEX.replace_all(&s, |c: &regex::Captures| {
+        // Short words such as `a1` or `b2b` are rarely ids; keep them unless they are long.
+        if c[0].len() >= 6 || c[0].starts_with("0x") || c[0].starts_with("0X") {
+            "<hex>".to_string()
+        } else {
+            c[0].to_string()
+        }
+    });
+    let s = NUMBER.replace_all(&s, "<n>");
+    let s = SPACES.replace_all(s.trim(), " ");
+    let mut out: String = s.chars().take(300).collect();
+    if s.chars().count() > 300 {
+        out.push('…');
+    }
+    out
+}
+
+/// Where a cluster was seen.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Occurrence {
+    pub time: Option<String>,
+    /// Line number in the file (file sources, when the file was read from its first line; the
+    /// newest 32 MiB are read).
+    pub line: Option<u64>,
+}
+
+/// Messages that are the same once normalised.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Cluster {
+    pub severity: Severity,
+    /// The normalised message.
+    pub pattern: String,
+    pub count: u64,
+    pub first: Occurrence,
+    pub last: Occurrence,
+    /// The first message as logged (at most 500 characters).
+    pub example: String,
+}
+
+/// Start/stop/restart activity of one systemd unit.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct UnitRestarts {
+    pub unit: String,
+    pub started: u64,
+    pub stopped: u64,
+    /// `Scheduled restart job` messages.
+    pub scheduled_restarts: u64,
+    /// `Failed with result` / `Main process exited` with a failure status.
+    pub failures: u64,
+    /// The highest `restart counter is at N`.
+    pub max_restart_counter: Option<u64>,
+    /// Scheduled restarts ≥ 3, or starts ≥ 3 with failures ≥ 2.
+    pub looping: bool,
+    pub first: Occurrence,
+    pub last: Occurrence,
+}
+
+/// `structuredContent` of `logs_analyze`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Analysis {
+    /// What was analysed: `journal (unit=…)` or `file /var/log/…`.
+    pub source: String,
+    pub entries: u64,
+    pub errors: u64,
+    pub warnings: u64,
+    /// Distinct normalised messages of any severity.
+    pub distinct_patterns: u64,
+    /// First and last time seen (as the source writes times).
+    pub first: Option<String>,
+    pub last: Option<String>,
+    /// The largest error clusters (at most `top`).
+    pub error_clusters: Vec<Cluster>,
+    pub warning_clusters: Vec<Cluster>,
+    /// The most repeated messages of any severity (count ≥ 2; at most `top`).
+    pub top_messages: Vec<Cluster>,
+    /// Units with restarts or failures, most restarted first.
+    pub restarts: Vec<UnitRestarts>,
+    /// Always null: no model-written summary is produced (the tool has no client to sample).
+    pub summary: Option<String>,
+    pub notes: Vec<String>,
+    pub truncated: Option<Truncated>,
+}
+
+static SCHEDULED: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(?:(\S+?): )?Scheduled restart job, restart counter is at (\d+)").expect("valid"));
+static STARTED: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(?:Started|Starting) (.+?)\.?$").expect("valid"));
+static STOPPED: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^Stopped (.+?)\.?$").expect("valid"));
+static FAILED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:(\S+?): )?(?:Failed with result '[^']+'|Main process exited, code=\w+, status=\d+/(?:[A-Z]+))")
+        .expect("valid")
+});
+static UNIT_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^([\w@.:\\-]+\.(?:service|socket|timer|mount|scope|target|path|slice|swap|automount|device))\b")
+        .expect("valid")
+});
+
+/// What a message says about a unit's lifecycle.
+enum Lifecycle {
+    Started(String),
+    Stopped(String),
+    Scheduled(String, u64),
+    Failed(String),
+}
+
+fn lifecycle(r: &Record) -> Option<Lifecycle> {
+    let m = r.message.trim();
+    // "Started foo.service - Foo." (systemd 250+) or "Started Foo." (description only).
+    let name = |captured: &str| -> String {
+        r.unit.clone().unwrap_or_else(|| {
+            UNIT_NAME
+                .captures(captured)
+                .map(|c| c[1].to_string())
+                .unwrap_or_else(|| captured.split(" - ").next().unwrap_or(captured).to_string())
+        })
+    };
+    if let Some(c) = SCHEDULED.captures(m) {
+        let unit = r
+            .unit
+            .clone()
+            .or_else(|| c.get(1).map(|u| u.as_str().to_string()))
+            .unwrap_or_else(|| "(unknown unit)".into());
+        return Some(Lifecycle::Scheduled(unit, c[2].parse().unwrap_or(0)));
+    }
+    if let Some(c) = FAILED.captures(m) {
+        if m.contains("status=0/SUCCESS") {
+            return None;
+        }
+        let unit = r
+            .unit
+            .clone()
+            .or_else(|| c.get(1).map(|u| u.as_str().to_string()))
+            .unwrap_or_else(|| "(unknown unit)".into());
+        return Some(Lifecycle::Failed(unit));
+    }
+    if m.starts_with("Starting ") {
+        return None;
+    }
+    if let Some(c) = STARTED.captures(m) {
+        return Some(Lifecycle::Started(name(&c[1])));
+    }
+    if let Some(c) = STOPPED.captures(m) {
+        return Some(Lifecycle::Stopped(name(&c[1])));
+    }
+    None
+}
+
+/// Cluster `records` (oldest first) and find restart loops; `top` clusters per section.
+pub fn analyze(records: &[Record], top: usize) -> Analysis {
+    let mut clusters: HashMap<(Severity, String), Cluster> = HashMap::new();
+    let mut order: Vec<(Severity, String)> = Vec::new();
+    let mut units: HashMap<String, UnitRestarts> = HashMap::new();
+    let mut unit_order: Vec<String> = Vec::new();
+    let (mut errors, mut warnings) = (0u64, 0u64);
+    for r in records {
+        let sev = severity(r);
+        match sev {
+            Severity::Error => errors += 1,
+            Severity::Warning => warnings += 1,
+            Severity::Other => {}
+        }
+        let at = Occurrence {
+            time: r.time.clone(),
+            line: r.line,
+        };
+        let key = (sev, normalize(&r.message));
+        match clusters.get_mut(&key) {
+            Some(c) => {
+                c.count += 1;
+                c.last = at.clone();
+            }
+            None => {
+                order.push(key.clone());
+                clusters.insert(
+                    key.clone(),
+                    Cluster {
+                        severity: sev,
+                        pattern: key.1.clone(),
+                        count: 1,
+                        first: at.clone(),
+                        last: at.clone(),
+                        example: r.message.chars().take(500).collect(),
+                    },
+                );
+            }
+        }
+        if let Some(event) = lifecycle(r) {
+            let unit = match &event {
+                Lifecycle::Started(u) | Lifecycle::Stopped(u) | Lifecycle::Scheduled(u, _) | Lifecycle::Failed(u) => {
+                    u.clone()
+                }
+            };
+            let entry = units.entry(unit.clone()).or_insert_with(|| {
+                unit_order.push(unit.clone());
+                UnitRestarts {
+                    unit: unit.clone(),
+                    started: 0,
+                    stopped: 0,
+                    scheduled_restarts: 0,
+                    failures: 0,
+                    max_restart_counter: None,
+                    looping: false,
+                    first: at.clone(),
+                    last: at.clone(),
+                }
+            });
+            entry.last = at.clone();
+            match event {
+                Lifecycle::Started(_) => entry.started += 1,
+                Lifecycle::Stopped(_) => entry.stopped += 1,
+                Lifecycle::Scheduled(_, n) => {
+                    entry.scheduled_restarts += 1;
+                    entry.max_restart_counter = Some(entry.max_restart_counter.map_or(n, |m| m.max(n)));
+                }
+                Lifecycle::Failed(_) => entry.failures += 1,
+            }
+        }
+    }
+    // Largest first; ties keep first-seen order.
+    let ranked = |pred: &dyn Fn(&Cluster) -> bool| -> Vec<Cluster> {
+        let mut v: Vec<(usize, &Cluster)> = order
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (i, &clusters[k]))
+            .filter(|(_, c)| pred(c))
+            .collect();
+        v.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
+        v.into_iter().take(top).map(|(_, c)| c.clone()).collect()
+    };
+    let error_clusters = ranked(&|c| c.severity == Severity::Error);
+    let warning_clusters = ranked(&|c| c.severity == Severity::Warning);
+    let top_messages = ranked(&|c| c.count >= 2);
+    let mut restarts: Vec<UnitRestarts> = unit_order
+        .into_iter()
+        .filter_map(|u| units.remove(&u))
+        .map(|mut u| {
+            u.looping = u.scheduled_restarts >= RESTART_LOOP_THRESHOLD
+                || (u.started >= RESTART_LOOP_THRESHOLD && u.failures >= 2);
+            u
+        })
+        .filter(|u| u.scheduled_restarts > 0 || u.failures > 0 || u.started > 1)
+        .collect();
+    restarts.sort_by(|a, b| {
+        b.looping
+            .cmp(&a.looping)
+            .then(b.scheduled_restarts.cmp(&a.scheduled_restarts))
+            .then(b.started.cmp(&a.started))
+    });
+    Analysis {
+        source: String::new(),
+        entries: records.len() as u64,
+        errors,
+        warnings,
+        distinct_patterns: order.len() as u64,
+        first: records.iter().find_map(|r| r.time.clone()),
+        last: records.iter().rev().find_map(|r| r.time.clone()),
+        error_clusters,
+        warning_clusters,
+        top_messages,
+        restarts,
+        summary: None,
+        notes: vec![
+            "summary: not produced; this server does not ask the client's model to write one (the tool has no \
+             sampling peer), so everything here is computed from the records"
+                .into(),
+        ],
+        truncated: None,
+    }
+}
+
+fn render_journal(out: &JournalOutput) -> String {
+    let mut t = format!("{} journal entries", out.count);
+    if let Some(tr) = &out.truncated {
+        let _ = write!(t, " (cut: {})", tr.cap);
+    }
+    for e in &out.entries {
+        let prio = e
+            .priority
+            .and_then(|p| journal::PRIORITIES.get(p as usize))
+            .copied()
+            .unwrap_or("?");
+        let _ = write!(
+            t,
+            "\n{} {} {}[{}] {}: {}",
+            e.time.as_deref().unwrap_or("?"),
+            prio,
+            e.identifier.as_deref().unwrap_or("-"),
+            e.pid.map(|p| p.to_string()).unwrap_or_default(),
+            e.unit.as_deref().unwrap_or("-"),
+            e.message
+        );
+    }
+    t
+}
+
+fn render_analysis(a: &Analysis) -> String {
+    let mut t = format!(
+        "{}: {} entries, {} errors, {} warnings, {} distinct messages ({} .. {})",
+        a.source,
+        a.entries,
+        a.errors,
+        a.warnings,
+        a.distinct_patterns,
+        a.first.as_deref().unwrap_or("?"),
+        a.last.as_deref().unwrap_or("?")
+    );
+    for (title, list) in [
+        ("errors", &a.error_clusters),
+        ("warnings", &a.warning_clusters),
+        ("most repeated", &a.top_messages),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = write!(t, "\n{title}:");
+        for c in list {
+            let _ = write!(
+                t,
+                "\n  {:>6}×  {}  (first {}, last {})",
+                c.count,
+                c.pattern,
+                where_(&c.first),
+                where_(&c.last)
+            );
+        }
+    }
+    if !a.restarts.is_empty() {
+        let _ = write!(t, "\nrestarts:");
+        for u in &a.restarts {
+            let _ = write!(
+                t,
+                "\n  {}{}: started {}, stopped {}, scheduled restarts {}, failures {}",
+                u.unit,
+                if u.looping { " [LOOP]" } else { "" },
+                u.started,
+                u.stopped,
+                u.scheduled_restarts,
+                u.failures
+            );
+        }
+    }
+    t
+}
+
+fn where_(o: &Occurrence) -> String {
+    match (&o.time, o.line) {
+        (Some(t), Some(l)) => format!("{t}, line {l}"),
+        (Some(t), None) => t.clone(),
+        (None, Some(l)) => format!("line {l}"),
+        (None, None) => "?".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_norm(input: &str, expected: &str) {
+        assert_eq!(normalize(input), expected, "{input}");
+    }
+
+    #[test]
+    fn normalisation_masks_variable_parts() {
+        check_norm("connection 42 refused", "connection <n> refused");
+        check_norm(
+            "request 3f2a1b9c-0d4e-4f5a-8b6c-7d8e9f0a1b2c failed",
+            "request <uuid> failed",
+        );
+        check_norm("peer 10.0.0.7:5432 closed", "peer <ip> closed");
+        check_norm("at 0x7ffd1234 segfault", "at <hex> segfault");
+        check_norm("commit deadbeef12 bad", "commit <hex> bad");
+        check_norm("  many   spaces  ", "many spaces");
+        check_norm("sha256 a1", "sha<n> a<n>");
+    }
+
+    fn line(n: u64, text: &str) -> Record {
+        Record::from_line(text, n)
+    }
+
+    #[test]
+    fn file_lines_lose_their_syslog_prefix() {
+        let r = line(1, "Nov 21 08:40:20 host app[123]: db timeout after 30s");
+        assert_eq!(r.time.as_deref(), Some("Nov 21 08:40:20"));
+        assert_eq!(r.message, "db timeout after 30s");
+        let r = line(
+            2,
+            "2025-01-31T12:00:00.123+00:00 host systemd[1]: Started foo.service - Foo.",
+        );
+        assert_eq!(r.time.as_deref(), Some("2025-01-31T12:00:00.123+00:00"));
+        assert_eq!(r.message, "Started foo.service - Foo.");
+        let r = line(3, "2025-01-31 12:00:00,5 ERROR x");
+        assert_eq!(r.message, "ERROR x");
+        let r = line(4, "plain");
+        assert_eq!((r.time, r.message.as_str()), (None, "plain"));
+    }
+
+    #[test]
+    fn clusters_and_restart_loops() {
+        let mut records = Vec::new();
+        for i in 0..5 {
+            records.push(line(
+                i * 3 + 1,
+                &format!("Nov 21 08:00:{i:02} h app[{i}]: ERROR db timeout after {i}s"),
+            ));
+            records.push(line(
+                i * 3 + 2,
+                &format!(
+                    "Nov 21 08:00:{i:02} h systemd[1]: web.service: Scheduled restart job, restart counter is at {}.",
+                    i + 1
+                ),
+            ));
+            records.push(line(
+                i * 3 + 3,
+                &format!("Nov 21 08:00:{i:02} h systemd[1]: Started web.service - Web."),
+            ));
+        }
+        records.push(line(16, "Nov 21 08:01:00 h app[9]: warning: disk 91% full"));
+        records.push(line(17, "Nov 21 08:01:01 h systemd[1]: Started cron.service - Cron."));
+        let a = analyze(&records, 10);
+        assert_eq!(a.entries, 17);
+        assert_eq!(a.errors, 5);
+        assert_eq!(a.warnings, 1);
+        assert_eq!(a.error_clusters.len(), 1);
+        let c = &a.error_clusters[0];
+        assert_eq!(c.pattern, "ERROR db timeout after <n>s");
+        assert_eq!(c.count, 5);
+        assert_eq!((c.first.line, c.last.line), (Some(1), Some(13)));
+        assert_eq!(c.first.time.as_deref(), Some("Nov 21 08:00:00"));
+        assert_eq!(a.warning_clusters[0].pattern, "warning: disk <n>% full");
+        assert_eq!(a.top_messages[0].count, 5);
+        let web = a.restarts.iter().find(|u| u.unit == "web.service").unwrap();
+        assert_eq!(
+            (web.started, web.scheduled_restarts, web.max_restart_counter),
+            (5, 5, Some(5))
+        );
+        assert!(web.looping);
+        assert!(
+            !a.restarts.iter().any(|u| u.unit == "cron.service"),
+            "one start is no loop"
+        );
+        assert!(a.summary.is_none());
+        assert!(a.notes[0].contains("no sampling peer"));
+    }
+
+    #[test]
+    fn journal_priorities_decide_severity() {
+        let r = |p: u8, m: &str| Record {
+            priority: Some(p),
+            message: m.into(),
+            ..Record::default()
+        };
+        assert_eq!(severity(&r(3, "all good")), Severity::Error);
+        assert_eq!(severity(&r(4, "x")), Severity::Warning);
+        assert_eq!(severity(&r(6, "request failed")), Severity::Error);
+        assert_eq!(severity(&r(6, "fine")), Severity::Other);
+        let unit_msg = Record {
+            priority: Some(6),
+            unit: Some("db.service".into()),
+            message: "Started PostgreSQL.".into(),
+            ..Record::default()
+        };
+        assert!(matches!(lifecycle(&unit_msg), Some(Lifecycle::Started(u)) if u == "db.service"));
+    }
+}
