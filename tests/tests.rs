@@ -10,5 +10,6 @@ mod harness;
 mod http_exec;
 mod localapi;
 mod ssh;
+mod stacks;
 mod support;
 mod targets;

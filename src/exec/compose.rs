@@ -183,6 +183,10 @@ pub fn parse_git_url(raw: &str, rules: &[GitHostRule]) -> Result<GitSource, Stri
     if raw.starts_with('-') {
         return Err("`repository` must not start with `-` (it would be read as an option)".into());
     }
+    let dot_dot = |seg: &str| matches!(seg.to_ascii_lowercase().as_str(), ".." | "%2e%2e" | ".%2e" | "%2e.");
+    if raw.split('/').any(dot_dot) {
+        return Err("`repository` must not contain `..` path segments".into());
+    }
     if !raw.contains("://") {
         return Err(format!(
             "`{}` is not a URL: use https://HOST/PATH, ssh://USER@HOST/PATH or file:///PATH (scp-like HOST:PATH is \
@@ -1531,7 +1535,8 @@ mod tests {
         );
         check_url("https://github.com.evil.example/x", &hosts, Err("is not in"));
         check_url("file:///etc/app", &hosts, Err("not under a `file:///PATH` entry"));
-        check_url("file:///srv/git/../../etc", &hosts, Err("not under"));
+        check_url("file:///srv/git/../../etc", &hosts, Err("must not contain `..`"));
+        check_url("https://github.com/a/%2E%2E/b", &hosts, Err("must not contain `..`"));
         check_url("file:///srv/gitx/app", &hosts, Err("not under"));
         check_url("file://host/srv/git/app", &hosts, Err("must not name a host"));
         check_url("git@github.com:me/app.git", &hosts, Err("scp-like"));
