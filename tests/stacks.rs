@@ -343,6 +343,17 @@ async fn stacks_deploy_status_update_remove_through_mcp() {
     // Update: the local-only image cannot be pulled; that is a warning, not a failure, and an
     // unchanged stack keeps its container.
     let updated = ok(&mut w, "stacks_update", json!({"name": name})).await;
+    let compose = updated["compose"].as_str().unwrap().to_string();
+    eprintln!("compose CLI: {compose}");
+    assert!(
+        compose.starts_with("docker compose ") || compose.starts_with("docker-compose "),
+        "{compose}"
+    );
+    let warning = updated["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.starts_with("pull failed for web (kept the local image): "),
+        "{updated}"
+    );
     let update_plan = plan_details(&updated);
     assert!(
         update_plan[0].ends_with(" pull --ignore-pull-failures"),

@@ -1177,13 +1177,20 @@ impl Stacks {
         let mut plan = Plan::new(dry_run, self.command_limits(), Vec::new());
         let env = files.env_file.as_deref();
         let pull = cli.command(name, &files.compose_file, env, &["pull", "--ignore-pull-failures"]);
-        if let Some(out) = plan.run_tolerant(pull, &self.compose_env()).await?
-            && out.status != Some(0)
-        {
-            plan.warnings.push(format!(
-                "pull failed for some images (kept the local ones): {}",
-                scrub(&last_line(&out.stderr, &out.stdout), &[])
-            ));
+        if let Some(out) = plan.run_tolerant(pull, &self.compose_env()).await? {
+            let failed = pull_failures(&format!("{}\n{}", out.stdout, out.stderr));
+            if !failed.is_empty() {
+                plan.warnings.extend(
+                    failed
+                        .into_iter()
+                        .map(|(svc, why)| format!("pull failed for {svc} (kept the local image): {why}")),
+                );
+            } else if out.status != Some(0) {
+                plan.warnings.push(format!(
+                    "pull failed (kept the local images): {}",
+                    last_line(&out.stderr, &out.stdout)
+                ));
+            }
         }
         let up = cli.command(name, &files.compose_file, env, &["up", "--detach"]);
         plan.run(up, &self.compose_env()).await?;
@@ -1304,6 +1311,30 @@ fn env_keys(path: &Path) -> Vec<String> {
         .filter(|k| !k.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// Services whose image pull failed, with why: v2 prints `SERVICE Error MESSAGE` (and exits 0
+/// with `--ignore-pull-failures`), v1 prints `ERROR: for SERVICE  MESSAGE` (and exits 1).
+fn pull_failures(output: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in output.lines().map(str::trim) {
+        let found = if let Some(rest) = line.strip_prefix("ERROR: for ") {
+            rest.split_once(char::is_whitespace)
+                .map(|(svc, why)| (svc.to_string(), why.trim().to_string()))
+        } else {
+            let mut words = line.splitn(3, ' ');
+            match (words.next(), words.next(), words.next()) {
+                (Some(svc), Some("Error"), Some(why)) => Some((svc.to_string(), why.trim().to_string())),
+                _ => None,
+            }
+        };
+        if let Some((svc, why)) = found
+            && !out.iter().any(|(s, _)| *s == svc)
+        {
+            out.push((svc, shorten(&why, 300)));
+        }
+    }
+    out
 }
 
 fn last_line(stderr: &str, stdout: &str) -> String {
@@ -1701,6 +1732,24 @@ mod tests {
         assert_eq!(tail_of("ab", 3), ("ab".to_string(), 0));
         assert_eq!(tail_of("aéb", 2), ("b".to_string(), 3));
         assert_eq!(scrub("pw=hunter2!", &["hunter2".into()]), "pw=[REDACTED]!");
+    }
+
+    #[test]
+    fn pull_failures_of_v1_and_v2() {
+        let v2 = " web Pulling \n web Error Get \"https://registry-1.docker.io/v2/\": no such host\n db Pulled \n";
+        assert_eq!(
+            pull_failures(v2),
+            vec![(
+                "web".to_string(),
+                "Get \"https://registry-1.docker.io/v2/\": no such host".to_string()
+            )]
+        );
+        let v1 = "Pulling web ... error\n\nERROR: for web  Get \"https://x/v2/\": no such host\nGet \"https://x/v2/\": no such host\n";
+        assert_eq!(
+            pull_failures(v1),
+            vec![("web".to_string(), "Get \"https://x/v2/\": no such host".to_string())]
+        );
+        assert!(pull_failures("Pulling web ... done\n").is_empty());
     }
 
     #[test]
