@@ -89,8 +89,12 @@ fn compose_available() -> bool {
     ok("docker", &["compose", "version"]) || ok("docker-compose", &["version", "--short"])
 }
 
+/// An HTTP target: stacks tools must refuse it (they run compose on the server's own host).
+const HTTP_TARGET: &str =
+    "\n[[target]]\nid = \"pve\"\nkind = \"http\"\n[target.http]\nbase_url = \"http://127.0.0.1:9/api\"\n";
+
 /// A server whose `[stacks]` allows `file://` repositories under ROOT/git only, talking to the
-/// shared engine; carol holds `stacks:admin` on `local`.
+/// shared engine, with an HTTP target `pve`; carol holds `stacks:admin` on `local` and `pve`.
 async fn world() -> Option<World> {
     let host = match ensure_dockerd().and_then(|h| busybox_image(&h).map(|_| h)) {
         Ok(h) => h,
@@ -114,7 +118,7 @@ async fn world() -> Option<World> {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("git")).unwrap();
     let stacks = format!(
-        "[stacks]\ndir = {:?}\nallowed_git_hosts = [\"file://{}\", \"git.example.net\"]\ndocker_host = \"{host}\"\ntimeout_secs = 120\n",
+        "[stacks]\ndir = {:?}\nallowed_git_hosts = [\"file://{}\", \"git.example.net\"]\ndocker_host = \"{host}\"\ntimeout_secs = 120\n{HTTP_TARGET}",
         root.path().join("stacks"),
         root.path().join("git").display()
     );
@@ -127,7 +131,7 @@ async fn world() -> Option<World> {
             "carol@example.com",
             CAROL,
             CAP,
-            json!([{"scopes": ["stacks:admin"], "targets": ["local"]}]),
+            json!([{"scopes": ["stacks:admin"], "targets": ["local", "pve"]}]),
         ),
     );
     let server = Server::start(&net, &standin, "", &stacks).await;
@@ -277,12 +281,14 @@ async fn stacks_deploy_status_update_remove_through_mcp() {
     assert!(containers(&w.host, &name).is_empty());
 
     // Deploy: containers in the engine with the project label, .env 0600 with the values.
-    let deployed = ok(
+    let deploy_call = call(
         &mut w,
         "stacks_deploy",
         json!({"name": name, "repository": url, "branch": "main", "compose_file": "compose.yml", "env": env}),
     )
     .await;
+    assert_eq!(deploy_call["isError"], false, "{deploy_call}");
+    let deployed = deploy_call["structuredContent"].clone();
     let running = containers(&w.host, &name);
     assert_eq!(running.len(), 1, "{running:?}");
     assert_eq!(running[0].1, "running");
@@ -300,7 +306,8 @@ async fn stacks_deploy_status_update_remove_through_mcp() {
     );
     let inspect = docker(&w.host, &["inspect", "--format", "{{json .Config.Env}}", &running[0].2]).unwrap();
     assert!(inspect.contains("GREETING=hello-from-env"), "{inspect}");
-    let whole = deployed.to_string() + &text(&call(&mut w, "stacks_status", json!({"name": name})).await).to_string();
+    let status_call = call(&mut w, "stacks_status", json!({"name": name})).await;
+    let whole = format!("{deploy_call}{status_call}");
     for secret in ["hello-from-env", "hunter2-s3cr3t"] {
         assert!(!whole.contains(secret), "{secret} shown in a result: {whole}");
     }
@@ -495,6 +502,11 @@ async fn stacks_bad_input_gets_a_specific_error_and_nothing_runs() {
             json!({"limit": 100000}),
             "`limit` must be between 1 and 500",
         ),
+        (
+            "stacks_deploy",
+            json!({"target": "pve", "name": name, "repository": url}),
+            "target `pve` is a http target (stacks are supported on local targets only)",
+        ),
     ] {
         let r = call(&mut w, tool, args.clone()).await;
         assert_eq!(r["isError"], true, "{tool} {args}: {r}");
@@ -523,11 +535,11 @@ async fn stacks_bad_input_gets_a_specific_error_and_nothing_runs() {
     // Every call was audited (bad input included), and the server still serves.
     let rows = w
         .server
-        .audit_where(cases.len() + 6, |r| {
+        .audit_where(cases.len() + 7, |r| {
             r.tool.as_deref().is_some_and(|t| t.starts_with("stacks_"))
         })
         .await;
-    assert_eq!(rows.len(), cases.len() + 6);
+    assert_eq!(rows.len(), cases.len() + 7);
     assert!(rows.iter().all(|r| r.error.is_some()), "every row records its error");
     assert!(
         rows.iter()
