@@ -53,7 +53,7 @@ impl Redactor {
                     let v = if self.is_secret(k) {
                         Value::String(REDACTED.to_string())
                     } else if ENV_KEYS.contains(&normalize(k).as_str()) {
-                        redact_env(v)
+                        self.redact_env(v)
                     } else {
                         self.redact(v)
                     };
@@ -67,29 +67,34 @@ impl Redactor {
         }
     }
 
+    /// An environment map (`{"NAME": value}`) or list (`["NAME=value"]`) with every value
+    /// redacted and the names kept. Objects in a list (`{"name": .., "value": ..}` shapes) get
+    /// the ordinary key-based redaction; anything else under an env key is redacted whole.
+    fn redact_env(&self, v: &Value) -> Value {
+        let redacted = || Value::String(REDACTED.to_string());
+        match v {
+            Value::Object(vars) => Value::Object(vars.keys().map(|name| (name.clone(), redacted())).collect()),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|item| match item {
+                        Value::String(s) => match s.split_once('=') {
+                            Some((name, _)) => Value::String(format!("{name}={REDACTED}")),
+                            None => redacted(),
+                        },
+                        Value::Object(_) => self.redact(item),
+                        _ => redacted(),
+                    })
+                    .collect(),
+            ),
+            _ => redacted(),
+        }
+    }
+
     /// Whether the object key `key` names a secret.
     pub(crate) fn is_secret(&self, key: &str) -> bool {
         let k = normalize(key);
         SECRET_FRAGMENTS.iter().any(|f| k.contains(f)) || SECRET_KEYS.contains(&k.as_str()) || self.extra.contains(&k)
-    }
-}
-
-/// An environment map (`{"NAME": value}`) or list (`["NAME=value"]`) with every value
-/// redacted and the names kept; anything else under an env key is redacted whole.
-fn redact_env(v: &Value) -> Value {
-    let redacted = || Value::String(REDACTED.to_string());
-    match v {
-        Value::Object(vars) => Value::Object(vars.keys().map(|name| (name.clone(), redacted())).collect()),
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|item| match item.as_str().and_then(|s| s.split_once('=')) {
-                    Some((name, _)) => Value::String(format!("{name}={REDACTED}")),
-                    None => redacted(),
-                })
-                .collect(),
-        ),
-        _ => redacted(),
     }
 }
 
@@ -184,8 +189,8 @@ mod tests {
             json!({"name": "app", "env": {"GREETING": REDACTED, "DB": REDACTED}}),
         );
         check(
-            json!({"a": [{"Environment": {"X": "1"}}], "env": ["A=1"], "ENV": "x"}),
-            json!({"a": [{"Environment": {"X": REDACTED}}], "env": [format!("A={REDACTED}")], "ENV": REDACTED}),
+            json!({"a": [{"Environment": {"X": "1"}}], "env": ["A=1", "B", {"name": "X", "API_KEY": "k"}], "ENV": "x"}),
+            json!({"a": [{"Environment": {"X": REDACTED}}], "env": [format!("A={REDACTED}"), REDACTED, {"name": "X", "API_KEY": REDACTED}], "ENV": REDACTED}),
         );
     }
 
