@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::docker::{busybox_image, docker, ensure_dockerd};
+use crate::support::docker::{busybox_image, docker, ensure_dockerd, run_container_with};
 use crate::support::http::{Conn, Mcp};
 use crate::support::localapi::{StandIn, whois_for};
 use crate::support::netns::{Tailnet, skip_or_fail};
@@ -546,6 +546,61 @@ async fn stacks_bad_input_gets_a_specific_error_and_nothing_runs() {
             .all(|r| !r.arguments.as_ref().unwrap().to_string().contains("s3cr3t")),
         "env values never reach the audit log"
     );
+    // A hand-made stack (Dockge's layout) is listed and readable, and deploy will not take
+    // over its name.
+    let hand = format!("{name}-hand");
+    std::fs::create_dir_all(w.stacks_dir().join(&hand)).unwrap();
+    std::fs::write(w.stacks_dir().join(&hand).join("compose.yaml"), COMPOSE_V1).unwrap();
+    let status = ok(&mut w, "stacks_status", json!({"name": hand})).await;
+    assert_eq!(status["origin"], Value::Null);
+    assert_eq!(status["services"][0]["service"], "web", "{status}");
+    assert_eq!(status["services"][0]["containers"], json!([]));
+    let r = call(&mut w, "stacks_deploy", json!({"name": hand, "repository": url})).await;
+    assert!(text(&r).contains("was not deployed from git by this server"), "{r}");
+
+    // Neither will it take over a compose project started elsewhere.
+    let other = format!("{name}-other");
+    let _elsewhere = run_container_with(
+        &w.host,
+        &format!("{other}-web-1"),
+        &[
+            "--label",
+            &format!("com.docker.compose.project={other}"),
+            "--label",
+            "com.docker.compose.project.working_dir=/srv/elsewhere",
+        ],
+        &["sleep", "600"],
+    )
+    .unwrap();
+    let r = call(&mut w, "stacks_deploy", json!({"name": other, "repository": url})).await;
+    assert!(
+        text(&r).contains(&format!(
+            "a compose project named `{other}` already has containers on the engine (from /srv/elsewhere)"
+        )),
+        "{r}"
+    );
+    assert!(!w.stacks_dir().join(&other).exists());
+
+    let list = ok(&mut w, "stacks_list", json!({})).await;
+    let find = |n: &str| {
+        list["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} not in {list}"))
+    };
+    let h = find(&hand);
+    assert_eq!(
+        (h["managed"].as_bool(), h["containers"].as_u64()),
+        (Some(false), Some(0))
+    );
+    assert!(h["compose_file"].as_str().unwrap().ends_with("/compose.yaml"), "{h}");
+    let o = find(&other);
+    assert_eq!(o["directory"], Value::Null);
+    assert_eq!(o["working_dir"], "/srv/elsewhere");
+    assert_eq!(o["running"], 1);
     let list = ok(&mut w, "stacks_list", json!({})).await;
     assert!(
         !list["stacks"]
