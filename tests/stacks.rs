@@ -568,6 +568,8 @@ async fn stacks_bad_input_gets_a_specific_error_and_nothing_runs() {
             &format!("com.docker.compose.project={other}"),
             "--label",
             "com.docker.compose.project.working_dir=/srv/elsewhere",
+            "--label",
+            "com.docker.compose.service=web",
         ],
         &["sleep", "600"],
     )
@@ -580,6 +582,14 @@ async fn stacks_bad_input_gets_a_specific_error_and_nothing_runs() {
         "{r}"
     );
     assert!(!w.stacks_dir().join(&other).exists());
+    let status = ok(&mut w, "stacks_status", json!({"name": other})).await;
+    assert_eq!(status["directory"], "/srv/elsewhere");
+    assert!(
+        status["compose_error"].as_str().unwrap().contains("labels only"),
+        "{status}"
+    );
+    assert_eq!(status["services"][0]["service"], "web");
+    assert_eq!(status["services"][0]["containers"][0]["state"], "running");
 
     let list = ok(&mut w, "stacks_list", json!({})).await;
     let find = |n: &str| {

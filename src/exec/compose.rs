@@ -577,14 +577,16 @@ pub struct ServiceStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct StackStatus {
     pub name: String,
-    pub directory: String,
-    pub compose_file: String,
+    /// The stack's directory (for a project started elsewhere: its working directory label).
+    pub directory: Option<String>,
+    /// The compose file (for a project started elsewhere: its config files label).
+    pub compose_file: Option<String>,
     /// Keys in `.env` (values are never shown); empty when there is no `.env`.
     pub env_keys: Vec<String>,
     /// Where it was deployed from, when this server deployed it.
     pub origin: Option<GitOrigin>,
-    /// The compose CLI used, e.g. `docker-compose 1.29.2`.
-    pub compose: String,
+    /// The compose CLI used, e.g. `docker-compose 1.29.2` (none for a project started elsewhere).
+    pub compose: Option<String>,
     /// Why compose could not list the services, if it could not.
     pub compose_error: Option<String>,
     pub services: Vec<ServiceStatus>,
@@ -890,8 +892,21 @@ impl Stacks {
     }
 
     /// A stack's services (from `compose config --services`) and containers (from the engine).
+    ///
+    /// A compose project that has containers on the engine but no directory here (started
+    /// elsewhere) gets its services and containers from the containers' labels only.
     pub async fn status(&self, name: &str) -> Result<StackStatus, StackError> {
-        let files = self.existing(name)?;
+        let files = match self.existing(name) {
+            Ok(f) => f,
+            Err(e) => {
+                validate_stack_name(name).map_err(StackError::Invalid)?;
+                let containers = self.containers_of(name).await?;
+                if containers.is_empty() || self.settings.dir.join(name).exists() {
+                    return Err(e);
+                }
+                return Ok(engine_only_status(name, &containers));
+            }
+        };
         let cli = self.compose().await?;
         let cmd = cli.command(
             name,
@@ -936,11 +951,11 @@ impl Stacks {
         let env_keys = files.env_file.as_deref().map(env_keys).unwrap_or_default();
         Ok(StackStatus {
             name: name.to_string(),
-            directory: files.dir.display().to_string(),
-            compose_file: files.compose_file.display().to_string(),
+            directory: Some(files.dir.display().to_string()),
+            compose_file: Some(files.compose_file.display().to_string()),
             env_keys,
             origin: files.origin,
-            compose: cli.describe(),
+            compose: Some(cli.describe()),
             compose_error,
             containers: containers.len(),
             running: containers.iter().filter(|c| c.state == "running").count(),
@@ -973,6 +988,13 @@ impl Stacks {
         let _held = lock.lock().await;
 
         let dir = self.settings.dir.join(&name);
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(invalid(format!(
+                "{} is a symlink; stacks must be directories inside {}",
+                dir.display(),
+                self.settings.dir.display()
+            )));
+        }
         let existing = match stack_files(&self.settings, &name) {
             Ok(f) => f,
             Err(e) if dir.join(META_FILE).exists() => {
@@ -1254,6 +1276,37 @@ impl Stacks {
             recreated,
             plan: plan.steps,
         })
+    }
+}
+
+/// Status of a project known only from its containers' labels.
+fn engine_only_status(name: &str, containers: &[ContainerSummary]) -> StackStatus {
+    let label = |key: &str| containers.iter().find_map(|c| c.labels.get(key).cloned());
+    let mut services: Vec<ServiceStatus> = Vec::new();
+    for c in containers {
+        let service = c.compose_service.clone().unwrap_or_default();
+        match services.iter_mut().find(|s| s.service == service) {
+            Some(s) => s.containers.push(c.into()),
+            None => services.push(ServiceStatus {
+                service,
+                defined: true,
+                containers: vec![c.into()],
+            }),
+        }
+    }
+    StackStatus {
+        name: name.to_string(),
+        directory: label("com.docker.compose.project.working_dir"),
+        compose_file: label("com.docker.compose.project.config_files"),
+        env_keys: Vec::new(),
+        origin: None,
+        compose: None,
+        compose_error: Some(
+            "not in the stacks directory: services and containers from the engine's labels only".into(),
+        ),
+        containers: containers.len(),
+        running: containers.iter().filter(|c| c.state == "running").count(),
+        services,
     }
 }
 

@@ -264,7 +264,8 @@ impl StatusTool {
                 description: "One stack's services (from `compose config --services`) and their containers on the engine \
                     (name, id, state, status, image), containers of services no longer defined, the directory and \
                     compose file, the `.env` keys (never values), the compose CLI used and, for stacks deployed from \
-                    git, where from (URL, branch, commit, when).",
+                    git, where from (URL, branch, commit, when). A compose project started outside the stacks \
+                    directory is described from its containers' labels only.",
                 requires: Requirement::Scope(Scope::new(Area::Stacks, Level::Read)),
                 risk: Risk::Low,
                 annotations: READ,
@@ -464,7 +465,11 @@ fn render_list(out: &ListOutput) -> String {
 fn render_status(s: &StackStatus) -> String {
     let mut t = format!(
         "stack {}: {}/{} containers running ({})\ncompose file: {}\n",
-        s.name, s.running, s.containers, s.compose, s.compose_file
+        s.name,
+        s.running,
+        s.containers,
+        s.compose.as_deref().unwrap_or("no compose CLI used"),
+        s.compose_file.as_deref().unwrap_or("unknown")
     );
     if let Some(o) = &s.origin {
         let _ = writeln!(
