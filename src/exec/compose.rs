@@ -1028,11 +1028,10 @@ impl Stacks {
         }
         let cli = self.compose().await?;
 
-        let secrets: Vec<String> = req
-            .env
-            .as_ref()
-            .map(|e| e.values().filter(|v| v.len() >= 3).cloned().collect())
-            .unwrap_or_default();
+        let mut secrets: Vec<String> = env_values(&dir.join(ENV_FILE));
+        if let Some(env) = &req.env {
+            secrets.extend(env.values().filter(|v| v.len() >= MIN_SCRUBBED).cloned());
+        }
         let mut plan = Plan::new(dry_run, self.command_limits(), secrets);
         let staging = dir.join(STAGING_DIR);
         let repo = dir.join(REPO_DIR);
@@ -1196,11 +1195,13 @@ impl Stacks {
         let _held = lock.lock().await;
         let cli = self.compose().await?;
         let before = self.containers_of(name).await?;
-        let mut plan = Plan::new(dry_run, self.command_limits(), Vec::new());
+        let secrets = files.env_file.as_deref().map(env_values).unwrap_or_default();
+        let mut plan = Plan::new(dry_run, self.command_limits(), secrets);
         let env = files.env_file.as_deref();
         let pull = cli.command(name, &files.compose_file, env, &["pull", "--ignore-pull-failures"]);
         if let Some(out) = plan.run_tolerant(pull, &self.compose_env()).await? {
-            let failed = pull_failures(&format!("{}\n{}", out.stdout, out.stderr));
+            let printed = scrub(&format!("{}\n{}", out.stdout, out.stderr), &plan.secrets);
+            let failed = pull_failures(&printed);
             if !failed.is_empty() {
                 plan.warnings.extend(
                     failed
@@ -1210,7 +1211,7 @@ impl Stacks {
             } else if out.status != Some(0) {
                 plan.warnings.push(format!(
                     "pull failed (kept the local images): {}",
-                    last_line(&out.stderr, &out.stdout)
+                    last_line("", &printed)
                 ));
             }
         }
@@ -1232,7 +1233,8 @@ impl Stacks {
         let _held = lock.lock().await;
         let cli = self.compose().await?;
         let before = self.containers_of(name).await?;
-        let mut plan = Plan::new(dry_run, self.command_limits(), Vec::new());
+        let secrets = files.env_file.as_deref().map(env_values).unwrap_or_default();
+        let mut plan = Plan::new(dry_run, self.command_limits(), secrets);
         let mut sub = vec!["down"];
         if volumes {
             sub.push("--volumes");
@@ -1349,6 +1351,28 @@ fn scan(settings: &StacksSettings) -> Result<(bool, Scanned), ExecError> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((true, out))
+}
+
+/// Values shorter than this are not scrubbed from command output (they would blank out
+/// ordinary words and digits).
+const MIN_SCRUBBED: usize = 3;
+
+/// The values of a `.env` file, to scrub them from command output (never shown).
+fn env_values(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(_, v)| {
+            let v = v.trim();
+            let unquoted = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .or_else(|| v.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
+                .unwrap_or(v);
+            unquoted.to_string()
+        })
+        .filter(|v| v.len() >= MIN_SCRUBBED)
+        .collect()
 }
 
 /// The keys of a `.env` file (never its values).
@@ -1811,5 +1835,7 @@ mod tests {
         let p = dir.path().join(".env");
         std::fs::write(&p, "# c\nA='1'\n\nexport B=2\nC\n").unwrap();
         assert_eq!(env_keys(&p), vec!["A", "B"]);
+        std::fs::write(&p, "A='one two'\nB=\"three\"\nC=xy\nD=plain\n").unwrap();
+        assert_eq!(env_values(&p), vec!["one two", "three", "plain"]);
     }
 }
