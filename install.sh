@@ -320,6 +320,26 @@ max_read_bytes = 262144
 # journal with journalctl (its user needs the systemd-journal group for system entries).
 roots = ["/var/log"]
 deny = []
+[stacks]
+# Compose stacks on this host (stacks_* tools), driven by `docker compose` (v2) or, when that is
+# missing, `docker-compose`, with `git` for checkouts. Needs Docker access (install.sh --docker,
+# ROOT-EQUIVALENT) and a compose CLI: Debian's `docker-compose` or Docker's compose plugin.
+# One directory per stack. The default lies in the service's StateDirectory, the one place the
+# hardened unit may write; for Dockge's layout set "/opt/stacks" and add a drop-in with
+# ReadWritePaths=/opt/stacks (hand-made stacks there show up in stacks_list/status too).
+dir = "/var/lib/tailopsmcp/stacks"
+# Where stacks_deploy may clone from: host names for https/http/ssh/git URLs (any port), and
+# "file:///PATH" for local repositories under PATH. Empty (the default) = deploying from git is
+# refused. Whoever can push to these repositories can run containers (root-equivalent) here.
+allowed_git_hosts = []
+# allowed_git_hosts = ["github.com", "git.lan", "file:///srv/git"]
+# The engine compose talks to (unix:///PATH; remote engines are `docker` targets).
+docker_host = "unix:///var/run/docker.sock"
+# The compose command; empty = `docker compose` if it answers, else `docker-compose`.
+compose_command = []
+# compose_command = ["/usr/local/bin/docker-compose"]
+# Time one git or compose command (clone, pull, up) may take, 1-3600.
+timeout_secs = 600
 
 # Local grants add to the grants from your tailnet policy file's app capability.
 # match:   "user:LOGIN" (a user-owned node of this login), "tag:NAME" (a tagged node with this

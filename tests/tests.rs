@@ -13,5 +13,6 @@ mod http_exec;
 mod inventory;
 mod localapi;
 mod ssh;
+mod stacks;
 mod support;
 mod targets;

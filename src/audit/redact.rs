@@ -27,6 +27,9 @@ const SECRET_FRAGMENTS: &[&str] = &[
 ];
 /// Keys (normalized the same way) that are secret only as a whole.
 const SECRET_KEYS: &[&str] = &["key", "pass", "auth"];
+/// Keys (normalized) of environment maps: the variable names are kept, every value is redacted
+/// (env values carry passwords under any name, e.g. `stacks_deploy`'s `env`).
+const ENV_KEYS: &[&str] = &["env", "environment"];
 
 /// The redaction rules with the configured extra keys, normalized once.
 #[derive(Debug, Clone, Default)]
@@ -49,6 +52,8 @@ impl Redactor {
                 for (k, v) in map {
                     let v = if self.is_secret(k) {
                         Value::String(REDACTED.to_string())
+                    } else if ENV_KEYS.contains(&normalize(k).as_str()) {
+                        self.redact_env(v)
                     } else {
                         self.redact(v)
                     };
@@ -59,6 +64,30 @@ impl Redactor {
             Value::Array(items) => Value::Array(items.iter().map(|v| self.redact(v)).collect()),
             Value::String(s) if s.len() > MAX_STRING => Value::String(truncate(s)),
             other => other.clone(),
+        }
+    }
+
+    /// An environment map (`{"NAME": value}`) or list (`["NAME=value"]`) with every value
+    /// redacted and the names kept. Objects in a list (`{"name": .., "value": ..}` shapes) get
+    /// the ordinary key-based redaction; anything else under an env key is redacted whole.
+    fn redact_env(&self, v: &Value) -> Value {
+        let redacted = || Value::String(REDACTED.to_string());
+        match v {
+            Value::Object(vars) => Value::Object(vars.keys().map(|name| (name.clone(), redacted())).collect()),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|item| match item {
+                        Value::String(s) => match s.split_once('=') {
+                            Some((name, _)) => Value::String(format!("{name}={REDACTED}")),
+                            None => redacted(),
+                        },
+                        Value::Object(_) => self.redact(item),
+                        _ => redacted(),
+                    })
+                    .collect(),
+            ),
+            _ => redacted(),
         }
     }
 
@@ -150,6 +179,18 @@ mod tests {
         check(
             json!({"access_token": "t", "Set-Cookie": "c", "ssh_private_key": "k"}),
             json!({"access_token": REDACTED, "Set-Cookie": REDACTED, "ssh_private_key": REDACTED}),
+        );
+    }
+
+    #[test]
+    fn env_maps_keep_their_names_and_lose_their_values() {
+        check(
+            json!({"name": "app", "env": {"GREETING": "hello", "DB": {"x": 1}}}),
+            json!({"name": "app", "env": {"GREETING": REDACTED, "DB": REDACTED}}),
+        );
+        check(
+            json!({"a": [{"Environment": {"X": "1"}}], "env": ["A=1", "B", {"name": "X", "API_KEY": "k"}], "ENV": "x"}),
+            json!({"a": [{"Environment": {"X": REDACTED}}], "env": [format!("A={REDACTED}"), REDACTED, {"name": "X", "API_KEY": REDACTED}], "ENV": REDACTED}),
         );
     }
 

@@ -3,13 +3,15 @@
 //!
 //! Executors: [`local`] (this host: sysinfo, `/proc`, `/sys`), [`process`] (local programs by
 //! argument vector, timeouts that kill the process group, capped output), [`docker`] (the only
-//! bollard user), [`http`] (the only reqwest user), `ssh` (the only russh user), [`fs`] (files
+//! bollard user), [`compose`] (compose stacks through the `docker compose`/`docker-compose` and
+//! `git` CLIs), [`http`] (the only reqwest user), `ssh` (the only russh user), [`fs`] (files
 //! beneath configured roots through `openat2`, the only opener of caller-given paths) and
 //! [`journal`] (`journalctl -o json`). Tools call into `exec`; `exec` knows nothing
 //! about callers, MCP, policy or audit, and never decides whether a caller may do something
 //! (it does enforce a target's own constraints: timeouts, output caps, allowed paths).
 //! Blocking functions say so; async callers run them inside `tokio::task::spawn_blocking`.
 
+pub mod compose;
 pub mod docker;
 pub mod fs;
 pub mod http;

@@ -37,10 +37,17 @@ const REAP_AFTER_KILL: Duration = Duration::from_secs(5);
 /// that cannot be started (permissions, not executable) → `ExecError::Failed`. A program that
 /// runs and exits non-zero is not an error: its status is in the `Output`.
 pub async fn run(cmd: &CommandSpec, limits: Limits) -> Result<Output, ExecError> {
+    run_with_env(cmd, &[], limits).await
+}
+
+/// [`run`] with extra environment variables set for the program (on top of this process's own
+/// environment; a name given here replaces an inherited one).
+pub async fn run_with_env(cmd: &CommandSpec, env: &[(String, String)], limits: Limits) -> Result<Output, ExecError> {
     let started = Instant::now();
     let mut command = Command::new(&cmd.program);
     command
         .args(&cmd.args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

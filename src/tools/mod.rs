@@ -11,6 +11,7 @@ pub mod format;
 pub mod identity;
 pub mod inventory;
 pub mod logs;
+pub mod stacks;
 pub mod system;
 pub mod targets;
 
@@ -240,5 +241,6 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(containers::tools());
     tools.extend(logs::tools());
     tools.extend(files::tools());
+    tools.extend(stacks::tools());
     tools
 }
