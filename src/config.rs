@@ -54,6 +54,17 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     /// Which tools this server offers (`[tools]`).
     pub tools: ToolsConfig,
+    /// Where the network tools may go and how they resolve names (`[network]`).
+    pub network: NetworkConfig,
+}
+
+/// `[network]`: the HTTP probe's destination rules and the resolvers of the network tools.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkConfig {
+    /// `http_allow` and `allow_link_local`; an empty allow-list turns `network_http_probe` off.
+    pub http: crate::exec::net::HttpPolicy,
+    /// DNS servers for name resolution and `network_dns_lookup`; empty = the system's.
+    pub dns_servers: Vec<std::net::SocketAddr>,
 }
 
 /// `[tools]`: which tools are registered at all. A tool filtered out here is never listed and
@@ -144,6 +155,16 @@ struct File {
     target: Vec<TargetSection>,
     #[serde(default)]
     tools: ToolsSection,
+    #[serde(default)]
+    network: NetworkSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct NetworkSection {
+    http_allow: Vec<String>,
+    allow_link_local: bool,
+    dns_servers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -555,6 +576,19 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         });
     }
 
+    let mut network = NetworkConfig::default();
+    for (i, rule) in file.network.http_allow.iter().enumerate() {
+        let rule =
+            crate::exec::net::AllowRule::parse(rule).map_err(|e| invalid(&format!("network.http_allow[{i}]"), e))?;
+        network.http.allow.push(rule);
+    }
+    network.http.allow_link_local = file.network.allow_link_local;
+    for (i, server) in file.network.dns_servers.iter().enumerate() {
+        let sa =
+            crate::exec::net::parse_dns_server(server).map_err(|e| invalid(&format!("network.dns_servers[{i}]"), e))?;
+        network.dns_servers.push(sa);
+    }
+
     Ok(Config {
         source,
         port,
@@ -580,6 +614,7 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
             enable: file.tools.enable,
             disable: file.tools.disable,
         },
+        network,
     })
 }
 
@@ -708,6 +743,27 @@ mod tests {
         );
         let c = load("[[target]]\nid = \"nas\"\nkind = \"ssh\"\ngroups = [\"lab\"]\n[target.ssh]\nhost = \"nas\"\nuser = \"ops\"").unwrap();
         assert_eq!(c.targets[0].settings.as_ref().unwrap()["user"].as_str(), Some("ops"));
+    }
+
+    #[test]
+    fn network_section() {
+        let c = load("").unwrap();
+        assert!(c.network.http.allow.is_empty() && !c.network.http.allow_link_local);
+        assert!(c.network.dns_servers.is_empty());
+        let c = load(
+            "[network]\nhttp_allow = [\"nas.lan\", \"*.ts.net\", \"192.168.1.0/24\"]\nallow_link_local = true\ndns_servers = [\"100.100.100.100\", \"127.0.0.1:5353\"]",
+        )
+        .unwrap();
+        assert_eq!(c.network.http.allow.len(), 3);
+        assert!(c.network.http.allow_link_local);
+        assert_eq!(c.network.dns_servers[0], "100.100.100.100:53".parse().unwrap());
+        check_err("[network]\nhttp_allow = [\"http://nas\"]", "network.http_allow[0]");
+        check_err(
+            "[network]\nhttp_allow = [\"ok.lan\", \"10.0.0.0/40\"]",
+            "network.http_allow[1]",
+        );
+        check_err("[network]\ndns_servers = [\"dns.google\"]", "network.dns_servers[0]");
+        check_err("[network]\nhttp_alow = []", "unknown field `http_alow`");
     }
 
     #[test]
