@@ -430,13 +430,10 @@ async fn http_probe_reaches_allowed_hosts_and_refuses_the_rest() {
     assert_eq!(seen.lock().unwrap().len(), 3);
 
     // Refusals: nothing connects.
-    let refused = |url: String, p: HttpPolicy| {
-        let dns = dns;
-        async move {
-            match net::http_probe(&probe_request(&url, 100), &p, &dns).await {
-                Err(ExecError::Refused(why)) => why,
-                other => panic!("{url}: expected a refusal, got {other:?}"),
-            }
+    let refused = |url: String, p: HttpPolicy| async move {
+        match net::http_probe(&probe_request(&url, 100), &p, &dns).await {
+            Err(ExecError::Refused(why)) => why,
+            other => panic!("{url}: expected a refusal, got {other:?}"),
         }
     };
     let why = refused(format!("http://127.0.0.1:{port}/"), p.clone()).await;
