@@ -759,3 +759,59 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
     assert_eq!(rows.iter().filter(|r| r.outcome == Outcome::Ok).count(), 4);
     assert!(server.alive(), "the server keeps serving");
 }
+
+/// `ping` and `traceroute` run on an SSH target's host: here a real sshd on loopback, so the
+/// commands go through the SSH executor and the parsers read their remote output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_and_traceroute_over_ssh() {
+    use crate::support::sshd::Sshd;
+    use tailopsmcp::exec::ssh::{Ssh, SshSettings, SudoPolicy};
+    let s = match Sshd::start() {
+        Ok(s) => s,
+        Err(e) => {
+            skip_or_fail(&format!("cannot start sshd: {e}"));
+            return;
+        }
+    };
+    let settings = SshSettings {
+        host: "127.0.0.1".into(),
+        port: s.port(),
+        user: s.user().into(),
+        key_file: Some(s.client_key_path()),
+        agent: false,
+        known_hosts: Some(s.write_known_hosts("known_hosts", &[s.known_hosts_line()])),
+        host_key_fingerprint: None,
+        trust_on_first_use: false,
+        sudo: SudoPolicy::None,
+    };
+    let ssh = Ssh::new(
+        "t1",
+        settings,
+        Limits {
+            timeout: Duration::from_secs(20),
+            max_output: 64 * 1024,
+        },
+        4,
+    )
+    .unwrap();
+    let r = net::ping(&ssh, &host("127.0.0.1"), 1, 5).await.unwrap();
+    assert_eq!((r.transmitted, r.received), (1, 1), "{r:?}");
+    let t = net::traceroute(&ssh, &host("127.0.0.1"), 2).await.unwrap();
+    assert_eq!((t.program.as_str(), t.reached), ("traceroute", true), "{t:?}");
+
+    /// The SSH target without traceroute: the remote shell answers 127, tracepath is used.
+    struct NoTracerouteThere(Ssh);
+    impl Runner for NoTracerouteThere {
+        fn run<'a>(&'a self, cmd: &'a CommandSpec) -> BoxFuture<'a, Result<Output, ExecError>> {
+            Box::pin(async move {
+                let mut cmd = cmd.clone();
+                if cmd.program == "traceroute" {
+                    cmd.program = "tailopsmcp-no-such-traceroute".into();
+                }
+                Runner::run(&self.0, &cmd).await
+            })
+        }
+    }
+    let t = net::traceroute(&NoTracerouteThere(ssh), &host("127.0.0.1"), 2).await.unwrap();
+    assert_eq!((t.program.as_str(), t.reached), ("tracepath", true), "{t:?}");
+}
