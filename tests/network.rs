@@ -70,6 +70,9 @@ fn dnsmasq_args(dir: &Path, listen: SocketAddr) -> Vec<String> {
         "--cname=www.example.test,web.example.test",
         // CAA 0 issue "letsencrypt.org"
         "--dns-rr=example.test,257,000569737375656c657473656e63727970742e6f7267",
+        // Authoritative for test (SOA and NS records; local names answered as before).
+        "--auth-zone=test,127.0.0.0/8,169.254.0.0/16,192.0.2.0/24,fd00::/64",
+        "--auth-soa=2026112101,hostmaster.example.test",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -77,6 +80,7 @@ fn dnsmasq_args(dir: &Path, listen: SocketAddr) -> Vec<String> {
         format!("--addn-hosts={}", hosts.display()),
         format!("--listen-address={}", listen.ip()),
         format!("--port={}", listen.port()),
+        format!("--auth-server=ns1.example.test,{}", listen.ip()),
     ])
     .collect()
 }
@@ -334,6 +338,16 @@ async fn dns_lookup_of_every_record_type_against_dnsmasq() {
     let ptr = look("192.0.2.7", RecordType::PTR).await;
     assert_eq!(ptr.query, "7.2.0.192.in-addr.arpa");
     assert_eq!(ptr.answers[0].value, "printer.example.test.");
+
+    let soa = look("test", RecordType::SOA).await;
+    assert!(
+        soa.answers[0]
+            .value
+            .starts_with("ns1.example.test. hostmaster.example.test. 2026112101 "),
+        "{soa:?}"
+    );
+    let ns = look("test", RecordType::NS).await;
+    assert_eq!(ns.answers[0].value, "ns1.example.test.");
 
     let missing = look("missing.test", RecordType::A).await;
     assert_eq!((missing.status.as_str(), missing.answers.len()), ("NXDOMAIN", 0));
@@ -812,6 +826,8 @@ async fn ping_and_traceroute_over_ssh() {
             })
         }
     }
-    let t = net::traceroute(&NoTracerouteThere(ssh), &host("127.0.0.1"), 2).await.unwrap();
+    let t = net::traceroute(&NoTracerouteThere(ssh), &host("127.0.0.1"), 2)
+        .await
+        .unwrap();
     assert_eq!((t.program.as_str(), t.reached), ("tracepath", true), "{t:?}");
 }
