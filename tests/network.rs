@@ -532,6 +532,44 @@ async fn ping_localhost_and_an_unknown_name() {
     assert!(err.to_string().contains("`ping` failed"), "{err}");
 }
 
+/// Runs every command locally as `nobody` with no capabilities allowed at all (as under the
+/// service unit's empty `CapabilityBoundingSet=`).
+struct NoCapabilities(LocalRunner);
+
+impl Runner for NoCapabilities {
+    fn run<'a>(&'a self, cmd: &'a CommandSpec) -> BoxFuture<'a, Result<Output, ExecError>> {
+        Box::pin(async move {
+            let mut args: Vec<String> = [
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--no-new-privs",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.push(cmd.program.clone());
+            args.extend(cmd.args.iter().cloned());
+            self.0.run(&CommandSpec::new("setpriv", args)).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn ping_without_the_capability_says_what_to_change() {
+    if !have("ping") || !have("setpriv") {
+        skip_or_fail("ping and setpriv are needed (apt install iputils-ping util-linux)");
+        return;
+    }
+    let err = net::ping(&NoCapabilities(runner()), &host("127.0.0.1"), 1, 2)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("CapabilityBoundingSet=CAP_NET_RAW"), "{err}");
+}
+
 /// Runs everything locally but pretends `traceroute` is not installed.
 struct NoTraceroute(LocalRunner);
 

@@ -277,8 +277,20 @@ pub async fn ping(runner: &dyn Runner, host: &Host, count: u32, deadline_secs: u
     }
     match parse_ping(&host.as_arg(), &out.stdout) {
         Some(result) => Ok(result),
+        None if not_permitted(&out.stderr) => Err(ExecError::Failed(format!(
+            "`ping` may not open an ICMP socket here ({}): it needs CAP_NET_RAW in the service's \
+             capability bounding set (ping's file capability; a drop-in with \
+             `CapabilityBoundingSet=CAP_NET_RAW`) or the service's group in \
+             net.ipv4.ping_group_range",
+            shorten(out.stderr.trim(), 200)
+        ))),
         None => Err(command_failed("ping", &out)),
     }
+}
+
+fn not_permitted(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    s.contains("operation not permitted") || s.contains("permission denied")
 }
 
 /// Parse iputils `ping -n` output. `None` when there is no statistics line (ping failed before

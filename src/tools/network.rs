@@ -342,7 +342,15 @@ async fn ping(ctx: &ToolContext, args: PingArgs) -> Result<ToolOutput, ToolError
         max_output: 64 * 1024,
     });
     let runner = command_runner(ctx, "network_ping", &local)?;
-    let result = net::ping(runner, &host, count, deadline).await.map_err(failed)?;
+    let result = net::ping(runner, &host, count, deadline).await.map_err(|e| match e {
+        // Locally, a ping whose file capability the service's bounding set forbids cannot
+        // even start.
+        ExecError::Failed(m) if m.contains("cannot be run: permission denied") => ToolError::Failed(format!(
+            "{m}: /usr/bin/ping needs CAP_NET_RAW in the service's capability bounding set \
+                 (a drop-in with `CapabilityBoundingSet=CAP_NET_RAW`)"
+        )),
+        other => failed(other),
+    })?;
     let mut text = format!(
         "{} ({}): {}/{} received, {}% loss",
         result.host,
