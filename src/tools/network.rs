@@ -242,8 +242,9 @@ impl NetTool {
                 "Check TCP ports",
                 "Try a TCP connection to each of `ports` (1-32 ports) on `host` at once, each within \
                  `timeout_ms` (100-10000, default 2000). Each port is `open` (connected; closed again at once, \
-                 nothing sent), `closed` (refused), `filtered` (no answer in time) or `error`. Runs from this \
-                 server's host (`local` target only).",
+                 nothing sent), `closed` (refused), `filtered` (no answer in time) or `error`. A name resolves \
+                 through `[network] dns_servers` when set (else the system resolver); the first address is \
+                 used. Runs from this server's host (`local` target only).",
                 input_schema::<PortCheckArgs>(),
                 output_schema::<PortCheckOutput>(),
             ),
@@ -266,7 +267,7 @@ impl NetTool {
                  the chain (subject, issuer, serial, validity, days left, CA flag, SANs); the leaf's expiry and \
                  days left; whether `server_name` matches a SAN; and whether the chain verifies now against the \
                  system's CA store or the given `ca_pem` (with the reason when not). A bad certificate is \
-                 reported, not refused. `local` target only.",
+                 reported, not refused. Names resolve like `network_port_check`. `local` target only.",
                 input_schema::<TlsCheckArgs>(),
                 output_schema::<TlsReport>(),
             ),
