@@ -399,15 +399,9 @@ async fn http_probe_reaches_allowed_hosts_and_refuses_the_rest() {
     assert_eq!(r.address, format!("127.0.0.1:{port}"));
     assert_eq!(r.body_preview, "healthy\n");
     assert_eq!((r.body_bytes, r.body_truncated), (8, false));
-    assert!(
-        r.headers.contains(&("server".to_string(), "test-web".to_string())),
-        "{:?}",
-        r.headers
-    );
-    assert!(
-        !r.headers.iter().any(|(k, _)| k == "x-internal"),
-        "only the reported subset"
-    );
+    let header = |r: &net::ProbeResult, name: &str| r.headers.iter().find(|h| h.name == name).map(|h| h.value.clone());
+    assert_eq!(header(&r, "server").as_deref(), Some("test-web"), "{:?}", r.headers);
+    assert_eq!(header(&r, "x-internal"), None, "only the reported subset");
     assert_eq!(r.header_count, 5);
     assert!(r.timing.total_ms >= r.timing.first_byte_ms);
     {
@@ -436,11 +430,7 @@ async fn http_probe_reaches_allowed_hosts_and_refuses_the_rest() {
         .await
         .unwrap();
     assert_eq!(moved.status, 302);
-    assert!(
-        moved
-            .headers
-            .contains(&("location".to_string(), "http://169.254.169.254/".to_string()))
-    );
+    assert_eq!(header(&moved, "location").as_deref(), Some("http://169.254.169.254/"));
     assert_eq!(seen.lock().unwrap().len(), 3);
 
     // Refusals: nothing connects.
@@ -612,6 +602,7 @@ async fn traceroute_to_localhost_with_either_program() {
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 const DAVE: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 9));
+const ERIN: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 10));
 /// Inside the server namespace: dnsmasq and the HTTP server on its loopback.
 const NS_DNS: &str = "127.0.0.1:5353";
 const NS_HTTP_PORT: u16 = 8080;
@@ -787,11 +778,23 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
     assert_eq!(r["isError"], false, "{r}");
     assert_eq!(r["structuredContent"]["received"], 1);
 
+    if have("traceroute") {
+        let r = mcp
+            .call_tool("network_traceroute", json!({"host": "127.0.0.1", "max_hops": 2}))
+            .await
+            .unwrap();
+        assert_eq!(r["structuredContent"]["reached"], true, "{r}");
+        assert_eq!(r["structuredContent"]["hops"][0]["address"], "127.0.0.1");
+    } else {
+        skip_or_fail("traceroute is not installed (apt install traceroute)");
+        return;
+    }
+
     // One audit row per call, allowed by network:read; failures carry their reason.
     let rows = server
-        .audit_where(10, |r| r.tool.as_deref().is_some_and(|t| t.starts_with("network_")))
+        .audit_where(11, |r| r.tool.as_deref().is_some_and(|t| t.starts_with("network_")))
         .await;
-    assert_eq!(rows.len(), 10, "{rows:#?}");
+    assert_eq!(rows.len(), 11, "{rows:#?}");
     assert!(
         rows.iter()
             .all(|r| r.decision == Decision::Allow && r.target.as_deref() == Some("local"))
@@ -808,7 +811,43 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
         "http://169.254.169.254/latest/meta-data/"
     );
     assert_eq!(rows.iter().filter(|r| r.outcome == Outcome::Error).count(), 6);
-    assert_eq!(rows.iter().filter(|r| r.outcome == Outcome::Ok).count(), 4);
+    assert_eq!(rows.iter().filter(|r| r.outcome == Outcome::Ok).count(), 5);
+
+    // A caller without network:read is refused before anything runs, and that is audited too.
+    net.add_caller(ERIN).unwrap();
+    standin.add_identity(
+        ERIN,
+        whois_for(
+            "whois-user.json",
+            "erin@example.com",
+            ERIN,
+            CAP,
+            json!([{"scopes": ["system:read"], "targets": ["local"]}]),
+        ),
+    );
+    let stream = net
+        .connect(ERIN, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
+        .await
+        .unwrap();
+    let mut erin = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
+    erin.initialize().await.unwrap();
+    let r = erin
+        .call_tool(
+            "network_http_probe",
+            json!({"url": format!("http://web.test:{NS_HTTP_PORT}/")}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["isError"], true);
+    assert!(text(&r).contains("network:read"), "{r}");
+    let denied = server
+        .audit_where(1, |r| {
+            r.decision == Decision::Deny && r.login.as_deref() == Some("erin@example.com")
+        })
+        .await;
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0].tool.as_deref(), Some("network_http_probe"));
+    assert_eq!(seen.lock().unwrap().len(), 1, "the denied probe sent nothing");
     assert!(server.alive(), "the server keeps serving");
 }
 

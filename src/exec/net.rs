@@ -1283,6 +1283,15 @@ pub struct ProbeTiming {
     pub total_ms: f64,
 }
 
+/// One response header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct HeaderField {
+    /// Lower case.
+    pub name: String,
+    /// At most 256 characters (longer values end with `…`).
+    pub value: String,
+}
+
 /// What a probe saw.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ProbeResult {
@@ -1293,8 +1302,8 @@ pub struct ProbeResult {
     pub status: u16,
     pub reason: Option<String>,
     pub http_version: String,
-    /// The reported subset of response headers ([`REPORTED_HEADERS`]), names in lower case.
-    pub headers: Vec<(String, String)>,
+    /// The reported subset of response headers ([`REPORTED_HEADERS`]), in the order received.
+    pub headers: Vec<HeaderField>,
     /// How many response headers there were in all.
     pub header_count: usize,
     /// Body bytes read (at most `max_body_bytes`).
@@ -1414,15 +1423,13 @@ pub async fn http_probe(req: &ProbeRequest, policy: &HttpPolicy, dns: &[SocketAd
         Ok(r) => r?,
         Err(_) => body_truncated = true,
     }
-    let headers: Vec<(String, String)> = parts
+    let headers: Vec<HeaderField> = parts
         .headers
         .iter()
         .filter(|(name, _)| REPORTED_HEADERS.contains(&name.as_str()))
-        .map(|(name, value)| {
-            (
-                name.as_str().to_string(),
-                shorten(&String::from_utf8_lossy(value.as_bytes()), HEADER_VALUE_MAX),
-            )
+        .map(|(name, value)| HeaderField {
+            name: name.as_str().to_string(),
+            value: shorten(&String::from_utf8_lossy(value.as_bytes()), HEADER_VALUE_MAX),
         })
         .collect();
     Ok(ProbeResult {

@@ -556,8 +556,8 @@ async fn http_probe(ctx: &ToolContext, args: HttpProbeArgs) -> Result<ToolOutput
             .unwrap_or_default(),
         result.timing.first_byte_ms
     );
-    for (k, v) in &result.headers {
-        let _ = write!(text, "\n{k}: {v}");
+    for h in &result.headers {
+        let _ = write!(text, "\n{}: {}", h.name, h.value);
     }
     let _ = write!(
         text,
