@@ -313,8 +313,9 @@ http_allow = []
 # Permit link-local destinations (169.254.0.0/16, fe80::/10); metadata addresses stay refused.
 allow_link_local = false
 # DNS servers ("IP" or "IP:PORT") the network tools resolve names with and `network_dns_lookup`
-# asks by default, e.g. ["100.100.100.100"] (Tailscale's MagicDNS resolver). Empty = the
-# system's resolver (/etc/hosts, /etc/resolv.conf).
+# asks by default, e.g. ["100.100.100.100"] (Tailscale's MagicDNS resolver). Names are asked
+# fully qualified (no search domains: write "nas.tail1234.ts.net", not "nas"). Empty = the
+# system's resolver (/etc/hosts, /etc/resolv.conf, search domains).
 dns_servers = []
 
 # Local grants add to the grants from your tailnet policy file's app capability.
