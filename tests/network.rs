@@ -778,6 +778,25 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
     assert_eq!(r["isError"], false, "{r}");
     assert_eq!(r["structuredContent"]["received"], 1);
 
+    let ca = TestCa::new("Lab CA");
+    let tls = net.bind_in_server_ns(SocketAddr::from(([127, 0, 0, 1], 8443))).unwrap();
+    serve_https(tls, ca.server(&["web.test"]).server_config());
+    let r = mcp
+        .call_tool(
+            "network_tls_check",
+            json!({"host": "web.test", "port": 8443, "ca_pem": ca.cert_pem()}),
+        )
+        .await
+        .unwrap();
+    let report = &r["structuredContent"];
+    assert_eq!(
+        (report["verified"].as_bool(), report["name_matches"].as_bool()),
+        (Some(true), Some(true)),
+        "{r}"
+    );
+    assert_eq!(report["chain"][0]["sans"], json!(["web.test"]));
+    assert_eq!(report["trust"], "given CA");
+
     if have("traceroute") {
         let r = mcp
             .call_tool("network_traceroute", json!({"host": "127.0.0.1", "max_hops": 2}))
@@ -792,9 +811,9 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
 
     // One audit row per call, allowed by network:read; failures carry their reason.
     let rows = server
-        .audit_where(11, |r| r.tool.as_deref().is_some_and(|t| t.starts_with("network_")))
+        .audit_where(12, |r| r.tool.as_deref().is_some_and(|t| t.starts_with("network_")))
         .await;
-    assert_eq!(rows.len(), 11, "{rows:#?}");
+    assert_eq!(rows.len(), 12, "{rows:#?}");
     assert!(
         rows.iter()
             .all(|r| r.decision == Decision::Allow && r.target.as_deref() == Some("local"))
@@ -811,7 +830,7 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
         "http://169.254.169.254/latest/meta-data/"
     );
     assert_eq!(rows.iter().filter(|r| r.outcome == Outcome::Error).count(), 6);
-    assert_eq!(rows.iter().filter(|r| r.outcome == Outcome::Ok).count(), 5);
+    assert_eq!(rows.iter().filter(|r| r.outcome == Outcome::Ok).count(), 6);
 
     // A caller without network:read is refused before anything runs, and that is audited too.
     net.add_caller(ERIN).unwrap();
