@@ -340,6 +340,23 @@ compose_command = []
 # compose_command = ["/usr/local/bin/docker-compose"]
 # Time one git or compose command (clone, pull, up) may take, 1-3600.
 timeout_secs = 600
+[network]
+# Destinations `network_http_probe` may fetch from: host names ("nas.lan"), "*.domain" (any name
+# under it, e.g. "*.tail1234.ts.net"), IP addresses and CIDRs ("192.168.1.0/24",
+# "100.64.0.0/10"). A name matches a name rule, or every address it resolves to must lie in an
+# address rule. Empty (the default) = the probe refuses every destination.
+# Whatever this list says, the probe refuses cloud metadata services (169.254.169.254,
+# fd00:ec2::254, metadata.google.internal, ...), unspecified/multicast addresses, and
+# link-local addresses unless allow_link_local is set; it checks the addresses a name resolves
+# to and connects to the checked address, so DNS cannot swap it afterwards.
+http_allow = []
+# Permit link-local destinations (169.254.0.0/16, fe80::/10); metadata addresses stay refused.
+allow_link_local = false
+# DNS servers ("IP" or "IP:PORT") the network tools resolve names with and `network_dns_lookup`
+# asks by default, e.g. ["100.100.100.100"] (Tailscale's MagicDNS resolver). Names are asked
+# fully qualified (no search domains: write "nas.tail1234.ts.net", not "nas"). Empty = the
+# system's resolver (/etc/hosts, /etc/resolv.conf, search domains).
+dns_servers = []
 
 # Local grants add to the grants from your tailnet policy file's app capability.
 # match:   "user:LOGIN" (a user-owned node of this login), "tag:NAME" (a tagged node with this

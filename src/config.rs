@@ -60,6 +60,17 @@ pub struct Config {
     pub logs: LogsConfig,
     /// Compose stacks on this host (`[stacks]`).
     pub stacks: crate::exec::compose::StacksSettings,
+    /// Where the network tools may go and how they resolve names (`[network]`).
+    pub network: NetworkConfig,
+}
+
+/// `[network]`: the HTTP probe's destination rules and the resolvers of the network tools.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkConfig {
+    /// `http_allow` and `allow_link_local`; an empty allow-list turns `network_http_probe` off.
+    pub http: crate::exec::net::HttpPolicy,
+    /// DNS servers for name resolution and `network_dns_lookup`; empty = the system's.
+    pub dns_servers: Vec<std::net::SocketAddr>,
 }
 
 /// `[files]`: the directories the `files` tools may read beneath, and what they never return.
@@ -175,6 +186,16 @@ struct File {
     logs: LogsSection,
     #[serde(default)]
     stacks: StacksSection,
+    #[serde(default)]
+    network: NetworkSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct NetworkSection {
+    http_allow: Vec<String>,
+    allow_link_local: bool,
+    dns_servers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -686,6 +707,19 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
 
     let stacks = stacks_settings(file.stacks, &invalid)?;
 
+    let mut network = NetworkConfig::default();
+    for (i, rule) in file.network.http_allow.iter().enumerate() {
+        let rule =
+            crate::exec::net::AllowRule::parse(rule).map_err(|e| invalid(&format!("network.http_allow[{i}]"), e))?;
+        network.http.allow.push(rule);
+    }
+    network.http.allow_link_local = file.network.allow_link_local;
+    for (i, server) in file.network.dns_servers.iter().enumerate() {
+        let sa =
+            crate::exec::net::parse_dns_server(server).map_err(|e| invalid(&format!("network.dns_servers[{i}]"), e))?;
+        network.dns_servers.push(sa);
+    }
+
     Ok(Config {
         source,
         port,
@@ -721,6 +755,7 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
             deny: file.logs.deny,
         },
         stacks,
+        network,
     })
 }
 
@@ -920,6 +955,27 @@ mod tests {
         );
         let c = load("[[target]]\nid = \"nas\"\nkind = \"ssh\"\ngroups = [\"lab\"]\n[target.ssh]\nhost = \"nas\"\nuser = \"ops\"").unwrap();
         assert_eq!(c.targets[0].settings.as_ref().unwrap()["user"].as_str(), Some("ops"));
+    }
+
+    #[test]
+    fn network_section() {
+        let c = load("").unwrap();
+        assert!(c.network.http.allow.is_empty() && !c.network.http.allow_link_local);
+        assert!(c.network.dns_servers.is_empty());
+        let c = load(
+            "[network]\nhttp_allow = [\"nas.lan\", \"*.ts.net\", \"192.168.1.0/24\"]\nallow_link_local = true\ndns_servers = [\"100.100.100.100\", \"127.0.0.1:5353\"]",
+        )
+        .unwrap();
+        assert_eq!(c.network.http.allow.len(), 3);
+        assert!(c.network.http.allow_link_local);
+        assert_eq!(c.network.dns_servers[0], "100.100.100.100:53".parse().unwrap());
+        check_err("[network]\nhttp_allow = [\"http://nas\"]", "network.http_allow[0]");
+        check_err(
+            "[network]\nhttp_allow = [\"ok.lan\", \"10.0.0.0/40\"]",
+            "network.http_allow[1]",
+        );
+        check_err("[network]\ndns_servers = [\"dns.google\"]", "network.dns_servers[0]");
+        check_err("[network]\nhttp_alow = []", "unknown field `http_alow`");
     }
 
     #[test]

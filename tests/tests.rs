@@ -12,6 +12,7 @@ mod harness;
 mod http_exec;
 mod inventory;
 mod localapi;
+mod network;
 mod ssh;
 mod stacks;
 mod support;

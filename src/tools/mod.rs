@@ -12,6 +12,7 @@ pub mod identity;
 pub mod inventory;
 pub mod logs;
 pub mod stacks;
+pub mod network;
 pub mod system;
 pub mod targets;
 
@@ -242,5 +243,6 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(logs::tools());
     tools.extend(files::tools());
     tools.extend(stacks::tools());
+    tools.extend(network::tools());
     tools
 }

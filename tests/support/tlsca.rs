@@ -75,6 +75,37 @@ impl TestCa {
         self.issue(params)
     }
 
+    /// An intermediate CA named `name`, signed by this CA (it issues like any `TestCa`).
+    pub fn intermediate(&self, name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        TestCa {
+            cert,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `names`, valid from `not_before` to `not_after` (year, month,
+    /// day, UTC midnight) — in the past for an expired one.
+    pub fn server_valid(&self, names: &[&str], not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> Issued {
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or("server"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        self.issue(params)
+    }
+
     /// A client certificate with common name `name`.
     pub fn client(&self, name: &str) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -108,6 +139,17 @@ impl Issued {
         let config = rustls::ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(vec![self.cert_der.clone()], self.private_key())
+            .unwrap();
+        Arc::new(config)
+    }
+
+    /// A rustls server config presenting this certificate followed by `chain` (intermediates).
+    pub fn server_config_with_chain(&self, chain: &[CertificateDer<'static>]) -> Arc<rustls::ServerConfig> {
+        let mut certs = vec![self.cert_der.clone()];
+        certs.extend(chain.iter().cloned());
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, self.private_key())
             .unwrap();
         Arc::new(config)
     }
