@@ -3,7 +3,8 @@
 //!
 //! Executors: [`local`] (this host: sysinfo, `/proc`, `/sys`), [`process`] (local programs by
 //! argument vector, timeouts that kill the process group, capped output), [`docker`] (the only
-//! bollard user), [`http`] (the only reqwest user) and `ssh` (the only russh user). Tools call into `exec`; `exec` knows nothing
+//! bollard user), [`http`] (the only reqwest user; [`proxmox`] speaks the Proxmox VE API through it) and `ssh`
+//! (the only russh user). Tools call into `exec`; `exec` knows nothing
 //! about callers, MCP, policy or audit, and never decides whether a caller may do something
 //! (it does enforce a target's own constraints: timeouts, output caps, allowed paths).
 //! Blocking functions say so; async callers run them inside `tokio::task::spawn_blocking`.
@@ -12,6 +13,7 @@ pub mod docker;
 pub mod http;
 pub mod local;
 pub mod process;
+pub mod proxmox;
 pub mod remote;
 pub mod ssh;
 

@@ -7,6 +7,7 @@
 
 pub mod format;
 pub mod identity;
+pub mod proxmox;
 pub mod system;
 pub mod targets;
 
@@ -232,5 +233,6 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(identity::tools());
     tools.extend(system::tools());
     tools.extend(targets::tools());
+    tools.extend(proxmox::tools());
     tools
 }
