@@ -427,7 +427,8 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
     assert_eq!(s["total"], 3 + EXTRA_VMS, "{r}");
     assert_eq!(s["guests"][0]["vmid"], 100);
     assert_eq!(s["guests"][0]["type"], "qemu");
-    assert_eq!(s["guests"][0]["tags"], json!(["web", "prod"]));
+    assert_eq!(s["guests"][0]["tags"], "web;prod");
+    assert!(s["guests"][1]["tags"].is_null());
     assert_eq!(s["guests"][1]["vmid"], 200);
     assert_eq!(s["guests"][1]["type"], "lxc");
     assert_eq!(s["guests"].as_array().unwrap().last().unwrap()["template"], true);
@@ -610,4 +611,123 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
     // Still serving.
     let r = w.call(&mut Vec::new(), "proxmox_nodes", json!({})).await;
     assert_eq!(r["isError"], false);
+}
+
+/// Prompts, resources and `format: "toon"` through the official MCP Python SDK, on the same
+/// world (so `proxmox_guests` answers from the Proxmox stand-in). Prints the TOON/JSON sizes of
+/// real outputs (`--nocapture` shows them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_resources_and_toon_through_the_python_sdk() {
+    let python = match crate::support::pyclient::python_mcp() {
+        Ok(p) => p,
+        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    };
+    let Some(w) = world().await else { return };
+    let actions = json!([
+        {"list_prompts": {}},
+        {"get_prompt": "health_check", "args": {"target": "pve"}},
+        {"get_prompt": "troubleshoot_container", "args": {}, "expect_error": true},
+        {"get_prompt": "troubleshoot_container", "args": {"container": "web; reboot"}, "expect_error": true},
+        {"get_prompt": "no_such_prompt", "expect_error": true},
+        {"list_resources": {}},
+        {"call": "system_processes", "args": {"limit": 50, "format": "toon"}},
+        {"call": "targets_list", "args": {"format": "toon"}},
+        {"call": "proxmox_guests", "args": {"target": "pve", "format": "toon"}},
+        {"read_resource": "tailopsmcp://targets"},
+        {"read_resource": "tailopsmcp://audit/mine"},
+        {"read_resource": "tailopsmcp://audit/everyone", "expect_error": true}
+    ]);
+    let url = format!("http://{SERVER_IP}:{PORT}/mcp");
+    let (lines, stdout) = crate::support::pyclient::run_actions(&w.net, &python, &url, &actions).await;
+    let line = |n: usize| &lines[n];
+    assert_eq!(lines.len(), 13, "{stdout}");
+
+    // Prompts: listed with their arguments; rendered for this caller's tools.
+    let prompts = line(1)["prompts"].as_array().unwrap();
+    let names: Vec<&str> = prompts.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "security_audit",
+            "health_check",
+            "troubleshoot_container",
+            "performance_analysis",
+            "network_audit",
+            "plan_stack_deployment",
+            "investigate_high_usage",
+            "backup_planning",
+            "set_up_inventory"
+        ]
+    );
+    let tc = prompts.iter().find(|p| p["name"] == "troubleshoot_container").unwrap();
+    assert_eq!(tc["arguments"][0], json!({"name": "container", "description": "The container's name or id.", "required": true}));
+    let health = line(2)["messages"][0]["text"].as_str().unwrap();
+    assert_eq!(line(2)["messages"][0]["role"], "user");
+    assert!(health.starts_with("Check the health of target `pve`"), "{health}");
+    assert!(health.contains("`proxmox_nodes` and `proxmox_guests`"), "{health}");
+    assert!(health.contains("1. Read `system_status`"), "{health}");
+    for (n, says) in [
+        (3, "missing required argument `container`"),
+        (4, "is not a container name or id"),
+        (5, "unknown prompt `no_such_prompt`"),
+    ] {
+        assert!(line(n)["error"].as_str().unwrap().contains(says), "{}", line(n));
+        assert_eq!(line(n)["code"], -32602, "{}", line(n));
+    }
+
+    // Resources.
+    let uris: Vec<&str> = line(6)["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["uri"].as_str().unwrap())
+        .collect();
+    assert_eq!(uris, ["tailopsmcp://targets", "tailopsmcp://audit/mine"]);
+    let targets: Value = serde_json::from_str(line(10)["contents"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(line(10)["contents"][0]["mimeType"], "application/json");
+    let pve = targets["targets"].as_array().unwrap().iter().find(|t| t["id"] == "pve").unwrap();
+    assert!(pve["scopes"].as_array().unwrap().contains(&json!("system:control")), "{targets}");
+    let mine: Value = serde_json::from_str(line(11)["contents"][0]["text"].as_str().unwrap()).unwrap();
+    let records = mine["records"].as_array().unwrap();
+    let tools: Vec<&str> = records.iter().filter_map(|r| r["tool"].as_str()).collect();
+    assert_eq!(&tools[..3], ["proxmox_guests", "targets_list", "system_processes"], "newest first: {mine}");
+    assert!(records.iter().any(|r| r["method"] == "resources/read"), "the targets read: {mine}");
+    let carol_rows = w.server.audit().into_iter().filter(|r| r.principal.as_deref() == mine["principal"].as_str()).count();
+    assert!(carol_rows >= records.len() && !records.is_empty());
+    assert!(line(12)["error"].as_str().unwrap().contains("unknown resource"), "{}", line(12));
+    let reads = w.server.audit_where(3, |r| r.method == "resources/read").await;
+    assert_eq!(reads.len(), 3, "one audit row per resources/read");
+    assert_eq!(
+        reads.iter().filter(|r| r.decision == tailopsmcp::audit::Decision::Deny).count(),
+        1
+    );
+
+    // TOON: the same structured content, as TOON text, is smaller than its JSON.
+    eprintln!("output                       JSON bytes  pretty JSON  TOON bytes   ~tokens JSON/TOON (chars/4)");
+    for (n, what) in [(7, "system_processes limit=50"), (8, "targets_list"), (9, "proxmox_guests (20)")] {
+        let r = line(n);
+        assert_eq!(r["isError"], false, "{r}");
+        let toon = r["text"][0].as_str().unwrap();
+        let structured = &r["structuredContent"];
+        let compact = serde_json::to_string(structured).unwrap();
+        let pretty = serde_json::to_string_pretty(structured).unwrap();
+        assert!(!toon.trim_start().starts_with('{'), "{what} is not TOON: {toon}");
+        // Smaller than the pretty JSON `format: "json"` gives; smaller than compact JSON where
+        // the rows are flat (nested arrays, such as a target's scopes, defeat TOON's tables).
+        assert!(toon.len() < pretty.len(), "{what}: TOON {} >= pretty JSON {}", toon.len(), pretty.len());
+        if n != 8 {
+            assert!(toon.len() < compact.len(), "{what}: TOON {} >= JSON {}", toon.len(), compact.len());
+        }
+        eprintln!(
+            "{what:<28} {:>10}  {:>11}  {:>10}   {:>6} / {:<6} (TOON/compact JSON = {:.0}%)",
+            compact.len(),
+            pretty.len(),
+            toon.len(),
+            compact.chars().count() / 4,
+            toon.chars().count() / 4,
+            100.0 * toon.len() as f64 / compact.len() as f64
+        );
+    }
+    let guests = line(9)["text"][0].as_str().unwrap();
+    assert!(guests.contains("guests[20]{vmid,type,name,node,status,"), "one table: {guests}");
 }

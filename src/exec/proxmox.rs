@@ -103,7 +103,8 @@ pub struct Guest {
     pub memory_total_bytes: Option<u64>,
     pub disk_total_bytes: Option<u64>,
     pub uptime_seconds: Option<u64>,
-    pub tags: Vec<String>,
+    /// Tags, `;`-separated as Proxmox writes them (a string keeps rows flat: TOON tables).
+    pub tags: Option<String>,
     /// A config lock (`backup`, `snapshot`, `migrate`, ...) when one is held.
     pub lock: Option<String>,
 }
@@ -129,7 +130,8 @@ pub struct GuestStatus {
     pub lock: Option<String>,
     /// Managed by Proxmox HA (start/stop then go through the HA manager).
     pub ha_managed: bool,
-    pub tags: Vec<String>,
+    /// Tags, `;`-separated as Proxmox writes them.
+    pub tags: Option<String>,
 }
 
 /// One snapshot (`GET .../snapshot`); the `current` pseudo-entry is reported as `is_current`.
@@ -541,15 +543,11 @@ fn u64_of(v: &Value, key: &str) -> Option<u64> {
     }
 }
 
-fn tags(v: &Value) -> Vec<String> {
-    str_of(v, "tags")
-        .map(|t| {
-            t.split([';', ',', ' '])
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+/// Tags normalized to `a;b` (Proxmox accepts `;`, `,` and spaces between them); none → `None`.
+fn tags(v: &Value) -> Option<String> {
+    let t = str_of(v, "tags")?;
+    let joined = t.split([';', ',', ' ']).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(";");
+    (!joined.is_empty()).then_some(joined)
 }
 
 /// A 0..1 fraction as a percentage with two decimals.
@@ -684,7 +682,9 @@ mod tests {
         assert_eq!(f64_of(&v, "cpu").map(percent), Some(12.35));
         assert_eq!(u64_of(&v, "maxmem"), Some(2048));
         assert_eq!(u64_of(&v, "mem"), Some(1500));
-        assert_eq!(tags(&v), ["web", "prod"]);
+        assert_eq!(tags(&v).as_deref(), Some("web;prod"));
+        assert_eq!(tags(&serde_json::json!({"tags": "a, b"})).as_deref(), Some("a;b"));
+        assert_eq!(tags(&serde_json::json!({"tags": ""})), None);
         assert_eq!(rfc3339(0).as_deref(), Some("1970-01-01T00:00:00Z"));
     }
 }
