@@ -239,13 +239,12 @@ impl ServerHandler for McpServer {
         implementation.title = Some("tailopsmcp".into());
         implementation.description =
             Some("Operate this host over your tailnet, as yourself, with every call audited".into());
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_prompts()
-                .enable_resources()
-                .build(),
-        )
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_prompts()
+            .enable_resources()
+            .build();
+        ServerConfig::new(capabilities)
             .with_server_info(implementation)
             .with_instructions(
                 "Tools operate the host this server runs on. Every call is authorized against your tailnet \
@@ -477,8 +476,10 @@ impl ServerHandler for McpServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
         request_facts(&ctx)?;
-        Ok(rmcp::model::ListResourcesResult::with_all_items(crate::resources::list())
-            .with_cache_scope(CacheScope::Private))
+        Ok(
+            rmcp::model::ListResourcesResult::with_all_items(crate::resources::list())
+                .with_cache_scope(CacheScope::Private),
+        )
     }
 
     /// A resource read is authorized (any grant) and audited like a tool call: one record per
@@ -501,10 +502,9 @@ impl ServerHandler for McpServer {
         let which = Which::parse(&request.uri);
         let refusal = match which {
             None => Some(ErrorData::resource_not_found(format!("unknown resource `{uri}`"), None)),
-            Some(_) if !decision.allowed => Some(ErrorData::invalid_request(
-                format!("denied: {}", decision.reason),
-                None,
-            )),
+            Some(_) if !decision.allowed => {
+                Some(ErrorData::invalid_request(format!("denied: {}", decision.reason), None))
+            }
             Some(_) => None,
         };
         if let Some(err) = refusal {
@@ -531,8 +531,13 @@ impl ServerHandler for McpServer {
         let (result, outcome, error) = match value {
             Ok(v) => {
                 let text = serde_json::to_string_pretty(&v).unwrap_or_default();
-                let contents = rmcp::model::ResourceContents::text(text, request.uri.clone()).with_mime_type(resources::MIME);
-                (Ok(rmcp::model::ReadResourceResult::new(vec![contents])), Outcome::Ok, None)
+                let contents =
+                    rmcp::model::ResourceContents::text(text, request.uri.clone()).with_mime_type(resources::MIME);
+                (
+                    Ok(rmcp::model::ReadResourceResult::new(vec![contents])),
+                    Outcome::Ok,
+                    None,
+                )
             }
             Err(e) => {
                 tracing::error!(uri = %uri, error = %e, "resource read failed");

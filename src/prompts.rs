@@ -576,7 +576,13 @@ fn arguments(spec: &'static PromptSpec, args: &JsonObject) -> Result<Vec<(String
         };
         values.push((a.name.to_string(), value));
     }
-    let get = |k: &str| values.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let get = |k: &str| {
+        values
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     let host = get("host");
     let stack = get("stack");
     values.push((
@@ -604,7 +610,10 @@ fn check(kind: ArgKind, value: &str) -> Result<(), String> {
     let first_alnum = value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
     let (good, rule) = match kind {
         ArgKind::Target => (
-            first_alnum && all(64, &|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c)),
+            first_alnum
+                && all(64, &|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c)
+                }),
             "lowercase letters, digits, `-`, `_`, `.` (at most 64)",
         ),
         ArgKind::Container => (
@@ -612,7 +621,10 @@ fn check(kind: ArgKind, value: &str) -> Result<(), String> {
             "a container name or id: letters, digits, `_`, `.`, `-` (at most 128)",
         ),
         ArgKind::Stack => (
-            first_alnum && all(63, &|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c)),
+            first_alnum
+                && all(63, &|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c)
+                }),
             "lowercase letters, digits, `_`, `-` (at most 63)",
         ),
         ArgKind::Host => (
@@ -706,8 +718,17 @@ mod tests {
         let catalog: HashSet<&str> = crate::tools::catalog().iter().map(|t| t.spec().name).collect();
         let mut names = HashSet::new();
         let toolsets = [
-            "system_", "containers_", "stacks_", "services_", "logs_", "files_", "network_", "packages_",
-            "inventory_", "targets_", "proxmox_",
+            "system_",
+            "containers_",
+            "stacks_",
+            "services_",
+            "logs_",
+            "files_",
+            "network_",
+            "packages_",
+            "inventory_",
+            "targets_",
+            "proxmox_",
         ];
         for p in PROMPTS {
             assert!(names.insert(p.name), "duplicate prompt {}", p.name);
@@ -718,18 +739,29 @@ mod tests {
                         "prompt {} names `{t}`, which is not in the catalog",
                         p.name
                     );
-                    assert!(s.text.contains(&format!("`{t}`")), "{}: step does not mention `{t}`", p.name);
+                    assert!(
+                        s.text.contains(&format!("`{t}`")),
+                        "{}: step does not mention `{t}`",
+                        p.name
+                    );
                 }
                 // Every tool-looking word in the text is declared (so filtering is complete).
                 for word in s.text.split('`').skip(1).step_by(2) {
                     if toolsets.iter().any(|ts| word.starts_with(ts)) || word == "whoami" {
-                        assert!(s.tools.contains(&word), "{}: `{word}` is not in the step's tools", p.name);
+                        assert!(
+                            s.tools.contains(&word),
+                            "{}: `{word}` is not in the step's tools",
+                            p.name
+                        );
                     }
                 }
             }
         }
         for t in PENDING {
-            assert!(!catalog.contains(t), "`{t}` is in the catalog now: remove it from PENDING");
+            assert!(
+                !catalog.contains(t),
+                "`{t}` is in the catalog now: remove it from PENDING"
+            );
         }
         assert_eq!(names.len(), 9);
     }
@@ -774,10 +806,7 @@ mod tests {
         assert!(err("health_check", json!({"target": 7})).contains("must be a string"));
         assert!(err("health_check", json!({"colour": "red"})).contains("unknown argument `colour`"));
         assert!(err("investigate_high_usage", json!({"resource": "gpu"})).contains("one of cpu, memory"));
-        assert!(
-            err("plan_stack_deployment", json!({"repository": "https://x/y`; curl"}))
-                .contains("repository URL")
-        );
+        assert!(err("plan_stack_deployment", json!({"repository": "https://x/y`; curl"})).contains("repository URL"));
         assert!(err("plan_stack_deployment", json!({"repository": "file:///etc"})).contains("repository URL"));
         get(
             "plan_stack_deployment",

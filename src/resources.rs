@@ -120,7 +120,11 @@ mod tests {
     async fn audit_mine_holds_only_the_callers_records() {
         let dir = tempfile::tempdir().unwrap();
         let auditor = Auditor::open(&dir.path().join("a.db"), crate::audit::AuditOptions::default()).unwrap();
-        for (who, tool) in [("alice@x", "whoami"), ("bob@x", "system_status"), ("alice@x", "targets_list")] {
+        for (who, tool) in [
+            ("alice@x", "whoami"),
+            ("bob@x", "system_status"),
+            ("alice@x", "targets_list"),
+        ] {
             let mut r = Record::new();
             r.principal = Some(who.into());
             r.method = "tools/call".into();

@@ -400,7 +400,11 @@ impl World {
         if args.get("target").is_none() {
             args["target"] = json!("pve");
         }
-        let r = self.mcp.call_tool(tool, args.clone()).await.unwrap_or_else(|e| panic!("{tool} {args}: {e}"));
+        let r = self
+            .mcp
+            .call_tool(tool, args.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{tool} {args}: {e}"));
         seen.push(r.to_string());
         r
     }
@@ -436,7 +440,11 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
     let r = w.call(&mut answers, "proxmox_guests", json!({"node": "pve"})).await;
     assert_eq!(r["structuredContent"]["total"], 2, "{r}");
     let r = w
-        .call(&mut answers, "proxmox_guests", json!({"type": "lxc", "status": "stopped"}))
+        .call(
+            &mut answers,
+            "proxmox_guests",
+            json!({"type": "lxc", "status": "stopped"}),
+        )
         .await;
     let vmids: Vec<u64> = r["structuredContent"]["guests"]
         .as_array()
@@ -455,24 +463,42 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
     // Status, with node and type looked up.
     let r = w.call(&mut answers, "proxmox_guest_status", json!({"vmid": 100})).await;
     let s = &r["structuredContent"];
-    assert_eq!((s["node"].as_str(), s["type"].as_str()), (Some("pve"), Some("qemu")), "{r}");
+    assert_eq!(
+        (s["node"].as_str(), s["type"].as_str()),
+        (Some("pve"), Some("qemu")),
+        "{r}"
+    );
     assert_eq!(s["status"], "running");
     assert_eq!(s["pid"], 4242);
     assert_eq!(s["cpu_percent"], 4.21);
     let r = w
-        .call(&mut answers, "proxmox_guest_status", json!({"vmid": 200, "node": "pve", "type": "lxc"}))
+        .call(
+            &mut answers,
+            "proxmox_guest_status",
+            json!({"vmid": 200, "node": "pve", "type": "lxc"}),
+        )
         .await;
     assert_eq!(r["structuredContent"]["status"], "stopped", "{r}");
-    let r = w.call(&mut answers, "proxmox_guest_status", json!({"vmid": 4242})).await;
+    let r = w
+        .call(&mut answers, "proxmox_guest_status", json!({"vmid": 4242}))
+        .await;
     assert!(text(&r).contains("no VM or container with vmid 4242"), "{r}");
     let r = w
-        .call(&mut answers, "proxmox_guest_status", json!({"vmid": 100, "node": "pve2"}))
+        .call(
+            &mut answers,
+            "proxmox_guest_status",
+            json!({"vmid": 100, "node": "pve2"}),
+        )
         .await;
     assert!(text(&r).contains("qemu 100 is on node pve, not pve2"), "{r}");
 
     // Start: a dry run sends no POST; the real call sends exactly one and follows the task.
     let r = w
-        .call(&mut answers, "proxmox_guest_action", json!({"vmid": 200, "action": "start", "dry_run": true}))
+        .call(
+            &mut answers,
+            "proxmox_guest_action",
+            json!({"vmid": 200, "action": "start", "dry_run": true}),
+        )
         .await;
     assert_eq!(r["isError"], false, "{r}");
     let s = &r["structuredContent"];
@@ -486,13 +512,20 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
     assert_eq!(w.pve.status_of(200), "stopped");
 
     let r = w
-        .call(&mut answers, "proxmox_guest_action", json!({"vmid": 200, "action": "start", "wait_seconds": 10}))
+        .call(
+            &mut answers,
+            "proxmox_guest_action",
+            json!({"vmid": 200, "action": "start", "wait_seconds": 10}),
+        )
         .await;
     assert_eq!(r["isError"], false, "{r}");
     let task = &r["structuredContent"]["task"];
     let upid = task["upid"].as_str().unwrap();
     assert!(upid.starts_with("UPID:pve:") && upid.contains(":vzstart:200:"), "{r}");
-    assert_eq!((task["status"].as_str(), task["exit_status"].as_str()), (Some("stopped"), Some("OK")));
+    assert_eq!(
+        (task["status"].as_str(), task["exit_status"].as_str()),
+        (Some("stopped"), Some("OK"))
+    );
     assert_eq!(w.pve.posts(), ["/api2/json/nodes/pve/lxc/200/status/start"]);
     assert_eq!(w.pve.status_of(200), "running");
     let polls = w
@@ -505,7 +538,11 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
 
     // Without waiting: the task id comes back at once.
     let r = w
-        .call(&mut answers, "proxmox_guest_action", json!({"vmid": 100, "node": "pve", "type": "qemu", "action": "shutdown"}))
+        .call(
+            &mut answers,
+            "proxmox_guest_action",
+            json!({"vmid": 100, "node": "pve", "type": "qemu", "action": "shutdown"}),
+        )
         .await;
     assert_eq!(r["structuredContent"]["task"]["status"], "started", "{r}");
     assert_eq!(w.pve.posts().len(), 2);
@@ -547,7 +584,11 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
         .collect();
     assert_eq!(names, ["pre-upgrade", "pre-mcp", "current"]);
     let r = w
-        .call(&mut answers, "proxmox_snapshot_create", json!({"vmid": 200, "name": "ram", "include_ram": true}))
+        .call(
+            &mut answers,
+            "proxmox_snapshot_create",
+            json!({"vmid": 200, "name": "ram", "include_ram": true}),
+        )
         .await;
     assert!(text(&r).contains("`include_ram` applies to VMs only"), "{r}");
 
@@ -555,28 +596,71 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
     let before = w.pve.seen().len();
     for (tool, args, says) in [
         ("proxmox_guest_status", json!({"vmid": 5}), "between 100 and 999999999"),
-        ("proxmox_guest_status", json!({"vmid": 1_000_000_000}), "between 100 and 999999999"),
-        ("proxmox_guest_action", json!({"vmid": 100, "node": "../access", "action": "stop"}), "invalid node name"),
-        ("proxmox_guest_action", json!({"vmid": 100, "node": "pve%2f..", "action": "stop"}), "invalid node name"),
-        ("proxmox_guest_action", json!({"vmid": 100, "action": "destroy"}), "unknown variant"),
-        ("proxmox_guest_action", json!({"vmid": 100, "action": "stop", "wait_seconds": 100000}), "between 0 and 600"),
-        ("proxmox_snapshot_create", json!({"vmid": 100, "name": "x/../../access"}), "invalid snapshot name"),
-        ("proxmox_snapshot_create", json!({"vmid": 100, "name": "a;reboot"}), "invalid snapshot name"),
-        ("proxmox_snapshot_create", json!({"vmid": 100, "name": "current"}), "reserved"),
+        (
+            "proxmox_guest_status",
+            json!({"vmid": 1_000_000_000}),
+            "between 100 and 999999999",
+        ),
+        (
+            "proxmox_guest_action",
+            json!({"vmid": 100, "node": "../access", "action": "stop"}),
+            "invalid node name",
+        ),
+        (
+            "proxmox_guest_action",
+            json!({"vmid": 100, "node": "pve%2f..", "action": "stop"}),
+            "invalid node name",
+        ),
+        (
+            "proxmox_guest_action",
+            json!({"vmid": 100, "action": "destroy"}),
+            "unknown variant",
+        ),
+        (
+            "proxmox_guest_action",
+            json!({"vmid": 100, "action": "stop", "wait_seconds": 100000}),
+            "between 0 and 600",
+        ),
+        (
+            "proxmox_snapshot_create",
+            json!({"vmid": 100, "name": "x/../../access"}),
+            "invalid snapshot name",
+        ),
+        (
+            "proxmox_snapshot_create",
+            json!({"vmid": 100, "name": "a;reboot"}),
+            "invalid snapshot name",
+        ),
+        (
+            "proxmox_snapshot_create",
+            json!({"vmid": 100, "name": "current"}),
+            "reserved",
+        ),
         ("proxmox_guests", json!({"limit": 1_000_000}), "between 1 and 1000"),
-        ("proxmox_guests", json!({"node": "pve\nX-Injected: 1"}), "invalid node name"),
+        (
+            "proxmox_guests",
+            json!({"node": "pve\nX-Injected: 1"}),
+            "invalid node name",
+        ),
     ] {
         let r = w.call(&mut answers, tool, args.clone()).await;
         assert_eq!(r["isError"], true, "{tool} {args}: {r}");
         assert!(text(&r).contains(says), "{tool} {args}: {r}");
     }
     assert_eq!(w.pve.seen().len(), before, "bad input reached the API");
-    let rows = w.server.audit_where(11, |r| r.error.as_deref().is_some_and(|e| e.contains("invalid"))).await;
+    let rows = w
+        .server
+        .audit_where(11, |r| r.error.as_deref().is_some_and(|e| e.contains("invalid")))
+        .await;
     assert!(rows.len() >= 11, "{rows:?}");
 
     // A target that allows only GET: the action is refused by the target's own constraints.
     let r = w
-        .call(&mut answers, "proxmox_guest_action", json!({"target": "pve-ro", "vmid": 100, "action": "stop"}))
+        .call(
+            &mut answers,
+            "proxmox_guest_action",
+            json!({"target": "pve-ro", "vmid": 100, "action": "stop"}),
+        )
         .await;
     assert_eq!(r["isError"], true);
     assert!(text(&r).contains("method POST is not allowed on target pve-ro"), "{r}");
@@ -585,9 +669,16 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
     assert!(text(&r).contains("not supported on local targets"), "{r}");
     // Carol may not power guests elsewhere: denied by policy before the tool runs.
     let r = w
-        .call(&mut answers, "proxmox_guest_action", json!({"target": "local", "vmid": 100, "action": "stop"}))
+        .call(
+            &mut answers,
+            "proxmox_guest_action",
+            json!({"target": "local", "vmid": 100, "action": "stop"}),
+        )
         .await;
-    assert!(text(&r).contains("denied: scope system:control is not granted on target `local`"), "{r}");
+    assert!(
+        text(&r).contains("denied: scope system:control is not granted on target `local`"),
+        "{r}"
+    );
     assert_eq!(w.pve.posts().len(), 3);
 
     // Every request carried the exact token header; the secret is in no answer, audit row or log.
@@ -604,7 +695,9 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
     assert!(!w.server.log().contains(SECRET));
     let actions = w
         .server
-        .audit_where(1, |r| r.tool.as_deref() == Some("proxmox_guest_action") && r.target.as_deref() == Some("pve"))
+        .audit_where(1, |r| {
+            r.tool.as_deref() == Some("proxmox_guest_action") && r.target.as_deref() == Some("pve")
+        })
         .await;
     assert!(actions.iter().any(|r| r.outcome == tailopsmcp::audit::Outcome::Ok));
 
@@ -660,7 +753,10 @@ async fn prompts_resources_and_toon_through_the_python_sdk() {
         ]
     );
     let tc = prompts.iter().find(|p| p["name"] == "troubleshoot_container").unwrap();
-    assert_eq!(tc["arguments"][0], json!({"name": "container", "description": "The container's name or id.", "required": true}));
+    assert_eq!(
+        tc["arguments"][0],
+        json!({"name": "container", "description": "The container's name or id.", "required": true})
+    );
     let health = line(2)["messages"][0]["text"].as_str().unwrap();
     assert_eq!(line(2)["messages"][0]["role"], "user");
     assert!(health.starts_with("Check the health of target `pve`"), "{health}");
@@ -685,26 +781,57 @@ async fn prompts_resources_and_toon_through_the_python_sdk() {
     assert_eq!(uris, ["tailopsmcp://targets", "tailopsmcp://audit/mine"]);
     let targets: Value = serde_json::from_str(line(10)["contents"][0]["text"].as_str().unwrap()).unwrap();
     assert_eq!(line(10)["contents"][0]["mimeType"], "application/json");
-    let pve = targets["targets"].as_array().unwrap().iter().find(|t| t["id"] == "pve").unwrap();
-    assert!(pve["scopes"].as_array().unwrap().contains(&json!("system:control")), "{targets}");
+    let pve = targets["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "pve")
+        .unwrap();
+    assert!(
+        pve["scopes"].as_array().unwrap().contains(&json!("system:control")),
+        "{targets}"
+    );
     let mine: Value = serde_json::from_str(line(11)["contents"][0]["text"].as_str().unwrap()).unwrap();
     let records = mine["records"].as_array().unwrap();
     let tools: Vec<&str> = records.iter().filter_map(|r| r["tool"].as_str()).collect();
-    assert_eq!(&tools[..3], ["proxmox_guests", "targets_list", "system_processes"], "newest first: {mine}");
-    assert!(records.iter().any(|r| r["method"] == "resources/read"), "the targets read: {mine}");
-    let carol_rows = w.server.audit().into_iter().filter(|r| r.principal.as_deref() == mine["principal"].as_str()).count();
+    assert_eq!(
+        &tools[..3],
+        ["proxmox_guests", "targets_list", "system_processes"],
+        "newest first: {mine}"
+    );
+    assert!(
+        records.iter().any(|r| r["method"] == "resources/read"),
+        "the targets read: {mine}"
+    );
+    let carol_rows = w
+        .server
+        .audit()
+        .into_iter()
+        .filter(|r| r.principal.as_deref() == mine["principal"].as_str())
+        .count();
     assert!(carol_rows >= records.len() && !records.is_empty());
-    assert!(line(12)["error"].as_str().unwrap().contains("unknown resource"), "{}", line(12));
+    assert!(
+        line(12)["error"].as_str().unwrap().contains("unknown resource"),
+        "{}",
+        line(12)
+    );
     let reads = w.server.audit_where(3, |r| r.method == "resources/read").await;
     assert_eq!(reads.len(), 3, "one audit row per resources/read");
     assert_eq!(
-        reads.iter().filter(|r| r.decision == tailopsmcp::audit::Decision::Deny).count(),
+        reads
+            .iter()
+            .filter(|r| r.decision == tailopsmcp::audit::Decision::Deny)
+            .count(),
         1
     );
 
     // TOON: the same structured content, as TOON text, is smaller than its JSON.
     eprintln!("output                       JSON bytes  pretty JSON  TOON bytes   ~tokens JSON/TOON (chars/4)");
-    for (n, what) in [(7, "system_processes limit=50"), (8, "targets_list"), (9, "proxmox_guests (20)")] {
+    for (n, what) in [
+        (7, "system_processes limit=50"),
+        (8, "targets_list"),
+        (9, "proxmox_guests (20)"),
+    ] {
         let r = line(n);
         assert_eq!(r["isError"], false, "{r}");
         let toon = r["text"][0].as_str().unwrap();
@@ -714,9 +841,19 @@ async fn prompts_resources_and_toon_through_the_python_sdk() {
         assert!(!toon.trim_start().starts_with('{'), "{what} is not TOON: {toon}");
         // Smaller than the pretty JSON `format: "json"` gives; smaller than compact JSON where
         // the rows are flat (nested arrays, such as a target's scopes, defeat TOON's tables).
-        assert!(toon.len() < pretty.len(), "{what}: TOON {} >= pretty JSON {}", toon.len(), pretty.len());
+        assert!(
+            toon.len() < pretty.len(),
+            "{what}: TOON {} >= pretty JSON {}",
+            toon.len(),
+            pretty.len()
+        );
         if n != 8 {
-            assert!(toon.len() < compact.len(), "{what}: TOON {} >= JSON {}", toon.len(), compact.len());
+            assert!(
+                toon.len() < compact.len(),
+                "{what}: TOON {} >= JSON {}",
+                toon.len(),
+                compact.len()
+            );
         }
         eprintln!(
             "{what:<28} {:>10}  {:>11}  {:>10}   {:>6} / {:<6} (TOON/compact JSON = {:.0}%)",
@@ -729,5 +866,8 @@ async fn prompts_resources_and_toon_through_the_python_sdk() {
         );
     }
     let guests = line(9)["text"][0].as_str().unwrap();
-    assert!(guests.contains("guests[20]{vmid,type,name,node,status,"), "one table: {guests}");
+    assert!(
+        guests.contains("guests[20]{vmid,type,name,node,status,"),
+        "one table: {guests}"
+    );
 }

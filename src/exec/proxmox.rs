@@ -192,7 +192,9 @@ pub fn validate_vmid(vmid: i64) -> Result<u64, String> {
     if (VMID_MIN..=VMID_MAX).contains(&vmid) {
         Ok(vmid as u64)
     } else {
-        Err(format!("invalid vmid {vmid}: must be between {VMID_MIN} and {VMID_MAX}"))
+        Err(format!(
+            "invalid vmid {vmid}: must be between {VMID_MIN} and {VMID_MAX}"
+        ))
     }
 }
 
@@ -375,7 +377,13 @@ impl<'a> Proxmox<'a> {
     }
 
     /// `POST /nodes/{node}/{type}/{vmid}/status/{action}`: the task id (UPID).
-    pub async fn action(&self, node: &str, kind: GuestType, vmid: u64, action: GuestAction) -> Result<String, ExecError> {
+    pub async fn action(
+        &self,
+        node: &str,
+        kind: GuestType,
+        vmid: u64,
+        action: GuestAction,
+    ) -> Result<String, ExecError> {
         let path = action_path(node, kind, vmid, action)?;
         let data = self.post(&path, None).await?;
         self.upid(data, node, &path)
@@ -403,7 +411,7 @@ impl<'a> Proxmox<'a> {
                 ))
             })
             .collect();
-        snaps.sort_by(|a, b| (a.1.is_current, a.0).cmp(&(b.1.is_current, b.0)));
+        snaps.sort_by_key(|a| (a.1.is_current, a.0));
         Ok(snaps.into_iter().map(|(_, s)| s).collect())
     }
 
@@ -537,7 +545,9 @@ fn f64_of(v: &Value, key: &str) -> Option<f64> {
 
 fn u64_of(v: &Value, key: &str) -> Option<u64> {
     match v.get(key)? {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
         Value::String(s) => s.parse().ok(),
         _ => None,
     }
@@ -546,7 +556,11 @@ fn u64_of(v: &Value, key: &str) -> Option<u64> {
 /// Tags normalized to `a;b` (Proxmox accepts `;`, `,` and spaces between them); none → `None`.
 fn tags(v: &Value) -> Option<String> {
     let t = str_of(v, "tags")?;
-    let joined = t.split([';', ',', ' ']).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(";");
+    let joined = t
+        .split([';', ',', ' '])
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(";");
     (!joined.is_empty()).then_some(joined)
 }
 
@@ -571,7 +585,12 @@ fn shorten(s: &str, max: usize) -> String {
 
 /// A caller's string fit for an error message: at most 64 characters, no control characters.
 fn shown(s: &str) -> String {
-    shorten(&s.chars().map(|c| if c.is_control() { '�' } else { c }).collect::<String>(), 64)
+    shorten(
+        &s.chars()
+            .map(|c| if c.is_control() { '�' } else { c })
+            .collect::<String>(),
+        64,
+    )
 }
 
 #[cfg(test)]
@@ -621,7 +640,18 @@ mod tests {
         for good in ["pre-upgrade", "s1", "Before_Update-2", &format!("a{}", "b".repeat(39))] {
             check(validate_snapshot_name(good), true, "");
         }
-        for bad in ["", "a", "1abc", "-x", "a b", "a/b", "../x", "a;rm", "a\nb", &"a".repeat(41)] {
+        for bad in [
+            "",
+            "a",
+            "1abc",
+            "-x",
+            "a b",
+            "a/b",
+            "../x",
+            "a;rm",
+            "a\nb",
+            &"a".repeat(41),
+        ] {
             check(validate_snapshot_name(bad), false, "invalid snapshot name");
         }
         check(validate_snapshot_name("current"), false, "reserved");

@@ -42,10 +42,17 @@ pub const DESCRIPTION_MAX: usize = 1024;
 
 /// The tools of this toolset, in catalog order.
 pub fn tools() -> Vec<Arc<dyn Tool>> {
-    [Op::Nodes, Op::Guests, Op::GuestStatus, Op::GuestAction, Op::Snapshots, Op::SnapshotCreate]
-        .into_iter()
-        .map(|op| Arc::new(ProxmoxTool::new(op)) as Arc<dyn Tool>)
-        .collect()
+    [
+        Op::Nodes,
+        Op::Guests,
+        Op::GuestStatus,
+        Op::GuestAction,
+        Op::Snapshots,
+        Op::SnapshotCreate,
+    ]
+    .into_iter()
+    .map(|op| Arc::new(ProxmoxTool::new(op)) as Arc<dyn Tool>)
+    .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -509,7 +516,16 @@ async fn guest_action(ctx: &ToolContext, tool: &str, args: ActionArgs) -> Result
         None
     } else {
         let upid = px.action(&node, kind, vmid, args.action).await.map_err(failed)?;
-        Some(follow(&px, &node, upid, wait, &format!("{} of {} {vmid}", args.action.as_str(), kind.as_str())).await?)
+        Some(
+            follow(
+                &px,
+                &node,
+                upid,
+                wait,
+                &format!("{} of {} {vmid}", args.action.as_str(), kind.as_str()),
+            )
+            .await?,
+        )
     };
     let text = changed_text(args.dry_run, &plan, task.as_ref());
     ToolOutput::new(
@@ -547,8 +563,13 @@ async fn snapshots(ctx: &ToolContext, tool: &str, args: GuestArgs) -> Result<Too
             text,
             "  {:<24} {:<20} {}{}",
             s.name,
-            s.created_at.as_deref().unwrap_or(if s.is_current { "(now)" } else { "-" }),
-            s.description.as_deref().map(|d| d.lines().next().unwrap_or("")).unwrap_or(""),
+            s.created_at
+                .as_deref()
+                .unwrap_or(if s.is_current { "(now)" } else { "-" }),
+            s.description
+                .as_deref()
+                .map(|d| d.lines().next().unwrap_or(""))
+                .unwrap_or(""),
             if s.includes_ram { " [ram]" } else { "" }
         );
     }
@@ -583,8 +604,15 @@ async fn snapshot_create(ctx: &ToolContext, tool: &str, args: SnapshotCreateArgs
             "`include_ram` applies to VMs only; {vmid} is an LXC container"
         )));
     }
-    let (path, body) = proxmox::snapshot_request(&node, kind, vmid, &args.name, args.description.as_deref(), args.include_ram)
-        .map_err(failed)?;
+    let (path, body) = proxmox::snapshot_request(
+        &node,
+        kind,
+        vmid,
+        &args.name,
+        args.description.as_deref(),
+        args.include_ram,
+    )
+    .map_err(failed)?;
     let plan = vec![Step {
         kind: StepKind::Api,
         target: ctx.target.id.clone(),
@@ -594,10 +622,26 @@ async fn snapshot_create(ctx: &ToolContext, tool: &str, args: SnapshotCreateArgs
         None
     } else {
         let upid = px
-            .snapshot_create(&node, kind, vmid, &args.name, args.description.as_deref(), args.include_ram)
+            .snapshot_create(
+                &node,
+                kind,
+                vmid,
+                &args.name,
+                args.description.as_deref(),
+                args.include_ram,
+            )
             .await
             .map_err(failed)?;
-        Some(follow(&px, &node, upid, wait, &format!("snapshot `{}` of {} {vmid}", args.name, kind.as_str())).await?)
+        Some(
+            follow(
+                &px,
+                &node,
+                upid,
+                wait,
+                &format!("snapshot `{}` of {} {vmid}", args.name, kind.as_str()),
+            )
+            .await?,
+        )
     };
     let text = changed_text(args.dry_run, &plan, task.as_ref());
     ToolOutput::new(
@@ -785,7 +829,10 @@ mod tests {
     fn invalid(r: Result<ToolOutput, ToolError>, says: &str) {
         match r {
             Err(ToolError::InvalidArgs(m)) => assert!(m.contains(says), "{m:?} lacks {says:?}"),
-            other => panic!("expected invalid arguments saying {says:?}, got {:?}", other.map(|o| o.text)),
+            other => panic!(
+                "expected invalid arguments saying {says:?}, got {:?}",
+                other.map(|o| o.text)
+            ),
         }
     }
 
@@ -806,7 +853,12 @@ mod tests {
         );
         for s in &specs {
             let level = if s.mutates() { Level::Control } else { Level::Read };
-            assert_eq!(s.requires, Requirement::Scope(Scope::new(Area::System, level)), "{}", s.name);
+            assert_eq!(
+                s.requires,
+                Requirement::Scope(Scope::new(Area::System, level)),
+                "{}",
+                s.name
+            );
             assert_eq!(s.risk == Risk::Low, !s.mutates(), "{}", s.name);
             assert!(s.input_schema["properties"].get("target").is_some(), "{}", s.name);
             if s.mutates() {
@@ -822,11 +874,27 @@ mod tests {
         for (tool, args, says) in [
             ("proxmox_guest_status", json!({"vmid": 99}), "between 100 and 999999999"),
             ("proxmox_guest_status", json!({"vmid": 1_000_000_000}), "between 100"),
-            ("proxmox_guest_status", json!({"vmid": 100, "node": "../access"}), "invalid node name"),
-            ("proxmox_guest_status", json!({"vmid": 100, "type": "docker"}), "unknown variant"),
+            (
+                "proxmox_guest_status",
+                json!({"vmid": 100, "node": "../access"}),
+                "invalid node name",
+            ),
+            (
+                "proxmox_guest_status",
+                json!({"vmid": 100, "type": "docker"}),
+                "unknown variant",
+            ),
             ("proxmox_guest_status", json!({"vmid": "100"}), "invalid type"),
-            ("proxmox_guest_status", json!({"vmid": 100, "limit": 3}), "proxmox_snapshots only"),
-            ("proxmox_guest_action", json!({"vmid": 100, "action": "destroy"}), "unknown variant"),
+            (
+                "proxmox_guest_status",
+                json!({"vmid": 100, "limit": 3}),
+                "proxmox_snapshots only",
+            ),
+            (
+                "proxmox_guest_action",
+                json!({"vmid": 100, "action": "destroy"}),
+                "unknown variant",
+            ),
             (
                 "proxmox_guest_action",
                 json!({"vmid": 100, "action": "start", "wait_seconds": 601}),
@@ -835,7 +903,11 @@ mod tests {
             ("proxmox_guests", json!({"limit": 0}), "between 1 and 1000"),
             ("proxmox_guests", json!({"node": "pve;rm"}), "invalid node name"),
             ("proxmox_guests", json!({"status": "RUNNING'"}), "`status`"),
-            ("proxmox_snapshots", json!({"vmid": 100, "limit": 501}), "between 1 and 500"),
+            (
+                "proxmox_snapshots",
+                json!({"vmid": 100, "limit": 501}),
+                "between 1 and 500",
+            ),
             (
                 "proxmox_snapshot_create",
                 json!({"vmid": 100, "name": "../../x"}),
@@ -861,7 +933,7 @@ mod tests {
         assert_eq!(bytes(Some(2 * 1024 * 1024 * 1024)), "2.0 GiB");
         assert_eq!(bytes(None), "?");
         assert_eq!(duration(90_061), "1d 1h 1m");
-        assert_eq!(pct(Some(3.14159)), "3.1%");
+        assert_eq!(pct(Some(12.34)), "12.3%");
         let plan = [Step {
             kind: StepKind::Api,
             target: "pve".into(),
