@@ -414,6 +414,18 @@ impl World {
 async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
     let Some(mut w) = world().await else { return };
     let mut answers = Vec::new();
+    // With `http` targets configured, the Proxmox tools are offered (without one they are not).
+    let listed = w.mcp.list_tools().await.unwrap();
+    for t in [
+        "proxmox_nodes",
+        "proxmox_guests",
+        "proxmox_guest_status",
+        "proxmox_guest_action",
+        "proxmox_snapshots",
+        "proxmox_snapshot_create",
+    ] {
+        assert!(listed.iter().any(|l| l == t), "{t} not in {listed:?}");
+    }
 
     // Nodes.
     let r = w.call(&mut answers, "proxmox_nodes", json!({})).await;

@@ -137,6 +137,22 @@ pub enum ToolError {
 pub trait Tool: Send + Sync {
     fn spec(&self) -> &ToolSpec;
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>>;
+    /// Whether the tool can work on targets of `kind` (default: every kind). A tool that no
+    /// configured target supports is not offered ([`for_targets`]); on an unsupported target it
+    /// still refuses at call time.
+    fn supports(&self, kind: crate::targets::Kind) -> bool {
+        let _ = kind;
+        true
+    }
+}
+
+/// `tools` without those no target in `registry` supports (e.g. the Proxmox tools on a server
+/// without an `http` target): they could only ever fail, and would crowd the model's context.
+pub fn for_targets(tools: Vec<Arc<dyn Tool>>, registry: &crate::targets::Registry) -> Vec<Arc<dyn Tool>> {
+    tools
+        .into_iter()
+        .filter(|t| registry.all().iter().any(|target| t.supports(target.kind)))
+        .collect()
 }
 
 /// Parse arguments into a typed struct, with a clear error for wrong types or unknown fields.

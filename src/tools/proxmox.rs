@@ -373,6 +373,10 @@ impl Tool for ProxmoxTool {
         &self.spec
     }
 
+    fn supports(&self, kind: crate::targets::Kind) -> bool {
+        kind == crate::targets::Kind::Http
+    }
+
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
         Box::pin(async move {
             match self.op {
@@ -866,6 +870,18 @@ mod tests {
                 assert!(s.output_schema["properties"].get("plan").is_some(), "{}", s.name);
             }
         }
+    }
+
+    #[test]
+    fn offered_only_where_an_http_target_exists() {
+        use crate::targets::Kind;
+        for t in tools() {
+            assert!(t.supports(Kind::Http) && !t.supports(Kind::Local) && !t.supports(Kind::Ssh));
+        }
+        let local_only = crate::targets::Registry::local_only();
+        let offered = crate::tools::for_targets(crate::tools::catalog(), &local_only);
+        assert!(!offered.iter().any(|t| t.spec().name.starts_with("proxmox_")));
+        assert!(offered.iter().any(|t| t.spec().name == "system_status"));
     }
 
     #[tokio::test]
