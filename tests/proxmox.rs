@@ -294,6 +294,12 @@ async fn answer(State(state): State<Shared>, req: Request) -> Response {
             }
         }
         ("GET", ["nodes", _node, "tasks", upid, "status"]) => {
+            if upid.contains(":qmreboot:") {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"upid": "task log unavailable"}),
+                );
+            }
             let Some(polls) = pve.tasks.get_mut(*upid) else {
                 return error(StatusCode::BAD_REQUEST, json!({"upid": "unable to parse worker upid"}));
             };
@@ -666,6 +672,21 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
         .await;
     assert!(rows.len() >= 11, "{rows:?}");
 
+    // A task that cannot be followed: the action was sent, so its task id still comes back.
+    let r = w
+        .call(
+            &mut answers,
+            "proxmox_guest_action",
+            json!({"vmid": 100, "action": "reboot", "wait_seconds": 5}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let task = &r["structuredContent"]["task"];
+    assert!(task["upid"].as_str().unwrap().contains(":qmreboot:100:"), "{r}");
+    assert_eq!(task["status"], "unknown");
+    assert!(task["exit_status"].as_str().unwrap().contains("answered 500"), "{r}");
+    assert_eq!(w.pve.posts().len(), 4);
+
     // A target that allows only GET: the action is refused by the target's own constraints.
     let r = w
         .call(
@@ -691,7 +712,7 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
         text(&r).contains("denied: scope system:control is not granted on target `local`"),
         "{r}"
     );
-    assert_eq!(w.pve.posts().len(), 3);
+    assert_eq!(w.pve.posts().len(), 4);
 
     // Every request carried the exact token header; the secret is in no answer, audit row or log.
     let seen = w.pve.seen();

@@ -210,7 +210,8 @@ pub struct SnapshotsOutput {
 pub struct Task {
     /// The task id (UPID): follow it in the Proxmox UI or with `wait_seconds`.
     pub upid: String,
-    /// `started` (not waited for), `running` (still running when the wait ended) or `stopped`.
+    /// `started` (not waited for), `running` (still running when the wait ended), `stopped`, or
+    /// `unknown` (the task could not be followed; `exit_status` says why).
     pub status: String,
     /// When stopped: `OK` or the task's error text.
     pub exit_status: Option<String>,
@@ -733,10 +734,17 @@ async fn follow(px: &Proxmox<'_>, node: &str, upid: String, wait: usize, what: &
             exit_status: None,
         });
     }
-    let status: TaskStatus = px
-        .wait_task(node, &upid, Duration::from_secs(wait as u64))
-        .await
-        .map_err(failed)?;
+    // The action was sent: a failure to follow it must not hide the task id.
+    let status: TaskStatus = match px.wait_task(node, &upid, Duration::from_secs(wait as u64)).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(Task {
+                upid,
+                status: "unknown".into(),
+                exit_status: Some(format!("could not follow the task: {e}")),
+            });
+        }
+    };
     if status.status == "stopped" && !status.succeeded() {
         return Err(ToolError::Failed(format!(
             "{what}: task {upid} ended with `{}`",
@@ -761,6 +769,12 @@ fn changed_text(dry_run: bool, plan: &[Step], task: Option<&Task>) -> String {
         let _ = match t.status.as_str() {
             "started" => writeln!(text, "task {} started (not waited for)", t.upid),
             "running" => writeln!(text, "task {} still running when the wait ended", t.upid),
+            "unknown" => writeln!(
+                text,
+                "task {} sent; {}",
+                t.upid,
+                t.exit_status.as_deref().unwrap_or("its status is unknown")
+            ),
             _ => writeln!(
                 text,
                 "task {} finished: {}",
