@@ -26,6 +26,8 @@ use crate::support::tlsca::TestCa;
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 const CAROL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 7));
+/// A tailnet user without any grant.
+const DAVE: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 8));
 /// The token id (not secret; it shows in task ids) and the secret (never shown anywhere).
 const TOKEN_ID: &str = "tailops@pve!mcp";
 const SECRET: &str = "8f2c4e1a-5b6d-4c3e-9a7f-0123456789ab";
@@ -347,6 +349,7 @@ async fn world() -> Option<World> {
         }
     };
     net.add_caller(CAROL).unwrap();
+    net.add_caller(DAVE).unwrap();
     let ca = TestCa::new("tailopsmcp test Proxmox CA");
     let pve = PveServer::start(&net, &ca);
     let dir = tempfile::tempdir().unwrap();
@@ -377,6 +380,10 @@ async fn world() -> Option<World> {
     standin.add_identity(
         CAROL,
         whois_for("whois-user.json", "carol@example.com", CAROL, CAP, grants),
+    );
+    standin.add_identity(
+        DAVE,
+        whois_for("whois-user.json", "dave@example.com", DAVE, CAP, Value::Null),
     );
     let server = Server::start(&net, &standin, "", &targets).await;
     let stream = net
@@ -857,6 +864,36 @@ async fn prompts_resources_and_toon_through_the_python_sdk() {
             .count(),
         1
     );
+
+    // A caller without grants may not read resources; the refusal is audited.
+    let stream = w
+        .net
+        .connect(DAVE, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
+        .await
+        .unwrap();
+    let mut dave = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
+    dave.initialize().await.unwrap();
+    let r = dave
+        .request("resources/read", json!({"uri": "tailopsmcp://audit/mine"}))
+        .await
+        .unwrap()
+        .json();
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("denied: no grants for this caller"),
+        "{r}"
+    );
+    let denied = w
+        .server
+        .audit_where(1, |r| {
+            r.method == "resources/read" && r.principal.as_deref() == Some("dave@example.com")
+        })
+        .await;
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0].decision, tailopsmcp::audit::Decision::Deny);
+    assert_eq!(denied[0].arguments, Some(json!({"uri": "tailopsmcp://audit/mine"})));
 
     // TOON: the same structured content, as TOON text, is smaller than its JSON.
     eprintln!("output                       JSON bytes  pretty JSON  TOON bytes   ~tokens JSON/TOON (chars/4)");
