@@ -89,7 +89,7 @@ pub struct GuestsArgs {
     pub limit: Option<i64>,
 }
 
-/// Arguments of `proxmox_guest_status` and `proxmox_snapshots`.
+/// Arguments of `proxmox_guest_status`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestArgs {
@@ -105,7 +105,25 @@ pub struct GuestArgs {
     /// `qemu` or `lxc`; looked up when omitted.
     #[serde(default, rename = "type")]
     pub kind: Option<GuestType>,
-    /// `proxmox_snapshots` only: rows to return, 1 to 500 (default 100).
+}
+
+/// Arguments of `proxmox_snapshots`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotsArgs {
+    /// The Proxmox `http` target; resolved by the server.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// The guest's id (100 to 999999999).
+    #[schemars(range(min = 100, max = 999_999_999))]
+    pub vmid: i64,
+    /// The guest's node; looked up when omitted.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// `qemu` or `lxc`; looked up when omitted.
+    #[serde(default, rename = "type")]
+    pub kind: Option<GuestType>,
+    /// Rows to return, 1 to 500 (default 100); the newest are kept.
     #[serde(default)]
     #[schemars(range(min = 1, max = 500))]
     pub limit: Option<i64>,
@@ -343,7 +361,7 @@ impl ProxmoxTool {
                 requires: read,
                 risk: Risk::Low,
                 annotations: READ_ONLY,
-                input_schema: input_schema::<GuestArgs>(),
+                input_schema: input_schema::<SnapshotsArgs>(),
                 output_schema: output_schema::<SnapshotsOutput>(),
             },
             Op::SnapshotCreate => ToolSpec {
@@ -474,11 +492,6 @@ async fn guests(ctx: &ToolContext, tool: &str, args: GuestsArgs) -> Result<ToolO
 }
 
 async fn guest_status(ctx: &ToolContext, tool: &str, args: GuestArgs) -> Result<ToolOutput, ToolError> {
-    if args.limit.is_some() {
-        return Err(ToolError::InvalidArgs(
-            "`limit` applies to proxmox_snapshots only".into(),
-        ));
-    }
     let wanted = Wanted::check(args.vmid, args.node.as_deref(), args.kind)?;
     let px = api(ctx, tool)?;
     let (node, kind, vmid) = wanted.resolve(&px).await?;
@@ -547,7 +560,7 @@ async fn guest_action(ctx: &ToolContext, tool: &str, args: ActionArgs) -> Result
     )
 }
 
-async fn snapshots(ctx: &ToolContext, tool: &str, args: GuestArgs) -> Result<ToolOutput, ToolError> {
+async fn snapshots(ctx: &ToolContext, tool: &str, args: SnapshotsArgs) -> Result<ToolOutput, ToolError> {
     let limit = bounded("limit", args.limit, SNAPSHOTS_LIMIT_DEFAULT, 1, SNAPSHOTS_LIMIT_MAX)?;
     let wanted = Wanted::check(args.vmid, args.node.as_deref(), args.kind)?;
     let px = api(ctx, tool)?;
@@ -918,7 +931,7 @@ mod tests {
             (
                 "proxmox_guest_status",
                 json!({"vmid": 100, "limit": 3}),
-                "proxmox_snapshots only",
+                "unknown field `limit`",
             ),
             (
                 "proxmox_guest_action",
