@@ -413,16 +413,16 @@ targets = ["local"]
 # tls_key = "docker-key.pem"                     # relative: from $CREDENTIALS_DIRECTORY
 # insecure_plain_tcp = false                     # plain tcp:// only when set (root-equivalent access!)
 #
-# [[target]]
+# [[target]]                    # a Proxmox VE API: the proxmox_* tools run on it
 # id = "pve"
 # kind = "http"
 # [target.http]
 # base_url = "https://pve.lan:8006/api2/json"
 # auth_header = "Authorization"
 # auth_prefix = "PVEAPIToken="
-# token_file = "proxmox-token"                   # relative: from $CREDENTIALS_DIRECTORY (LoadCredential=)
+# token_file = "proxmox-token"                   # holds `user@realm!tokenid=secret`; relative: from $CREDENTIALS_DIRECTORY
 # # token_env = "PVE_TOKEN"                      # or an environment variable's name
-# allowed_methods = ["GET"]                      # default ["GET"]
+# allowed_methods = ["GET"]                      # default ["GET"]; add "POST" for guest actions and snapshots
 # allowed_path_prefixes = ["/nodes", "/cluster"] # whole path segments; empty = all under base_url
 # ca_file = "/etc/tailopsmcp/pve-ca.pem"         # an extra CA to trust
 # insecure_skip_verify = false

@@ -10,6 +10,8 @@ pub mod exec;
 pub mod http;
 pub mod mcp;
 pub mod policy;
+pub mod prompts;
+pub mod resources;
 pub mod store;
 pub mod tailnet;
 pub mod targets;

@@ -239,6 +239,7 @@ async fn serve(config: Config, dev: Option<(SocketAddr, String)>) -> anyhow::Res
     let shutdown = CancellationToken::new();
     let registry = Arc::new(Registry::build(&config.targets)?);
     let offered = tools::select(&config.tools).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(&config)))?;
+    let offered = tools::for_targets(offered, &registry);
     let shared = Arc::new(mcp::Shared::new(
         config.clone(),
         offered,
@@ -409,6 +410,7 @@ fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
         );
     }
     let catalog = tools::select(&config.tools).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(config)))?;
+    let catalog = tools::for_targets(catalog, &registry);
     if config.tools.read_only {
         println!("read-only:  only read-only tools are offered");
     }

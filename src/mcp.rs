@@ -239,7 +239,12 @@ impl ServerHandler for McpServer {
         implementation.title = Some("tailopsmcp".into());
         implementation.description =
             Some("Operate this host over your tailnet, as yourself, with every call audited".into());
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_prompts()
+            .enable_resources()
+            .build();
+        ServerConfig::new(capabilities)
             .with_server_info(implementation)
             .with_instructions(
                 "Tools operate the host this server runs on. Every call is authorized against your tailnet \
@@ -434,6 +439,121 @@ impl ServerHandler for McpServer {
             }
         }
         Ok(response.into())
+    }
+
+    /// Prompts are static text: listed for any identified caller, not audited.
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
+        request_facts(&ctx)?;
+        Ok(rmcp::model::ListPromptsResult::with_all_items(crate::prompts::list()))
+    }
+
+    /// A prompt rendered for this caller: steps naming tools the caller cannot use are left out.
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
+        let (caller, _) = request_facts(&ctx)?;
+        let effective = policy::effective(&caller, &self.shared.capability, &self.shared.grants);
+        let usable = |name: &str| {
+            self.shared
+                .find(name)
+                .is_some_and(|t| listable(&effective, t.spec().requires, &self.shared.targets))
+        };
+        let args = request.arguments.unwrap_or_default();
+        crate::prompts::get(&request.name, &args, &usable)
+            .map(Into::into)
+            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
+        request_facts(&ctx)?;
+        Ok(
+            rmcp::model::ListResourcesResult::with_all_items(crate::resources::list())
+                .with_cache_scope(CacheScope::Private),
+        )
+    }
+
+    /// A resource read is authorized (any grant) and audited like a tool call: one record per
+    /// `resources/read`, denials and unknown URIs included.
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
+        use crate::resources::{self, Which};
+        let started = Instant::now();
+        let (caller, session) = request_facts(&ctx)?;
+        let shared = &self.shared;
+        let uri: String = request.uri.chars().take(512).collect();
+        let mut rec = record_for(&caller, session, "resources/read");
+        rec.arguments = Some(serde_json::json!({ "uri": uri }));
+        let effective = policy::effective(&caller, &shared.capability, &shared.grants);
+        let decision = policy::authorize(&effective, Requirement::AnyGrant, LOCAL_TARGET);
+        rec.grants = decision.grants.clone();
+        let which = Which::parse(&request.uri);
+        let refusal = match which {
+            None => Some(ErrorData::resource_not_found(format!("unknown resource `{uri}`"), None)),
+            Some(_) if !decision.allowed => {
+                Some(ErrorData::invalid_request(format!("denied: {}", decision.reason), None))
+            }
+            Some(_) => None,
+        };
+        if let Some(err) = refusal {
+            rec.decision = audit::Decision::Deny;
+            rec.outcome = Outcome::Denied;
+            rec.reason = Some(err.message.to_string());
+            rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+            shared.auditor.record(rec).await.map_err(audit_failed)?;
+            return Err(err);
+        }
+        rec.decision = audit::Decision::Allow;
+        rec.reason = Some(decision.reason.clone());
+        let value = match which {
+            Some(Which::AuditMine) => {
+                let auditor = shared.auditor.clone();
+                let principal = caller.principal.clone();
+                tokio::task::spawn_blocking(move || resources::audit_mine(&auditor, &principal))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            _ => Ok(resources::targets(&shared.targets, &effective)),
+        };
+        let (result, outcome, error) = match value {
+            Ok(v) => {
+                let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+                let contents =
+                    rmcp::model::ResourceContents::text(text, request.uri.clone()).with_mime_type(resources::MIME);
+                (
+                    Ok(rmcp::model::ReadResourceResult::new(vec![contents])),
+                    Outcome::Ok,
+                    None,
+                )
+            }
+            Err(e) => {
+                tracing::error!(uri = %uri, error = %e, "resource read failed");
+                (
+                    Err(ErrorData::internal_error("the resource could not be read", None)),
+                    Outcome::Error,
+                    Some(e),
+                )
+            }
+        };
+        rec.outcome = outcome;
+        rec.error = error;
+        rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+        rec.result_bytes = result.as_ref().ok().and_then(serialized_len);
+        shared.auditor.record(rec).await.map_err(audit_failed)?;
+        result.map(Into::into)
     }
 }
 

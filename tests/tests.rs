@@ -13,6 +13,7 @@ mod http_exec;
 mod inventory;
 mod localapi;
 mod network;
+mod proxmox;
 mod ssh;
 mod stacks;
 mod support;

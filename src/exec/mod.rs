@@ -4,7 +4,7 @@
 //! Executors: [`local`] (this host: sysinfo, `/proc`, `/sys`), [`process`] (local programs by
 //! argument vector, timeouts that kill the process group, capped output), [`docker`] (the only
 //! bollard user), [`compose`] (compose stacks through the `docker compose`/`docker-compose` and
-//! `git` CLIs), [`http`] (the only reqwest user), `ssh` (the only russh user), [`net`] (network diagnostics), [`fs`] (files
+//! `git` CLIs), [`http`] (the only reqwest user; [`proxmox`] speaks the Proxmox VE API through it), `ssh` (the only russh user), [`net`] (network diagnostics), [`fs`] (files
 //! beneath configured roots through `openat2`, the only opener of caller-given paths) and
 //! [`journal`] (`journalctl -o json`). Tools call into `exec`; `exec` knows nothing
 //! about callers, MCP, policy or audit, and never decides whether a caller may do something
@@ -21,6 +21,7 @@ pub mod local;
 pub mod net;
 pub mod process;
 pub mod procfs;
+pub mod proxmox;
 pub mod remote;
 pub mod ssh;
 

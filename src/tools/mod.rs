@@ -13,6 +13,7 @@ pub mod inventory;
 pub mod logs;
 pub mod stacks;
 pub mod network;
+pub mod proxmox;
 pub mod system;
 pub mod targets;
 
@@ -142,6 +143,22 @@ pub enum ToolError {
 pub trait Tool: Send + Sync {
     fn spec(&self) -> &ToolSpec;
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>>;
+    /// Whether the tool can work on targets of `kind` (default: every kind). A tool that no
+    /// configured target supports is not offered ([`for_targets`]); on an unsupported target it
+    /// still refuses at call time.
+    fn supports(&self, kind: crate::targets::Kind) -> bool {
+        let _ = kind;
+        true
+    }
+}
+
+/// `tools` without those no target in `registry` supports (e.g. the Proxmox tools on a server
+/// without an `http` target): they could only ever fail, and would crowd the model's context.
+pub fn for_targets(tools: Vec<Arc<dyn Tool>>, registry: &crate::targets::Registry) -> Vec<Arc<dyn Tool>> {
+    tools
+        .into_iter()
+        .filter(|t| registry.all().iter().any(|target| t.supports(target.kind)))
+        .collect()
 }
 
 /// Parse arguments into a typed struct, with a clear error for wrong types or unknown fields.
@@ -244,5 +261,6 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(files::tools());
     tools.extend(stacks::tools());
     tools.extend(network::tools());
+    tools.extend(proxmox::tools());
     tools
 }

@@ -77,30 +77,7 @@ impl Tool for List {
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
         Box::pin(async move {
             let _: NoArgs = super::parse_args(args)?;
-            let targets: Vec<TargetView> = ctx
-                .targets
-                .all()
-                .iter()
-                .filter_map(|t| {
-                    let granted: Vec<Scope> = policy::scopes_on(&ctx.grants, &t.id)
-                        .into_iter()
-                        .map(|(s, _)| s)
-                        .collect();
-                    let scopes: Vec<String> = effective_scopes(&granted, t.scopes.as_deref())
-                        .into_iter()
-                        .map(|s| s.to_string())
-                        .collect();
-                    (!scopes.is_empty()).then(|| TargetView {
-                        id: t.id.clone(),
-                        kind: t.kind.as_str().to_string(),
-                        groups: t.groups.clone(),
-                        scopes,
-                        target_allows: t.scopes.as_ref().map(|v| v.iter().map(|s| s.to_string()).collect()),
-                        max_concurrent: t.max_concurrent,
-                        timeout_secs: t.limits.timeout.as_secs(),
-                    })
-                })
-                .collect();
+            let TargetList { targets } = visible(&ctx.targets, &ctx.grants);
             let mut text = format!("{} target(s) you may use:\n", targets.len());
             for t in &targets {
                 text.push_str(&format!("  {:<16} {:<7} {}\n", t.id, t.kind, t.scopes.join(", ")));
@@ -108,6 +85,32 @@ impl Tool for List {
             ToolOutput::new(&TargetList { targets }, text)
         })
     }
+}
+
+/// The targets a caller with `grants` may use, with the scopes they hold on each (also the
+/// `tailopsmcp://targets` resource).
+pub fn visible(registry: &crate::targets::Registry, grants: &policy::Effective) -> TargetList {
+    let targets = registry
+        .all()
+        .iter()
+        .filter_map(|t| {
+            let granted: Vec<Scope> = policy::scopes_on(grants, &t.id).into_iter().map(|(s, _)| s).collect();
+            let scopes: Vec<String> = effective_scopes(&granted, t.scopes.as_deref())
+                .into_iter()
+                .map(|s| s.to_string())
+                .collect();
+            (!scopes.is_empty()).then(|| TargetView {
+                id: t.id.clone(),
+                kind: t.kind.as_str().to_string(),
+                groups: t.groups.clone(),
+                scopes,
+                target_allows: t.scopes.as_ref().map(|v| v.iter().map(|s| s.to_string()).collect()),
+                max_concurrent: t.max_concurrent,
+                timeout_secs: t.limits.timeout.as_secs(),
+            })
+        })
+        .collect();
+    TargetList { targets }
 }
 
 /// What a caller can do on a target: every scope both the grants and the target's ceiling cover,

@@ -11,6 +11,14 @@ ACTIONS_JSON is a JSON list, run in order in one session after `initialize`:
   {"call": "NAME", "args": {...}}         -> {"action": "call", "tool": NAME, "isError": bool,
                                               "structuredContent": ..., "text": [text contents]}
   {"ping": {}}                            -> {"action": "ping", "ok": true}
+  {"list_prompts": {}}                    -> {"action": "list_prompts", "prompts": [{name, title, arguments}]}
+  {"get_prompt": NAME, "args": {...}}     -> {"action": "get_prompt", "name": NAME, "description": ...,
+                                              "messages": [{"role": ..., "text": ...}]}
+  {"list_resources": {}}                  -> {"action": "list_resources", "resources": [{uri, name, mimeType}]}
+  {"read_resource": URI}                  -> {"action": "read_resource", "uri": URI,
+                                              "contents": [{"uri", "mimeType", "text"}]}
+  With "expect_error": true, a JSON-RPC error from get_prompt or read_resource is reported as
+  {"action": ..., "error": "...", "code": CODE} and the remaining actions still run.
 Output: one JSON object per line on stdout, the first being
   {"action": "initialize", "protocolVersion": ..., "serverInfo": {...}}.
 A protocol failure (HTTP error, JSON-RPC error, broken stream) prints
@@ -68,6 +76,44 @@ async def run_action(session, action):
     elif "ping" in action:
         await session.send_ping()
         emit({"action": "ping", "ok": True})
+    elif "list_prompts" in action:
+        result = await session.list_prompts()
+        emit(
+            {
+                "action": "list_prompts",
+                "prompts": [p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in result.prompts],
+            }
+        )
+    elif "get_prompt" in action:
+        name = action["get_prompt"]
+        try:
+            result = await session.get_prompt(name, action.get("args") or {})
+        except MCPError as e:
+            if not action.get("expect_error"):
+                raise
+            emit({"action": "get_prompt", "name": name, "error": e.error.message, "code": e.error.code})
+            return
+        messages = [{"role": m.role, "text": getattr(m.content, "text", None)} for m in result.messages]
+        emit({"action": "get_prompt", "name": name, "description": result.description, "messages": messages})
+    elif "list_resources" in action:
+        result = await session.list_resources()
+        emit(
+            {
+                "action": "list_resources",
+                "resources": [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in result.resources],
+            }
+        )
+    elif "read_resource" in action:
+        uri = action["read_resource"]
+        try:
+            result = await session.read_resource(uri)
+        except MCPError as e:
+            if not action.get("expect_error"):
+                raise
+            emit({"action": "read_resource", "uri": uri, "error": e.error.message, "code": e.error.code})
+            return
+        contents = [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in result.contents]
+        emit({"action": "read_resource", "uri": uri, "contents": contents})
     else:
         raise ActionFailed("usage", f"unknown action {action!r}")
 
