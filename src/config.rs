@@ -54,6 +54,10 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     /// Which tools this server offers (`[tools]`).
     pub tools: ToolsConfig,
+    /// `[approvals]`: which calls need a confirmation or a second person.
+    pub approvals: crate::approvals::ApprovalsConfig,
+    /// `[limits]`: per-principal rate limits and the in-flight cap.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// `[tools]`: which tools are registered at all. A tool filtered out here is never listed and
@@ -144,6 +148,10 @@ struct File {
     target: Vec<TargetSection>,
     #[serde(default)]
     tools: ToolsSection,
+    #[serde(default)]
+    approvals: crate::approvals::ApprovalsSection,
+    #[serde(default)]
+    limits: crate::limits::LimitsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -555,6 +563,9 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         });
     }
 
+    let approvals = crate::approvals::ApprovalsConfig::build(file.approvals).map_err(|(k, m)| invalid(&k, m))?;
+    let limits = crate::limits::LimitsConfig::build(file.limits).map_err(|(k, m)| invalid(&k, m))?;
+
     Ok(Config {
         source,
         port,
@@ -580,6 +591,8 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
             enable: file.tools.enable,
             disable: file.tools.disable,
         },
+        approvals,
+        limits,
     })
 }
 

@@ -5,6 +5,7 @@
 //! reaches the system, and never write audit rows (the `mcp` layer does that around them).
 //! Filtering (policy, read-only mode) happens in one place, `mcp`; a tool never checks scopes.
 
+pub mod approvals;
 pub mod format;
 pub mod identity;
 pub mod system;
@@ -88,6 +89,8 @@ pub struct ToolContext {
     pub tailnet: Arc<TailnetInfo>,
     /// The server's configuration (toolset sections such as file roots live here).
     pub config: Arc<crate::config::Config>,
+    /// The approvals store (for the `approvals_*` tools); `None` outside a server.
+    pub approvals: Option<Arc<crate::approvals::Approvals>>,
 }
 
 /// The server's own place in the tailnet, from LocalAPI status (empty in dev mode).
@@ -232,5 +235,6 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(identity::tools());
     tools.extend(system::tools());
     tools.extend(targets::tools());
+    tools.extend(approvals::tools());
     tools
 }
