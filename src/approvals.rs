@@ -363,8 +363,8 @@ pub enum Recall {
     /// already ran; `other`: an approved, unused approval of this tool and target for
     /// *different* arguments.
     Nothing {
-        used: Option<Approval>,
-        other: Option<Approval>,
+        used: Option<Box<Approval>>,
+        other: Option<Box<Approval>>,
     },
 }
 
@@ -373,9 +373,7 @@ pub enum Recall {
 pub enum DecideError {
     #[error("no approval has the id `{0}`")]
     NotFound(String),
-    #[error(
-        "{0} cannot decide their own request: a different person with approvals:control must approve or deny it"
-    )]
+    #[error("{0} cannot decide their own request: a different person with approvals:control must approve or deny it")]
     SelfApproval(String),
     #[error("approval `{id}` was already decided: {decision} by {by}")]
     AlreadyDecided { id: String, decision: String, by: String },
@@ -528,7 +526,10 @@ impl Approvals {
                     if claimed == 1 {
                         Recall::Run(a)
                     } else {
-                        Recall::Nothing { used: None, other: None }
+                        Recall::Nothing {
+                            used: None,
+                            other: None,
+                        }
                     }
                 }
                 Some(a) if a.decision.as_deref() == Some("deny") => {
@@ -562,7 +563,10 @@ impl Approvals {
                             row_to_approval,
                         )
                         .optional()?;
-                    Recall::Nothing { used, other }
+                    Recall::Nothing {
+                        used: used.map(Box::new),
+                        other: other.map(Box::new),
+                    }
                 }
             };
             tx.commit()?;
@@ -571,7 +575,13 @@ impl Approvals {
     }
 
     /// Decide a pending approval. `approver` must not be its requester; the decision is final.
-    pub fn decide(&self, id: &str, approve: bool, approver: &str, approver_node: &str) -> Result<Approval, DecideError> {
+    pub fn decide(
+        &self,
+        id: &str,
+        approve: bool,
+        approver: &str,
+        approver_node: &str,
+    ) -> Result<Approval, DecideError> {
         let now = now_ms();
         let decision = if approve { "approve" } else { "deny" };
         let result = self.with_conn(|c| {
@@ -849,7 +859,14 @@ mod tests {
         let b = new_id().unwrap();
         assert!(valid_id(&a) && valid_id(&b), "{a} {b}");
         assert_ne!(a, b);
-        for bad in ["", "abc", "abcdefghijk1", "ABCDEFGHIJKM", "abcdefghijkm'", "../../etc/pa"] {
+        for bad in [
+            "",
+            "abc",
+            "abcdefghijk1",
+            "ABCDEFGHIJKM",
+            "abcdefghijkm'",
+            "../../etc/pa",
+        ] {
             assert!(!valid_id(bad), "{bad}");
         }
     }
@@ -902,13 +919,19 @@ mod tests {
         // Other arguments: not this approval, but it is named.
         let other = "b".repeat(64);
         match a.recall("alice", "system_status", "local", &other).unwrap() {
-            Recall::Nothing { used: None, other: Some(o) } => assert_eq!(o.id, r.id),
+            Recall::Nothing {
+                used: None,
+                other: Some(o),
+            } => assert_eq!(o.id, r.id),
             x => panic!("{x:?}"),
         }
         // Someone else's identical call does not spend alice's approval.
         assert!(matches!(
             a.recall("mallory", "system_status", "local", &h).unwrap(),
-            Recall::Nothing { used: None, other: None }
+            Recall::Nothing {
+                used: None,
+                other: None
+            }
         ));
         assert!(matches!(a.recall("alice", "system_status", "local", &h).unwrap(), Recall::Run(x) if x.id == r.id));
         match a.recall("alice", "system_status", "local", &h).unwrap() {
@@ -927,10 +950,16 @@ mod tests {
         let h = "c".repeat(64);
         let r = ask(&a, "alice", &h);
         a.decide(&r.id, false, "bob", "n2").unwrap();
-        assert!(matches!(a.recall("alice", "system_status", "local", &h).unwrap(), Recall::Denied(_)));
         assert!(matches!(
             a.recall("alice", "system_status", "local", &h).unwrap(),
-            Recall::Nothing { used: None, other: None }
+            Recall::Denied(_)
+        ));
+        assert!(matches!(
+            a.recall("alice", "system_status", "local", &h).unwrap(),
+            Recall::Nothing {
+                used: None,
+                other: None
+            }
         ));
         let r = ask(&a, "alice", &h);
         a.decide(&r.id, true, "bob", "n2").unwrap();
@@ -938,7 +967,10 @@ mod tests {
         assert!(matches!(a.recall("alice", "system_status", "local", &h).unwrap(), Recall::Expired(x) if x.id == r.id));
         let r = ask(&a, "alice", &h);
         std::thread::sleep(Duration::from_millis(400));
-        assert_eq!(a.decide(&r.id, true, "bob", "n2").unwrap_err(), DecideError::Expired(r.id.clone()));
+        assert_eq!(
+            a.decide(&r.id, true, "bob", "n2").unwrap_err(),
+            DecideError::Expired(r.id.clone())
+        );
         let (pending, omitted) = a.list(false, 10).unwrap();
         assert!(pending.is_empty() && omitted == 0);
         let (all, _) = a.list(true, 2).unwrap();
@@ -967,7 +999,10 @@ mod tests {
         let state = s.seal("alice", "t", "local", &h, Duration::from_secs(60)).unwrap();
         assert_eq!(s.open(&state, "bob", "t", "local", &h), Err(StateError::Invalid));
         assert_eq!(s.open(&state, "alice", "u", "local", &h), Err(StateError::Invalid));
-        assert_eq!(s.open(&state, "alice", "t", "local", &"0".repeat(64)), Err(StateError::Invalid));
+        assert_eq!(
+            s.open(&state, "alice", "t", "local", &"0".repeat(64)),
+            Err(StateError::Invalid)
+        );
         let mut edited = state.clone().into_bytes();
         let i = edited.len() / 2;
         edited[i] = if edited[i] == b'A' { b'B' } else { b'A' };

@@ -207,10 +207,9 @@ impl Limits {
         if map.len() > SWEEP_AT {
             map.retain(|_, s| now.duration_since(s.at) < FORGET_AFTER);
         }
-        let state = map.entry((principal.to_string(), i)).or_insert(State {
-            tokens: burst,
-            at: now,
-        });
+        let state = map
+            .entry((principal.to_string(), i))
+            .or_insert(State { tokens: burst, at: now });
         let elapsed = now.saturating_duration_since(state.at).as_secs_f64();
         state.tokens = (state.tokens + elapsed * rate).min(burst);
         state.at = now;
@@ -290,7 +289,10 @@ mod tests {
         let refused = l.admit("bob", Risk::Low).err().expect("cap reached");
         assert!(refused.reason.contains("1 tool calls in flight"), "{refused}");
         drop(held);
-        assert!(l.admit("bob", Risk::Low).is_ok(), "bob's token was not spent by the refusal");
+        assert!(
+            l.admit("bob", Risk::Low).is_ok(),
+            "bob's token was not spent by the refusal"
+        );
     }
 
     #[test]

@@ -603,7 +603,9 @@ async fn approvals_cmd(config: &Config, command: ApprovalsCommand) -> anyhow::Re
         Err(e) => {
             rec.decision = audit::Decision::Deny;
             rec.outcome = audit::Outcome::Denied;
-            rec.reason = Some(format!("{verb} by {who} on the server host (cli) refused: {e}; {about}"));
+            rec.reason = Some(format!(
+                "{verb} by {who} on the server host (cli) refused: {e}; {about}"
+            ));
         }
     }
     rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);

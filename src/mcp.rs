@@ -1,5 +1,5 @@
 //! The MCP server handler: `tools/list` is the catalog filtered by the caller's grants, and
-//! `tools/call` is authorize → audit → run → audit → result.
+//! `tools/call` is authorize → limits → approvals gate → audit → run → audit → result.
 //!
 //! **Invariant:** every `tools/call` produces exactly one audit record, denials and bad input
 //! included; for a tool that can change something, the record is committed before the tool runs
@@ -412,7 +412,16 @@ impl ServerHandler for McpServer {
             }
         };
         let gate = self
-            .gate(&ctx, answer, &caller, &tool, &allowed, rec.target.as_deref().unwrap_or(""), &args, &context)
+            .gate(
+                &ctx,
+                answer,
+                &caller,
+                &tool,
+                &allowed,
+                rec.target.as_deref().unwrap_or(""),
+                &args,
+                &context,
+            )
             .await;
         match gate {
             Gate::Proceed(None) => {}
@@ -421,7 +430,7 @@ impl ServerHandler for McpServer {
             }
             Gate::Respond { reason, response } => {
                 audit_denial(rec, reason).await.map_err(audit_failed)?;
-                return Ok(response);
+                return Ok(*response);
             }
         }
         if let Some(note) = decide_note(shared, spec.name, &args).await {
@@ -695,13 +704,16 @@ enum Gate {
     /// Run it; the note (who approved or confirmed) goes into the audit reason.
     Proceed(Option<String>),
     /// Do not run it: answer with `response` and audit `reason`.
-    Respond { reason: String, response: CallToolResponse },
+    Respond {
+        reason: String,
+        response: Box<CallToolResponse>,
+    },
 }
 
 impl Gate {
     fn refuse(reason: String) -> Gate {
         Gate::Respond {
-            response: error_result(reason.clone()).into(),
+            response: Box::new(error_result(reason.clone()).into()),
             reason,
         }
     }
@@ -751,23 +763,34 @@ impl McpServer {
             spec.name,
             approvals::canonical_json(&self.shared.auditor.redacted(&serde_json::Value::Object(args.clone())))
         );
-        // What would run: the dry-run plan of a changing tool; the call itself for a read.
-        let plan = if spec.mutates() {
-            match dry_run_plan(tool.as_ref(), allowed, args, context).await {
-                Ok(p) => Some(p),
-                Err(e) => return Gate::refuse(format!("the dry run of `{}` failed, nothing ran: {e}", spec.name)),
-            }
-        } else {
-            None
-        };
-        let summary = match &plan {
-            Some(steps) => format!("{call}; plan: {}", plan_text(steps)),
-            None => format!("{call} (read-only: the call is the plan)"),
+        // What would run: the dry-run plan of a changing tool; the call itself for a read. Lazy:
+        // a re-call that spends an approval does not run the dry run again.
+        let name = spec.name;
+        let what = async move {
+            let plan = if tool.spec().mutates() {
+                match dry_run_plan(tool.as_ref(), allowed, args, context).await {
+                    Ok(p) => Some(p),
+                    Err(e) => return Err(format!("the dry run of `{name}` failed, nothing ran: {e}")),
+                }
+            } else {
+                None
+            };
+            let summary = match &plan {
+                Some(steps) => format!("{call}; plan: {}", plan_text(steps)),
+                None => format!("{call} (read-only: the call is the plan)"),
+            };
+            Ok((plan, summary))
         };
         match mode {
             Mode::None => Gate::Proceed(None),
-            Mode::Confirm => self.confirm(ctx, answer, caller, spec.name, target, &hash, &summary, &store).await,
-            Mode::TwoPerson => two_person(&store, caller, spec.name, target, args, &hash, plan, summary, &self.shared.auditor).await,
+            Mode::Confirm => match what.await {
+                Ok((_, summary)) => {
+                    self.confirm(ctx, answer, caller, name, target, &hash, &summary, &store)
+                        .await
+                }
+                Err(e) => Gate::refuse(e),
+            },
+            Mode::TwoPerson => two_person(&store, caller, name, target, args, &hash, what, &self.shared.auditor).await,
         }
     }
 
@@ -812,7 +835,7 @@ impl McpServer {
                     reason: format!(
                         "confirmation asked of the client (input required, sealed state bound to this call; {CLIENT_NOT_PERSON}); nothing ran yet"
                     ),
-                    response: rmcp::model::InputRequiredResult::new(Some(requests), Some(sealed)).into(),
+                    response: Box::new(rmcp::model::InputRequiredResult::new(Some(requests), Some(sealed)).into()),
                 };
             };
             if let Err(e) = store.sealer.open(&state, &caller.principal, tool, target, hash) {
@@ -852,9 +875,9 @@ fn confirmed(reply: Option<rmcp::model::ElicitResult>, how: &str) -> Gate {
         .and_then(serde_json::Value::as_bool)
         == Some(true);
     match reply.action {
-        rmcp::model::ElicitationAction::Accept if checked => Gate::Proceed(Some(format!(
-            "confirmed by the client ({how}; {CLIENT_NOT_PERSON})"
-        ))),
+        rmcp::model::ElicitationAction::Accept if checked => {
+            Gate::Proceed(Some(format!("confirmed by the client ({how}; {CLIENT_NOT_PERSON})")))
+        }
         action => Gate::refuse(format!(
             "not confirmed: the client answered {} ({how}); nothing ran",
             match action {
@@ -876,12 +899,16 @@ async fn two_person(
     target: &str,
     args: &JsonObject,
     hash: &str,
-    plan: Option<serde_json::Value>,
-    summary: String,
+    what: impl Future<Output = Result<(Option<serde_json::Value>, String), String>>,
     auditor: &Auditor,
 ) -> Gate {
     let s = store.clone();
-    let (principal, t, tg, h) = (caller.principal.clone(), tool.to_string(), target.to_string(), hash.to_string());
+    let (principal, t, tg, h) = (
+        caller.principal.clone(),
+        tool.to_string(),
+        target.to_string(),
+        hash.to_string(),
+    );
     let found = match tokio::task::spawn_blocking(move || s.recall(&principal, &t, &tg, &h)).await {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
@@ -909,8 +936,11 @@ async fn two_person(
                 how_to_approve(&a, tool)
             );
             return Gate::Respond {
-                reason: format!("two-person approval required: {} still waiting for a decision", a.describe()),
-                response: error_result(text).into(),
+                reason: format!(
+                    "two-person approval required: {} still waiting for a decision",
+                    a.describe()
+                ),
+                response: Box::new(error_result(text).into()),
             };
         }
         Recall::Denied(a) => {
@@ -955,6 +985,10 @@ async fn two_person(
             (None, None) => (String::new(), String::new()),
         },
     };
+    let (plan, summary) = match what.await {
+        Ok(w) => w,
+        Err(e) => return Gate::refuse(e),
+    };
     let request = approvals::NewRequest {
         requester: caller.principal.clone(),
         requester_node: format!("{} ({})", caller.node_name, caller.node_id),
@@ -984,7 +1018,7 @@ async fn two_person(
             "{reason_prefix}two-person approval required: requested {}",
             created.describe()
         ),
-        response: error_result(text).into(),
+        response: Box::new(error_result(text).into()),
     }
 }
 

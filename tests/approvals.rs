@@ -175,7 +175,10 @@ async fn a_second_person_approves_and_the_call_runs_exactly_once() {
     assert!(text(&r).starts_with("Approval required:"), "{r}");
     assert!(text(&r).contains("Nothing ran"), "{r}");
     assert!(text(&r).contains("tailopsmcp approvals approve"), "{r}");
-    assert!(r.get("structuredContent").is_none_or(Value::is_null), "nothing ran: {r}");
+    assert!(
+        r.get("structuredContent").is_none_or(Value::is_null),
+        "nothing ran: {r}"
+    );
     let id = approval_id(&r);
     let row = w.row(1, ALICE_LOGIN, "system_processes").await;
     assert_eq!((row.decision, row.outcome), (Decision::Deny, Outcome::Denied));
@@ -190,7 +193,10 @@ async fn a_second_person_approves_and_the_call_runs_exactly_once() {
     assert_eq!(approval_id(&again), id);
 
     // Alice cannot approve her own request, even though she holds approvals:control.
-    let own = alice.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
+    let own = alice
+        .call_tool("approvals_decide", decide(&id, "approve"))
+        .await
+        .unwrap();
     assert_eq!(own["isError"], true, "{own}");
     assert!(text(&own).contains("cannot decide their own request"), "{own}");
     let own_row = w.row(1, ALICE_LOGIN, "approvals_decide").await;
@@ -205,7 +211,10 @@ async fn a_second_person_approves_and_the_call_runs_exactly_once() {
     assert_eq!(pending[0]["tool"], "system_processes");
     assert_eq!(pending[0]["arguments"], args);
     let dry = bob
-        .call_tool("approvals_decide", json!({"id": id, "decision": "approve", "dry_run": true}))
+        .call_tool(
+            "approvals_decide",
+            json!({"id": id, "decision": "approve", "dry_run": true}),
+        )
         .await
         .unwrap();
     assert_eq!(dry["structuredContent"]["recorded"], false, "{dry}");
@@ -221,7 +230,10 @@ async fn a_second_person_approves_and_the_call_runs_exactly_once() {
     );
     // A decision is final.
     let twice = bob.call_tool("approvals_decide", decide(&id, "deny")).await.unwrap();
-    assert!(text(&twice).contains("already decided: approve by bob@example.com"), "{twice}");
+    assert!(
+        text(&twice).contains("already decided: approve by bob@example.com"),
+        "{twice}"
+    );
 
     // Changed arguments are refused (and asked for separately); the approval stays unused.
     let changed = alice
@@ -270,13 +282,13 @@ async fn a_second_person_approves_and_the_call_runs_exactly_once() {
     let (code, out, err) = run_cli(&["--config", &cfg, "approvals", "approve", &third_id]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("approved approval `{third_id}`")), "{out}");
-    let host_rows = w
-        .server
-        .audit_where(1, |r| r.method == "approvals/decide")
-        .await;
+    let host_rows = w.server.audit_where(1, |r| r.method == "approvals/decide").await;
     let host = host_rows.first().expect("the CLI decision is audited");
     assert!(host.principal.as_deref().unwrap_or("").starts_with("host:"), "{host:?}");
-    assert!(reason(host).contains(&format!("requested by {ALICE_LOGIN}")), "{host:?}");
+    assert!(
+        reason(host).contains(&format!("requested by {ALICE_LOGIN}")),
+        "{host:?}"
+    );
     let run = alice.call_tool("system_processes", args.clone()).await.unwrap();
     assert_eq!(run["isError"], false, "{run}");
 
@@ -299,10 +311,7 @@ async fn a_second_person_approves_and_the_call_runs_exactly_once() {
     }
     let r = bob.call_tool("approvals_decide", decide(&id, "maybe")).await.unwrap();
     assert_eq!(r["isError"], true, "{r}");
-    let r = bob
-        .call_tool("approvals_list", json!({"limit": 100000}))
-        .await
-        .unwrap();
+    let r = bob.call_tool("approvals_list", json!({"limit": 100000})).await.unwrap();
     assert!(text(&r).contains("between 1 and 500"), "{r}");
 
     // Ran exactly twice in all: once on bob's approval, once on the host's.
@@ -333,16 +342,24 @@ async fn an_expired_approval_refuses() {
     assert_eq!(expired["isError"], true, "{expired}");
     assert!(text(&expired).contains(&format!("approval `{id}`")), "{expired}");
     assert!(text(&expired).contains("expired at"), "{expired}");
-    assert!(text(&expired).contains("approved by bob@example.com but not used in time"), "{expired}");
+    assert!(
+        text(&expired).contains("approved by bob@example.com but not used in time"),
+        "{expired}"
+    );
     let row = w.row(3, ALICE_LOGIN, "system_processes").await;
     assert_eq!(row.outcome, Outcome::Denied);
     assert!(reason(&row).contains("expired at"), "{row:?}");
     // Deciding an expired request is refused too.
-    let r = bob.call_tool("approvals_decide", decide(&late_id, "approve")).await.unwrap();
+    let r = bob
+        .call_tool("approvals_decide", decide(&late_id, "approve"))
+        .await
+        .unwrap();
     assert!(text(&r).contains("has expired"), "{r}");
     let none = w
         .server
-        .audit_where(1, |r| r.tool.as_deref() == Some("system_processes") && r.outcome == Outcome::Ok)
+        .audit_where(1, |r| {
+            r.tool.as_deref() == Some("system_processes") && r.outcome == Outcome::Ok
+        })
         .await;
     assert!(none.is_empty(), "nothing ran: {none:#?}");
 }
@@ -374,7 +391,13 @@ async fn confirm_asks_the_clients_user_and_refuses_clients_that_cannot_ask() {
     assert!(lines.iter().any(|l| l["action"] == "elicitation"), "{out}");
     let result = lines.iter().find(|l| l["action"] == "call").expect(&out);
     assert_eq!(result["isError"], true, "{out}");
-    assert!(result["text"][0].as_str().unwrap().contains("not confirmed: the client answered no"), "{out}");
+    assert!(
+        result["text"][0]
+            .as_str()
+            .unwrap()
+            .contains("not confirmed: the client answered no"),
+        "{out}"
+    );
     let row = w.row(2, ALICE_LOGIN, "targets_check").await;
     assert_eq!((row.decision, row.outcome), (Decision::Deny, Outcome::Denied));
 
@@ -390,7 +413,8 @@ async fn confirm_asks_the_clients_user_and_refuses_clients_that_cannot_ask() {
     assert_eq!(row.outcome, Outcome::Denied);
     assert_eq!(
         w.server
-            .audit_where(1, |r| r.tool.as_deref() == Some("targets_check") && r.outcome == Outcome::Ok)
+            .audit_where(1, |r| r.tool.as_deref() == Some("targets_check")
+                && r.outcome == Outcome::Ok)
             .await
             .len(),
         1,
@@ -422,9 +446,7 @@ async fn call_2026(w: &World, from: IpAddr, tool: &str, args: Value, extra: Valu
     }
     let resp = m.request("tools/call", params).await.expect("tools/call");
     let v = resp.try_json().unwrap_or_else(|e| panic!("{e}: {}", resp.text()));
-    v.get("result")
-        .cloned()
-        .unwrap_or_else(|| panic!("no result: {v}"))
+    v.get("result").cloned().unwrap_or_else(|| panic!("no result: {v}"))
 }
 
 fn yes() -> Value {
@@ -438,7 +460,12 @@ async fn on_2026_07_28_a_sealed_request_state_confirms_once() {
     assert_eq!(first["resultType"], "input_required", "{first}");
     let form = &first["inputRequests"]["confirm"];
     assert_eq!(form["method"], "elicitation/create", "{first}");
-    assert!(form["params"]["message"].as_str().unwrap().contains("`targets_check` on local"));
+    assert!(
+        form["params"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`targets_check` on local")
+    );
     let state = first["requestState"].as_str().expect("a request state").to_string();
 
     // Edited, or presented by someone else, or for other arguments: refused.
@@ -452,7 +479,14 @@ async fn on_2026_07_28_a_sealed_request_state_confirms_once() {
         (BOB, "targets_check", state.as_str()),
         (ALICE, "system_status", state.as_str()),
     ] {
-        let r = call_2026(&w, from, tool, json!({}), json!({"requestState": st, "inputResponses": yes()})).await;
+        let r = call_2026(
+            &w,
+            from,
+            tool,
+            json!({}),
+            json!({"requestState": st, "inputResponses": yes()}),
+        )
+        .await;
         assert_eq!(r["isError"], true, "{r}");
         assert!(text(&r).contains("does not verify"), "{tool} from {from}: {r}");
     }
@@ -493,7 +527,9 @@ async fn on_2026_07_28_a_sealed_request_state_confirms_once() {
 
     let ran = w
         .server
-        .audit_where(1, |r| r.tool.as_deref() == Some("targets_check") && r.outcome == Outcome::Ok)
+        .audit_where(1, |r| {
+            r.tool.as_deref() == Some("targets_check") && r.outcome == Outcome::Ok
+        })
         .await;
     assert_eq!(ran.len(), 1, "{ran:#?}");
     assert!(
