@@ -161,7 +161,8 @@ pub struct Admitted {
 pub struct Limits {
     config: LimitsConfig,
     in_flight: Arc<Semaphore>,
-    buckets: Mutex<HashMap<(String, usize), State>>,
+    /// Per principal, one bucket per risk level (`None` until first used).
+    buckets: Mutex<HashMap<String, [Option<State>; 4]>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -205,11 +206,16 @@ impl Limits {
         let burst = f64::from(bucket.burst);
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > SWEEP_AT {
-            map.retain(|_, s| now.duration_since(s.at) < FORGET_AFTER);
+            map.retain(|_, states| states.iter().flatten().any(|s| now.duration_since(s.at) < FORGET_AFTER));
         }
-        let state = map
-            .entry((principal.to_string(), i))
-            .or_insert(State { tokens: burst, at: now });
+        // Look up without allocating; only a principal's first call copies its name.
+        if !map.contains_key(principal) {
+            map.insert(principal.to_string(), [None; 4]);
+        }
+        let Some(states) = map.get_mut(principal) else {
+            unreachable!("inserted above")
+        };
+        let state = states[i].get_or_insert(State { tokens: burst, at: now });
         let elapsed = now.saturating_duration_since(state.at).as_secs_f64();
         state.tokens = (state.tokens + elapsed * rate).min(burst);
         state.at = now;
