@@ -1087,3 +1087,118 @@ async fn decide_note(shared: &Shared, tool: &str, args: &JsonObject) -> Option<S
     let found = tokio::task::spawn_blocking(move || store.get(&id)).await.ok()?.ok()??;
     Some(format!("deciding {}: {}", found.describe(), found.summary))
 }
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+    use crate::tools::{Annotations, Step, StepKind, ToolSpec};
+    use futures::future::BoxFuture;
+
+    /// A changing tool that reports one step per target and records whether it ran for real.
+    struct Restart {
+        spec: ToolSpec,
+        ran: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Tool for Restart {
+        fn spec(&self) -> &ToolSpec {
+            &self.spec
+        }
+        fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+            Box::pin(async move {
+                let dry = args.get("dry_run") == Some(&serde_json::Value::Bool(true));
+                if !dry {
+                    self.ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let plan = vec![Step {
+                    kind: StepKind::Command,
+                    target: ctx.target.id.clone(),
+                    detail: format!("systemctl restart {}", args["unit"].as_str().unwrap_or("?")),
+                }];
+                ToolOutput::new(&serde_json::json!({ "plan": plan }), String::new())
+            })
+        }
+    }
+
+    fn restart() -> Restart {
+        Restart {
+            spec: ToolSpec {
+                name: "services_restart",
+                title: "t",
+                description: "t",
+                requires: Requirement::AnyGrant,
+                risk: crate::tools::Risk::Moderate,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: false,
+                    open_world: false,
+                },
+                input_schema: Default::default(),
+                output_schema: Default::default(),
+            },
+            ran: Default::default(),
+        }
+    }
+
+    fn context(target: &Arc<Target>) -> ToolContext {
+        ToolContext {
+            caller: Arc::new(Caller::dev("t@example.com", "127.0.0.1:1".parse().unwrap())),
+            target: target.clone(),
+            targets: Arc::new(Registry::local_only()),
+            grants: Arc::new(policy::Effective::default()),
+            tailnet: Default::default(),
+            config: Arc::new(crate::config::Config::defaults()),
+            approvals: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_plan_is_the_dry_run_of_every_target_and_nothing_runs() {
+        let tool = restart();
+        let targets = vec![Arc::new(Target::local()), Arc::new(Target::local())];
+        let args: JsonObject = serde_json::from_str(r#"{"unit": "nginx.service"}"#).unwrap();
+        let plan = dry_run_plan(&tool, &targets, &args, &context).await.unwrap();
+        assert_eq!(plan.as_array().unwrap().len(), 2, "{plan}");
+        assert_eq!(
+            plan_text(&plan),
+            "local: systemctl restart nginx.service; local: systemctl restart nginx.service"
+        );
+        assert_eq!(tool.ran.load(std::sync::atomic::Ordering::SeqCst), 0, "a dry run only");
+    }
+
+    fn reply(action: rmcp::model::ElicitationAction, content: Option<serde_json::Value>) -> rmcp::model::ElicitResult {
+        let mut r = rmcp::model::ElicitResult::new(action);
+        r.content = content;
+        r
+    }
+
+    #[test]
+    fn only_an_accepted_form_with_the_box_checked_confirms() {
+        use rmcp::model::ElicitationAction::*;
+        let yes = confirmed(
+            Some(reply(Accept, Some(serde_json::json!({"confirm": true})))),
+            "elicitation",
+        );
+        assert!(matches!(yes, Gate::Proceed(Some(n)) if n.contains("not a second person")));
+        for (r, needle) in [
+            (
+                Some(reply(Accept, Some(serde_json::json!({"confirm": false})))),
+                "without checking",
+            ),
+            (Some(reply(Accept, None)), "without checking"),
+            (
+                Some(reply(Accept, Some(serde_json::json!({"confirm": "yes"})))),
+                "without checking",
+            ),
+            (Some(reply(Decline, None)), "answered no"),
+            (Some(reply(Cancel, None)), "answered cancel"),
+            (None, "no answer"),
+        ] {
+            match confirmed(r, "elicitation") {
+                Gate::Respond { reason, .. } => assert!(reason.contains(needle), "{reason}"),
+                Gate::Proceed(_) => panic!("waved through: {needle}"),
+            }
+        }
+    }
+}
