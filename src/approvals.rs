@@ -214,6 +214,9 @@ fn random_bytes(n: usize) -> Result<Vec<u8>, std::io::Error> {
     Ok(buf)
 }
 
+/// Approvals older than this are deleted when a new one is recorded.
+pub const RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
 /// Approval ids: 12 characters of a 32-letter alphabet without look-alikes (60 random bits).
 const ID_ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
 const ID_LEN: usize = 12;
@@ -460,6 +463,12 @@ impl Approvals {
         let arguments = canonical_json(&r.arguments);
         let plan = r.plan.as_ref().map(|p| p.to_string());
         self.with_conn(|c| {
+            // Keep the table small: requests long past their expiry are history, and the audit
+            // rows keep their story.
+            c.execute(
+                "DELETE FROM approvals WHERE created < ?1",
+                [now - RETENTION.as_millis() as i64],
+            )?;
             c.execute(
                 "INSERT INTO approvals (id, requester, requester_node, tool, target, arguments, args_hash, plan, \
                  summary, created, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -990,6 +999,23 @@ mod tests {
         ] {
             assert!(c.execute(sql, []).is_err(), "{sql}");
         }
+    }
+
+    #[test]
+    fn requests_older_than_the_retention_are_deleted() {
+        let (d, a) = store(Duration::from_secs(60));
+        let c = Connection::open(d.path().join("a.db")).unwrap();
+        let old = now() - RETENTION.as_millis() as i64 - 1;
+        c.execute(
+            "INSERT INTO approvals (id, requester, requester_node, tool, target, arguments, args_hash, summary, \
+             created, expires) VALUES ('oldoldoldold', 'alice', 'n', 't', 'local', '{}', ?1, 's', ?2, ?2)",
+            rusqlite::params!["a".repeat(64), old],
+        )
+        .unwrap();
+        assert!(a.get("oldoldoldold").unwrap().is_some());
+        let fresh = ask(&a, "alice", &"b".repeat(64));
+        assert!(a.get("oldoldoldold").unwrap().is_none());
+        assert!(a.get(&fresh.id).unwrap().is_some());
     }
 
     #[test]
