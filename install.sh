@@ -313,6 +313,10 @@ expiry_secs = 900
 # How long a confirmation waits for the client's user (and how long a 2026-07-28 request
 # state stays valid).
 confirm_timeout_secs = 300
+# A two-person call whose client sent a progress token may wait this long for the decision
+# (with progress notifications) and then run at once; 0 = answer "pending" immediately (the
+# requester calls again after the approval). At most 3600 and at most expiry_secs.
+wait_secs = 0
 
 [approvals.risk]
 low = "none"           # reads

@@ -61,6 +61,7 @@ impl Mode {
 pub struct ApprovalsSection {
     pub expiry_secs: u64,
     pub confirm_timeout_secs: u64,
+    pub wait_secs: u64,
     pub risk: RiskModes,
     pub tools: BTreeMap<String, Mode>,
 }
@@ -70,6 +71,7 @@ impl Default for ApprovalsSection {
         ApprovalsSection {
             expiry_secs: 900,
             confirm_timeout_secs: 300,
+            wait_secs: 0,
             risk: RiskModes::default(),
             tools: BTreeMap::new(),
         }
@@ -104,6 +106,9 @@ pub struct ApprovalsConfig {
     pub expiry: Duration,
     /// How long a confirmation waits for the client's user.
     pub confirm_timeout: Duration,
+    /// How long a two-person call that carries a progress token waits for the decision (with
+    /// progress notifications) before answering "pending"; zero: never waits.
+    pub wait: Duration,
     pub risk: RiskModes,
     /// Per-tool modes; names are checked against the catalog at start-up ([`check_tools`]).
     pub tools: BTreeMap<String, Mode>,
@@ -130,8 +135,18 @@ impl ApprovalsConfig {
                 format!("must be between 1 and 3600, got {}", s.confirm_timeout_secs),
             ));
         }
+        if s.wait_secs > 3600 || s.wait_secs > s.expiry_secs {
+            return Err((
+                "approvals.wait_secs".into(),
+                format!(
+                    "must be between 0 and 3600 and at most expiry_secs ({}), got {}",
+                    s.expiry_secs, s.wait_secs
+                ),
+            ));
+        }
         Ok(ApprovalsConfig {
             expiry: Duration::from_secs(s.expiry_secs),
+            wait: Duration::from_secs(s.wait_secs),
             confirm_timeout: Duration::from_secs(s.confirm_timeout_secs),
             risk: s.risk,
             tools: s.tools,

@@ -790,7 +790,32 @@ impl McpServer {
                 }
                 Err(e) => Gate::refuse(e),
             },
-            Mode::TwoPerson => two_person(&store, caller, name, target, args, &hash, what, &self.shared.auditor).await,
+            Mode::TwoPerson => {
+                // A caller that sent a progress token may wait for the decision, if allowed.
+                let wait = store.config.wait;
+                let waiter = ctx
+                    .meta
+                    .get_progress_token()
+                    .filter(|_| !wait.is_zero())
+                    .map(|token| Waiter {
+                        peer: ctx.peer.clone(),
+                        token,
+                        ct: ctx.ct.clone(),
+                        wait,
+                    });
+                two_person(
+                    &store,
+                    caller,
+                    name,
+                    target,
+                    args,
+                    &hash,
+                    what,
+                    &self.shared.auditor,
+                    waiter,
+                )
+                .await
+            }
         }
     }
 
@@ -890,7 +915,131 @@ fn confirmed(reply: Option<rmcp::model::ElicitResult>, how: &str) -> Gate {
     }
 }
 
-/// `two_person`: spend an approval of exactly this call, or record a request for one.
+/// Where a waiting two-person call reports progress: the session's peer and the caller's
+/// progress token, for up to `[approvals] wait_secs`.
+struct Waiter {
+    peer: rmcp::Peer<RoleServer>,
+    token: rmcp::model::ProgressToken,
+    ct: tokio_util::sync::CancellationToken,
+    wait: std::time::Duration,
+}
+
+/// How often a waiting call looks for a decision.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Look up this exact call's approval (spending it if approved and live).
+async fn recall(store: &Arc<Approvals>, caller: &Caller, tool: &str, target: &str, hash: &str) -> Result<Recall, Gate> {
+    let s = store.clone();
+    let (principal, t, tg, h) = (
+        caller.principal.clone(),
+        tool.to_string(),
+        target.to_string(),
+        hash.to_string(),
+    );
+    match tokio::task::spawn_blocking(move || s.recall(&principal, &t, &tg, &h)).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "approvals store failed");
+            Err(Gate::refuse("the approvals store failed; nothing ran".into()))
+        }
+        Err(e) => Err(Gate::refuse(format!("the approvals check failed ({e}); nothing ran"))),
+    }
+}
+
+/// The answer to a found approval; `Err(found)` when there is none for this call.
+fn recall_gate(found: Recall, tool: &str) -> Result<Gate, Recall> {
+    let view_time = |a: &approvals::Approval| a.view(approvals::now());
+    Ok(match found {
+        Recall::Run(a) => {
+            let v = view_time(&a);
+            Gate::Proceed(Some(format!(
+                "two-person {} approved by {} from {} at {}; spent by this call",
+                a.describe(),
+                v.decided_by.unwrap_or_default(),
+                v.decided_by_node.unwrap_or_default(),
+                v.decided_at.unwrap_or_default()
+            )))
+        }
+        Recall::Waiting(a) => pending(&a, tool, "still waiting for a second person"),
+        Recall::Denied(a) => {
+            let v = view_time(&a);
+            Gate::refuse(format!(
+                "two-person {} was denied by {} from {}; nothing ran. The request is closed; calling again asks anew.",
+                a.describe(),
+                v.decided_by.unwrap_or_default(),
+                v.decided_by_node.unwrap_or_default()
+            ))
+        }
+        Recall::Expired(a) => {
+            let v = view_time(&a);
+            Gate::refuse(format!(
+                "two-person {} expired at {} ({}); nothing ran. Calling again asks anew.",
+                a.describe(),
+                v.expires,
+                match v.decided_by {
+                    Some(by) => format!("approved by {by} but not used in time"),
+                    None => "nobody decided it in time".into(),
+                }
+            ))
+        }
+        nothing @ Recall::Nothing { .. } => return Err(nothing),
+    })
+}
+
+/// The answer while `a` waits for a decision.
+fn pending(a: &approvals::Approval, tool: &str, state: &str) -> Gate {
+    let text = format!(
+        "Approval pending: {} is {state}. Nothing ran.\n{}",
+        a.describe(),
+        how_to_approve(a, tool)
+    );
+    Gate::Respond {
+        reason: format!("two-person approval required: {} {state}", a.describe()),
+        response: Box::new(error_result(text).into()),
+    }
+}
+
+/// Wait for a decision on `a`, reporting progress, until it is decided, the wait ends or the
+/// client cancels; then answer like a re-call would (so an approval still runs once).
+#[allow(clippy::too_many_arguments)]
+async fn wait_for_decision(
+    store: &Arc<Approvals>,
+    caller: &Caller,
+    tool: &str,
+    target: &str,
+    hash: &str,
+    a: &approvals::Approval,
+    waiter: Waiter,
+    on_timeout: Gate,
+) -> Gate {
+    let deadline = tokio::time::Instant::now() + waiter.wait;
+    let mut round = 0u32;
+    loop {
+        round += 1;
+        let progress = rmcp::model::ProgressNotificationParam::new(waiter.token.clone(), f64::from(round))
+            .with_message(format!("waiting for a second person to approve {}", a.describe()));
+        let _ = waiter.peer.notify_progress(progress).await;
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return on_timeout;
+        }
+        tokio::select! {
+            _ = waiter.ct.cancelled() => return on_timeout,
+            _ = tokio::time::sleep(WAIT_POLL.min(deadline - now)) => {}
+        }
+        match recall(store, caller, tool, target, hash).await {
+            Err(g) => return g,
+            Ok(Recall::Waiting(_)) => continue,
+            Ok(found) => {
+                return recall_gate(found, tool)
+                    .unwrap_or_else(|_| Gate::refuse(format!("{} is no longer open; nothing ran", a.describe())));
+            }
+        }
+    }
+}
+
+/// `two_person`: spend an approval of exactly this call, or record a request for one (and, for
+/// a caller that sent a progress token while `wait_secs` is set, wait for the decision).
 #[allow(clippy::too_many_arguments)]
 async fn two_person(
     store: &Arc<Approvals>,
@@ -901,70 +1050,23 @@ async fn two_person(
     hash: &str,
     what: impl Future<Output = Result<(Option<serde_json::Value>, String), String>>,
     auditor: &Auditor,
+    waiter: Option<Waiter>,
 ) -> Gate {
-    let s = store.clone();
-    let (principal, t, tg, h) = (
-        caller.principal.clone(),
-        tool.to_string(),
-        target.to_string(),
-        hash.to_string(),
-    );
-    let found = match tokio::task::spawn_blocking(move || s.recall(&principal, &t, &tg, &h)).await {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "approvals store failed");
-            return Gate::refuse("the approvals store failed; nothing ran".into());
+    let found = match recall(store, caller, tool, target, hash).await {
+        Ok(found) => found,
+        Err(g) => return g,
+    };
+    let (found, waiter) = match (found, waiter) {
+        (Recall::Waiting(a), Some(w)) => {
+            let on_timeout = pending(&a, tool, "still waiting for a second person");
+            return wait_for_decision(store, caller, tool, target, hash, &a, w, on_timeout).await;
         }
-        Err(e) => return Gate::refuse(format!("the approvals check failed ({e}); nothing ran")),
+        other => other,
     };
     let view_time = |a: &approvals::Approval| a.view(approvals::now());
-    let (prefix, reason_prefix) = match found {
-        Recall::Run(a) => {
-            let v = view_time(&a);
-            return Gate::Proceed(Some(format!(
-                "two-person {} approved by {} from {} at {}; spent by this call",
-                a.describe(),
-                v.decided_by.unwrap_or_default(),
-                v.decided_by_node.unwrap_or_default(),
-                v.decided_at.unwrap_or_default()
-            )));
-        }
-        Recall::Waiting(a) => {
-            let text = format!(
-                "Approval pending: {} is still waiting for a second person. Nothing ran.\n{}",
-                a.describe(),
-                how_to_approve(&a, tool)
-            );
-            return Gate::Respond {
-                reason: format!(
-                    "two-person approval required: {} still waiting for a decision",
-                    a.describe()
-                ),
-                response: Box::new(error_result(text).into()),
-            };
-        }
-        Recall::Denied(a) => {
-            let v = view_time(&a);
-            return Gate::refuse(format!(
-                "two-person {} was denied by {} from {}; nothing ran. The request is closed; calling again asks anew.",
-                a.describe(),
-                v.decided_by.unwrap_or_default(),
-                v.decided_by_node.unwrap_or_default()
-            ));
-        }
-        Recall::Expired(a) => {
-            let v = view_time(&a);
-            return Gate::refuse(format!(
-                "two-person {} expired at {} ({}); nothing ran. Calling again asks anew.",
-                a.describe(),
-                v.expires,
-                match v.decided_by {
-                    Some(by) => format!("approved by {by} but not used in time"),
-                    None => "nobody decided it in time".into(),
-                }
-            ));
-        }
-        Recall::Nothing { used, other } => match (used, other) {
+    let (prefix, reason_prefix) = match recall_gate(found, tool) {
+        Ok(gate) => return gate,
+        Err(Recall::Nothing { used, other }) => match (used, other) {
             (_, Some(o)) => (
                 format!(
                     "Refused: {} was approved for different arguments of `{tool}` on {target} (hash {}…); an approval \
@@ -984,7 +1086,9 @@ async fn two_person(
             ),
             (None, None) => (String::new(), String::new()),
         },
+        Err(_) => return Gate::refuse("the approvals check failed; nothing ran".into()),
     };
+
     let (plan, summary) = match what.await {
         Ok(w) => w,
         Err(e) => return Gate::refuse(e),
@@ -1013,12 +1117,16 @@ async fn two_person(
         created.summary,
         how_to_approve(&created, tool)
     );
-    Gate::Respond {
+    let answer = Gate::Respond {
         reason: format!(
             "{reason_prefix}two-person approval required: requested {}",
             created.describe()
         ),
         response: Box::new(error_result(text).into()),
+    };
+    match waiter {
+        Some(w) => wait_for_decision(store, caller, tool, target, hash, &created, w, answer).await,
+        None => answer,
     }
 }
 

@@ -325,6 +325,71 @@ async fn a_second_person_approves_and_the_call_runs_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_call_reports_progress_and_runs_once_approved() {
+    let Some(w) = world(&format!("[approvals]\nwait_secs = 60\n{MODES}")).await else {
+        return;
+    };
+    let python = match crate::support::pyclient::python_mcp() {
+        Ok(p) => p,
+        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    };
+    // Alice's client asks with a progress token and waits.
+    let actions = json!([{"call": "system_processes", "args": {"limit": 2}, "progress": true}]);
+    let client = w
+        .net
+        .command_in_peer_ns(&python.to_string_lossy())
+        .arg(crate::support::pyclient::client_script())
+        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
+        .arg(actions.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the MCP Python client");
+    // Bob sees the request appear and approves it.
+    let mut bob = w.mcp(BOB).await;
+    let mut id = None;
+    for _ in 0..100 {
+        let list = bob.call_tool("approvals_list", json!({})).await.unwrap();
+        if let Some(found) = list["structuredContent"]["approvals"][0]["id"].as_str() {
+            id = Some(found.to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = id.expect("alice's request shows up while her call waits");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
+    assert_eq!(ok["isError"], false, "{ok}");
+    let out = tokio::time::timeout(Duration::from_secs(30), client.wait_with_output())
+        .await
+        .expect("the waiting call returns after the approval")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let progress: Vec<&Value> = lines.iter().filter(|l| l["action"] == "progress").collect();
+    assert!(!progress.is_empty(), "{stdout}");
+    assert!(
+        progress[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("waiting for a second person to approve approval `{id}`")),
+        "{stdout}"
+    );
+    let result = lines.iter().find(|l| l["action"] == "call").expect(&stdout);
+    assert_eq!(result["isError"], false, "{stdout}");
+    assert!(result["structuredContent"]["processes"].is_array(), "{stdout}");
+    let row = w.row(1, ALICE_LOGIN, "system_processes").await;
+    assert_eq!(row.outcome, Outcome::Ok, "{row:?}");
+    assert!(reason(&row).contains(&format!("approved by {BOB_LOGIN}")), "{row:?}");
+    // Spent: the same call again asks anew.
+    let mut alice = w.mcp(ALICE).await;
+    let again = alice.call_tool("system_processes", json!({"limit": 2})).await.unwrap();
+    assert!(text(&again).contains("already used"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_approval_refuses() {
     let Some(w) = world(&format!("[approvals]\nexpiry_secs = 2\n{MODES}")).await else {
         return;

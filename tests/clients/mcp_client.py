@@ -10,6 +10,8 @@ ACTIONS_JSON is a JSON list, run in order in one session after `initialize`:
   {"list_tools": {}}                      -> {"action": "list_tools", "tools": [names]}
   {"call": "NAME", "args": {...}}         -> {"action": "call", "tool": NAME, "isError": bool,
                                               "structuredContent": ..., "text": [text contents]}
+    (with "progress": true the call carries a progress token; each notification prints
+     {"action": "progress", "progress": N, "message": ...})
   {"ping": {}}                            -> {"action": "ping", "ok": true}
 With --elicit the client declares the elicitation capability and answers every elicitation
 request: `accept` checks every boolean field of the form, `decline` says no. Each request
@@ -58,7 +60,13 @@ async def run_action(session, action):
         emit({"action": "list_tools", "tools": names})
     elif "call" in action:
         name = action["call"]
-        result = await session.call_tool(name, action.get("args") or {})
+        callback = None
+        if action.get("progress"):
+
+            async def callback(progress, total, message):
+                emit({"action": "progress", "progress": progress, "message": message})
+
+        result = await session.call_tool(name, action.get("args") or {}, progress_callback=callback)
         texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
         emit(
             {
