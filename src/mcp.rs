@@ -946,8 +946,11 @@ async fn recall(store: &Arc<Approvals>, caller: &Caller, tool: &str, target: &st
     }
 }
 
-/// The answer to a found approval; `Err(found)` when there is none for this call.
-fn recall_gate(found: Recall, tool: &str) -> Result<Gate, Recall> {
+/// An approval already used for this call, and one approved for other arguments.
+type NoneOpen = (Option<Box<approvals::Approval>>, Option<Box<approvals::Approval>>);
+
+/// The answer to a found approval; `Err` when there is no open one for this call.
+fn recall_gate(found: Recall, tool: &str) -> Result<Gate, NoneOpen> {
     let view_time = |a: &approvals::Approval| a.view(approvals::now());
     Ok(match found {
         Recall::Run(a) => {
@@ -982,7 +985,7 @@ fn recall_gate(found: Recall, tool: &str) -> Result<Gate, Recall> {
                 }
             ))
         }
-        nothing @ Recall::Nothing { .. } => return Err(nothing),
+        Recall::Nothing { used, other } => return Err((used, other)),
     })
 }
 
@@ -1066,7 +1069,7 @@ async fn two_person(
     let view_time = |a: &approvals::Approval| a.view(approvals::now());
     let (prefix, reason_prefix) = match recall_gate(found, tool) {
         Ok(gate) => return gate,
-        Err(Recall::Nothing { used, other }) => match (used, other) {
+        Err((used, other)) => match (used, other) {
             (_, Some(o)) => (
                 format!(
                     "Refused: {} was approved for different arguments of `{tool}` on {target} (hash {}…); an approval \
@@ -1086,7 +1089,6 @@ async fn two_person(
             ),
             (None, None) => (String::new(), String::new()),
         },
-        Err(_) => return Gate::refuse("the approvals check failed; nothing ran".into()),
     };
 
     let (plan, summary) = match what.await {
