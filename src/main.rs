@@ -451,6 +451,27 @@ fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
         "tools:      {}",
         catalog.iter().map(|t| t.spec().name).collect::<Vec<_>>().join(", ")
     );
+    let a = &config.approvals;
+    println!(
+        "approvals:  low {}, moderate {}, high {}, critical {}; {} per-tool override(s); requests expire after {} s",
+        a.risk.low.as_str(),
+        a.risk.moderate.as_str(),
+        a.risk.high.as_str(),
+        a.risk.critical.as_str(),
+        a.tools.len(),
+        a.expiry.as_secs()
+    );
+    for (tool, mode) in &a.tools {
+        println!("  {tool} → {}", mode.as_str());
+    }
+    println!(
+        "limits:     {} calls in flight; per caller low {}/min, moderate {}/min, high {}/min, critical {}/min",
+        config.limits.max_in_flight,
+        config.limits.rate[0].per_minute,
+        config.limits.rate[1].per_minute,
+        config.limits.rate[2].per_minute,
+        config.limits.rate[3].per_minute
+    );
     Ok(ExitCode::SUCCESS)
 }
 
