@@ -357,6 +357,54 @@ allow_link_local = false
 # fully qualified (no search domains: write "nas.tail1234.ts.net", not "nas"). Empty = the
 # system's resolver (/etc/hosts, /etc/resolv.conf, search domains).
 dns_servers = []
+[approvals]
+# What a call needs before it runs, by the tool's risk level (shown in `tools/list` as
+# `_meta` risk): "none" (runs at once), "confirm" (the calling client asks its user yes/no with
+# exactly what will run; a client that cannot ask is refused, never waved through; this is the
+# client's yes, not a second person) or "two_person" (the call is recorded as a pending request
+# with a short id; a *different* person holding approvals:control approves it with the
+# `approvals_decide` tool or `tailopsmcp approvals approve ID` on this host; the requester's
+# next call with the same tool, target and arguments then runs once).
+# How long a two-person request lives, from the call that asked to the call that runs it.
+expiry_secs = 900
+# How long a confirmation waits for the client's user (and how long a 2026-07-28 request
+# state stays valid).
+confirm_timeout_secs = 300
+# A two-person call whose client sent a progress token may wait this long for the decision
+# (with progress notifications) and then run at once; 0 = answer "pending" immediately (the
+# requester calls again after the approval). At most 3600 and at most expiry_secs.
+wait_secs = 0
+
+[approvals.risk]
+low = "none"           # reads
+moderate = "none"      # restart-like
+high = "confirm"       # remove, deploy, upgrade
+critical = "two_person" # install packages, anything root-equivalent
+
+[approvals.tools]
+# Per-tool modes override the risk level, e.g.:
+# services_restart = "two_person"
+# (The approvals_* tools themselves never need an approval.)
+
+[limits]
+# Tool calls in flight on this server at once; more are refused with "retry after 1 s".
+max_in_flight = 64
+
+# Per-caller token buckets by risk level: up to `burst` calls at once, refilled at
+# `per_minute`. A refused call says after how many seconds to retry (also in the result's
+# `_meta` as `tailopsmcp/retryAfterSecs`) and is audited.
+[limits.rate.low]
+burst = 60
+per_minute = 600
+[limits.rate.moderate]
+burst = 20
+per_minute = 60
+[limits.rate.high]
+burst = 10
+per_minute = 20
+[limits.rate.critical]
+burst = 5
+per_minute = 10
 
 # Local grants add to the grants from your tailnet policy file's app capability.
 # match:   "user:LOGIN" (a user-owned node of this login), "tag:NAME" (a tagged node with this

@@ -54,6 +54,10 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     /// Which tools this server offers (`[tools]`).
     pub tools: ToolsConfig,
+    /// `[approvals]`: which calls need a confirmation or a second person.
+    pub approvals: crate::approvals::ApprovalsConfig,
+    /// `[limits]`: per-principal rate limits and the in-flight cap.
+    pub limits: crate::limits::LimitsConfig,
     /// Where the `files` tools may read (`[files]`).
     pub files: FilesConfig,
     /// Where `logs_tail` / `logs_analyze` may read log files (`[logs]`).
@@ -180,6 +184,10 @@ struct File {
     target: Vec<TargetSection>,
     #[serde(default)]
     tools: ToolsSection,
+    #[serde(default)]
+    approvals: crate::approvals::ApprovalsSection,
+    #[serde(default)]
+    limits: crate::limits::LimitsSection,
     #[serde(default)]
     files: FilesSection,
     #[serde(default)]
@@ -720,6 +728,9 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         network.dns_servers.push(sa);
     }
 
+    let approvals = crate::approvals::ApprovalsConfig::build(file.approvals).map_err(|(k, m)| invalid(&k, m))?;
+    let limits = crate::limits::LimitsConfig::build(file.limits).map_err(|(k, m)| invalid(&k, m))?;
+
     Ok(Config {
         source,
         port,
@@ -745,6 +756,8 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
             enable: file.tools.enable,
             disable: file.tools.disable,
         },
+        approvals,
+        limits,
         files: FilesConfig {
             roots: file.files.roots,
             deny: file.files.deny,

@@ -4,10 +4,12 @@
 //! See ARCHITECTURE.md for the code map. Dependencies point one way:
 //! `main → http → mcp → {tools, policy, audit}`, `tools → exec`, `http → tailnet`.
 
+pub mod approvals;
 pub mod audit;
 pub mod config;
 pub mod exec;
 pub mod http;
+pub mod limits;
 pub mod mcp;
 pub mod policy;
 pub mod prompts;

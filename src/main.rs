@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use tailopsmcp::approvals::{self, Approvals};
 use tailopsmcp::audit::{self, AuditOptions, Auditor, Query};
 use tailopsmcp::config::{Config, Overrides};
 use tailopsmcp::http::{self, AppState, IdentityMode};
@@ -81,6 +82,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Two-person approvals: list requests, approve or deny one as `host:<your unix user>`
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// Inspect the configured targets
     Targets {
         #[command(subcommand)]
@@ -98,6 +104,26 @@ enum TargetsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Requests waiting for a decision (newest first)
+    List {
+        /// Decided, used and expired ones too
+        #[arg(long)]
+        all: bool,
+        /// At most this many
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// JSON lines instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request: it then runs once when its requester calls it again
+    Approve { id: String },
+    /// Deny a request
+    Deny { id: String },
 }
 
 #[derive(Subcommand)]
@@ -208,6 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Whois { addr, json } => runtime()?.block_on(whois(config, &addr, json)),
         Command::CheckConfig => check_config(&config),
         Command::Audit { command } => audit_cmd(&config, command),
+        Command::Approvals { command } => runtime()?.block_on(approvals_cmd(&config, command)),
         Command::Targets {
             command: TargetsCommand::Check { id, json },
         } => runtime()?.block_on(targets_check(&config, id, json)),
@@ -240,14 +267,20 @@ async fn serve(config: Config, dev: Option<(SocketAddr, String)>) -> anyhow::Res
     let registry = Arc::new(Registry::build(&config.targets)?);
     let offered = tools::select(&config.tools).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(&config)))?;
     let offered = tools::for_targets(offered, &registry);
-    let shared = Arc::new(mcp::Shared::new(
-        config.clone(),
-        offered,
-        registry,
-        config.capability.clone(),
-        config.grants.clone(),
-        auditor.clone(),
-    ));
+    check_approval_tools(&config)?;
+    let approvals = Approvals::open(&config.database, config.approvals.clone())
+        .with_context(|| format!("cannot open the approvals store {}", config.database.display()))?;
+    let shared = Arc::new(
+        mcp::Shared::new(
+            config.clone(),
+            offered,
+            registry,
+            config.capability.clone(),
+            config.grants.clone(),
+            auditor.clone(),
+        )
+        .with_approvals(Arc::new(approvals)),
+    );
     let mode = match &dev {
         Some((_, login)) => IdentityMode::Dev { login: login.clone() },
         None => IdentityMode::Tailnet(LocalApi::new(&config.socket, config.whois_timeout)),
@@ -330,6 +363,7 @@ async fn whois(config: Config, addr: &str, json: bool) -> anyhow::Result<ExitCod
         grants: effective,
         tailnet: Default::default(),
         config: Arc::new(config.clone()),
+        approvals: None,
     };
     let view = tools::identity::describe(&ctx);
     if json {
@@ -411,12 +445,34 @@ fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
     }
     let catalog = tools::select(&config.tools).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(config)))?;
     let catalog = tools::for_targets(catalog, &registry);
+    check_approval_tools(config)?;
     if config.tools.read_only {
         println!("read-only:  only read-only tools are offered");
     }
     println!(
         "tools:      {}",
         catalog.iter().map(|t| t.spec().name).collect::<Vec<_>>().join(", ")
+    );
+    let a = &config.approvals;
+    println!(
+        "approvals:  low {}, moderate {}, high {}, critical {}; {} per-tool override(s); requests expire after {} s",
+        a.risk.low.as_str(),
+        a.risk.moderate.as_str(),
+        a.risk.high.as_str(),
+        a.risk.critical.as_str(),
+        a.tools.len(),
+        a.expiry.as_secs()
+    );
+    for (tool, mode) in &a.tools {
+        println!("  {tool} → {}", mode.as_str());
+    }
+    println!(
+        "limits:     {} calls in flight; per caller low {}/min, moderate {}/min, high {}/min, critical {}/min",
+        config.limits.max_in_flight,
+        config.limits.rate[0].per_minute,
+        config.limits.rate[1].per_minute,
+        config.limits.rate[2].per_minute,
+        config.limits.rate[3].per_minute
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -494,4 +550,105 @@ fn audit_cmd(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `approvals.tools` names must be tools this build knows.
+fn check_approval_tools(config: &Config) -> anyhow::Result<()> {
+    let catalog = tools::catalog();
+    let names: Vec<&str> = catalog.iter().map(|t| t.spec().name).collect();
+    approvals::check_tools(&config.approvals, &names).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(config)))
+}
+
+/// `tailopsmcp approvals ...`: the host-side approver. The decider is `host:<unix user>` (the
+/// real uid; whoever can write the database can decide, exactly like the server's own user),
+/// and each decision is audited like a tool call by that identity.
+async fn approvals_cmd(config: &Config, command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
+    let db = &config.database;
+    let store = Approvals::open(db, config.approvals.clone())
+        .with_context(|| format!("cannot open the approvals store {}", db.display()))?;
+    let now = approvals::now();
+    let (id, approve) = match command {
+        ApprovalsCommand::List { all, limit, json } => {
+            let (rows, omitted) = store.list(all, limit)?;
+            for a in &rows {
+                let v = a.view(now);
+                if json {
+                    println!("{}", serde_json::to_string(&v)?);
+                } else {
+                    println!(
+                        "{}  {:<8} {} from {}: {} (expires {})",
+                        v.id, v.status, v.requester, v.requester_node, v.summary, v.expires
+                    );
+                }
+            }
+            if omitted > 0 && !json {
+                println!("({omitted} more; raise --limit)");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ApprovalsCommand::Approve { id } => (id, true),
+        ApprovalsCommand::Deny { id } => (id, false),
+    };
+    if !approvals::valid_id(&id) {
+        bail!("`{id}` is not an approval id (12 characters: letters a-z without l and o, digits 2-9)");
+    }
+    let (who, node) = approvals::host_identity();
+    let auditor = Auditor::open(
+        db,
+        AuditOptions {
+            redact_fields: config.redact_fields.clone(),
+            journald: config.journald,
+        },
+    )
+    .with_context(|| format!("cannot open the audit database {}", db.display()))?;
+    let started = std::time::Instant::now();
+    let before = store.get(&id)?;
+    let result = store.decide(&id, approve, &who, &node);
+    let verb = if approve { "approve" } else { "deny" };
+    let mut rec = audit::Record::new();
+    rec.principal = Some(who.clone());
+    rec.node_name = Some(node.clone());
+    rec.identity_source = Some("host".into());
+    rec.method = "approvals/decide".into();
+    rec.tool = Some("approvals_decide".into());
+    rec.target = Some("local".into());
+    rec.arguments = Some(serde_json::json!({ "id": id, "decision": verb }));
+    let about = before
+        .as_ref()
+        .map(|a| format!("{}: {}", a.describe(), a.summary))
+        .unwrap_or_else(|| format!("approval `{id}`"));
+    match &result {
+        Ok(_) => {
+            rec.decision = audit::Decision::Allow;
+            rec.outcome = audit::Outcome::Ok;
+            rec.reason = Some(format!("{verb} by {who} on the server host (cli) deciding {about}"));
+        }
+        Err(e) => {
+            rec.decision = audit::Decision::Deny;
+            rec.outcome = audit::Outcome::Denied;
+            rec.reason = Some(format!(
+                "{verb} by {who} on the server host (cli) refused: {e}; {about}"
+            ));
+        }
+    }
+    rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+    auditor.record(rec).await.context("cannot audit the decision")?;
+    match result {
+        Ok(a) => {
+            let v = a.view(now);
+            let done = if approve { "approved" } else { "denied" };
+            println!("{done} {} as {who}: {}", a.describe(), a.summary);
+            if approve {
+                println!(
+                    "It runs once when {} calls it again with the same arguments before {}.",
+                    a.requester, v.expires
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("tailopsmcp: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! The MCP server handler: `tools/list` is the catalog filtered by the caller's grants, and
-//! `tools/call` is authorize → audit → run → audit → result.
+//! `tools/call` is authorize → limits → approvals gate → audit → run → audit → result.
 //!
 //! **Invariant:** every `tools/call` produces exactly one audit record, denials and bad input
 //! included; for a tool that can change something, the record is committed before the tool runs
@@ -19,7 +19,9 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 
+use crate::approvals::{self, Approvals, Mode, Recall};
 use crate::audit::{self, Auditor, Outcome, Record};
+use crate::limits::Limits;
 use crate::policy::{self, LocalGrant};
 use crate::tailnet::Caller;
 use crate::targets::{Registry, Target};
@@ -38,6 +40,11 @@ pub struct Shared {
     pub auditor: Auditor,
     /// This node's tailnet facts; refreshed by the listener when tailscaled's status changes.
     pub tailnet: RwLock<Arc<TailnetInfo>>,
+    /// Two-person approvals and confirmation sealing; without it, calls that need either are
+    /// refused (see [`Shared::with_approvals`]).
+    pub approvals: Option<Arc<Approvals>>,
+    /// Rate limits and the in-flight cap (`[limits]`).
+    pub limits: Limits,
 }
 
 impl Shared {
@@ -50,14 +57,22 @@ impl Shared {
         auditor: Auditor,
     ) -> Shared {
         Shared {
-            config,
             tools,
             targets,
             capability,
             grants,
             auditor,
             tailnet: RwLock::new(Arc::new(TailnetInfo::default())),
+            approvals: None,
+            limits: Limits::new(config.limits.clone()),
+            config,
         }
+    }
+
+    /// The approvals store calls with `confirm` or `two_person` mode need.
+    pub fn with_approvals(mut self, approvals: Arc<Approvals>) -> Shared {
+        self.approvals = Some(approvals);
+        self
     }
 
     pub fn set_tailnet(&self, info: TailnetInfo) {
@@ -285,6 +300,11 @@ impl ServerHandler for McpServer {
         let shared = &self.shared;
         let mut rec = record_for(&caller, session, "tools/call");
         rec.tool = Some(request.name.to_string());
+        // A confirmation round trip on 2026-07-28 echoes these back (see `McpServer::gate`).
+        let answer = Answer {
+            state: request.request_state.clone(),
+            responses: request.input_responses.clone(),
+        };
         let mut args: JsonObject = request.arguments.unwrap_or_default();
         rec.arguments = Some(serde_json::Value::Object(args.clone()));
 
@@ -372,15 +392,6 @@ impl ServerHandler for McpServer {
             format!("partly denied: {}", denied.join("; "))
         });
 
-        // A tool that can change something runs only once its audit row is committed.
-        let pending = if spec.mutates() {
-            let mut begin = rec.clone();
-            begin.outcome = Outcome::Pending;
-            Some(shared.auditor.begin(begin).await.map_err(audit_failed)?)
-        } else {
-            None
-        };
-
         let context = |target: &Arc<Target>| ToolContext {
             caller: caller.clone(),
             target: target.clone(),
@@ -388,6 +399,56 @@ impl ServerHandler for McpServer {
             grants: effective.clone(),
             tailnet: shared.tailnet(),
             config: shared.config.clone(),
+            approvals: shared.approvals.clone(),
+        };
+
+        // Limits, then approvals: after authorization, before anything runs. A refusal is
+        // audited like a denial and says what to do next.
+        let _admitted = match shared.limits.admit(&caller.principal, spec.risk) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                let message = refused.to_string();
+                audit_denial(rec, message.clone()).await.map_err(audit_failed)?;
+                let mut result = error_result(message);
+                let mut meta = rmcp::model::MetaObject::new();
+                meta.insert("tailopsmcp/retryAfterSecs".into(), refused.retry_after_secs.into());
+                result.meta = Some(meta);
+                return Ok(result.into());
+            }
+        };
+        let gate = self
+            .gate(
+                &ctx,
+                answer,
+                &caller,
+                &tool,
+                &allowed,
+                rec.target.as_deref().unwrap_or(""),
+                &args,
+                &context,
+            )
+            .await;
+        match gate {
+            Gate::Proceed(None) => {}
+            Gate::Proceed(Some(note)) => {
+                rec.reason = Some(format!("{}; {note}", rec.reason.take().unwrap_or_default()));
+            }
+            Gate::Respond { reason, response } => {
+                audit_denial(rec, reason).await.map_err(audit_failed)?;
+                return Ok(*response);
+            }
+        }
+        if let Some(note) = decide_note(shared, spec.name, &args).await {
+            rec.reason = Some(format!("{}; {note}", rec.reason.take().unwrap_or_default()));
+        }
+
+        // A tool that can change something runs only once its audit row is committed.
+        let pending = if spec.mutates() {
+            let mut begin = rec.clone();
+            begin.outcome = Outcome::Pending;
+            Some(shared.auditor.begin(begin).await.map_err(audit_failed)?)
+        } else {
+            None
         };
         let (outcome, error, response) = if fanout {
             let jobs: Vec<(usize, ToolContext, bool, String)> = decisions
@@ -750,4 +811,624 @@ fn serialized_len<T: serde::Serialize>(value: &T) -> Option<i64> {
 fn audit_failed(e: audit::AuditError) -> ErrorData {
     tracing::error!(error = %e, "audit write failed; refusing the call");
     ErrorData::internal_error("the audit log could not record this call; refused", None)
+}
+
+/// What a client echoed back on a confirmation round trip (protocol 2026-07-28).
+struct Answer {
+    state: Option<String>,
+    responses: Option<rmcp::model::InputResponses>,
+}
+
+/// What the approvals gate decided about a call.
+enum Gate {
+    /// Run it; the note (who approved or confirmed) goes into the audit reason.
+    Proceed(Option<String>),
+    /// Do not run it: answer with `response` and audit `reason`.
+    Respond {
+        reason: String,
+        response: Box<CallToolResponse>,
+    },
+}
+
+impl Gate {
+    fn refuse(reason: String) -> Gate {
+        Gate::Respond {
+            response: Box::new(error_result(reason.clone()).into()),
+            reason,
+        }
+    }
+}
+
+/// The key of the confirmation in an input-required result (2026-07-28).
+const CONFIRM_KEY: &str = "confirm";
+/// The boolean property the user sets in a confirmation form.
+const CONFIRM_FIELD: &str = "confirm";
+/// What the audit says about every client confirmation.
+const CLIENT_NOT_PERSON: &str = "a client confirmation, not a second person";
+
+impl McpServer {
+    /// The approvals gate between authorization and the run: nothing for `none`, the client's
+    /// yes for `confirm`, a different person's approval for `two_person`. A dry run of a
+    /// changing tool changes nothing and needs neither.
+    #[allow(clippy::too_many_arguments)]
+    async fn gate(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        answer: Answer,
+        caller: &Caller,
+        tool: &Arc<dyn Tool>,
+        allowed: &[Arc<Target>],
+        target: &str,
+        args: &JsonObject,
+        context: &(dyn Fn(&Arc<Target>) -> ToolContext + Sync),
+    ) -> Gate {
+        let spec = tool.spec();
+        let mode = self.shared.config.approvals.mode_for(spec);
+        if mode == Mode::None {
+            return Gate::Proceed(None);
+        }
+        if spec.mutates() && args.get("dry_run") == Some(&serde_json::Value::Bool(true)) {
+            return Gate::Proceed(Some(format!("{} mode skipped for a dry run", mode.as_str())));
+        }
+        let Some(store) = self.shared.approvals.clone() else {
+            return Gate::refuse(format!(
+                "`{}` needs {} and the approvals store is not available; nothing ran",
+                spec.name,
+                mode.as_str()
+            ));
+        };
+        let hash = approvals::call_hash(spec.name, target, args);
+        let call = format!(
+            "`{}` on {target} with {}",
+            spec.name,
+            approvals::canonical_json(&self.shared.auditor.redacted(&serde_json::Value::Object(args.clone())))
+        );
+        // What would run: the dry-run plan of a changing tool; the call itself for a read. Lazy:
+        // a re-call that spends an approval does not run the dry run again.
+        let name = spec.name;
+        let what = async move {
+            let plan = if tool.spec().mutates() {
+                match dry_run_plan(tool.as_ref(), allowed, args, context).await {
+                    Ok(p) => Some(p),
+                    Err(e) => return Err(format!("the dry run of `{name}` failed, nothing ran: {e}")),
+                }
+            } else {
+                None
+            };
+            let summary = match &plan {
+                Some(steps) => format!("{call}; plan: {}", plan_text(steps)),
+                None => format!("{call} (read-only: the call is the plan)"),
+            };
+            Ok((plan, summary))
+        };
+        match mode {
+            Mode::None => Gate::Proceed(None),
+            Mode::Confirm => match what.await {
+                Ok((_, summary)) => {
+                    self.confirm(ctx, answer, caller, name, target, &hash, &summary, &store)
+                        .await
+                }
+                Err(e) => Gate::refuse(e),
+            },
+            Mode::TwoPerson => {
+                // A caller that sent a progress token may wait for the decision, if allowed.
+                let wait = store.config.wait;
+                let waiter = ctx
+                    .meta
+                    .get_progress_token()
+                    .filter(|_| !wait.is_zero())
+                    .map(|token| Waiter {
+                        peer: ctx.peer.clone(),
+                        token,
+                        ct: ctx.ct.clone(),
+                        wait,
+                    });
+                two_person(
+                    &store,
+                    caller,
+                    name,
+                    target,
+                    args,
+                    &hash,
+                    what,
+                    &self.shared.auditor,
+                    waiter,
+                )
+                .await
+            }
+        }
+    }
+
+    /// `confirm`: elicitation on protocol versions with server-to-client requests; a sealed
+    /// input-required round trip on 2026-07-28; refused where the client cannot ask.
+    #[allow(clippy::too_many_arguments)]
+    async fn confirm(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        answer: Answer,
+        caller: &Caller,
+        tool: &str,
+        target: &str,
+        hash: &str,
+        summary: &str,
+        store: &Approvals,
+    ) -> Gate {
+        let message = format!("Run this? {summary}");
+        let form = rmcp::model::ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message: message.clone(),
+            requested_schema: rmcp::model::ElicitationSchema::builder()
+                .required_bool_property(CONFIRM_FIELD, |b| {
+                    b.title("Run it").description("Check to run exactly this call")
+                })
+                .build_unchecked(),
+        };
+        let timeout = store.config.confirm_timeout;
+        let stateless = ctx.protocol_version().is_some_and(|v| !v.has_initialize());
+        if stateless {
+            let Some(state) = answer.state else {
+                let sealed = match store.sealer.seal(&caller.principal, tool, target, hash, timeout) {
+                    Ok(s) => s,
+                    Err(e) => return Gate::refuse(format!("cannot seal a confirmation ({e}); nothing ran")),
+                };
+                let mut requests = rmcp::model::InputRequests::new();
+                requests.insert(
+                    CONFIRM_KEY.to_string(),
+                    rmcp::model::InputRequest::Elicitation(rmcp::model::ElicitRequest::new(form)),
+                );
+                return Gate::Respond {
+                    reason: format!(
+                        "confirmation asked of the client (input required, sealed state bound to this call; {CLIENT_NOT_PERSON}); nothing ran yet"
+                    ),
+                    response: Box::new(rmcp::model::InputRequiredResult::new(Some(requests), Some(sealed)).into()),
+                };
+            };
+            if let Err(e) = store.sealer.open(&state, &caller.principal, tool, target, hash) {
+                return Gate::refuse(format!("confirmation refused: {e}; nothing ran"));
+            }
+            let reply = answer
+                .responses
+                .as_ref()
+                .and_then(|r| r.get(CONFIRM_KEY))
+                .and_then(|v| serde_json::from_value::<rmcp::model::ElicitResult>(v.clone()).ok());
+            return confirmed(reply, "input-required round trip, sealed state verified");
+        }
+        let can_ask = ctx.client_capabilities().is_some_and(|c| c.elicitation.is_some());
+        if !can_ask {
+            return Gate::refuse(format!(
+                "`{tool}` needs a confirmation and this client cannot ask its user (it did not declare the \
+                 elicitation capability); nothing ran. Use a client that supports elicitation, or ask the operator \
+                 to change [approvals] for this tool."
+            ));
+        }
+        match ctx.peer.create_elicitation_with_timeout(form, Some(timeout)).await {
+            Ok(reply) => confirmed(Some(reply), "elicitation"),
+            Err(e) => Gate::refuse(format!("confirmation failed ({e}); nothing ran")),
+        }
+    }
+}
+
+/// The client's answer to a confirmation: only an accepted form with the box checked runs.
+fn confirmed(reply: Option<rmcp::model::ElicitResult>, how: &str) -> Gate {
+    let Some(reply) = reply else {
+        return Gate::refuse("confirmation refused: the client sent no answer to the confirmation; nothing ran".into());
+    };
+    let checked = reply
+        .content
+        .as_ref()
+        .and_then(|c| c.get(CONFIRM_FIELD))
+        .and_then(serde_json::Value::as_bool)
+        == Some(true);
+    match reply.action {
+        rmcp::model::ElicitationAction::Accept if checked => {
+            Gate::Proceed(Some(format!("confirmed by the client ({how}; {CLIENT_NOT_PERSON})")))
+        }
+        action => Gate::refuse(format!(
+            "not confirmed: the client answered {} ({how}); nothing ran",
+            match action {
+                rmcp::model::ElicitationAction::Accept => "accept without checking the box",
+                rmcp::model::ElicitationAction::Decline => "no",
+                rmcp::model::ElicitationAction::Cancel => "cancel",
+                _ => "something else",
+            }
+        )),
+    }
+}
+
+/// Where a waiting two-person call reports progress: the session's peer and the caller's
+/// progress token, for up to `[approvals] wait_secs`.
+struct Waiter {
+    peer: rmcp::Peer<RoleServer>,
+    token: rmcp::model::ProgressToken,
+    ct: tokio_util::sync::CancellationToken,
+    wait: std::time::Duration,
+}
+
+/// How often a waiting call looks for a decision.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Look up this exact call's approval (spending it if approved and live).
+async fn recall(store: &Arc<Approvals>, caller: &Caller, tool: &str, target: &str, hash: &str) -> Result<Recall, Gate> {
+    let s = store.clone();
+    let (principal, t, tg, h) = (
+        caller.principal.clone(),
+        tool.to_string(),
+        target.to_string(),
+        hash.to_string(),
+    );
+    match tokio::task::spawn_blocking(move || s.recall(&principal, &t, &tg, &h)).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "approvals store failed");
+            Err(Gate::refuse("the approvals store failed; nothing ran".into()))
+        }
+        Err(e) => Err(Gate::refuse(format!("the approvals check failed ({e}); nothing ran"))),
+    }
+}
+
+/// An approval already used for this call, and one approved for other arguments.
+type NoneOpen = (Option<Box<approvals::Approval>>, Option<Box<approvals::Approval>>);
+
+/// The answer to a found approval; `Err` when there is no open one for this call.
+fn recall_gate(found: Recall, tool: &str) -> Result<Gate, NoneOpen> {
+    let view_time = |a: &approvals::Approval| a.view(approvals::now());
+    Ok(match found {
+        Recall::Run(a) => {
+            let v = view_time(&a);
+            Gate::Proceed(Some(format!(
+                "two-person {} approved by {} from {} at {}; spent by this call",
+                a.describe(),
+                v.decided_by.unwrap_or_default(),
+                v.decided_by_node.unwrap_or_default(),
+                v.decided_at.unwrap_or_default()
+            )))
+        }
+        Recall::Waiting(a) => pending(&a, tool, "still waiting for a second person"),
+        Recall::Denied(a) => {
+            let v = view_time(&a);
+            Gate::refuse(format!(
+                "two-person {} was denied by {} from {}; nothing ran. The request is closed; calling again asks anew.",
+                a.describe(),
+                v.decided_by.unwrap_or_default(),
+                v.decided_by_node.unwrap_or_default()
+            ))
+        }
+        Recall::Expired(a) => {
+            let v = view_time(&a);
+            Gate::refuse(format!(
+                "two-person {} expired at {} ({}); nothing ran. Calling again asks anew.",
+                a.describe(),
+                v.expires,
+                match v.decided_by {
+                    Some(by) => format!("approved by {by} but not used in time"),
+                    None => "nobody decided it in time".into(),
+                }
+            ))
+        }
+        Recall::Nothing { used, other } => return Err((used, other)),
+    })
+}
+
+/// The answer while `a` waits for a decision.
+fn pending(a: &approvals::Approval, tool: &str, state: &str) -> Gate {
+    let text = format!(
+        "Approval pending: {} is {state}. Nothing ran.\n{}",
+        a.describe(),
+        how_to_approve(a, tool)
+    );
+    Gate::Respond {
+        reason: format!("two-person approval required: {} {state}", a.describe()),
+        response: Box::new(error_result(text).into()),
+    }
+}
+
+/// Wait for a decision on `a`, reporting progress, until it is decided, the wait ends or the
+/// client cancels; then answer like a re-call would (so an approval still runs once).
+#[allow(clippy::too_many_arguments)]
+async fn wait_for_decision(
+    store: &Arc<Approvals>,
+    caller: &Caller,
+    tool: &str,
+    target: &str,
+    hash: &str,
+    a: &approvals::Approval,
+    waiter: Waiter,
+    on_timeout: Gate,
+) -> Gate {
+    let deadline = tokio::time::Instant::now() + waiter.wait;
+    let mut round = 0u32;
+    loop {
+        round += 1;
+        let progress = rmcp::model::ProgressNotificationParam::new(waiter.token.clone(), f64::from(round))
+            .with_message(format!("waiting for a second person to approve {}", a.describe()));
+        let _ = waiter.peer.notify_progress(progress).await;
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return on_timeout;
+        }
+        tokio::select! {
+            _ = waiter.ct.cancelled() => return on_timeout,
+            _ = tokio::time::sleep(WAIT_POLL.min(deadline - now)) => {}
+        }
+        match recall(store, caller, tool, target, hash).await {
+            Err(g) => return g,
+            Ok(Recall::Waiting(_)) => continue,
+            Ok(found) => {
+                return recall_gate(found, tool)
+                    .unwrap_or_else(|_| Gate::refuse(format!("{} is no longer open; nothing ran", a.describe())));
+            }
+        }
+    }
+}
+
+/// `two_person`: spend an approval of exactly this call, or record a request for one (and, for
+/// a caller that sent a progress token while `wait_secs` is set, wait for the decision).
+#[allow(clippy::too_many_arguments)]
+async fn two_person(
+    store: &Arc<Approvals>,
+    caller: &Caller,
+    tool: &str,
+    target: &str,
+    args: &JsonObject,
+    hash: &str,
+    what: impl Future<Output = Result<(Option<serde_json::Value>, String), String>>,
+    auditor: &Auditor,
+    waiter: Option<Waiter>,
+) -> Gate {
+    let found = match recall(store, caller, tool, target, hash).await {
+        Ok(found) => found,
+        Err(g) => return g,
+    };
+    let (found, waiter) = match (found, waiter) {
+        (Recall::Waiting(a), Some(w)) => {
+            let on_timeout = pending(&a, tool, "still waiting for a second person");
+            return wait_for_decision(store, caller, tool, target, hash, &a, w, on_timeout).await;
+        }
+        other => other,
+    };
+    let view_time = |a: &approvals::Approval| a.view(approvals::now());
+    let (prefix, reason_prefix) = match recall_gate(found, tool) {
+        Ok(gate) => return gate,
+        Err((used, other)) => match (used, other) {
+            (_, Some(o)) => (
+                format!(
+                    "Refused: {} was approved for different arguments of `{tool}` on {target} (hash {}…); an approval \
+                     covers exactly the arguments it was asked for. Nothing ran.\n",
+                    o.describe(),
+                    &o.args_hash[..12]
+                ),
+                format!("changed arguments: {} covers other arguments; ", o.describe()),
+            ),
+            (Some(u), None) => (
+                format!(
+                    "{} for this exact call was already used at {}: an approval runs once. Nothing ran.\n",
+                    u.describe(),
+                    view_time(&u).used_at.unwrap_or_default()
+                ),
+                format!("already used: {}; ", u.describe()),
+            ),
+            (None, None) => (String::new(), String::new()),
+        },
+    };
+
+    let (plan, summary) = match what.await {
+        Ok(w) => w,
+        Err(e) => return Gate::refuse(e),
+    };
+    let request = approvals::NewRequest {
+        requester: caller.principal.clone(),
+        requester_node: format!("{} ({})", caller.node_name, caller.node_id),
+        tool: tool.to_string(),
+        target: target.to_string(),
+        arguments: auditor.redacted(&serde_json::Value::Object(args.clone())),
+        args_hash: hash.to_string(),
+        plan,
+        summary,
+    };
+    let s = store.clone();
+    let created = match tokio::task::spawn_blocking(move || s.request(&request)).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "approvals store failed");
+            return Gate::refuse("the approvals store could not record the request; nothing ran".into());
+        }
+        Err(e) => return Gate::refuse(format!("the approvals check failed ({e}); nothing ran")),
+    };
+    let text = format!(
+        "{prefix}Approval required: {} needs a second person (two-person rule). Nothing ran.\n{}",
+        created.summary,
+        how_to_approve(&created, tool)
+    );
+    let answer = Gate::Respond {
+        reason: format!(
+            "{reason_prefix}two-person approval required: requested {}",
+            created.describe()
+        ),
+        response: Box::new(error_result(text).into()),
+    };
+    match waiter {
+        Some(w) => wait_for_decision(store, caller, tool, target, hash, &created, w, answer).await,
+        None => answer,
+    }
+}
+
+/// The lines every pending answer ends with: the id and how to approve it.
+fn how_to_approve(a: &approvals::Approval, tool: &str) -> String {
+    let v = a.view(approvals::now());
+    format!(
+        "Approval id: {id}\nExpires: {exp}\nSomeone else with approvals:control approves it with the `approvals_decide` \
+         tool ({{\"id\": \"{id}\", \"decision\": \"approve\"}}) or on the server host with `tailopsmcp approvals \
+         approve {id}`. Then call `{tool}` again with the same arguments: it runs once.",
+        id = a.id,
+        exp = v.expires
+    )
+}
+
+/// The plan of a changing tool: its dry run on every allowed target, steps in order.
+async fn dry_run_plan(
+    tool: &dyn Tool,
+    allowed: &[Arc<Target>],
+    args: &JsonObject,
+    context: &(dyn Fn(&Arc<Target>) -> ToolContext + Sync),
+) -> Result<serde_json::Value, String> {
+    let mut steps = Vec::new();
+    for target in allowed {
+        let mut dry = args.clone();
+        dry.insert("dry_run".into(), serde_json::Value::Bool(true));
+        let out = run_on(tool, context(target), dry).await?;
+        match out.structured.get("plan").and_then(serde_json::Value::as_array) {
+            Some(plan) => steps.extend(plan.iter().cloned()),
+            None => return Err("its dry run returned no plan".into()),
+        }
+    }
+    Ok(serde_json::Value::Array(steps))
+}
+
+/// Plan steps as one line: `target: detail; ...`.
+fn plan_text(steps: &serde_json::Value) -> String {
+    steps
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    format!(
+                        "{}: {}",
+                        s.get("target").and_then(serde_json::Value::as_str).unwrap_or("?"),
+                        s.get("detail").and_then(serde_json::Value::as_str).unwrap_or("?")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+}
+
+/// For `approvals_decide`: whose request is being decided, so the decider's audit row names
+/// both identities.
+async fn decide_note(shared: &Shared, tool: &str, args: &JsonObject) -> Option<String> {
+    if tool != "approvals_decide" {
+        return None;
+    }
+    let id = args.get("id")?.as_str()?.to_string();
+    if !approvals::valid_id(&id) {
+        return None;
+    }
+    let store = shared.approvals.clone()?;
+    let found = tokio::task::spawn_blocking(move || store.get(&id)).await.ok()?.ok()??;
+    Some(format!("deciding {}: {}", found.describe(), found.summary))
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+    use crate::tools::{Annotations, Step, StepKind, ToolSpec};
+    use futures::future::BoxFuture;
+
+    /// A changing tool that reports one step per target and records whether it ran for real.
+    struct Restart {
+        spec: ToolSpec,
+        ran: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Tool for Restart {
+        fn spec(&self) -> &ToolSpec {
+            &self.spec
+        }
+        fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+            Box::pin(async move {
+                let dry = args.get("dry_run") == Some(&serde_json::Value::Bool(true));
+                if !dry {
+                    self.ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let plan = vec![Step {
+                    kind: StepKind::Command,
+                    target: ctx.target.id.clone(),
+                    detail: format!("systemctl restart {}", args["unit"].as_str().unwrap_or("?")),
+                }];
+                ToolOutput::new(&serde_json::json!({ "plan": plan }), String::new())
+            })
+        }
+    }
+
+    fn restart() -> Restart {
+        Restart {
+            spec: ToolSpec {
+                name: "services_restart",
+                title: "t",
+                description: "t",
+                requires: Requirement::AnyGrant,
+                risk: crate::tools::Risk::Moderate,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: false,
+                    open_world: false,
+                },
+                input_schema: Default::default(),
+                output_schema: Default::default(),
+            },
+            ran: Default::default(),
+        }
+    }
+
+    fn context(target: &Arc<Target>) -> ToolContext {
+        ToolContext {
+            caller: Arc::new(Caller::dev("t@example.com", "127.0.0.1:1".parse().unwrap())),
+            target: target.clone(),
+            targets: Arc::new(Registry::local_only()),
+            grants: Arc::new(policy::Effective::default()),
+            tailnet: Default::default(),
+            config: Arc::new(crate::config::Config::defaults()),
+            approvals: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_plan_is_the_dry_run_of_every_target_and_nothing_runs() {
+        let tool = restart();
+        let targets = vec![Arc::new(Target::local()), Arc::new(Target::local())];
+        let args: JsonObject = serde_json::from_str(r#"{"unit": "nginx.service"}"#).unwrap();
+        let plan = dry_run_plan(&tool, &targets, &args, &context).await.unwrap();
+        assert_eq!(plan.as_array().unwrap().len(), 2, "{plan}");
+        assert_eq!(
+            plan_text(&plan),
+            "local: systemctl restart nginx.service; local: systemctl restart nginx.service"
+        );
+        assert_eq!(tool.ran.load(std::sync::atomic::Ordering::SeqCst), 0, "a dry run only");
+    }
+
+    fn reply(action: rmcp::model::ElicitationAction, content: Option<serde_json::Value>) -> rmcp::model::ElicitResult {
+        let mut r = rmcp::model::ElicitResult::new(action);
+        r.content = content;
+        r
+    }
+
+    #[test]
+    fn only_an_accepted_form_with_the_box_checked_confirms() {
+        use rmcp::model::ElicitationAction::*;
+        let yes = confirmed(
+            Some(reply(Accept, Some(serde_json::json!({"confirm": true})))),
+            "elicitation",
+        );
+        assert!(matches!(yes, Gate::Proceed(Some(n)) if n.contains("not a second person")));
+        for (r, needle) in [
+            (
+                Some(reply(Accept, Some(serde_json::json!({"confirm": false})))),
+                "without checking",
+            ),
+            (Some(reply(Accept, None)), "without checking"),
+            (
+                Some(reply(Accept, Some(serde_json::json!({"confirm": "yes"})))),
+                "without checking",
+            ),
+            (Some(reply(Decline, None)), "answered no"),
+            (Some(reply(Cancel, None)), "answered cancel"),
+            (None, "no answer"),
+        ] {
+            match confirmed(r, "elicitation") {
+                Gate::Respond { reason, .. } => assert!(reason.contains(needle), "{reason}"),
+                Gate::Proceed(_) => panic!("waved through: {needle}"),
+            }
+        }
+    }
 }

@@ -86,6 +86,7 @@ fn ctx(config: Arc<Config>) -> ToolContext {
         grants: Arc::new(tailopsmcp::policy::Effective::default()),
         tailnet: Arc::new(tailopsmcp::tools::TailnetInfo::default()),
         config,
+        approvals: None,
     }
 }
 

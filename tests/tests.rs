@@ -1,5 +1,6 @@
 //! The one integration test binary: every test module and the shared harnesses under `support/`.
 
+mod approvals;
 mod audit;
 mod audit_chain;
 mod catalog;

@@ -449,6 +449,12 @@ impl Auditor {
     }
 
     /// The database file this auditor writes.
+    /// `value` with secret-looking keys redacted, exactly as an audit row would store it (for
+    /// other stores that show arguments, such as approvals).
+    pub fn redacted(&self, value: &serde_json::Value) -> serde_json::Value {
+        self.inner.redact.redact(value)
+    }
+
     pub fn path(&self) -> &Path {
         &self.inner.path
     }

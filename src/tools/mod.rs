@@ -7,6 +7,7 @@
 
 pub mod containers;
 pub mod files;
+pub mod approvals;
 pub mod format;
 pub mod identity;
 pub mod inventory;
@@ -95,6 +96,8 @@ pub struct ToolContext {
     pub tailnet: Arc<TailnetInfo>,
     /// The server's configuration (toolset sections such as file roots live here).
     pub config: Arc<crate::config::Config>,
+    /// The approvals store (for the `approvals_*` tools); `None` outside a server.
+    pub approvals: Option<Arc<crate::approvals::Approvals>>,
 }
 
 /// The server's own place in the tailnet, from LocalAPI status (empty in dev mode).
@@ -262,5 +265,6 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(stacks::tools());
     tools.extend(network::tools());
     tools.extend(proxmox::tools());
+    tools.extend(approvals::tools());
     tools
 }

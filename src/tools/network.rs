@@ -662,6 +662,7 @@ mod tests {
             grants: Arc::new(policy::Effective::default()),
             tailnet: Arc::new(super::super::TailnetInfo::default()),
             config: Arc::new(crate::config::Config::defaults()),
+            approvals: None,
         }
     }
 

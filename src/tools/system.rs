@@ -853,6 +853,7 @@ mod tests {
             grants: Arc::new(policy::Effective::default()),
             tailnet: Arc::new(TailnetInfo::default()),
             config: Arc::new(crate::config::Config::defaults()),
+            approvals: None,
         }
     }
 

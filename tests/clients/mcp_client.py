@@ -4,12 +4,14 @@ tests/support/pyclient.rs) over Streamable HTTP, one session, a list of actions.
 
 It only drives the SDK and reports what it saw; it must not judge results (the Rust tests do).
 
-Usage: mcp_client.py URL ACTIONS_JSON [--header NAME:VALUE]...
+Usage: mcp_client.py URL ACTIONS_JSON [--header NAME:VALUE]... [--elicit accept|decline]
 
 ACTIONS_JSON is a JSON list, run in order in one session after `initialize`:
   {"list_tools": {}}                      -> {"action": "list_tools", "tools": [names]}
   {"call": "NAME", "args": {...}}         -> {"action": "call", "tool": NAME, "isError": bool,
                                               "structuredContent": ..., "text": [text contents]}
+    (with "progress": true the call carries a progress token; each notification prints
+     {"action": "progress", "progress": N, "message": ...})
   {"ping": {}}                            -> {"action": "ping", "ok": true}
   {"list_prompts": {}}                    -> {"action": "list_prompts", "prompts": [{name, title, arguments}]}
   {"get_prompt": NAME, "args": {...}}     -> {"action": "get_prompt", "name": NAME, "description": ...,
@@ -19,6 +21,10 @@ ACTIONS_JSON is a JSON list, run in order in one session after `initialize`:
                                               "contents": [{"uri", "mimeType", "text"}]}
   With "expect_error": true, a JSON-RPC error from get_prompt or read_resource is reported as
   {"action": ..., "error": "...", "code": CODE} and the remaining actions still run.
+With --elicit the client declares the elicitation capability and answers every elicitation
+request: `accept` checks every boolean field of the form, `decline` says no. Each request
+it answers prints {"action": "elicitation", "message": ..., "answer": "accept"|"decline"}.
+Without --elicit the client declares no elicitation capability.
 Output: one JSON object per line on stdout, the first being
   {"action": "initialize", "protocolVersion": ..., "serverInfo": {...}}.
 A protocol failure (HTTP error, JSON-RPC error, broken stream) prints
@@ -62,7 +68,13 @@ async def run_action(session, action):
         emit({"action": "list_tools", "tools": names})
     elif "call" in action:
         name = action["call"]
-        result = await session.call_tool(name, action.get("args") or {})
+        callback = None
+        if action.get("progress"):
+
+            async def callback(progress, total, message):
+                emit({"action": "progress", "progress": progress, "message": message})
+
+        result = await session.call_tool(name, action.get("args") or {}, progress_callback=callback)
         texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
         emit(
             {
@@ -129,7 +141,20 @@ def describe(exc):
     return f"{type(exc).__name__}: {exc}", None
 
 
-async def main(url, actions, headers):
+def elicitation_callback(answer):
+    async def callback(context, params):
+        emit({"action": "elicitation", "message": params.message, "answer": answer})
+        if answer != "accept":
+            return types.ElicitResult(action="decline")
+        schema = getattr(params, "requested_schema", None) or {}
+        props = schema.get("properties", {}) if isinstance(schema, dict) else {}
+        content = {name: True for name, p in props.items() if p.get("type") == "boolean"}
+        return types.ElicitResult(action="accept", content=content)
+
+    return callback
+
+
+async def main(url, actions, headers, elicit=None):
     current = "connect"
     http_errors = []  # the SDK folds most HTTP errors into one JSON-RPC code; keep the status
 
@@ -147,7 +172,8 @@ async def main(url, actions, headers):
     try:
         async with http:
             async with streamable_http_client(url, http_client=http) as (read, write):
-                async with ClientSession(read, write) as session:
+                callback = elicitation_callback(elicit) if elicit else None
+                async with ClientSession(read, write, elicitation_callback=callback) as session:
                     current = "initialize"
                     init = await session.initialize()
                     emit(
@@ -179,20 +205,24 @@ def parse_args(argv):
     url, actions = argv[1], json.loads(argv[2])
     if not isinstance(actions, list):
         raise SystemExit("ACTIONS_JSON must be a JSON list")
-    headers, rest = {}, argv[3:]
+    headers, elicit, rest = {}, None, argv[3:]
     while rest:
+        if rest[0] == "--elicit" and len(rest) >= 2 and rest[1] in ("accept", "decline"):
+            elicit = rest[1]
+            rest = rest[2:]
+            continue
         if rest[0] != "--header" or len(rest) < 2 or ":" not in rest[1]:
             raise SystemExit(__doc__)
         name, value = rest[1].split(":", 1)
         headers[name.strip()] = value.strip()
         rest = rest[2:]
-    return url, actions, headers
+    return url, actions, headers, elicit
 
 
 if __name__ == "__main__":
     try:
-        url, actions, headers = parse_args(sys.argv)
+        url, actions, headers, elicit = parse_args(sys.argv)
     except SystemExit as e:
         print(e, file=sys.stderr)
         sys.exit(2)
-    sys.exit(anyio.run(main, url, actions, headers))
+    sys.exit(anyio.run(main, url, actions, headers, elicit))

@@ -1,0 +1,277 @@
+//! The `approvals` toolset: `approvals_list` (requests waiting for a second person) and
+//! `approvals_decide` (approve or deny one). The same operations are on the host as
+//! `tailopsmcp approvals list|approve|deny`.
+//!
+//! Tools here reach the approvals store through `ctx.approvals` (owned by `crate::approvals`);
+//! they never check scopes (the `mcp` layer does: `approvals:read` to list, `approvals:control`
+//! to decide) and never write audit rows. Self-approval is refused by the store, not here.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use rmcp::model::JsonObject;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Annotations, Requirement, Risk, Step, StepKind, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated,
+    bounded, input_schema, output_schema, parse_args,
+};
+use crate::approvals::{self, ApprovalView};
+use crate::policy::{Area, Level, Scope};
+
+pub const LIST_LIMIT_DEFAULT: i64 = 50;
+pub const LIST_LIMIT_MAX: i64 = 500;
+
+pub fn tools() -> Vec<Arc<dyn Tool>> {
+    vec![Arc::new(List::new()), Arc::new(Decide::new())]
+}
+
+fn store(ctx: &ToolContext) -> Result<Arc<approvals::Approvals>, ToolError> {
+    ctx.approvals
+        .clone()
+        .ok_or_else(|| ToolError::Internal("the approvals store is not open".into()))
+}
+
+/// Arguments of `approvals_list`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListArgs {
+    /// Ignored: approvals are not per target.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// `pending` (default: waiting for a decision) or `all` (decided, used and expired too).
+    #[serde(default)]
+    pub status: ListStatus,
+    /// At most this many, newest first: 1 to 500 (default 50).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 500))]
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListStatus {
+    #[default]
+    Pending,
+    All,
+}
+
+/// Output of `approvals_list`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ApprovalList {
+    pub approvals: Vec<ApprovalView>,
+    pub truncated: Option<Truncated>,
+}
+
+struct List {
+    spec: ToolSpec,
+}
+
+impl List {
+    fn new() -> List {
+        List {
+            spec: ToolSpec {
+                name: "approvals_list",
+                title: "List approval requests",
+                description: "Calls waiting for a second person's approval (or, with status=all, recent ones): who \
+                              asked, from which node, the tool, target, exact arguments and the plan of what would \
+                              run, and when the request expires. Approve or deny one with `approvals_decide`; you \
+                              cannot decide your own.",
+                requires: Requirement::Scope(Scope::new(Area::Approvals, Level::Read)),
+                risk: Risk::Low,
+                annotations: Annotations {
+                    read_only: true,
+                    destructive: false,
+                    idempotent: true,
+                    open_world: false,
+                },
+                input_schema: input_schema::<ListArgs>(),
+                output_schema: output_schema::<ApprovalList>(),
+            },
+        }
+    }
+}
+
+impl Tool for List {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let args: ListArgs = parse_args(args)?;
+            let limit = bounded("limit", args.limit, LIST_LIMIT_DEFAULT, 1, LIST_LIMIT_MAX)?;
+            let store = store(&ctx)?;
+            let all = args.status == ListStatus::All;
+            let (rows, omitted) = tokio::task::spawn_blocking(move || store.list(all, limit))
+                .await
+                .map_err(|e| ToolError::Internal(e.to_string()))?
+                .map_err(|e| ToolError::Internal(e.to_string()))?;
+            let now = approvals::now();
+            let views: Vec<ApprovalView> = rows.iter().map(|a| a.view(now)).collect();
+            let mut text = format!(
+                "{} approval request(s){}:\n",
+                views.len(),
+                if all { "" } else { " waiting for a decision" }
+            );
+            for v in &views {
+                let _ = writeln!(
+                    text,
+                    "  {}  {:<8} {} from {}: {} (expires {})",
+                    v.id, v.status, v.requester, v.requester_node, v.summary, v.expires
+                );
+            }
+            let truncated = (omitted > 0).then(|| Truncated {
+                cap: format!("limit={limit}"),
+                omitted: Some(omitted),
+            });
+            ToolOutput::new(
+                &ApprovalList {
+                    approvals: views,
+                    truncated,
+                },
+                text,
+            )
+        })
+    }
+}
+
+/// Arguments of `approvals_decide`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecideArgs {
+    /// Ignored: approvals are not per target.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// The approval's short id (from `approvals_list` or the requester).
+    pub id: String,
+    /// `approve` or `deny`.
+    pub decision: Verdict,
+    /// Only show what would be recorded.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approve,
+    Deny,
+}
+
+/// Output of `approvals_decide`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Decided {
+    pub approval: ApprovalView,
+    /// Whether the decision was recorded (false for a dry run).
+    pub recorded: bool,
+    pub plan: Vec<Step>,
+}
+
+struct Decide {
+    spec: ToolSpec,
+}
+
+impl Decide {
+    fn new() -> Decide {
+        Decide {
+            spec: ToolSpec {
+                name: "approvals_decide",
+                title: "Approve or deny a request",
+                description: "Approve or deny another person's pending call by its short id, after reading what it \
+                              would run (`approvals_list`). The decision is final and recorded with your identity; \
+                              an approved call then runs once, when its requester calls it again with the same \
+                              arguments before it expires. You cannot decide your own request.",
+                requires: Requirement::Scope(Scope::new(Area::Approvals, Level::Control)),
+                risk: Risk::Moderate,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: false,
+                    open_world: false,
+                },
+                input_schema: input_schema::<DecideArgs>(),
+                output_schema: output_schema::<Decided>(),
+            },
+        }
+    }
+}
+
+impl Tool for Decide {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let args: DecideArgs = parse_args(args)?;
+            if !approvals::valid_id(&args.id) {
+                return Err(ToolError::InvalidArgs(
+                    "`id` must be a 12-character approval id (letters a-z without l and o, digits 2-9)".into(),
+                ));
+            }
+            let store = store(&ctx)?;
+            let approve = args.decision == Verdict::Approve;
+            let verb = if approve { "approve" } else { "deny" };
+            let plan = vec![Step {
+                kind: StepKind::File,
+                target: "local".into(),
+                detail: format!(
+                    "record `{verb}` by {} on approval {} in the approvals table",
+                    ctx.caller.principal, args.id
+                ),
+            }];
+            let now = approvals::now();
+            if args.dry_run {
+                let id = args.id.clone();
+                let s = store.clone();
+                let found = tokio::task::spawn_blocking(move || s.get(&id))
+                    .await
+                    .map_err(|e| ToolError::Internal(e.to_string()))?
+                    .map_err(|e| ToolError::Internal(e.to_string()))?
+                    .ok_or_else(|| ToolError::Failed(format!("no approval has the id `{}`", args.id)))?;
+                let text = format!("dry run: would {verb} {}: {}", found.describe(), found.summary);
+                return ToolOutput::new(
+                    &Decided {
+                        approval: found.view(now),
+                        recorded: false,
+                        plan,
+                    },
+                    text,
+                );
+            }
+            let principal = ctx.caller.principal.clone();
+            let node = format!("{} ({})", ctx.caller.node_name, ctx.caller.node_id);
+            let id = args.id.clone();
+            let decided = tokio::task::spawn_blocking(move || store.decide(&id, approve, &principal, &node))
+                .await
+                .map_err(|e| ToolError::Internal(e.to_string()))?
+                .map_err(|e| ToolError::Failed(e.to_string()))?;
+            let text = format!(
+                "{} {}: {}{}",
+                if approve { "approved" } else { "denied" },
+                decided.describe(),
+                decided.summary,
+                if approve {
+                    format!(
+                        "\nIt runs once when {} calls it again with the same arguments before {}.",
+                        decided.requester,
+                        decided.view(now).expires
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            ToolOutput::new(
+                &Decided {
+                    approval: decided.view(now),
+                    recorded: true,
+                    plan,
+                },
+                text,
+            )
+        })
+    }
+}

@@ -1,0 +1,631 @@
+//! Approvals, confirmations and rate limits end to end: the real binary on a test tailnet with
+//! two people (alice asks, bob approves), the host CLI as a third approver, the MCP Python SDK
+//! as a client with and without elicitation, and raw 2026-07-28 requests for the sealed
+//! request-state round trip. Every step is checked in the audit rows too.
+//!
+//! Today's catalog has only read-only tools, so the servers here map existing tools to modes:
+//! `system_processes` → two_person (its `limit` makes "changed arguments" testable) and
+//! `targets_check` → confirm.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::http::{Conn, Mcp};
+use crate::support::localapi::{StandIn, whois_for};
+use crate::support::netns::{Tailnet, skip_or_fail};
+use crate::support::server::{CAP, PORT, Server, run_cli};
+use tailopsmcp::audit::{Decision, Outcome, Record};
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
+const ALICE: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 2));
+const BOB: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 3));
+const ALICE_LOGIN: &str = "alice@example.com";
+const BOB_LOGIN: &str = "bob@example.com";
+
+const MODES: &str = r#"
+[approvals.tools]
+system_processes = "two_person"
+targets_check = "confirm"
+system_status = "confirm"
+"#;
+
+struct World {
+    net: Tailnet,
+    _standin: StandIn,
+    server: Server,
+}
+
+/// Alice and bob may both read everything and decide approvals (so alice's own approval is
+/// refused for being hers, not for a missing scope).
+async fn world(extra: &str) -> Option<World> {
+    let net = match Tailnet::new(SERVER_IP, None) {
+        Ok(n) => n,
+        Err(e) => {
+            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
+            return None;
+        }
+    };
+    // Alice first: the Python client (which does not bind) connects from her address.
+    net.add_caller(ALICE).unwrap();
+    net.add_caller(BOB).unwrap();
+    let standin = StandIn::start().await;
+    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
+    standin.add_identity(
+        ALICE,
+        whois_for(
+            "whois-user.json",
+            ALICE_LOGIN,
+            ALICE,
+            CAP,
+            json!([{"scopes": ["monitor", "approvals:control"], "targets": ["*"]}]),
+        ),
+    );
+    standin.add_identity(
+        BOB,
+        whois_for(
+            "whois-user.json",
+            BOB_LOGIN,
+            BOB,
+            CAP,
+            json!([{"scopes": ["monitor", "approvals:control"], "targets": ["*"]}]),
+        ),
+    );
+    let server = Server::start(&net, &standin, "", extra).await;
+    Some(World {
+        net,
+        _standin: standin,
+        server,
+    })
+}
+
+impl World {
+    async fn conn(&self, from: IpAddr) -> Conn {
+        let stream = self
+            .net
+            .connect(from, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
+            .await
+            .expect("connect");
+        Conn::new(stream).await
+    }
+
+    async fn mcp(&self, from: IpAddr) -> Mcp {
+        let mut m = Mcp::new(self.conn(from).await, &format!("{SERVER_IP}:{PORT}"));
+        m.initialize().await.expect("initialize");
+        m
+    }
+
+    /// The newest audit row of `principal` calling `tool`, once there are `n` of them.
+    async fn row(&self, n: usize, principal: &str, tool: &str) -> Record {
+        let rows = self
+            .server
+            .audit_where(n, |r| {
+                r.principal.as_deref() == Some(principal) && r.tool.as_deref() == Some(tool)
+            })
+            .await;
+        assert!(
+            rows.len() >= n,
+            "expected {n} audit rows of {principal} calling {tool}, got {rows:#?}"
+        );
+        rows.last().cloned().unwrap()
+    }
+
+    /// The Python SDK client, from alice's address, answering elicitations with `elicit`.
+    async fn python(&self, actions: Value, elicit: Option<&str>) -> Option<(Vec<Value>, String)> {
+        let python = match crate::support::pyclient::python_mcp() {
+            Ok(p) => p,
+            Err(e) => {
+                skip_or_fail(&format!("MCP Python SDK: {e}"));
+                return None;
+            }
+        };
+        let mut cmd = self.net.command_in_peer_ns(&python.to_string_lossy());
+        cmd.arg(crate::support::pyclient::client_script())
+            .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
+            .arg(actions.to_string());
+        if let Some(answer) = elicit {
+            cmd.args(["--elicit", answer]);
+        }
+        let out = cmd.output().await.expect("run the MCP Python client");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "client failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        Some((lines, stdout))
+    }
+}
+
+fn text(r: &Value) -> &str {
+    r["content"][0]["text"].as_str().unwrap_or("")
+}
+
+/// The approval id a pending answer names (`Approval id: ID`).
+fn approval_id(r: &Value) -> String {
+    let t = text(r);
+    let id = t
+        .lines()
+        .find_map(|l| l.strip_prefix("Approval id: "))
+        .unwrap_or_else(|| panic!("no approval id in {r}"));
+    assert_eq!(id.len(), 12, "{id}");
+    id.to_string()
+}
+
+fn decide(id: &str, decision: &str) -> Value {
+    json!({"id": id, "decision": decision})
+}
+
+fn reason(r: &Record) -> &str {
+    r.reason.as_deref().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_person_approves_and_the_call_runs_exactly_once() {
+    let Some(w) = world(MODES).await else { return };
+    let mut alice = w.mcp(ALICE).await;
+    let mut bob = w.mcp(BOB).await;
+    let args = json!({"limit": 5, "sort": "memory"});
+
+    // Alice's call is recorded as pending and does not run.
+    let r = alice.call_tool("system_processes", args.clone()).await.unwrap();
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(text(&r).starts_with("Approval required:"), "{r}");
+    assert!(text(&r).contains("Nothing ran"), "{r}");
+    assert!(text(&r).contains("tailopsmcp approvals approve"), "{r}");
+    assert!(
+        r.get("structuredContent").is_none_or(Value::is_null),
+        "nothing ran: {r}"
+    );
+    let id = approval_id(&r);
+    let row = w.row(1, ALICE_LOGIN, "system_processes").await;
+    assert_eq!((row.decision, row.outcome), (Decision::Deny, Outcome::Denied));
+    assert!(
+        reason(&row).contains(&format!("two-person approval required: requested approval `{id}`")),
+        "{row:?}"
+    );
+
+    // Asking again before anyone decided names the same request.
+    let again = alice.call_tool("system_processes", args.clone()).await.unwrap();
+    assert!(text(&again).contains("still waiting for a second person"), "{again}");
+    assert_eq!(approval_id(&again), id);
+
+    // Alice cannot approve her own request, even though she holds approvals:control.
+    let own = alice
+        .call_tool("approvals_decide", decide(&id, "approve"))
+        .await
+        .unwrap();
+    assert_eq!(own["isError"], true, "{own}");
+    assert!(text(&own).contains("cannot decide their own request"), "{own}");
+    let own_row = w.row(1, ALICE_LOGIN, "approvals_decide").await;
+    assert_eq!(own_row.outcome, Outcome::Error, "{own_row:?}");
+
+    // Bob sees what would run, with alice's identity, and approves it.
+    let list = bob.call_tool("approvals_list", json!({})).await.unwrap();
+    let pending = &list["structuredContent"]["approvals"];
+    assert_eq!(pending.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(pending[0]["id"], id.as_str());
+    assert_eq!(pending[0]["requester"], ALICE_LOGIN);
+    assert_eq!(pending[0]["tool"], "system_processes");
+    assert_eq!(pending[0]["arguments"], args);
+    let dry = bob
+        .call_tool(
+            "approvals_decide",
+            json!({"id": id, "decision": "approve", "dry_run": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dry["structuredContent"]["recorded"], false, "{dry}");
+    let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
+    assert_eq!(ok["isError"], false, "{ok}");
+    assert_eq!(ok["structuredContent"]["approval"]["status"], "approved");
+    assert_eq!(ok["structuredContent"]["approval"]["decided_by"], BOB_LOGIN);
+    let bob_row = w.row(2, BOB_LOGIN, "approvals_decide").await;
+    assert_eq!(bob_row.outcome, Outcome::Ok);
+    assert!(
+        reason(&bob_row).contains(&format!("deciding approval `{id}` (requested by {ALICE_LOGIN}")),
+        "both identities in the decider's row: {bob_row:?}"
+    );
+    // A decision is final.
+    let twice = bob.call_tool("approvals_decide", decide(&id, "deny")).await.unwrap();
+    assert!(
+        text(&twice).contains("already decided: approve by bob@example.com"),
+        "{twice}"
+    );
+
+    // Changed arguments are refused (and asked for separately); the approval stays unused.
+    let changed = alice
+        .call_tool("system_processes", json!({"limit": 6, "sort": "memory"}))
+        .await
+        .unwrap();
+    assert_eq!(changed["isError"], true, "{changed}");
+    assert!(text(&changed).contains("approved for different arguments"), "{changed}");
+    let other_id = approval_id(&changed);
+    assert_ne!(other_id, id);
+
+    // The approved call runs once, in any key order.
+    let run = alice
+        .call_tool("system_processes", json!({"sort": "memory", "limit": 5}))
+        .await
+        .unwrap();
+    assert_eq!(run["isError"], false, "{run}");
+    assert!(run["structuredContent"]["processes"].is_array(), "{run}");
+    let ran = w
+        .server
+        .audit_where(1, |r| {
+            r.principal.as_deref() == Some(ALICE_LOGIN) && r.outcome == Outcome::Ok
+        })
+        .await;
+    assert_eq!(ran.len(), 1, "{ran:#?}");
+    assert!(
+        reason(&ran[0]).contains(&format!("approval `{id}`"))
+            && reason(&ran[0]).contains(&format!("approved by {BOB_LOGIN}")),
+        "both identities in the requester's row: {:?}",
+        ran[0]
+    );
+
+    // A second re-call does not run again.
+    let second = alice.call_tool("system_processes", args.clone()).await.unwrap();
+    assert_eq!(second["isError"], true, "{second}");
+    assert!(text(&second).contains("already used"), "{second}");
+    let third_id = approval_id(&second);
+    let used = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
+    assert!(text(&used).contains("already used"), "{used}");
+
+    // The host CLI approves as `host:<unix user>`, audited; the call then runs.
+    let cfg = w.server.config.to_string_lossy().into_owned();
+    let (code, listed, err) = run_cli(&["--config", &cfg, "approvals", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(listed.contains(&third_id) && listed.contains(&other_id), "{listed}");
+    let (code, out, err) = run_cli(&["--config", &cfg, "approvals", "approve", &third_id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("approved approval `{third_id}`")), "{out}");
+    let host_rows = w.server.audit_where(1, |r| r.method == "approvals/decide").await;
+    let host = host_rows.first().expect("the CLI decision is audited");
+    assert!(host.principal.as_deref().unwrap_or("").starts_with("host:"), "{host:?}");
+    assert!(
+        reason(host).contains(&format!("requested by {ALICE_LOGIN}")),
+        "{host:?}"
+    );
+    let run = alice.call_tool("system_processes", args.clone()).await.unwrap();
+    assert_eq!(run["isError"], false, "{run}");
+
+    // A denial refuses the call; bad ids are refused before any lookup.
+    let (code, _, err) = run_cli(&["--config", &cfg, "approvals", "deny", &other_id]);
+    assert_eq!(code, 0, "{err}");
+    let denied = alice
+        .call_tool("system_processes", json!({"limit": 6, "sort": "memory"}))
+        .await
+        .unwrap();
+    assert_eq!(denied["isError"], true);
+    assert!(text(&denied).contains("was denied by host:"), "{denied}");
+    let (code, _, err) = run_cli(&["--config", &cfg, "approvals", "approve", "../../etc/x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not an approval id"), "{err}");
+    for bad in ["x", "'; DROP TABLE approvals; --", "ABCDEFGHJKMN"] {
+        let r = bob.call_tool("approvals_decide", decide(bad, "approve")).await.unwrap();
+        assert_eq!(r["isError"], true, "{bad}: {r}");
+        assert!(text(&r).contains("12-character approval id"), "{bad}: {r}");
+    }
+    let r = bob.call_tool("approvals_decide", decide(&id, "maybe")).await.unwrap();
+    assert_eq!(r["isError"], true, "{r}");
+    let r = bob.call_tool("approvals_list", json!({"limit": 100000})).await.unwrap();
+    assert!(text(&r).contains("between 1 and 500"), "{r}");
+
+    // Ran exactly twice in all: once on bob's approval, once on the host's.
+    let runs = w
+        .server
+        .audit_where(2, |r| {
+            r.tool.as_deref() == Some("system_processes") && r.outcome == Outcome::Ok
+        })
+        .await;
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_call_reports_progress_and_runs_once_approved() {
+    let Some(w) = world(&format!("[approvals]\nwait_secs = 60\n{MODES}")).await else {
+        return;
+    };
+    let python = match crate::support::pyclient::python_mcp() {
+        Ok(p) => p,
+        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    };
+    // Alice's client asks with a progress token and waits.
+    let actions = json!([{"call": "system_processes", "args": {"limit": 2}, "progress": true}]);
+    let client = w
+        .net
+        .command_in_peer_ns(&python.to_string_lossy())
+        .arg(crate::support::pyclient::client_script())
+        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
+        .arg(actions.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the MCP Python client");
+    // Bob sees the request appear and approves it.
+    let mut bob = w.mcp(BOB).await;
+    let mut id = None;
+    for _ in 0..100 {
+        let list = bob.call_tool("approvals_list", json!({})).await.unwrap();
+        if let Some(found) = list["structuredContent"]["approvals"][0]["id"].as_str() {
+            id = Some(found.to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = id.expect("alice's request shows up while her call waits");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
+    assert_eq!(ok["isError"], false, "{ok}");
+    let out = tokio::time::timeout(Duration::from_secs(30), client.wait_with_output())
+        .await
+        .expect("the waiting call returns after the approval")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let progress: Vec<&Value> = lines.iter().filter(|l| l["action"] == "progress").collect();
+    assert!(!progress.is_empty(), "{stdout}");
+    assert!(
+        progress[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("waiting for a second person to approve approval `{id}`")),
+        "{stdout}"
+    );
+    let result = lines.iter().find(|l| l["action"] == "call").expect(&stdout);
+    assert_eq!(result["isError"], false, "{stdout}");
+    assert!(result["structuredContent"]["processes"].is_array(), "{stdout}");
+    let row = w.row(1, ALICE_LOGIN, "system_processes").await;
+    assert_eq!(row.outcome, Outcome::Ok, "{row:?}");
+    assert!(reason(&row).contains(&format!("approved by {BOB_LOGIN}")), "{row:?}");
+    // Spent: the same call again asks anew.
+    let mut alice = w.mcp(ALICE).await;
+    let again = alice.call_tool("system_processes", json!({"limit": 2})).await.unwrap();
+    assert!(text(&again).contains("already used"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_approval_refuses() {
+    let Some(w) = world(&format!("[approvals]\nexpiry_secs = 2\n{MODES}")).await else {
+        return;
+    };
+    let mut alice = w.mcp(ALICE).await;
+    let mut bob = w.mcp(BOB).await;
+    let r = alice.call_tool("system_processes", json!({"limit": 3})).await.unwrap();
+    let id = approval_id(&r);
+    let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
+    assert_eq!(ok["isError"], false, "{ok}");
+    let late = alice.call_tool("system_processes", json!({"limit": 4})).await.unwrap();
+    let late_id = approval_id(&late);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let expired = alice.call_tool("system_processes", json!({"limit": 3})).await.unwrap();
+    assert_eq!(expired["isError"], true, "{expired}");
+    assert!(text(&expired).contains(&format!("approval `{id}`")), "{expired}");
+    assert!(text(&expired).contains("expired at"), "{expired}");
+    assert!(
+        text(&expired).contains("approved by bob@example.com but not used in time"),
+        "{expired}"
+    );
+    let row = w.row(3, ALICE_LOGIN, "system_processes").await;
+    assert_eq!(row.outcome, Outcome::Denied);
+    assert!(reason(&row).contains("expired at"), "{row:?}");
+    // Deciding an expired request is refused too.
+    let r = bob
+        .call_tool("approvals_decide", decide(&late_id, "approve"))
+        .await
+        .unwrap();
+    assert!(text(&r).contains("has expired"), "{r}");
+    let none = w
+        .server
+        .audit_where(1, |r| {
+            r.tool.as_deref() == Some("system_processes") && r.outcome == Outcome::Ok
+        })
+        .await;
+    assert!(none.is_empty(), "nothing ran: {none:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_asks_the_clients_user_and_refuses_clients_that_cannot_ask() {
+    let Some(w) = world(MODES).await else { return };
+    let call = json!([{"call": "targets_check", "args": {}}]);
+
+    let Some((lines, out)) = w.python(call.clone(), Some("accept")).await else {
+        return;
+    };
+    let asked = lines.iter().find(|l| l["action"] == "elicitation").expect(&out);
+    assert!(
+        asked["message"].as_str().unwrap().contains("`targets_check` on local"),
+        "the summary names the call: {out}"
+    );
+    let result = lines.iter().find(|l| l["action"] == "call").expect(&out);
+    assert_eq!(result["isError"], false, "{out}");
+    assert_eq!(result["structuredContent"]["ok"], true, "{out}");
+    let row = w.row(1, ALICE_LOGIN, "targets_check").await;
+    assert_eq!(row.outcome, Outcome::Ok);
+    assert!(
+        reason(&row).contains("confirmed by the client (elicitation; a client confirmation, not a second person)"),
+        "{row:?}"
+    );
+
+    let (lines, out) = w.python(call.clone(), Some("decline")).await.unwrap();
+    assert!(lines.iter().any(|l| l["action"] == "elicitation"), "{out}");
+    let result = lines.iter().find(|l| l["action"] == "call").expect(&out);
+    assert_eq!(result["isError"], true, "{out}");
+    assert!(
+        result["text"][0]
+            .as_str()
+            .unwrap()
+            .contains("not confirmed: the client answered no"),
+        "{out}"
+    );
+    let row = w.row(2, ALICE_LOGIN, "targets_check").await;
+    assert_eq!((row.decision, row.outcome), (Decision::Deny, Outcome::Denied));
+
+    let (lines, out) = w.python(call, None).await.unwrap();
+    assert!(!lines.iter().any(|l| l["action"] == "elicitation"), "{out}");
+    let result = lines.iter().find(|l| l["action"] == "call").expect(&out);
+    assert_eq!(result["isError"], true, "{out}");
+    assert!(
+        result["text"][0].as_str().unwrap().contains("cannot ask its user"),
+        "never waved through: {out}"
+    );
+    let row = w.row(3, ALICE_LOGIN, "targets_check").await;
+    assert_eq!(row.outcome, Outcome::Denied);
+    assert_eq!(
+        w.server
+            .audit_where(1, |r| r.tool.as_deref() == Some("targets_check")
+                && r.outcome == Outcome::Ok)
+            .await
+            .len(),
+        1,
+        "only the confirmed call ran"
+    );
+}
+
+/// A stateless 2026-07-28 `tools/call` from `from`, with the per-request `_meta` that version
+/// requires, plus `extra` params (`inputResponses`, `requestState`).
+async fn call_2026(w: &World, from: IpAddr, tool: &str, args: Value, extra: Value) -> Value {
+    let mut m = Mcp::new(w.conn(from).await, &format!("{SERVER_IP}:{PORT}"));
+    m.protocol = "2026-07-28".into();
+    // SEP-2243: the method and tool name ride in headers too on this version.
+    m.extra_headers = vec![
+        ("mcp-method".into(), "tools/call".into()),
+        ("mcp-name".into(), tool.into()),
+    ];
+    let mut params = json!({
+        "name": tool,
+        "arguments": args,
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "tailopsmcp-tests", "version": "0"},
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}},
+        },
+    });
+    if let Value::Object(more) = extra {
+        params.as_object_mut().unwrap().extend(more);
+    }
+    let resp = m.request("tools/call", params).await.expect("tools/call");
+    let v = resp.try_json().unwrap_or_else(|e| panic!("{e}: {}", resp.text()));
+    v.get("result").cloned().unwrap_or_else(|| panic!("no result: {v}"))
+}
+
+fn yes() -> Value {
+    json!({"confirm": {"action": "accept", "content": {"confirm": true}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_2026_07_28_a_sealed_request_state_confirms_once() {
+    let Some(w) = world(MODES).await else { return };
+    let first = call_2026(&w, ALICE, "targets_check", json!({}), json!({})).await;
+    assert_eq!(first["resultType"], "input_required", "{first}");
+    let form = &first["inputRequests"]["confirm"];
+    assert_eq!(form["method"], "elicitation/create", "{first}");
+    assert!(
+        form["params"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`targets_check` on local")
+    );
+    let state = first["requestState"].as_str().expect("a request state").to_string();
+
+    // Edited, or presented by someone else, or for other arguments: refused.
+    let mut edited = state.clone().into_bytes();
+    let i = edited.len() - 10;
+    edited[i] = if edited[i] == b'A' { b'B' } else { b'A' };
+    let edited = String::from_utf8(edited).unwrap();
+    for (from, tool, st) in [
+        (ALICE, "targets_check", edited.as_str()),
+        (ALICE, "targets_check", "x.y.z"),
+        (BOB, "targets_check", state.as_str()),
+        (ALICE, "system_status", state.as_str()),
+    ] {
+        let r = call_2026(
+            &w,
+            from,
+            tool,
+            json!({}),
+            json!({"requestState": st, "inputResponses": yes()}),
+        )
+        .await;
+        assert_eq!(r["isError"], true, "{r}");
+        assert!(text(&r).contains("does not verify"), "{tool} from {from}: {r}");
+    }
+    // Saying no refuses (and spends the state).
+    let no = call_2026(&w, ALICE, "targets_check", json!({}), json!({})).await;
+    let no_state = no["requestState"].as_str().unwrap();
+    let r = call_2026(
+        &w,
+        ALICE,
+        "targets_check",
+        json!({}),
+        json!({"requestState": no_state, "inputResponses": {"confirm": {"action": "decline"}}}),
+    )
+    .await;
+    assert!(text(&r).contains("not confirmed"), "{r}");
+
+    // The genuine answer runs the call, once; a replay is refused.
+    let ok = call_2026(
+        &w,
+        ALICE,
+        "targets_check",
+        json!({}),
+        json!({"requestState": state, "inputResponses": yes()}),
+    )
+    .await;
+    assert_eq!(ok["isError"], false, "{ok}");
+    assert_eq!(ok["structuredContent"]["ok"], true, "{ok}");
+    let replay = call_2026(
+        &w,
+        ALICE,
+        "targets_check",
+        json!({}),
+        json!({"requestState": state, "inputResponses": yes()}),
+    )
+    .await;
+    assert_eq!(replay["isError"], true, "{replay}");
+    assert!(text(&replay).contains("already used"), "{replay}");
+
+    let ran = w
+        .server
+        .audit_where(1, |r| {
+            r.tool.as_deref() == Some("targets_check") && r.outcome == Outcome::Ok
+        })
+        .await;
+    assert_eq!(ran.len(), 1, "{ran:#?}");
+    assert!(
+        reason(&ran[0]).contains("sealed state verified; a client confirmation, not a second person"),
+        "{:?}",
+        ran[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_trip_say_when_to_retry_and_recover() {
+    let limits = "[limits.rate.low]\nburst = 2\nper_minute = 60\n";
+    let Some(w) = world(limits).await else { return };
+    let mut alice = w.mcp(ALICE).await;
+    let mut bob = w.mcp(BOB).await;
+    for _ in 0..2 {
+        let r = alice.call_tool("whoami", json!({})).await.unwrap();
+        assert_eq!(r["isError"], false, "{r}");
+    }
+    let refused = alice.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert!(text(&refused).contains("rate limit"), "{refused}");
+    assert!(text(&refused).contains("retry after 1 s"), "{refused}");
+    assert_eq!(refused["_meta"]["tailopsmcp/retryAfterSecs"], 1, "{refused}");
+    let row = w.row(3, ALICE_LOGIN, "whoami").await;
+    assert_eq!((row.decision, row.outcome), (Decision::Deny, Outcome::Denied));
+    assert!(reason(&row).contains("retry after 1 s"), "{row:?}");
+    // Bob has his own bucket.
+    let r = bob.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(r["isError"], false, "{r}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = alice.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(r["isError"], false, "recovered: {r}");
+}
