@@ -671,36 +671,7 @@ mod tests {
 
     /// Tools other branches are adding while this one is written; the merge reconciles them
     /// with the catalog (then this list should be empty).
-    const PENDING: &[&str] = &[
-        "system_sockets",
-        "system_disks",
-        "containers_list",
-        "containers_inspect",
-        "containers_logs",
-        "containers_stats",
-        "containers_restart",
-        "containers_images",
-        "containers_networks",
-        "containers_volumes",
-        "stacks_list",
-        "stacks_deploy",
-        "services_list",
-        "packages_updates",
-        "logs_journal",
-        "logs_analyze",
-        "files_list",
-        "files_search",
-        "network_tls_check",
-        "network_port_check",
-        "network_http_probe",
-        "network_dns_lookup",
-        "network_ping",
-        "network_traceroute",
-        "inventory_scan",
-        "inventory_get",
-        "inventory_set",
-        "inventory_annotate",
-    ];
+    const PENDING: &[&str] = &["services_list", "packages_updates"];
 
     fn obj(v: serde_json::Value) -> JsonObject {
         v.as_object().unwrap().clone()
