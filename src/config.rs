@@ -54,6 +54,26 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     /// Which tools this server offers (`[tools]`).
     pub tools: ToolsConfig,
+    /// What the services and packages tools may change (`[services]`).
+    pub services: ServicesConfig,
+}
+
+/// `[services]`: the units the changing services tools may act on, and how long the server
+/// waits for the root helper (`tailopsmcp-helper@.service`: enable/disable, apt).
+#[derive(Debug, Clone)]
+pub struct ServicesConfig {
+    /// Globs (`*`, `?`) over unit names; empty = no unit may be started, stopped, enabled...
+    pub units: Vec<crate::exec::systemd::Glob>,
+    pub helper_timeout: Duration,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            units: Vec::new(),
+            helper_timeout: Duration::from_secs(900),
+        }
+    }
 }
 
 /// `[tools]`: which tools are registered at all. A tool filtered out here is never listed and
@@ -144,6 +164,24 @@ struct File {
     target: Vec<TargetSection>,
     #[serde(default)]
     tools: ToolsSection,
+    #[serde(default)]
+    services: ServicesSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServicesSection {
+    units: Vec<String>,
+    helper_timeout_secs: u64,
+}
+
+impl Default for ServicesSection {
+    fn default() -> Self {
+        ServicesSection {
+            units: Vec::new(),
+            helper_timeout_secs: 900,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -555,6 +593,28 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         });
     }
 
+    let mut units = Vec::new();
+    for (i, u) in file.services.units.iter().enumerate() {
+        let key = format!("services.units[{i}]");
+        // An exact name is normalized like a tool argument (`nginx` = `nginx.service`).
+        let pattern = if u.contains(['*', '?']) {
+            u.clone()
+        } else {
+            crate::exec::systemd::validate_unit(u).map_err(|e| invalid(&key, e))?
+        };
+        units.push(crate::exec::systemd::Glob::new(&pattern).map_err(|e| invalid(&key, e))?);
+    }
+    if !(10..=86_400).contains(&file.services.helper_timeout_secs) {
+        return Err(invalid(
+            "services.helper_timeout_secs",
+            "must be between 10 and 86400".into(),
+        ));
+    }
+    let services = ServicesConfig {
+        units,
+        helper_timeout: Duration::from_secs(file.services.helper_timeout_secs),
+    };
+
     Ok(Config {
         source,
         port,
@@ -580,6 +640,7 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
             enable: file.tools.enable,
             disable: file.tools.disable,
         },
+        services,
     })
 }
 
@@ -622,6 +683,20 @@ mod tests {
         assert_eq!(c.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(c.database, Path::new(DEFAULT_DATABASE));
         assert!(c.grants.is_empty());
+    }
+
+    #[test]
+    fn services_units_are_validated_and_normalized() {
+        let c = load("[services]\nunits = [\"nginx\", \"app-*.service\"]\nhelper_timeout_secs = 60").unwrap();
+        let units: Vec<&str> = c.services.units.iter().map(|g| g.as_str()).collect();
+        assert_eq!(units, ["nginx.service", "app-*.service"]);
+        assert_eq!(c.services.helper_timeout, Duration::from_secs(60));
+        assert!(load("").unwrap().services.units.is_empty());
+        check_err("[services]\nunits = [\"../x\"]", "services.units[0]: unit name `../x` contains '/'");
+        check_err("[services]\nunits = [\"a;*\"]", "services.units[0]");
+        check_err("[services]\nunits = [\"-H\"]", "starts with `-`");
+        check_err("[services]\nhelper_timeout_secs = 1", "services.helper_timeout_secs");
+        check_err("[services]\nunit = []", "unknown field `unit`");
     }
 
     #[test]

@@ -9,11 +9,14 @@
 //! Blocking functions say so; async callers run them inside `tokio::task::spawn_blocking`.
 
 pub mod docker;
+pub mod helper;
 pub mod http;
 pub mod local;
+pub mod packages;
 pub mod process;
 pub mod remote;
 pub mod ssh;
+pub mod systemd;
 
 use std::path::PathBuf;
 use std::time::Duration;

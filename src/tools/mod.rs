@@ -7,6 +7,8 @@
 
 pub mod format;
 pub mod identity;
+pub mod packages;
+pub mod services;
 pub mod system;
 pub mod targets;
 
@@ -232,5 +234,7 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(identity::tools());
     tools.extend(system::tools());
     tools.extend(targets::tools());
+    tools.extend(services::tools());
+    tools.extend(packages::tools());
     tools
 }
