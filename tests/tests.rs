@@ -9,6 +9,7 @@ mod foundation;
 mod harness;
 mod http_exec;
 mod localapi;
+mod services;
 mod ssh;
 mod support;
 mod targets;

@@ -813,6 +813,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_polkit_rule_is_the_generated_default() {
+        let shipped = include_str!("../../systemd/50-tailopsmcp.rules");
+        assert_eq!(shipped, polkit_rules(&[]), "regenerate: tailopsmcp polkit-rules > systemd/50-tailopsmcp.rules");
+        let two = polkit_rules(&[Glob::new("nginx.service").unwrap(), Glob::new("app-*").unwrap()]);
+        assert!(two.contains("        /^nginx\\.service$/,\n        /^app-.*$/\n    ];"), "{two}");
+    }
+
+    #[test]
     fn helper_requests_round_trip_and_refuse_smuggling() {
         for op in [
             HelperOp::Enable("sleepy-ng.service".into()),
@@ -824,7 +832,8 @@ mod tests {
             let unit = req.unit();
             assert!(unit.starts_with("tailopsmcp-helper@") && unit.ends_with(".service"), "{unit}");
             assert!(validate_unit(&unit).is_ok(), "{unit}");
-            assert!(!unit.contains('-') || unit.starts_with("tailopsmcp-helper@") && !unit[18..].contains('-'));
+            let instance = unit.split_once('@').unwrap().1;
+            assert!(!instance.contains('-'), "{instance}");
             assert_eq!(HelperRequest::parse(&req.instance()).unwrap(), req);
         }
         let id = "0123456789abcdef0123456789abcdef";

@@ -155,13 +155,16 @@ pub fn ensure_dockerd() -> Result<DockerHandle, String> {
         return Err("no Docker engine answers and dockerd is not installed (apt-get install docker.io)".into());
     }
     // A private daemon. Short paths: the socket path must fit in sun_path.
-    let tag = format!("tops-sysbox-{}", std::process::id());
+    // One private daemon per call: tests that each boot a container may run in parallel.
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("tops-sysbox-{}-{n}", std::process::id());
     let exec_root = PathBuf::from("/run").join(&tag);
-    let data_root = sysbox_dir().join(format!("docker-{}", std::process::id()));
+    let data_root = sysbox_dir().join(format!("docker-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&exec_root).map_err(|e| format!("{}: {e}", exec_root.display()))?;
     std::fs::create_dir_all(&data_root).map_err(|e| format!("{}: {e}", data_root.display()))?;
     let socket = exec_root.join("docker.sock");
-    let log_path = sysbox_dir().join(format!("dockerd-{}.log", std::process::id()));
+    let log_path = sysbox_dir().join(format!("dockerd-{}-{n}.log", std::process::id()));
     let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let child = Command::new("dockerd")

@@ -1,0 +1,451 @@
+//! The services and packages toolsets against real systemd and real apt: a Debian 12 container
+//! booted with systemd and polkitd, the tailopsmcp binary inside it running as the shipped
+//! unit (unprivileged user `tailopsmcp`, the hardened sandbox, `NoNewPrivileges=yes`) with a
+//! drop-in that serves dev mode on the container's loopback, the generated polkit rule and the
+//! root helper template installed. Calls come from the host through the container's network
+//! namespace.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::http::{Conn, Mcp};
+use crate::support::netns::skip_or_fail;
+use crate::support::sysbox::{self, DockerHandle, SystemdBox};
+
+const PORT: u16 = 8471;
+const LOGIN: &str = "alice@example.com";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn must(b: &SystemdBox, script: &str) -> String {
+    b.sh(script).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `systemctl is-active UNIT` (whatever its exit status).
+fn is_active(b: &SystemdBox, unit: &str) -> String {
+    let out = b.exec(&["systemctl", "is-active", unit]).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn is_enabled(b: &SystemdBox, unit: &str) -> String {
+    let out = b.exec(&["systemctl", "is-enabled", unit]).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn write(b: &SystemdBox, path: &str, text: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("f");
+    std::fs::write(&local, text).unwrap();
+    b.copy_in(&local, path).unwrap();
+    must(b, &format!("chown root:root '{path}' && chmod 0644 '{path}'"));
+}
+
+/// A box with systemd + polkitd, the server installed as the shipped unit in dev mode, and
+/// `sleepy.service` (allowed) and `other.service` (not allowed) running.
+struct Rig {
+    _docker: DockerHandle,
+    b: SystemdBox,
+}
+
+const CONFIG: &str = r#"
+[[grant]]
+match = "user:alice@example.com"
+scopes = ["services:admin", "packages:admin"]
+targets = ["local"]
+
+[services]
+units = ["sleepy"]
+helper_timeout_secs = 300
+"#;
+
+const SLEEPY: &str = "[Unit]\nDescription=Sleepy test service\n[Service]\n\
+    ExecStart=/bin/sh -c 'echo sleepy-started; exec sleep infinity'\n\
+    ExecReload=/bin/echo sleepy-reloaded\n[Install]\nWantedBy=multi-user.target\n";
+const OTHER: &str = "[Unit]\nDescription=Not on the list\n[Service]\nExecStart=/bin/sleep infinity\n\
+    [Install]\nWantedBy=multi-user.target\n";
+
+fn rig() -> Result<Rig, String> {
+    let docker = sysbox::ensure_dockerd()?;
+    let image = sysbox::debian_systemd_image_with(&docker, &["polkitd"])?;
+    let b = SystemdBox::boot(&docker, &image)?;
+    b.ip(&["link", "set", "lo", "up"])?;
+    b.copy_in(Path::new(env!("CARGO_BIN_EXE_tailopsmcp")), "/usr/local/bin/tailopsmcp")?;
+    for unit in ["tailopsmcp.service", "tailopsmcp-helper@.service"] {
+        b.copy_in(&repo().join("systemd").join(unit), &format!("/etc/systemd/system/{unit}"))?;
+    }
+    b.sh(
+        "useradd --system --user-group --no-create-home --home-dir /var/lib/tailopsmcp \
+         --shell /usr/sbin/nologin tailopsmcp && mkdir -p /etc/tailopsmcp /etc/systemd/system/tailopsmcp.service.d",
+    )?;
+    write(&b, "/etc/tailopsmcp/config.toml", CONFIG);
+    write(
+        &b,
+        "/etc/systemd/system/tailopsmcp.service.d/dev.conf",
+        &format!(
+            "[Service]\nExecStart=\nExecStart=/usr/local/bin/tailopsmcp serve --dev-listen 127.0.0.1:{PORT} \
+             --dev-identity {LOGIN}\n"
+        ),
+    );
+    write(&b, "/etc/systemd/system/sleepy.service", SLEEPY);
+    write(&b, "/etc/systemd/system/other.service", OTHER);
+    // The polkit rule, generated from this config the way the docs say.
+    b.sh("tailopsmcp polkit-rules > /etc/polkit-1/rules.d/50-tailopsmcp.rules && chmod 0644 /etc/polkit-1/rules.d/50-tailopsmcp.rules")?;
+    b.sh("systemctl daemon-reload && systemctl start sleepy.service other.service tailopsmcp.service")?;
+    Ok(Rig { _docker: docker, b })
+}
+
+impl Rig {
+    async fn mcp(&self) -> Mcp {
+        let to = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), PORT);
+        let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        let mut last = String::new();
+        for _ in 0..100 {
+            match self.b.connect(from, to).await {
+                Ok(stream) => {
+                    let mut m = Mcp::new(Conn::new(stream).await, &format!("127.0.0.1:{PORT}"));
+                    m.initialize().await.expect("initialize");
+                    return m;
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the server never listened ({last}):\n{}",
+            self.b
+                .sh("systemctl status tailopsmcp --no-pager; journalctl -u tailopsmcp --no-pager -n 40")
+                .unwrap_or_else(|e| e)
+        );
+    }
+
+    /// Audit events of `tool` in the journal (as the server's unit wrote them).
+    async fn audit(&self, tool: &str, n: usize) -> Vec<Value> {
+        let mut events = Vec::new();
+        for _ in 0..50 {
+            let out = must(
+                &self.b,
+                &format!("journalctl -u tailopsmcp -t tailopsmcp-audit TAILOPS_TOOL={tool} -o json --no-pager"),
+            );
+            events = out
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .collect();
+            if events.len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        events
+    }
+}
+
+async fn ok(m: &mut Mcp, tool: &str, args: Value) -> Value {
+    let r = m.call_tool(tool, args.clone()).await.unwrap();
+    assert_eq!(r["isError"], false, "{tool} {args}: {r}");
+    r["structuredContent"].clone()
+}
+
+async fn refused(m: &mut Mcp, tool: &str, args: Value, needle: &str) {
+    let r = m.call_tool(tool, args.clone()).await.unwrap();
+    assert_eq!(r["isError"], true, "{tool} {args} was not refused: {r}");
+    let text = r["content"].to_string();
+    assert!(text.contains(needle), "{tool} {args}: `{needle}` not in {text}");
+}
+
+fn main_pid(b: &SystemdBox, unit: &str) -> String {
+    must(b, &format!("systemctl show -p MainPID --value {unit}")).trim().to_string()
+}
+
+/// list, status with journal lines, stop/start/restart/reload and enable/disable observed with
+/// systemctl, dry runs that change nothing, bad unit names and a unit outside `[services] units`
+/// refused (with audit events), all by the server running unprivileged under its shipped sandbox
+/// through the generated polkit rule and the root helper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_tools_drive_real_systemd_as_an_unprivileged_user() {
+    let rig = match rig() {
+        Ok(r) => r,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let b = &rig.b;
+    let mut m = rig.mcp().await;
+    // The server really is unprivileged and sandboxed.
+    let pid = main_pid(b, "tailopsmcp.service");
+    assert_eq!(must(b, &format!("stat -c %U /proc/{pid}")).trim(), "tailopsmcp");
+    assert!(must(b, &format!("grep NoNewPrivs /proc/{pid}/status")).contains('1'));
+
+    let tools = m.list_tools().await.unwrap();
+    for t in [
+        "services_list",
+        "services_status",
+        "services_start",
+        "services_stop",
+        "services_restart",
+        "services_reload",
+        "services_enable",
+        "services_disable",
+    ] {
+        assert!(tools.iter().any(|n| n == t), "{t} not listed: {tools:?}");
+    }
+
+    // list: filters and the cap.
+    let list = ok(&mut m, "services_list", json!({"pattern": "sleep*"})).await;
+    let units = list["units"].as_array().unwrap();
+    assert_eq!(units.len(), 1, "{list}");
+    assert_eq!(units[0]["unit"], "sleepy.service");
+    assert_eq!(
+        (&units[0]["active"], &units[0]["sub"], &units[0]["enabled"]),
+        (&json!("active"), &json!("running"), &json!("disabled")),
+        "{list}"
+    );
+    let running = ok(&mut m, "services_list", json!({"state": "running"})).await;
+    let names: Vec<&str> = running["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["unit"].as_str())
+        .collect();
+    for want in ["sleepy.service", "other.service", "tailopsmcp.service"] {
+        assert!(names.contains(&want), "{want} not running: {names:?}");
+    }
+    assert!(names.iter().all(|n| n.ends_with(".service")), "{names:?}");
+    let capped = ok(&mut m, "services_list", json!({"state": "running", "limit": 1})).await;
+    assert_eq!(capped["shown"], 1);
+    assert_eq!(capped["truncated"]["cap"], "limit=1");
+    assert_eq!(
+        capped["truncated"]["omitted"].as_u64().unwrap(),
+        capped["matched"].as_u64().unwrap() - 1
+    );
+
+    // status, with journal lines read through the systemd-journal group.
+    let st = ok(&mut m, "services_status", json!({"unit": "sleepy", "lines": 5})).await;
+    assert_eq!(st["unit"], "sleepy.service");
+    assert_eq!(st["properties"]["ActiveState"], "active");
+    assert_eq!(st["properties"]["SubState"], "running");
+    assert_eq!(st["properties"]["MainPID"], main_pid(b, "sleepy.service"));
+    let journal = st["journal"].to_string();
+    assert!(journal.contains("sleepy-started"), "{st}");
+    assert!(st["journal"].as_array().unwrap().len() <= 5);
+
+    // stop / start / restart / reload, observed with systemctl.
+    let out = ok(&mut m, "services_stop", json!({"unit": "sleepy"})).await;
+    assert_eq!(out["plan"][0]["detail"], "systemctl --no-ask-password stop -- sleepy.service");
+    assert_eq!(out["active"], "inactive");
+    assert_eq!(is_active(b, "sleepy.service"), "inactive");
+    let out = ok(&mut m, "services_start", json!({"unit": "sleepy.service"})).await;
+    assert_eq!(out["active"], "active");
+    assert_eq!(is_active(b, "sleepy.service"), "active");
+    let before = main_pid(b, "sleepy.service");
+    ok(&mut m, "services_restart", json!({"unit": "sleepy"})).await;
+    assert_eq!(is_active(b, "sleepy.service"), "active");
+    assert_ne!(main_pid(b, "sleepy.service"), before, "restart did not restart");
+    ok(&mut m, "services_reload", json!({"unit": "sleepy"})).await;
+    let log = must(b, "journalctl -u sleepy.service -o cat --no-pager");
+    assert!(log.contains("sleepy-reloaded"), "{log}");
+
+    // Dry runs change nothing and still give the plan.
+    let pid = main_pid(b, "sleepy.service");
+    let dry = ok(&mut m, "services_stop", json!({"unit": "sleepy", "dry_run": true})).await;
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["plan"][0]["detail"], "systemctl --no-ask-password stop -- sleepy.service");
+    let dry = ok(&mut m, "services_enable", json!({"unit": "sleepy", "dry_run": true})).await;
+    assert_eq!(dry["plan"].as_array().unwrap().len(), 3, "{dry}");
+    assert_eq!(is_active(b, "sleepy.service"), "active");
+    assert_eq!(main_pid(b, "sleepy.service"), pid);
+    assert_eq!(is_enabled(b, "sleepy.service"), "disabled");
+
+    // enable / disable through the root helper.
+    let out = ok(&mut m, "services_enable", json!({"unit": "sleepy"})).await;
+    assert_eq!(out["helper"]["ok"], true, "{out}");
+    assert_eq!(out["enabled"], "enabled");
+    assert_eq!(is_enabled(b, "sleepy.service"), "enabled");
+    let out = ok(&mut m, "services_disable", json!({"unit": "sleepy"})).await;
+    assert_eq!(out["enabled"], "disabled");
+    assert_eq!(is_enabled(b, "sleepy.service"), "disabled");
+    assert_eq!(
+        must(b, "ls /run/tailopsmcp-helper | wc -l").trim(),
+        "2",
+        "one result file per helper request"
+    );
+    assert_eq!(
+        must(b, "stat -c '%U:%G %a' /run/tailopsmcp-helper/*.json | sort -u").trim(),
+        "root:tailopsmcp 640"
+    );
+
+    // Bad unit names: refused before anything runs, and audited.
+    for bad in ["../x", "-H host", "a;b", "$(reboot)", "x\ny"] {
+        refused(&mut m, "services_status", json!({"unit": bad}), "unit name").await;
+        refused(&mut m, "services_restart", json!({"unit": bad}), "unit name").await;
+    }
+    refused(&mut m, "services_status", json!({"unit": "sleepy", "lines": 100000}), "between 0 and 200").await;
+    refused(&mut m, "services_list", json!({"limit": 100000}), "between 1 and 1000").await;
+    // A unit outside `[services] units`: refused by the server...
+    let other_pid = main_pid(b, "other.service");
+    for tool in ["services_stop", "services_restart", "services_disable"] {
+        refused(&mut m, tool, json!({"unit": "other"}), "not on this server's `[services] units`").await;
+    }
+    assert_eq!(is_active(b, "other.service"), "active");
+    assert_eq!(main_pid(b, "other.service"), other_pid);
+    let restarts = rig.audit("services_restart", 7).await;
+    let errors = restarts.iter().filter(|e| e["TAILOPS_OUTCOME"] == "error").count();
+    assert!(errors >= 6, "bad calls were not audited as errors: {restarts:?}");
+    // ... and by polkit, for the same user outside the server...
+    let direct = b
+        .exec(&["runuser", "-u", "tailopsmcp", "--", "systemctl", "--no-ask-password", "stop", "other.service"])
+        .unwrap();
+    assert!(!direct.status.success(), "polkit let tailopsmcp stop other.service");
+    assert!(
+        String::from_utf8_lossy(&direct.stderr).contains("Interactive authentication required")
+            || String::from_utf8_lossy(&direct.stderr).contains("Access denied"),
+        "{direct:?}"
+    );
+    assert_eq!(is_active(b, "other.service"), "active");
+    // ... and by the root helper, even when asked directly (a hand-made request smuggling an
+    // option, and one for a unit off the list).
+    let id = "0123456789abcdef0123456789abcdef";
+    for (instance, why) in [
+        (format!("{id}:apt-install:\\x2d\\x2dallow-unauthenticated"), "refused request"),
+        (format!("{id}:disable:other.service"), "is not on `[services] units`"),
+    ] {
+        let unit = format!("tailopsmcp-helper@{instance}.service");
+        let out = b
+            .exec(&["runuser", "-u", "tailopsmcp", "--", "systemctl", "--no-ask-password", "start", &unit])
+            .unwrap();
+        assert!(!out.status.success(), "{unit} succeeded: {out:?}");
+        let log = must(b, &format!("journalctl -u '{unit}' -o cat --no-pager"));
+        assert!(log.contains(why), "{unit}: {log}");
+    }
+    assert_eq!(is_enabled(b, "other.service"), "disabled");
+    // The server keeps serving.
+    let who = m.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(who["structuredContent"]["principal"], LOGIN, "{who}");
+}
+
+/// A `.deb` built with dpkg-deb into `dir`.
+fn build_deb(dir: &Path, name: &str, version: &str) {
+    let root = dir.join(format!("{name}-{version}"));
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(root.join(format!("usr/share/{name}"))).unwrap();
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Tests <t@example.com>\n\
+             Description: tailopsmcp test package\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(root.join(format!("usr/share/{name}/version")), version).unwrap();
+    let out = Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&root)
+        .arg(dir.join("repo").join(format!("{name}_{version}_all.deb")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "dpkg-deb: {out:?}");
+}
+
+fn installed_version(b: &SystemdBox, name: &str) -> String {
+    let out = b.exec(&["dpkg-query", "-W", "-f=${Version}", name]).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A local apt repository (dpkg-deb + dpkg-scanpackages): `tops-demo` 1.0 installed and 2.0
+/// offered → packages_updates lists it, a dry run changes nothing, packages_upgrade upgrades it
+/// and packages_install installs `tops-extra`, through the root helper; bad names refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_tools_upgrade_and_install_from_a_local_apt_repository() {
+    for tool in ["dpkg-deb", "dpkg-scanpackages"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return skip_or_fail(&format!("{tool} is not installed (apt-get install dpkg-dev)"));
+        }
+    }
+    let rig = match rig() {
+        Ok(r) => r,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let b = &rig.b;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("repo")).unwrap();
+    build_deb(dir.path(), "tops-demo", "1.0");
+    build_deb(dir.path(), "tops-demo", "2.0");
+    build_deb(dir.path(), "tops-extra", "1.0");
+    let out = Command::new("dpkg-scanpackages")
+        .args(["--multiversion", ".", "/dev/null"])
+        .current_dir(dir.path().join("repo"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "dpkg-scanpackages: {out:?}");
+    std::fs::write(dir.path().join("repo/Packages"), &out.stdout).unwrap();
+    b.copy_in(&dir.path().join("repo"), "/srv/repo").unwrap();
+    must(
+        b,
+        "chown -R root:root /srv/repo && chmod -R a+rX /srv/repo && \
+         echo 'deb [trusted=yes] file:/srv/repo ./' > /etc/apt/sources.list && \
+         dpkg -i /srv/repo/tops-demo_1.0_all.deb >/dev/null && apt-get update -q >/dev/null",
+    );
+    assert_eq!(installed_version(b, "tops-demo"), "1.0");
+    let mut m = rig.mcp().await;
+
+    let up = ok(&mut m, "packages_updates", json!({})).await;
+    assert_eq!(up["manager"], "apt");
+    let demo = up["upgrades"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["package"] == "tops-demo")
+        .unwrap_or_else(|| panic!("tops-demo not offered: {up}"))
+        .clone();
+    assert_eq!((&demo["from"], &demo["to"]), (&json!("1.0"), &json!("2.0")));
+
+    // A dry run: the plan and what is pending, nothing changed.
+    let dry = ok(&mut m, "packages_upgrade", json!({"dry_run": true})).await;
+    assert_eq!(dry["dry_run"], true);
+    assert!(dry["pending"].to_string().contains("tops-demo"), "{dry}");
+    let start = dry["plan"][0]["detail"].as_str().unwrap();
+    assert!(
+        start.starts_with("systemctl --no-ask-password start -- 'tailopsmcp-helper@") && start.contains(":apt-upgrade.service"),
+        "{start}"
+    );
+    assert_eq!(installed_version(b, "tops-demo"), "1.0");
+
+    let out = ok(&mut m, "packages_upgrade", json!({})).await;
+    let changed = out["result"]["changed"].as_array().unwrap();
+    assert!(
+        changed.contains(&json!({"package": "tops-demo", "from": "1.0", "to": "2.0"})),
+        "{out}"
+    );
+    assert_eq!(installed_version(b, "tops-demo"), "2.0");
+    let up = ok(&mut m, "packages_updates", json!({})).await;
+    assert_eq!(up["count"], 0, "{up}");
+
+    let dry = ok(&mut m, "packages_install", json!({"packages": ["tops-extra"], "dry_run": true})).await;
+    assert!(dry["plan"][1]["detail"].as_str().unwrap().ends_with("apt-get install -y -- tops-extra"), "{dry}");
+    assert_eq!(installed_version(b, "tops-extra"), "");
+    let out = ok(&mut m, "packages_install", json!({"packages": ["tops-extra"]})).await;
+    assert!(
+        out["result"]["changed"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"package": "tops-extra", "from": null, "to": "1.0"})),
+        "{out}"
+    );
+    assert_eq!(installed_version(b, "tops-extra"), "1.0");
+
+    // Bad names: refused before anything runs, audited; the server keeps serving.
+    for bad in ["-y", "--allow-unauthenticated", "foo;reboot", "../x", "Tops-Extra", "tops-extra=1.0", "a b"] {
+        refused(&mut m, "packages_install", json!({"packages": [bad]}), "package name").await;
+    }
+    let events = rig.audit("packages_install", 9).await;
+    assert!(
+        events.iter().filter(|e| e["TAILOPS_OUTCOME"] == "error").count() >= 7,
+        "{events:?}"
+    );
+    let helpers = must(b, "ls /run/tailopsmcp-helper | wc -l");
+    assert_eq!(helpers.trim(), "2", "a refused call reached the helper");
+    ok(&mut m, "packages_updates", json!({"limit": 1})).await;
+}
