@@ -692,7 +692,10 @@ mod tests {
         assert_eq!(units, ["nginx.service", "app-*.service"]);
         assert_eq!(c.services.helper_timeout, Duration::from_secs(60));
         assert!(load("").unwrap().services.units.is_empty());
-        check_err("[services]\nunits = [\"../x\"]", "services.units[0]: unit name `../x` contains '/'");
+        check_err(
+            "[services]\nunits = [\"../x\"]",
+            "services.units[0]: unit name `../x` contains '/'",
+        );
         check_err("[services]\nunits = [\"a;*\"]", "services.units[0]");
         check_err("[services]\nunits = [\"-H\"]", "starts with `-`");
         check_err("[services]\nhelper_timeout_secs = 1", "services.helper_timeout_secs");

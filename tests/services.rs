@@ -47,7 +47,7 @@ fn write(b: &SystemdBox, path: &str, text: &str) {
 }
 
 /// A box with systemd + polkitd, the server installed as the shipped unit in dev mode, and
-/// `sleepy.service` (allowed) and `other.service` (not allowed) running.
+/// `sleepy-one.service` (allowed) and `other.service` (not allowed) running.
 struct Rig {
     _docker: DockerHandle,
     b: SystemdBox,
@@ -60,24 +60,27 @@ scopes = ["services:admin", "packages:admin"]
 targets = ["local"]
 
 [services]
-units = ["sleepy"]
+units = ["sleepy-one"]
 helper_timeout_secs = 300
 "#;
 
 const SLEEPY: &str = "[Unit]\nDescription=Sleepy test service\n[Service]\n\
-    ExecStart=/bin/sh -c 'echo sleepy-started; exec sleep infinity'\n\
-    ExecReload=/bin/echo sleepy-reloaded\n[Install]\nWantedBy=multi-user.target\n";
+    ExecStart=/bin/sh -c 'echo sleepy-one-started; exec sleep infinity'\n\
+    ExecReload=/bin/echo sleepy-one-reloaded\n[Install]\nWantedBy=multi-user.target\n";
 const OTHER: &str = "[Unit]\nDescription=Not on the list\n[Service]\nExecStart=/bin/sleep infinity\n\
     [Install]\nWantedBy=multi-user.target\n";
 
 fn rig() -> Result<Rig, String> {
     let docker = sysbox::ensure_dockerd()?;
-    let image = sysbox::debian_systemd_image_with(&docker, &["polkitd"])?;
+    let image = sysbox::debian_systemd_image_with(&docker, &["libpam-systemd", "polkitd"])?;
     let b = SystemdBox::boot(&docker, &image)?;
     b.ip(&["link", "set", "lo", "up"])?;
     b.copy_in(Path::new(env!("CARGO_BIN_EXE_tailopsmcp")), "/usr/local/bin/tailopsmcp")?;
     for unit in ["tailopsmcp.service", "tailopsmcp-helper@.service"] {
-        b.copy_in(&repo().join("systemd").join(unit), &format!("/etc/systemd/system/{unit}"))?;
+        b.copy_in(
+            &repo().join("systemd").join(unit),
+            &format!("/etc/systemd/system/{unit}"),
+        )?;
     }
     b.sh(
         "useradd --system --user-group --no-create-home --home-dir /var/lib/tailopsmcp \
@@ -92,11 +95,11 @@ fn rig() -> Result<Rig, String> {
              --dev-identity {LOGIN}\n"
         ),
     );
-    write(&b, "/etc/systemd/system/sleepy.service", SLEEPY);
+    write(&b, "/etc/systemd/system/sleepy-one.service", SLEEPY);
     write(&b, "/etc/systemd/system/other.service", OTHER);
     // The polkit rule, generated from this config the way the docs say.
     b.sh("tailopsmcp polkit-rules > /etc/polkit-1/rules.d/50-tailopsmcp.rules && chmod 0644 /etc/polkit-1/rules.d/50-tailopsmcp.rules")?;
-    b.sh("systemctl daemon-reload && systemctl start sleepy.service other.service tailopsmcp.service")?;
+    b.sh("systemctl daemon-reload && systemctl start sleepy-one.service other.service tailopsmcp.service")?;
     Ok(Rig { _docker: docker, b })
 }
 
@@ -159,7 +162,9 @@ async fn refused(m: &mut Mcp, tool: &str, args: Value, needle: &str) {
 }
 
 fn main_pid(b: &SystemdBox, unit: &str) -> String {
-    must(b, &format!("systemctl show -p MainPID --value {unit}")).trim().to_string()
+    must(b, &format!("systemctl show -p MainPID --value {unit}"))
+        .trim()
+        .to_string()
 }
 
 /// list, status with journal lines, stop/start/restart/reload and enable/disable observed with
@@ -194,10 +199,10 @@ async fn services_tools_drive_real_systemd_as_an_unprivileged_user() {
     }
 
     // list: filters and the cap.
-    let list = ok(&mut m, "services_list", json!({"pattern": "sleep*"})).await;
+    let list = ok(&mut m, "services_list", json!({"pattern": "sleepy-one*"})).await;
     let units = list["units"].as_array().unwrap();
     assert_eq!(units.len(), 1, "{list}");
-    assert_eq!(units[0]["unit"], "sleepy.service");
+    assert_eq!(units[0]["unit"], "sleepy-one.service");
     assert_eq!(
         (&units[0]["active"], &units[0]["sub"], &units[0]["enabled"]),
         (&json!("active"), &json!("running"), &json!("disabled")),
@@ -210,7 +215,7 @@ async fn services_tools_drive_real_systemd_as_an_unprivileged_user() {
         .iter()
         .filter_map(|u| u["unit"].as_str())
         .collect();
-    for want in ["sleepy.service", "other.service", "tailopsmcp.service"] {
+    for want in ["sleepy-one.service", "other.service", "tailopsmcp.service"] {
         assert!(names.contains(&want), "{want} not running: {names:?}");
     }
     assert!(names.iter().all(|n| n.ends_with(".service")), "{names:?}");
@@ -223,50 +228,61 @@ async fn services_tools_drive_real_systemd_as_an_unprivileged_user() {
     );
 
     // status, with journal lines read through the systemd-journal group.
-    let st = ok(&mut m, "services_status", json!({"unit": "sleepy", "lines": 5})).await;
-    assert_eq!(st["unit"], "sleepy.service");
+    let st = ok(&mut m, "services_status", json!({"unit": "sleepy-one", "lines": 5})).await;
+    assert_eq!(st["unit"], "sleepy-one.service");
     assert_eq!(st["properties"]["ActiveState"], "active");
     assert_eq!(st["properties"]["SubState"], "running");
-    assert_eq!(st["properties"]["MainPID"], main_pid(b, "sleepy.service"));
+    assert_eq!(st["properties"]["MainPID"], main_pid(b, "sleepy-one.service"));
     let journal = st["journal"].to_string();
-    assert!(journal.contains("sleepy-started"), "{st}");
+    assert!(journal.contains("sleepy-one-started"), "{st}");
     assert!(st["journal"].as_array().unwrap().len() <= 5);
 
     // stop / start / restart / reload, observed with systemctl.
-    let out = ok(&mut m, "services_stop", json!({"unit": "sleepy"})).await;
-    assert_eq!(out["plan"][0]["detail"], "systemctl --no-ask-password stop -- sleepy.service");
+    let out = ok(&mut m, "services_stop", json!({"unit": "sleepy-one"})).await;
+    assert_eq!(
+        out["plan"][0]["detail"],
+        "systemctl --no-ask-password stop -- sleepy-one.service"
+    );
     assert_eq!(out["active"], "inactive");
-    assert_eq!(is_active(b, "sleepy.service"), "inactive");
-    let out = ok(&mut m, "services_start", json!({"unit": "sleepy.service"})).await;
+    assert_eq!(is_active(b, "sleepy-one.service"), "inactive");
+    let out = ok(&mut m, "services_start", json!({"unit": "sleepy-one.service"})).await;
     assert_eq!(out["active"], "active");
-    assert_eq!(is_active(b, "sleepy.service"), "active");
-    let before = main_pid(b, "sleepy.service");
-    ok(&mut m, "services_restart", json!({"unit": "sleepy"})).await;
-    assert_eq!(is_active(b, "sleepy.service"), "active");
-    assert_ne!(main_pid(b, "sleepy.service"), before, "restart did not restart");
-    ok(&mut m, "services_reload", json!({"unit": "sleepy"})).await;
-    let log = must(b, "journalctl -u sleepy.service -o cat --no-pager");
-    assert!(log.contains("sleepy-reloaded"), "{log}");
+    assert_eq!(is_active(b, "sleepy-one.service"), "active");
+    let before = main_pid(b, "sleepy-one.service");
+    ok(&mut m, "services_restart", json!({"unit": "sleepy-one"})).await;
+    assert_eq!(is_active(b, "sleepy-one.service"), "active");
+    assert_ne!(main_pid(b, "sleepy-one.service"), before, "restart did not restart");
+    ok(&mut m, "services_reload", json!({"unit": "sleepy-one"})).await;
+    let log = must(b, "journalctl -u sleepy-one.service -o cat --no-pager");
+    assert!(log.contains("sleepy-one-reloaded"), "{log}");
 
     // Dry runs change nothing and still give the plan.
-    let pid = main_pid(b, "sleepy.service");
-    let dry = ok(&mut m, "services_stop", json!({"unit": "sleepy", "dry_run": true})).await;
+    let pid = main_pid(b, "sleepy-one.service");
+    let dry = ok(&mut m, "services_stop", json!({"unit": "sleepy-one", "dry_run": true})).await;
     assert_eq!(dry["dry_run"], true);
-    assert_eq!(dry["plan"][0]["detail"], "systemctl --no-ask-password stop -- sleepy.service");
-    let dry = ok(&mut m, "services_enable", json!({"unit": "sleepy", "dry_run": true})).await;
+    assert_eq!(
+        dry["plan"][0]["detail"],
+        "systemctl --no-ask-password stop -- sleepy-one.service"
+    );
+    let dry = ok(
+        &mut m,
+        "services_enable",
+        json!({"unit": "sleepy-one", "dry_run": true}),
+    )
+    .await;
     assert_eq!(dry["plan"].as_array().unwrap().len(), 3, "{dry}");
-    assert_eq!(is_active(b, "sleepy.service"), "active");
-    assert_eq!(main_pid(b, "sleepy.service"), pid);
-    assert_eq!(is_enabled(b, "sleepy.service"), "disabled");
+    assert_eq!(is_active(b, "sleepy-one.service"), "active");
+    assert_eq!(main_pid(b, "sleepy-one.service"), pid);
+    assert_eq!(is_enabled(b, "sleepy-one.service"), "disabled");
 
     // enable / disable through the root helper.
-    let out = ok(&mut m, "services_enable", json!({"unit": "sleepy"})).await;
+    let out = ok(&mut m, "services_enable", json!({"unit": "sleepy-one"})).await;
     assert_eq!(out["helper"]["ok"], true, "{out}");
     assert_eq!(out["enabled"], "enabled");
-    assert_eq!(is_enabled(b, "sleepy.service"), "enabled");
-    let out = ok(&mut m, "services_disable", json!({"unit": "sleepy"})).await;
+    assert_eq!(is_enabled(b, "sleepy-one.service"), "enabled");
+    let out = ok(&mut m, "services_disable", json!({"unit": "sleepy-one"})).await;
     assert_eq!(out["enabled"], "disabled");
-    assert_eq!(is_enabled(b, "sleepy.service"), "disabled");
+    assert_eq!(is_enabled(b, "sleepy-one.service"), "disabled");
     assert_eq!(
         must(b, "ls /run/tailopsmcp-helper | wc -l").trim(),
         "2",
@@ -282,12 +298,24 @@ async fn services_tools_drive_real_systemd_as_an_unprivileged_user() {
         refused(&mut m, "services_status", json!({"unit": bad}), "unit name").await;
         refused(&mut m, "services_restart", json!({"unit": bad}), "unit name").await;
     }
-    refused(&mut m, "services_status", json!({"unit": "sleepy", "lines": 100000}), "between 0 and 200").await;
+    refused(
+        &mut m,
+        "services_status",
+        json!({"unit": "sleepy-one", "lines": 100000}),
+        "between 0 and 200",
+    )
+    .await;
     refused(&mut m, "services_list", json!({"limit": 100000}), "between 1 and 1000").await;
     // A unit outside `[services] units`: refused by the server...
     let other_pid = main_pid(b, "other.service");
     for tool in ["services_stop", "services_restart", "services_disable"] {
-        refused(&mut m, tool, json!({"unit": "other"}), "not on this server's `[services] units`").await;
+        refused(
+            &mut m,
+            tool,
+            json!({"unit": "other"}),
+            "not on this server's `[services] units`",
+        )
+        .await;
     }
     assert_eq!(is_active(b, "other.service"), "active");
     assert_eq!(main_pid(b, "other.service"), other_pid);
@@ -296,7 +324,16 @@ async fn services_tools_drive_real_systemd_as_an_unprivileged_user() {
     assert!(errors >= 6, "bad calls were not audited as errors: {restarts:?}");
     // ... and by polkit, for the same user outside the server...
     let direct = b
-        .exec(&["runuser", "-u", "tailopsmcp", "--", "systemctl", "--no-ask-password", "stop", "other.service"])
+        .exec(&[
+            "runuser",
+            "-u",
+            "tailopsmcp",
+            "--",
+            "systemctl",
+            "--no-ask-password",
+            "stop",
+            "other.service",
+        ])
         .unwrap();
     assert!(!direct.status.success(), "polkit let tailopsmcp stop other.service");
     assert!(
@@ -309,17 +346,47 @@ async fn services_tools_drive_real_systemd_as_an_unprivileged_user() {
     // option, and one for a unit off the list).
     let id = "0123456789abcdef0123456789abcdef";
     for (instance, why) in [
-        (format!("{id}:apt-install:\\x2d\\x2dallow-unauthenticated"), "refused request"),
+        (
+            format!("{id}:apt\\x2dinstall:\\x2d\\x2dallow\\x2dunauthenticated"),
+            "refused request",
+        ),
         (format!("{id}:disable:other.service"), "is not on `[services] units`"),
     ] {
         let unit = format!("tailopsmcp-helper@{instance}.service");
         let out = b
-            .exec(&["runuser", "-u", "tailopsmcp", "--", "systemctl", "--no-ask-password", "start", &unit])
+            .exec(&[
+                "runuser",
+                "-u",
+                "tailopsmcp",
+                "--",
+                "systemctl",
+                "--no-ask-password",
+                "start",
+                &unit,
+            ])
             .unwrap();
         assert!(!out.status.success(), "{unit} succeeded: {out:?}");
         let log = must(b, &format!("journalctl -u '{unit}' -o cat --no-pager"));
-        assert!(log.contains(why), "{unit}: {log}");
+        assert!(log.contains(why), "{unit}: {log}\n{out:?}");
     }
+    // A raw `-` in the instance (unescaped; `%I` would turn it into `/`) never passes polkit.
+    let raw = format!("tailopsmcp-helper@{id}:apt-install:-y.service");
+    let out = b
+        .exec(&[
+            "runuser",
+            "-u",
+            "tailopsmcp",
+            "--",
+            "systemctl",
+            "--no-ask-password",
+            "start",
+            &raw,
+        ])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Interactive authentication required"),
+        "{out:?}"
+    );
     assert_eq!(is_enabled(b, "other.service"), "disabled");
     // The server keeps serving.
     let who = m.call_tool("whoami", json!({})).await.unwrap();
@@ -408,7 +475,8 @@ async fn packages_tools_upgrade_and_install_from_a_local_apt_repository() {
     assert!(dry["pending"].to_string().contains("tops-demo"), "{dry}");
     let start = dry["plan"][0]["detail"].as_str().unwrap();
     assert!(
-        start.starts_with("systemctl --no-ask-password start -- 'tailopsmcp-helper@") && start.contains(":apt-upgrade.service"),
+        start.starts_with("systemctl --no-ask-password start -- 'tailopsmcp-helper@")
+            && start.contains(":apt-upgrade.service"),
         "{start}"
     );
     assert_eq!(installed_version(b, "tops-demo"), "1.0");
@@ -423,8 +491,19 @@ async fn packages_tools_upgrade_and_install_from_a_local_apt_repository() {
     let up = ok(&mut m, "packages_updates", json!({})).await;
     assert_eq!(up["count"], 0, "{up}");
 
-    let dry = ok(&mut m, "packages_install", json!({"packages": ["tops-extra"], "dry_run": true})).await;
-    assert!(dry["plan"][1]["detail"].as_str().unwrap().ends_with("apt-get install -y -- tops-extra"), "{dry}");
+    let dry = ok(
+        &mut m,
+        "packages_install",
+        json!({"packages": ["tops-extra"], "dry_run": true}),
+    )
+    .await;
+    assert!(
+        dry["plan"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("apt-get install -y -- tops-extra"),
+        "{dry}"
+    );
     assert_eq!(installed_version(b, "tops-extra"), "");
     let out = ok(&mut m, "packages_install", json!({"packages": ["tops-extra"]})).await;
     assert!(
@@ -437,7 +516,15 @@ async fn packages_tools_upgrade_and_install_from_a_local_apt_repository() {
     assert_eq!(installed_version(b, "tops-extra"), "1.0");
 
     // Bad names: refused before anything runs, audited; the server keeps serving.
-    for bad in ["-y", "--allow-unauthenticated", "foo;reboot", "../x", "Tops-Extra", "tops-extra=1.0", "a b"] {
+    for bad in [
+        "-y",
+        "--allow-unauthenticated",
+        "foo;reboot",
+        "../x",
+        "Tops-Extra",
+        "tops-extra=1.0",
+        "a b",
+    ] {
         refused(&mut m, "packages_install", json!({"packages": [bad]}), "package name").await;
     }
     let events = rig.audit("packages_install", 9).await;

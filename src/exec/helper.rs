@@ -36,7 +36,11 @@ pub fn run(instance: &str, allowed_units: &[Glob], config_name: &str) -> Result<
     let mut log = Log::default();
     let (ok, summary, changed) = match &req.op {
         HelperOp::Enable(unit) | HelperOp::Disable(unit) => {
-            let verb = if matches!(req.op, HelperOp::Enable(_)) { "enable" } else { "disable" };
+            let verb = if matches!(req.op, HelperOp::Enable(_)) {
+                "enable"
+            } else {
+                "disable"
+            };
             if !systemd::unit_allowed(unit, allowed_units) {
                 (
                     false,
@@ -69,7 +73,10 @@ pub fn run(instance: &str, allowed_units: &[Glob], config_name: &str) -> Result<
                     a.extend(pkgs.iter().map(String::as_str));
                     ("install", a)
                 }
-                _ => ("upgrade", std::iter::once("upgrade").chain(APT_OPTIONS.iter().copied()).collect()),
+                _ => (
+                    "upgrade",
+                    std::iter::once("upgrade").chain(APT_OPTIONS.iter().copied()).collect(),
+                ),
             };
             if ok {
                 ok = log.run("apt-get", &args, &env);
@@ -117,7 +124,12 @@ struct Log {
 
 impl Log {
     fn run(&mut self, program: &str, args: &[&str], env: &[(&str, &str)]) -> bool {
-        self.commands.push(std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" "));
+        self.commands.push(
+            std::iter::once(program)
+                .chain(args.iter().copied())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         let out = Command::new(program).args(args).envs(env.iter().copied()).output();
         match out {
             Ok(o) => {
@@ -150,7 +162,9 @@ fn parse_installed(text: &str) -> BTreeMap<String, String> {
         .filter_map(|l| {
             let mut f = l.split('\t');
             let (name, version, status) = (f.next()?, f.next()?, f.next()?);
-            status.ends_with(" installed").then(|| (name.to_string(), version.to_string()))
+            status
+                .ends_with(" installed")
+                .then(|| (name.to_string(), version.to_string()))
         })
         .collect()
 }
@@ -242,7 +256,9 @@ mod tests {
             "tops-a\t1.0\tinstall ok installed\nold\t1\tdeinstall ok config-files\nlibc6:amd64\t2.36\tinstall ok installed\n",
         );
         assert_eq!(before.len(), 2);
-        let after = parse_installed("tops-a\t2.0\tinstall ok installed\ntops-b\t1.0\tinstall ok installed\nlibc6:amd64\t2.36\tinstall ok installed\n");
+        let after = parse_installed(
+            "tops-a\t2.0\tinstall ok installed\ntops-b\t1.0\tinstall ok installed\nlibc6:amd64\t2.36\tinstall ok installed\n",
+        );
         let d = diff(&before, &after);
         assert_eq!(
             d,

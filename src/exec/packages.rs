@@ -83,7 +83,11 @@ pub async fn apt_upgrades(r: &dyn Runner) -> Result<Vec<Upgrade>, ExecError> {
     if out.status != Some(0) {
         return Err(ExecError::Failed(format!(
             "`apt list --upgradable` failed: {}",
-            out.stderr.lines().find(|l| !l.starts_with("WARNING")).unwrap_or("").trim()
+            out.stderr
+                .lines()
+                .find(|l| !l.starts_with("WARNING"))
+                .unwrap_or("")
+                .trim()
         )));
     }
     Ok(parse_apt_list(&out.stdout))
@@ -123,7 +127,12 @@ mod tests {
     use super::*;
 
     fn check(name: &str, ok: bool) {
-        assert_eq!(validate_package(name).is_ok(), ok, "{name}: {:?}", validate_package(name));
+        assert_eq!(
+            validate_package(name).is_ok(),
+            ok,
+            "{name}: {:?}",
+            validate_package(name)
+        );
     }
 
     #[test]
@@ -132,8 +141,20 @@ mod tests {
             check(good, true);
         }
         for bad in [
-            "", "a", "-y", "--allow-unauthenticated", "Hello", "foo bar", "foo;id", "../x", "pkg=1.0",
-            "pkg:amd64", "foo/bar", "$(id)", ".hidden", "+x",
+            "",
+            "a",
+            "-y",
+            "--allow-unauthenticated",
+            "Hello",
+            "foo bar",
+            "foo;id",
+            "../x",
+            "pkg=1.0",
+            "pkg:amd64",
+            "foo/bar",
+            "$(id)",
+            ".hidden",
+            "+x",
         ] {
             check(bad, false);
         }

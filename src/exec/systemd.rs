@@ -17,7 +17,17 @@ use super::{CommandSpec, ExecError, Output};
 
 /// Unit type suffixes systemd knows.
 pub const UNIT_SUFFIXES: &[&str] = &[
-    "service", "socket", "target", "device", "mount", "automount", "swap", "timer", "path", "slice", "scope",
+    "service",
+    "socket",
+    "target",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "timer",
+    "path",
+    "slice",
+    "scope",
 ];
 
 /// The longest unit name systemd accepts (`UNIT_NAME_MAX`).
@@ -48,9 +58,7 @@ pub fn validate_unit(raw: &str) -> Result<String, String> {
             "unit name `{shown}` contains {bad:?}; unit names use only letters, digits and `:-_.\\@`"
         ));
     }
-    let has_suffix = raw
-        .rsplit_once('.')
-        .is_some_and(|(_, s)| UNIT_SUFFIXES.contains(&s));
+    let has_suffix = raw.rsplit_once('.').is_some_and(|(_, s)| UNIT_SUFFIXES.contains(&s));
     let name = if has_suffix {
         raw.to_string()
     } else {
@@ -91,9 +99,10 @@ impl Glob {
         if raw.is_empty() || raw.len() > UNIT_NAME_MAX {
             return Err(format!("pattern `{}` must be 1 to {UNIT_NAME_MAX} bytes", shown(raw)));
         }
-        if let Some(bad) = raw.chars().find(|c| {
-            !(c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@' | '*' | '?'))
-        }) {
+        if let Some(bad) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@' | '*' | '?')))
+        {
             return Err(format!(
                 "pattern `{}` contains {bad:?}; patterns use unit-name characters and `*` `?`",
                 shown(raw)
@@ -447,7 +456,10 @@ pub async fn control(r: &dyn Runner, verb: Verb, unit: &str) -> Result<Output, E
         )));
     }
     if out.status != Some(0) {
-        return Err(ExecError::Failed(explain_systemctl(&out, &format!("systemctl {} {unit}", verb.as_str()))));
+        return Err(ExecError::Failed(explain_systemctl(
+            &out,
+            &format!("systemctl {} {unit}", verb.as_str()),
+        )));
     }
     Ok(out)
 }
@@ -456,7 +468,10 @@ pub async fn control(r: &dyn Runner, verb: Verb, unit: &str) -> Result<Output, E
 pub fn explain_systemctl(out: &Output, what: &str) -> String {
     let msg = out.stderr.trim();
     let first = msg.lines().next().unwrap_or("").trim();
-    let status = out.status.map(|s| format!("exit {s}")).unwrap_or_else(|| "killed".into());
+    let status = out
+        .status
+        .map(|s| format!("exit {s}"))
+        .unwrap_or_else(|| "killed".into());
     if msg.contains("Access denied") || msg.contains("Interactive authentication required") {
         format!(
             "`{what}` was refused by the host ({first}); the service user needs the polkit rule \
@@ -609,7 +624,8 @@ polkit.addRule(function(action, subject) {
     var unit = action.lookup("unit");
     var verb = action.lookup("verb");
     // The root helper (enable/disable, apt) validates its request and checks the config itself.
-    if (verb == "start" && /^tailopsmcp-helper@[A-Za-z0-9:_.\\]+\.service$/.test(unit)) {
+    // (Backslash only as a systemd-escape `\xNN`; a class holding `\\` misbehaves in duktape.)
+    if (verb == "start" && /^tailopsmcp-helper@([A-Za-z0-9:_.]|\\x[0-9a-f]{2})+\.service$/.test(unit)) {
         return polkit.Result.YES;
     }
     var verbs = ["start", "stop", "restart", "reload", "reload-or-restart", "try-restart"];
@@ -815,9 +831,16 @@ mod tests {
     #[test]
     fn the_shipped_polkit_rule_is_the_generated_default() {
         let shipped = include_str!("../../systemd/50-tailopsmcp.rules");
-        assert_eq!(shipped, polkit_rules(&[]), "regenerate: tailopsmcp polkit-rules > systemd/50-tailopsmcp.rules");
+        assert_eq!(
+            shipped,
+            polkit_rules(&[]),
+            "regenerate: tailopsmcp polkit-rules > systemd/50-tailopsmcp.rules"
+        );
         let two = polkit_rules(&[Glob::new("nginx.service").unwrap(), Glob::new("app-*").unwrap()]);
-        assert!(two.contains("        /^nginx\\.service$/,\n        /^app-.*$/\n    ];"), "{two}");
+        assert!(
+            two.contains("        /^nginx\\.service$/,\n        /^app-.*$/\n    ];"),
+            "{two}"
+        );
     }
 
     #[test]
@@ -830,7 +853,10 @@ mod tests {
         ] {
             let req = HelperRequest::new(op);
             let unit = req.unit();
-            assert!(unit.starts_with("tailopsmcp-helper@") && unit.ends_with(".service"), "{unit}");
+            assert!(
+                unit.starts_with("tailopsmcp-helper@") && unit.ends_with(".service"),
+                "{unit}"
+            );
             assert!(validate_unit(&unit).is_ok(), "{unit}");
             let instance = unit.split_once('@').unwrap().1;
             assert!(!instance.contains('-'), "{instance}");

@@ -235,7 +235,11 @@ impl Tool for ChangeTool {
             let (op, dry_run, inner) = match self.change {
                 Change::Upgrade => {
                     let a: UpgradeArgs = parse_args(args)?;
-                    (HelperOp::AptUpgrade, a.dry_run, "apt-get update; apt-get upgrade -y".to_string())
+                    (
+                        HelperOp::AptUpgrade,
+                        a.dry_run,
+                        "apt-get update; apt-get upgrade -y".to_string(),
+                    )
                 }
                 Change::Install => {
                     let a: InstallArgs = parse_args(args)?;
@@ -395,13 +399,34 @@ mod tests {
 
     #[tokio::test]
     async fn bad_package_names_are_refused_before_anything_runs() {
-        for bad in ["-y", "--allow-unauthenticated", "foo;id", "../x", "pkg=1.0", "Hello", "a b", "x"] {
-            invalid(call("packages_install", json!({"packages": [bad]})).await, "package name");
+        for bad in [
+            "-y",
+            "--allow-unauthenticated",
+            "foo;id",
+            "../x",
+            "pkg=1.0",
+            "Hello",
+            "a b",
+            "x",
+        ] {
+            invalid(
+                call("packages_install", json!({"packages": [bad]})).await,
+                "package name",
+            );
         }
-        invalid(call("packages_install", json!({"packages": []})).await, "1 to 8 packages");
+        invalid(
+            call("packages_install", json!({"packages": []})).await,
+            "1 to 8 packages",
+        );
         let nine: Vec<String> = (0..9).map(|i| format!("pkg{i}")).collect();
-        invalid(call("packages_install", json!({"packages": nine})).await, "1 to 8 packages");
-        invalid(call("packages_updates", json!({"limit": 0})).await, "between 1 and 1000");
+        invalid(
+            call("packages_install", json!({"packages": nine})).await,
+            "1 to 8 packages",
+        );
+        invalid(
+            call("packages_updates", json!({"limit": 0})).await,
+            "between 1 and 1000",
+        );
         invalid(call("packages_upgrade", json!({"yes": true})).await, "unknown field");
     }
 }

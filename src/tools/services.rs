@@ -429,7 +429,9 @@ impl Tool for ControlTool {
             if !args.dry_run {
                 match &request {
                     None => {
-                        systemd::control(host.runner(), verb, &unit).await.map_err(exec_failed)?;
+                        systemd::control(host.runner(), verb, &unit)
+                            .await
+                            .map_err(exec_failed)?;
                     }
                     Some(req) => {
                         let result = systemd::run_helper(host.runner(), req).await.map_err(exec_failed)?;
@@ -481,9 +483,9 @@ pub fn shell_words(cmd: &CommandSpec) -> String {
         .chain(cmd.args.iter())
         .map(|w| {
             if !w.is_empty()
-                && w
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '@' | ',' | '+'))
+                && w.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '@' | ',' | '+')
+                })
             {
                 w.clone()
             } else {
@@ -534,9 +536,19 @@ pub fn exec_failed(e: ExecError) -> ToolError {
 
 fn render_list(out: &ListOutput) -> String {
     let mut t = String::new();
-    let w = out.units.iter().map(|u| u.unit.chars().count()).max().unwrap_or(4).min(60);
+    let w = out
+        .units
+        .iter()
+        .map(|u| u.unit.chars().count())
+        .max()
+        .unwrap_or(4)
+        .min(60);
     let _ = writeln!(t, "{} of {} matching units", out.shown, out.matched);
-    let _ = write!(t, "{:w$}  {:9} {:10} {:10} {:9} DESCRIPTION", "UNIT", "LOAD", "ACTIVE", "SUB", "ENABLED");
+    let _ = write!(
+        t,
+        "{:w$}  {:9} {:10} {:10} {:9} DESCRIPTION",
+        "UNIT", "LOAD", "ACTIVE", "SUB", "ENABLED"
+    );
     for u in &out.units {
         let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         let _ = write!(
@@ -657,7 +669,9 @@ mod tests {
         );
         for t in tools() {
             let s = t.spec();
-            let Requirement::Scope(scope) = s.requires else { panic!() };
+            let Requirement::Scope(scope) = s.requires else {
+                panic!()
+            };
             assert_eq!(scope.area, Area::Services);
             let want = match s.name {
                 "services_list" | "services_status" => Level::Read,
@@ -680,12 +694,27 @@ mod tests {
             invalid(call("services_status", cfg, json!({"unit": bad})).await, "unit name");
             invalid(call("services_restart", cfg, json!({"unit": bad})).await, "unit name");
         }
-        invalid(call("services_status", cfg, json!({"unit": "x", "lines": 201})).await, "between 0 and 200");
-        invalid(call("services_list", cfg, json!({"limit": 0})).await, "between 1 and 1000");
-        invalid(call("services_list", cfg, json!({"limit": 1_000_000})).await, "between 1 and 1000");
+        invalid(
+            call("services_status", cfg, json!({"unit": "x", "lines": 201})).await,
+            "between 0 and 200",
+        );
+        invalid(
+            call("services_list", cfg, json!({"limit": 0})).await,
+            "between 1 and 1000",
+        );
+        invalid(
+            call("services_list", cfg, json!({"limit": 1_000_000})).await,
+            "between 1 and 1000",
+        );
         invalid(call("services_list", cfg, json!({"pattern": "a;b"})).await, "';'");
-        invalid(call("services_list", cfg, json!({"state": "Failed;"})).await, "not a unit state");
-        invalid(call("services_start", cfg, json!({"unit": "x", "now": true})).await, "unknown field");
+        invalid(
+            call("services_list", cfg, json!({"state": "Failed;"})).await,
+            "not a unit state",
+        );
+        invalid(
+            call("services_start", cfg, json!({"unit": "x", "now": true})).await,
+            "unknown field",
+        );
         match call("services_stop", cfg, json!({"unit": "ssh", "dry_run": true})).await {
             Err(ToolError::Failed(m)) => assert!(m.contains("ssh.service is not on"), "{m}"),
             other => panic!("{:?}", other.map(|o| o.text)),
@@ -704,7 +733,10 @@ mod tests {
             .unwrap();
         let v = &out.structured;
         assert_eq!(v["dry_run"], true);
-        assert_eq!(v["plan"][0]["detail"], "systemctl --no-ask-password restart -- sleepy.service");
+        assert_eq!(
+            v["plan"][0]["detail"],
+            "systemctl --no-ask-password restart -- sleepy.service"
+        );
         assert_eq!(v["active"], Value::Null);
         let out = call("services_enable", cfg, json!({"unit": "sleepy-ng", "dry_run": true}))
             .await
@@ -717,12 +749,25 @@ mod tests {
                 && start.contains(":enable:sleepy\\x2dng.service.service'"),
             "{start}"
         );
-        assert!(plan[1]["detail"].as_str().unwrap().ends_with("systemctl enable -- sleepy-ng.service"));
-        assert!(plan[2]["detail"].as_str().unwrap().starts_with("cat -- /run/tailopsmcp-helper/"));
+        assert!(
+            plan[1]["detail"]
+                .as_str()
+                .unwrap()
+                .ends_with("systemctl enable -- sleepy-ng.service")
+        );
+        assert!(
+            plan[2]["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("cat -- /run/tailopsmcp-helper/")
+        );
     }
 
     #[test]
     fn shell_quoting() {
-        assert_eq!(shell_words(&CommandSpec::new("a", ["b-c", "it's", "x\\y", ""])), "a b-c 'it'\\''s' 'x\\y' ''");
+        assert_eq!(
+            shell_words(&CommandSpec::new("a", ["b-c", "it's", "x\\y", ""])),
+            "a b-c 'it'\\''s' 'x\\y' ''"
+        );
     }
 }
