@@ -476,7 +476,7 @@ async fn packages_tools_upgrade_and_install_from_a_local_apt_repository() {
     let start = dry["plan"][0]["detail"].as_str().unwrap();
     assert!(
         start.starts_with("systemctl --no-ask-password start -- 'tailopsmcp-helper@")
-            && start.contains(":apt-upgrade.service"),
+            && start.contains(":apt\\x2dupgrade.service"),
         "{start}"
     );
     assert_eq!(installed_version(b, "tops-demo"), "1.0");
