@@ -1,8 +1,8 @@
 //! The services and packages toolsets against real systemd and real apt: a Debian 12 container
-//! booted with systemd and polkitd, the tailopsmcp binary inside it running as the shipped
-//! unit (unprivileged user `tailopsmcp`, the hardened sandbox, `NoNewPrivileges=yes`) with a
-//! drop-in that serves dev mode on the container's loopback, the generated polkit rule and the
-//! root helper template installed. Calls come from the host through the container's network
+//! booted with systemd and polkitd, tailopsmcp installed inside it by install.sh (the shipped
+//! unit: unprivileged user `tailopsmcp`, the hardened sandbox, `NoNewPrivileges=yes`; the root
+//! helper template; the polkit rule generated from the config) plus a drop-in that serves dev
+//! mode on the container's loopback. Calls come from the host through the container's network
 //! namespace.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -75,18 +75,35 @@ fn rig() -> Result<Rig, String> {
     let image = sysbox::debian_systemd_image_with(&docker, &["libpam-systemd", "polkitd"])?;
     let b = SystemdBox::boot(&docker, &image)?;
     b.ip(&["link", "set", "lo", "up"])?;
-    b.copy_in(Path::new(env!("CARGO_BIN_EXE_tailopsmcp")), "/usr/local/bin/tailopsmcp")?;
-    for unit in ["tailopsmcp.service", "tailopsmcp-helper@.service"] {
-        b.copy_in(
-            &repo().join("systemd").join(unit),
-            &format!("/etc/systemd/system/{unit}"),
-        )?;
+    // Installed the way an operator does it: install.sh (no tailscaled here; it says so and
+    // leaves the service waiting), which installs the helper template and the polkit rule.
+    b.copy_in(Path::new(env!("CARGO_BIN_EXE_tailopsmcp")), "/root/tailopsmcp")?;
+    b.copy_in(&repo().join("install.sh"), "/root/install.sh")?;
+    let install = "bash /root/install.sh --binary /root/tailopsmcp --skip-tailscale 2>&1";
+    let out = b.sh(install)?;
+    for wrote in [
+        "wrote /etc/systemd/system/tailopsmcp-helper@.service",
+        "wrote /etc/polkit-1/rules.d/50-tailopsmcp.rules",
+    ] {
+        if !out.contains(wrote) {
+            return Err(format!("install.sh did not say `{wrote}`:\n{out}"));
+        }
     }
-    b.sh(
-        "useradd --system --user-group --no-create-home --home-dir /var/lib/tailopsmcp \
-         --shell /usr/sbin/nologin tailopsmcp && mkdir -p /etc/tailopsmcp /etc/systemd/system/tailopsmcp.service.d",
-    )?;
+    // The operator's config: grants and `[services] units`; re-running install.sh regenerates
+    // the polkit rule from it (and leaves the rest as it is).
     write(&b, "/etc/tailopsmcp/config.toml", CONFIG);
+    b.sh("chown root:tailopsmcp /etc/tailopsmcp/config.toml && chmod 0640 /etc/tailopsmcp/config.toml")?;
+    let out = b.sh(install)?;
+    if !out.contains("wrote /etc/polkit-1/rules.d/50-tailopsmcp.rules") || out.contains("wrote /etc/systemd") {
+        return Err(format!(
+            "re-running install.sh did not just regenerate the rule:\n{out}"
+        ));
+    }
+    let rule = b.sh("cat /etc/polkit-1/rules.d/50-tailopsmcp.rules")?;
+    if !rule.contains("/^sleepy-one\\.service$/") {
+        return Err(format!("the rule does not list sleepy-one.service:\n{rule}"));
+    }
+    b.sh("mkdir -p /etc/systemd/system/tailopsmcp.service.d")?;
     write(
         &b,
         "/etc/systemd/system/tailopsmcp.service.d/dev.conf",
@@ -97,9 +114,7 @@ fn rig() -> Result<Rig, String> {
     );
     write(&b, "/etc/systemd/system/sleepy-one.service", SLEEPY);
     write(&b, "/etc/systemd/system/other.service", OTHER);
-    // The polkit rule, generated from this config the way the docs say.
-    b.sh("tailopsmcp polkit-rules > /etc/polkit-1/rules.d/50-tailopsmcp.rules && chmod 0644 /etc/polkit-1/rules.d/50-tailopsmcp.rules")?;
-    b.sh("systemctl daemon-reload && systemctl start sleepy-one.service other.service tailopsmcp.service")?;
+    b.sh("systemctl daemon-reload && systemctl start sleepy-one.service other.service && systemctl restart tailopsmcp.service")?;
     Ok(Rig { _docker: docker, b })
 }
 
