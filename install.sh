@@ -210,7 +210,8 @@ CollectMode=inactive-or-failed
 
 [Service]
 Type=oneshot
-ExecStart=/usr/local/bin/tailopsmcp helper %I
+# `--`: the request is one positional word even if it were to start with `-`.
+ExecStart=/usr/local/bin/tailopsmcp helper -- %I
 RuntimeDirectory=tailopsmcp-helper
 RuntimeDirectoryMode=0755
 RuntimeDirectoryPreserve=yes

@@ -366,6 +366,11 @@ async fn services_tools_drive_real_systemd_as_an_unprivileged_user() {
             "refused request",
         ),
         (format!("{id}:disable:other.service"), "is not on `[services] units`"),
+        // An option for the binary itself: it stays the request word (`helper -- %I`).
+        (
+            "\\x2d\\x2dconfig\\x3d\\x2ftmp\\x2fx.toml".to_string(),
+            "refused request",
+        ),
     ] {
         let unit = format!("tailopsmcp-helper@{instance}.service");
         let out = b
