@@ -556,3 +556,80 @@ async fn packages_tools_upgrade_and_install_from_a_local_apt_repository() {
     assert_eq!(helpers.trim(), "2", "a refused call reached the helper");
     ok(&mut m, "packages_updates", json!({"limit": 1})).await;
 }
+
+/// Over an SSH target (a real sshd on loopback, this host as the remote), the services and
+/// packages operations run the same commands as locally and give the same results: package
+/// manager detection, available upgrades, and systemctl's own answer (this host has no systemd
+/// as PID 1, so a clear error on both sides); the helper path names the missing helper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_and_packages_over_ssh_match_the_local_runner() {
+    use tailopsmcp::exec::remote::LocalRunner;
+    use tailopsmcp::exec::ssh::{Ssh, SshSettings, SudoPolicy};
+    use tailopsmcp::exec::{Limits, packages, systemd};
+
+    let s = match crate::support::sshd::Sshd::start() {
+        Ok(s) => s,
+        Err(e) => return skip_or_fail(&format!("cannot start sshd: {e}")),
+    };
+    let limits = Limits {
+        timeout: Duration::from_secs(20),
+        max_output: 4 << 20,
+    };
+    let settings = SshSettings {
+        host: "127.0.0.1".into(),
+        port: s.port(),
+        user: s.user().into(),
+        key_file: Some(s.client_key_path()),
+        agent: false,
+        known_hosts: Some(s.write_known_hosts("known_hosts", &[s.known_hosts_line()])),
+        host_key_fingerprint: None,
+        trust_on_first_use: false,
+        sudo: SudoPolicy::None,
+    };
+    let ssh = Ssh::new("svc", settings, limits, 4).unwrap();
+    let local = LocalRunner(limits);
+
+    let (a, b) = (
+        packages::detect(&ssh).await.unwrap(),
+        packages::detect(&local).await.unwrap(),
+    );
+    assert_eq!(a, b);
+    if a == Some("apt") {
+        let (a, b) = (
+            packages::apt_upgrades(&ssh).await.unwrap(),
+            packages::apt_upgrades(&local).await.unwrap(),
+        );
+        assert_eq!(a, b);
+    }
+    let (a, b) = (systemd::list_units(&ssh).await, systemd::list_units(&local).await);
+    match (a, b) {
+        (Ok(a), Ok(b)) => assert_eq!(
+            a.iter().map(|u| &u.unit).collect::<Vec<_>>(),
+            b.iter().map(|u| &u.unit).collect::<Vec<_>>()
+        ),
+        (Err(a), Err(b)) => {
+            assert_eq!(a.to_string(), b.to_string());
+            assert!(a.to_string().contains("systemctl list-units"), "{a}");
+        }
+        (a, b) => panic!(
+            "ssh and local disagree: {:?} vs {:?}",
+            a.map(|v| v.len()),
+            b.map(|v| v.len())
+        ),
+    }
+    let (a, b) = (
+        systemd::unit_status(&ssh, "ssh.service", 5).await.map(|s| s.properties),
+        systemd::unit_status(&local, "ssh.service", 5)
+            .await
+            .map(|s| s.properties),
+    );
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    // A helper request on a host without the helper (or without systemd) fails with a reason,
+    // over SSH as locally, and nothing is left half-done.
+    let req = systemd::HelperRequest::new(systemd::HelperOp::AptUpgrade);
+    let e = systemd::run_helper(&ssh, &req).await.unwrap_err().to_string();
+    assert!(
+        e.contains("systemctl start tailopsmcp-helper@") || e.contains("helper"),
+        "{e}"
+    );
+}
