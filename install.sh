@@ -27,6 +27,9 @@ readonly SERVICE=tailopsmcp.service
 readonly SVC_USER=tailopsmcp
 readonly BIN="$ROOT/usr/local/bin/tailopsmcp"
 readonly UNIT_DIR="$ROOT/etc/systemd/system"
+readonly HELPER_UNIT="$UNIT_DIR/tailopsmcp-helper@.service"
+readonly POLKIT_DIR="$ROOT/etc/polkit-1/rules.d"
+readonly POLKIT_RULE="$POLKIT_DIR/50-tailopsmcp.rules"
 readonly UNIT="$UNIT_DIR/$SERVICE"
 readonly DROPIN_DIR="$UNIT_DIR/$SERVICE.d"
 readonly CONF_DIR="$ROOT/etc/tailopsmcp"
@@ -176,6 +179,44 @@ SystemCallErrorNumber=EPERM
 
 [Install]
 WantedBy=multi-user.target
+TAILOPSMCP_EMBEDDED_EOF
+}
+
+embedded_helper_unit() {
+  # embed: systemd/tailopsmcp-helper@.service
+  cat <<'TAILOPSMCP_EMBEDDED_EOF'
+# tailopsmcp root helper: one request per instance. Installed by install.sh as
+# /etc/systemd/system/tailopsmcp-helper@.service.
+#
+# The unprivileged tailopsmcp service cannot run apt or change unit files. For those it starts
+# an instance of this template: `systemctl start tailopsmcp-helper@REQUEST.service`, which the
+# polkit rule 50-tailopsmcp.rules allows the `tailopsmcp` user (and only the verb `start`).
+# The instance is the whole request, `ID:OP[:OPERAND...]` systemd-escaped; `tailopsmcp helper`
+# parses and validates it again and can do only this:
+#   enable:UNIT / disable:UNIT   systemctl enable|disable -- UNIT, if UNIT is on `[services] units`
+#                                in /etc/tailopsmcp/config.toml (checked here, as root, again)
+#   apt-upgrade                  apt-get update; apt-get upgrade -y
+#   apt-install:PKG[:PKG...]     apt-get update; apt-get install -y -- PKG... (Debian names only)
+# Operands are unit or Debian package names: no option, path or version can be expressed.
+# The result is written to /run/tailopsmcp-helper/ID.json (root:tailopsmcp 0640), where the
+# service reads it; a summary goes to this instance's journal.
+#
+# Not sandboxed on purpose: package maintainer scripts may legitimately touch any part of the
+# system, and a sandbox would make upgrades fail in surprising ways.
+
+[Unit]
+Description=tailopsmcp privileged helper (%I)
+CollectMode=inactive-or-failed
+
+[Service]
+Type=oneshot
+# `--`: the request is one positional word even if it were to start with `-`.
+ExecStart=/usr/local/bin/tailopsmcp helper -- %I
+RuntimeDirectory=tailopsmcp-helper
+RuntimeDirectoryMode=0755
+RuntimeDirectoryPreserve=yes
+TimeoutStartSec=30min
+SyslogIdentifier=tailopsmcp-helper
 TAILOPSMCP_EMBEDDED_EOF
 }
 
@@ -405,6 +446,18 @@ per_minute = 20
 [limits.rate.critical]
 burst = 5
 per_minute = 10
+[services]
+# Units the changing services tools (services_start/stop/restart/reload/enable/disable) may act on:
+# exact names ("nginx" = "nginx.service") or globs with * and ?, e.g. ["nginx", "app-*.service"].
+# Empty (the default) = none. Reading (services_list, services_status) covers every unit.
+# The server runs unprivileged: after changing this list, regenerate the polkit rule that lets
+# the `tailopsmcp` user start/stop these units as well:
+#   tailopsmcp polkit-rules > /etc/polkit-1/rules.d/50-tailopsmcp.rules
+# enable/disable and apt run in the root helper tailopsmcp-helper@.service, which checks this
+# same list in this file again.
+units = []
+# How long the server waits for the root helper (apt upgrade/install, enable/disable), seconds.
+helper_timeout_secs = 900
 
 # Local grants add to the grants from your tailnet policy file's app capability.
 # match:   "user:LOGIN" (a user-owned node of this login), "tag:NAME" (a tagged node with this
@@ -548,6 +601,7 @@ while [ "$#" -gt 0 ]; do
       need_value "$@"
       case "$2" in
         unit) embedded_unit ;;
+        helper) embedded_helper_unit ;;
         docker) embedded_docker_dropin ;;
         credentials) embedded_credentials_example ;;
         config) embedded_config ;;
@@ -806,11 +860,24 @@ install_config() {
     die "$CONF does not validate: see \`tailopsmcp check-config --config $CONF\`"
 }
 
+polkit_rule() {
+  "$BIN" polkit-rules --config "$CONF"
+}
+
 install_units() {
   units_changed=0
   install -d -m 0755 "$UNIT_DIR" "$DROPIN_DIR"
   write_if_changed embedded_unit "$UNIT" 0644
   [ "$file_changed" = 0 ] || units_changed=1
+  # The privileged path of the services/packages tools: the root helper template and the
+  # polkit rule generated from [services] units (ARCHITECTURE.md, "Privilege").
+  write_if_changed embedded_helper_unit "$HELPER_UNIT" 0644
+  [ "$file_changed" = 0 ] || units_changed=1
+  if [ -d "$POLKIT_DIR" ]; then
+    write_if_changed polkit_rule "$POLKIT_RULE" 0644
+  else
+    msg "polkit: $POLKIT_DIR not found; the services/packages tools that change things need polkitd (apt-get install polkitd, then re-run)"
+  fi
   write_if_changed embedded_credentials_example "$DROPIN_DIR/credentials.conf.example" 0644
   local dropin="$DROPIN_DIR/docker-access.conf"
   case "$docker" in
@@ -957,6 +1024,12 @@ do_uninstall() {
     rm -rf "$DROPIN_DIR"
     msg "removed $DROPIN_DIR"
   fi
+  for f in "$HELPER_UNIT" "$POLKIT_RULE"; do
+    if [ -e "$f" ]; then
+      rm -f "$f"
+      msg "removed $f"
+    fi
+  done
   systemctl daemon-reload
   if [ -e "$BIN" ]; then
     rm -f "$BIN"

@@ -66,6 +66,26 @@ pub struct Config {
     pub stacks: crate::exec::compose::StacksSettings,
     /// Where the network tools may go and how they resolve names (`[network]`).
     pub network: NetworkConfig,
+    /// What the services and packages tools may change (`[services]`).
+    pub services: ServicesConfig,
+}
+
+/// `[services]`: the units the changing services tools may act on, and how long the server
+/// waits for the root helper (`tailopsmcp-helper@.service`: enable/disable, apt).
+#[derive(Debug, Clone)]
+pub struct ServicesConfig {
+    /// Globs (`*`, `?`) over unit names; empty = no unit may be started, stopped, enabled...
+    pub units: Vec<crate::exec::systemd::Glob>,
+    pub helper_timeout: Duration,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            units: Vec::new(),
+            helper_timeout: Duration::from_secs(900),
+        }
+    }
 }
 
 /// `[network]`: the HTTP probe's destination rules and the resolvers of the network tools.
@@ -189,6 +209,8 @@ struct File {
     #[serde(default)]
     limits: crate::limits::LimitsSection,
     #[serde(default)]
+    services: ServicesSection,
+    #[serde(default)]
     files: FilesSection,
     #[serde(default)]
     logs: LogsSection,
@@ -297,6 +319,22 @@ struct ToolsSection {
     read_only: bool,
     enable: Vec<String>,
     disable: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServicesSection {
+    units: Vec<String>,
+    helper_timeout_secs: u64,
+}
+
+impl Default for ServicesSection {
+    fn default() -> Self {
+        ServicesSection {
+            units: Vec::new(),
+            helper_timeout_secs: 900,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -731,6 +769,28 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
     let approvals = crate::approvals::ApprovalsConfig::build(file.approvals).map_err(|(k, m)| invalid(&k, m))?;
     let limits = crate::limits::LimitsConfig::build(file.limits).map_err(|(k, m)| invalid(&k, m))?;
 
+    let mut units = Vec::new();
+    for (i, u) in file.services.units.iter().enumerate() {
+        let key = format!("services.units[{i}]");
+        // An exact name is normalized like a tool argument (`nginx` = `nginx.service`).
+        let pattern = if u.contains(['*', '?']) {
+            u.clone()
+        } else {
+            crate::exec::systemd::validate_unit(u).map_err(|e| invalid(&key, e))?
+        };
+        units.push(crate::exec::systemd::Glob::new(&pattern).map_err(|e| invalid(&key, e))?);
+    }
+    if !(10..=86_400).contains(&file.services.helper_timeout_secs) {
+        return Err(invalid(
+            "services.helper_timeout_secs",
+            "must be between 10 and 86400".into(),
+        ));
+    }
+    let services = ServicesConfig {
+        units,
+        helper_timeout: Duration::from_secs(file.services.helper_timeout_secs),
+    };
+
     Ok(Config {
         source,
         port,
@@ -758,6 +818,7 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         },
         approvals,
         limits,
+        services,
         files: FilesConfig {
             roots: file.files.roots,
             deny: file.files.deny,
@@ -858,6 +919,23 @@ mod tests {
         assert_eq!(c.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(c.database, Path::new(DEFAULT_DATABASE));
         assert!(c.grants.is_empty());
+    }
+
+    #[test]
+    fn services_units_are_validated_and_normalized() {
+        let c = load("[services]\nunits = [\"nginx\", \"app-*.service\"]\nhelper_timeout_secs = 60").unwrap();
+        let units: Vec<&str> = c.services.units.iter().map(|g| g.as_str()).collect();
+        assert_eq!(units, ["nginx.service", "app-*.service"]);
+        assert_eq!(c.services.helper_timeout, Duration::from_secs(60));
+        assert!(load("").unwrap().services.units.is_empty());
+        check_err(
+            "[services]\nunits = [\"../x\"]",
+            "services.units[0]: unit name `../x` contains '/'",
+        );
+        check_err("[services]\nunits = [\"a;*\"]", "services.units[0]");
+        check_err("[services]\nunits = [\"-H\"]", "starts with `-`");
+        check_err("[services]\nhelper_timeout_secs = 1", "services.helper_timeout_secs");
+        check_err("[services]\nunit = []", "unknown field `unit`");
     }
 
     #[test]

@@ -92,6 +92,13 @@ enum Command {
         #[command(subcommand)]
         command: TargetsCommand,
     },
+    /// Print the polkit rule that lets the `tailopsmcp` user start/stop/restart/reload the units
+    /// of `[services] units` and start the root helper (install as
+    /// /etc/polkit-1/rules.d/50-tailopsmcp.rules)
+    PolkitRules,
+    /// The root helper, run only by tailopsmcp-helper@.service: one validated request (`%I`)
+    #[command(hide = true)]
+    Helper { request: String },
 }
 
 #[derive(Subcommand)]
@@ -238,6 +245,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Targets {
             command: TargetsCommand::Check { id, json },
         } => runtime()?.block_on(targets_check(&config, id, json)),
+        Command::PolkitRules => {
+            print!("{}", tailopsmcp::exec::systemd::polkit_rules(&config.services.units));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Helper { request } => {
+            let name = config
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(no config file)".to_string());
+            match tailopsmcp::exec::helper::run(&request, &config.services.units, &name) {
+                Ok(true) => Ok(ExitCode::SUCCESS),
+                Ok(false) => Ok(ExitCode::from(1)),
+                Err(e) => {
+                    eprintln!("tailopsmcp helper: {e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ mod inventory;
 mod localapi;
 mod network;
 mod proxmox;
+mod services;
 mod ssh;
 mod stacks;
 mod support;

@@ -14,16 +14,19 @@
 pub mod compose;
 pub mod docker;
 pub mod fs;
+pub mod helper;
 pub mod http;
 pub mod inventory;
 pub mod journal;
 pub mod local;
 pub mod net;
+pub mod packages;
 pub mod process;
 pub mod procfs;
 pub mod proxmox;
 pub mod remote;
 pub mod ssh;
+pub mod systemd;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -5,16 +5,18 @@
 //! reaches the system, and never write audit rows (the `mcp` layer does that around them).
 //! Filtering (policy, read-only mode) happens in one place, `mcp`; a tool never checks scopes.
 
+pub mod approvals;
 pub mod containers;
 pub mod files;
-pub mod approvals;
 pub mod format;
 pub mod identity;
 pub mod inventory;
 pub mod logs;
-pub mod stacks;
 pub mod network;
+pub mod packages;
 pub mod proxmox;
+pub mod services;
+pub mod stacks;
 pub mod system;
 pub mod targets;
 
@@ -258,12 +260,14 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(identity::tools());
     tools.extend(system::tools());
     tools.extend(targets::tools());
-    tools.extend(inventory::tools());
     tools.extend(containers::tools());
+    tools.extend(stacks::tools());
+    tools.extend(services::tools());
     tools.extend(logs::tools());
     tools.extend(files::tools());
-    tools.extend(stacks::tools());
     tools.extend(network::tools());
+    tools.extend(packages::tools());
+    tools.extend(inventory::tools());
     tools.extend(proxmox::tools());
     tools.extend(approvals::tools());
     tools

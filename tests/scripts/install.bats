@@ -12,6 +12,7 @@ R() { printf '%s' "$TAILOPSMCP_ROOT$1"; }
   run install_sh --print-embedded unit
   [ "$status" -eq 0 ]
   diff <(printf '%s\n' "$output") "$REPO/systemd/tailopsmcp.service"
+  diff <(install_sh --print-embedded helper) "$REPO/systemd/tailopsmcp-helper@.service"
   diff <(install_sh --print-embedded docker) "$REPO/systemd/docker-access.conf"
   diff <(install_sh --print-embedded credentials) "$REPO/systemd/credentials.conf.example"
   diff <(install_sh --print-embedded config) "$REPO/config.example.toml"

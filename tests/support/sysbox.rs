@@ -5,7 +5,8 @@
 //!   `/var/run/docker.sock`) or starts a private `dockerd` (own data root, exec root, socket, no
 //!   bridge, no iptables) that the returned [`DockerHandle`] stops and deletes on drop.
 //! - [`debian_systemd_image`] builds the image once: `debootstrap --variant=minbase` with systemd,
-//!   tarred under `target/tmp/sysbox/` (cached by a hash of the recipe) and `docker import`-ed.
+//!   tarred under `target/tmp/sysbox/` (cached by a hash of the recipe) and `docker import`-ed;
+//!   [`debian_systemd_image_with`] adds packages (polkitd for the services tests).
 //! - [`SystemdBox`] runs it (`--cap-add=SYS_ADMIN --cgroupns=host`, the cgroup tree mounted, no
 //!   network), waits for systemd to come up, and removes the container on drop.
 //!
@@ -154,13 +155,16 @@ pub fn ensure_dockerd() -> Result<DockerHandle, String> {
         return Err("no Docker engine answers and dockerd is not installed (apt-get install docker.io)".into());
     }
     // A private daemon. Short paths: the socket path must fit in sun_path.
-    let tag = format!("tops-sysbox-{}", std::process::id());
+    // One private daemon per call: tests that each boot a container may run in parallel.
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("tops-sysbox-{}-{n}", std::process::id());
     let exec_root = PathBuf::from("/run").join(&tag);
-    let data_root = sysbox_dir().join(format!("docker-{}", std::process::id()));
+    let data_root = sysbox_dir().join(format!("docker-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&exec_root).map_err(|e| format!("{}: {e}", exec_root.display()))?;
     std::fs::create_dir_all(&data_root).map_err(|e| format!("{}: {e}", data_root.display()))?;
     let socket = exec_root.join("docker.sock");
-    let log_path = sysbox_dir().join(format!("dockerd-{}.log", std::process::id()));
+    let log_path = sysbox_dir().join(format!("dockerd-{}-{n}.log", std::process::id()));
     let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let child = Command::new("dockerd")
@@ -220,11 +224,22 @@ fn fnv1a(text: &str) -> u64 {
 
 /// The `local/tailopsmcp-sysbox:HASH` image (Debian 12 with systemd), built when missing.
 pub fn debian_systemd_image(docker: &DockerHandle) -> Result<String, String> {
+    debian_systemd_image_with(docker, &[])
+}
+
+/// [`debian_systemd_image`] with `extra` Debian packages installed too (e.g. `polkitd`): a
+/// separate image, cached by its own recipe hash.
+pub fn debian_systemd_image_with(docker: &DockerHandle, extra: &[&str]) -> Result<String, String> {
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let recipe = format!(
-        "{RECIPE_VERSION} debootstrap {} {DEBIAN_MIRROR}",
-        DEBOOTSTRAP_ARGS.join(" ")
-    );
+    let mut args: Vec<String> = DEBOOTSTRAP_ARGS.iter().map(|a| a.to_string()).collect();
+    if !extra.is_empty() {
+        for a in args.iter_mut() {
+            if let Some(list) = a.strip_prefix("--include=") {
+                *a = format!("--include={list},{}", extra.join(","));
+            }
+        }
+    }
+    let recipe = format!("{RECIPE_VERSION} debootstrap {} {DEBIAN_MIRROR}", args.join(" "));
     let hash = format!("{:016x}", fnv1a(&recipe));
     let image = format!("local/tailopsmcp-sysbox:{hash}");
     if docker.run(&["image", "inspect", "--format", "{{.Id}}", &image]).is_ok() {
@@ -234,20 +249,20 @@ pub fn debian_systemd_image(docker: &DockerHandle) -> Result<String, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let tarball = dir.join(format!("debian12-systemd-{hash}.tar"));
     if !tarball.exists() {
-        build_rootfs_tarball(&dir, &hash, &tarball)?;
+        build_rootfs_tarball(&dir, &hash, &args, &tarball)?;
     }
     docker.run(&["import", &tarball.to_string_lossy(), &image])?;
     Ok(image)
 }
 
-fn build_rootfs_tarball(dir: &Path, hash: &str, tarball: &Path) -> Result<(), String> {
+fn build_rootfs_tarball(dir: &Path, hash: &str, args: &[String], tarball: &Path) -> Result<(), String> {
     if !have("debootstrap") {
         return Err("debootstrap is not installed (apt-get install debootstrap)".into());
     }
     let rootfs = dir.join(format!("rootfs-{hash}"));
     let _ = std::fs::remove_dir_all(&rootfs);
     let out = Command::new("debootstrap")
-        .args(DEBOOTSTRAP_ARGS)
+        .args(args)
         .arg(&rootfs)
         .arg(DEBIAN_MIRROR)
         .stdin(Stdio::null())

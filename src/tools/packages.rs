@@ -1,0 +1,433 @@
+//! The `packages` toolset: available upgrades, upgrade and install on apt hosts (`local` and
+//! `ssh` targets). Other package managers are detected and named, and refused.
+//!
+//! Reading runs `apt` as the server's user. Upgrade and install need root: they are requests to
+//! the root helper unit `tailopsmcp-helper@.service` (see ARCHITECTURE.md, "Privilege"), whose
+//! instance name carries the operation and validated package names — never options. Package
+//! names are checked against Debian's grammar here and again in the helper.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use rmcp::model::JsonObject;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::services::{Host, exec_failed, helper_plan};
+use super::{
+    Annotations, Requirement, Risk, Step, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated, bounded,
+    input_schema, output_schema, parse_args,
+};
+use crate::exec::packages::{self, Upgrade};
+use crate::exec::systemd::{self, HelperOp, HelperRequest, HelperResult, MAX_INSTALL_PACKAGES};
+use crate::policy::{Area, Level, Scope};
+
+pub const UPDATES_LIMIT_DEFAULT: i64 = 100;
+pub const UPDATES_LIMIT_MAX: i64 = 1000;
+
+/// The tools of this toolset, in catalog order.
+pub fn tools() -> Vec<Arc<dyn Tool>> {
+    vec![
+        Arc::new(UpdatesTool::new()),
+        Arc::new(ChangeTool::new(Change::Upgrade)),
+        Arc::new(ChangeTool::new(Change::Install)),
+    ]
+}
+
+/// Arguments of `packages_updates`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatesArgs {
+    /// The host to run against (`local` when omitted); resolved by the server.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Rows to return, 1 to 1000 (default 100).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: Option<i64>,
+}
+
+/// `structuredContent` of `packages_updates`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct UpdatesOutput {
+    /// The package manager found (`apt`).
+    pub manager: String,
+    /// Upgrades available.
+    pub count: usize,
+    pub upgrades: Vec<Upgrade>,
+    pub truncated: Option<Truncated>,
+}
+
+/// Arguments of `packages_upgrade`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeArgs {
+    /// The host to run against (`local` when omitted); resolved by the server.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Return the plan (and the upgrades apt currently offers) without doing anything.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Arguments of `packages_install`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallArgs {
+    /// The host to run against (`local` when omitted); resolved by the server.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Debian package names (1 to 8): lowercase letters, digits, `+`, `-`, `.`. No versions,
+    /// architectures, paths or options.
+    pub packages: Vec<String>,
+    /// Return the plan without doing anything.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `structuredContent` of `packages_upgrade` and `packages_install`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ChangeOutput {
+    pub manager: String,
+    pub dry_run: bool,
+    /// What runs (or, with `dry_run`, would run), in order.
+    pub plan: Vec<Step>,
+    /// For an upgrade dry run: the upgrades apt offers now (as of the last `apt-get update`;
+    /// the real run refreshes the lists first).
+    pub pending: Option<Vec<Upgrade>>,
+    /// What the root helper reported (`null` for a dry run).
+    pub result: Option<HelperResult>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Upgrade,
+    Install,
+}
+
+/// `packages_updates`.
+pub struct UpdatesTool {
+    spec: ToolSpec,
+}
+
+impl UpdatesTool {
+    pub fn new() -> UpdatesTool {
+        UpdatesTool {
+            spec: ToolSpec {
+                name: "packages_updates",
+                title: "Available package upgrades",
+                description: "Upgrades apt offers on the host (`apt list --upgradable`, as of the host's last \
+                    `apt-get update`): package, installed version (`from`), candidate version (`to`), suites and \
+                    architecture. `limit` caps the rows (1-1000, default 100); `truncated` says how many were left \
+                    out. Hosts with another package manager (dnf, yum, zypper, pacman, apk) get an error naming it.",
+                requires: Requirement::Scope(Scope::new(Area::Packages, Level::Read)),
+                risk: Risk::Low,
+                annotations: Annotations {
+                    read_only: true,
+                    destructive: false,
+                    idempotent: true,
+                    open_world: false,
+                },
+                input_schema: input_schema::<UpdatesArgs>(),
+                output_schema: output_schema::<UpdatesOutput>(),
+            },
+        }
+    }
+}
+
+impl Default for UpdatesTool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tool for UpdatesTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let args: UpdatesArgs = parse_args(args)?;
+            let limit = bounded("limit", args.limit, UPDATES_LIMIT_DEFAULT, 1, UPDATES_LIMIT_MAX)?;
+            let host = Host::of(&ctx, self.spec.name, None)?;
+            let manager = require_apt(host.runner(), &ctx.target.id).await?;
+            let mut upgrades = packages::apt_upgrades(host.runner()).await.map_err(exec_failed)?;
+            let count = upgrades.len();
+            upgrades.truncate(limit);
+            let truncated = (count > upgrades.len()).then(|| Truncated {
+                cap: format!("limit={limit}"),
+                omitted: Some((count - upgrades.len()) as u64),
+            });
+            let out = UpdatesOutput {
+                manager: manager.to_string(),
+                count,
+                upgrades,
+                truncated,
+            };
+            let text = render_updates(&out);
+            ToolOutput::new(&out, text)
+        })
+    }
+}
+
+/// `packages_upgrade` / `packages_install`.
+pub struct ChangeTool {
+    spec: ToolSpec,
+    change: Change,
+}
+
+impl ChangeTool {
+    pub fn new(change: Change) -> ChangeTool {
+        let spec = match change {
+            Change::Upgrade => ToolSpec {
+                name: "packages_upgrade",
+                title: "Upgrade packages",
+                description: "Upgrade the installed packages of an apt host: the root helper unit \
+                    (tailopsmcp-helper@.service) runs `apt-get update` then `apt-get upgrade -y` (no new \
+                    recommends, changed config files kept) and reports every package whose version changed \
+                    (`from` → `to`) and the end of apt's output. `dry_run: true` returns the plan and the \
+                    upgrades apt offers now, without doing anything; the plan is returned either way.",
+                requires: Requirement::Scope(Scope::new(Area::Packages, Level::Admin)),
+                risk: Risk::High,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: true,
+                    idempotent: true,
+                    open_world: true,
+                },
+                input_schema: input_schema::<UpgradeArgs>(),
+                output_schema: output_schema::<ChangeOutput>(),
+            },
+            Change::Install => ToolSpec {
+                name: "packages_install",
+                title: "Install packages",
+                description: "Install Debian packages (1 to 8 names; Debian's name grammar: a-z 0-9 + - ., \
+                    no versions, architectures, paths or options) on an apt host: the root helper unit \
+                    (tailopsmcp-helper@.service) runs `apt-get update` then `apt-get install -y -- NAMES` \
+                    (no recommends) and reports every package whose version changed, dependencies included. \
+                    Installing software is root-equivalent. `dry_run: true` returns the plan without doing \
+                    anything; the plan is returned either way.",
+                requires: Requirement::Scope(Scope::new(Area::Packages, Level::Admin)),
+                risk: Risk::Critical,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: true,
+                    open_world: true,
+                },
+                input_schema: input_schema::<InstallArgs>(),
+                output_schema: output_schema::<ChangeOutput>(),
+            },
+        };
+        ChangeTool { spec, change }
+    }
+}
+
+impl Tool for ChangeTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let (op, dry_run, inner) = match self.change {
+                Change::Upgrade => {
+                    let a: UpgradeArgs = parse_args(args)?;
+                    (
+                        HelperOp::AptUpgrade,
+                        a.dry_run,
+                        "apt-get update; apt-get upgrade -y".to_string(),
+                    )
+                }
+                Change::Install => {
+                    let a: InstallArgs = parse_args(args)?;
+                    if a.packages.is_empty() || a.packages.len() > MAX_INSTALL_PACKAGES {
+                        return Err(ToolError::InvalidArgs(format!(
+                            "`packages` must name 1 to {MAX_INSTALL_PACKAGES} packages, got {}",
+                            a.packages.len()
+                        )));
+                    }
+                    for p in &a.packages {
+                        packages::validate_package(p).map_err(ToolError::InvalidArgs)?;
+                    }
+                    let mut names = a.packages.clone();
+                    names.dedup();
+                    let inner = format!("apt-get update; apt-get install -y -- {}", names.join(" "));
+                    (HelperOp::AptInstall(names), a.dry_run, inner)
+                }
+            };
+            let host = Host::of(&ctx, self.spec.name, Some(ctx.config.services.helper_timeout))?;
+            let manager = require_apt(host.runner(), &ctx.target.id).await?;
+            let req = HelperRequest::new(op);
+            let mut out = ChangeOutput {
+                manager: manager.to_string(),
+                dry_run,
+                plan: helper_plan(&ctx.target.id, &req, &inner),
+                pending: None,
+                result: None,
+            };
+            if dry_run {
+                if self.change == Change::Upgrade {
+                    out.pending = Some(packages::apt_upgrades(host.runner()).await.map_err(exec_failed)?);
+                }
+            } else {
+                let result = systemd::run_helper(host.runner(), &req).await.map_err(exec_failed)?;
+                if !result.ok {
+                    return Err(ToolError::Failed(format!(
+                        "{}: {}",
+                        result.summary,
+                        systemd::cut(result.output_tail.trim(), 1500)
+                    )));
+                }
+                out.result = Some(result);
+            }
+            let text = render_change(&out);
+            ToolOutput::new(&out, text)
+        })
+    }
+}
+
+/// `apt`, or an error naming the package manager that was found instead.
+async fn require_apt(r: &dyn crate::exec::remote::Runner, target: &str) -> Result<&'static str, ToolError> {
+    match packages::detect(r).await.map_err(exec_failed)? {
+        Some("apt") => Ok("apt"),
+        Some(other) => Err(ToolError::Failed(format!(
+            "target `{target}` uses {other}; only apt (Debian, Ubuntu) is supported by the packages tools"
+        ))),
+        None => Err(ToolError::Failed(format!(
+            "no supported package manager found on target `{target}` (looked for apt-get, dnf, yum, zypper, pacman, apk)"
+        ))),
+    }
+}
+
+fn render_updates(out: &UpdatesOutput) -> String {
+    let mut t = format!("{} upgrade(s) available ({})", out.count, out.manager);
+    for u in &out.upgrades {
+        let _ = write!(
+            t,
+            "\n  {} {} -> {} ({})",
+            u.package,
+            u.from.as_deref().unwrap_or("?"),
+            u.to,
+            u.suites.join(",")
+        );
+    }
+    if let Some(tr) = &out.truncated {
+        let _ = write!(t, "\n  … {} more ({})", tr.omitted.unwrap_or(0), tr.cap);
+    }
+    t
+}
+
+fn render_change(out: &ChangeOutput) -> String {
+    let mut t = String::new();
+    match (&out.result, &out.pending) {
+        (Some(r), _) => {
+            let _ = writeln!(t, "{}", r.summary);
+            for c in &r.changed {
+                let _ = writeln!(
+                    t,
+                    "  {} {} -> {}",
+                    c.package,
+                    c.from.as_deref().unwrap_or("(new)"),
+                    c.to.as_deref().unwrap_or("(removed)")
+                );
+            }
+        }
+        (None, pending) => {
+            let _ = writeln!(t, "dry run: nothing was changed");
+            if let Some(p) = pending {
+                let _ = writeln!(t, "  {} upgrade(s) offered now", p.len());
+            }
+        }
+    }
+    for s in &out.plan {
+        let _ = writeln!(t, "  $ {}", s.detail);
+    }
+    t.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy;
+    use crate::tailnet::Caller;
+    use serde_json::{Value, json};
+
+    async fn call(name: &str, args: Value) -> Result<ToolOutput, ToolError> {
+        let Value::Object(args) = args else { panic!() };
+        let ctx = ToolContext {
+            caller: Arc::new(Caller::dev("t@example.com", "127.0.0.1:1".parse().unwrap())),
+            target: Arc::new(crate::targets::Target::local()),
+            targets: Arc::new(crate::targets::Registry::local_only()),
+            grants: Arc::new(policy::Effective::default()),
+            tailnet: Arc::new(super::super::TailnetInfo::default()),
+            config: Arc::new(crate::config::Config::defaults()),
+            approvals: None,
+        };
+        let t = tools().into_iter().find(|t| t.spec().name == name).unwrap();
+        t.call(ctx, args).await
+    }
+
+    fn invalid(r: Result<ToolOutput, ToolError>, needle: &str) {
+        match r {
+            Err(ToolError::InvalidArgs(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
+            other => panic!("expected invalid args ({needle}), got {:?}", other.map(|o| o.text)),
+        }
+    }
+
+    #[test]
+    fn specs() {
+        let specs: Vec<ToolSpec> = tools().iter().map(|t| t.spec().clone()).collect();
+        let got: Vec<(&str, Risk, Level)> = specs
+            .iter()
+            .map(|s| {
+                let Requirement::Scope(sc) = s.requires else { panic!() };
+                assert_eq!(sc.area, Area::Packages);
+                (s.name, s.risk, sc.level)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("packages_updates", Risk::Low, Level::Read),
+                ("packages_upgrade", Risk::High, Level::Admin),
+                ("packages_install", Risk::Critical, Level::Admin)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_package_names_are_refused_before_anything_runs() {
+        for bad in [
+            "-y",
+            "--allow-unauthenticated",
+            "foo;id",
+            "../x",
+            "pkg=1.0",
+            "Hello",
+            "a b",
+            "x",
+        ] {
+            invalid(
+                call("packages_install", json!({"packages": [bad]})).await,
+                "package name",
+            );
+        }
+        invalid(
+            call("packages_install", json!({"packages": []})).await,
+            "1 to 8 packages",
+        );
+        let nine: Vec<String> = (0..9).map(|i| format!("pkg{i}")).collect();
+        invalid(
+            call("packages_install", json!({"packages": nine})).await,
+            "1 to 8 packages",
+        );
+        invalid(
+            call("packages_updates", json!({"limit": 0})).await,
+            "between 1 and 1000",
+        );
+        invalid(call("packages_upgrade", json!({"yes": true})).await, "unknown field");
+    }
+}

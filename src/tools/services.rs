@@ -1,0 +1,774 @@
+//! The `services` toolset: systemd units on `local` and `ssh` targets — list, status with recent
+//! journal lines, and the changing verbs (start/stop/restart/reload, enable/disable).
+//!
+//! Tools validate unit names (`exec::systemd::validate_unit`) and check the changing verbs
+//! against `[services] units` before anything runs; they reach the host only through
+//! `exec::systemd` over an `exec::remote::Runner`. start/stop/restart/reload run `systemctl`
+//! as the server's user (allowed by the polkit rule, or root); enable/disable go through the
+//! root helper unit (see ARCHITECTURE.md, "Privilege"). Never checks scopes or writes audit rows.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use rmcp::model::JsonObject;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Annotations, Requirement, Risk, Step, StepKind, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated,
+    bounded, input_schema, output_schema, parse_args,
+};
+use crate::exec::remote::{LocalRunner, Runner};
+use crate::exec::systemd::{self, Glob, HelperOp, HelperRequest, HelperResult, UnitRow, UnitStatus, Verb};
+use crate::exec::{CommandSpec, ExecError, Limits};
+use crate::policy::{Area, Level, Scope};
+
+pub const LIST_LIMIT_DEFAULT: i64 = 100;
+pub const LIST_LIMIT_MAX: i64 = 1000;
+pub const STATUS_LINES_DEFAULT: i64 = 20;
+pub const STATUS_LINES_MAX: i64 = 200;
+
+/// The tools of this toolset, in catalog order.
+pub fn tools() -> Vec<Arc<dyn Tool>> {
+    vec![
+        Arc::new(ListTool::new()),
+        Arc::new(StatusTool::new()),
+        Arc::new(ControlTool::new(Verb::Start)),
+        Arc::new(ControlTool::new(Verb::Stop)),
+        Arc::new(ControlTool::new(Verb::Restart)),
+        Arc::new(ControlTool::new(Verb::Reload)),
+        Arc::new(ControlTool::new(Verb::Enable)),
+        Arc::new(ControlTool::new(Verb::Disable)),
+    ]
+}
+
+/// Arguments of `services_list`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListArgs {
+    /// The host to run against (`local` when omitted); resolved by the server.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Only units in this state: matched against the active state (`active`, `failed`, ...),
+    /// the sub-state (`running`, `exited`, `dead`, ...), the load state (`not-found`, `masked`)
+    /// and the unit-file state (`enabled`, `disabled`, `static`, ...).
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Glob over unit names (`*` and `?`), e.g. `nginx*` or `*.timer`. Default `*.service`.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Rows to return, 1 to 1000 (default 100).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: Option<i64>,
+}
+
+/// `structuredContent` of `services_list`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ListOutput {
+    /// Units matching the filters.
+    pub matched: usize,
+    /// Units returned (at most `limit`).
+    pub shown: usize,
+    pub units: Vec<UnitRow>,
+    pub truncated: Option<Truncated>,
+}
+
+/// Arguments of `services_status`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusArgs {
+    /// The host to run against (`local` when omitted); resolved by the server.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Unit name; `.service` is added when there is no type suffix.
+    pub unit: String,
+    /// Newest journal lines to include, 0 to 200 (default 20).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 200))]
+    pub lines: Option<i64>,
+}
+
+/// `structuredContent` of `services_status`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StatusOutput {
+    #[serde(flatten)]
+    pub status: UnitStatus,
+    /// Set when the journal returned `lines` entries (older ones were not read).
+    pub truncated: Option<Truncated>,
+}
+
+/// Arguments of the changing tools.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControlArgs {
+    /// The host to run against (`local` when omitted); resolved by the server.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Unit name; `.service` is added when there is no type suffix. It must be on the server's
+    /// `[services] units` list.
+    pub unit: String,
+    /// Return the plan without doing anything.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `structuredContent` of the changing tools.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ControlOutput {
+    pub unit: String,
+    pub verb: Verb,
+    pub dry_run: bool,
+    /// What runs (or, with `dry_run`, would run), in order.
+    pub plan: Vec<Step>,
+    /// `systemctl is-active` after the change (`null` for a dry run).
+    pub active: Option<String>,
+    /// `systemctl is-enabled` after the change (`null` for a dry run).
+    pub enabled: Option<String>,
+    /// What the root helper reported (enable/disable only).
+    pub helper: Option<HelperResult>,
+}
+
+const READ_ONLY: Annotations = Annotations {
+    read_only: true,
+    destructive: false,
+    idempotent: true,
+    open_world: false,
+};
+
+/// `services_list`.
+pub struct ListTool {
+    spec: ToolSpec,
+}
+
+impl ListTool {
+    pub fn new() -> ListTool {
+        ListTool {
+            spec: ToolSpec {
+                name: "services_list",
+                title: "List systemd units",
+                description: "systemd units of the host, sorted by name: unit, load state, active state, sub-state, \
+                    unit-file state (`enabled`, `disabled`, `static`, ...) and description. Loaded units and \
+                    installed unit files that are not loaded are both listed. `pattern` is a glob over unit names \
+                    (default `*.service`); `state` keeps units whose active, sub, load or unit-file state equals it \
+                    (e.g. `failed`, `running`, `enabled`); `limit` caps the rows (1-1000, default 100) and \
+                    `truncated` says how many matching units were left out.",
+                requires: Requirement::Scope(Scope::new(Area::Services, Level::Read)),
+                risk: Risk::Low,
+                annotations: READ_ONLY,
+                input_schema: input_schema::<ListArgs>(),
+                output_schema: output_schema::<ListOutput>(),
+            },
+        }
+    }
+}
+
+impl Default for ListTool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tool for ListTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let args: ListArgs = parse_args(args)?;
+            let limit = bounded("limit", args.limit, LIST_LIMIT_DEFAULT, 1, LIST_LIMIT_MAX)?;
+            let pattern = Glob::new(args.pattern.as_deref().unwrap_or("*.service")).map_err(ToolError::InvalidArgs)?;
+            let state = match args.state.as_deref() {
+                None => None,
+                Some(s) if !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_lowercase() || c == '-') => {
+                    Some(s.to_string())
+                }
+                Some(s) => {
+                    return Err(ToolError::InvalidArgs(format!(
+                        "state `{}` is not a unit state (lowercase letters and `-`, e.g. `failed`, `running`, `enabled`)",
+                        systemd::shown(s)
+                    )));
+                }
+            };
+            let host = Host::of(&ctx, self.spec.name, None)?;
+            let all = systemd::list_units(host.runner()).await.map_err(exec_failed)?;
+            let mut rows: Vec<UnitRow> = all
+                .into_iter()
+                .filter(|r| pattern.matches(&r.unit))
+                .filter(|r| {
+                    state.as_deref().is_none_or(|s| {
+                        [&r.active, &r.sub, &r.load, &r.enabled]
+                            .iter()
+                            .any(|v| v.as_deref() == Some(s))
+                    })
+                })
+                .collect();
+            let matched = rows.len();
+            rows.truncate(limit);
+            let truncated = (matched > rows.len()).then(|| Truncated {
+                cap: format!("limit={limit}"),
+                omitted: Some((matched - rows.len()) as u64),
+            });
+            let out = ListOutput {
+                matched,
+                shown: rows.len(),
+                units: rows,
+                truncated,
+            };
+            let text = render_list(&out);
+            ToolOutput::new(&out, text)
+        })
+    }
+}
+
+/// `services_status`.
+pub struct StatusTool {
+    spec: ToolSpec,
+}
+
+impl StatusTool {
+    pub fn new() -> StatusTool {
+        StatusTool {
+            spec: ToolSpec {
+                name: "services_status",
+                title: "systemd unit status",
+                description: "State of one unit (`systemctl show`: Description, LoadState, ActiveState, SubState, \
+                    UnitFileState, Result, MainPID, ExecMainStatus, NRestarts, timestamps, MemoryCurrent, \
+                    CPUUsageNSec, TasksCurrent, FragmentPath, User, Restart; unset ones omitted) and its newest \
+                    journal lines (`lines`, 0-200, default 20; each message cut at 1000 characters), oldest first \
+                    with time, priority (0 emerg .. 7 debug), identifier and pid. `unit` gets `.service` when it \
+                    has no type suffix.",
+                requires: Requirement::Scope(Scope::new(Area::Services, Level::Read)),
+                risk: Risk::Low,
+                annotations: READ_ONLY,
+                input_schema: input_schema::<StatusArgs>(),
+                output_schema: output_schema::<StatusOutput>(),
+            },
+        }
+    }
+}
+
+impl Default for StatusTool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tool for StatusTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let args: StatusArgs = parse_args(args)?;
+            let lines = bounded("lines", args.lines, STATUS_LINES_DEFAULT, 0, STATUS_LINES_MAX)?;
+            let unit = systemd::validate_unit(&args.unit).map_err(ToolError::InvalidArgs)?;
+            let host = Host::of(&ctx, self.spec.name, None)?;
+            let status = systemd::unit_status(host.runner(), &unit, lines)
+                .await
+                .map_err(exec_failed)?;
+            let truncated = (lines > 0 && status.journal.len() >= lines).then(|| Truncated {
+                cap: format!("lines={lines}"),
+                omitted: None,
+            });
+            let out = StatusOutput { status, truncated };
+            let text = render_status(&out.status);
+            ToolOutput::new(&out, text)
+        })
+    }
+}
+
+/// One of the changing tools (`services_start` … `services_disable`).
+pub struct ControlTool {
+    spec: ToolSpec,
+    verb: Verb,
+}
+
+impl ControlTool {
+    pub fn new(verb: Verb) -> ControlTool {
+        let (name, title, description, level, risk, destructive, idempotent) = match verb {
+            Verb::Start => (
+                "services_start",
+                "Start a unit",
+                "Start a systemd unit (`systemctl start`) and report `is-active`/`is-enabled` afterwards.",
+                Level::Control,
+                Risk::Moderate,
+                false,
+                true,
+            ),
+            Verb::Stop => (
+                "services_stop",
+                "Stop a unit",
+                "Stop a systemd unit (`systemctl stop`) and report `is-active`/`is-enabled` afterwards.",
+                Level::Control,
+                Risk::Moderate,
+                true,
+                true,
+            ),
+            Verb::Restart => (
+                "services_restart",
+                "Restart a unit",
+                "Restart a systemd unit (`systemctl restart`; starts it when stopped) and report \
+                 `is-active`/`is-enabled` afterwards.",
+                Level::Control,
+                Risk::Moderate,
+                true,
+                false,
+            ),
+            Verb::Reload => (
+                "services_reload",
+                "Reload a unit",
+                "Ask a running unit to reload its configuration (`systemctl reload`; fails for units \
+                 without ExecReload) and report `is-active`/`is-enabled` afterwards.",
+                Level::Control,
+                Risk::Moderate,
+                false,
+                false,
+            ),
+            Verb::Enable => (
+                "services_enable",
+                "Enable a unit",
+                "Enable a systemd unit at boot (`systemctl enable`, run by the root helper unit \
+                 tailopsmcp-helper@.service; does not start it) and report `is-enabled` afterwards.",
+                Level::Admin,
+                Risk::Moderate,
+                false,
+                true,
+            ),
+            Verb::Disable => (
+                "services_disable",
+                "Disable a unit",
+                "Disable a systemd unit at boot (`systemctl disable`, run by the root helper unit \
+                 tailopsmcp-helper@.service; does not stop it) and report `is-enabled` afterwards.",
+                Level::Admin,
+                Risk::High,
+                true,
+                true,
+            ),
+        };
+        ControlTool {
+            verb,
+            spec: ToolSpec {
+                name,
+                title,
+                description: leak_description(description),
+                requires: Requirement::Scope(Scope::new(Area::Services, level)),
+                risk,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive,
+                    idempotent,
+                    open_world: false,
+                },
+                input_schema: input_schema::<ControlArgs>(),
+                output_schema: output_schema::<ControlOutput>(),
+            },
+        }
+    }
+}
+
+/// The shared part of every changing tool's description, after its own sentence.
+const CONTROL_NOTE: &str = " `unit` gets `.service` when it has no type suffix and must be on the server's \
+    `[services] units` list (others are refused before anything runs). `dry_run: true` returns the plan (the \
+    exact commands) without running them; the plan is returned either way.";
+
+fn leak_description(own: &'static str) -> &'static str {
+    // Built once per tool at catalog construction; the catalog lives for the whole process.
+    Box::leak(format!("{own}{CONTROL_NOTE}").into_boxed_str())
+}
+
+impl Tool for ControlTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            let args: ControlArgs = parse_args(args)?;
+            let unit = systemd::validate_unit(&args.unit).map_err(ToolError::InvalidArgs)?;
+            let allowed = &ctx.config.services.units;
+            if !systemd::unit_allowed(&unit, allowed) {
+                let list: Vec<&str> = allowed.iter().map(Glob::as_str).collect();
+                return Err(ToolError::Failed(format!(
+                    "{unit} is not on this server's `[services] units` list ({}); {} refused",
+                    if list.is_empty() {
+                        "the list is empty".to_string()
+                    } else {
+                        list.join(", ")
+                    },
+                    self.spec.name
+                )));
+            }
+            let verb = self.verb;
+            let helper_timeout = ctx.config.services.helper_timeout;
+            let host = Host::of(&ctx, self.spec.name, verb.via_helper().then_some(helper_timeout))?;
+            let target = ctx.target.id.clone();
+            let request = verb.via_helper().then(|| {
+                HelperRequest::new(if verb == Verb::Enable {
+                    HelperOp::Enable(unit.clone())
+                } else {
+                    HelperOp::Disable(unit.clone())
+                })
+            });
+            let plan = match &request {
+                None => vec![command_step(&target, &systemd::control_command(verb, &unit))],
+                Some(req) => helper_plan(&target, req, &format!("systemctl {} -- {unit}", verb.as_str())),
+            };
+            let mut out = ControlOutput {
+                unit: unit.clone(),
+                verb,
+                dry_run: args.dry_run,
+                plan,
+                active: None,
+                enabled: None,
+                helper: None,
+            };
+            if !args.dry_run {
+                match &request {
+                    None => {
+                        systemd::control(host.runner(), verb, &unit)
+                            .await
+                            .map_err(exec_failed)?;
+                    }
+                    Some(req) => {
+                        let result = systemd::run_helper(host.runner(), req).await.map_err(exec_failed)?;
+                        if !result.ok {
+                            return Err(ToolError::Failed(format!(
+                                "{} (helper output: {})",
+                                result.summary,
+                                systemd::cut(result.output_tail.trim(), 500)
+                            )));
+                        }
+                        out.helper = Some(result);
+                    }
+                }
+                let (active, enabled) = systemd::states(host.runner(), &unit).await;
+                out.active = active;
+                out.enabled = enabled;
+            }
+            let text = render_control(&out);
+            ToolOutput::new(&out, text)
+        })
+    }
+}
+
+/// The steps of a root-helper request: start the instance (the helper runs `inner` as root),
+/// then read its result.
+pub fn helper_plan(target: &str, req: &HelperRequest, inner: &str) -> Vec<Step> {
+    vec![
+        command_step(target, &req.start_command()),
+        Step {
+            kind: StepKind::Command,
+            target: target.to_string(),
+            detail: format!("(as root, in {}) {inner}", req.unit()),
+        },
+        command_step(target, &CommandSpec::new("cat", ["--", &req.result_path()])),
+    ]
+}
+
+pub fn command_step(target: &str, cmd: &CommandSpec) -> Step {
+    Step {
+        kind: StepKind::Command,
+        target: target.to_string(),
+        detail: shell_words(cmd),
+    }
+}
+
+/// A command as a shell would need it typed: words with special characters single-quoted.
+pub fn shell_words(cmd: &CommandSpec) -> String {
+    std::iter::once(&cmd.program)
+        .chain(cmd.args.iter())
+        .map(|w| {
+            if !w.is_empty()
+                && w.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '@' | ',' | '+')
+                })
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Where these tools run commands: this host (as the server's user) or an SSH host.
+pub enum Host<'a> {
+    Local(LocalRunner),
+    Remote(&'a dyn Runner),
+}
+
+impl<'a> Host<'a> {
+    /// The runner for `ctx.target`; `long` replaces the local timeout (root-helper runs).
+    pub fn of(ctx: &'a ToolContext, tool: &str, long: Option<std::time::Duration>) -> Result<Host<'a>, ToolError> {
+        match &ctx.target.executor {
+            crate::targets::Executor::Local => {
+                let mut limits: Limits = ctx.target.limits;
+                if let Some(t) = long {
+                    limits.timeout = limits.timeout.max(t);
+                }
+                Ok(Host::Local(LocalRunner(limits)))
+            }
+            crate::targets::Executor::Ssh(ssh) => Ok(Host::Remote(ssh)),
+            _ => Err(ToolError::Failed(format!(
+                "{tool} runs systemctl on a host; it is not supported on {} targets (target `{}`)",
+                ctx.target.kind.as_str(),
+                ctx.target.id
+            ))),
+        }
+    }
+
+    pub fn runner(&self) -> &dyn Runner {
+        match self {
+            Host::Local(r) => r,
+            Host::Remote(r) => *r,
+        }
+    }
+}
+
+pub fn exec_failed(e: ExecError) -> ToolError {
+    ToolError::Failed(e.to_string())
+}
+
+fn render_list(out: &ListOutput) -> String {
+    let mut t = String::new();
+    let w = out
+        .units
+        .iter()
+        .map(|u| u.unit.chars().count())
+        .max()
+        .unwrap_or(4)
+        .min(60);
+    let _ = writeln!(t, "{} of {} matching units", out.shown, out.matched);
+    let _ = write!(
+        t,
+        "{:w$}  {:9} {:10} {:10} {:9} DESCRIPTION",
+        "UNIT", "LOAD", "ACTIVE", "SUB", "ENABLED"
+    );
+    for u in &out.units {
+        let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let _ = write!(
+            t,
+            "\n{:w$}  {:9} {:10} {:10} {:9} {}",
+            u.unit,
+            o(&u.load),
+            o(&u.active),
+            o(&u.sub),
+            o(&u.enabled),
+            systemd::cut(&o(&u.description), 80)
+        );
+    }
+    t
+}
+
+fn render_status(s: &UnitStatus) -> String {
+    let mut t = String::new();
+    let p = |k: &str| s.properties.get(k).map(String::as_str).unwrap_or("-");
+    let _ = writeln!(t, "{} - {}", s.unit, p("Description"));
+    let _ = writeln!(
+        t,
+        "  {} / {} ({}), unit file {}, main pid {}, restarts {}",
+        p("ActiveState"),
+        p("SubState"),
+        p("LoadState"),
+        p("UnitFileState"),
+        p("MainPID"),
+        p("NRestarts")
+    );
+    if let Some(since) = s.properties.get("ActiveEnterTimestamp") {
+        let _ = writeln!(t, "  active since {since}");
+    }
+    if let Some(note) = &s.journal_note {
+        let _ = writeln!(t, "  journal: {note}");
+    }
+    for l in &s.journal {
+        let _ = writeln!(
+            t,
+            "  {} {}[{}]: {}",
+            l.time.as_deref().unwrap_or("?"),
+            l.identifier.as_deref().unwrap_or("?"),
+            l.pid.map(|p| p.to_string()).unwrap_or_default(),
+            l.message
+        );
+    }
+    t.trim_end().to_string()
+}
+
+fn render_control(out: &ControlOutput) -> String {
+    let mut t = String::new();
+    if out.dry_run {
+        let _ = writeln!(t, "dry run: would {} {}", out.verb.as_str(), out.unit);
+    } else {
+        let _ = writeln!(
+            t,
+            "{} {}: active={} enabled={}",
+            out.verb.as_str(),
+            out.unit,
+            out.active.as_deref().unwrap_or("?"),
+            out.enabled.as_deref().unwrap_or("?")
+        );
+    }
+    for s in &out.plan {
+        let _ = writeln!(t, "  $ {}", s.detail);
+    }
+    t.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy;
+    use crate::tailnet::Caller;
+    use serde_json::{Value, json};
+
+    fn ctx(config: &str) -> ToolContext {
+        let config =
+            crate::config::Config::from_toml(config, std::path::Path::new("t.toml"), &Default::default()).unwrap();
+        ToolContext {
+            caller: Arc::new(Caller::dev("t@example.com", "127.0.0.1:1".parse().unwrap())),
+            target: Arc::new(crate::targets::Target::local()),
+            targets: Arc::new(crate::targets::Registry::local_only()),
+            grants: Arc::new(policy::Effective::default()),
+            tailnet: Arc::new(super::super::TailnetInfo::default()),
+            config: Arc::new(config),
+            approvals: None,
+        }
+    }
+
+    async fn call(name: &str, config: &str, args: Value) -> Result<ToolOutput, ToolError> {
+        let Value::Object(args) = args else { panic!() };
+        let t = tools().into_iter().find(|t| t.spec().name == name).unwrap();
+        t.call(ctx(config), args).await
+    }
+
+    fn invalid(r: Result<ToolOutput, ToolError>, needle: &str) {
+        match r {
+            Err(ToolError::InvalidArgs(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
+            other => panic!("expected invalid args ({needle}), got {:?}", other.map(|o| o.text)),
+        }
+    }
+
+    #[test]
+    fn specs() {
+        let names: Vec<&str> = tools().iter().map(|t| t.spec().name).collect();
+        assert_eq!(
+            names,
+            [
+                "services_list",
+                "services_status",
+                "services_start",
+                "services_stop",
+                "services_restart",
+                "services_reload",
+                "services_enable",
+                "services_disable"
+            ]
+        );
+        for t in tools() {
+            let s = t.spec();
+            let Requirement::Scope(scope) = s.requires else {
+                panic!()
+            };
+            assert_eq!(scope.area, Area::Services);
+            let want = match s.name {
+                "services_list" | "services_status" => Level::Read,
+                "services_enable" | "services_disable" => Level::Admin,
+                _ => Level::Control,
+            };
+            assert_eq!(scope.level, want, "{}", s.name);
+            if s.mutates() {
+                assert!(s.input_schema["properties"].get("dry_run").is_some());
+                assert!(s.output_schema["properties"].get("plan").is_some());
+                assert!(s.description.contains("[services] units"));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_before_anything_runs() {
+        let cfg = "[services]\nunits = [\"sleepy.service\"]\n";
+        for bad in ["../x", "-H host", "a;b", "$(id)", "a b", ""] {
+            invalid(call("services_status", cfg, json!({"unit": bad})).await, "unit name");
+            invalid(call("services_restart", cfg, json!({"unit": bad})).await, "unit name");
+        }
+        invalid(
+            call("services_status", cfg, json!({"unit": "x", "lines": 201})).await,
+            "between 0 and 200",
+        );
+        invalid(
+            call("services_list", cfg, json!({"limit": 0})).await,
+            "between 1 and 1000",
+        );
+        invalid(
+            call("services_list", cfg, json!({"limit": 1_000_000})).await,
+            "between 1 and 1000",
+        );
+        invalid(call("services_list", cfg, json!({"pattern": "a;b"})).await, "';'");
+        invalid(
+            call("services_list", cfg, json!({"state": "Failed;"})).await,
+            "not a unit state",
+        );
+        invalid(
+            call("services_start", cfg, json!({"unit": "x", "now": true})).await,
+            "unknown field",
+        );
+        match call("services_stop", cfg, json!({"unit": "ssh", "dry_run": true})).await {
+            Err(ToolError::Failed(m)) => assert!(m.contains("ssh.service is not on"), "{m}"),
+            other => panic!("{:?}", other.map(|o| o.text)),
+        }
+        match call("services_start", "", json!({"unit": "sleepy"})).await {
+            Err(ToolError::Failed(m)) => assert!(m.contains("the list is empty"), "{m}"),
+            other => panic!("{:?}", other.map(|o| o.text)),
+        }
+    }
+
+    #[tokio::test]
+    async fn dry_run_returns_the_exact_plan() {
+        let cfg = "[services]\nunits = [\"sleepy*\"]\n";
+        let out = call("services_restart", cfg, json!({"unit": "sleepy", "dry_run": true}))
+            .await
+            .unwrap();
+        let v = &out.structured;
+        assert_eq!(v["dry_run"], true);
+        assert_eq!(
+            v["plan"][0]["detail"],
+            "systemctl --no-ask-password restart -- sleepy.service"
+        );
+        assert_eq!(v["active"], Value::Null);
+        let out = call("services_enable", cfg, json!({"unit": "sleepy-ng", "dry_run": true}))
+            .await
+            .unwrap();
+        let plan = out.structured["plan"].as_array().unwrap().clone();
+        assert_eq!(plan.len(), 3);
+        let start = plan[0]["detail"].as_str().unwrap();
+        assert!(
+            start.starts_with("systemctl --no-ask-password start -- 'tailopsmcp-helper@")
+                && start.contains(":enable:sleepy\\x2dng.service.service'"),
+            "{start}"
+        );
+        assert!(
+            plan[1]["detail"]
+                .as_str()
+                .unwrap()
+                .ends_with("systemctl enable -- sleepy-ng.service")
+        );
+        assert!(
+            plan[2]["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("cat -- /run/tailopsmcp-helper/")
+        );
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(
+            shell_words(&CommandSpec::new("a", ["b-c", "it's", "x\\y", ""])),
+            "a b-c 'it'\\''s' 'x\\y' ''"
+        );
+    }
+}
