@@ -137,12 +137,13 @@ pub fn record_for(caller: &Caller, session: Option<String>, method: &str) -> Rec
     r
 }
 
-/// Whether the tool belongs in this caller's `tools/list`: allowed on at least one target.
-fn listable(effective: &policy::Effective, requires: Requirement, targets: &Registry) -> bool {
+/// Whether the tool belongs in this caller's lists: some target of a kind it works on allows it.
+fn listable(effective: &policy::Effective, tool: &dyn Tool, targets: &Registry) -> bool {
+    let requires = tool.spec().requires;
     targets
         .all()
         .iter()
-        .any(|t| authorize_on(effective, requires, t).allowed)
+        .any(|t| tool.supports(t.kind) && authorize_on(effective, requires, t).allowed)
 }
 
 fn to_mcp_tool(t: &dyn Tool) -> McpTool {
@@ -278,7 +279,7 @@ impl ServerHandler for McpServer {
             .shared
             .tools
             .iter()
-            .filter(|t| listable(&effective, t.spec().requires, &self.shared.targets))
+            .filter(|t| listable(&effective, t.as_ref(), &self.shared.targets))
             .map(|t| to_mcp_tool(t.as_ref()))
             .collect();
         let mut result = ListToolsResult::with_all_items(tools);
@@ -523,7 +524,7 @@ impl ServerHandler for McpServer {
         let usable = |name: &str| {
             self.shared
                 .find(name)
-                .is_some_and(|t| listable(&effective, t.spec().requires, &self.shared.targets))
+                .is_some_and(|t| listable(&effective, t.as_ref(), &self.shared.targets))
         };
         let args = request.arguments.unwrap_or_default();
         crate::prompts::get(&request.name, &args, &usable)

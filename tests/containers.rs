@@ -132,6 +132,7 @@ timeout_secs = 60
 endpoint = "{host}"
 "#
     );
+    let targets = format!("{targets}{}", crate::support::server::TOOL_TESTS_POLICY);
     let server = Server::start(&net, &standin, "", &targets).await;
     let stream = net
         .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))

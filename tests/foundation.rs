@@ -215,7 +215,13 @@ async fn a_tagged_node_gets_its_tag_grants() {
     assert_eq!(
         tools,
         vec![
+            "network_dns_lookup",
+            "network_http_probe",
             "network_interfaces",
+            "network_ping",
+            "network_port_check",
+            "network_tls_check",
+            "network_traceroute",
             "system_disks",
             "system_processes",
             "system_sockets",

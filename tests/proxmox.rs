@@ -385,6 +385,7 @@ async fn world() -> Option<World> {
         DAVE,
         whois_for("whois-user.json", "dave@example.com", DAVE, CAP, Value::Null),
     );
+    let targets = format!("{targets}{}", crate::support::server::TOOL_TESTS_POLICY);
     let server = Server::start(&net, &standin, "", &targets).await;
     let stream = net
         .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))

@@ -62,6 +62,18 @@ targets = ["local"]
 [services]
 units = ["sleepy-one"]
 helper_timeout_secs = 300
+
+# These tests are about what the tools do; tests/approvals.rs covers the approval gate.
+[approvals.risk]
+high = "none"
+critical = "none"
+# Bad-input sweeps make many calls in a row.
+[limits.rate.high]
+burst = 1000
+per_minute = 6000
+[limits.rate.critical]
+burst = 1000
+per_minute = 6000
 "#;
 
 const SLEEPY: &str = "[Unit]\nDescription=Sleepy test service\n[Service]\n\

@@ -139,6 +139,7 @@ async fn world(compose_command: Option<&Path>) -> Option<World> {
             json!([{"scopes": ["stacks:admin"], "targets": ["local", "pve"]}]),
         ),
     );
+    let stacks = format!("{stacks}{}", crate::support::server::TOOL_TESTS_POLICY);
     let server = Server::start(&net, &standin, "", &stacks).await;
     let stream = net
         .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))

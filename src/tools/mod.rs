@@ -254,21 +254,62 @@ pub fn select(config: &crate::config::ToolsConfig) -> Result<Vec<Arc<dyn Tool>>,
         .collect())
 }
 
-/// Every tool this build knows, in catalog order.
+/// Every tool this build knows, in catalog order, each with the target kinds it works on.
 pub fn catalog() -> Vec<Arc<dyn Tool>> {
+    use crate::targets::Kind::{Docker, Local, Ssh};
     let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
     tools.extend(identity::tools());
-    tools.extend(system::tools());
+    tools.extend(on(&[Local, Ssh], system::tools()));
     tools.extend(targets::tools());
-    tools.extend(containers::tools());
-    tools.extend(stacks::tools());
-    tools.extend(services::tools());
-    tools.extend(logs::tools());
-    tools.extend(files::tools());
-    tools.extend(network::tools());
-    tools.extend(packages::tools());
-    tools.extend(inventory::tools());
+    tools.extend(on(&[Docker], containers::tools()));
+    tools.extend(on(&[Local], stacks::tools()));
+    tools.extend(on(&[Local, Ssh], services::tools()));
+    tools.extend(on(&[Local], logs::tools()));
+    tools.extend(on(&[Local], files::tools()));
+    for t in network::tools() {
+        // ping and traceroute are commands run on the target; the others use this host's sockets.
+        let kinds: &'static [crate::targets::Kind] = match t.spec().name {
+            "network_ping" | "network_traceroute" => &[Local, Ssh],
+            _ => &[Local],
+        };
+        tools.extend(on(kinds, vec![t]));
+    }
+    tools.extend(on(&[Local, Ssh], packages::tools()));
+    for t in inventory::tools() {
+        // A scan reads this host; stored entries (get/set/annotate) exist for any target id.
+        if t.spec().name == "inventory_scan" {
+            tools.extend(on(&[Local], vec![t]));
+        } else {
+            tools.push(t);
+        }
+    }
     tools.extend(proxmox::tools());
     tools.extend(approvals::tools());
     tools
+}
+
+/// `tools`, declared to work only on targets of `kinds`: not listed for a caller unless one of
+/// their allowed targets has such a kind, and not offered at all when no target has.
+fn on(kinds: &'static [crate::targets::Kind], tools: Vec<Arc<dyn Tool>>) -> Vec<Arc<dyn Tool>> {
+    tools
+        .into_iter()
+        .map(|inner| Arc::new(OnKinds { inner, kinds }) as Arc<dyn Tool>)
+        .collect()
+}
+
+struct OnKinds {
+    inner: Arc<dyn Tool>,
+    kinds: &'static [crate::targets::Kind],
+}
+
+impl Tool for OnKinds {
+    fn spec(&self) -> &ToolSpec {
+        self.inner.spec()
+    }
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        self.inner.call(ctx, args)
+    }
+    fn supports(&self, kind: crate::targets::Kind) -> bool {
+        self.kinds.contains(&kind) && self.inner.supports(kind)
+    }
 }

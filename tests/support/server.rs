@@ -25,6 +25,12 @@ pub struct Server {
     log: PathBuf,
 }
 
+/// For tests of what a tool does rather than of the approval gate (`tests/approvals.rs` covers
+/// that): no confirmation or second person, and buckets that bad-input sweeps cannot drain.
+pub const TOOL_TESTS_POLICY: &str = "\n[approvals.risk]\nlow = \"none\"\nmoderate = \"none\"\nhigh = \"none\"\ncritical = \"none\"\n\
+    [limits.rate.moderate]\nburst = 1000\nper_minute = 6000\n[limits.rate.high]\nburst = 1000\nper_minute = 6000\n\
+    [limits.rate.critical]\nburst = 1000\nper_minute = 6000\n";
+
 /// The config every test server gets, plus `extra` (TOML appended; may add `[[grant]]`s).
 pub fn config_text(socket: &Path, db: &Path, server_section: &str, extra: &str) -> String {
     format!(
