@@ -3,9 +3,10 @@
 //! as a client with and without elicitation, and raw 2026-07-28 requests for the sealed
 //! request-state round trip. Every step is checked in the audit rows too.
 //!
-//! Today's catalog has only read-only tools, so the servers here map existing tools to modes:
+//! Most servers here map cheap tools to modes, so the gate itself is what is tested:
 //! `system_processes` → two_person (its `limit` makes "changed arguments" testable) and
-//! `targets_check` → confirm.
+//! `targets_check` → confirm; one maps a real changing tool (`containers_restart` on a real
+//! engine) to two_person and watches the container's start time.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -628,4 +629,67 @@ async fn rate_limits_trip_say_when_to_retry_and_recover() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = alice.call_tool("whoami", json!({})).await.unwrap();
     assert_eq!(r["isError"], false, "recovered: {r}");
+}
+
+/// The gate in front of a tool that really changes something: a container restart mapped to
+/// two_person waits for bob, shows the exact API call it will make, runs once after approval,
+/// and never again on the same approval — observed in the real engine's start time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_container_restart_waits_for_the_second_person_and_runs_once() {
+    use crate::support::docker;
+    let host = match docker::ensure_dockerd().and_then(|h| docker::busybox_image(&h).map(|_| h)) {
+        Ok(h) => h,
+        Err(e) => return skip_or_fail(&format!("docker engine: {e}")),
+    };
+    let name = format!("tops-appr-{}", std::process::id());
+    let container = docker::run_container(&host, &name, &["sleep", "3600"]).expect("run a container");
+    let started = || {
+        docker::docker(&host, &["inspect", "-f", "{{.State.StartedAt}}", &container.id])
+            .expect("inspect")
+            .trim()
+            .to_string()
+    };
+    let extra = format!(
+        "[approvals.tools]\ncontainers_restart = \"two_person\"\n\n\
+         [[grant]]\nmatch = \"user:{ALICE_LOGIN}\"\nscopes = [\"containers:control\"]\ntargets = [\"engine\"]\n\n\
+         [[target]]\nid = \"engine\"\nkind = \"docker\"\ntimeout_secs = 60\n[target.docker]\nendpoint = \"{host}\"\n"
+    );
+    let Some(w) = world(&extra).await else { return };
+    let mut alice = w.mcp(ALICE).await;
+    let mut bob = w.mcp(BOB).await;
+    let args = json!({"target": "engine", "container": name, "timeout_secs": 1});
+    let before = started();
+
+    let r = alice.call_tool("containers_restart", args.clone()).await.unwrap();
+    assert!(text(&r).starts_with("Approval required:"), "{r}");
+    let id = approval_id(&r);
+    assert_eq!(started(), before, "nothing ran while pending");
+
+    // Bob sees the exact API call the restart will make before approving it.
+    let list = bob.call_tool("approvals_list", json!({})).await.unwrap();
+    let pending = &list["structuredContent"]["approvals"][0];
+    assert_eq!(pending["id"], id.as_str(), "{list}");
+    assert_eq!(pending["target"], "engine", "{list}");
+    let plan = pending["plan"].to_string();
+    assert!(
+        plan.contains("POST /containers/") && plan.contains("/restart"),
+        "the plan names the API call: {list}"
+    );
+    let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
+    assert_eq!(ok["isError"], false, "{ok}");
+    assert_eq!(started(), before, "approving runs nothing by itself");
+
+    let run = alice.call_tool("containers_restart", args.clone()).await.unwrap();
+    assert_eq!(run["isError"], false, "{run}");
+    let after = started();
+    assert_ne!(after, before, "the approved restart ran");
+    let row = w.row(2, ALICE_LOGIN, "containers_restart").await;
+    assert_eq!((row.decision, row.outcome), (Decision::Allow, Outcome::Ok), "{row:?}");
+    assert!(reason(&row).contains(&id), "the run names its approval: {row:?}");
+
+    // The same approval does not run it again.
+    let again = alice.call_tool("containers_restart", args).await.unwrap();
+    assert_eq!(again["isError"], true, "{again}");
+    assert!(text(&again).contains("already used"), "{again}");
+    assert_eq!(started(), after, "no second restart");
 }
