@@ -559,9 +559,39 @@ impl ServerHandler for McpServer {
         let mut rec = record_for(&caller, session, "resources/read");
         rec.arguments = Some(serde_json::json!({ "uri": uri }));
         let effective = policy::effective(&caller, &shared.capability, &shared.grants);
-        let decision = policy::authorize(&effective, Requirement::AnyGrant, LOCAL_TARGET);
-        rec.grants = decision.grants.clone();
         let which = Which::parse(&request.uri);
+        let inventory_read = Requirement::Scope(policy::Scope {
+            area: policy::Area::Inventory,
+            level: policy::Level::Read,
+        });
+        // May this caller read the stored inventory of target `id` (grants and, for a configured
+        // target, its ceiling)?
+        let may_read = |id: &str| match shared.targets.resolve(&[id.to_string()]) {
+            Ok(t) => authorize_on(&effective, inventory_read, &t[0]).allowed,
+            Err(_) => policy::authorize(&effective, inventory_read, id).allowed,
+        };
+        let decision = match which {
+            Some(Which::Inventory) => {
+                let on: Vec<String> = shared
+                    .targets
+                    .ids()
+                    .into_iter()
+                    .filter(|id| may_read(id))
+                    .map(str::to_string)
+                    .collect();
+                policy::Decision {
+                    allowed: !on.is_empty(),
+                    reason: if on.is_empty() {
+                        "inventory:read is not granted on any target".to_string()
+                    } else {
+                        format!("inventory:read on {}", on.join(", "))
+                    },
+                    grants: Vec::new(),
+                }
+            }
+            _ => policy::authorize(&effective, Requirement::AnyGrant, LOCAL_TARGET),
+        };
+        rec.grants = decision.grants.clone();
         let refusal = match which {
             None => Some(ErrorData::resource_not_found(format!("unknown resource `{uri}`"), None)),
             Some(_) if !decision.allowed => {
@@ -587,6 +617,18 @@ impl ServerHandler for McpServer {
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Some(Which::Inventory) => {
+                let db = shared.config.database.clone();
+                let readable: std::collections::HashSet<String> = crate::store::inventory::targets(&db)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|id| may_read(id))
+                    .collect();
+                tokio::task::spawn_blocking(move || resources::inventory(&db, &|id| readable.contains(id)))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
             }
             _ => Ok(resources::targets(&shared.targets, &effective)),
         };

@@ -3,9 +3,12 @@
 //! - `tailopsmcp://targets` — the targets the caller may use and the scopes they hold on each
 //!   (the same view as `targets_list`);
 //! - `tailopsmcp://audit/mine` — the caller's own most recent audit records (by principal),
-//!   newest first, at most [`AUDIT_MINE_LIMIT`]; nobody else's records are reachable here.
+//!   newest first, at most [`AUDIT_MINE_LIMIT`]; nobody else's records are reachable here;
+//! - `tailopsmcp://inventory` — the stored inventory (latest scan, operator tags, fields and
+//!   notes, as `inventory_get` shows it) of every target the caller holds `inventory:read` on.
 //!
-//! Both need the caller to hold at least one grant. The `mcp` layer identifies the caller,
+//! The first two need the caller to hold at least one grant; the inventory needs
+//! `inventory:read` on at least one target. The `mcp` layer identifies the caller,
 //! checks that, and writes one audit row per `resources/read` (method `resources/read`, the URI
 //! in `arguments`). This module decides what a document holds; it never writes audit rows.
 
@@ -16,6 +19,7 @@ use crate::audit::{Auditor, Query, Record};
 
 pub const TARGETS_URI: &str = "tailopsmcp://targets";
 pub const AUDIT_MINE_URI: &str = "tailopsmcp://audit/mine";
+pub const INVENTORY_URI: &str = "tailopsmcp://inventory";
 /// Records in `tailopsmcp://audit/mine`.
 pub const AUDIT_MINE_LIMIT: usize = 50;
 pub const MIME: &str = "application/json";
@@ -25,6 +29,7 @@ pub const MIME: &str = "application/json";
 pub enum Which {
     Targets,
     AuditMine,
+    Inventory,
 }
 
 impl Which {
@@ -32,6 +37,7 @@ impl Which {
         match uri {
             TARGETS_URI => Some(Which::Targets),
             AUDIT_MINE_URI => Some(Which::AuditMine),
+            INVENTORY_URI => Some(Which::Inventory),
             _ => None,
         }
     }
@@ -60,6 +66,14 @@ pub fn list() -> Vec<Resource> {
             "Your own most recent audit records (at most 50, newest first): time, method, tool, target, decision, \
              outcome, reason, error, duration and redacted arguments.",
         ),
+        mk(
+            INVENTORY_URI,
+            "inventory",
+            "Inventory",
+            "The stored inventory of every target you may read it on (`inventory:read`): detected applications \
+             with evidence, ports and versions, host identity, and operators' tags, fields and notes (JSON, like \
+             `inventory_get`). `inventory_scan` refreshes it.",
+        ),
     ]
 }
 
@@ -82,6 +96,22 @@ pub fn audit_mine(auditor: &Auditor, principal: &str) -> Result<Value, crate::au
         "count": rows.len(),
         "records": rows,
     }))
+}
+
+/// `tailopsmcp://inventory`: the stored entries of the targets `may_read` allows, in id order.
+/// Blocking (reads SQLite); an absent database is an empty inventory.
+pub fn inventory(db: &std::path::Path, may_read: &dyn Fn(&str) -> bool) -> Result<Value, String> {
+    use crate::store::inventory as store;
+    let mut ids = store::targets(db).map_err(|e| e.to_string())?;
+    ids.sort();
+    ids.dedup();
+    let mut entries = Vec::new();
+    for id in ids.into_iter().filter(|id| may_read(id)) {
+        if let Some(v) = store::latest_json(db, &id).map_err(|e| e.to_string())? {
+            entries.push(v);
+        }
+    }
+    Ok(json!({ "count": entries.len(), "targets": entries }))
 }
 
 /// The parts of a record its owner needs (identity fields are the caller's own and omitted).
@@ -109,10 +139,11 @@ mod tests {
     fn uris() {
         assert_eq!(Which::parse("tailopsmcp://targets"), Some(Which::Targets));
         assert_eq!(Which::parse("tailopsmcp://audit/mine"), Some(Which::AuditMine));
+        assert_eq!(Which::parse("tailopsmcp://inventory"), Some(Which::Inventory));
         assert_eq!(Which::parse("tailopsmcp://audit/all"), None);
         assert_eq!(Which::parse("file:///etc/passwd"), None);
         let l = list();
-        assert_eq!(l.len(), 2);
+        assert_eq!(l.len(), 3);
         assert!(l.iter().all(|r| r.mime_type.as_deref() == Some(MIME)));
     }
 

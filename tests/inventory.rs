@@ -314,6 +314,25 @@ async fn a_scan_finds_the_running_apps_with_evidence_ports_and_versions() {
     assert_eq!(latest["scan"]["id"], scan["stored"]["id"]);
     assert!(app(&latest["apps"], "redis")["detected"] == true);
 
+    // The same stored inventory as the MCP resource `tailopsmcp://inventory` (the caller holds
+    // inventory:read on every target; one audit row per read).
+    let resp = mcp
+        .request("resources/read", json!({"uri": "tailopsmcp://inventory"}))
+        .await
+        .unwrap();
+    let read = crate::support::http::rpc_result(&resp, "resources/read").unwrap();
+    let doc: Value = serde_json::from_str(read["contents"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["count"], 1, "{doc:#}");
+    assert_eq!(doc["targets"][0]["target"], "local");
+    assert_eq!(doc["targets"][0]["scan"]["id"], scan["stored"]["id"]);
+    assert!(app(&doc["targets"][0]["apps"], "redis")["detected"] == true);
+    let row = server
+        .audit_where(1, |r| r.method == "resources/read")
+        .await
+        .pop()
+        .expect("an audit row for the resource read");
+    assert_eq!(row.outcome, tailopsmcp::audit::Outcome::Ok, "{row:?}");
+
     // get / set / annotate round trip.
     let r = mcp.call_tool("inventory_get", json!({"app": "redis"})).await.unwrap();
     let got = ok(&r);

@@ -819,7 +819,14 @@ async fn prompts_resources_and_toon_through_the_python_sdk() {
         .iter()
         .map(|r| r["uri"].as_str().unwrap())
         .collect();
-    assert_eq!(uris, ["tailopsmcp://targets", "tailopsmcp://audit/mine"]);
+    assert_eq!(
+        uris,
+        [
+            "tailopsmcp://targets",
+            "tailopsmcp://audit/mine",
+            "tailopsmcp://inventory"
+        ]
+    );
     let targets: Value = serde_json::from_str(line(10)["contents"][0]["text"].as_str().unwrap()).unwrap();
     assert_eq!(line(10)["contents"][0]["mimeType"], "application/json");
     let pve = targets["targets"]

@@ -376,7 +376,7 @@ impl Mcp {
 
 /// The `result` of a JSON-RPC response carried by `resp`, or an error naming `what`, the HTTP status
 /// or the JSON-RPC error.
-fn rpc_result(resp: &Response, what: &str) -> Result<Value, String> {
+pub fn rpc_result(resp: &Response, what: &str) -> Result<Value, String> {
     if resp.status != 200 {
         return Err(format!("{what}: HTTP {}: {}", resp.status, resp.text()));
     }
