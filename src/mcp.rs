@@ -396,7 +396,7 @@ impl ServerHandler for McpServer {
         // One link per call: fan-out runs share its progress counter.
         // Sampling is a server-to-client request: not on the stateless protocol (2026-07-28).
         let sampling = ctx.client_capabilities().is_some_and(|c| c.sampling.is_some())
-            && !ctx.protocol_version().is_some_and(|v| !v.has_initialize());
+            && ctx.protocol_version().is_none_or(|v| v.has_initialize());
         let client = crate::tools::ClientLink::new(ctx.peer.clone(), ctx.meta.get_progress_token(), sampling, fanout);
         let context = |target: &Arc<Target>| ToolContext {
             caller: caller.clone(),
