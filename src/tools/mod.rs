@@ -182,8 +182,9 @@ impl ToolContext {
     }
 
     /// Ask the client's model (`sampling/createMessage`) for a reply to `prompt` under `system`,
-    /// at most `max_tokens` long, waiting at most `timeout`. Errors are messages for the result
-    /// (the client cannot sample, refused, or answered without text).
+    /// at most `max_tokens` long (a longer answer is cut at 8 characters per token), waiting at
+    /// most `timeout`. Errors are messages for the result (the client cannot sample, refused,
+    /// or answered without text).
     #[allow(deprecated)] // sampling is deprecated by SEP-2577 but current clients still offer it
     pub async fn sample(
         &self,
@@ -225,6 +226,12 @@ impl ToolContext {
         if text.trim().is_empty() {
             return Err("the client's model answered without text".into());
         }
+        // A client may ignore `max_tokens`: keep at most 8 characters per token asked for.
+        let cap = max_tokens as usize * 8;
+        let text = match text.char_indices().nth(cap) {
+            Some((at, _)) => format!("{}… [cut at {cap} characters]", &text[..at]),
+            None => text,
+        };
         Ok(Sampled {
             text,
             model: result.model,
