@@ -390,6 +390,7 @@ async fn whois(config: Config, addr: &str, json: bool) -> anyhow::Result<ExitCod
         tailnet: Default::default(),
         config: Arc::new(config.clone()),
         approvals: None,
+        client: None,
     };
     let view = tools::identity::describe(&ctx);
     if json {

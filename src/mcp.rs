@@ -393,6 +393,11 @@ impl ServerHandler for McpServer {
             format!("partly denied: {}", denied.join("; "))
         });
 
+        // One link per call: fan-out runs share its progress counter.
+        // Sampling is a server-to-client request: not on the stateless protocol (2026-07-28).
+        let sampling = ctx.client_capabilities().is_some_and(|c| c.sampling.is_some())
+            && ctx.protocol_version().is_none_or(|v| v.has_initialize());
+        let client = crate::tools::ClientLink::new(ctx.peer.clone(), ctx.meta.get_progress_token(), sampling, fanout);
         let context = |target: &Arc<Target>| ToolContext {
             caller: caller.clone(),
             target: target.clone(),
@@ -401,6 +406,7 @@ impl ServerHandler for McpServer {
             tailnet: shared.tailnet(),
             config: shared.config.clone(),
             approvals: shared.approvals.clone(),
+            client: Some(client.clone()),
         };
 
         // Limits, then approvals: after authorization, before anything runs. A refusal is
@@ -1423,6 +1429,7 @@ mod gate_tests {
             tailnet: Default::default(),
             config: Arc::new(crate::config::Config::defaults()),
             approvals: None,
+            client: None,
         }
     }
 

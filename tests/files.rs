@@ -87,6 +87,7 @@ fn ctx(config: Arc<Config>) -> ToolContext {
         tailnet: Arc::new(tailopsmcp::tools::TailnetInfo::default()),
         config,
         approvals: None,
+        client: None,
     }
 }
 
@@ -1022,4 +1023,102 @@ async fn the_python_sdk_accepts_every_result_against_its_output_schema() {
         assert!(c["structuredContent"].is_object(), "{stdout}");
     }
     assert_eq!(calls[9]["structuredContent"]["count"], 1, "{stdout}");
+}
+
+/// `logs_analyze` with `summarize: true`: a client that can sample (the Python SDK answering
+/// every `sampling/createMessage` with a fixed text) gets its model's text back marked as
+/// model-written, and the request it received carries the computed clusters, not the raw lines;
+/// a client without sampling gets `summary: null` and a note, never an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_analyze_asks_the_clients_model_for_a_summary_only_when_it_can_sample() {
+    let python = match crate::support::pyclient::python_mcp() {
+        Ok(p) => p,
+        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    };
+    let (_logdir, logs) = log_tree();
+    let extra = format!("[logs]\nroots = [{:?}]\n", logs);
+    let Some(w) = world(&extra).await else { return };
+    let url = format!("http://{SERVER_IP}:{PORT}/mcp");
+    let reply = "MODEL SAYS: web.service is in a restart loop; check the database at <ip>.";
+    let actions = json!([
+        {"call": "logs_analyze", "args": {"path": "app.log", "summarize": true}},
+        {"call": "logs_analyze", "args": {"path": "app.log"}}
+    ]);
+    let (lines, stdout) =
+        crate::support::pyclient::run_actions_with(&w.net, &python, &url, &actions, &["--sample", reply]).await;
+
+    // Exactly one sampling request (the second call did not ask), carrying the computed analysis.
+    let asked: Vec<&Value> = lines.iter().filter(|l| l["action"] == "sampling").collect();
+    assert_eq!(asked.len(), 1, "{stdout}");
+    assert_eq!(asked[0]["maxTokens"], 400, "{stdout}");
+    assert!(
+        asked[0]["systemPrompt"]
+            .as_str()
+            .is_some_and(|s| s.contains("Use only the data given")),
+        "{stdout}"
+    );
+    let prompt = asked[0]["messages"][0].as_str().unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        prompt.contains("ERROR connection to db <ip> failed after <n>ms"),
+        "{prompt}"
+    );
+    assert!(prompt.contains("warning: cache <uuid> is stale"), "{prompt}");
+    assert!(prompt.contains("\"unit\":\"web.service\""), "{prompt}");
+    assert!(prompt.contains("\"looping\":true"), "{prompt}");
+    assert!(prompt.contains("\"errors\":12"), "{prompt}");
+    // Raw lines (addresses, pids, uuids) are not sent: only normalised patterns and counts.
+    for raw in ["10.0.0.3", "app[103]", "3f2a1b9c-0d4e", "\"example\""] {
+        assert!(!prompt.contains(raw), "{raw} reached the client's model: {prompt}");
+    }
+
+    let calls: Vec<&Value> = lines.iter().filter(|l| l["action"] == "call").collect();
+    assert_eq!(calls.len(), 2, "{stdout}");
+    let a = &calls[0]["structuredContent"];
+    assert_eq!(calls[0]["isError"], false, "{stdout}");
+    assert_eq!(
+        a["summary"],
+        json!({"text": reply, "model": "test-model", "note": "written by the client's model (sampling), not computed by tailopsmcp"}),
+        "{stdout}"
+    );
+    assert_eq!(a["errors"], 12, "the computed fields are unchanged: {stdout}");
+    let shown = calls[0]["text"][0].as_str().unwrap();
+    assert!(
+        shown.contains("summary by the client's model test-model (written by the client's model (sampling)")
+            && shown.contains(reply),
+        "{shown}"
+    );
+    let b = &calls[1]["structuredContent"];
+    assert!(b["summary"].is_null(), "{stdout}");
+    assert!(
+        b["notes"][0].as_str().unwrap().starts_with("summary: not requested"),
+        "{stdout}"
+    );
+
+    // A client without the sampling capability: null summary with a note, not an error.
+    let (lines, stdout) = crate::support::pyclient::run_actions(
+        &w.net,
+        &python,
+        &url,
+        &json!([{"call": "logs_analyze", "args": {"path": "app.log", "summarize": true}}]),
+    )
+    .await;
+    assert!(!lines.iter().any(|l| l["action"] == "sampling"), "{stdout}");
+    let call = lines
+        .iter()
+        .find(|l| l["action"] == "call")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(call["isError"], false, "{stdout}");
+    assert!(call["structuredContent"]["summary"].is_null(), "{stdout}");
+    assert!(
+        call["structuredContent"]["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("the client did not declare the MCP sampling capability"),
+        "{stdout}"
+    );
+    let rows = w
+        .server
+        .audit_where(3, |r| r.tool.as_deref() == Some("logs_analyze"))
+        .await;
+    assert!(rows.iter().all(|r| r.outcome == Outcome::Ok), "{rows:#?}");
 }

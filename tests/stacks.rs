@@ -45,7 +45,7 @@ fn compose_second() -> String {
 }
 
 struct World {
-    _net: Tailnet,
+    net: Tailnet,
     _standin: StandIn,
     server: Server,
     mcp: Mcp,
@@ -148,7 +148,7 @@ async fn world(compose_command: Option<&Path>) -> Option<World> {
     let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
     mcp.initialize().await.unwrap();
     Some(World {
-        _net: net,
+        net,
         _standin: standin,
         server,
         mcp,
@@ -493,6 +493,88 @@ async fn full_cycle(mut w: World, prefix: &str) {
         "volume removed"
     );
     assert!(!stack_dir.exists());
+}
+
+/// A deploy and an update through the official MCP Python SDK with a progress token: each
+/// reports its steps (clone, .env, up, ...) as progress notifications while it runs, in order
+/// and increasing; a dry run reports none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacks_deploy_and_update_send_progress_notifications() {
+    let python = match crate::support::pyclient::python_mcp() {
+        Ok(p) => p,
+        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    };
+    let Some(w) = world(None).await else { return };
+    let name = format!("tops-pg-{}", std::process::id());
+    let _cleanup = Cleanup {
+        host: w.host.clone(),
+        project: name.clone(),
+    };
+    let repo = w.git_dir().join("progress");
+    make_repo(&repo, &[("compose.yml", COMPOSE_FIRST)]);
+    let url = format!("file://{}", repo.display());
+    let actions = json!([
+        {"call": "stacks_deploy", "progress": true,
+         "args": {"name": name, "repository": url, "branch": "main", "env": {"GREETING": "hi", "DB_PASSWORD": "pg-s3cr3t-value"}}},
+        {"call": "stacks_update", "progress": true, "args": {"name": name, "dry_run": true}},
+        {"call": "stacks_update", "progress": true, "args": {"name": name}},
+        {"call": "stacks_remove", "args": {"name": name, "volumes": true, "delete_files": true}}
+    ]);
+    let mcp_url = format!("http://{SERVER_IP}:{PORT}/mcp");
+    let (lines, stdout) = crate::support::pyclient::run_actions(&w.net, &python, &mcp_url, &actions).await;
+    // The progress lines printed before each call's result.
+    let mut runs: Vec<(Value, Vec<(f64, String)>)> = Vec::new();
+    let mut pending = Vec::new();
+    for l in &lines {
+        match l["action"].as_str() {
+            Some("progress") => pending.push((
+                l["progress"].as_f64().unwrap(),
+                l["message"].as_str().unwrap_or_default().to_string(),
+            )),
+            Some("call") => runs.push((l.clone(), std::mem::take(&mut pending))),
+            _ => {}
+        }
+    }
+    assert_eq!(runs.len(), 4, "{stdout}");
+    for (call, _) in &runs {
+        assert_eq!(call["isError"], false, "{stdout}");
+    }
+
+    let deploy: Vec<&str> = runs[0].1.iter().map(|(_, m)| m.as_str()).collect();
+    assert!(deploy.len() >= 3, "{stdout}");
+    let at = |needle: &str| {
+        deploy
+            .iter()
+            .position(|m| m.contains(needle))
+            .unwrap_or_else(|| panic!("no progress step naming `{needle}`: {deploy:#?}"))
+    };
+    let (clone, env, up) = (
+        at(&format!("git clone {url}")),
+        at(&format!("write {}", w.stacks_dir().join(&name).join(".env").display())),
+        at("compose up --detach"),
+    );
+    assert!(clone < env && env < up, "steps out of order: {deploy:#?}");
+    assert!(deploy[env].contains("mode 0600, 2 keys"), "{deploy:#?}");
+    let numbers: Vec<f64> = runs[0].1.iter().map(|(n, _)| *n).collect();
+    assert!(
+        numbers.windows(2).all(|p| p[0] < p[1]),
+        "progress must increase: {numbers:?}"
+    );
+    assert!(!stdout.contains("pg-s3cr3t-value"), "an env value reached the client");
+    let deployed = &runs[0].0["structuredContent"];
+    assert_eq!(
+        deployed["containers"].as_array().map(Vec::len),
+        Some(1),
+        "the deploy ran: {deployed}"
+    );
+
+    assert!(runs[1].1.is_empty(), "a dry run reports no progress: {stdout}");
+    let update: Vec<&str> = runs[2].1.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(update.len(), 3, "{update:#?}");
+    assert!(update[0].starts_with("compose pull"), "{update:#?}");
+    assert!(update[1].starts_with("compose up --detach"), "{update:#?}");
+    assert!(runs[3].1.is_empty(), "no token, no progress: {stdout}");
+    assert!(containers(&w.host, &name).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

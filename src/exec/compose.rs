@@ -709,6 +709,23 @@ fn stack_lock(name: &str) -> Arc<tokio::sync::Mutex<()>> {
 pub struct Stacks {
     settings: StacksSettings,
     limits: Limits,
+    progress: Option<super::ProgressFn>,
+}
+
+/// Reports the steps of one deploy or update (nothing on a dry run or without a reporter).
+struct Steps<'a> {
+    report: Option<&'a super::ProgressFn>,
+    done: u32,
+    total: u32,
+}
+
+impl Steps<'_> {
+    async fn next(&mut self, message: String) {
+        self.done += 1;
+        if let Some(f) = self.report {
+            f(self.done, self.total.max(self.done), message).await;
+        }
+    }
 }
 
 impl Stacks {
@@ -716,7 +733,26 @@ impl Stacks {
     /// `limits.timeout` for git and compose commands (clones and image pulls take longer than
     /// a status read).
     pub fn new(settings: StacksSettings, limits: Limits) -> Stacks {
-        Stacks { settings, limits }
+        Stacks {
+            settings,
+            limits,
+            progress: None,
+        }
+    }
+
+    /// Report each step of `deploy` and `update` (clone, write .env, pull, up, ...) to
+    /// `progress` as it starts; dry runs report nothing.
+    pub fn with_progress(mut self, progress: Option<super::ProgressFn>) -> Stacks {
+        self.progress = progress;
+        self
+    }
+
+    fn steps(&self, dry_run: bool, total: u32) -> Steps<'_> {
+        Steps {
+            report: self.progress.as_ref().filter(|_| !dry_run),
+            done: 0,
+            total,
+        }
     }
 
     pub fn settings(&self) -> &StacksSettings {
@@ -1037,6 +1073,9 @@ impl Stacks {
         let repo = dir.join(REPO_DIR);
         let created_dir = !dir.exists();
         let git_env = vec![("GIT_TERMINAL_PROMPT".to_string(), "0".to_string())];
+        // clone, [checkout], check, [write .env], write metadata, up, read containers.
+        let total = 5 + u32::from(req.commit.is_some()) + u32::from(req.env.is_some());
+        let mut steps = self.steps(dry_run, total);
 
         let result: Result<(), ExecError> = async {
             if !self.settings.dir.exists() {
@@ -1063,8 +1102,10 @@ impl Stacks {
                 clone.push("--no-checkout".to_string());
             }
             clone.extend(["--".to_string(), source.url.clone(), staging.display().to_string()]);
+            steps.next(format!("git clone {}", source.url)).await;
             plan.run(CommandSpec::new("git", clone), &git_env).await?;
             if let Some(c) = &req.commit {
+                steps.next(format!("git checkout {c}")).await;
                 let checkout = CommandSpec::new(
                     "git",
                     [
@@ -1098,6 +1139,7 @@ impl Stacks {
                 "HEAD".to_string(),
             ],
         );
+        steps.next("check the commit and the compose file".to_string()).await;
         let checked: Result<(String, String), StackError> = async {
             let commit = match plan.run(rev, &git_env).await? {
                 Some(o) => o.stdout.trim().to_string(),
@@ -1149,6 +1191,9 @@ impl Stacks {
                     keys.len(),
                     keys.join(", ")
                 );
+                steps
+                    .next(format!("write {} (mode 0600, {} keys)", env_path.display(), keys.len()))
+                    .await;
                 plan.write(&env_path, &text, detail)?;
                 keys
             }
@@ -1166,6 +1211,7 @@ impl Stacks {
             deployed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
         let meta_path = dir.join(META_FILE);
+        steps.next(format!("write {}", meta_path.display())).await;
         let meta_text = serde_json::to_string_pretty(&origin)
             .map_err(|e| ExecError::Failed(format!("metadata does not serialize: {e}")))?;
         plan.write(
@@ -1183,7 +1229,9 @@ impl Stacks {
             env_file,
             &["up", "--detach", "--remove-orphans"],
         );
+        steps.next(format!("compose up --detach ({})", cli.describe())).await;
         plan.run(up, &self.compose_env()).await?;
+        steps.next("read the stack's containers".to_string()).await;
         self.finish(plan, name, dir, cli, &before).await
     }
 
@@ -1199,6 +1247,8 @@ impl Stacks {
         let mut plan = Plan::new(dry_run, self.command_limits(), secrets);
         let env = files.env_file.as_deref();
         let pull = cli.command(name, &files.compose_file, env, &["pull", "--ignore-pull-failures"]);
+        let mut steps = self.steps(dry_run, 3);
+        steps.next(format!("compose pull ({})", cli.describe())).await;
         if let Some(out) = plan.run_tolerant(pull, &self.compose_env()).await? {
             let printed = scrub(&format!("{}\n{}", out.stdout, out.stderr), &plan.secrets);
             let failed = pull_failures(&printed);
@@ -1216,7 +1266,9 @@ impl Stacks {
             }
         }
         let up = cli.command(name, &files.compose_file, env, &["up", "--detach"]);
+        steps.next(format!("compose up --detach ({})", cli.describe())).await;
         plan.run(up, &self.compose_env()).await?;
+        steps.next("read the stack's containers".to_string()).await;
         self.finish(plan, name.to_string(), files.dir, cli, &before).await
     }
 

@@ -51,6 +51,10 @@ impl CommandSpec {
     }
 }
 
+/// Where a long operation reports its steps (`step`, `total`, message), e.g. as MCP progress
+/// notifications; `exec` only calls it and never learns where it goes.
+pub type ProgressFn = std::sync::Arc<dyn Fn(u32, u32, String) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// Limits a target puts on every operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -3,9 +3,11 @@
 //! tools, `exec::fs`), and `logs_analyze`, which clusters errors and warnings by normalised
 //! message and finds systemd restart loops — on the server's own host (`local` targets) only.
 //!
-//! The analysis is pure (records in, [`Analysis`] out) and table-tested. No model-written summary
-//! is produced: a tool has no handle on the client (`ToolContext` has no peer for sampling), and
-//! the result says so. Tools never check scopes and never write audit rows.
+//! The analysis is pure (records in, [`Analysis`] out) and table-tested. With `summarize: true`
+//! and a client that declared sampling, the client's own model is asked (`sampling/createMessage`)
+//! to summarise the computed analysis — counts, normalised patterns and restart loops, never the
+//! raw example lines — and its text is returned marked as model-written. Tools never check scopes
+//! and never write audit rows.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -139,6 +141,10 @@ pub struct AnalyzeArgs {
     #[serde(default)]
     #[schemars(range(min = 1, max = 50))]
     pub top: Option<i64>,
+    /// Ask the client's model for a short summary of the computed analysis (MCP sampling; the
+    /// client shows the request to its user). Ignored, with a note, when the client cannot sample.
+    #[serde(default)]
+    pub summarize: bool,
 }
 
 /// `structuredContent` of `logs_journal`.
@@ -330,8 +336,10 @@ impl LogsAnalyze {
                     (1-50, default 10) clusters each for errors, warnings and the most repeated messages of any \
                     level. Restart loops: per systemd unit, counts of `Started`, `Stopped`, `Scheduled restart \
                     job` and `Failed with result` messages; `looping` when restarts were scheduled 3+ times or \
-                    it started 3+ times with 2+ failures. No model-written summary is produced (`summary` is \
-                    null). Local target only.",
+                    it started 3+ times with 2+ failures. `summarize: true` asks the client's model (MCP \
+                    sampling, when the client supports it) for a short summary of these computed results (not \
+                    the raw lines); it comes back in `summary`, marked as model-written. Otherwise `summary` is \
+                    null and a note says why. Local target only.",
                 requires: Requirement::Scope(Scope::new(Area::Logs, Level::Read)),
                 risk: Risk::Low,
                 annotations: READ_ONLY,
@@ -415,10 +423,99 @@ impl Tool for LogsAnalyze {
                     omitted: None,
                 });
             }
+            if args.summarize {
+                summarize(&ctx, &mut out).await;
+            }
             let text = render_analysis(&out);
             ToolOutput::new(&out, text)
         })
     }
+}
+
+/// Most tokens the client's model may write for a summary.
+const SUMMARY_TOKENS: u32 = 400;
+/// How long the client may take to answer a sampling request.
+const SUMMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// What the summary is marked with.
+pub const SUMMARY_NOTE: &str = "written by the client's model (sampling), not computed by tailopsmcp";
+
+/// Ask the client's model for a summary of `out` (its computed parts only); on any failure
+/// `summary` stays null and the note says why.
+async fn summarize(ctx: &ToolContext, out: &mut Analysis) {
+    if !ctx.can_sample() {
+        out.notes[0] = "summary: not produced; the client did not declare the MCP sampling capability, so there \
+                        is no model to ask (everything here is computed from the records)"
+            .into();
+        return;
+    }
+    let system = "You summarise log analyses for a homelab operator. Use only the data given. In at most 5 \
+                  short sentences: the main problems, whether any unit is in a restart loop, and what to check \
+                  first. Do not invent causes the data does not show.";
+    let prompt = format!(
+        "Summarise this analysis computed by tailopsmcp's logs_analyze (messages are normalised: numbers, hex, \
+         UUIDs and IPs masked):\n{}",
+        sampling_input(out)
+    );
+    match ctx.sample(system, &prompt, SUMMARY_TOKENS, SUMMARY_WAIT).await {
+        Ok(s) => {
+            out.summary = Some(ModelSummary {
+                text: s.text,
+                model: s.model,
+                note: SUMMARY_NOTE.into(),
+            });
+            out.notes[0] = format!("summary: {SUMMARY_NOTE}; every other field is computed from the records");
+        }
+        Err(why) => {
+            out.notes[0] = format!("summary: not produced; {why} (everything here is computed from the records)");
+        }
+    }
+}
+
+/// The computed analysis as sent to the client's model: counts, normalised patterns (at most
+/// 200 characters each), times and restart counts. Example lines, which carry raw log text,
+/// are left out.
+pub fn sampling_input(a: &Analysis) -> String {
+    let clusters = |v: &[Cluster]| -> Vec<serde_json::Value> {
+        v.iter()
+            .map(|c| {
+                serde_json::json!({
+                    "severity": c.severity,
+                    "pattern": c.pattern.chars().take(200).collect::<String>(),
+                    "count": c.count,
+                    "first": c.first.time,
+                    "last": c.last.time,
+                })
+            })
+            .collect()
+    };
+    let restarts: Vec<serde_json::Value> = a
+        .restarts
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "unit": u.unit,
+                "started": u.started,
+                "stopped": u.stopped,
+                "scheduled_restarts": u.scheduled_restarts,
+                "failures": u.failures,
+                "looping": u.looping,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "source": a.source,
+        "entries": a.entries,
+        "errors": a.errors,
+        "warnings": a.warnings,
+        "distinct_patterns": a.distinct_patterns,
+        "first": a.first,
+        "last": a.last,
+        "error_clusters": clusters(&a.error_clusters),
+        "warning_clusters": clusters(&a.warning_clusters),
+        "top_messages": clusters(&a.top_messages),
+        "restarts": restarts,
+    })
+    .to_string()
 }
 
 fn logs_roots(ctx: &ToolContext) -> Roots {
@@ -639,10 +736,21 @@ pub struct Analysis {
     pub top_messages: Vec<Cluster>,
     /// Units with restarts or failures, most restarted first.
     pub restarts: Vec<UnitRestarts>,
-    /// Always null: no model-written summary is produced (the tool has no client to sample).
-    pub summary: Option<String>,
+    /// A summary written by the client's model (`summarize: true` and a client that supports
+    /// sampling); null otherwise, with a note saying why. Not computed by this server.
+    pub summary: Option<ModelSummary>,
     pub notes: Vec<String>,
     pub truncated: Option<Truncated>,
+}
+
+/// A model-written summary of an [`Analysis`], from the client (MCP sampling).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ModelSummary {
+    pub text: String,
+    /// The model the client says wrote it.
+    pub model: String,
+    /// Always: written by the client's model (sampling), not computed by tailopsmcp.
+    pub note: String,
 }
 
 static SCHEDULED: LazyLock<Regex> =
@@ -823,8 +931,8 @@ pub fn analyze(records: &[Record], top: usize) -> Analysis {
         restarts,
         summary: None,
         notes: vec![
-            "summary: not produced; this server does not ask the client's model to write one (the tool has no \
-             sampling peer), so everything here is computed from the records"
+            "summary: not requested (`summarize: true` asks the client's model, when the client supports \
+             sampling); everything here is computed from the records"
                 .into(),
         ],
         truncated: None,
@@ -900,6 +1008,18 @@ fn render_analysis(a: &Analysis) -> String {
                 u.scheduled_restarts,
                 u.failures
             );
+        }
+    }
+    match &a.summary {
+        Some(m) => {
+            let _ = write!(
+                t,
+                "\nsummary by the client's model {} ({}):\n{}",
+                m.model, m.note, m.text
+            );
+        }
+        None => {
+            let _ = write!(t, "\n{}", a.notes[0]);
         }
     }
     t
@@ -1002,7 +1122,11 @@ mod tests {
             "one start is no loop"
         );
         assert!(a.summary.is_none());
-        assert!(a.notes[0].contains("no sampling peer"));
+        assert!(a.notes[0].starts_with("summary: not requested"));
+        // What a sampling request would carry: the computed clusters, never the raw examples.
+        let sent = sampling_input(&a);
+        assert!(sent.contains("warning: disk <n>% full"), "{sent}");
+        assert!(!sent.contains("\"example\""), "{sent}");
     }
 
     #[test]

@@ -100,6 +100,143 @@ pub struct ToolContext {
     pub config: Arc<crate::config::Config>,
     /// The approvals store (for the `approvals_*` tools); `None` outside a server.
     pub approvals: Option<Arc<crate::approvals::Approvals>>,
+    /// The MCP client of this call (progress notifications, sampling); `None` outside a server.
+    pub client: Option<ClientLink>,
+}
+
+/// The MCP session a call came from, for the few tools that talk back to the client while
+/// they run: progress notifications (when the call carried a progress token) and sampling
+/// (when the client declared the capability). The only rmcp types a tool sees are inside it.
+#[derive(Clone)]
+pub struct ClientLink {
+    peer: rmcp::Peer<rmcp::RoleServer>,
+    token: Option<rmcp::model::ProgressToken>,
+    sampling: bool,
+    /// Fan-out: several targets report under one token, so progress is a call-wide counter
+    /// (it must increase) with no total, and each message names its target.
+    fanout: bool,
+    sent: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// A model-written text from the client (`sampling/createMessage`).
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub text: String,
+    /// The model the client says wrote it.
+    pub model: String,
+}
+
+impl ClientLink {
+    /// `peer` of the session, `token` from the request's `_meta.progressToken`; `sampling`
+    /// when the client declared that capability (and the protocol allows the server to ask).
+    pub fn new(
+        peer: rmcp::Peer<rmcp::RoleServer>,
+        token: Option<rmcp::model::ProgressToken>,
+        sampling: bool,
+        fanout: bool,
+    ) -> ClientLink {
+        ClientLink {
+            peer,
+            token,
+            sampling,
+            fanout,
+            sent: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+        }
+    }
+}
+
+impl ToolContext {
+    /// Report step `step` of `total` to the client; a no-op unless the call carried a progress
+    /// token. Delivery is best effort (a client that went away does not fail the tool).
+    pub async fn progress(&self, step: u32, total: u32, message: &str) {
+        let Some(link) = &self.client else { return };
+        let Some(token) = &link.token else { return };
+        let sent = link.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let param = if link.fanout {
+            rmcp::model::ProgressNotificationParam::new(token.clone(), f64::from(sent))
+                .with_message(format!("{}: {message} ({step}/{total})", self.target.id))
+        } else {
+            rmcp::model::ProgressNotificationParam::new(token.clone(), f64::from(step.max(sent)))
+                .with_total(f64::from(total.max(step)))
+                .with_message(message.to_string())
+        };
+        if let Err(e) = link.peer.notify_progress(param).await {
+            tracing::debug!("progress notification not delivered: {e}");
+        }
+    }
+
+    /// A progress reporter for `exec` operations (which know nothing of MCP): `None` without
+    /// a progress token, so they skip building messages.
+    pub fn progress_fn(&self) -> Option<crate::exec::ProgressFn> {
+        self.client.as_ref()?.token.as_ref()?;
+        let ctx = self.clone();
+        Some(Arc::new(move |step: u32, total: u32, message: String| {
+            let ctx = ctx.clone();
+            Box::pin(async move { ctx.progress(step, total, &message).await }) as BoxFuture<'static, ()>
+        }))
+    }
+
+    /// Whether the client can be asked to sample (declared `sampling` at initialize).
+    pub fn can_sample(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| c.sampling)
+    }
+
+    /// Ask the client's model (`sampling/createMessage`) for a reply to `prompt` under `system`,
+    /// at most `max_tokens` long (a longer answer is cut at 8 characters per token), waiting at
+    /// most `timeout`. Errors are messages for the result (the client cannot sample, refused,
+    /// or answered without text).
+    #[allow(deprecated)] // sampling is deprecated by SEP-2577 but current clients still offer it
+    pub async fn sample(
+        &self,
+        system: &str,
+        prompt: &str,
+        max_tokens: u32,
+        timeout: std::time::Duration,
+    ) -> Result<Sampled, String> {
+        use rmcp::model::{CreateMessageRequestParams, Role, SamplingMessage, SamplingMessageContentBlock};
+        let link = match &self.client {
+            Some(l) if l.sampling => l,
+            _ => return Err("the client did not declare the sampling capability".into()),
+        };
+        let params = CreateMessageRequestParams::new(
+            vec![SamplingMessage::new(
+                Role::User,
+                SamplingMessageContentBlock::text(prompt),
+            )],
+            max_tokens,
+        )
+        .with_system_prompt(system)
+        .with_temperature(0.2);
+        let result = match tokio::time::timeout(timeout, link.peer.create_message(params)).await {
+            Err(_) => return Err(format!("the client did not answer within {}s", timeout.as_secs())),
+            Ok(Err(e)) => return Err(format!("the client's sampling failed: {e}")),
+            Ok(Ok(r)) => r,
+        };
+        let text: String = result
+            .message
+            .content
+            .into_vec()
+            .into_iter()
+            .filter_map(|c| match c {
+                SamplingMessageContentBlock::Text(t) => Some(t.text),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        if text.trim().is_empty() {
+            return Err("the client's model answered without text".into());
+        }
+        // A client may ignore `max_tokens`: keep at most 8 characters per token asked for.
+        let cap = max_tokens as usize * 8;
+        let text = match text.char_indices().nth(cap) {
+            Some((at, _)) => format!("{}… [cut at {cap} characters]", &text[..at]),
+            None => text,
+        };
+        Ok(Sampled {
+            text,
+            model: result.model,
+        })
+    }
 }
 
 /// The server's own place in the tailnet, from LocalAPI status (empty in dev mode).

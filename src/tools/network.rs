@@ -663,6 +663,7 @@ mod tests {
             tailnet: Arc::new(super::super::TailnetInfo::default()),
             config: Arc::new(crate::config::Config::defaults()),
             approvals: None,
+            client: None,
         }
     }
 

@@ -365,6 +365,7 @@ mod tests {
             tailnet: Arc::new(super::super::TailnetInfo::default()),
             config: Arc::new(crate::config::Config::defaults()),
             approvals: None,
+            client: None,
         };
         let t = tools().into_iter().find(|t| t.spec().name == name).unwrap();
         t.call(ctx, args).await

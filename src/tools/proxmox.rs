@@ -849,6 +849,7 @@ mod tests {
             tailnet: Arc::new(TailnetInfo::default()),
             config: Arc::new(crate::config::Config::defaults()),
             approvals: None,
+            client: None,
         }
     }
 

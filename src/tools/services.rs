@@ -636,6 +636,7 @@ mod tests {
             tailnet: Arc::new(super::super::TailnetInfo::default()),
             config: Arc::new(config),
             approvals: None,
+            client: None,
         }
     }
 

@@ -329,7 +329,7 @@ impl Tool for DeployTool {
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
         Box::pin(async move {
             let args: DeployArgs = parse_args(args)?;
-            let stacks = stacks(&ctx, self.spec.name)?;
+            let stacks = stacks(&ctx, self.spec.name)?.with_progress(ctx.progress_fn());
             let req = DeployRequest {
                 name: args.name,
                 repository: args.repository,
@@ -379,7 +379,7 @@ impl Tool for UpdateTool {
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
         Box::pin(async move {
             let args: UpdateArgs = parse_args(args)?;
-            let stacks = stacks(&ctx, self.spec.name)?;
+            let stacks = stacks(&ctx, self.spec.name)?.with_progress(ctx.progress_fn());
             let report = stacks.update(&args.name, args.dry_run).await.map_err(stack_error)?;
             change_output(&ctx, report)
         })

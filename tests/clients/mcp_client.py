@@ -4,7 +4,7 @@ tests/support/pyclient.rs) over Streamable HTTP, one session, a list of actions.
 
 It only drives the SDK and reports what it saw; it must not judge results (the Rust tests do).
 
-Usage: mcp_client.py URL ACTIONS_JSON [--header NAME:VALUE]... [--elicit accept|decline]
+Usage: mcp_client.py URL ACTIONS_JSON [--header NAME:VALUE]... [--elicit accept|decline] [--sample TEXT]
 
 ACTIONS_JSON is a JSON list, run in order in one session after `initialize`:
   {"list_tools": {}}                      -> {"action": "list_tools", "tools": [names]}
@@ -25,6 +25,10 @@ With --elicit the client declares the elicitation capability and answers every e
 request: `accept` checks every boolean field of the form, `decline` says no. Each request
 it answers prints {"action": "elicitation", "message": ..., "answer": "accept"|"decline"}.
 Without --elicit the client declares no elicitation capability.
+With --sample TEXT the client declares the sampling capability and answers every
+sampling/createMessage request with TEXT (model "test-model"), printing
+{"action": "sampling", "systemPrompt": ..., "maxTokens": N, "messages": [texts]} for each request.
+Without --sample the client declares no sampling capability.
 Output: one JSON object per line on stdout, the first being
   {"action": "initialize", "protocolVersion": ..., "serverInfo": {...}}.
 A protocol failure (HTTP error, JSON-RPC error, broken stream) prints
@@ -154,7 +158,28 @@ def elicitation_callback(answer):
     return callback
 
 
-async def main(url, actions, headers, elicit=None):
+def sampling_callback(text):
+    async def callback(context, params):
+        messages = [getattr(m.content, "text", None) for m in params.messages]
+        emit(
+            {
+                "action": "sampling",
+                "systemPrompt": params.system_prompt,
+                "maxTokens": params.max_tokens,
+                "messages": messages,
+            }
+        )
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text=text),
+            model="test-model",
+            stop_reason="endTurn",
+        )
+
+    return callback
+
+
+async def main(url, actions, headers, elicit=None, sample=None):
     current = "connect"
     http_errors = []  # the SDK folds most HTTP errors into one JSON-RPC code; keep the status
 
@@ -173,7 +198,10 @@ async def main(url, actions, headers, elicit=None):
         async with http:
             async with streamable_http_client(url, http_client=http) as (read, write):
                 callback = elicitation_callback(elicit) if elicit else None
-                async with ClientSession(read, write, elicitation_callback=callback) as session:
+                sampler = sampling_callback(sample) if sample is not None else None
+                async with ClientSession(
+                    read, write, elicitation_callback=callback, sampling_callback=sampler
+                ) as session:
                     current = "initialize"
                     init = await session.initialize()
                     emit(
@@ -205,8 +233,12 @@ def parse_args(argv):
     url, actions = argv[1], json.loads(argv[2])
     if not isinstance(actions, list):
         raise SystemExit("ACTIONS_JSON must be a JSON list")
-    headers, elicit, rest = {}, None, argv[3:]
+    headers, elicit, sample, rest = {}, None, None, argv[3:]
     while rest:
+        if rest[0] == "--sample" and len(rest) >= 2:
+            sample = rest[1]
+            rest = rest[2:]
+            continue
         if rest[0] == "--elicit" and len(rest) >= 2 and rest[1] in ("accept", "decline"):
             elicit = rest[1]
             rest = rest[2:]
@@ -216,13 +248,13 @@ def parse_args(argv):
         name, value = rest[1].split(":", 1)
         headers[name.strip()] = value.strip()
         rest = rest[2:]
-    return url, actions, headers, elicit
+    return url, actions, headers, elicit, sample
 
 
 if __name__ == "__main__":
     try:
-        url, actions, headers, elicit = parse_args(sys.argv)
+        url, actions, headers, elicit, sample = parse_args(sys.argv)
     except SystemExit as e:
         print(e, file=sys.stderr)
         sys.exit(2)
-    sys.exit(anyio.run(main, url, actions, headers, elicit))
+    sys.exit(anyio.run(main, url, actions, headers, elicit, sample))

@@ -46,11 +46,23 @@ pub async fn run_actions(
     url: &str,
     actions: &serde_json::Value,
 ) -> (Vec<serde_json::Value>, String) {
+    run_actions_with(net, python, url, actions, &[]).await
+}
+
+/// [`run_actions`] with extra client options (`--sample TEXT`, `--elicit accept`, ...).
+pub async fn run_actions_with(
+    net: &super::netns::Tailnet,
+    python: &Path,
+    url: &str,
+    actions: &serde_json::Value,
+    options: &[&str],
+) -> (Vec<serde_json::Value>, String) {
     let out = net
         .command_in_peer_ns(&python.to_string_lossy())
         .arg(client_script())
         .arg(url)
         .arg(actions.to_string())
+        .args(options)
         .output()
         .await
         .expect("run the MCP Python client");
