@@ -383,14 +383,8 @@ async fn whois(config: Config, addr: &str, json: bool) -> anyhow::Result<ExitCod
     let caller = Arc::new(Caller::from_whois(&who, peer, &config.capability));
     let effective = Arc::new(policy::effective(&caller, &config.capability, &config.grants));
     let ctx = ToolContext {
-        caller,
-        target: Arc::new(tailopsmcp::targets::Target::local()),
-        targets: Arc::new(Registry::local_only()),
         grants: effective,
-        tailnet: Default::default(),
-        config: Arc::new(config.clone()),
-        approvals: None,
-        client: None,
+        ..ToolContext::local(caller, Arc::new(config.clone()))
     };
     let view = tools::identity::describe(&ctx);
     if json {

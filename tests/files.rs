@@ -76,19 +76,7 @@ fn config(extra: &str) -> Arc<Config> {
 }
 
 fn ctx(config: Arc<Config>) -> ToolContext {
-    ToolContext {
-        caller: Arc::new(tailopsmcp::tailnet::Caller::dev(
-            "t@example.com",
-            "127.0.0.1:1".parse().unwrap(),
-        )),
-        target: Arc::new(tailopsmcp::targets::Target::local()),
-        targets: Arc::new(tailopsmcp::targets::Registry::local_only()),
-        grants: Arc::new(tailopsmcp::policy::Effective::default()),
-        tailnet: Arc::new(tailopsmcp::tools::TailnetInfo::default()),
-        config,
-        approvals: None,
-        client: None,
-    }
+    ToolContext::local(ToolContext::test_caller(), config)
 }
 
 fn tool(name: &str) -> Arc<dyn Tool> {

@@ -146,6 +146,27 @@ impl ClientLink {
 }
 
 impl ToolContext {
+    /// A context for running a tool on this host outside an MCP call (the CLI, unit tests): the
+    /// `local` target only, no grants, no tailnet facts, no approvals store and no client.
+    pub fn local(caller: Arc<Caller>, config: Arc<crate::config::Config>) -> ToolContext {
+        ToolContext {
+            caller,
+            target: Arc::new(crate::targets::Target::local()),
+            targets: Arc::new(crate::targets::Registry::local_only()),
+            grants: Arc::new(policy::Effective::default()),
+            tailnet: Arc::new(TailnetInfo::default()),
+            config,
+            approvals: None,
+            client: None,
+        }
+    }
+
+    /// A caller for tools run outside MCP in tests: `t@example.com` in dev mode.
+    #[doc(hidden)]
+    pub fn test_caller() -> Arc<Caller> {
+        Arc::new(Caller::dev("t@example.com", "127.0.0.1:1".parse().expect("an address")))
+    }
+
     /// Report step `step` of `total` to the client; a no-op unless the call carried a progress
     /// token. Delivery is best effort (a client that went away does not fail the tool).
     pub async fn progress(&self, step: u32, total: u32, message: &str) {

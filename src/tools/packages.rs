@@ -351,22 +351,11 @@ fn render_change(out: &ChangeOutput) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy;
-    use crate::tailnet::Caller;
     use serde_json::{Value, json};
 
     async fn call(name: &str, args: Value) -> Result<ToolOutput, ToolError> {
         let Value::Object(args) = args else { panic!() };
-        let ctx = ToolContext {
-            caller: Arc::new(Caller::dev("t@example.com", "127.0.0.1:1".parse().unwrap())),
-            target: Arc::new(crate::targets::Target::local()),
-            targets: Arc::new(crate::targets::Registry::local_only()),
-            grants: Arc::new(policy::Effective::default()),
-            tailnet: Arc::new(super::super::TailnetInfo::default()),
-            config: Arc::new(crate::config::Config::defaults()),
-            approvals: None,
-            client: None,
-        };
+        let ctx = ToolContext::local(ToolContext::test_caller(), Arc::new(crate::config::Config::defaults()));
         let t = tools().into_iter().find(|t| t.spec().name == name).unwrap();
         t.call(ctx, args).await
     }

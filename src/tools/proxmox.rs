@@ -835,22 +835,10 @@ fn duration(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy;
-    use crate::tailnet::Caller;
-    use crate::tools::TailnetInfo;
     use serde_json::{Value, json};
 
     fn ctx() -> ToolContext {
-        ToolContext {
-            caller: Arc::new(Caller::dev("t@example.com", "127.0.0.1:1".parse().unwrap())),
-            target: Arc::new(crate::targets::Target::local()),
-            targets: Arc::new(crate::targets::Registry::local_only()),
-            grants: Arc::new(policy::Effective::default()),
-            tailnet: Arc::new(TailnetInfo::default()),
-            config: Arc::new(crate::config::Config::defaults()),
-            approvals: None,
-            client: None,
-        }
+        ToolContext::local(ToolContext::test_caller(), Arc::new(crate::config::Config::defaults()))
     }
 
     async fn call(name: &str, args: Value) -> Result<ToolOutput, ToolError> {

@@ -621,23 +621,12 @@ fn render_control(out: &ControlOutput) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy;
-    use crate::tailnet::Caller;
     use serde_json::{Value, json};
 
     fn ctx(config: &str) -> ToolContext {
         let config =
             crate::config::Config::from_toml(config, std::path::Path::new("t.toml"), &Default::default()).unwrap();
-        ToolContext {
-            caller: Arc::new(Caller::dev("t@example.com", "127.0.0.1:1".parse().unwrap())),
-            target: Arc::new(crate::targets::Target::local()),
-            targets: Arc::new(crate::targets::Registry::local_only()),
-            grants: Arc::new(policy::Effective::default()),
-            tailnet: Arc::new(super::super::TailnetInfo::default()),
-            config: Arc::new(config),
-            approvals: None,
-            client: None,
-        }
+        ToolContext::local(ToolContext::test_caller(), Arc::new(config))
     }
 
     async fn call(name: &str, config: &str, args: Value) -> Result<ToolOutput, ToolError> {

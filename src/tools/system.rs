@@ -841,21 +841,10 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy;
-    use crate::tailnet::Caller;
     use serde_json::{Value, json};
 
     fn ctx() -> ToolContext {
-        ToolContext {
-            caller: Arc::new(Caller::dev("t@example.com", "127.0.0.1:1".parse().unwrap())),
-            target: Arc::new(crate::targets::Target::local()),
-            targets: Arc::new(crate::targets::Registry::local_only()),
-            grants: Arc::new(policy::Effective::default()),
-            tailnet: Arc::new(TailnetInfo::default()),
-            config: Arc::new(crate::config::Config::defaults()),
-            approvals: None,
-            client: None,
-        }
+        ToolContext::local(ToolContext::test_caller(), Arc::new(crate::config::Config::defaults()))
     }
 
     fn tool(name: &str) -> Arc<dyn Tool> {
