@@ -1046,3 +1046,46 @@ fn printing_commands_end_quietly_when_the_reader_goes_away() {
         "{stderr}"
     );
 }
+
+/// `[tools] read_only = true`: tools that can change something are not registered at all —
+/// not listed even to a caller holding their scope, and a call to one is an unknown tool
+/// (audited) — while read-only tools of the same toolset keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_mode_registers_no_changing_tool() {
+    let extra = "[tools]\nread_only = true\n\n[[grant]]\nmatch = \"user:alice@example.com\"\n\
+                 scopes = [\"inventory:control\"]\ntargets = [\"local\"]\n";
+    let Some(w) = world("", extra).await else { return };
+    let mut alice = w.mcp(ALICE).await;
+    let tools = alice.list_tools().await.unwrap();
+    assert!(tools.contains(&"inventory_get".to_string()), "{tools:?}");
+    for changing in ["inventory_scan", "inventory_set", "inventory_annotate"] {
+        assert!(
+            !tools.contains(&changing.to_string()),
+            "{changing} listed in read-only mode"
+        );
+    }
+    let r = alice
+        .request(
+            "tools/call",
+            json!({"name": "inventory_set", "arguments": {"tags": ["x"]}}),
+        )
+        .await
+        .unwrap();
+    let body = r.json();
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown tool `inventory_set`"),
+        "{body}"
+    );
+    let rows = w
+        .server
+        .audit_where(1, |r| r.tool.as_deref() == Some("inventory_set"))
+        .await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0].outcome, tailopsmcp::audit::Outcome::Denied);
+    let r = alice.call_tool("inventory_get", json!({})).await.unwrap();
+    assert_eq!(r["isError"], false, "{r}");
+}
