@@ -837,3 +837,33 @@ async fn prune_while_the_server_writes_keeps_one_chain() {
     let (code, out, _) = cli(&server.db, &["verify"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// A large prune goes in batches (here 3 rows per transaction, so the server's writer never
+/// waits long for the write lock): one checkpoint per batch, all chained, and the chain verifies
+/// from the newest.
+#[tokio::test]
+async fn prune_in_batches_writes_a_checkpoint_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, path) = open(&dir);
+    for day in 1..=8 {
+        let mut r = sample("alice@example.com", "whoami");
+        r.time = format!("2025-01-{day:02}T00:00:00.000Z");
+        auditor.record(r).await.unwrap();
+    }
+    let report = auditor.prune_batches(at("2025-01-08T00:00:00Z"), 3).await.unwrap();
+    assert_eq!(report.pruned, 7);
+    assert_eq!((report.first_pruned_id, report.last_pruned_id), (Some(1), Some(7)));
+    assert_eq!(
+        (report.checkpoints, report.checkpoint_id, report.resume_id),
+        (3, Some(11), Some(8))
+    );
+    drop(auditor);
+    let v = check_ok(&path);
+    assert_eq!((v.first_id, v.checkpoints), (Some(8), 3), "{v}");
+    let pruned: Vec<(Option<i64>, Option<i64>)> = v
+        .checkpoint_rows
+        .iter()
+        .map(|c| (c.first_pruned_id, c.last_pruned_id))
+        .collect();
+    assert_eq!(pruned, vec![(Some(1), Some(3)), (Some(4), Some(6)), (Some(7), Some(7))]);
+}

@@ -293,6 +293,8 @@ pub struct PruneReport {
     pub checkpoint_id: Option<i64>,
     /// Who pruned: `host:<unix user>`.
     pub pruned_by: Option<String>,
+    /// Checkpoint rows written (one per transaction of at most 50,000 rows).
+    pub checkpoints: u64,
     /// Only planned: nothing was deleted or written.
     pub dry_run: bool,
 }
@@ -309,13 +311,18 @@ impl fmt::Display for PruneReport {
         write!(
             f,
             "{verb} {} rows (ids {first}..={last}, {} to {}) older than {before}; last pruned row hash {}; \
-             chain resumes at id {} from {}; checkpoint row {}{}",
+             chain resumes at id {} from {}; {}checkpoint row {}{}",
             self.pruned,
             q(&self.first_pruned_time),
             q(&self.last_pruned_time),
             q(&self.last_pruned_hash),
             self.resume_id.map_or("?".into(), |i| i.to_string()),
             q(&self.resume_prev_hash),
+            if self.checkpoints > 1 {
+                format!("{} checkpoints, the newest ", self.checkpoints)
+            } else {
+                String::new()
+            },
             self.checkpoint_id.map_or("?".into(), |i| i.to_string()),
             match (&self.pruned_by, self.dry_run) {
                 (_, true) => " (dry run: nothing deleted or written)".to_string(),
@@ -590,17 +597,45 @@ impl Auditor {
     ///
     /// The checkpoint names who pruned: `host:<unix user>` of this process (pruning is a host
     /// action: the CLI, or the server's own retention).
+    ///
+    /// At most 50,000 rows go per transaction (the server's writer waits for the write lock
+    /// meanwhile), each batch with its own checkpoint; the report sums the batches.
     pub async fn prune(&self, before: DateTime<Utc>) -> Result<PruneReport, AuditError> {
-        let (reply, wait) = oneshot::channel();
+        self.prune_batches(before, writer::PRUNE_BATCH as u64).await
+    }
+
+    /// [`Auditor::prune`] with at most `batch` rows (at least 1) deleted per transaction.
+    pub async fn prune_batches(&self, before: DateTime<Utc>, batch: u64) -> Result<PruneReport, AuditError> {
+        let max_rows = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
         let (by, node) = crate::approvals::host_identity();
-        self.send(writer::Op::Prune {
-            before,
-            by,
-            node,
-            reply,
-        })
-        .await?;
-        wait.await.map_err(|_| self.gone())?
+        let mut total: Option<PruneReport> = None;
+        loop {
+            let (reply, wait) = oneshot::channel();
+            let op = writer::Op::Prune {
+                before,
+                by: by.clone(),
+                node: node.clone(),
+                max_rows,
+                reply,
+            };
+            self.send(op).await?;
+            let report = wait.await.map_err(|_| self.gone())??;
+            let more = report.pruned > 0 && i64::try_from(report.pruned) == Ok(max_rows);
+            total = Some(match total {
+                None => report,
+                Some(t) if report.pruned == 0 => t,
+                Some(t) => PruneReport {
+                    pruned: t.pruned + report.pruned,
+                    first_pruned_id: t.first_pruned_id,
+                    first_pruned_time: t.first_pruned_time,
+                    checkpoints: t.checkpoints + report.checkpoints,
+                    ..report
+                },
+            });
+            if !more {
+                return Ok(total.unwrap_or_default());
+            }
+        }
     }
 
     /// Records matching `q`, newest last, read on the auditor's own read connection (never
@@ -705,7 +740,7 @@ pub fn prune_plan_path(db: &Path, before: DateTime<Utc>) -> Result<PruneReport, 
     let by = crate::approvals::host_identity().0;
     let tx = conn.unchecked_transaction().map_err(err)?;
     let head = writer::read_head(&tx).map_err(err)?;
-    let plan = writer::plan_prune(&tx, &head.0, head.1, &format_time(before)).map_err(err)?;
+    let plan = writer::plan_prune(&tx, &head.0, head.1, &format_time(before), i64::MAX).map_err(err)?;
     tx.finish().map_err(err)?;
     Ok(match plan {
         Some(plan) => PruneReport {

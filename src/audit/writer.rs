@@ -33,6 +33,11 @@ pub(crate) const QUEUE: usize = 16 * 1024;
 
 /// `method` of the row [`prune`] writes where it deleted rows.
 pub(crate) const CHECKPOINT_METHOD: &str = "audit/checkpoint";
+/// Most rows one prune transaction deletes: the server's writer waits for the write lock
+/// (`busy_timeout`, 5 s) while a prune runs, so a large prune goes in several transactions, each
+/// with its own checkpoint.
+pub(crate) const PRUNE_BATCH: i64 = 50_000;
+
 /// `identity_source` of a checkpoint row: only the host (the CLI, or the server's own retention)
 /// writes one; `verify` ignores `audit/checkpoint` rows from any other source (an MCP client
 /// cannot make its request row count as a checkpoint).
@@ -72,6 +77,8 @@ pub(crate) enum Op {
         /// Who prunes (`host:<unix user>`) and from where, recorded in the checkpoint.
         by: String,
         node: String,
+        /// Most rows deleted in this one transaction (see [`PRUNE_BATCH`]).
+        max_rows: i64,
         reply: oneshot::Sender<Result<PruneReport, AuditError>>,
     },
 }
@@ -388,9 +395,10 @@ impl Writer {
                     before,
                     by,
                     node,
+                    max_rows,
                     reply,
                 } => {
-                    let (result, event) = match prune(&tx, &mut head, before, &by, &node) {
+                    let (result, event) = match prune(&tx, &mut head, before, &by, &node, max_rows) {
                         Ok((report, event)) => (Ok(report), event.filter(|_| mirroring)),
                         Err(e) if tx.is_autocommit() => {
                             failed = Some(("prune", e));
@@ -573,15 +581,19 @@ pub(crate) struct PrunePlan {
     resume_prev: Option<String>,
 }
 
+///
+/// At most `max_rows` rows go (a cap that would leave nothing to delete because of a dangling
+/// completion is ignored, so every call makes progress).
 pub(crate) fn plan_prune(
     conn: &Connection,
     head_hash: &Hash,
     last_id: i64,
     before: &str,
+    max_rows: i64,
 ) -> rusqlite::Result<Option<PrunePlan>> {
     let first: Option<i64> = conn.query_row("SELECT min(id) FROM audit", [], |r| r.get(0))?;
     let checkpoint_id = last_id + 1;
-    let mut cut: i64 = conn
+    let by_time: i64 = conn
         .query_row(
             "SELECT id FROM audit WHERE time >= ?1 ORDER BY id LIMIT 1",
             [before],
@@ -589,20 +601,26 @@ pub(crate) fn plan_prune(
         )
         .optional()?
         .unwrap_or(checkpoint_id);
-    loop {
-        let earlier: Option<i64> = conn.query_row(
-            "SELECT min(id) FROM audit WHERE id < ?1 AND completed_after >= ?1",
-            [cut],
-            |r| r.get(0),
-        )?;
-        match earlier {
-            Some(id) => cut = id,
-            None => break,
-        }
-    }
-    let Some(first) = first.filter(|f| *f < cut) else {
+    let Some(first) = first else {
         return Ok(None);
     };
+    let mut cut = keep_completions_linked(conn, by_time)?;
+    let capped: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM audit WHERE id >= ?1 ORDER BY id LIMIT 1 OFFSET ?2",
+            [first, max_rows.max(1)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(c) = capped.filter(|c| *c < cut) {
+        let c = keep_completions_linked(conn, c)?;
+        if c > first {
+            cut = c;
+        }
+    }
+    if first >= cut {
+        return Ok(None);
+    }
     let (count, last): (i64, i64) =
         conn.query_row("SELECT count(*), max(id) FROM audit WHERE id < ?1", [cut], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -628,6 +646,22 @@ pub(crate) fn plan_prune(
     }))
 }
 
+/// Move `cut` earlier until no row before it has its completion linked at or after it (that
+/// link would dangle once the row is gone).
+fn keep_completions_linked(conn: &Connection, mut cut: i64) -> rusqlite::Result<i64> {
+    loop {
+        let earlier: Option<i64> = conn.query_row(
+            "SELECT min(id) FROM audit WHERE id < ?1 AND completed_after >= ?1",
+            [cut],
+            |r| r.get(0),
+        )?;
+        match earlier {
+            Some(id) => cut = id,
+            None => return Ok(cut),
+        }
+    }
+}
+
 impl PrunePlan {
     /// The report of this plan; `checkpoint_id` is the row the checkpoint gets (or would get).
     pub(crate) fn report(&self, before: DateTime<Utc>, by: &str, checkpoint_id: i64) -> PruneReport {
@@ -643,6 +677,7 @@ impl PrunePlan {
             resume_prev_hash: self.resume_prev.clone(),
             checkpoint_id: Some(checkpoint_id),
             pruned_by: Some(by.to_string()),
+            checkpoints: 1,
             dry_run: false,
         }
     }
@@ -660,9 +695,10 @@ fn prune(
     before: DateTime<Utc>,
     by: &str,
     node: &str,
+    max_rows: i64,
 ) -> rusqlite::Result<(PruneReport, Option<Event>)> {
     let before_text = format_time(before);
-    let Some(plan) = plan_prune(conn, &head.hash, head.last_id, &before_text)? else {
+    let Some(plan) = plan_prune(conn, &head.hash, head.last_id, &before_text, max_rows)? else {
         return Ok((
             PruneReport {
                 before,
