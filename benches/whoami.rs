@@ -22,6 +22,9 @@ use support::server::{PORT, Server};
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 const ALICE: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 2));
+/// The load phases make far more calls than the default per-principal rate limits allow (every
+/// call would be refused before the audit write the bench measures): lift them.
+const BENCH_LIMITS: &str = "[limits.rate.low]\nburst = 100000\nper_minute = 1000000\n";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -341,7 +344,7 @@ async fn main() {
     standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
     standin.add_identity(ALICE, fixture("whois-user.json"));
     let server_section = format!("identity_cache_secs = {cache}");
-    let mut server = Server::start(&net, &standin, &server_section, "").await;
+    let mut server = Server::start(&net, &standin, &server_section, BENCH_LIMITS).await;
     let pid = server.child.as_ref().and_then(|c| c.id()).expect("server pid");
     let addr = server.addr;
     tokio::time::sleep(Duration::from_millis(500)).await;

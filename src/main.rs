@@ -149,6 +149,19 @@ enum AuditCommand {
     },
     /// Check the audit hash chain; exit 1 and print the first broken link
     Verify,
+    /// Delete records older than a cut-off, leaving a hash-chained checkpoint row so `audit
+    /// verify` still verifies what is kept
+    Prune {
+        /// RFC 3339 time or an age like 90d, 12h (records older than this go)
+        #[arg(long)]
+        before: String,
+        /// Show what would be deleted; delete and write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON object instead of a sentence
+        #[arg(long)]
+        json: bool,
+    },
     /// Export audit records with their chain hashes, one JSON object per line (for SIEMs)
     Export {
         #[arg(long, value_parser = ["jsonl"], default_value = "jsonl")]
@@ -529,6 +542,9 @@ fn audit_cmd(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode>
                 }
             }
         }
+        AuditCommand::Prune { before, dry_run, json } => {
+            return runtime()?.block_on(audit_prune(config, &before, dry_run, json));
+        }
         AuditCommand::Verify => {
             let report = audit::verify_path(db).with_context(|| format!("cannot read {}", db.display()))?;
             println!("{report}");
@@ -569,6 +585,43 @@ fn audit_cmd(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode>
             let records = audit::query_path(db, &q).with_context(|| format!("cannot read {}", db.display()))?;
             print(&records, json);
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tailopsmcp audit prune`: through an `Auditor` (its writer thread), so the delete and the
+/// checkpoint are one write transaction that re-reads the chain head under SQLite's write lock:
+/// safe while the server is running and writing (the busy timeout waits for its commits).
+async fn audit_prune(config: &Config, before: &str, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let db = &config.database;
+    let now = chrono::Utc::now();
+    let before = audit::parse_time(before, now).map_err(|e| anyhow::anyhow!("--before: {e}"))?;
+    if before > now {
+        bail!(
+            "--before {} is in the future: that would delete records written from now on",
+            before.to_rfc3339()
+        );
+    }
+    let report = if dry_run {
+        audit::prune_plan_path(db, before).with_context(|| format!("cannot read {}", db.display()))?
+    } else {
+        let auditor = Auditor::open(
+            db,
+            AuditOptions {
+                redact_fields: config.redact_fields.clone(),
+                journald: config.journald,
+            },
+        )
+        .with_context(|| format!("cannot open the audit database {}", db.display()))?;
+        auditor
+            .prune(before)
+            .await
+            .with_context(|| format!("cannot prune {}", db.display()))?
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -572,3 +572,298 @@ async fn rows_from_before_the_chain_are_counted_and_rows_slipped_in_are_named() 
     tamper(&path, legacy);
     assert_eq!(broken(&verify_path(&path).unwrap()), (6, BrokenKind::MissingHash));
 }
+
+/// `tailopsmcp --database <path> audit <args...>`: (exit code, stdout, stderr).
+fn cli(path: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--database", path.to_str().unwrap(), "audit"];
+    all.extend_from_slice(args);
+    crate::support::server::run_cli(&all)
+}
+
+fn count_rows(path: &Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// `audit verify` through the binary: must fail (exit 1) naming `row` first.
+fn cli_broken_at(path: &Path, row: i64) -> String {
+    let (code, out, err) = cli(path, &["verify"]);
+    assert_eq!(code, 1, "verify passed on a tampered store: {out}{err}");
+    assert!(out.contains(&format!("BROKEN broken at row {row}:")), "{out}");
+    out
+}
+
+/// Through the real CLI: `audit prune --dry-run` changes nothing; `audit prune` deletes the
+/// oldest rows and writes a checkpoint naming the range, the span, the last pruned hash and
+/// `host:<user>`; `audit verify` passes and lists the checkpoint; afterwards an edited
+/// surviving row, a deleted checkpoint, an edited checkpoint and rows deleted without a
+/// checkpoint are each named; a client row that merely calls itself a checkpoint is ignored.
+#[tokio::test]
+async fn cli_prune_leaves_a_checkpoint_that_verify_starts_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, path) = open(&dir);
+    for day in 1..=8 {
+        let mut r = sample("alice@example.com", "whoami");
+        r.time = format!("2025-01-{day:02}T00:00:00.000Z");
+        assert_eq!(auditor.record(r).await.unwrap(), i64::from(day));
+    }
+    drop(auditor);
+    let row3_hash: String = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT row_hash FROM audit WHERE id = 3", [], |r| r.get(0))
+        .unwrap();
+
+    // Bad cut-offs are refused and delete nothing.
+    for bad in ["yesterday", "90x", "2999-01-01T00:00:00Z"] {
+        let (code, _, err) = cli(&path, &["prune", "--before", bad]);
+        assert_ne!(code, 0, "{bad}");
+        assert!(err.contains("--before"), "{bad}: {err}");
+    }
+    // Dry run: the plan, nothing deleted or written.
+    let (code, out, err) = cli(&path, &["prune", "--before", "2025-01-04", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("would prune 3 rows (ids 1..=3"), "{out}");
+    assert!(out.contains("dry run"), "{out}");
+    assert_eq!(count_rows(&path), 8);
+
+    let (code, out, err) = cli(&path, &["prune", "--before", "2025-01-04", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["pruned"], 3);
+    assert_eq!(
+        (report["first_pruned_id"].as_i64(), report["last_pruned_id"].as_i64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(report["first_pruned_time"], "2025-01-01T00:00:00.000Z");
+    assert_eq!(report["last_pruned_time"], "2025-01-03T00:00:00.000Z");
+    assert_eq!(report["last_pruned_hash"], row3_hash.as_str());
+    // Row 4 continues from row 3: the anchor the chain resumes from is the last pruned hash.
+    assert_eq!(report["resume_prev_hash"], row3_hash.as_str());
+    assert_eq!(
+        (report["resume_id"].as_i64(), report["checkpoint_id"].as_i64()),
+        (Some(4), Some(9))
+    );
+    let by = report["pruned_by"].as_str().unwrap().to_string();
+    assert!(by.starts_with("host:") && by.len() > 5, "{by}");
+    assert_eq!(report["dry_run"], false);
+    assert_eq!(count_rows(&path), 6, "rows 4..=8 and the checkpoint");
+
+    // The checkpoint row itself: by the host, chained like any row.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (method, principal, source, prev): (String, String, String, String) = conn
+        .query_row(
+            "SELECT method, principal, identity_source, prev_hash FROM audit WHERE id = 9",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    let row8_hash: String = conn
+        .query_row("SELECT row_hash FROM audit WHERE id = 8", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    assert_eq!(
+        (method.as_str(), principal.as_str(), source.as_str()),
+        ("audit/checkpoint", by.as_str(), "host")
+    );
+    assert_eq!(prev, row8_hash, "the checkpoint is linked after the newest row");
+
+    // A row after the checkpoint, so it sits in the middle of the chain.
+    let (auditor, _) = open(&dir);
+    auditor.record(sample("bob@example.com", "whoami")).await.unwrap();
+    drop(auditor);
+    let (code, out, err) = cli(&path, &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("audit chain OK: 7 rows (ids 4..=10)"), "{out}");
+    assert!(out.contains("1 checkpoints"), "{out}");
+    assert!(out.contains("checkpoint row 9 at "), "{out}");
+    assert!(
+        out.contains(&format!(
+            "by {by}: pruned 3 rows (ids 1..=3), last pruned hash {row3_hash}, chain resumed at id 4"
+        )),
+        "{out}"
+    );
+
+    // An edited surviving row.
+    let p = copy(&path, &dir, "edited.db");
+    tamper(&p, "UPDATE audit SET reason = 'nothing to see' WHERE id = 6");
+    let out = cli_broken_at(&p, 6);
+    assert!(out.contains("content does not match row_hash"), "{out}");
+    // The checkpoint deleted: the start is no longer anchored, and its gap is named.
+    let p = copy(&path, &dir, "no-checkpoint.db");
+    tamper(&p, "DELETE FROM audit WHERE id = 9");
+    let out = cli_broken_at(&p, 4);
+    assert!(out.contains("no checkpoint row"), "{out}");
+    assert!(out.contains("row 9 is missing too"), "{out}");
+    assert_eq!(broken(&verify_path(&p).unwrap()), (4, BrokenKind::Start));
+    // The checkpoint edited (fewer rows claimed).
+    let p = copy(&path, &dir, "checkpoint-edited.db");
+    tamper(&p, "UPDATE audit SET reason = 'pruned 0 rows' WHERE id = 9");
+    cli_broken_at(&p, 9);
+    // Rows deleted directly, without prune: the gap after the checkpoint's resume point.
+    let p = copy(&path, &dir, "gap.db");
+    tamper(&p, "DELETE FROM audit WHERE id IN (4, 5)");
+    let out = cli_broken_at(&p, 6);
+    assert!(
+        out.contains("rows 4..=5 were deleted after that prune without a checkpoint"),
+        "{out}"
+    );
+    // Rows deleted in the middle, without prune.
+    let p = copy(&path, &dir, "middle.db");
+    tamper(&p, "DELETE FROM audit WHERE id = 7");
+    let out = cli_broken_at(&p, 8);
+    assert!(out.contains("rows 7..=7 are missing"), "{out}");
+    // A checkpoint deleted together with the row after it (the end): the tail is named.
+    let p = copy(&path, &dir, "tail.db");
+    tamper(&p, "DELETE FROM audit WHERE id >= 9");
+    let out = cli_broken_at(&p, 4);
+    assert!(out.contains("rows 9..=10 at the end are missing"), "{out}");
+}
+
+/// A store never pruned, with its oldest rows deleted in SQLite: the gap is reported, and a
+/// row an MCP client wrote with the checkpoint's method name does not anchor anything.
+#[tokio::test]
+async fn rows_deleted_without_a_checkpoint_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = clean_store(&dir).await;
+    let p = copy(&path, &dir, "deleted.db");
+    tamper(&p, "DELETE FROM audit WHERE id < 4");
+    let out = cli_broken_at(&p, 4);
+    assert!(out.contains("ids below 4) were deleted without a checkpoint"), "{out}");
+
+    // A client's row calling itself a checkpoint that "resumes" at row 4.
+    let (auditor, _) = open(&dir);
+    let resume_prev: String = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT prev_hash FROM audit WHERE id = 4", [], |r| r.get(0))
+        .unwrap();
+    let mut fake = sample("mallory@example.com", "whoami");
+    fake.method = "audit/checkpoint".into();
+    fake.arguments = Some(json!({"resume_id": 4, "resume_prev_hash": resume_prev}));
+    auditor.record(fake).await.unwrap();
+    drop(auditor);
+    let report = check_ok(&path);
+    assert_eq!(report.checkpoints, 0, "{report}");
+    tamper(&path, "DELETE FROM audit WHERE id < 4");
+    assert_eq!(broken(&verify_path(&path).unwrap()), (4, BrokenKind::Start));
+}
+
+/// `audit prune` from the CLI while the server is answering calls and writing rows: both
+/// extend the one chain under SQLite's write lock, every call succeeds, and the chain verifies
+/// from the checkpoint, during and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_while_the_server_writes_keeps_one_chain() {
+    use crate::support::http::Mcp;
+    use crate::support::localapi::{StandIn, fixture};
+    use crate::support::netns::Tailnet;
+    use crate::support::server::Server;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    let server_ip = Ipv4Addr::new(100, 100, 1, 1);
+    let alice: IpAddr = "100.100.2.2".parse().unwrap();
+    let net = match Tailnet::new(server_ip, None) {
+        Ok(n) => n,
+        Err(e) => {
+            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
+            return;
+        }
+    };
+    net.add_caller(alice).expect("add caller");
+    let standin = StandIn::start().await;
+    standin.set_self_ips(&[IpAddr::V4(server_ip)]);
+    standin.add_identity(alice, fixture("whois-user.json"));
+    // More calls than the default low-risk burst allows.
+    let limits = "[limits.rate.low]\nburst = 1000\nper_minute = 6000\n";
+    let mut server = Server::start(&net, &standin, "", limits).await;
+    let host = format!("{server_ip}:{}", crate::support::server::PORT);
+    let mcp = || async {
+        let stream = net.connect(alice, server.addr).await.expect("connect");
+        let mut m = Mcp::new(crate::support::http::Conn::new(stream).await, &host);
+        m.initialize().await.expect("initialize");
+        m
+    };
+
+    let mut m = mcp().await;
+    for _ in 0..20 {
+        m.call_tool("whoami", json!({})).await.unwrap();
+    }
+    // Everything so far is older than the cut-off; everything from here on is newer.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let cutoff = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let before = count_rows(&server.db);
+    assert!(before >= 20, "{before}");
+
+    let mut m2 = mcp().await;
+    let calls = async {
+        for _ in 0..60 {
+            let r = m2.call_tool("whoami", json!({})).await.unwrap();
+            assert_ne!(r["isError"], true, "{r}");
+        }
+    };
+    let db = server.db.clone();
+    let prune = tokio::task::spawn_blocking(move || {
+        // Let the calls get going first.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        cli(&db, &["prune", "--before", &cutoff, "--json"])
+    });
+    let ((), pruned) = tokio::join!(calls, prune);
+    let (code, out, err) = pruned.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(report["pruned"].as_i64().unwrap() >= before - 1, "{report}");
+    let checkpoint = report["checkpoint_id"].as_i64().unwrap();
+    // The server goes on writing after the checkpoint, continuing the same chain.
+    for _ in 0..5 {
+        m.call_tool("whoami", json!({})).await.unwrap();
+    }
+    assert!(server.alive(), "{}", server.log());
+    let (code, out, err) = cli(&server.db, &["verify"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", server.log());
+    assert!(
+        out.contains("1 checkpoints") && out.contains(&format!("checkpoint row {checkpoint} ")),
+        "{out}"
+    );
+    let newest: i64 = rusqlite::Connection::open(&server.db)
+        .unwrap()
+        .query_row("SELECT max(id) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        newest > checkpoint,
+        "rows written after the checkpoint: {newest} > {checkpoint}"
+    );
+    server.stop().await;
+    let (code, out, _) = cli(&server.db, &["verify"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A large prune goes in batches (here 3 rows per transaction, so the server's writer never
+/// waits long for the write lock): one checkpoint per batch, all chained, and the chain verifies
+/// from the newest.
+#[tokio::test]
+async fn prune_in_batches_writes_a_checkpoint_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, path) = open(&dir);
+    for day in 1..=8 {
+        let mut r = sample("alice@example.com", "whoami");
+        r.time = format!("2025-01-{day:02}T00:00:00.000Z");
+        auditor.record(r).await.unwrap();
+    }
+    let report = auditor.prune_batches(at("2025-01-08T00:00:00Z"), 3).await.unwrap();
+    assert_eq!(report.pruned, 7);
+    assert_eq!((report.first_pruned_id, report.last_pruned_id), (Some(1), Some(7)));
+    assert_eq!(
+        (report.checkpoints, report.checkpoint_id, report.resume_id),
+        (3, Some(11), Some(8))
+    );
+    drop(auditor);
+    let v = check_ok(&path);
+    assert_eq!((v.first_id, v.checkpoints), (Some(8), 3), "{v}");
+    let pruned: Vec<(Option<i64>, Option<i64>)> = v
+        .checkpoint_rows
+        .iter()
+        .map(|c| (c.first_pruned_id, c.last_pruned_id))
+        .collect();
+    assert_eq!(pruned, vec![(Some(1), Some(3)), (Some(4), Some(6)), (Some(7), Some(7))]);
+}

@@ -280,12 +280,90 @@ pub struct PruneReport {
     pub pruned: u64,
     pub first_pruned_id: Option<i64>,
     pub last_pruned_id: Option<i64>,
+    /// Time of the first and last deleted row (the span pruned).
+    pub first_pruned_time: Option<String>,
+    pub last_pruned_time: Option<String>,
     /// `row_hash` of the last deleted row (also named in the checkpoint row).
     pub last_pruned_hash: Option<String>,
     /// The first row kept: the chain is verifiable from here.
     pub resume_id: Option<i64>,
-    /// The checkpoint row (`method = "audit/checkpoint"`).
+    /// The `prev_hash` the first kept row continues from (the anchor `verify` starts at).
+    pub resume_prev_hash: Option<String>,
+    /// The checkpoint row (`method = "audit/checkpoint"`); with `dry_run`, the id it would get.
     pub checkpoint_id: Option<i64>,
+    /// Who pruned: `host:<unix user>`.
+    pub pruned_by: Option<String>,
+    /// Checkpoint rows written (one per transaction of at most 50,000 rows).
+    pub checkpoints: u64,
+    /// Only planned: nothing was deleted or written.
+    pub dry_run: bool,
+}
+
+impl fmt::Display for PruneReport {
+    /// One paragraph for `tailopsmcp audit prune`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let before = format_time(self.before);
+        let (Some(first), Some(last)) = (self.first_pruned_id, self.last_pruned_id) else {
+            return write!(f, "nothing to prune: no row older than {before} can go");
+        };
+        let verb = if self.dry_run { "would prune" } else { "pruned" };
+        let q = |o: &Option<String>| o.clone().unwrap_or_else(|| "?".into());
+        write!(
+            f,
+            "{verb} {} rows (ids {first}..={last}, {} to {}) older than {before}; last pruned row hash {}; \
+             chain resumes at id {} from {}; {}checkpoint row {}{}",
+            self.pruned,
+            q(&self.first_pruned_time),
+            q(&self.last_pruned_time),
+            q(&self.last_pruned_hash),
+            self.resume_id.map_or("?".into(), |i| i.to_string()),
+            q(&self.resume_prev_hash),
+            if self.checkpoints > 1 {
+                format!("{} checkpoints, the newest ", self.checkpoints)
+            } else {
+                String::new()
+            },
+            self.checkpoint_id.map_or("?".into(), |i| i.to_string()),
+            match (&self.pruned_by, self.dry_run) {
+                (_, true) => " (dry run: nothing deleted or written)".to_string(),
+                (Some(by), false) => format!(" by {by}"),
+                (None, false) => String::new(),
+            }
+        )
+    }
+}
+
+/// A verified checkpoint row, as `audit verify` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CheckpointInfo {
+    /// The checkpoint row's id and time.
+    pub id: i64,
+    pub time: String,
+    /// Who pruned (`host:<unix user>`).
+    pub pruned_by: Option<String>,
+    pub pruned_rows: Option<i64>,
+    pub first_pruned_id: Option<i64>,
+    pub last_pruned_id: Option<i64>,
+    pub last_pruned_hash: Option<String>,
+    pub resume_id: Option<i64>,
+}
+
+impl fmt::Display for CheckpointInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = |v: Option<i64>| v.map_or("?".into(), |i| i.to_string());
+        write!(
+            f,
+            "checkpoint row {} at {} by {}: pruned {} rows (ids {}..={}), last pruned hash {}, chain resumed at id {}",
+            self.id,
+            self.time,
+            self.pruned_by.as_deref().unwrap_or("?"),
+            n(self.pruned_rows),
+            n(self.first_pruned_id),
+            n(self.last_pruned_id),
+            self.last_pruned_hash.as_deref().unwrap_or("none"),
+            n(self.resume_id),
+        )
+    }
 }
 
 /// The result of [`verify_path`]: counts, and the first broken link if there is one.
@@ -301,6 +379,9 @@ pub struct VerifyReport {
     pub completions: u64,
     /// Checkpoint rows (`audit/checkpoint`) among the rows.
     pub checkpoints: u64,
+    /// The verified checkpoint rows (what was pruned, by whom), oldest first, up to the first
+    /// broken link.
+    pub checkpoint_rows: Vec<CheckpointInfo>,
     pub first_id: Option<i64>,
     pub last_id: Option<i64>,
     /// The chain's last link (64 hex digits): compare with the newest `TAILOPS_ROW_HASH` /
@@ -385,6 +466,9 @@ impl fmt::Display for VerifyReport {
         }
         if let (None, Some(head)) = (&self.broken, &self.head) {
             write!(f, "; head {head}")?;
+        }
+        for c in &self.checkpoint_rows {
+            write!(f, "\n  {c}")?;
         }
         Ok(())
     }
@@ -510,10 +594,48 @@ impl Auditor {
     /// Rows go as a prefix by id: it stops at the first row at or after `before`, and earlier
     /// if a deleted row's completion was linked after a kept row. Pending rows older than
     /// `before` are deleted (their completion then fails with [`AuditError::NotPending`]).
+    ///
+    /// The checkpoint names who pruned: `host:<unix user>` of this process (pruning is a host
+    /// action: the CLI, or the server's own retention).
+    ///
+    /// At most 50,000 rows go per transaction (the server's writer waits for the write lock
+    /// meanwhile), each batch with its own checkpoint; the report sums the batches.
     pub async fn prune(&self, before: DateTime<Utc>) -> Result<PruneReport, AuditError> {
-        let (reply, wait) = oneshot::channel();
-        self.send(writer::Op::Prune { before, reply }).await?;
-        wait.await.map_err(|_| self.gone())?
+        self.prune_batches(before, writer::PRUNE_BATCH as u64).await
+    }
+
+    /// [`Auditor::prune`] with at most `batch` rows (at least 1) deleted per transaction.
+    pub async fn prune_batches(&self, before: DateTime<Utc>, batch: u64) -> Result<PruneReport, AuditError> {
+        let max_rows = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
+        let (by, node) = crate::approvals::host_identity();
+        let mut total: Option<PruneReport> = None;
+        loop {
+            let (reply, wait) = oneshot::channel();
+            let op = writer::Op::Prune {
+                before,
+                by: by.clone(),
+                node: node.clone(),
+                max_rows,
+                reply,
+            };
+            self.send(op).await?;
+            let report = wait.await.map_err(|_| self.gone())??;
+            let more = report.pruned > 0 && i64::try_from(report.pruned) == Ok(max_rows);
+            total = Some(match total {
+                None => report,
+                Some(t) if report.pruned == 0 => t,
+                Some(t) => PruneReport {
+                    pruned: t.pruned + report.pruned,
+                    first_pruned_id: t.first_pruned_id,
+                    first_pruned_time: t.first_pruned_time,
+                    checkpoints: t.checkpoints + report.checkpoints,
+                    ..report
+                },
+            });
+            if !more {
+                return Ok(total.unwrap_or_default());
+            }
+        }
     }
 
     /// Records matching `q`, newest last, read on the auditor's own read connection (never
@@ -603,6 +725,34 @@ pub fn verify_path(db: &Path) -> Result<VerifyReport, AuditError> {
     verify::run(&conn).map_err(|source| AuditError::Query {
         path: db.to_path_buf(),
         source,
+    })
+}
+
+/// What [`Auditor::prune`] before `before` would delete right now, without deleting or writing
+/// anything (`audit prune --dry-run`): read-only, from one snapshot. A writer committing after
+/// it may change the numbers; the real prune recomputes them inside its write transaction.
+pub fn prune_plan_path(db: &Path, before: DateTime<Utc>) -> Result<PruneReport, AuditError> {
+    let conn = crate::store::open_readonly(db)?;
+    let err = |source| AuditError::Query {
+        path: db.to_path_buf(),
+        source,
+    };
+    let by = crate::approvals::host_identity().0;
+    let tx = conn.unchecked_transaction().map_err(err)?;
+    let head = writer::read_head(&tx).map_err(err)?;
+    let plan = writer::plan_prune(&tx, &head.0, head.1, &format_time(before), i64::MAX).map_err(err)?;
+    tx.finish().map_err(err)?;
+    Ok(match plan {
+        Some(plan) => PruneReport {
+            dry_run: true,
+            ..plan.report(before, &by, head.1 + 1)
+        },
+        None => PruneReport {
+            before,
+            pruned_by: Some(by),
+            dry_run: true,
+            ..PruneReport::default()
+        },
     })
 }
 

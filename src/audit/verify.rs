@@ -18,8 +18,8 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::chain::{self, CompletionFields, GENESIS, Hash, RowFields};
 use super::query::{STORED_COLUMNS, Stored};
-use super::writer::CHECKPOINT_METHOD;
-use super::{BrokenKind, BrokenLink, VerifyReport};
+use super::writer::{CHECKPOINT_METHOD, CHECKPOINT_SOURCE};
+use super::{BrokenKind, BrokenLink, CheckpointInfo, VerifyReport};
 
 /// See [`super::verify_path`].
 pub(crate) fn run(conn: &Connection) -> rusqlite::Result<VerifyReport> {
@@ -55,7 +55,10 @@ fn walk(conn: &Connection) -> rusqlite::Result<VerifyReport> {
         w.report.rows += 1;
         w.report.first_id.get_or_insert(row.id);
         w.report.last_id = Some(row.id);
-        if let Err(broken) = w.row(&row, resume.as_ref()) {
+        if let Err(mut broken) = w.row(&row, resume.as_ref()) {
+            if broken.kind == BrokenKind::Start {
+                broken.detail.push_str(&later_gaps(conn, row.id, recorded.as_ref())?);
+            }
             w.report.broken = Some(broken);
             return Ok(w.report);
         }
@@ -66,11 +69,50 @@ fn walk(conn: &Connection) -> rusqlite::Result<VerifyReport> {
     Ok(w.report)
 }
 
+/// After a start that no checkpoint explains: where else ids are missing, so a deleted
+/// checkpoint row (which sits after the rows it kept) is named too.
+fn later_gaps(conn: &Connection, first: i64, recorded: Option<&(String, i64)>) -> rusqlite::Result<String> {
+    let gap: Option<i64> = conn
+        .query_row(
+            "SELECT a.id + 1 FROM audit a WHERE a.id >= ?1
+               AND a.id < (SELECT max(id) FROM audit)
+               AND NOT EXISTS (SELECT 1 FROM audit b WHERE b.id = a.id + 1)
+             ORDER BY a.id LIMIT 1",
+            [first],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let last: Option<i64> = conn.query_row("SELECT max(id) FROM audit", [], |r| r.get(0))?;
+    let mut out = String::new();
+    if let Some(g) = gap {
+        out.push_str(&format!(
+            "; row {g} is missing too (a deleted checkpoint row, if it was the one that pruned them)"
+        ));
+    }
+    if let (Some((_, recorded_last)), Some(last)) = (recorded, last)
+        && *recorded_last > last
+    {
+        out.push_str(&format!(
+            "; rows {}..={recorded_last} at the end are missing too (the writer recorded row {recorded_last}; \
+             a deleted checkpoint row, if it was the last one)",
+            last + 1
+        ));
+    }
+    Ok(out)
+}
+
+/// `row` is a checkpoint `verify` honours: written by the host (not an MCP request row that
+/// happens to carry the method name).
+fn is_checkpoint(row: &Stored) -> bool {
+    row.method == CHECKPOINT_METHOD && row.identity_source.as_deref().is_none_or(|s| s == CHECKPOINT_SOURCE)
+}
+
 fn newest_checkpoint(conn: &Connection) -> rusqlite::Result<Option<Resume>> {
     let found: Option<(i64, Option<String>)> = conn
         .query_row(
-            "SELECT id, arguments FROM audit WHERE method = ?1 ORDER BY id DESC LIMIT 1",
-            [CHECKPOINT_METHOD],
+            "SELECT id, arguments FROM audit WHERE method = ?1
+               AND (identity_source IS NULL OR identity_source = ?2) ORDER BY id DESC LIMIT 1",
+            [CHECKPOINT_METHOD, CHECKPOINT_SOURCE],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
@@ -207,8 +249,26 @@ impl Walk {
         self.head = Some(stored);
         self.prev_id = Some(row.id);
         self.report.chained += 1;
-        if row.method == CHECKPOINT_METHOD {
+        if is_checkpoint(row) {
             self.report.checkpoints += 1;
+            let args: serde_json::Value = row
+                .arguments
+                .as_deref()
+                .and_then(|a| serde_json::from_str(a).ok())
+                .unwrap_or_default();
+            self.report.checkpoint_rows.push(CheckpointInfo {
+                id: row.id,
+                time: row.time.clone(),
+                pruned_by: args["pruned_by"]
+                    .as_str()
+                    .map(String::from)
+                    .or_else(|| row.principal.clone()),
+                pruned_rows: args["pruned_rows"].as_i64(),
+                first_pruned_id: args["first_pruned_id"].as_i64(),
+                last_pruned_id: args["last_pruned_id"].as_i64(),
+                last_pruned_hash: args["last_pruned_hash"].as_str().map(String::from),
+                resume_id: args["resume_id"].as_i64(),
+            });
         }
 
         self.completion(row, Some(row_hash_hex))
@@ -274,22 +334,39 @@ impl Walk {
             Some(r) => r.id == Some(row.id) && r.prev_hash.as_deref().and_then(chain::from_hex) == Some(prev),
         };
         if !ok {
-            let expected = match resume {
-                Some(r) => format!(
-                    "the newest checkpoint (row {}) says the chain resumes at row {} from {}",
-                    r.checkpoint_id,
-                    r.id.map_or("?".into(), |i| i.to_string()),
-                    r.prev_hash.as_deref().unwrap_or("?")
+            let detail = match resume {
+                Some(r) => {
+                    let resume_id = r.id.unwrap_or(0);
+                    let missing = if row.id > resume_id && r.id.is_some() {
+                        format!(
+                            "rows {resume_id}..={} were deleted after that prune without a checkpoint of their \
+                             own (or the checkpoint that pruned them was deleted)",
+                            row.id - 1
+                        )
+                    } else {
+                        "rows before it were deleted, or the checkpoint does not match the rows kept".into()
+                    };
+                    format!(
+                        "the first row's prev_hash is {}, but the newest checkpoint (row {}) says the chain \
+                         resumes at row {} from {}: {missing}",
+                        chain::to_hex(&prev),
+                        r.checkpoint_id,
+                        r.id.map_or("?".into(), |i| i.to_string()),
+                        r.prev_hash.as_deref().unwrap_or("?")
+                    )
+                }
+                None => format!(
+                    "the first row's prev_hash is {}, not the genesis hash, and no checkpoint row says where \
+                     a pruned chain resumes: rows before it (ids below {}) were deleted without a checkpoint, \
+                     or the checkpoint row was deleted",
+                    chain::to_hex(&prev),
+                    row.id
                 ),
-                None => "the chain starts from the genesis hash (no checkpoint)".into(),
             };
             return Err(BrokenLink {
                 id: row.id,
                 kind: BrokenKind::Start,
-                detail: format!(
-                    "the first row's prev_hash is {}, but {expected}: rows before it were deleted",
-                    chain::to_hex(&prev)
-                ),
+                detail,
             });
         }
         self.head = Some(prev);

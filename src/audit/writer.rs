@@ -33,6 +33,15 @@ pub(crate) const QUEUE: usize = 16 * 1024;
 
 /// `method` of the row [`prune`] writes where it deleted rows.
 pub(crate) const CHECKPOINT_METHOD: &str = "audit/checkpoint";
+/// Most rows one prune transaction deletes: the server's writer waits for the write lock
+/// (`busy_timeout`, 5 s) while a prune runs, so a large prune goes in several transactions, each
+/// with its own checkpoint.
+pub(crate) const PRUNE_BATCH: i64 = 50_000;
+
+/// `identity_source` of a checkpoint row: only the host (the CLI, or the server's own retention)
+/// writes one; `verify` ignores `audit/checkpoint` rows from any other source (an MCP client
+/// cannot make its request row count as a checkpoint).
+pub(crate) const CHECKPOINT_SOURCE: &str = "host";
 
 const INSERT: &str = "INSERT INTO audit (id, time, request_id, session_id, principal, user_id,
     login, node_id, node_name, tags, remote_addr, identity_source, method, tool, target, arguments,
@@ -65,6 +74,11 @@ pub(crate) enum Op {
     },
     Prune {
         before: DateTime<Utc>,
+        /// Who prunes (`host:<unix user>`) and from where, recorded in the checkpoint.
+        by: String,
+        node: String,
+        /// Most rows deleted in this one transaction (see [`PRUNE_BATCH`]).
+        max_rows: i64,
         reply: oneshot::Sender<Result<PruneReport, AuditError>>,
     },
 }
@@ -151,14 +165,19 @@ struct Head {
     changed: bool,
 }
 
+/// The chain head `(hash, last id)` as `conn`'s transaction sees it.
+pub(crate) fn read_head(conn: &Connection) -> rusqlite::Result<(Hash, i64)> {
+    let (hash, last_id): (Option<String>, i64) = conn
+        .prepare_cached(READ_HEAD)?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    // A head that is missing or not a hash (edited from outside) restarts from GENESIS: the
+    // break is then visible to `verify` at the next row, and writes go on.
+    Ok((hash.as_deref().and_then(chain::from_hex).unwrap_or(GENESIS), last_id))
+}
+
 impl Head {
     fn read(conn: &Connection) -> rusqlite::Result<Head> {
-        let (hash, last_id): (Option<String>, i64) = conn
-            .prepare_cached(READ_HEAD)?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        // A head that is missing or not a hash (edited from outside) restarts from GENESIS: the
-        // break is then visible to `verify` at the next row, and writes go on.
-        let hash = hash.as_deref().and_then(chain::from_hex).unwrap_or(GENESIS);
+        let (hash, last_id) = read_head(conn)?;
         Ok(Head {
             hash,
             last_id,
@@ -372,8 +391,14 @@ impl Writer {
                     };
                     answers.push(Answer::Complete { reply, result, event });
                 }
-                Op::Prune { before, reply } => {
-                    let (result, event) = match prune(&tx, &mut head, before) {
+                Op::Prune {
+                    before,
+                    by,
+                    node,
+                    max_rows,
+                    reply,
+                } => {
+                    let (result, event) = match prune(&tx, &mut head, before, &by, &node, max_rows) {
                         Ok((report, event)) => (Ok(report), event.filter(|_| mirroring)),
                         Err(e) if tx.is_autocommit() => {
                             failed = Some(("prune", e));
@@ -536,27 +561,94 @@ fn complete(
     Ok(Some(event))
 }
 
-/// Delete the oldest rows (a prefix by id) whose time is before `before`, and first append a
-/// checkpoint row saying what was deleted and where the chain resumes, so `verify` can start
-/// from the first remaining row.
+/// What pruning before `before` would delete, computed inside the caller's transaction from
+/// `head` (the chain head as of that transaction). `None`: nothing to delete.
 ///
 /// The prefix ends at the first row (by id) at or after `before`, and earlier if needed so that
 /// no deleted row's completion is linked after a kept row (that link would dangle). Pending rows
 /// in the prefix are deleted (a call that never completed within the retention period is not
-/// going to). The checkpoint is inserted before the delete, so ids keep growing even when every
-/// earlier row goes. Nothing to delete: no checkpoint, an empty report.
-fn prune(conn: &Connection, head: &mut Head, before: DateTime<Utc>) -> rusqlite::Result<(PruneReport, Option<Event>)> {
-    let before_text = format_time(before);
+/// going to).
+pub(crate) struct PrunePlan {
+    count: i64,
+    first: i64,
+    last: i64,
+    first_time: String,
+    last_time: String,
+    last_hash: Option<String>,
+    /// The first row kept (the checkpoint's own id when everything goes).
+    cut: i64,
+    /// The `prev_hash` the first kept row continues from.
+    resume_prev: Option<String>,
+}
+
+///
+/// At most `max_rows` rows go (a cap that would leave nothing to delete because of a dangling
+/// completion is ignored, so every call makes progress).
+pub(crate) fn plan_prune(
+    conn: &Connection,
+    head_hash: &Hash,
+    last_id: i64,
+    before: &str,
+    max_rows: i64,
+) -> rusqlite::Result<Option<PrunePlan>> {
     let first: Option<i64> = conn.query_row("SELECT min(id) FROM audit", [], |r| r.get(0))?;
-    let checkpoint_id = head.last_id + 1;
-    let mut cut: i64 = conn
+    let checkpoint_id = last_id + 1;
+    let by_time: i64 = conn
         .query_row(
             "SELECT id FROM audit WHERE time >= ?1 ORDER BY id LIMIT 1",
-            [&before_text],
+            [before],
             |r| r.get(0),
         )
         .optional()?
         .unwrap_or(checkpoint_id);
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    let mut cut = keep_completions_linked(conn, by_time)?;
+    let capped: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM audit WHERE id >= ?1 ORDER BY id LIMIT 1 OFFSET ?2",
+            [first, max_rows.max(1)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(c) = capped.filter(|c| *c < cut) {
+        let c = keep_completions_linked(conn, c)?;
+        if c > first {
+            cut = c;
+        }
+    }
+    if first >= cut {
+        return Ok(None);
+    }
+    let (count, last): (i64, i64) =
+        conn.query_row("SELECT count(*), max(id) FROM audit WHERE id < ?1", [cut], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let time_of = |id: i64| -> rusqlite::Result<String> {
+        conn.query_row("SELECT time FROM audit WHERE id = ?1", [id], |r| r.get(0))
+    };
+    let last_hash: Option<String> = conn.query_row("SELECT row_hash FROM audit WHERE id = ?1", [last], |r| r.get(0))?;
+    let resume_prev: Option<String> = if cut == checkpoint_id {
+        Some(chain::to_hex(head_hash))
+    } else {
+        conn.query_row("SELECT prev_hash FROM audit WHERE id = ?1", [cut], |r| r.get(0))?
+    };
+    Ok(Some(PrunePlan {
+        count,
+        first,
+        last,
+        first_time: time_of(first)?,
+        last_time: time_of(last)?,
+        last_hash,
+        cut,
+        resume_prev,
+    }))
+}
+
+/// Move `cut` earlier until no row before it has its completion linked at or after it (that
+/// link would dangle once the row is gone).
+fn keep_completions_linked(conn: &Connection, mut cut: i64) -> rusqlite::Result<i64> {
     loop {
         let earlier: Option<i64> = conn.query_row(
             "SELECT min(id) FROM audit WHERE id < ?1 AND completed_after >= ?1",
@@ -565,62 +657,103 @@ fn prune(conn: &Connection, head: &mut Head, before: DateTime<Utc>) -> rusqlite:
         )?;
         match earlier {
             Some(id) => cut = id,
-            None => break,
+            None => return Ok(cut),
         }
     }
-    let nothing = PruneReport {
-        before,
-        ..PruneReport::default()
-    };
-    let Some(first) = first.filter(|f| *f < cut) else {
-        return Ok((nothing, None));
-    };
-    let (count, last): (i64, i64) =
-        conn.query_row("SELECT count(*), max(id) FROM audit WHERE id < ?1", [cut], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-    let last_hash: Option<String> = conn.query_row("SELECT row_hash FROM audit WHERE id = ?1", [last], |r| r.get(0))?;
-    let resume_prev: Option<String> = if cut == checkpoint_id {
-        Some(chain::to_hex(&head.hash))
-    } else {
-        conn.query_row("SELECT prev_hash FROM audit WHERE id = ?1", [cut], |r| r.get(0))?
+}
+
+impl PrunePlan {
+    /// The report of this plan; `checkpoint_id` is the row the checkpoint gets (or would get).
+    pub(crate) fn report(&self, before: DateTime<Utc>, by: &str, checkpoint_id: i64) -> PruneReport {
+        PruneReport {
+            before,
+            pruned: u64::try_from(self.count).unwrap_or(0),
+            first_pruned_id: Some(self.first),
+            last_pruned_id: Some(self.last),
+            first_pruned_time: Some(self.first_time.clone()),
+            last_pruned_time: Some(self.last_time.clone()),
+            last_pruned_hash: self.last_hash.clone(),
+            resume_id: Some(self.cut),
+            resume_prev_hash: self.resume_prev.clone(),
+            checkpoint_id: Some(checkpoint_id),
+            pruned_by: Some(by.to_string()),
+            checkpoints: 1,
+            dry_run: false,
+        }
+    }
+}
+
+/// Delete the oldest rows (see [`plan_prune`]) and, in the same transaction, first append a
+/// checkpoint row saying what was deleted, by whom, and where the chain resumes, so `verify`
+/// can start from the first remaining row. The checkpoint is an ordinary link (hashed after
+/// `head`, written through [`insert`]), so editing or deleting it later breaks the chain. It is
+/// inserted before the delete, so ids keep growing even when every earlier row goes. Nothing
+/// to delete: no checkpoint, an empty report.
+fn prune(
+    conn: &Connection,
+    head: &mut Head,
+    before: DateTime<Utc>,
+    by: &str,
+    node: &str,
+    max_rows: i64,
+) -> rusqlite::Result<(PruneReport, Option<Event>)> {
+    let before_text = format_time(before);
+    let Some(plan) = plan_prune(conn, &head.hash, head.last_id, &before_text, max_rows)? else {
+        return Ok((
+            PruneReport {
+                before,
+                pruned_by: Some(by.to_string()),
+                ..PruneReport::default()
+            },
+            None,
+        ));
     };
     let none = || "none".to_string();
     let reason = format!(
-        "pruned {count} rows (ids {first}..={last}) older than {before_text}; last pruned row hash {}; \
-         chain resumes at id {cut} from {}",
-        last_hash.clone().unwrap_or_else(none),
-        resume_prev.clone().unwrap_or_else(none),
+        "pruned {} rows (ids {}..={}, {} to {}) older than {before_text} by {by}; last pruned row hash {}; \
+         chain resumes at id {} from {}",
+        plan.count,
+        plan.first,
+        plan.last,
+        plan.first_time,
+        plan.last_time,
+        plan.last_hash.clone().unwrap_or_else(none),
+        plan.cut,
+        plan.resume_prev.clone().unwrap_or_else(none),
     );
     let checkpoint = Record {
+        principal: Some(by.to_string()),
+        node_name: Some(node.to_string()),
+        identity_source: Some(CHECKPOINT_SOURCE.to_string()),
         method: CHECKPOINT_METHOD.to_string(),
         decision: Decision::Allow,
         outcome: Outcome::Ok,
         reason: Some(reason),
         arguments: Some(serde_json::json!({
             "before": before_text,
-            "pruned_rows": count,
-            "first_pruned_id": first,
-            "last_pruned_id": last,
-            "last_pruned_hash": last_hash,
-            "resume_id": cut,
-            "resume_prev_hash": resume_prev,
+            "pruned_rows": plan.count,
+            "first_pruned_id": plan.first,
+            "last_pruned_id": plan.last,
+            "first_pruned_time": plan.first_time,
+            "last_pruned_time": plan.last_time,
+            "last_pruned_hash": plan.last_hash,
+            "resume_id": plan.cut,
+            "resume_prev_hash": plan.resume_prev,
+            "pruned_by": by,
         })),
         ..Record::new()
     };
     let row = PreparedRecord::new(checkpoint, &redact::Redactor::default())
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?;
     let (id, row_hash) = insert(conn, &row, head)?;
-    conn.execute("DELETE FROM audit WHERE id < ?1", [cut])?;
-    let report = PruneReport {
-        before,
-        pruned: u64::try_from(count).unwrap_or(0),
-        first_pruned_id: Some(first),
-        last_pruned_id: Some(last),
-        last_pruned_hash: last_hash,
-        resume_id: Some(cut),
-        checkpoint_id: Some(id),
-    };
+    let deleted = conn.execute("DELETE FROM audit WHERE id < ?1", [plan.cut])?;
+    if i64::try_from(deleted).ok() != Some(plan.count) {
+        // Cannot happen inside one write transaction; refuse rather than record a wrong count.
+        return Err(rusqlite::Error::ToSqlConversionFailure(
+            format!("prune planned {} rows but deleted {deleted}", plan.count).into(),
+        ));
+    }
+    let report = plan.report(before, by, id);
     let event = Event {
         rec: Record {
             id: Some(id),
