@@ -1,5 +1,7 @@
-//! The audit budget (`cargo bench --bench audit`): audit writes sustain ≥ 20,000 rows/s with the
-//! hash chain on 2 cores with WAL. 200,000 `Auditor::record` calls from 32 tasks on a 2-worker
+//! The audit budgets (`cargo bench --bench audit`): audit writes sustain ≥ 20,000 rows/s with the
+//! hash chain on 2 cores with WAL, and the chain adds ≤ 5% to a `whoami` call (its own cost per
+//! row — canonical encoding, SHA-256 link, hex — against the `whoami` p50 of `--bench whoami`,
+//! `BENCH_WHOAMI_P50_US`, default 600 µs). 200,000 `Auditor::record` calls from 32 tasks on a 2-worker
 //! runtime, without and with the journald mirror, then `verify_path` over the rows written.
 //!
 //! Environment: `BENCH_ROWS` (default 200000), `BENCH_TASKS` (default 32), `BENCH_DIR` (where
@@ -15,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tailopsmcp::audit::{AuditOptions, Auditor, Decision, Outcome, Record, verify_path};
+use tailopsmcp::audit::{AuditOptions, Auditor, Decision, Outcome, Record, chain_cost_per_row, verify_path};
 
 /// The budget from issue 5.
 const BUDGET_ROWS_PER_SEC: f64 = 20_000.0;
@@ -151,6 +153,18 @@ fn main() {
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
         println!("load average at start: {}", load.trim());
     }
+
+    // What the chain itself costs the row a `whoami` call writes (the rest of writing a row
+    // happens with or without a chain).
+    let whoami_p50_us = env_num("BENCH_WHOAMI_P50_US", 600) as f64;
+    let per_row = chain_cost_per_row(sample(0, 0), 200_000).expect("chain cost");
+    let per_row_us = per_row.as_secs_f64() * 1e6;
+    println!(
+        "{:<28} {:>8.2} µs per row = {:.2}% of a {whoami_p50_us:.0} µs whoami call (budget 5%)",
+        "hash chain, per row",
+        per_row_us,
+        100.0 * per_row_us / whoami_p50_us
+    );
 
     let plain = dir.path().join("plain.db");
     let p = write_phase(&plain, false, rows, tasks);

@@ -716,6 +716,14 @@ pub fn query_path(db: &Path, q: &Query) -> Result<Vec<Record>, AuditError> {
     })
 }
 
+/// The hash chain's own cost for one row like `rec` (its canonical encoding, SHA-256 link and
+/// hex), averaged over `iterations`; for `cargo bench --bench audit`.
+#[doc(hidden)]
+pub fn chain_cost_per_row(rec: Record, iterations: u32) -> Result<std::time::Duration, AuditError> {
+    let row = writer::PreparedRecord::new(rec, &redact::Redactor::new(&[]))?;
+    Ok(row.chain_cost(iterations))
+}
+
 /// Walk the hash chain of the database at `db` (opened read-only, one consistent snapshot) in
 /// id order. `Ok` with [`VerifyReport::broken`] `None` when every link verifies, else the FIRST
 /// broken link: the row id and what is wrong. `Err` only when the file cannot be read.

@@ -127,6 +127,21 @@ impl PreparedRecord {
         Ok(row)
     }
 
+    /// What the hash chain adds to writing this row, per row, averaged over `iterations`: the
+    /// canonical encoding, the SHA-256 link and its hex form, exactly as `new` and the writer
+    /// do them. Preparing the row otherwise (time, redaction, JSON) and the INSERT happen with
+    /// or without a chain, so they are not counted. For `cargo bench --bench audit`.
+    pub(crate) fn chain_cost(&self, iterations: u32) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        let mut prev = [0u8; 32];
+        for id in 1..=i64::from(iterations.max(1)) {
+            let canonical = self.fields(id).canonical();
+            prev = chain::link(&canonical, &prev);
+            std::hint::black_box(chain::to_hex(&prev));
+        }
+        started.elapsed() / iterations.max(1)
+    }
+
     /// The values as they will be stored, with row id `id`.
     fn fields(&self, id: i64) -> RowFields<'_> {
         let r = &self.rec;
