@@ -375,13 +375,6 @@ enum Op {
     Volumes,
 }
 
-const READ_ONLY: Annotations = Annotations {
-    read_only: true,
-    destructive: false,
-    idempotent: true,
-    open_world: false,
-};
-
 /// The sentence every description ends with.
 macro_rules! docker_only {
     () => {
@@ -427,7 +420,7 @@ impl ContainersTool {
                 ),
                 scope(Level::Read),
                 Risk::Low,
-                READ_ONLY,
+                Annotations::READ_ONLY,
                 input_schema::<ListArgs>(),
                 output_schema::<ListOutput>(),
             ),
@@ -444,7 +437,7 @@ impl ContainersTool {
                 ),
                 scope(Level::Read),
                 Risk::Low,
-                READ_ONLY,
+                Annotations::READ_ONLY,
                 input_schema::<ContainerArgs>(),
                 output_schema::<ContainerDetails>(),
             ),
@@ -462,7 +455,7 @@ impl ContainersTool {
                 ),
                 scope(Level::Read),
                 Risk::Low,
-                READ_ONLY,
+                Annotations::READ_ONLY,
                 input_schema::<LogsArgs>(),
                 output_schema::<LogsOutput>(),
             ),
@@ -477,7 +470,7 @@ impl ContainersTool {
                 ),
                 scope(Level::Read),
                 Risk::Low,
-                READ_ONLY,
+                Annotations::READ_ONLY,
                 input_schema::<ContainerArgs>(),
                 output_schema::<Stats>(),
             ),
@@ -583,7 +576,7 @@ impl ContainersTool {
                 ),
                 scope(Level::Read),
                 Risk::Low,
-                READ_ONLY,
+                Annotations::READ_ONLY,
                 input_schema::<ImagesArgs>(),
                 output_schema::<ImagesOutput>(),
             ),
@@ -634,7 +627,7 @@ impl ContainersTool {
                 ),
                 scope(Level::Read),
                 Risk::Low,
-                READ_ONLY,
+                Annotations::READ_ONLY,
                 input_schema::<ListOnlyArgs>(),
                 output_schema::<NetworksOutput>(),
             ),
@@ -649,7 +642,7 @@ impl ContainersTool {
                 ),
                 scope(Level::Read),
                 Risk::Low,
-                READ_ONLY,
+                Annotations::READ_ONLY,
                 input_schema::<ListOnlyArgs>(),
                 output_schema::<VolumesOutput>(),
             ),

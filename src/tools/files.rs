@@ -49,13 +49,6 @@ pub fn tools() -> Vec<Arc<dyn Tool>> {
     ]
 }
 
-const READ_ONLY: Annotations = Annotations {
-    read_only: true,
-    destructive: false,
-    idempotent: true,
-    open_world: false,
-};
-
 /// Appended to every description of this toolset.
 macro_rules! safety {
     () => {
@@ -257,7 +250,7 @@ fn spec(
         description,
         requires: Requirement::Scope(Scope::new(Area::Files, Level::Read)),
         risk: Risk::Low,
-        annotations: READ_ONLY,
+        annotations: Annotations::READ_ONLY,
         input_schema: input,
         output_schema: output,
     }
@@ -725,7 +718,7 @@ mod tests {
         );
         for t in tools() {
             let s = t.spec();
-            assert_eq!(s.annotations, READ_ONLY, "{}", s.name);
+            assert_eq!(s.annotations, Annotations::READ_ONLY, "{}", s.name);
             assert_eq!(s.risk, Risk::Low);
             assert_eq!(s.requires, Requirement::Scope(Scope::new(Area::Files, Level::Read)));
             assert!(s.description.contains("Local target only"), "{}", s.name);

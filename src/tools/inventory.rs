@@ -147,13 +147,6 @@ pub struct InventoryAnnotateOutput {
     pub note: Option<Note>,
 }
 
-const READ_ONLY: Annotations = Annotations {
-    read_only: true,
-    destructive: false,
-    idempotent: true,
-    open_world: false,
-};
-
 // ---------------------------------------------------------------------------------------------
 // inventory_scan
 
@@ -303,7 +296,7 @@ impl InventoryGetTool {
                     inventory_scan to refresh.",
                 requires: Requirement::Scope(Scope::new(Area::Inventory, Level::Read)),
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<InventoryGetArgs>(),
                 output_schema: output_schema::<InventoryView>(),
             },

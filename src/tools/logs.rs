@@ -55,13 +55,6 @@ pub fn tools() -> Vec<Arc<dyn Tool>> {
     ]
 }
 
-const READ_ONLY: Annotations = Annotations {
-    read_only: true,
-    destructive: false,
-    idempotent: true,
-    open_world: false,
-};
-
 /// Arguments of `logs_journal`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -184,7 +177,7 @@ impl LogsJournal {
                     target only; the server needs the `systemd-journal` group to see system entries.",
                 requires: Requirement::Scope(Scope::new(Area::Logs, Level::Read)),
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<JournalArgs>(),
                 output_schema: output_schema::<JournalOutput>(),
             },
@@ -281,7 +274,7 @@ impl LogsTail {
                     (`*.key`, `.ssh`, `shadow`, ... plus `[logs] deny`) are refused. Local target only.",
                 requires: Requirement::Scope(Scope::new(Area::Logs, Level::Read)),
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<LogsTailArgs>(),
                 output_schema: output_schema::<TailOutput>(),
             },
@@ -342,7 +335,7 @@ impl LogsAnalyze {
                     null and a note says why. Local target only.",
                 requires: Requirement::Scope(Scope::new(Area::Logs, Level::Read)),
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<AnalyzeArgs>(),
                 output_schema: output_schema::<Analysis>(),
             },

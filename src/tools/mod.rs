@@ -50,6 +50,16 @@ pub struct Annotations {
     pub open_world: bool,
 }
 
+impl Annotations {
+    /// A tool that only reads this side of the world: not destructive, idempotent, closed-world.
+    pub const READ_ONLY: Annotations = Annotations {
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        open_world: false,
+    };
+}
+
 /// What the policy layer needs from a tool before it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "scope")]

@@ -278,13 +278,6 @@ enum Op {
     SnapshotCreate,
 }
 
-const READ_ONLY: Annotations = Annotations {
-    read_only: true,
-    destructive: false,
-    idempotent: true,
-    open_world: false,
-};
-
 /// One tool of this toolset.
 pub struct ProxmoxTool {
     spec: ToolSpec,
@@ -304,7 +297,7 @@ impl ProxmoxTool {
                     (bytes), uptime (seconds).",
                 requires: read,
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<NodesArgs>(),
                 output_schema: output_schema::<NodesOutput>(),
             },
@@ -317,7 +310,7 @@ impl ProxmoxTool {
                     `status`; at most `limit` rows (1-1000, default 200), `truncated` says how many were left out.",
                 requires: read,
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<GuestsArgs>(),
                 output_schema: output_schema::<GuestsOutput>(),
             },
@@ -329,7 +322,7 @@ impl ProxmoxTool {
                     pid, lock, whether HA manages it, tags.",
                 requires: read,
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<GuestArgs>(),
                 output_schema: output_schema::<GuestStatus>(),
             },
@@ -360,7 +353,7 @@ impl ProxmoxTool {
                     guest's present state. At most `limit` rows (1-500, default 100).",
                 requires: read,
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<SnapshotsArgs>(),
                 output_schema: output_schema::<SnapshotsOutput>(),
             },

@@ -130,13 +130,6 @@ pub struct ControlOutput {
     pub helper: Option<HelperResult>,
 }
 
-const READ_ONLY: Annotations = Annotations {
-    read_only: true,
-    destructive: false,
-    idempotent: true,
-    open_world: false,
-};
-
 /// `services_list`.
 pub struct ListTool {
     spec: ToolSpec,
@@ -156,7 +149,7 @@ impl ListTool {
                     `truncated` says how many matching units were left out.",
                 requires: Requirement::Scope(Scope::new(Area::Services, Level::Read)),
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<ListArgs>(),
                 output_schema: output_schema::<ListOutput>(),
             },
@@ -242,7 +235,7 @@ impl StatusTool {
                     has no type suffix.",
                 requires: Requirement::Scope(Scope::new(Area::Services, Level::Read)),
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<StatusArgs>(),
                 output_schema: output_schema::<StatusOutput>(),
             },

@@ -124,13 +124,6 @@ pub struct NetworkInterfacesOutput {
     pub interfaces: Vec<Interface>,
 }
 
-const READ_ONLY: Annotations = Annotations {
-    read_only: true,
-    destructive: false,
-    idempotent: true,
-    open_world: false,
-};
-
 /// `system_status`: a snapshot of the host.
 pub struct SystemStatusTool {
     spec: ToolSpec,
@@ -152,7 +145,7 @@ impl SystemStatusTool {
                     200 ms sample when there was none in the last minute.",
                 requires: Requirement::Scope(Scope::new(Area::System, Level::Read)),
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<SystemStatusArgs>(),
                 output_schema: output_schema::<SystemStatusOutput>(),
             },
@@ -209,7 +202,7 @@ impl SystemProcessesTool {
                     previous call, or a fresh 200 ms sample when there was none in the last minute).",
                 requires: Requirement::Scope(Scope::new(Area::System, Level::Read)),
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<SystemProcessesArgs>(),
                 output_schema: output_schema::<ProcessList>(),
             },
@@ -264,7 +257,7 @@ impl NetworkInterfacesTool {
                     match; an unknown name is an error listing the existing ones).",
                 requires: Requirement::Scope(Scope::new(Area::Network, Level::Read)),
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<NetworkInterfacesArgs>(),
                 output_schema: output_schema::<NetworkInterfacesOutput>(),
             },
@@ -389,7 +382,7 @@ impl SystemSocketsTool {
                     `matched` counts all that matched.",
                 requires: Requirement::Scope(Scope::new(Area::System, Level::Read)),
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<SystemSocketsArgs>(),
                 output_schema: output_schema::<SystemSocketsOutput>(),
             },
@@ -454,7 +447,7 @@ impl SystemDisksTool {
                     100).",
                 requires: Requirement::Scope(Scope::new(Area::System, Level::Read)),
                 risk: Risk::Low,
-                annotations: READ_ONLY,
+                annotations: Annotations::READ_ONLY,
                 input_schema: input_schema::<SystemDisksArgs>(),
                 output_schema: output_schema::<SystemDisksOutput>(),
             },
@@ -987,7 +980,7 @@ mod tests {
             ]
         );
         for spec in &specs {
-            assert_eq!(spec.annotations, READ_ONLY, "{}", spec.name);
+            assert_eq!(spec.annotations, Annotations::READ_ONLY, "{}", spec.name);
             assert!(!spec.mutates(), "{}", spec.name);
             assert_eq!(spec.risk, Risk::Low, "{}", spec.name);
             let want = if spec.name == "network_interfaces" {
