@@ -591,3 +591,112 @@ async fn agent_auth_in_child() {
     let out = ssh.run(&cmd("echo", &["via agent"]), false).await.unwrap();
     assert_eq!(out.stdout, "via agent\n");
 }
+
+/// The shells under sshd that serve this test's commands (`/bin/sh` reading from the channel).
+fn remote_shells(s: &Sshd) -> Vec<u32> {
+    s.session_processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline == "/bin/sh")
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+#[tokio::test]
+async fn commands_share_one_persistent_shell() {
+    let Some(s) = sshd() else { return };
+    let ssh = target(&s);
+    for i in 0..30 {
+        let out = ssh.run(&cmd("echo", &[&i.to_string()]), false).await.unwrap();
+        assert_eq!(out.stdout, format!("{i}\n"));
+    }
+    assert_eq!((ssh.connections_opened(), ssh.shells_started()), (1, 1));
+    assert_eq!(remote_shells(&s).len(), 1, "{:?}", s.session_processes());
+
+    // Output without a final newline, stdout and stderr apart, the exit status: as on a channel.
+    let out = ssh
+        .run(&cmd("sh", &["-c", "printf abc; printf err >&2; exit 7"]), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str(), out.status),
+        ("abc", "err", Some(7))
+    );
+    // A command reading stdin gets end of file, not the script that follows it.
+    let out = ssh.run(&cmd("cat", &[]), false).await.unwrap();
+    assert_eq!((out.stdout.as_str(), out.status), ("", Some(0)));
+    let out = ssh.run(&cmd("echo", &["still", "here"]), false).await.unwrap();
+    assert_eq!(out.stdout, "still here\n");
+    // A word that looks like the end line is just output (the real one carries a random nonce).
+    let out = ssh
+        .run(&cmd("printf", &["%s\\n", "tailopsmcp-end-0:0"]), false)
+        .await
+        .unwrap();
+    assert_eq!((out.stdout.as_str(), out.status), ("tailopsmcp-end-0:0\n", Some(0)));
+    assert_eq!(ssh.shells_started(), 1);
+}
+
+#[tokio::test]
+async fn shell_builtins_that_change_state_get_their_own_channel() {
+    let Some(s) = sshd() else { return };
+    let ssh = target(&s);
+    let before = ssh.run(&cmd("pwd", &[]), false).await.unwrap().stdout;
+    assert_ne!(before, "/tmp\n");
+    ssh.run(&cmd("cd", &["/tmp"]), false).await.unwrap();
+    ssh.run(&cmd("export", &["TAILOPS_LEAK=1"]), false).await.unwrap();
+    let out = ssh.run(&cmd("exit", &["3"]), false).await.unwrap();
+    assert_eq!(out.status, Some(3), "exit ran in a shell of its own");
+    assert_eq!(ssh.run(&cmd("pwd", &[]), false).await.unwrap().stdout, before);
+    let env = ssh.run(&cmd("env", &[]), false).await.unwrap().stdout;
+    assert!(!env.contains("TAILOPS_LEAK"), "{env}");
+    assert_eq!(ssh.shells_started(), 1, "the persistent shell survived");
+}
+
+#[tokio::test]
+async fn a_shell_that_dies_is_replaced() {
+    let Some(s) = sshd() else { return };
+    let ssh = target(&s);
+    assert_eq!(ssh.run(&cmd("true", &[]), false).await.unwrap().status, Some(0));
+    // Killed while idle: noticed before the next command is sent, which runs in a new shell.
+    let shells = remote_shells(&s);
+    assert_eq!(shells.len(), 1);
+    // SAFETY: kill(2) on the shell this test's sshd started.
+    unsafe { libc::kill(shells[0] as libc::pid_t, libc::SIGKILL) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = ssh.run(&cmd("echo", &["next"]), false).await.unwrap();
+    assert_eq!(out.stdout, "next\n");
+    assert_eq!(ssh.shells_started(), 2);
+    // Killed while running a command: that call fails clearly (it may have run, so it is not
+    // retried), and the next one gets a new shell on the same connection.
+    let err = ssh
+        .run(&cmd("sh", &["-c", "kill -s KILL $PPID; sleep 5"]), false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ended before the command finished"), "{err}");
+    let out = ssh.run(&cmd("echo", &["after"]), false).await.unwrap();
+    assert_eq!(out.stdout, "after\n");
+    assert_eq!((ssh.connections_opened(), ssh.shells_started()), (1, 3));
+}
+
+#[tokio::test]
+async fn idle_shells_stay_within_the_channel_limit() {
+    let Some(s) = sshd() else { return };
+    let ssh = Ssh::new("t1", settings(&s), limits(10_000, 1000), 3).unwrap();
+    // Six overlapping calls: never more than three shells (max_concurrent), all kept for reuse.
+    let calls = (0..6).map(|_| {
+        let t = ssh.clone();
+        async move { t.run(&cmd("sleep", &["0.2"]), false).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap().status, Some(0));
+    }
+    assert_eq!(ssh.shells_started(), 3);
+    assert_eq!(remote_shells(&s).len(), 3);
+    // A program that needs a channel of its own first closes an idle shell to stay within the
+    // limit (sshd's MaxSessions counts idle shells too).
+    assert_eq!(ssh.run(&cmd("cd", &["/"]), false).await.unwrap().status, Some(0));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while remote_shells(&s).len() > 2 {
+        assert!(Instant::now() < deadline, "{:?}", s.session_processes());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
