@@ -34,8 +34,8 @@
 //!   counts the cut bytes of both.
 //! - **Timeouts kill**: a shell reports its pid when it starts; sshd makes each session's shell a
 //!   process-group leader, so that pid names the group of the shell and everything it started.
-//!   On its own channel a command runs as `echo MARKER$$ >&2; exec COMMAND` (the marker line is
-//!   taken out of stderr). On timeout the channel gets a `signal KILL` request (sshd `killpg`s, but
+//!   On a channel of its own (a state-changing builtin, `check`) a command runs as
+//!   `echo MARKER$$ >&2; COMMAND` (the marker line is taken out of stderr). On timeout the channel gets a `signal KILL` request (sshd `killpg`s, but
 //!   only for non-root logins), is closed, and `kill -s KILL -- -PGID` runs on another channel
 //!   (which works for root too) before the call returns. Known gap: with `sudo` under a non-root
 //!   login the sudo'ed process is root's and survives a KILL of its group.
@@ -233,7 +233,9 @@ impl Ssh {
         );
         let line = self.command_line(&template, false)?;
         // The size line is at most 21 bytes; anything beyond the file's cap is dropped.
-        let raw = self.exec("sh", &line, max.saturating_add(32), started).await?;
+        let raw = self
+            .exec(&template.program, &line, max.saturating_add(32), started)
+            .await?;
         if raw.timed_out {
             return Err(ExecError::Timeout(self.inner.limits.timeout));
         }
@@ -341,9 +343,7 @@ impl Ssh {
         if SHELL_STATEFUL.contains(&program) {
             self.inner.make_room().await;
             let (_, channel) = self.inner.open_channel(deadline).await?;
-            // A builtin cannot be `exec`ed: it runs in the channel's own shell.
-            let wrapped = format!("echo {MARKER}$$ >&2; {line}").into_bytes();
-            let raw = collect(channel, wrapped, cap, deadline).await?;
+            let raw = collect(channel, wrap(line), cap, deadline).await?;
             if raw.timed_out
                 && let Some(pgid) = raw.pgid
             {
@@ -554,27 +554,23 @@ impl Inner {
             .data_bytes(shell_script("echo $$", &nonce))
             .await
             .map_err(lost)?;
-        let raw = shell_collect(&mut channel, &nonce, 64 * 1024, deadline).await;
-        let pgid = match raw {
-            Ok(raw) if !raw.timed_out => String::from_utf8_lossy(&raw.stdout.kept)
+        let pgid = match shell_collect(&mut channel, &nonce, 64 * 1024, deadline).await {
+            Ok(raw) if raw.timed_out => Err(ExecError::Timeout(self.limits.timeout)),
+            Ok(raw) => String::from_utf8_lossy(&raw.stdout.kept)
                 .lines()
                 .last()
-                .and_then(|l| l.trim().parse::<u32>().ok()),
-            Ok(_) => {
-                let _ = channel.close().await;
-                return Err(ExecError::Timeout(self.limits.timeout));
-            }
+                .and_then(|l| l.trim().parse::<u32>().ok())
+                .ok_or_else(|| {
+                    ExecError::Failed(format!("{}: the remote shell did not report its process id", self.dest))
+                }),
+            Err(e) => Err(e),
+        };
+        let pgid = match pgid {
+            Ok(pgid) => pgid,
             Err(e) => {
                 let _ = channel.close().await;
                 return Err(e);
             }
-        };
-        let Some(pgid) = pgid else {
-            let _ = channel.close().await;
-            return Err(ExecError::Failed(format!(
-                "{}: the remote shell did not report its process id",
-                self.dest
-            )));
         };
         self.shells_started.fetch_add(1, Ordering::Relaxed);
         Ok(Shell { conn, channel, pgid })
@@ -851,9 +847,9 @@ struct Raw {
     pgid: Option<u32>,
 }
 
-/// Every command runs as `echo MARKER$$ >&2; exec COMMAND`: sshd makes the session's shell a
-/// session and process-group leader, so `$$` names the group to kill on timeout; `exec` keeps
-/// the command in it. The marker line is removed from stderr.
+/// A command on a channel of its own runs as `echo MARKER$$ >&2; COMMAND`: sshd makes the
+/// session's shell a session and process-group leader, so `$$` names the group to kill on
+/// timeout (what the shell starts stays in it). The marker line is removed from stderr.
 const MARKER: &str = "tailopsmcp-pgid:";
 const MARKER_PREFIX: &[u8] = b"echo tailopsmcp-pgid:";
 /// Startup noise (e.g. from a shell rc file) tolerated before the marker on stderr.
@@ -862,7 +858,7 @@ const MARKER_SEARCH_LIMIT: usize = 64 * 1024;
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn wrap(line: &str) -> Vec<u8> {
-    format!("echo {MARKER}$$ >&2; exec {line}").into_bytes()
+    format!("echo {MARKER}$$ >&2; {line}").into_bytes()
 }
 
 /// Finds `MARKER<digits>\n` in `pending`; returns the pid and the bytes around the line.
@@ -1421,7 +1417,7 @@ mod tests {
 
     #[test]
     fn process_group_marker_is_taken_out_of_stderr() {
-        assert_eq!(wrap("'true'"), b"echo tailopsmcp-pgid:$$ >&2; exec 'true'".to_vec());
+        assert_eq!(wrap("'true'"), b"echo tailopsmcp-pgid:$$ >&2; 'true'".to_vec());
         assert!(wrap("x").starts_with(MARKER_PREFIX));
         assert_eq!(take_marker(b"tailopsmcp-pgid:123\nerr"), Some((123, b"err".to_vec())));
         assert_eq!(
