@@ -32,6 +32,8 @@ pub(crate) const SOCKET: &str = "/run/systemd/journal/socket";
 /// `SYSLOG_IDENTIFIER` of every audit event: `journalctl -t tailopsmcp-audit`.
 pub(crate) const IDENTIFIER: &str = "tailopsmcp-audit";
 /// Committed records waiting for the sender thread; beyond this they are dropped (and counted).
+/// The queue allocates (and touches) all of its slots up front, so a slot holds a `Box<Event>`,
+/// not an `Event`: 8192 slots cost 128 KiB, where unboxed events cost 4.8 MB of idle memory.
 const QUEUE: usize = 8192;
 /// How long one send may block when journald is not reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -47,7 +49,7 @@ pub(crate) struct Event {
 
 /// A running mirror: a queue into the sender thread. Dropping it stops the thread.
 pub(crate) struct Mirror {
-    tx: SyncSender<Event>,
+    tx: SyncSender<Box<Event>>,
     state: Arc<State>,
     socket: PathBuf,
 }
@@ -125,7 +127,7 @@ impl Mirror {
 
     /// Queue a committed link for journald. Never blocks.
     pub(crate) fn send(&self, event: Event) {
-        match self.tx.try_send(event) {
+        match self.tx.try_send(Box::new(event)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.state.lost("queue full", &self.socket),
             Err(TrySendError::Disconnected(_)) => self.state.lost("sender thread stopped", &self.socket),
@@ -140,7 +142,7 @@ struct Sender {
 }
 
 impl Sender {
-    fn run(self, rx: Receiver<Event>) {
+    fn run(self, rx: Receiver<Box<Event>>) {
         for event in rx {
             let datagram = encode(&event);
             match self.sock.send_to(&datagram, &self.socket) {
