@@ -7,7 +7,7 @@
 //! middleware after whois), never from anything the client sends. This module runs no commands
 //! itself: tools do, through `exec`.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use futures::StreamExt;
 use std::time::Instant;
@@ -34,6 +34,10 @@ pub const LOCAL_TARGET: &str = crate::targets::LOCAL;
 pub struct Shared {
     pub config: Arc<crate::config::Config>,
     pub tools: Vec<Arc<dyn Tool>>,
+    /// Each tool as MCP lists it (schemas with the layer's arguments), built on first use:
+    /// `tools/list` and rmcp's per-call header check (`Mcp-Name`, 2026-07-28) read it, and
+    /// rebuilding it deep-copies the tool's schemas.
+    listed: Vec<OnceLock<McpTool>>,
     pub targets: Arc<Registry>,
     pub capability: String,
     pub grants: Vec<LocalGrant>,
@@ -57,6 +61,7 @@ impl Shared {
         auditor: Auditor,
     ) -> Shared {
         Shared {
+            listed: tools.iter().map(|_| OnceLock::new()).collect(),
             tools,
             targets,
             capability,
@@ -87,6 +92,13 @@ impl Shared {
 
     fn find(&self, name: &str) -> Option<&Arc<dyn Tool>> {
         self.tools.iter().find(|t| t.spec().name == name)
+    }
+
+    /// Tool `i` of [`Shared::tools`] as MCP lists it.
+    fn listed(&self, i: usize) -> McpTool {
+        self.listed[i]
+            .get_or_init(|| to_mcp_tool(self.tools[i].as_ref()))
+            .clone()
     }
 }
 
@@ -275,12 +287,9 @@ impl ServerHandler for McpServer {
     ) -> Result<ListToolsResult, ErrorData> {
         let (caller, _) = request_facts(&ctx)?;
         let effective = policy::effective(&caller, &self.shared.capability, &self.shared.grants);
-        let tools = self
-            .shared
-            .tools
-            .iter()
-            .filter(|t| listable(&effective, t.as_ref(), &self.shared.targets))
-            .map(|t| to_mcp_tool(t.as_ref()))
+        let tools = (0..self.shared.tools.len())
+            .filter(|&i| listable(&effective, self.shared.tools[i].as_ref(), &self.shared.targets))
+            .map(|i| self.shared.listed(i))
             .collect();
         let mut result = ListToolsResult::with_all_items(tools);
         result.cache_scope = Some(CacheScope::Private);
@@ -288,7 +297,8 @@ impl ServerHandler for McpServer {
     }
 
     fn get_tool(&self, name: &str) -> Option<McpTool> {
-        self.shared.find(name).map(|t| to_mcp_tool(t.as_ref()))
+        let i = self.shared.tools.iter().position(|t| t.spec().name == name)?;
+        Some(self.shared.listed(i))
     }
 
     async fn call_tool(
