@@ -142,13 +142,23 @@ async fn load(net: &Arc<Tailnet>, addr: SocketAddr, mode: Mode, clients: usize, 
                     call(&mut m, mode).await;
                     lat.push(t.elapsed().as_micros() as u32);
                 }
-                lat
+                (m, lat)
             })
         })
         .collect();
     let mut all = Vec::new();
     for t in tasks {
-        all.extend(t.await.expect("client task"));
+        let (mut m, lat) = t.await.expect("client task");
+        all.extend(lat);
+        // A client that is done ends its session, as MCP clients do on exit.
+        if mode == Mode::Session {
+            let resp = m.close().await.expect("DELETE session");
+            assert!(
+                (200..300).contains(&resp.status),
+                "DELETE session: HTTP {}",
+                resp.status
+            );
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();
@@ -299,6 +309,18 @@ fn ok_whoami_rows(server: &Server) -> usize {
         .unwrap_or(0)
 }
 
+/// `VmRSS` with its parts: anonymous (heap, stacks) and file-backed (the binary's pages and
+/// libraries, which the kernel maps up to 64 KiB around each page a fault touches).
+fn resident(pid: u32) -> String {
+    let mb = |field| rss_kib(pid, field) as f64 / 1024.0;
+    format!(
+        "{:.1} MB (anonymous {:.1} MB, file-backed {:.1} MB)",
+        mb("VmRSS:"),
+        mb("RssAnon:"),
+        mb("RssFile:")
+    )
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -331,6 +353,11 @@ async fn main() {
         }
     );
 
+    // Production servers mirror every audit record to journald; so does this one.
+    match support::journald::ensure_journald() {
+        Ok(()) => println!("journald: running, audit events are mirrored to it"),
+        Err(e) => println!("journald: unavailable ({e}); audit events are not mirrored in this run"),
+    }
     let net = Arc::new(Tailnet::new(SERVER_IP, None).expect("tailnet"));
     net.add_caller(ALICE).expect("caller");
 
@@ -348,7 +375,7 @@ async fn main() {
     let pid = server.child.as_ref().and_then(|c| c.id()).expect("server pid");
     let addr = server.addr;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    println!("resident memory idle: {:.1} MB", rss_kib(pid, "VmRSS:") as f64 / 1024.0);
+    println!("resident memory idle: {}", resident(pid));
 
     for mode in [Mode::Session, Mode::Stateless] {
         let (n, lat, el) = load(&net, addr, mode, 1, secs.min(5)).await;
@@ -387,6 +414,11 @@ async fn main() {
             percentile(&lat, 0.9),
             percentile(&lat, 0.99)
         );
+        println!(
+            "{:<22} resident memory after the {clients} clients: {}",
+            mode.name(),
+            resident(pid)
+        );
         // wrk sends one fixed request on every connection, so it cannot give each connection its
         // own session; one shared session would serialize the calls. wrk runs stateless only.
         if mode == Mode::Session {
@@ -420,8 +452,8 @@ async fn main() {
         }
     }
     println!(
-        "resident memory after load: {:.1} MB now, {:.1} MB peak (VmHWM)",
-        rss_kib(pid, "VmRSS:") as f64 / 1024.0,
+        "resident memory after load: {} now, {:.1} MB peak (VmHWM)",
+        resident(pid),
         rss_kib(pid, "VmHWM:") as f64 / 1024.0
     );
     let rows = server.audit().len();

@@ -387,6 +387,28 @@ async fn a_session_replayed_by_another_principal_gets_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_sessions_principal_can_end_it() {
+    let Some(w) = world("", "").await else { return };
+    let mut alice = w.mcp(ALICE).await;
+    let sid = alice.session.clone().expect("a session id");
+    let mut ci = Mcp::new(w.conn(CI).await, &w.host());
+    ci.session = Some(sid.clone());
+    let r = ci.close().await.unwrap();
+    assert_eq!(r.status, 404, "another principal must not end alice's session");
+    let who = alice.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(structured(&who)["principal"], "alice@example.com");
+
+    let r = alice.close().await.unwrap();
+    assert!((200..300).contains(&r.status), "DELETE by its owner: HTTP {}", r.status);
+    alice.session = Some(sid);
+    let r = alice
+        .request("tools/call", json!({"name": "whoami", "arguments": {}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "an ended session is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_headers_outside_the_allow_list_are_refused() {
     let Some(w) = world("extra_hosts = [\"mcp.tail3f9c2.ts.net\"]", "").await else {
         return;

@@ -312,6 +312,21 @@ impl Mcp {
         self.conn.send(req).await
     }
 
+    /// End the session (`DELETE /mcp` with its id), as a client does when it is done.
+    pub async fn close(&mut self) -> Result<Response, String> {
+        let Some(session) = self.session.take() else {
+            return Err("close: no session".into());
+        };
+        let mut req = Request::new(Method::DELETE, "/mcp")
+            .header("host", &self.host)
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", &self.protocol);
+        for (name, value) in &self.extra_headers {
+            req = req.header(name, value);
+        }
+        self.conn.send(req).await
+    }
+
     /// All tool names from `tools/list`, following `nextCursor`.
     pub async fn list_tools(&mut self) -> Result<Vec<String>, String> {
         let mut names = Vec::new();
