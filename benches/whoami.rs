@@ -204,38 +204,29 @@ struct Wrk {
 }
 
 /// Drive `clients` keep-alive connections from the peer namespace with `wrk` (the tool behind the
-/// reference figures in the issue); `None` when wrk is not installed (`apt-get install wrk`).
-async fn wrk(net: &Tailnet, mode: Mode, session: Option<&str>, clients: usize, secs: u64) -> Option<Wrk> {
+/// reference figures in the issue), stateless calls only: wrk sends one fixed request on every
+/// connection, so it cannot give each its own session, and one shared session would serialize
+/// the calls. `None` when wrk is not installed (`apt-get install wrk`).
+async fn wrk(net: &Tailnet, clients: usize, secs: u64) -> Option<Wrk> {
     if std::process::Command::new("wrk").arg("--version").output().is_err() {
         return None;
     }
     let dir = tempfile::tempdir().ok()?;
     let script = dir.path().join("whoami.lua");
-    let params = match mode {
-        Mode::Session => json!({"name": "whoami", "arguments": {}}),
-        Mode::Stateless => json!({"name": "whoami", "arguments": {}, "_meta": {
-            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"},
-            "io.modelcontextprotocol/clientCapabilities": {}
-        }}),
-    };
+    let params = json!({"name": "whoami", "arguments": {}, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"},
+        "io.modelcontextprotocol/clientCapabilities": {}
+    }});
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).to_string();
-    let mut headers = vec![
+    let headers = [
         ("Host".to_string(), format!("{SERVER_IP}:{PORT}")),
         ("Content-Type".into(), "application/json".into()),
         ("Accept".into(), "application/json, text/event-stream".into()),
+        ("MCP-Protocol-Version".into(), "2026-07-28".into()),
+        ("Mcp-Method".into(), "tools/call".into()),
+        ("Mcp-Name".into(), "whoami".into()),
     ];
-    match mode {
-        Mode::Session => {
-            headers.push(("MCP-Protocol-Version".into(), "2025-06-18".into()));
-            headers.push(("Mcp-Session-Id".into(), session?.to_string()));
-        }
-        Mode::Stateless => {
-            headers.push(("MCP-Protocol-Version".into(), "2026-07-28".into()));
-            headers.push(("Mcp-Method".into(), "tools/call".into()));
-            headers.push(("Mcp-Name".into(), "whoami".into()));
-        }
-    }
     let mut lua = format!("wrk.method = \"POST\"\nwrk.body = {body:?}\n");
     for (k, v) in &headers {
         lua.push_str(&format!("wrk.headers[{k:?}] = {v:?}\n"));
@@ -376,6 +367,19 @@ async fn main() {
     let addr = server.addr;
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("resident memory idle: {}", resident(pid));
+    let mut budgets = Budgets::default();
+    budgets.at_most(
+        "listening after Running, slowest of 5",
+        listen.iter().copied().fold(0.0, f64::max),
+        100.0,
+        "ms",
+    );
+    budgets.at_most(
+        "resident memory idle",
+        rss_kib(pid, "VmRSS:") as f64 / 1024.0,
+        20.0,
+        "MB",
+    );
 
     for mode in [Mode::Session, Mode::Stateless] {
         let (n, lat, el) = load(&net, addr, mode, 1, secs.min(5)).await;
@@ -386,6 +390,12 @@ async fn main() {
             percentile(&lat, 0.5),
             percentile(&lat, 0.9),
             percentile(&lat, 0.99)
+        );
+        budgets.at_most(
+            &format!("{} p50, 1 client", mode.name()),
+            percentile(&lat, 0.5),
+            1.0,
+            "ms",
         );
         let jpid = journald_pid();
         let before = (
@@ -419,37 +429,16 @@ async fn main() {
             mode.name(),
             resident(pid)
         );
-        // wrk sends one fixed request on every connection, so it cannot give each connection its
-        // own session; one shared session would serialize the calls. wrk runs stateless only.
-        if mode == Mode::Session {
-            continue;
-        }
-        let session: Option<String> = None;
-        let rows_before = ok_whoami_rows(&server);
-        let jpid = journald_pid();
-        let before = (cpu_secs(&pid.to_string()), jpid.as_deref().map(cpu_secs).unwrap_or(0.0));
-        match wrk(&net, mode, session.as_deref(), clients, secs).await {
-            Some(w) => {
-                let after = (cpu_secs(&pid.to_string()), jpid.as_deref().map(cpu_secs).unwrap_or(0.0));
-                let audited = ok_whoami_rows(&server) - rows_before;
-                println!(
-                    "{:<22} wrk {clients} conns: {:>8.0} calls/s  p50 {:.3} ms  p99 {:.3} ms  ({} calls, {} non-2xx, {} audited ok; CPU/1000 calls: server {:.0} ms, journald {:.0} ms)",
-                    mode.name(),
-                    w.per_sec,
-                    w.p50_ms,
-                    w.p99_ms,
-                    w.requests,
-                    w.non_2xx,
-                    audited,
-                    (after.0 - before.0) * 1e6 / w.requests.max(1) as f64,
-                    (after.1 - before.1) * 1e6 / w.requests.max(1) as f64,
-                );
-            }
-            None => println!(
-                "{:<22} wrk not installed (apt-get install wrk): skipped the wrk run",
-                mode.name()
-            ),
-        }
+        let wrk_per_sec = match mode {
+            Mode::Session => None,
+            Mode::Stateless => wrk_phase(&net, &server, pid, clients, secs).await,
+        };
+        budgets.at_least(
+            &format!("{} calls/s, {clients} clients", mode.name()),
+            wrk_per_sec.unwrap_or(0.0).max(n as f64 / el),
+            8000.0,
+            "/s",
+        );
     }
     println!(
         "resident memory after load: {} now, {:.1} MB peak (VmHWM)",
@@ -459,5 +448,74 @@ async fn main() {
     let rows = server.audit().len();
     println!("audit rows written: {rows}");
     println!("whois requests served by the stand-in: {}", standin.whois_count());
+    budgets.at_most(
+        "resident memory peak under load",
+        rss_kib(pid, "VmHWM:") as f64 / 1024.0,
+        40.0,
+        "MB",
+    );
     server.stop().await;
+    if !budgets.report() {
+        std::process::exit(1);
+    }
+}
+
+/// The wrk run (stateless), printed with the server's and journald's CPU per call and checked
+/// against the audit log; its calls/s, or `None` when wrk is not installed.
+async fn wrk_phase(net: &Tailnet, server: &Server, pid: u32, clients: usize, secs: u64) -> Option<f64> {
+    let mode = Mode::Stateless;
+    let rows_before = ok_whoami_rows(server);
+    let jpid = journald_pid();
+    let before = (cpu_secs(&pid.to_string()), jpid.as_deref().map(cpu_secs).unwrap_or(0.0));
+    let Some(w) = wrk(net, clients, secs).await else {
+        println!(
+            "{:<22} wrk not installed (apt-get install wrk): skipped the wrk run",
+            mode.name()
+        );
+        return None;
+    };
+    let after = (cpu_secs(&pid.to_string()), jpid.as_deref().map(cpu_secs).unwrap_or(0.0));
+    let audited = ok_whoami_rows(server) - rows_before;
+    println!(
+        "{:<22} wrk {clients} conns: {:>8.0} calls/s  p50 {:.3} ms  p99 {:.3} ms  ({} calls, {} non-2xx, {} audited ok; CPU/1000 calls: server {:.0} ms, journald {:.0} ms)",
+        mode.name(),
+        w.per_sec,
+        w.p50_ms,
+        w.p99_ms,
+        w.requests,
+        w.non_2xx,
+        audited,
+        (after.0 - before.0) * 1e6 / w.requests.max(1) as f64,
+        (after.1 - before.1) * 1e6 / w.requests.max(1) as f64,
+    );
+    Some(w.per_sec)
+}
+
+/// The issue's budgets, each with what this run measured.
+#[derive(Default)]
+struct Budgets(Vec<(String, bool)>);
+
+impl Budgets {
+    fn at_most(&mut self, what: &str, value: f64, limit: f64, unit: &str) {
+        self.0.push((
+            format!("{what}: {value:.2} {unit} (budget <= {limit} {unit})"),
+            value <= limit,
+        ));
+    }
+
+    fn at_least(&mut self, what: &str, value: f64, limit: f64, unit: &str) {
+        self.0.push((
+            format!("{what}: {value:.0} {unit} (budget >= {limit} {unit})"),
+            value >= limit,
+        ));
+    }
+
+    /// Prints every budget with its verdict; `false` when any was missed.
+    fn report(&self) -> bool {
+        println!("budgets:");
+        for (line, ok) in &self.0 {
+            println!("  {} {line}", if *ok { "met   " } else { "MISSED" });
+        }
+        self.0.iter().all(|(_, ok)| *ok)
+    }
 }
