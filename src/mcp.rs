@@ -90,8 +90,12 @@ impl Shared {
         self.tailnet.read().map(|t| t.clone()).unwrap_or_default()
     }
 
+    fn position(&self, name: &str) -> Option<usize> {
+        self.tools.iter().position(|t| t.spec().name == name)
+    }
+
     fn find(&self, name: &str) -> Option<&Arc<dyn Tool>> {
-        self.tools.iter().find(|t| t.spec().name == name)
+        self.position(name).map(|i| &self.tools[i])
     }
 
     /// Tool `i` of [`Shared::tools`] as MCP lists it.
@@ -297,8 +301,7 @@ impl ServerHandler for McpServer {
     }
 
     fn get_tool(&self, name: &str) -> Option<McpTool> {
-        let i = self.shared.tools.iter().position(|t| t.spec().name == name)?;
-        Some(self.shared.listed(i))
+        self.shared.position(name).map(|i| self.shared.listed(i))
     }
 
     async fn call_tool(
