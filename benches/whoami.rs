@@ -194,96 +194,6 @@ async fn time_to_listen(net: &Tailnet, trials: usize) -> Vec<f64> {
     out
 }
 
-/// What `wrk` reported for one run.
-struct Wrk {
-    requests: u64,
-    per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    non_2xx: u64,
-}
-
-/// Drive `clients` keep-alive connections from the peer namespace with `wrk` (the tool behind the
-/// reference figures in the issue), stateless calls only: wrk sends one fixed request on every
-/// connection, so it cannot give each its own session, and one shared session would serialize
-/// the calls. `None` when wrk is not installed (`apt-get install wrk`).
-async fn wrk(net: &Tailnet, clients: usize, secs: u64) -> Option<Wrk> {
-    if std::process::Command::new("wrk").arg("--version").output().is_err() {
-        return None;
-    }
-    let dir = tempfile::tempdir().ok()?;
-    let script = dir.path().join("whoami.lua");
-    let params = json!({"name": "whoami", "arguments": {}, "_meta": {
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"},
-        "io.modelcontextprotocol/clientCapabilities": {}
-    }});
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).to_string();
-    let headers = [
-        ("Host".to_string(), format!("{SERVER_IP}:{PORT}")),
-        ("Content-Type".into(), "application/json".into()),
-        ("Accept".into(), "application/json, text/event-stream".into()),
-        ("MCP-Protocol-Version".into(), "2026-07-28".into()),
-        ("Mcp-Method".into(), "tools/call".into()),
-        ("Mcp-Name".into(), "whoami".into()),
-    ];
-    let mut lua = format!("wrk.method = \"POST\"\nwrk.body = {body:?}\n");
-    for (k, v) in &headers {
-        lua.push_str(&format!("wrk.headers[{k:?}] = {v:?}\n"));
-    }
-    std::fs::write(&script, lua).ok()?;
-    let out = net
-        .command_in_peer_ns("wrk")
-        .args([
-            "-t",
-            "2",
-            "-c",
-            &clients.to_string(),
-            "-d",
-            &format!("{secs}s"),
-            "--latency",
-            "-s",
-        ])
-        .arg(&script)
-        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
-        .output()
-        .await
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let field = |prefix: &str| -> Option<String> {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(prefix))
-            .map(|l| l.trim_start()[prefix.len()..].trim().to_string())
-    };
-    let ms = |v: String| -> f64 {
-        let v = v.trim();
-        if let Some(x) = v.strip_suffix("us") {
-            x.parse::<f64>().unwrap_or(f64::NAN) / 1000.0
-        } else if let Some(x) = v.strip_suffix("ms") {
-            x.parse().unwrap_or(f64::NAN)
-        } else if let Some(x) = v.strip_suffix('s') {
-            x.parse::<f64>().unwrap_or(f64::NAN) * 1000.0
-        } else {
-            f64::NAN
-        }
-    };
-    let requests = text
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    Some(Wrk {
-        requests,
-        per_sec: field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0),
-        p50_ms: field("50%").map(ms).unwrap_or(f64::NAN),
-        p99_ms: field("99%").map(ms).unwrap_or(f64::NAN),
-        non_2xx: field("Non-2xx or 3xx responses:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-    })
-}
-
 /// Audit rows for successful `whoami` calls so far.
 fn ok_whoami_rows(server: &Server) -> usize {
     let q = tailopsmcp::audit::Query {
@@ -312,19 +222,6 @@ fn resident(pid: u32) -> String {
     )
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores, {cpu}, kernel {}", kernel.trim())
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     if let Err(e) = support::netns::require_root_and_netns() {
@@ -334,7 +231,7 @@ async fn main() {
     let secs = env_num("BENCH_SECS", 10);
     let clients = env_num("BENCH_CLIENTS", 32) as usize;
     let cache = env_num("BENCH_CACHE_SECS", 0);
-    println!("machine: {}", machine());
+    println!("machine: {}", support::wrk::machine());
     println!(
         "identity cache: {cache} s ({}), load: {clients} clients x {secs} s",
         if cache == 0 {
@@ -467,7 +364,7 @@ async fn wrk_phase(net: &Tailnet, server: &Server, pid: u32, clients: usize, sec
     let rows_before = ok_whoami_rows(server);
     let jpid = journald_pid();
     let before = (cpu_secs(&pid.to_string()), jpid.as_deref().map(cpu_secs).unwrap_or(0.0));
-    let Some(w) = wrk(net, clients, secs).await else {
+    let Some(w) = support::wrk::whoami_stateless(net, server.addr, clients, secs).await else {
         println!(
             "{:<22} wrk not installed (apt-get install wrk): skipped the wrk run",
             mode.name()

@@ -11,3 +11,4 @@ pub mod server;
 pub mod sshd;
 pub mod sysbox;
 pub mod tlsca;
+pub mod wrk;

@@ -138,29 +138,40 @@ impl Sshd {
             .collect()
     }
 
-    /// CPU time used so far by the daemon and everything under it, including finished session
-    /// processes (their time is in their parents' `cutime`/`cstime`).
+    /// CPU time used so far by the daemon and everything under it: what each live process has
+    /// run, to the nanosecond (`/proc/PID/schedstat`), plus what finished session processes used
+    /// (in their parents' `cutime`/`cstime`, in clock ticks). Differences over a span in which no
+    /// session ends are exact; clock ticks alone would be off by up to a tick per process.
     pub fn cpu_time(&self) -> Duration {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        let mut ticks = 0;
+        let mut total = Duration::ZERO;
         for pid in std::iter::once(self.child.id()).chain(descendants(self.child.id())) {
+            let Ok(schedstat) = std::fs::read_to_string(format!("/proc/{pid}/schedstat")) else {
+                continue;
+            };
+            let ran_ns: u64 = schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            total += Duration::from_nanos(ran_ns);
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 continue;
             };
             let Some((_, rest)) = stat.rsplit_once(')') else {
                 continue;
             };
-            // After the command: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
-            let f: Vec<u64> = rest
+            // After the command: state(0) ppid(1) ... cutime(13) cstime(14).
+            let children: u64 = rest
                 .split_whitespace()
-                .skip(11)
-                .take(4)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            ticks += f.iter().sum::<u64>();
+                .skip(13)
+                .take(2)
+                .filter_map(|x| x.parse::<u64>().ok())
+                .sum();
+            total += Duration::from_millis(children * 1000 / hz);
         }
-        Duration::from_millis(ticks * 1000 / hz)
+        total
     }
 
     /// Drop every live connection: SIGKILL every process under the daemon, which keeps listening.
