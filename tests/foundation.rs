@@ -408,6 +408,112 @@ async fn only_the_sessions_principal_can_end_it() {
     assert_eq!(r.status, 404, "an ended session is gone");
 }
 
+/// Raw HTTP/1.1 on `stream`: write `head` (request line and headers, no blank line) and `body`,
+/// then read until `done(bytes so far)`; the bytes read. Panics after 10 s.
+async fn raw_exchange(
+    stream: &mut tokio::net::TcpStream,
+    head: &str,
+    body: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("{head}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(request.as_bytes()).await.expect("write request");
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done(&String::from_utf8_lossy(&got)) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no complete answer in 10 s; got: {}", String::from_utf8_lossy(&got)))
+            .expect("read");
+        assert!(n > 0, "connection closed; got: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_call_whose_connection_drops_is_resumed_by_its_principal() {
+    let extra = "[[grant]]\nmatch = \"user:alice@example.com\"\nscopes = [\"network:read\"]\n";
+    let Some(w) = world("", extra).await else { return };
+    let alice = w.mcp(ALICE).await;
+    let sid = alice.session.clone().expect("a session id");
+    let session_headers = format!(
+        "host: {}\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-06-18",
+        w.host()
+    );
+
+    // A call that takes about two seconds (ten pings 200 ms apart) on a connection of its own,
+    // dropped as soon as the stream's first event (which carries an event id) arrived.
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "network_ping", "arguments": {"host": "127.0.0.1", "count": 10}}})
+    .to_string();
+    let mut first = w.net.connect(ip(ALICE), w.server.addr).await.expect("connect");
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\n{session_headers}\r\ncontent-type: application/json\r\n\
+         accept: application/json, text/event-stream"
+    );
+    let opened = raw_exchange(&mut first, &head, &call, |t| {
+        t.lines().any(|l| l.starts_with("id: ")) && t.contains("\n\n")
+    })
+    .await;
+    assert!(opened.starts_with("HTTP/1.1 200"), "{opened}");
+    assert!(
+        !opened.contains("\"id\":7"),
+        "the call answered before its connection dropped: {opened}"
+    );
+    let event_id = opened
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("an event id")
+        .trim()
+        .to_string();
+    drop(first);
+
+    let resume_head = |from_session: &str| {
+        format!("GET /mcp HTTP/1.1\r\n{from_session}\r\naccept: text/event-stream\r\nlast-event-id: {event_id}")
+    };
+    // Another principal cannot pick up alice's stream.
+    let mut ci = w.net.connect(ip(CI), w.server.addr).await.expect("connect");
+    let refused = raw_exchange(&mut ci, &resume_head(&session_headers), "", |t| t.contains("\r\n\r\n")).await;
+    assert!(refused.starts_with("HTTP/1.1 404"), "{refused}");
+    let rows = w
+        .server
+        .audit_where(1, |r| {
+            r.reason
+                .as_deref()
+                .is_some_and(|x| x.starts_with("GET /mcp: session belongs to another principal"))
+        })
+        .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].principal.as_deref(), Some("tag:ci,tag:mcp-client"));
+
+    // Alice resumes it on a new connection and gets the answer.
+    let mut again = w.net.connect(ip(ALICE), w.server.addr).await.expect("connect");
+    let resumed = raw_exchange(&mut again, &resume_head(&session_headers), "", |t| {
+        t.lines().any(|l| l.starts_with("data: ") && l.contains("\"id\":7"))
+    })
+    .await;
+    assert!(resumed.starts_with("HTTP/1.1 200"), "{resumed}");
+    let answer: Value = resumed
+        .lines()
+        .find_map(|l| l.strip_prefix("data: ").filter(|d| d.contains("\"id\":7")))
+        .map(|d| serde_json::from_str(d).expect("JSON-RPC response"))
+        .unwrap();
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+    assert_eq!(structured(&answer["result"])["received"], 10, "{answer}");
+
+    // Run once, audited once.
+    let rows = w
+        .server
+        .audit_where(1, |r| r.tool.as_deref() == Some("network_ping"))
+        .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].principal.as_deref(), Some("alice@example.com"));
+    assert_eq!(rows[0].outcome.as_str(), "ok");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_headers_outside_the_allow_list_are_refused() {
     let Some(w) = world("extra_hosts = [\"mcp.tail3f9c2.ts.net\"]", "").await else {

@@ -188,8 +188,11 @@ pub fn mcp_service(
         .with_legacy_session_mode(config.sessions)
         .with_json_response(true)
         .with_max_request_body_bytes(config.max_body_bytes)
-        // No event store, so streams cannot be resumed: a priming `retry:` event would only cost
-        // one more socket write per call.
+        // Stateless calls (2026-07-28) have no session to resume a stream in, so they get no
+        // priming `retry:` event: it would only cost one more socket write per call. Session
+        // calls keep the session layer's own (`SessionConfig::sse_retry`): its event id lets a
+        // client whose connection dropped mid-call resume the stream (`GET` with
+        // `Last-Event-ID`) from the session's memory while the call runs.
         .with_sse_retry(None)
         .with_cancellation_token(shutdown);
     StreamableHttpService::new(
