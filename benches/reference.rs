@@ -110,7 +110,7 @@ async fn bench(secs: u64) {
     );
 
     let mut server = Server::start(&net, &standin, "identity_cache_secs = 0", BENCH_LIMITS).await;
-    let rows_before = server.audit().len();
+    let rows_before = server.audit_rows();
     run(
         &net,
         addr,
@@ -121,7 +121,7 @@ async fn bench(secs: u64) {
     .await;
     println!(
         "  (audit rows it wrote: {})",
-        server.audit().len().saturating_sub(rows_before)
+        server.audit_rows().saturating_sub(rows_before)
     );
     server.stop().await;
 }

@@ -342,7 +342,7 @@ async fn main() {
         resident(pid),
         rss_kib(pid, "VmHWM:") as f64 / 1024.0
     );
-    let rows = server.audit().len();
+    let rows = server.audit_rows();
     println!("audit rows written: {rows}");
     println!("whois requests served by the stand-in: {}", standin.whois_count());
     budgets.at_most(

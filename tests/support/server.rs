@@ -111,6 +111,16 @@ impl Server {
         .expect("query audit db")
     }
 
+    /// How many rows the audit log holds: all of them ([`Server::audit`] reads at most 100,000).
+    pub fn audit_rows(&self) -> usize {
+        let conn = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open audit db");
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+            .expect("count audit rows");
+        usize::try_from(n).unwrap_or(0)
+    }
+
     /// Wait until the audit log holds at least `n` records matching `pred`, then return them.
     pub async fn audit_where(&self, n: usize, pred: impl Fn(&Record) -> bool) -> Vec<Record> {
         let deadline = Instant::now() + Duration::from_secs(5);
