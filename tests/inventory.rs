@@ -451,11 +451,20 @@ async fn a_scan_finds_the_running_apps_with_evidence_ports_and_versions() {
 
     // system_sockets: redis's listener with its pid, and an established connection to it with
     // both ends attributed.
-    let conn = net
+    let mut conn = net
         .connect_in_server_ns("127.0.0.1:6379".parse().unwrap())
         .await
         .unwrap();
     let client_port = conn.local_addr().unwrap().port();
+    // Until redis has accepted the connection, its end waits in the listen queue with no file
+    // descriptor (inode 0) and so no process to name. A reply proves it was accepted.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        conn.write_all(b"PING\r\n").await.unwrap();
+        let mut reply = [0u8; 7];
+        conn.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"+PONG\r\n");
+    }
     let r = mcp
         .call_tool("system_sockets", json!({"port": 6379, "protocol": "tcp"}))
         .await
