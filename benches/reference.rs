@@ -12,8 +12,8 @@
 //! the whois goes to the same LocalAPI stand-in as the server's. It shows how this machine
 //! compares with the one the issue's figures came from, and what tailopsmcp's own layers cost on
 //! top of rmcp and whois. It checks no budget (`cargo bench --bench whoami` does); it fails only
-//! when a server answers wrongly. Needs root (network namespaces) and wrk. Environment:
-//! `BENCH_SECS` (per run, default 10).
+//! when a server answers with anything but 2xx. Needs root (network namespaces) and wrk.
+//! Environment: `BENCH_SECS` (per run, default 10).
 
 #[path = "../tests/support/mod.rs"]
 #[allow(dead_code)]
@@ -41,7 +41,6 @@ use serde_json::{Value, json};
 use support::localapi::{StandIn, fixture};
 use support::netns::Tailnet;
 use support::server::{PORT, Server};
-use support::wrk::Wrk;
 use tailopsmcp::tailnet::localapi::LocalApi;
 use tokio_util::sync::CancellationToken;
 
@@ -130,7 +129,7 @@ async fn bench(secs: u64) {
 /// have been a 2xx.
 async fn run(net: &Tailnet, addr: SocketAddr, secs: u64, name: &str, issue: &str) {
     for (i, clients) in [1, CLIENTS].into_iter().enumerate() {
-        let w: Wrk = support::wrk::whoami_stateless(net, addr, clients, secs)
+        let w = support::wrk::whoami_stateless(net, addr, clients, secs)
             .await
             .expect("wrk runs");
         assert!(w.requests > 0, "{name}: wrk made no requests");

@@ -23,15 +23,16 @@ const SINGLE_CALLS: usize = 500;
 const FANOUT_TARGETS: usize = 20;
 const FANOUT_CONCURRENCY: usize = 8;
 const FANOUT_ROUNDS: usize = 60;
+const P50_BUDGET_MS: f64 = 15.0;
+const FANOUT_BUDGET_RATIO: f64 = 3.0;
 
+/// Warm fan-out rounds: `BENCH_FANOUT_ROUNDS`, or [`FANOUT_ROUNDS`].
 fn fanout_rounds() -> usize {
     std::env::var("BENCH_FANOUT_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(FANOUT_ROUNDS)
 }
-const P50_BUDGET_MS: f64 = 15.0;
-const FANOUT_BUDGET_RATIO: f64 = 3.0;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
