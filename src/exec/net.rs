@@ -509,7 +509,9 @@ pub fn parse_traceroute(stdout: &str) -> Vec<Hop> {
 }
 
 /// Parse `tracepath -n` lines: ` 1:  192.168.1.1   0.512ms`, ` 2:  no reply`,
-/// ` 3:  10.0.0.1   1.2ms reached`; `N?:` probe lines and the `Resume:` summary are skipped.
+/// ` 3:  10.0.0.1   1.2ms reached`; `N?:` probe lines and the `Resume:` summary are skipped,
+/// except ` N?: reply received 8)`: a UDP service on the destination answered the probe itself
+/// (rather than an ICMP error coming back), so tracepath stops there and hop N reached it.
 pub fn parse_tracepath(stdout: &str) -> Vec<Hop> {
     let mut hops: Vec<Hop> = Vec::new();
     for line in stdout.lines() {
@@ -517,7 +519,10 @@ pub fn parse_tracepath(stdout: &str) -> Vec<Hop> {
         let Some((num, rest)) = trimmed.split_once(':') else {
             continue;
         };
-        let Ok(hop) = num.parse::<u32>() else { continue };
+        let answered = num.ends_with('?') && rest.trim_start().starts_with("reply received");
+        let Ok(hop) = num.strip_suffix('?').filter(|_| answered).unwrap_or(num).parse::<u32>() else {
+            continue;
+        };
         let rest: Vec<&str> = rest.split_whitespace().collect();
         let mut h = Hop {
             hop,
@@ -525,7 +530,9 @@ pub fn parse_tracepath(stdout: &str) -> Vec<Hop> {
             rtt_ms: None,
             note: None,
         };
-        if rest.first() == Some(&"no") {
+        if answered {
+            h.note = Some("reached".to_string());
+        } else if rest.first() == Some(&"no") {
             h.note = Some("no reply".to_string());
         } else {
             for w in &rest {
@@ -1612,6 +1619,18 @@ mod tests {
         assert_eq!(hops[1].note.as_deref(), Some("no reply"));
         assert_eq!(hops[2].note.as_deref(), Some("reached"));
         assert_eq!(hops[2].rtt_ms, Some(0.043));
+
+        // A UDP service on the destination answered the probe on hop 2: tracepath stops there.
+        let answered = " 1?: [LOCALHOST]                      pmtu 65535\n \
+            1:  192.168.1.1                                           0.043ms \n \
+            2?: reply received 8)\n     \
+            Resume: pmtu 65535 \n";
+        let hops = parse_tracepath(answered);
+        assert_eq!(hops.len(), 2, "{hops:?}");
+        assert_eq!(
+            (hops[1].hop, hops[1].address.as_ref(), hops[1].note.as_deref()),
+            (2, None, Some("reached"))
+        );
     }
 
     #[test]
