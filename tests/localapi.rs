@@ -337,6 +337,25 @@ async fn absent_localapi_is_unavailable_and_recovers() {
     api.whois(sa("100.64.0.1:1"), None).await.unwrap();
 }
 
+/// tailscaled restarting closes the pooled keep-alive connection while it is idle; the next call
+/// notices the close, reconnects and answers, with no error for the caller.
+#[tokio::test]
+async fn an_idle_connection_closed_by_tailscaled_is_replaced() {
+    let s = StandIn::start().await;
+    s.add_identity(ip("100.64.0.1"), fixture("whois-user.json"));
+    let api = client(&s);
+    api.whois(sa("100.64.0.1:1"), None).await.unwrap();
+    // A restart with no call in between: the pooled connection is closed by the other side.
+    s.set_absent(true);
+    s.set_absent(false);
+    let w = api.whois(sa("100.64.0.1:2"), None).await.unwrap();
+    assert_eq!(w.user_profile.login_name, "alice@example.com");
+    assert_eq!(s.connections_accepted(), 2, "one reconnect");
+    assert_eq!(s.whois_count(), 2, "the closed connection carried no request");
+    api.status().await.unwrap();
+    assert_eq!(s.connections_accepted(), 2, "the new connection is pooled");
+}
+
 #[tokio::test]
 async fn oversized_or_malformed_answers_are_protocol_errors() {
     let s = StandIn::start().await;

@@ -64,7 +64,7 @@ struct Inner {
     socket: PathBuf,
     timeout: Duration,
     /// Idle keep-alive connections, most recently used last. Never held across an await.
-    idle: Mutex<Vec<SendRequest<Empty<Bytes>>>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 /// Why a LocalAPI call failed. Messages are lowercase and name what failed; [`Error::reason`]
@@ -178,92 +178,151 @@ impl LocalApi {
     }
 
     async fn exchange(&self, path: &str) -> Result<(u16, Bytes), Error> {
-        // Idle connections first. One that fails before an answer arrives was most likely closed
+        // Idle connections first. One that closes before an answer arrives was most likely closed
         // by tailscaled while idle (restart); both calls are idempotent GETs, so move on.
-        while let Some(mut sender) = self.checkout() {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.send_request(request(path)?).await {
-                Ok(response) => return self.finish(sender, response, path).await,
-                Err(e) => {
-                    tracing::debug!(error = %e, path, "idle localapi connection failed; retrying")
-                }
+        while let Some(mut conn) = self.checkout() {
+            match conn.get(path).await {
+                Attempt::Answered(answer) => return Ok(self.keep(conn, answer)),
+                Attempt::Unanswered(why) => tracing::debug!(path, why, "idle localapi connection failed; retrying"),
+                Attempt::Failed(e) => return Err(e),
             }
         }
-        let mut sender = self.connect().await?;
-        let response = sender
-            .send_request(request(path)?)
-            .await
-            .map_err(|e| Error::Protocol(format!("request {path} failed: {e}")))?;
-        self.finish(sender, response, path).await
-    }
-
-    /// Read the whole (capped) body; keep the connection if it can carry another request.
-    async fn finish(
-        &self,
-        sender: SendRequest<Empty<Bytes>>,
-        response: Response<Incoming>,
-        path: &str,
-    ) -> Result<(u16, Bytes), Error> {
-        let status = response.status().as_u16();
-        let closing = response
-            .headers()
-            .get(header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.downcast_ref::<LengthLimitError>().is_some() {
-                    Error::Protocol(format!("answer to {path} exceeds {MAX_BODY} bytes"))
-                } else {
-                    Error::Protocol(format!("reading the answer to {path} failed: {e}"))
-                }
-            })?
-            .to_bytes();
-        if !closing {
-            self.checkin(sender);
+        let mut conn = self.connect().await?;
+        match conn.get(path).await {
+            Attempt::Answered(answer) => Ok(self.keep(conn, answer)),
+            Attempt::Unanswered(why) => Err(Error::Protocol(why)),
+            Attempt::Failed(e) => Err(e),
         }
-        Ok((status, body))
     }
 
-    async fn connect(&self) -> Result<SendRequest<Empty<Bytes>>, Error> {
+    /// Pool `conn` if it can carry another request; hand back its answer.
+    fn keep(&self, conn: Conn, answer: Answer) -> (u16, Bytes) {
+        if !answer.closing {
+            self.checkin(conn);
+        }
+        (answer.status, answer.body)
+    }
+
+    async fn connect(&self) -> Result<Conn, Error> {
         let socket = &self.inner.socket;
         let stream = UnixStream::connect(socket).await.map_err(|source| Error::Unavailable {
             socket: socket.clone(),
             source,
         })?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        let (sender, io) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| Error::Protocol(format!("http handshake on {} failed: {e}", socket.display())))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "localapi connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn { sender, io })
     }
 
-    fn checkout(&self) -> Option<SendRequest<Empty<Bytes>>> {
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.inner.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: SendRequest<Empty<Bytes>>) {
-        if sender.is_closed() {
+    fn checkin(&self, conn: Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.inner.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
+}
+
+/// One keep-alive connection: hyper's request handle and the connection future that does its
+/// socket I/O. No task of its own drives `io`: the task making a request polls it alongside the
+/// request ([`Conn::get`]), so a `whois` costs no hand-off between tasks or threads (on the
+/// request path, that hand-off cost as much as the exchange itself). Idle in the pool, nothing
+/// polls it; a connection tailscaled closed meanwhile is noticed on its next use.
+struct Conn {
+    sender: SendRequest<Empty<Bytes>>,
+    io: http1::Connection<TokioIo<UnixStream>, Empty<Bytes>>,
+}
+
+/// A complete answer: status, whole (capped) body, and whether tailscaled will close the
+/// connection after it.
+struct Answer {
+    status: u16,
+    body: Bytes,
+    closing: bool,
+}
+
+/// How one request on one connection went.
+enum Attempt {
+    Answered(Answer),
+    /// No answer arrived (the connection closed or broke first): a retry elsewhere is safe.
+    Unanswered(String),
+    /// An answer started but could not be read whole (too big, cut short, malformed).
+    Failed(Error),
+}
+
+impl Conn {
+    /// One GET, driving the connection until the whole body has arrived.
+    async fn get(&mut self, path: &str) -> Attempt {
+        let Conn { sender, io } = self;
+        let exchange = async {
+            if let Err(e) = sender.ready().await {
+                return Attempt::Unanswered(format!("connection not usable for {path}: {e}"));
+            }
+            let request = match request(path) {
+                Ok(r) => r,
+                Err(e) => return Attempt::Failed(e),
+            };
+            match sender.send_request(request).await {
+                Ok(response) => match read_answer(response, path).await {
+                    Ok(answer) => Attempt::Answered(answer),
+                    Err(e) => Attempt::Failed(e),
+                },
+                Err(e) => Attempt::Unanswered(format!("request {path} failed: {e}")),
+            }
+        };
+        tokio::pin!(exchange);
+        tokio::select! {
+            biased;
+            attempt = &mut exchange => attempt,
+            ended = io => {
+                // The connection finished (tailscaled closed it, or it broke). Whatever it
+                // delivered before that is already in the exchange's channels: take a complete
+                // answer if there is one, else report the close.
+                let why = match ended {
+                    Ok(()) => format!("tailscaled closed the connection before answering {path}"),
+                    Err(e) => format!("connection failed before answering {path}: {e}"),
+                };
+                match futures::poll!(&mut exchange) {
+                    std::task::Poll::Ready(attempt) => attempt,
+                    std::task::Poll::Pending => Attempt::Unanswered(why),
+                }
+            }
+        }
+    }
+}
+
+/// Read the whole (capped) body of `response`.
+async fn read_answer(response: Response<Incoming>, path: &str) -> Result<Answer, Error> {
+    let status = response.status().as_u16();
+    let closing = response
+        .headers()
+        .get(header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                Error::Protocol(format!("answer to {path} exceeds {MAX_BODY} bytes"))
+            } else {
+                Error::Protocol(format!("reading the answer to {path} failed: {e}"))
+            }
+        })?
+        .to_bytes();
+    Ok(Answer { status, body, closing })
 }
 
 impl fmt::Debug for LocalApi {
