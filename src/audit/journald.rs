@@ -4,12 +4,15 @@
 //! configuration. A tracing layer sees an event only if the process's filters let it through
 //! (`RUST_LOG=warn` would silence audit events), it prefixes custom fields (`F_`) unless told not
 //! to, and it sends synchronously on the emitting thread. Writing the datagram ourselves gives
-//! exact `TAILOPS_*` field names and lets a dedicated thread do the sending, fed by a bounded
-//! queue the SQLite writer only `try_send`s into: a slow, missing or broken journald can never
-//! block or fail an audit commit. The protocol is small: `KEY=value\n` per field, or
-//! `KEY\n<u64 LE length><bytes>\n` when the value contains a newline
-//! (<https://systemd.io/JOURNAL_NATIVE_PROTOCOL/>). Values are capped at 4 KiB so a datagram
-//! always fits the socket buffer, so the memfd fallback is never needed.
+//! exact `TAILOPS_*` field names and a send that never waits: the SQLite writer sends each
+//! committed event itself on a connected, non-blocking socket, and only when journald is behind
+//! (the socket would block) or the socket failed does the event go to a bounded queue, whose
+//! thread waits for journald (up to [`SEND_TIMEOUT`] per event) and sends by path. While that
+//! queue holds anything, later events join it, so journald receives them in commit order. A
+//! slow, missing or broken journald can never block or fail an audit commit. The protocol is
+//! small: `KEY=value\n` per field, or `KEY\n<u64 LE length><bytes>\n` when the value contains a
+//! newline (<https://systemd.io/JOURNAL_NATIVE_PROTOCOL/>). Values are capped at 4 KiB so a
+//! datagram always fits the socket buffer, so the memfd fallback is never needed.
 //!
 //! Each event carries the row's chain hash (`TAILOPS_ROW_HASH`, and `TAILOPS_COMPLETION_HASH` on a
 //! completion), so the journal and SQLite can be cross-checked: an edited, deleted or re-chained
@@ -21,7 +24,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
@@ -31,9 +34,9 @@ use super::{Decision, Record, redact};
 pub(crate) const SOCKET: &str = "/run/systemd/journal/socket";
 /// `SYSLOG_IDENTIFIER` of every audit event: `journalctl -t tailopsmcp-audit`.
 pub(crate) const IDENTIFIER: &str = "tailopsmcp-audit";
-/// Committed records waiting for the sender thread; beyond this they are dropped (and counted).
-/// The queue allocates (and touches) all of its slots up front, so a slot holds a `Box<Event>`,
-/// not an `Event`: 8192 slots cost 128 KiB, where unboxed events cost 4.8 MB of idle memory.
+/// Encoded events waiting for the backlog thread; beyond this they are dropped (and counted).
+/// The queue allocates (and touches) all of its slots up front, so a slot holds a box (8 bytes),
+/// not the datagram itself.
 const QUEUE: usize = 8192;
 /// How long one send may block when journald is not reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -47,9 +50,14 @@ pub(crate) struct Event {
     pub(crate) completion_hash: Option<String>,
 }
 
-/// A running mirror: a queue into the sender thread. Dropping it stops the thread.
+/// A running mirror, owned by the SQLite writer thread. Dropping it stops the backlog thread.
 pub(crate) struct Mirror {
-    tx: SyncSender<Box<Event>>,
+    /// Connected to journald and non-blocking; `None` after it failed, until reconnected.
+    direct: Option<UnixDatagram>,
+    /// Datagrams for the backlog thread, which waits for journald.
+    tx: SyncSender<Box<[u8]>>,
+    /// Datagrams queued to or being sent by the backlog thread.
+    backlog: Arc<AtomicUsize>,
     state: Arc<State>,
     socket: PathBuf,
 }
@@ -86,7 +94,7 @@ impl State {
 
 impl Mirror {
     /// Start mirroring to the journald socket at `socket`; `None` (with a warning) when it does
-    /// not exist or the sender cannot start.
+    /// not exist or the backlog thread cannot start.
     pub(crate) fn start(socket: &Path) -> Option<Mirror> {
         if !socket.exists() {
             tracing::warn!(
@@ -104,17 +112,21 @@ impl Mirror {
         };
         let (tx, rx) = sync_channel(QUEUE);
         let state = Arc::new(State::default());
-        let sender = Sender {
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let thread = Backlog {
             sock,
             socket: socket.to_path_buf(),
             state: Arc::clone(&state),
+            pending: Arc::clone(&backlog),
         };
         match std::thread::Builder::new()
             .name("audit-journald".to_string())
-            .spawn(move || sender.run(rx))
+            .spawn(move || thread.run(rx))
         {
             Ok(_) => Some(Mirror {
+                direct: connect(socket),
                 tx,
+                backlog,
                 state,
                 socket: socket.to_path_buf(),
             }),
@@ -125,30 +137,59 @@ impl Mirror {
         }
     }
 
-    /// Queue a committed link for journald. Never blocks.
-    pub(crate) fn send(&self, event: Event) {
-        match self.tx.try_send(Box::new(event)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.state.lost("queue full", &self.socket),
-            Err(TrySendError::Disconnected(_)) => self.state.lost("sender thread stopped", &self.socket),
+    /// Send a committed link to journald, or queue it for the backlog thread. Never blocks.
+    pub(crate) fn send(&mut self, event: Event) {
+        let datagram = encode(&event);
+        if self.backlog.load(Ordering::Acquire) == 0 {
+            if self.direct.is_none() {
+                self.direct = connect(&self.socket);
+            }
+            if let Some(sock) = &self.direct {
+                match sock.send(&datagram) {
+                    Ok(_) => return self.state.delivered(),
+                    // journald is behind: the backlog thread waits for it.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    // journald restarted or went away: the backlog thread sends by path (and
+                    // counts the loss if that fails too); reconnect once it is empty.
+                    Err(_) => self.direct = None,
+                }
+            }
         }
+        self.backlog.fetch_add(1, Ordering::AcqRel);
+        let lost = match self.tx.try_send(datagram.into_boxed_slice()) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => "queue full",
+            Err(TrySendError::Disconnected(_)) => "sender thread stopped",
+        };
+        self.backlog.fetch_sub(1, Ordering::AcqRel);
+        self.state.lost(lost, &self.socket);
     }
 }
 
-struct Sender {
+/// A non-blocking datagram socket connected to `socket`, or `None`.
+fn connect(socket: &Path) -> Option<UnixDatagram> {
+    let sock = UnixDatagram::unbound().ok()?;
+    sock.connect(socket).ok()?;
+    sock.set_nonblocking(true).ok()?;
+    Some(sock)
+}
+
+/// The backlog thread: sends queued datagrams by path, waiting up to [`SEND_TIMEOUT`] for each.
+struct Backlog {
     sock: UnixDatagram,
     socket: PathBuf,
     state: Arc<State>,
+    pending: Arc<AtomicUsize>,
 }
 
-impl Sender {
-    fn run(self, rx: Receiver<Box<Event>>) {
-        for event in rx {
-            let datagram = encode(&event);
+impl Backlog {
+    fn run(self, rx: Receiver<Box<[u8]>>) {
+        for datagram in rx {
             match self.sock.send_to(&datagram, &self.socket) {
                 Ok(_) => self.state.delivered(),
                 Err(e) => self.state.lost(&e.to_string(), &self.socket),
             }
+            self.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -376,7 +417,7 @@ mod tests {
         let path = dir.path().join("socket");
         let server = UnixDatagram::bind(&path).unwrap();
         server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mirror = Mirror::start(&path).unwrap();
+        let mut mirror = Mirror::start(&path).unwrap();
         mirror.send(full());
         let mut buf = vec![0u8; 65536];
         let n = server.recv(&mut buf).unwrap();
@@ -385,12 +426,45 @@ mod tests {
         assert_eq!(got["TAILOPS_ROW_HASH"], "ab".repeat(32));
     }
 
+    /// A journald that falls behind makes direct sends would-block; those events wait in the
+    /// backlog, and so do the ones after them, so journald still gets every event in commit order.
+    #[test]
+    fn a_journald_that_falls_behind_gets_every_event_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket");
+        let server = UnixDatagram::bind(&path).unwrap();
+        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // A slow reader: the socket's queue is full most of the time, with room now and then.
+        const N: i64 = 3000;
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            (0..N)
+                .map(|_| {
+                    std::thread::sleep(Duration::from_micros(20));
+                    let n = server.recv(&mut buf).unwrap();
+                    decode(&buf[..n])["TAILOPS_AUDIT_ID"].parse::<i64>().unwrap()
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut mirror = Mirror::start(&path).unwrap();
+        let mut queued = 0;
+        for id in 0..N {
+            let mut event = full();
+            event.rec.id = Some(id);
+            mirror.send(event);
+            queued += usize::from(mirror.backlog.load(Ordering::Acquire) > 0);
+        }
+        assert!(queued > 0, "the socket never filled up");
+        assert_eq!(reader.join().unwrap(), (0..N).collect::<Vec<_>>());
+        assert_eq!(mirror.state.dropped.load(Ordering::Relaxed), 0);
+    }
+
     #[test]
     fn mirror_survives_a_dead_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("socket");
         drop(UnixDatagram::bind(&path).unwrap()); // the file stays; nobody reads it
-        let mirror = Mirror::start(&path).unwrap();
+        let mut mirror = Mirror::start(&path).unwrap();
         for _ in 0..3 {
             mirror.send(full()); // never blocks, never panics
         }

@@ -1,7 +1,7 @@
 //! The audit writer: ONE dedicated thread that owns the write connection, takes every queued
 //! operation (up to [`MAX_BATCH`]), applies them in ONE transaction with cached statements,
 //! commits, and only then answers each waiter. After the commit it hands the committed records
-//! to the journald mirror (which never blocks this thread).
+//! to the journald mirror (which never blocks this thread: see [`super::journald`]).
 //!
 //! It is also the only place the hash chain grows: each transaction reads the chain head
 //! (`audit_chain_head`), gives every inserted row the next id and `row_hash = H(canonical ||
@@ -294,6 +294,8 @@ impl Writer {
                 });
             }
         }
+        // Every waiter first, then journald: its sends must not delay an answer.
+        let mut events = Vec::with_capacity(if self.mirror.is_some() { answers.len() } else { 0 });
         for answer in answers {
             // A waiter that gave up (dropped its future) is fine: the row is committed anyway.
             let (committed, event) = match answer {
@@ -313,7 +315,12 @@ impl Writer {
                     (ok, event)
                 }
             };
-            if let (true, Some(mirror), Some(event)) = (committed, &self.mirror, event) {
+            if let (true, Some(event)) = (committed, event) {
+                events.push(event);
+            }
+        }
+        if let Some(mirror) = &mut self.mirror {
+            for event in events {
                 mirror.send(event);
             }
         }
