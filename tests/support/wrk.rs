@@ -19,39 +19,80 @@ pub struct Wrk {
 
 /// Drive `clients` keep-alive connections from the peer namespace to `server` with `wrk` (the tool
 /// behind the reference figures in the foundation issue), each sending a stateless (2026-07-28)
-/// `whoami` call over and over: wrk sends one fixed request on every connection, so it cannot
-/// give each its own session, and one shared session would serialize the calls. `None` when wrk
-/// is not installed (`apt-get install wrk`).
+/// `whoami` call over and over. `None` when wrk is not installed (`apt-get install wrk`).
 pub async fn whoami_stateless(net: &Tailnet, server: SocketAddr, clients: usize, secs: u64) -> Option<Wrk> {
-    if std::process::Command::new("wrk").arg("--version").output().is_err() {
-        return None;
-    }
-    let dir = tempfile::tempdir().ok()?;
-    let script = dir.path().join("whoami.lua");
     let params = json!({"name": "whoami", "arguments": {}, "_meta": {
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"},
         "io.modelcontextprotocol/clientCapabilities": {}
     }});
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).to_string();
     let headers = [
-        ("Host".to_string(), server.to_string()),
-        ("Content-Type".into(), "application/json".into()),
-        ("Accept".into(), "application/json, text/event-stream".into()),
-        ("MCP-Protocol-Version".into(), "2026-07-28".into()),
-        ("Mcp-Method".into(), "tools/call".into()),
-        ("Mcp-Name".into(), "whoami".into()),
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "whoami"),
     ];
+    run(net, server, clients, secs, &params, &headers, &[]).await
+}
+
+/// Like [`whoami_stateless`], on sessions (2025-06-18) the caller initialized: one per
+/// connection, `sessions.len()` of them (a multiple of the 2 wrk threads). wrk cannot tie a
+/// header to a connection, so each wrk thread hands its half of the sessions out in turn: a
+/// thread's connections each have one call in flight, so its latest calls, one per
+/// connection, went to distinct sessions, and no session ever has two calls at once.
+pub async fn whoami_sessions(net: &Tailnet, server: SocketAddr, sessions: &[String], secs: u64) -> Option<Wrk> {
+    let params = json!({"name": "whoami", "arguments": {}});
+    let headers = [("MCP-Protocol-Version", "2025-06-18")];
+    run(net, server, sessions.len(), secs, &params, &headers, sessions).await
+}
+
+/// One wrk run of `tools/call` with `params` and `headers`, from the peer namespace; with
+/// `sessions`, each request carries one of them as `Mcp-Session-Id` (see [`whoami_sessions`]).
+async fn run(
+    net: &Tailnet,
+    server: SocketAddr,
+    clients: usize,
+    secs: u64,
+    params: &serde_json::Value,
+    headers: &[(&str, &str)],
+    sessions: &[String],
+) -> Option<Wrk> {
+    if std::process::Command::new("wrk").arg("--version").output().is_err() {
+        return None;
+    }
+    let threads = clients.clamp(1, 2);
+    let dir = tempfile::tempdir().ok()?;
+    let script = dir.path().join("whoami.lua");
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).to_string();
     let mut lua = format!("wrk.method = \"POST\"\nwrk.body = {body:?}\n");
-    for (k, v) in &headers {
+    let host = server.to_string();
+    let common = [
+        ("Host", host.as_str()),
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    for (k, v) in common.iter().chain(headers) {
         lua.push_str(&format!("wrk.headers[{k:?}] = {v:?}\n"));
+    }
+    if !sessions.is_empty() {
+        assert!(
+            sessions.len().is_multiple_of(threads),
+            "sessions must split evenly over {threads} wrk threads"
+        );
+        let ids = sessions.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        lua.push_str(&format!(
+            "local ids = {{ {ids} }}\nlocal per = {}\nlocal next_base = 0\n\
+             function setup(thread) thread:set(\"base\", next_base); next_base = next_base + per end\n\
+             local n = 0\n\
+             function request()\n  wrk.headers[\"Mcp-Session-Id\"] = ids[base + (n % per) + 1]\n  n = n + 1\n  return wrk.format()\nend\n",
+            sessions.len() / threads
+        ));
     }
     std::fs::write(&script, lua).ok()?;
     let out = net
         .command_in_peer_ns("wrk")
         .args([
             "-t",
-            &clients.clamp(1, 2).to_string(),
+            &threads.to_string(),
             "-c",
             &clients.to_string(),
             "-d",
