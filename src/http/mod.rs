@@ -8,6 +8,7 @@
 //! SQL directly (it hands records to `audit`).
 
 pub mod listen;
+pub mod sse;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -288,10 +289,10 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
         return refusal(StatusCode::NOT_FOUND, "session not found");
     }
 
-    let is_delete = req.method() == Method::DELETE;
+    let method = req.method().clone();
     let principal = caller.principal.clone();
     req.extensions_mut().insert(caller);
-    let response = next.run(req).await;
+    let response = sse::coalesce(&method, next.run(req).await).await;
 
     match &session {
         None => {
@@ -300,7 +301,7 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
             }
         }
         Some(id) if response.status() == StatusCode::NOT_FOUND => st.sessions.forget(id),
-        Some(id) if is_delete && response.status().is_success() => st.sessions.forget(id),
+        Some(id) if method == Method::DELETE && response.status().is_success() => st.sessions.forget(id),
         Some(_) => {}
     }
     response
