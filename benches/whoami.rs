@@ -398,9 +398,9 @@ async fn wrk_phase(net: &Tailnet, server: &Server, pid: u32, mode: Mode, clients
     );
     // A client that is done ends its session, as MCP clients do on exit.
     for id in sessions {
-        let mut m = client(net, server.addr, Mode::Stateless).await;
+        let stream = net.connect(ALICE, server.addr).await.expect("connect");
+        let mut m = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
         m.protocol = "2025-06-18".into();
-        m.extra_headers.clear();
         m.session = Some(id);
         let resp = m.close().await.expect("DELETE session");
         assert!(

@@ -35,8 +35,8 @@ pub(crate) const SOCKET: &str = "/run/systemd/journal/socket";
 /// `SYSLOG_IDENTIFIER` of every audit event: `journalctl -t tailopsmcp-audit`.
 pub(crate) const IDENTIFIER: &str = "tailopsmcp-audit";
 /// Encoded events waiting for the backlog thread; beyond this they are dropped (and counted).
-/// The queue allocates (and touches) all of its slots up front, so a slot holds a box (8 bytes),
-/// not the datagram itself.
+/// The queue allocates (and touches) all of its slots up front, so a slot holds a boxed slice
+/// (16 bytes), not the datagram itself.
 const QUEUE: usize = 8192;
 /// How long one send may block when journald is not reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);

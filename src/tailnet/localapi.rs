@@ -246,8 +246,8 @@ struct Conn {
     io: http1::Connection<TokioIo<UnixStream>, Empty<Bytes>>,
 }
 
-/// A complete answer: status, whole (capped) body, and whether tailscaled will close the
-/// connection after it.
+/// A complete answer: status, whole (capped) body, and whether the connection is done after it
+/// (tailscaled said `Connection: close`, or closed it).
 struct Answer {
     status: u16,
     body: Bytes,
@@ -296,6 +296,10 @@ impl Conn {
                     Err(e) => format!("connection failed before answering {path}: {e}"),
                 };
                 match futures::poll!(&mut exchange) {
+                    // Complete, but the connection is finished: not to be pooled.
+                    std::task::Poll::Ready(Attempt::Answered(answer)) => {
+                        Attempt::Answered(Answer { closing: true, ..answer })
+                    }
                     std::task::Poll::Ready(attempt) => attempt,
                     std::task::Poll::Pending => Attempt::Unanswered(why),
                 }
