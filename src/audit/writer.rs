@@ -18,7 +18,7 @@ use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{self, CompletionFields, GENESIS, Hash, RowFields};
@@ -214,7 +214,12 @@ pub(crate) fn spawn(
     mirror: Option<Mirror>,
 ) -> std::io::Result<(mpsc::Sender<Op>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let writer = Writer { conn, path, mirror };
+    let writer = Writer {
+        conn,
+        path,
+        mirror,
+        head: None,
+    };
     let handle = std::thread::Builder::new()
         .name("audit-writer".to_string())
         .spawn(move || writer.run(rx))?;
@@ -225,6 +230,54 @@ struct Writer {
     conn: Connection,
     path: PathBuf,
     mirror: Option<Mirror>,
+    /// The chain head this thread's last commit left, and the database's `data_version` then.
+    /// Another connection's commit (a CLI `audit prune`) changes `data_version`, and the head is
+    /// read again; otherwise the next transaction starts from this one without a query.
+    head: Option<(i64, Hash, i64)>,
+}
+
+/// `BEGIN IMMEDIATE` on a cached statement (a transaction per batch: not worth parsing each
+/// time). Dropped without [`Txn::commit`], it rolls back.
+struct Txn<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> Txn<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Txn<'c>> {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(Txn { conn })
+    }
+
+    fn commit(self) -> rusqlite::Result<()> {
+        let done = self.conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([]));
+        // A failed COMMIT (SQLITE_BUSY, I/O) leaves the transaction open: `drop` rolls it back.
+        if done.is_ok() {
+            std::mem::forget(self);
+        }
+        done.map(|_| ())
+    }
+}
+
+impl Drop for Txn<'_> {
+    fn drop(&mut self) {
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.prepare_cached("ROLLBACK").and_then(|mut s| s.execute([]))
+        {
+            tracing::error!(error = %e, "audit transaction could not be rolled back");
+        }
+    }
+}
+
+impl std::ops::Deref for Txn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+/// The database's `data_version`: unchanged while no other connection committed.
+fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))
 }
 
 /// An operation after it ran, holding its own typed result until the transaction's fate is
@@ -340,15 +393,28 @@ impl Writer {
             op,
             source: Arc::new(e),
         };
-        let tx = match self.conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        // Whatever happens below, the cached head is only trusted again after a commit.
+        let cached = self.head.take();
+        let tx = match Txn::begin(&self.conn) {
             Ok(tx) => tx,
             Err(e) => {
                 answers.extend(batch.drain(..).map(|op| unanswered(op, path)));
                 return Err(("begin", e));
             }
         };
-        let mut head = match Head::read(&tx) {
-            Ok(head) => head,
+        let started = data_version(&tx).and_then(|version| match cached {
+            Some((v, hash, last_id)) if v == version => Ok((
+                version,
+                Head {
+                    hash,
+                    last_id,
+                    changed: false,
+                },
+            )),
+            _ => Head::read(&tx).map(|head| (version, head)),
+        });
+        let (version, mut head) = match started {
+            Ok(started) => started,
             Err(e) => {
                 answers.extend(batch.drain(..).map(|op| unanswered(op, path)));
                 return Err(("read chain head", e));
@@ -441,7 +507,9 @@ impl Writer {
         if head.changed {
             head.write(&tx).map_err(|e| ("write chain head", e))?;
         }
-        tx.commit().map_err(|e| ("commit", e))
+        tx.commit().map_err(|e| ("commit", e))?;
+        self.head = Some((version, head.hash, head.last_id));
+        Ok(())
     }
 }
 
@@ -800,6 +868,7 @@ mod tests {
             conn,
             path,
             mirror: None,
+            head: None,
         }
     }
 
@@ -870,6 +939,28 @@ mod tests {
         w.apply(&mut vec![d]);
         rd.blocking_recv().unwrap().unwrap();
         assert_eq!(count(&w), 1);
+    }
+
+    /// The writer keeps the chain head between transactions; a commit by another connection
+    /// (another writer on the same file, as `audit prune` from the CLI is) must make it read the
+    /// head again, or its next row would reuse an id or link after a stale hash.
+    #[test]
+    fn a_commit_by_another_connection_is_chained_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(&dir, "");
+        let mut other = writer(&dir, "");
+        let mut ids = Vec::new();
+        for round in 0..9 {
+            // Two batches from `w`, then one from `other`, three times.
+            let by = if round % 3 == 2 { &mut other } else { &mut w };
+            let (op, rx) = insert_op(&format!("user{round}"));
+            by.apply(&mut vec![op]);
+            ids.push(rx.blocking_recv().unwrap().unwrap());
+        }
+        assert_eq!(ids, (1..=9).collect::<Vec<_>>());
+        let report = crate::audit::verify_path(&dir.path().join("audit.db")).unwrap();
+        assert!(report.broken.is_none(), "{:?}", report.broken);
+        assert_eq!(report.chained, 9);
     }
 
     #[test]
