@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Decision, Record, redact};
 
@@ -40,6 +40,9 @@ pub(crate) const IDENTIFIER: &str = "tailopsmcp-audit";
 const QUEUE: usize = 8192;
 /// How long one send may block when journald is not reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a lost direct socket is reconnected: while journald is gone, events go to the
+/// backlog thread instead of costing the SQLite writer a failed `connect` each.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
 /// One committed link to mirror: the row (without arguments) and its chain hashes.
 pub(crate) struct Event {
@@ -54,6 +57,8 @@ pub(crate) struct Event {
 pub(crate) struct Mirror {
     /// Connected to journald and non-blocking; `None` after it failed, until reconnected.
     direct: Option<UnixDatagram>,
+    /// When `direct` was last (re)connected or tried.
+    connected_at: Instant,
     /// Datagrams for the backlog thread, which waits for journald.
     tx: SyncSender<Box<[u8]>>,
     /// Datagrams queued to or being sent by the backlog thread.
@@ -125,6 +130,7 @@ impl Mirror {
         {
             Ok(_) => Some(Mirror {
                 direct: connect(socket),
+                connected_at: Instant::now(),
                 tx,
                 backlog,
                 state,
@@ -141,8 +147,9 @@ impl Mirror {
     pub(crate) fn send(&mut self, event: Event) {
         let datagram = encode(&event);
         if self.backlog.load(Ordering::Acquire) == 0 {
-            if self.direct.is_none() {
+            if self.direct.is_none() && self.connected_at.elapsed() >= RECONNECT_EVERY {
                 self.direct = connect(&self.socket);
+                self.connected_at = Instant::now();
             }
             if let Some(sock) = &self.direct {
                 match sock.send(&datagram) {
@@ -150,7 +157,8 @@ impl Mirror {
                     // journald is behind: the backlog thread waits for it.
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     // journald restarted or went away: the backlog thread sends by path (and
-                    // counts the loss if that fails too); reconnect once it is empty.
+                    // counts the loss if that fails too); reconnect once it is empty, at most
+                    // once every `RECONNECT_EVERY`.
                     Err(_) => self.direct = None,
                 }
             }
@@ -475,5 +483,53 @@ mod tests {
         }
         assert!(mirror.state.failing.load(Ordering::Relaxed));
         assert!(Mirror::start(&dir.path().join("absent")).is_none());
+    }
+
+    /// journald restarted: the direct socket fails, events go by path until the writer
+    /// reconnects (at most once a second), and journald gets every event after the restart, in
+    /// order, whichever way it was sent.
+    #[test]
+    fn a_restarted_journald_gets_the_events_after_the_restart_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket");
+        let first = UnixDatagram::bind(&path).unwrap();
+        let mut mirror = Mirror::start(&path).unwrap();
+        let event = |id| {
+            let mut e = full();
+            e.rec.id = Some(id);
+            e
+        };
+        mirror.send(event(0));
+        drop(first);
+        std::fs::remove_file(&path).unwrap();
+        mirror.send(event(1)); // nobody there: lost, and counted
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while mirror.state.dropped.load(Ordering::Relaxed) < 1 {
+            assert!(Instant::now() < deadline, "the send to a missing socket did not fail");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let second = UnixDatagram::bind(&path).unwrap();
+        second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut ids = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        // Before and after the reconnect interval has passed.
+        for id in 2..6 {
+            mirror.send(event(id));
+        }
+        std::thread::sleep(RECONNECT_EVERY + Duration::from_millis(50));
+        for id in 6..10 {
+            mirror.send(event(id));
+        }
+        for _ in 2..10 {
+            let n = second.recv(&mut buf).unwrap();
+            ids.push(decode(&buf[..n])["TAILOPS_AUDIT_ID"].parse::<i64>().unwrap());
+        }
+        assert_eq!(ids, (2..10).collect::<Vec<_>>());
+        assert!(mirror.direct.is_some(), "the writer reconnected to the new journald");
+        assert_eq!(mirror.state.dropped.load(Ordering::Relaxed), 1);
+        assert!(
+            !mirror.state.failing.load(Ordering::Relaxed),
+            "delivery was reported recovered"
+        );
     }
 }
