@@ -38,7 +38,9 @@ pub async fn whoami_stateless(net: &Tailnet, server: SocketAddr, clients: usize,
 /// connection, `sessions.len()` of them (a multiple of the 2 wrk threads). wrk cannot tie a
 /// header to a connection, so each wrk thread hands its half of the sessions out in turn: a
 /// thread's connections each have one call in flight, so its latest calls, one per
-/// connection, went to distinct sessions, and no session ever has two calls at once.
+/// connection, went to distinct sessions, and no session ever has two calls at once. Each
+/// thread formats its sessions' requests once (`init`), so a call costs wrk no more Lua than a
+/// table lookup (formatting each request took wrk ~4 µs of CPU per call, on the server's cores).
 pub async fn whoami_sessions(net: &Tailnet, server: SocketAddr, sessions: &[String], secs: u64) -> Option<Wrk> {
     let params = json!({"name": "whoami", "arguments": {}});
     let headers = [("MCP-Protocol-Version", "2025-06-18")];
@@ -82,8 +84,10 @@ async fn run(
         lua.push_str(&format!(
             "local ids = {{ {ids} }}\nlocal per = {}\nlocal next_base = 0\n\
              function setup(thread) thread:set(\"base\", next_base); next_base = next_base + per end\n\
+             local reqs = {{}}\n\
+             function init(args)\n  for i = 1, per do\n    wrk.headers[\"Mcp-Session-Id\"] = ids[base + i]\n    reqs[i] = wrk.format()\n  end\nend\n\
              local n = 0\n\
-             function request()\n  wrk.headers[\"Mcp-Session-Id\"] = ids[base + (n % per) + 1]\n  n = n + 1\n  return wrk.format()\nend\n",
+             function request()\n  n = n + 1\n  return reqs[(n % per) + 1]\nend\n",
             sessions.len() / threads
         ));
     }
