@@ -68,6 +68,28 @@ fn cpu_secs(pid: &str) -> f64 {
     ticks / 100.0
 }
 
+/// What `journalctl --disk-usage` reports (bytes), if it runs.
+fn journal_bytes() -> Option<u64> {
+    let out = std::process::Command::new("journalctl")
+        .arg("--disk-usage")
+        .output()
+        .ok()?;
+    // "Archived and active journals take up 154.0M in the file system."
+    let text = String::from_utf8_lossy(&out.stdout);
+    let size = text
+        .split_whitespace()
+        .find(|w| w.ends_with(['B', 'K', 'M', 'G', 'T']) && w.starts_with(|c: char| c.is_ascii_digit()))?;
+    let (num, unit) = size.split_at(size.len() - 1);
+    let scale = match unit {
+        "B" => 1.0,
+        "K" => 1024.0,
+        "M" => 1024.0 * 1024.0,
+        "G" => 1024.0 * 1024.0 * 1024.0,
+        _ => 1024.0f64.powi(4),
+    };
+    num.parse::<f64>().ok().map(|n| (n * scale) as u64)
+}
+
 fn journald_pid() -> Option<String> {
     let out = std::process::Command::new("pgrep")
         .arg("-x")
@@ -246,7 +268,22 @@ async fn main() {
 
     // Production servers mirror every audit record to journald; so does this one.
     match support::journald::ensure_journald() {
-        Ok(()) => println!("journald: running, audit events are mirrored to it"),
+        Ok(()) => {
+            println!("journald: running, audit events are mirrored to it");
+            // Each call adds ~1 KB of journal (a 5-second run ~120 MB); journald's cost per event grows with the
+            // journal it appends to, so figures from a host with gigabytes of journal are not
+            // comparable with a fresh one.
+            if let Some(bytes) = journal_bytes() {
+                let mb = bytes as f64 / 1e6;
+                println!("journald: {mb:.0} MB of journal on this host");
+                if mb > 1000.0 {
+                    println!(
+                        "journald: WARNING: a large journal makes every event cost journald more; \
+                         `journalctl --vacuum-size=200M` for figures comparable with a fresh host"
+                    );
+                }
+            }
+        }
         Err(e) => println!("journald: unavailable ({e}); audit events are not mirrored in this run"),
     }
     let net = Arc::new(Tailnet::new(SERVER_IP, None).expect("tailnet"));
