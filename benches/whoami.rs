@@ -7,7 +7,8 @@
 //! more of the same 2 cores to the server (on sessions, one initialized session per connection).
 //!
 //! Needs root (network namespaces). Environment: `BENCH_SECS` (load duration per phase, default 10),
-//! `BENCH_CLIENTS` (default 32), `BENCH_CACHE_SECS` (identity cache, default 0 = whois every call).
+//! `BENCH_CLIENTS` (default 32), `BENCH_CACHE_SECS` (identity cache, default 0 = whois every call),
+//! `BENCH_MODES` (`session,stateless` by default: which modes, in which order).
 
 #[path = "../tests/support/mod.rs"]
 #[allow(dead_code)]
@@ -88,6 +89,20 @@ fn journal_bytes() -> Option<u64> {
         _ => 1024.0f64.powi(4),
     };
     num.parse::<f64>().ok().map(|n| (n * scale) as u64)
+}
+
+/// The modes to measure, in order: `BENCH_MODES` (`session`, `stateless`, comma-separated;
+/// default both, session first). Running one mode alone, or the other first, shows whether a
+/// figure depends on what ran before it in the same server.
+fn modes() -> Vec<Mode> {
+    let list = std::env::var("BENCH_MODES").unwrap_or_else(|_| "session,stateless".into());
+    list.split(',')
+        .map(|m| match m.trim() {
+            "session" => Mode::Session,
+            "stateless" => Mode::Stateless,
+            other => panic!("BENCH_MODES: unknown mode {other:?} (session, stateless)"),
+        })
+        .collect()
 }
 
 fn journald_pid() -> Option<String> {
@@ -270,9 +285,9 @@ async fn main() {
     match support::journald::ensure_journald() {
         Ok(()) => {
             println!("journald: running, audit events are mirrored to it");
-            // Each call adds ~1 KB of journal (a 5-second run ~120 MB); journald's cost per event grows with the
-            // journal it appends to, so figures from a host with gigabytes of journal are not
-            // comparable with a fresh one.
+            // Each call adds ~1 KB of journal (a 10-second run 250-400 MB), and journald's cost
+            // per event grows with the journal it appends to: figures from a host with
+            // gigabytes of journal are not comparable with a fresh one.
             if let Some(bytes) = journal_bytes() {
                 let mb = bytes as f64 / 1e6;
                 println!("journald: {mb:.0} MB of journal on this host");
@@ -318,7 +333,7 @@ async fn main() {
         "MB",
     );
 
-    for mode in [Mode::Session, Mode::Stateless] {
+    for mode in modes() {
         let (n, lat, el) = load(&net, addr, mode, 1, secs.min(5)).await;
         println!(
             "{:<22} 1 client : {:>8.0} calls/s  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  ({n} calls)",
