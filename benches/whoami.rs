@@ -93,7 +93,8 @@ fn journal_bytes() -> Option<u64> {
 
 /// The modes to measure, in order: `BENCH_MODES` (`session`, `stateless`, comma-separated;
 /// default both, session first). Running one mode alone, or the other first, shows whether a
-/// figure depends on what ran before it in the same server.
+/// figure depends on what ran before it in the same server; the verdicts then cover only the
+/// modes that ran.
 fn modes() -> Vec<Mode> {
     let list = std::env::var("BENCH_MODES").unwrap_or_else(|_| "session,stateless".into());
     list.split(',')

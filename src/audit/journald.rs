@@ -419,12 +419,18 @@ mod tests {
         assert!(got["TAILOPS_ERROR"].len() < redact::MAX_STRING + 64);
     }
 
+    /// A stand-in journald socket at `path`; reads wait up to 5 s.
+    fn journald_at(path: &Path) -> UnixDatagram {
+        let sock = UnixDatagram::bind(path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        sock
+    }
+
     #[test]
     fn mirror_delivers_datagrams_to_the_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("socket");
-        let server = UnixDatagram::bind(&path).unwrap();
-        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let server = journald_at(&path);
         let mut mirror = Mirror::start(&path).unwrap();
         mirror.send(full());
         let mut buf = vec![0u8; 65536];
@@ -440,8 +446,7 @@ mod tests {
     fn a_journald_that_falls_behind_gets_every_event_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("socket");
-        let server = UnixDatagram::bind(&path).unwrap();
-        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let server = journald_at(&path);
         // A slow reader: the socket's queue is full most of the time, with room now and then.
         const N: i64 = 3000;
         let reader = std::thread::spawn(move || {
@@ -508,8 +513,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the send to a missing socket did not fail");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let second = UnixDatagram::bind(&path).unwrap();
-        second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let second = journald_at(&path);
         let mut ids = Vec::new();
         let mut buf = vec![0u8; 65536];
         // Before and after the reconnect interval has passed.

@@ -3,10 +3,12 @@
 //! commits, and only then answers each waiter. After the commit it hands the committed records
 //! to the journald mirror (which never blocks this thread: see [`super::journald`]).
 //!
-//! It is also the only place the hash chain grows: each transaction reads the chain head
-//! (`audit_chain_head`), gives every inserted row the next id and `row_hash = H(canonical ||
-//! head)`, links every completion after the head, and writes the new head before COMMIT, so a
-//! rolled-back transaction leaves no trace in the chain. Retention pruning runs here too, for
+//! It is also the only place the hash chain grows: each transaction starts from the current
+//! chain head (`audit_chain_head`, read under the write lock, or kept from this writer's last
+//! commit while `PRAGMA data_version` shows no other connection committed since), gives every
+//! inserted row the next id and `row_hash = H(canonical || head)`, links every completion after
+//! the head, and writes the new head before COMMIT, so a rolled-back transaction leaves no trace
+//! in the chain. Retention pruning runs here too, for
 //! the same reason (see [`prune`]).
 //!
 //! Does not: redact or validate (callers' tasks do that in [`PreparedRecord::new`], off this
@@ -230,10 +232,10 @@ struct Writer {
     conn: Connection,
     path: PathBuf,
     mirror: Option<Mirror>,
-    /// The chain head this thread's last commit left, and the database's `data_version` then.
+    /// The chain head this thread's last commit left, with the database's `data_version` then.
     /// Another connection's commit (a CLI `audit prune`) changes `data_version`, and the head is
     /// read again; otherwise the next transaction starts from this one without a query.
-    head: Option<(i64, Hash, i64)>,
+    head: Option<(i64, Head)>,
 }
 
 /// `BEGIN IMMEDIATE` on a cached statement (a transaction per batch: not worth parsing each
@@ -250,7 +252,8 @@ impl<'c> Txn<'c> {
 
     fn commit(self) -> rusqlite::Result<()> {
         let done = self.conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([]));
-        // A failed COMMIT (SQLITE_BUSY, I/O) leaves the transaction open: `drop` rolls it back.
+        // A failed COMMIT (an I/O error, say) may leave the transaction open: `drop` rolls it
+        // back.
         if done.is_ok() {
             std::mem::forget(self);
         }
@@ -403,14 +406,7 @@ impl Writer {
             }
         };
         let started = data_version(&tx).and_then(|version| match cached {
-            Some((v, hash, last_id)) if v == version => Ok((
-                version,
-                Head {
-                    hash,
-                    last_id,
-                    changed: false,
-                },
-            )),
+            Some((v, head)) if v == version => Ok((version, head)),
             _ => Head::read(&tx).map(|head| (version, head)),
         });
         let (version, mut head) = match started {
@@ -508,7 +504,8 @@ impl Writer {
             head.write(&tx).map_err(|e| ("write chain head", e))?;
         }
         tx.commit().map_err(|e| ("commit", e))?;
-        self.head = Some((version, head.hash, head.last_id));
+        head.changed = false;
+        self.head = Some((version, head));
         Ok(())
     }
 }

@@ -43,7 +43,7 @@ pub async fn coalesce(method: &Method, response: Response) -> Response {
     let (parts, body) = response.into_parts();
     let mut body = Coalesced::new(body);
     // The head waits with the first frames, up to HOLD (even when nothing has arrived yet).
-    let _ = tokio::time::timeout(HOLD, std::future::poll_fn(|cx| body.poll_fill(cx))).await;
+    std::future::poll_fn(|cx| body.poll_start(cx)).await;
     Response::from_parts(parts, Body::new(body))
 }
 
@@ -69,6 +69,19 @@ impl Coalesced {
             error: None,
             ended: false,
         }
+    }
+
+    /// `Ready` when the head should go out: something is ready to send (see [`Self::poll_fill`]),
+    /// or the hold expired with nothing yet.
+    fn poll_start(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.poll_fill(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if let Some(hold) = &mut self.hold {
+            ready!(hold.as_mut().poll(cx));
+            self.hold = None;
+        }
+        Poll::Ready(())
     }
 
     /// Gather frames; `Ready` once something should be sent: the stream ended (or failed, or
@@ -201,6 +214,33 @@ mod tests {
             next_frame(&mut body).await.unwrap(),
             Bytes::from_static(b"data: done\n\n")
         );
+        assert_eq!(next_frame(&mut body).await, None);
+    }
+
+    /// A stream with nothing at all within the hold (rmcp without a priming event, a handler
+    /// still running): the head goes out after the hold instead of waiting for a first event.
+    #[tokio::test]
+    async fn an_empty_start_sends_the_head_after_the_hold() {
+        let (tx, response) = streaming();
+        let started = Instant::now();
+        let response = tokio::time::timeout(Duration::from_secs(5), coalesce(&Method::POST, response))
+            .await
+            .expect("the head never went out");
+        let waited = started.elapsed();
+        assert!(waited >= HOLD && waited < HOLD * 20, "head after {waited:?}");
+        let mut body = response.into_body();
+        tx.send(Ok(Bytes::from_static(b"data: late\n\n"))).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            next_frame(&mut body).await.unwrap(),
+            Bytes::from_static(b"data: late\n\n")
+        );
+        assert!(
+            started.elapsed() < HOLD,
+            "the first event waited {:?}",
+            started.elapsed()
+        );
+        drop(tx);
         assert_eq!(next_frame(&mut body).await, None);
     }
 
