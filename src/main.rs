@@ -333,7 +333,7 @@ async fn serve(config: Config, dev: Option<(SocketAddr, String)>) -> anyhow::Res
     let state = Arc::new(AppState::new(config.clone(), mode, auditor));
     let app = http::app(
         state.clone(),
-        http::mcp_service(&config, shared.clone(), shutdown.child_token()),
+        http::mcp_service(&config, shared.clone(), state.sessions(), shutdown.child_token()),
     );
 
     let signals = shutdown.clone();

@@ -8,20 +8,20 @@
 //! SQL directly (it hands records to `audit`).
 
 pub mod listen;
+pub mod session;
 pub mod sse;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, Method, StatusCode, header};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use http::{HeaderValue, StatusCode, header};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +47,8 @@ pub struct AppState {
     hosts: RwLock<HashSet<String>>,
     /// This server's own node StableID (calls from it are refused unless `allow_self`).
     self_node: RwLock<Option<String>>,
-    sessions: Sessions,
+    /// Live MCP sessions and who created each (shared with the rmcp service).
+    sessions: Arc<session::Sessions>,
 }
 
 impl AppState {
@@ -58,8 +59,13 @@ impl AppState {
             auditor,
             hosts: RwLock::new(HashSet::new()),
             self_node: RwLock::new(None),
-            sessions: Sessions::default(),
+            sessions: Arc::new(session::Sessions::new(session::Settings::default())),
         }
+    }
+
+    /// The session table, for [`mcp_service`].
+    pub fn sessions(&self) -> Arc<session::Sessions> {
+        self.sessions.clone()
     }
 
     /// Replace the Host allow-list with `names` plus the configured extra hosts.
@@ -135,51 +141,13 @@ impl ConnInfo {
     }
 }
 
-/// Which principal created each MCP session. rmcp does not tie sessions to callers; we do.
-#[derive(Default)]
-struct Sessions {
-    map: Mutex<HashMap<String, (String, Instant)>>,
-}
-
-/// Bindings unused this long are forgotten (rmcp closes idle sessions after 5 minutes).
-const SESSION_BINDING_IDLE: Duration = Duration::from_secs(15 * 60);
-
-impl Sessions {
-    /// `Ok` if the session is unknown to us or belongs to `principal`.
-    fn check(&self, id: &str, principal: &str) -> Result<(), ()> {
-        let mut map = self.map.lock().map_err(|_| ())?;
-        match map.get_mut(id) {
-            Some((owner, used)) if owner == principal => {
-                *used = Instant::now();
-                Ok(())
-            }
-            Some(_) => Err(()),
-            None => Ok(()),
-        }
-    }
-
-    fn bind(&self, id: String, principal: String) {
-        if let Ok(mut map) = self.map.lock() {
-            if map.len() >= 1024 {
-                map.retain(|_, (_, used)| used.elapsed() < SESSION_BINDING_IDLE);
-            }
-            map.insert(id, (principal, Instant::now()));
-        }
-    }
-
-    fn forget(&self, id: &str) {
-        if let Ok(mut map) = self.map.lock() {
-            map.remove(id);
-        }
-    }
-}
-
 /// The rmcp Streamable HTTP service, configured for this server.
 pub fn mcp_service(
     config: &Config,
     shared: Arc<mcp::Shared>,
+    sessions: Arc<session::Sessions>,
     shutdown: CancellationToken,
-) -> StreamableHttpService<McpServer, LocalSessionManager> {
+) -> StreamableHttpService<McpServer, session::Sessions> {
     let rmcp_config = StreamableHttpServerConfig::default()
         // Host is checked by `identify` against a list that follows the tailnet addresses.
         .disable_allowed_hosts()
@@ -191,20 +159,16 @@ pub fn mcp_service(
         .with_max_request_body_bytes(config.max_body_bytes)
         // Stateless calls (2026-07-28) have no session to resume a stream in, so they get no
         // priming `retry:` event: it would only cost one more socket write per call. Session
-        // calls keep the session layer's own (`SessionConfig::sse_retry`): its event id lets a
+        // calls keep the session layer's own (`session::Settings::retry`): its event id lets a
         // client whose connection dropped mid-call resume the stream (`GET` with
         // `Last-Event-ID`) from the session's memory while the call runs.
         .with_sse_retry(None)
         .with_cancellation_token(shutdown);
-    StreamableHttpService::new(
-        move || Ok(McpServer::new(shared.clone())),
-        Arc::new(LocalSessionManager::default()),
-        rmcp_config,
-    )
+    StreamableHttpService::new(move || Ok(McpServer::new(shared.clone())), sessions, rmcp_config)
 }
 
 /// The whole HTTP application. Layer order: `identify` runs first for every path.
-pub fn app(state: Arc<AppState>, mcp: StreamableHttpService<McpServer, LocalSessionManager>) -> Router {
+pub fn app(state: Arc<AppState>, mcp: StreamableHttpService<McpServer, session::Sessions>) -> Router {
     Router::new()
         .nest_service("/mcp", mcp)
         .fallback(|| async { refusal(StatusCode::NOT_FOUND, "not found: the MCP endpoint is /mcp") })
@@ -277,7 +241,7 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(id) = &session
-        && st.sessions.check(id, &caller.principal).is_err()
+        && !st.sessions.may_use(id, &caller.principal)
     {
         refuse_audit(
             &st,
@@ -294,15 +258,10 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
     req.extensions_mut().insert(caller);
     let response = sse::coalesce(&method, next.run(req).await).await;
 
-    match &session {
-        None => {
-            if let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
-                st.sessions.bind(id.to_string(), principal);
-            }
-        }
-        Some(id) if response.status() == StatusCode::NOT_FOUND => st.sessions.forget(id),
-        Some(id) if method == Method::DELETE && response.status().is_success() => st.sessions.forget(id),
-        Some(_) => {}
+    if session.is_none()
+        && let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok())
+    {
+        st.sessions.bind(id, &principal);
     }
     response
 }
@@ -384,19 +343,5 @@ mod tests {
         ] {
             assert_eq!(normalize_host(raw), want, "{raw}");
         }
-    }
-
-    #[test]
-    fn sessions_belong_to_their_creator() {
-        let s = Sessions::default();
-        s.bind("abc".into(), "alice@example.com".into());
-        assert!(s.check("abc", "alice@example.com").is_ok());
-        assert!(s.check("abc", "bob@example.com").is_err());
-        assert!(
-            s.check("unknown", "bob@example.com").is_ok(),
-            "unknown ids are rmcp's to refuse"
-        );
-        s.forget("abc");
-        assert!(s.check("abc", "bob@example.com").is_ok());
     }
 }
