@@ -304,7 +304,75 @@ impl ServerHandler for McpServer {
         self.shared.position(name).map(|i| self.shared.listed(i))
     }
 
-    async fn call_tool(
+    // The two handlers below run their bodies from the heap. rmcp moves a request handler's
+    // future into a task of its own and writes the task's output over it, so the largest
+    // handler's future is copied several times per request: `call_tool`'s body is ~8 KB (it
+    // holds the policy, approvals and audit steps), which made every request's task ~11 KB.
+    fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<CallToolResponse, ErrorData>> + Send + '_ {
+        Box::pin(self.tools_call(request, ctx))
+    }
+
+    /// Prompts are static text: listed for any identified caller, not audited.
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
+        request_facts(&ctx)?;
+        Ok(rmcp::model::ListPromptsResult::with_all_items(crate::prompts::list()))
+    }
+
+    /// A prompt rendered for this caller: steps naming tools the caller cannot use are left out.
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
+        let (caller, _) = request_facts(&ctx)?;
+        let effective = policy::effective(&caller, &self.shared.capability, &self.shared.grants);
+        let usable = |name: &str| {
+            self.shared
+                .find(name)
+                .is_some_and(|t| listable(&effective, t.as_ref(), &self.shared.targets))
+        };
+        let args = request.arguments.unwrap_or_default();
+        crate::prompts::get(&request.name, &args, &usable)
+            .map(Into::into)
+            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
+        request_facts(&ctx)?;
+        Ok(
+            rmcp::model::ListResourcesResult::with_all_items(crate::resources::list())
+                .with_cache_scope(CacheScope::Private),
+        )
+    }
+
+    /// A resource read is authorized (any grant) and audited like a tool call: one record per
+    /// `resources/read`, denials and unknown URIs included.
+    fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<rmcp::model::ReadResourceResponse, ErrorData>> + Send + '_ {
+        Box::pin(self.resources_read(request, ctx))
+    }
+}
+
+/// The bodies of the `tools/call` and `resources/read` handlers (boxed by [`ServerHandler`]'s
+/// methods above).
+impl McpServer {
+    /// A `tools/call`.
+    async fn tools_call(
         &self,
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
@@ -522,50 +590,9 @@ impl ServerHandler for McpServer {
         Ok(response.into())
     }
 
-    /// Prompts are static text: listed for any identified caller, not audited.
-    async fn list_prompts(
-        &self,
-        _request: Option<PaginatedRequestParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
-        request_facts(&ctx)?;
-        Ok(rmcp::model::ListPromptsResult::with_all_items(crate::prompts::list()))
-    }
-
-    /// A prompt rendered for this caller: steps naming tools the caller cannot use are left out.
-    async fn get_prompt(
-        &self,
-        request: rmcp::model::GetPromptRequestParams,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
-        let (caller, _) = request_facts(&ctx)?;
-        let effective = policy::effective(&caller, &self.shared.capability, &self.shared.grants);
-        let usable = |name: &str| {
-            self.shared
-                .find(name)
-                .is_some_and(|t| listable(&effective, t.as_ref(), &self.shared.targets))
-        };
-        let args = request.arguments.unwrap_or_default();
-        crate::prompts::get(&request.name, &args, &usable)
-            .map(Into::into)
-            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))
-    }
-
-    async fn list_resources(
-        &self,
-        _request: Option<PaginatedRequestParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
-        request_facts(&ctx)?;
-        Ok(
-            rmcp::model::ListResourcesResult::with_all_items(crate::resources::list())
-                .with_cache_scope(CacheScope::Private),
-        )
-    }
-
     /// A resource read is authorized (any grant) and audited like a tool call: one record per
     /// `resources/read`, denials and unknown URIs included.
-    async fn read_resource(
+    async fn resources_read(
         &self,
         request: rmcp::model::ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
