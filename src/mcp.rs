@@ -590,8 +590,7 @@ impl McpServer {
         Ok(response.into())
     }
 
-    /// A resource read is authorized (any grant) and audited like a tool call: one record per
-    /// `resources/read`, denials and unknown URIs included.
+    /// A `resources/read` (see [`ServerHandler::read_resource`] above).
     async fn resources_read(
         &self,
         request: rmcp::model::ReadResourceRequestParams,

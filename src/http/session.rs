@@ -85,7 +85,6 @@ pub enum SessionError {
 
 /// The live sessions. Shared by rmcp's HTTP service (as its [`SessionManager`]) and the identity
 /// middleware (who owns which session).
-#[derive(Default)]
 pub struct Sessions {
     map: RwLock<HashMap<SessionId, Arc<Session>>>,
     settings: Settings,
@@ -109,8 +108,6 @@ struct Routes {
     streams: HashMap<u64, Feed>,
     by_request: HashMap<RequestId, u64>,
     by_progress: HashMap<ProgressToken, u64>,
-    /// Answered streams kept for a resume (see [`Settings::answered_ttl`]).
-    answered: usize,
     /// The standalone (`GET`) stream.
     standalone: Feed,
     /// Keep-alive-only `GET` streams opened while the standalone one was taken.
@@ -232,20 +229,16 @@ impl Routes {
             streams: HashMap::new(),
             by_request: HashMap::new(),
             by_progress: HashMap::new(),
-            answered: 0,
             standalone: Feed::new(None, 1),
             shadows: Vec::new(),
             last_active: Instant::now(),
         }
     }
 
+    /// Drop the answered streams nobody resumed within `ttl`.
     fn evict_answered(&mut self, ttl: Duration) {
-        if self.answered == 0 {
-            return;
-        }
         self.streams
             .retain(|_, f| f.answered_at.is_none_or(|at| at.elapsed() < ttl));
-        self.answered = self.streams.values().filter(|f| f.answered_at.is_some()).count();
     }
 
     /// Forget the routes to `stream` (its call's request id and progress token).
@@ -287,23 +280,22 @@ impl Routes {
             JsonRpcMessage::Error(e) => (e.id.as_ref().and_then(|id| self.by_request.get(id).copied()), true),
         };
         let event = ServerSseMessage::from_message(message);
-        let Some(feed) = stream.and_then(|s| self.streams.get_mut(&s)) else {
+        let Some((stream, feed)) = stream.and_then(|s| Some((s, self.streams.get_mut(&s)?))) else {
             self.standalone.push(event, replay);
             return;
         };
         let read = feed.push(event, replay);
-        if answers {
-            if !read {
-                feed.answered_at = Some(Instant::now());
-                feed.tx = None;
-                self.answered += 1;
-            }
-            let stream = stream.expect("a stream was found");
-            self.unroute(stream);
-            if read {
-                // The answer is on its way to the client, which ends the stream.
-                self.streams.remove(&stream);
-            }
+        if !answers {
+            return;
+        }
+        if !read {
+            // Kept for a resume until `Settings::answered_ttl`.
+            feed.answered_at = Some(Instant::now());
+        }
+        self.unroute(stream);
+        if read {
+            // The answer is on its way to the client, which ends the stream.
+            self.streams.remove(&stream);
         }
     }
 
@@ -374,10 +366,6 @@ impl Stream for Events {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<ServerSseMessage>> {
         self.0.poll_recv(cx)
     }
-}
-
-fn stream_of(rx: mpsc::UnboundedReceiver<ServerSseMessage>) -> Events {
-    Events(rx)
 }
 
 impl SessionManager for Sessions {
@@ -472,7 +460,7 @@ impl SessionManager for Sessions {
             routes.streams.remove(&stream);
             return Err(e);
         }
-        Ok(stream_of(rx))
+        Ok(Events(rx))
     }
 
     async fn accept_message(&self, id: &SessionId, message: ClientJsonRpcMessage) -> Result<(), SessionError> {
@@ -500,7 +488,7 @@ impl SessionManager for Sessions {
         let session = self.get(id)?;
         let mut routes = lock(&session.routes);
         routes.last_active = Instant::now();
-        Ok(stream_of(standalone(&mut routes, None)))
+        Ok(Events(standalone(&mut routes, None)))
     }
 
     async fn resume(
@@ -514,7 +502,7 @@ impl SessionManager for Sessions {
         let mut routes = lock(&session.routes);
         routes.last_active = Instant::now();
         let Some(stream) = stream else {
-            return Ok(stream_of(standalone(&mut routes, Some(index))));
+            return Ok(Events(standalone(&mut routes, Some(index))));
         };
         routes.evict_answered(self.settings.answered_ttl);
         let feed = routes.streams.get_mut(&stream).ok_or_else(unknown)?;
@@ -522,9 +510,8 @@ impl SessionManager for Sessions {
         if feed.answered_at.is_some() {
             // Everything, answer included, is replayed: the stream ends here.
             routes.streams.remove(&stream);
-            routes.answered -= 1;
         }
-        Ok(stream_of(rx))
+        Ok(Events(rx))
     }
 }
 
