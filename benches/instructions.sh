@@ -11,7 +11,7 @@
 # tokio workers and the audit writer; the kernel's share is not counted). Counters are zeroed
 # after a warm-up. Callgrind serializes threads and counts each byte a `rep movsb` copies as an
 # instruction, so the figure overstates large copies against their real cost; compare builds
-# with it, not wall-clock time. Every call must be answered with 2xx.
+# with it, not wall-clock time. Every call must be answered with 2xx and audited as allowed.
 set -euo pipefail
 
 bin=${1:-target/release/tailopsmcp}
@@ -36,6 +36,11 @@ database = "$work/audit.db"
 [[grant]]
 match = "user:bench@example.com"
 scopes = ["admin"]
+# The default per-principal rate limit (600 low-risk calls a minute) would refuse most of the
+# load: a refused call is answered (200, an error result) but is not the call being measured.
+[limits.rate.low]
+burst = 100000
+per_minute = 1000000
 EOF
 
 url="http://127.0.0.1:$port/mcp"
@@ -104,5 +109,12 @@ for mode in session stateless; do
     fi
     dump=$(ls -v "$work"/cg."$server".* | tail -1)
     total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+    # A refused call is answered with 2xx too: every call must be audited as allowed.
+    denied=$("$bin" audit query --config "$work/config.toml" --decision deny --limit 1 --json)
+    if [ -n "$denied" ]; then
+        echo "$denied" >&2
+        echo "$mode: some calls were refused" >&2
+        exit 1
+    fi
     echo "$mode: $calls calls, $((total / calls)) instructions per call"
 done

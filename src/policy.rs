@@ -101,17 +101,38 @@ impl Scope {
     pub fn covers(self, needed: Scope) -> bool {
         self.area == needed.area && self.level >= needed.level
     }
+
+    /// `area:level`, without formatting: every `whoami`, audit row and scope list names scopes.
+    pub fn name(self) -> &'static str {
+        SCOPE_NAMES[self.area as usize][self.level as usize]
+    }
 }
+
+/// [`Scope::name`] by `[area][level]`, in declaration order (a unit test checks the table).
+const SCOPE_NAMES: [[&str; 3]; 12] = [
+    ["system:read", "system:control", "system:admin"],
+    ["logs:read", "logs:control", "logs:admin"],
+    ["files:read", "files:control", "files:admin"],
+    ["network:read", "network:control", "network:admin"],
+    ["containers:read", "containers:control", "containers:admin"],
+    ["stacks:read", "stacks:control", "stacks:admin"],
+    ["services:read", "services:control", "services:admin"],
+    ["packages:read", "packages:control", "packages:admin"],
+    ["inventory:read", "inventory:control", "inventory:admin"],
+    ["targets:read", "targets:control", "targets:admin"],
+    ["audit:read", "audit:control", "audit:admin"],
+    ["approvals:read", "approvals:control", "approvals:admin"],
+];
 
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.area.as_str(), self.level.as_str())
+        f.pad(self.name())
     }
 }
 
 impl Serialize for Scope {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.name())
     }
 }
 
@@ -461,10 +482,11 @@ pub fn scopes_on(effective: &Effective, target: &str) -> Vec<(Scope, Vec<String>
         if !g.targets.iter().any(|p| target_matches(p, target)) {
             continue;
         }
+        let source = g.source.to_string();
         for s in &g.scopes {
             match out.iter_mut().find(|(have, _)| have == s) {
-                Some((_, sources)) => sources.push(g.source.to_string()),
-                None => out.push((*s, vec![g.source.to_string()])),
+                Some((_, sources)) => sources.push(source.clone()),
+                None => out.push((*s, vec![source.clone()])),
             }
         }
     }
@@ -519,6 +541,21 @@ mod tests {
             !d.grants.is_empty(),
             "grants used must be named exactly when allowed: {d:?}"
         );
+    }
+
+    #[test]
+    fn scope_names_are_area_colon_level_for_every_scope() {
+        for area in Area::ALL {
+            for level in [Level::Read, Level::Control, Level::Admin] {
+                let scope = Scope::new(area, level);
+                let want = format!("{}:{}", area.as_str(), level.as_str());
+                assert_eq!(scope.name(), want);
+                assert_eq!(scope.to_string(), want);
+                assert_eq!(format!("{scope:<20}|"), format!("{want:<20}|"));
+                assert_eq!(serde_json::to_value(scope).unwrap(), json!(want));
+                assert_eq!(want.parse::<Scope>().unwrap(), scope);
+            }
+        }
     }
 
     #[test]

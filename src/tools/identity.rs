@@ -109,7 +109,7 @@ pub fn describe(ctx: &ToolContext) -> WhoAmIResult {
         (_, true) => "tagged",
         (_, false) => "user",
     };
-    let show = |v: &[policy::Scope]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let show = |v: &[policy::Scope]| v.iter().map(|s| s.name().to_string()).collect::<Vec<_>>();
     WhoAmIResult {
         principal: c.principal.clone(),
         kind: kind.to_string(),
@@ -126,7 +126,7 @@ pub fn describe(ctx: &ToolContext) -> WhoAmIResult {
         scopes: policy::scopes_on(&ctx.grants, &ctx.target.id)
             .into_iter()
             .map(|(s, by)| ScopeGrant {
-                scope: s.to_string(),
+                scope: s.name().to_string(),
                 granted_by: by,
             })
             .collect(),
@@ -154,25 +154,60 @@ pub fn describe(ctx: &ToolContext) -> WhoAmIResult {
     }
 }
 
-/// A readable rendering of [`WhoAmIResult`].
+/// A readable rendering of [`WhoAmIResult`]. Built with `push_str`, not a `format!` per line:
+/// `whoami` is the call every client makes first, and the one the throughput budget measures.
 pub fn render(r: &WhoAmIResult) -> String {
-    let mut out = format!(
-        "{} ({}) on node {} [{}] from {} via {}\n",
-        r.principal, r.kind, r.node_name, r.node_id, r.remote_addr, r.identity_source
-    );
+    let mut out = String::with_capacity(128 + 80 * r.scopes.len());
+    for part in [
+        r.principal.as_str(),
+        " (",
+        &r.kind,
+        ") on node ",
+        &r.node_name,
+        " [",
+        &r.node_id,
+        "] from ",
+        &r.remote_addr,
+        " via ",
+        &r.identity_source,
+        "\n",
+    ] {
+        out.push_str(part);
+    }
     if !r.tags.is_empty() {
-        out.push_str(&format!("tags: {}\n", r.tags.join(", ")));
+        out.push_str("tags: ");
+        out.push_str(&r.tags.join(", "));
+        out.push('\n');
     }
     if r.scopes.is_empty() {
-        out.push_str(&format!("no scopes on target {}\n", r.target));
+        out.push_str("no scopes on target ");
+        out.push_str(&r.target);
+        out.push('\n');
     } else {
-        out.push_str(&format!("scopes on target {}:\n", r.target));
+        out.push_str("scopes on target ");
+        out.push_str(&r.target);
+        out.push_str(":\n");
         for s in &r.scopes {
-            out.push_str(&format!("  {:<22} from {}\n", s.scope, s.granted_by.join(", ")));
+            // `{:<22}`: the scope left-aligned in 22 columns (scope names are ASCII).
+            out.push_str("  ");
+            out.push_str(&s.scope);
+            out.extend(std::iter::repeat_n(' ', 22usize.saturating_sub(s.scope.len())));
+            out.push_str(" from ");
+            for (i, by) in s.granted_by.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(by);
+            }
+            out.push('\n');
         }
     }
     for i in &r.ignored {
-        out.push_str(&format!("ignored {}: {}\n", i.source, i.reason));
+        out.push_str("ignored ");
+        out.push_str(&i.source);
+        out.push_str(": ");
+        out.push_str(&i.reason);
+        out.push('\n');
     }
     out
 }
@@ -189,5 +224,89 @@ impl Tool for WhoAmI {
             let text = render(&view);
             ToolOutput::new(&view, text)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `format!` rendering `render` replaced, kept as its specification.
+    fn formatted(r: &WhoAmIResult) -> String {
+        let mut out = format!(
+            "{} ({}) on node {} [{}] from {} via {}\n",
+            r.principal, r.kind, r.node_name, r.node_id, r.remote_addr, r.identity_source
+        );
+        if !r.tags.is_empty() {
+            out.push_str(&format!("tags: {}\n", r.tags.join(", ")));
+        }
+        if r.scopes.is_empty() {
+            out.push_str(&format!("no scopes on target {}\n", r.target));
+        } else {
+            out.push_str(&format!("scopes on target {}:\n", r.target));
+            for s in &r.scopes {
+                out.push_str(&format!("  {:<22} from {}\n", s.scope, s.granted_by.join(", ")));
+            }
+        }
+        for i in &r.ignored {
+            out.push_str(&format!("ignored {}: {}\n", i.source, i.reason));
+        }
+        out
+    }
+
+    fn view(tags: &[&str], scopes: &[(&str, &[&str])], ignored: &[(&str, &str)]) -> WhoAmIResult {
+        WhoAmIResult {
+            principal: "alice@example.com".into(),
+            kind: "user".into(),
+            login: "alice@example.com".into(),
+            display_name: "Alice".into(),
+            user_id: Some(7),
+            node_id: "nXyZ".into(),
+            node_name: "alice-laptop".into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            os: None,
+            remote_addr: "100.100.2.2:51000".into(),
+            identity_source: "whois".into(),
+            target: "local".into(),
+            scopes: scopes
+                .iter()
+                .map(|(s, by)| ScopeGrant {
+                    scope: s.to_string(),
+                    granted_by: by.iter().map(|b| b.to_string()).collect(),
+                })
+                .collect(),
+            grants: Vec::new(),
+            ignored: ignored
+                .iter()
+                .map(|(source, reason)| IgnoredView {
+                    source: source.to_string(),
+                    reason: reason.to_string(),
+                })
+                .collect(),
+            tailnet: None,
+            server: None,
+        }
+    }
+
+    #[test]
+    fn render_matches_the_formatted_rendering() {
+        let cases = [
+            view(&[], &[], &[]),
+            view(
+                &["tag:ci", "tag:prod"],
+                &[
+                    ("system:read", &["cap:example.com/cap/tailopsmcp[0]"]),
+                    (
+                        "containers:control",
+                        &["cap:example.com/cap/tailopsmcp[1]", "config:grant[0](*)"],
+                    ),
+                    ("a-scope-name-longer-than-22", &["config:grant[2](tag:ci)"]),
+                ],
+                &[("cap:example.com/cap/tailopsmcp[2]", "grant names no targets")],
+            ),
+        ];
+        for r in &cases {
+            assert_eq!(render(r), formatted(r));
+        }
     }
 }
