@@ -416,9 +416,15 @@ async fn raw_exchange(
     body: &str,
     done: impl Fn(&str) -> bool,
 ) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let request = format!("{head}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
     stream.write_all(request.as_bytes()).await.expect("write request");
+    read_until(stream, done).await
+}
+
+/// Read from `stream` until what arrived satisfies `done` (at most 10 s).
+async fn read_until(stream: &mut tokio::net::TcpStream, done: impl Fn(&str) -> bool) -> String {
+    use tokio::io::AsyncReadExt;
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !done(&String::from_utf8_lossy(&got)) {
@@ -511,6 +517,83 @@ async fn a_session_call_whose_connection_drops_is_resumed_by_its_principal() {
         .await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].principal.as_deref(), Some("alice@example.com"));
+    assert_eq!(rows[0].outcome.as_str(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_in_flight_in_the_session_is_refused_and_the_first_call_still_answers() {
+    let extra = "[[grant]]\nmatch = \"user:alice@example.com\"\nscopes = [\"network:read\"]\n";
+    let Some(w) = world("", extra).await else { return };
+    let alice = w.mcp(ALICE).await;
+    let sid = alice.session.clone().expect("a session id");
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {}\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-06-18\r\n\
+         content-type: application/json\r\naccept: application/json, text/event-stream",
+        w.host()
+    );
+
+    // Call 7 runs for about two seconds (ten pings 200 ms apart)...
+    let ping = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "network_ping", "arguments": {"host": "127.0.0.1", "count": 10}}})
+    .to_string();
+    let mut first = w.net.connect(ip(ALICE), w.server.addr).await.expect("connect");
+    let opened = raw_exchange(&mut first, &head, &ping, |t| t.contains("\n\n")).await;
+    assert!(opened.starts_with("HTTP/1.1 200"), "{opened}");
+    assert!(!opened.contains("\"id\":7"), "the ping answered at once: {opened}");
+
+    // ...while the client sends another request with the same id: refused, nothing run.
+    let whoami = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "whoami", "arguments": {}}})
+    .to_string();
+    let mut second = w.net.connect(ip(ALICE), w.server.addr).await.expect("connect");
+    let refused = raw_exchange(&mut second, &head, &whoami, |t| {
+        t.lines().any(|l| l.starts_with("data: ") && l.contains("\"id\":7"))
+    })
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 200"), "{refused}");
+    let error: Value = refused
+        .lines()
+        .find_map(|l| l.strip_prefix("data: ").filter(|d| d.contains("\"id\":7")))
+        .map(|d| serde_json::from_str(d).expect("JSON-RPC error"))
+        .unwrap();
+    assert_eq!(error["error"]["code"], -32600, "{error}");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("request id 7 is already used by a call in flight"),
+        "{error}"
+    );
+
+    // The first call's stream still gets its own answer.
+    let answered = read_until(&mut first, |t| {
+        t.lines().any(|l| l.starts_with("data: ") && l.contains("\"id\":7"))
+    })
+    .await;
+    let answer: Value = answered
+        .lines()
+        .find_map(|l| l.strip_prefix("data: ").filter(|d| d.contains("\"id\":7")))
+        .map(|d| serde_json::from_str(d).expect("JSON-RPC response"))
+        .unwrap();
+    assert_eq!(structured(&answer["result"])["received"], 10, "{answer}");
+
+    // Audited: the refusal (naming the tool it would have run) and the ping.
+    let rows = w.server.audit_where(1, |r| r.tool.as_deref() == Some("whoami")).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].principal.as_deref(), Some("alice@example.com"));
+    assert_eq!(rows[0].decision.as_str(), "deny");
+    assert_eq!(rows[0].session_id.as_deref(), Some(sid.as_str()));
+    assert!(
+        rows[0]
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("request id 7 is already used"),
+        "{:?}",
+        rows[0].reason
+    );
+    let rows = w
+        .server
+        .audit_where(1, |r| r.tool.as_deref() == Some("network_ping"))
+        .await;
     assert_eq!(rows[0].outcome.as_str(), "ok");
 }
 

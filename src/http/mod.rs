@@ -56,10 +56,10 @@ impl AppState {
         AppState {
             config,
             mode,
-            auditor,
+            auditor: auditor.clone(),
             hosts: RwLock::new(HashSet::new()),
             self_node: RwLock::new(None),
-            sessions: Arc::new(session::Sessions::new(session::Settings::default())),
+            sessions: Arc::new(session::Sessions::new(session::Settings::default()).auditing(auditor.clone())),
         }
     }
 

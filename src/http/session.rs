@@ -17,6 +17,9 @@
 //!   second one while the first is open gets a keep-alive-only stream, as rmcp does, so competing
 //!   reconnections do not steal it from each other;
 //! - a client's `notifications/cancelled` ends that call's stream;
+//! - a request whose id a call of the same session still holds is refused with a JSON-RPC error
+//!   (MCP request ids must be unique within a session): routed by id, its answer would end the
+//!   other call's stream. A refused `tools/call` is audited like any other refusal;
 //! - a session with nothing in flight and no traffic for [`Settings::idle`] is closed (rmcp closes
 //!   one after the same time even with a call running; we do not cut a long call off).
 //!
@@ -34,13 +37,16 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use rmcp::RoleServer;
 use rmcp::model::{
-    ClientJsonRpcMessage, ClientNotification, GetExtensions, GetMeta, JsonRpcMessage, ProgressToken, RequestId,
-    ServerJsonRpcMessage, ServerNotification,
+    ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorData, GetExtensions, GetMeta, JsonRpcMessage,
+    ProgressToken, RequestId, ServerJsonRpcMessage, ServerNotification,
 };
 use rmcp::service::OriginatingRequestId;
 use rmcp::transport::Transport;
 use rmcp::transport::streamable_http_server::session::{ServerSseMessage, SessionId, SessionManager};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::audit::{Auditor, Decision, Outcome};
+use crate::tailnet::Caller;
 
 /// Timings and sizes of the session layer.
 #[derive(Debug, Clone)]
@@ -88,6 +94,8 @@ pub enum SessionError {
 pub struct Sessions {
     map: RwLock<HashMap<SessionId, Arc<Session>>>,
     settings: Settings,
+    /// Where a refused `tools/call` is recorded (`None` in unit tests).
+    auditor: Option<Auditor>,
 }
 
 struct Session {
@@ -316,6 +324,37 @@ impl Sessions {
         Sessions {
             map: RwLock::new(HashMap::new()),
             settings,
+            auditor: None,
+        }
+    }
+
+    /// Record refused `tools/call` requests with `auditor`.
+    pub fn auditing(mut self, auditor: Auditor) -> Sessions {
+        self.auditor = Some(auditor);
+        self
+    }
+
+    /// Audit a `tools/call` refused here, before its error goes out (other methods are not
+    /// audited, as elsewhere). Its caller is the one the identity middleware attached.
+    async fn audit_refusal(&self, session: &SessionId, request: &ClientRequest, reason: &str) {
+        let (Some(auditor), ClientRequest::CallToolRequest(call)) = (&self.auditor, request) else {
+            return;
+        };
+        let Some(caller) = call
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Arc<Caller>>())
+        else {
+            return;
+        };
+        let mut rec = crate::mcp::record_for(caller, Some(session.to_string()), "tools/call");
+        rec.tool = Some(call.params.name.to_string());
+        rec.arguments = call.params.arguments.clone().map(serde_json::Value::Object);
+        rec.decision = Decision::Deny;
+        rec.outcome = Outcome::Denied;
+        rec.reason = Some(reason.to_string());
+        if let Err(e) = auditor.record(rec).await {
+            tracing::error!(error = %e, "audit write failed for a refused request");
         }
     }
 
@@ -434,7 +473,8 @@ impl SessionManager for Sessions {
         message: ClientJsonRpcMessage,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, SessionError> {
         let session = self.get(id)?;
-        let (stream, rx) = {
+        let replay = self.settings.replay;
+        let (stream, rx, reused) = {
             let mut routes = lock(&session.routes);
             routes.evict_answered(self.settings.answered_ttl);
             routes.last_active = Instant::now();
@@ -442,18 +482,41 @@ impl SessionManager for Sessions {
             routes.next_stream += 1;
             let mut feed = Feed::new(Some(stream), 0);
             let rx = feed.attach(None);
-            feed.push(ServerSseMessage::retry(self.settings.retry), self.settings.replay);
+            feed.push(ServerSseMessage::retry(self.settings.retry), replay);
+            let mut reused = None;
             if let JsonRpcMessage::Request(r) = &message {
-                let token = r.request.get_meta().get_progress_token();
-                routes.by_request.insert(r.id.clone(), stream);
-                if let Some(token) = &token {
-                    routes.by_progress.insert(token.clone(), stream);
+                if routes.by_request.contains_key(&r.id) {
+                    let reason = format!(
+                        "request id {} is already used by a call in flight in this session \
+                         (request ids must be unique within a session); nothing ran",
+                        r.id
+                    );
+                    let error = ErrorData::invalid_request(reason.clone(), None);
+                    feed.push(
+                        ServerSseMessage::from_message(ServerJsonRpcMessage::error(error, Some(r.id.clone()))),
+                        replay,
+                    );
+                    reused = Some(reason);
+                } else {
+                    let token = r.request.get_meta().get_progress_token();
+                    routes.by_request.insert(r.id.clone(), stream);
+                    if let Some(token) = &token {
+                        routes.by_progress.insert(token.clone(), stream);
+                    }
+                    feed.call = Some((r.id.clone(), token));
                 }
-                feed.call = Some((r.id.clone(), token));
             }
-            routes.streams.insert(stream, feed);
-            (stream, rx)
+            // A refused request's feed is dropped here: its stream ends after the error.
+            if reused.is_none() {
+                routes.streams.insert(stream, feed);
+            }
+            (stream, rx, reused)
         };
+        if let (Some(reason), JsonRpcMessage::Request(r)) = (reused, &message) {
+            tracing::warn!(session = %id, %reason, "refused a request");
+            self.audit_refusal(id, &r.request, &reason).await;
+            return Ok(Events(rx));
+        }
         if let Err(e) = self.push(&session, message).await {
             let mut routes = lock(&session.routes);
             routes.unroute(stream);
@@ -667,6 +730,34 @@ mod tests {
         let answered = serde_json::to_value(answered.expect("initialize answered")).unwrap();
         assert_eq!(answered["id"], 0, "{answered}");
         (sessions, id, transport)
+    }
+
+    #[tokio::test]
+    async fn a_request_reusing_an_id_in_flight_is_refused_without_reaching_the_service() {
+        let (sessions, id, mut t) = session(Settings::default()).await;
+        let mut first = sessions.create_stream(&id, call(7, None)).await.unwrap();
+        assert!(matches!(t.receive().await, Some(JsonRpcMessage::Request(_))));
+
+        let mut again = sessions.create_stream(&id, call(7, None)).await.unwrap();
+        let (eid, m) = next(&mut again).await.unwrap();
+        assert_eq!((eid.as_str(), m), ("0/1", None), "the priming event");
+        let (eid, m) = next(&mut again).await.unwrap();
+        let m = m.unwrap();
+        assert_eq!(
+            (eid.as_str(), &m["id"], &m["error"]["code"]),
+            ("1/1", &json!(7), &json!(-32600))
+        );
+        assert_eq!(next(&mut again).await, None, "the error ends the stream");
+        let nothing = tokio::time::timeout(Duration::from_millis(50), t.receive()).await;
+        assert!(nothing.is_err(), "the refused request reached the service loop");
+
+        // Call 7 is still routed to its own stream, and once answered its id may be used again.
+        t.send(answer(7)).await.unwrap();
+        assert_eq!(next(&mut first).await.unwrap().0, "0/0");
+        let (eid, m) = next(&mut first).await.unwrap();
+        assert_eq!((eid.as_str(), &m.unwrap()["result"]["isError"]), ("1/0", &json!(false)));
+        let _ = sessions.create_stream(&id, call(7, None)).await.unwrap();
+        assert!(matches!(t.receive().await, Some(JsonRpcMessage::Request(_))));
     }
 
     #[tokio::test]
