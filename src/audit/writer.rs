@@ -313,11 +313,31 @@ impl Answer {
     }
 }
 
+/// How often the writer gives up its CPU and looks again before it sleeps on an empty queue.
+const YIELDS_BEFORE_SLEEP: usize = 2;
+
+/// The next operation, waiting for one if none is queued. Before it sleeps, the writer yields its
+/// CPU [`YIELDS_BEFORE_SLEEP`] times, looking again after each: under load the next record is
+/// usually on its way (the answers just sent wake the tasks that make them), and catching it here
+/// saves a sleep and a wake-up (a futex call on each side and a thread switch). Dev server, 32
+/// connections: futex calls per call 0.38-0.45 -> 0.15-0.20, thread switches 1.09-1.33 -> 0.90-1.02.
+fn next(rx: &mut mpsc::Receiver<Op>) -> Option<Op> {
+    use tokio::sync::mpsc::error::TryRecvError;
+    for _ in 0..YIELDS_BEFORE_SLEEP {
+        match rx.try_recv() {
+            Ok(op) => return Some(op),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => std::thread::yield_now(),
+        }
+    }
+    rx.blocking_recv()
+}
+
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         // Ends when every `Auditor` is gone: the queue is drained first.
-        while let Some(op) = rx.blocking_recv() {
+        while let Some(op) = next(&mut rx) {
             batch.push(op);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
