@@ -78,12 +78,18 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
 wrk.headers["MCP-Protocol-Version"] = "2025-06-18"
 local ids = { $ids }
-local per, next_base, n, reqs = 16, 0, 0, {}
+local per, window, next_base, n, reqs = 16, 64, 0, 0, {}
 function setup(thread) thread:set("base", next_base); next_base = next_base + per end
+-- A session can have several calls in flight, and request ids must be unique within a session
+-- (the server refuses a reused one): each session's requests cycle through 64 ids.
 function init(args)
-  for i = 1, per do wrk.headers["Mcp-Session-Id"] = ids[base + i]; reqs[i] = wrk.format() end
+  for i = 1, per * window do
+    wrk.headers["Mcp-Session-Id"] = ids[base + ((i - 1) % per) + 1]
+    local body = string.gsub(wrk.body, '"id":1,', '"id":' .. string.format("%d", math.floor((i - 1) / per) + 1) .. ',')
+    reqs[i] = wrk.format(nil, nil, nil, body)
+  end
 end
-function request() n = n + 1; return reqs[(n % per) + 1] end
+function request() n = n + 1; return reqs[(n % (per * window)) + 1] end
 EOF
 cat > "$work/stateless.lua" <<'EOF'
 wrk.method = "POST"

@@ -449,6 +449,14 @@ async fn wrk_phase(net: &Tailnet, server: &Server, pid: u32, mode: Mode, clients
         (after.0 - before.0) * 1e6 / w.requests.max(1) as f64,
         (after.1 - before.1) * 1e6 / w.requests.max(1) as f64,
     );
+    // Every call wrk counted was answered, so it must have been allowed and audited `ok` (a
+    // refused call is answered too: with an error, and audited as a denial).
+    assert!(
+        audited as u64 >= w.requests,
+        "{}: wrk counted {} calls but only {audited} were audited ok",
+        mode.name(),
+        w.requests
+    );
     // A client that is done ends its session, as MCP clients do on exit.
     for id in sessions {
         let stream = net.connect(ALICE, server.addr).await.expect("connect");

@@ -34,18 +34,24 @@ pub async fn whoami_stateless(net: &Tailnet, server: SocketAddr, clients: usize,
     run(net, server, clients, secs, &params, &headers, &[]).await
 }
 
-/// Like [`whoami_stateless`], on sessions (2025-06-18) the caller initialized: one per
-/// connection, `sessions.len()` of them (a multiple of the 2 wrk threads). wrk cannot tie a
-/// header to a connection, so each wrk thread hands its half of the sessions out in turn: a
-/// thread's connections each have one call in flight, so its latest calls, one per
-/// connection, went to distinct sessions, and no session ever has two calls at once. Each
-/// thread formats its sessions' requests once (`init`), so a call costs wrk no more Lua than a
-/// table lookup (formatting each request took wrk ~4 µs of CPU per call, on the server's cores).
+/// Like [`whoami_stateless`], on sessions (2025-06-18) the caller initialized,
+/// `sessions.len()` of them (a multiple of the 2 wrk threads). wrk cannot tie a header to a
+/// connection, so each wrk thread hands its half of the sessions out in turn, and a session can
+/// have more than one call in flight. MCP request ids must be unique within a session (the
+/// server refuses a request reusing the id of a call in flight), so each session's requests
+/// cycle through [`IDS_PER_SESSION`] ids: two of its calls share an id only when
+/// `IDS_PER_SESSION` × the thread's sessions calls lie between them, far more than a thread
+/// makes in the slowest call's time. Each thread formats its requests once (`init`), so a call
+/// costs wrk no more Lua than a table lookup (formatting each request took wrk ~4 µs of CPU per
+/// call, on the server's cores).
 pub async fn whoami_sessions(net: &Tailnet, server: SocketAddr, sessions: &[String], secs: u64) -> Option<Wrk> {
     let params = json!({"name": "whoami", "arguments": {}});
     let headers = [("MCP-Protocol-Version", "2025-06-18")];
     run(net, server, sessions.len(), secs, &params, &headers, sessions).await
 }
+
+/// Distinct request ids each session's wrk requests cycle through (see [`whoami_sessions`]).
+const IDS_PER_SESSION: usize = 64;
 
 /// One wrk run of `tools/call` with `params` and `headers`, from the peer namespace; with
 /// `sessions`, each request carries one of them as `Mcp-Session-Id` (see [`whoami_sessions`]).
@@ -81,13 +87,20 @@ async fn run(
             "sessions must split evenly over {threads} wrk threads"
         );
         let ids = sessions.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        // The body around its request id, which each formatted request fills in.
+        let marked = json!({"jsonrpc": "2.0", "id": "@ID@", "method": "tools/call", "params": params}).to_string();
+        let (pre, post) = marked.split_once("\"@ID@\"").expect("the id marker");
         lua.push_str(&format!(
-            "local ids = {{ {ids} }}\nlocal per = {}\nlocal next_base = 0\n\
+            "local ids = {{ {ids} }}\nlocal per = {}\nlocal window = {IDS_PER_SESSION}\nlocal next_base = 0\n\
+             local pre, post = {pre:?}, {post:?}\n\
              function setup(thread) thread:set(\"base\", next_base); next_base = next_base + per end\n\
              local reqs = {{}}\n\
-             function init(args)\n  for i = 1, per do\n    wrk.headers[\"Mcp-Session-Id\"] = ids[base + i]\n    reqs[i] = wrk.format()\n  end\nend\n\
+             function init(args)\n  for i = 1, per * window do\n    \
+             wrk.headers[\"Mcp-Session-Id\"] = ids[base + ((i - 1) % per) + 1]\n    \
+             reqs[i] = wrk.format(nil, nil, nil, pre .. string.format(\"%d\", math.floor((i - 1) / per) + 1) .. post)\n  \
+             end\nend\n\
              local n = 0\n\
-             function request()\n  n = n + 1\n  return reqs[(n % per) + 1]\nend\n",
+             function request()\n  n = n + 1\n  return reqs[(n % (per * window)) + 1]\nend\n",
             sessions.len() / threads
         ));
     }
