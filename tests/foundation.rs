@@ -422,6 +422,24 @@ async fn raw_exchange(
     read_until(stream, done).await
 }
 
+/// Whether an SSE transcript has a `data:` line for JSON-RPC id `id`.
+fn has_message(transcript: &str, id: u64) -> bool {
+    let needle = format!("\"id\":{id}");
+    transcript
+        .lines()
+        .any(|l| l.starts_with("data: ") && l.contains(&needle))
+}
+
+/// The JSON-RPC message of the first `data:` line in an SSE transcript for id `id`.
+fn sse_message(transcript: &str, id: u64) -> Value {
+    let needle = format!("\"id\":{id}");
+    transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("data: ").filter(|d| d.contains(&needle)))
+        .map(|d| serde_json::from_str(d).expect("a JSON-RPC message"))
+        .unwrap_or_else(|| panic!("no message with id {id} in: {transcript}"))
+}
+
 /// Read from `stream` until what arrived satisfies `done` (at most 10 s).
 async fn read_until(stream: &mut tokio::net::TcpStream, done: impl Fn(&str) -> bool) -> String {
     use tokio::io::AsyncReadExt;
@@ -497,16 +515,9 @@ async fn a_session_call_whose_connection_drops_is_resumed_by_its_principal() {
 
     // Alice resumes it on a new connection and gets the answer.
     let mut again = w.net.connect(ip(ALICE), w.server.addr).await.expect("connect");
-    let resumed = raw_exchange(&mut again, &resume_head(&session_headers), "", |t| {
-        t.lines().any(|l| l.starts_with("data: ") && l.contains("\"id\":7"))
-    })
-    .await;
+    let resumed = raw_exchange(&mut again, &resume_head(&session_headers), "", |t| has_message(t, 7)).await;
     assert!(resumed.starts_with("HTTP/1.1 200"), "{resumed}");
-    let answer: Value = resumed
-        .lines()
-        .find_map(|l| l.strip_prefix("data: ").filter(|d| d.contains("\"id\":7")))
-        .map(|d| serde_json::from_str(d).expect("JSON-RPC response"))
-        .unwrap();
+    let answer = sse_message(&resumed, 7);
     assert_eq!(answer["result"]["isError"], false, "{answer}");
     assert_eq!(structured(&answer["result"])["received"], 10, "{answer}");
 
@@ -546,16 +557,9 @@ async fn a_request_id_in_flight_in_the_session_is_refused_and_the_first_call_sti
         "params": {"name": "whoami", "arguments": {}}})
     .to_string();
     let mut second = w.net.connect(ip(ALICE), w.server.addr).await.expect("connect");
-    let refused = raw_exchange(&mut second, &head, &whoami, |t| {
-        t.lines().any(|l| l.starts_with("data: ") && l.contains("\"id\":7"))
-    })
-    .await;
+    let refused = raw_exchange(&mut second, &head, &whoami, |t| has_message(t, 7)).await;
     assert!(refused.starts_with("HTTP/1.1 200"), "{refused}");
-    let error: Value = refused
-        .lines()
-        .find_map(|l| l.strip_prefix("data: ").filter(|d| d.contains("\"id\":7")))
-        .map(|d| serde_json::from_str(d).expect("JSON-RPC error"))
-        .unwrap();
+    let error = sse_message(&refused, 7);
     assert_eq!(error["error"]["code"], -32600, "{error}");
     let message = error["error"]["message"].as_str().unwrap_or_default();
     assert!(
@@ -564,15 +568,8 @@ async fn a_request_id_in_flight_in_the_session_is_refused_and_the_first_call_sti
     );
 
     // The first call's stream still gets its own answer.
-    let answered = read_until(&mut first, |t| {
-        t.lines().any(|l| l.starts_with("data: ") && l.contains("\"id\":7"))
-    })
-    .await;
-    let answer: Value = answered
-        .lines()
-        .find_map(|l| l.strip_prefix("data: ").filter(|d| d.contains("\"id\":7")))
-        .map(|d| serde_json::from_str(d).expect("JSON-RPC response"))
-        .unwrap();
+    let answered = read_until(&mut first, |t| has_message(t, 7)).await;
+    let answer = sse_message(&answered, 7);
     assert_eq!(structured(&answer["result"])["received"], 10, "{answer}");
 
     // Audited: the refusal (naming the tool it would have run) and the ping.
