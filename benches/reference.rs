@@ -73,7 +73,8 @@ fn main() {
 }
 
 async fn bench(secs: u64) {
-    println!("machine: {}", support::wrk::machine());
+    println!("machine: {}", support::host::machine());
+    println!("{}", support::host::probe_line("before"));
     match support::journald::ensure_journald() {
         Ok(()) => println!("journald: running (tailopsmcp mirrors its audit events to it)"),
         Err(e) => println!("journald: unavailable ({e}); tailopsmcp's audit events are not mirrored"),
@@ -123,6 +124,7 @@ async fn bench(secs: u64) {
         server.audit_rows().saturating_sub(rows_before)
     );
     server.stop().await;
+    println!("{}", support::host::probe_line("after"));
 }
 
 /// One row per connection count: 1 (latency) and [`CLIENTS`] (throughput). Every response must

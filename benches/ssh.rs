@@ -10,6 +10,8 @@
 //! 60) lengthens the warm fan-out, e.g. to profile it. It owns no
 //! product logic: it drives `exec::ssh::Ssh` exactly as a tool would.
 
+#[path = "../tests/support/host.rs"]
+mod host;
 #[path = "../tests/support/sshd.rs"]
 mod sshd;
 
@@ -46,7 +48,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    println!("machine: {}", host::machine());
+    println!("{}", host::probe_line("before"));
     let ok = rt.block_on(bench(&sshd));
+    println!("{}", host::probe_line("after"));
     drop(sshd);
     if !ok {
         std::process::exit(1);
@@ -116,9 +121,8 @@ async fn bench(s: &sshd::Sshd) -> bool {
     let (f50, f90, _) = percentiles(&mut rounds);
     let ratio = f50 / p50;
     // The least wall time the fan-out's calls take when they keep every CPU busy.
-    let floor = |cpu_per_call: f64| FANOUT_TARGETS as f64 * cpu_per_call / cpus().max(1) as f64;
+    let floor = |cpu_per_call: f64| FANOUT_TARGETS as f64 * cpu_per_call / host::cores().max(1) as f64;
 
-    println!("machine: {} CPUs, {}", cpus(), cpu_model());
     println!(
         "sshd: {}",
         single.check().await.map(|c| c.server_version).unwrap_or_default()
@@ -139,7 +143,7 @@ async fn bench(s: &sshd::Sshd) -> bool {
         "CPU per call during the warm fan-out: sshd + remote shell {server_per_op:.2} ms, this client \
          {client_per_op:.2} ms; {FANOUT_TARGETS} calls on {} CPUs cannot take less than {:.2} ms ({:.2} x single \
          p50), and sshd's and the shell's share alone not less than {:.2} ms ({:.2} x); load average now {}",
-        cpus(),
+        host::cores(),
         floor(server_per_op + client_per_op),
         floor(server_per_op + client_per_op) / p50,
         floor(server_per_op),
@@ -197,19 +201,4 @@ fn own_cpu() -> Duration {
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }

@@ -272,7 +272,8 @@ async fn main() {
     let secs = env_num("BENCH_SECS", 10);
     let clients = env_num("BENCH_CLIENTS", 32) as usize;
     let cache = env_num("BENCH_CACHE_SECS", 0);
-    println!("machine: {}", support::wrk::machine());
+    println!("machine: {}", support::host::machine());
+    println!("{}", support::host::probe_line("before"));
     println!(
         "identity cache: {cache} s ({}), load: {clients} clients x {secs} s",
         if cache == 0 {
@@ -405,6 +406,7 @@ async fn main() {
         "MB",
     );
     server.stop().await;
+    println!("{}", support::host::probe_line("after"));
     if !budgets.report() {
         std::process::exit(1);
     }

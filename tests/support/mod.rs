@@ -2,6 +2,7 @@
 //! LocalAPI stand-in, the server process, journald, HTTP/MCP clients.
 
 pub mod docker;
+pub mod host;
 pub mod http;
 pub mod journald;
 pub mod localapi;

@@ -1,5 +1,5 @@
 //! Benchmark helpers: `wrk` as a load generator, run in the peer namespace of a [`Tailnet`] so the
-//! server sees a tailnet caller, with what it measured; and the machine line every report starts with.
+//! server sees a tailnet caller, with what it measured.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -155,18 +155,4 @@ async fn run(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     })
-}
-
-/// The machine a benchmark ran on, for its report: cores, CPU model, kernel.
-pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores, {cpu}, kernel {}", kernel.trim())
 }
