@@ -39,13 +39,47 @@ pub fn probe() -> Option<Duration> {
     status.success().then(|| started.elapsed())
 }
 
-/// `host probe (before): 4.52 s (quiet host 4.1-4.6 s)`, for a report.
+/// Mean round trip of one byte between two threads over a Unix socket pair, [`ROUND_TRIPS`]
+/// times: the cost of waking a thread on the other CPU. A few µs on bare metal; 35-92 µs on
+/// this project's VMs, where waking an idle vCPU leaves the VM.
+pub fn wake_round_trip() -> Option<Duration> {
+    use std::io::{Read, Write};
+    let (mut here, mut there) = std::os::unix::net::UnixStream::pair().ok()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut byte = [0u8; 1];
+        for _ in 0..ROUND_TRIPS {
+            there.read_exact(&mut byte)?;
+            there.write_all(&byte)?;
+        }
+        Ok(())
+    });
+    let mut byte = [0u8; 1];
+    let started = Instant::now();
+    for _ in 0..ROUND_TRIPS {
+        here.write_all(&byte).ok()?;
+        here.read_exact(&mut byte).ok()?;
+    }
+    let elapsed = started.elapsed();
+    echo.join().ok()?.ok()?;
+    Some(elapsed / ROUND_TRIPS)
+}
+
+/// Round trips [`wake_round_trip`] averages over.
+pub const ROUND_TRIPS: u32 = 5_000;
+
+/// `host probe (before): 4.52 s for ... (quiet host 4.1-4.6 s); thread wake-up round trip 88 µs`,
+/// for a report.
 pub fn probe_line(when: &str) -> String {
-    match probe() {
+    let probe = match probe() {
         Some(d) => format!(
-            "host probe ({when}): {:.2} s for `head -c 1000000000 /dev/zero | sha256sum` (quiet host 4.1-4.6 s)",
+            "{:.2} s for `head -c 1000000000 /dev/zero | sha256sum` (quiet host 4.1-4.6 s)",
             d.as_secs_f64()
         ),
-        None => format!("host probe ({when}): could not run `head | sha256sum`"),
-    }
+        None => "could not run `head | sha256sum`".to_string(),
+    };
+    let wake = match wake_round_trip() {
+        Some(d) => format!("{:.0} µs", d.as_secs_f64() * 1e6),
+        None => "not measured".to_string(),
+    };
+    format!("host probe ({when}): {probe}; thread wake-up round trip {wake}")
 }
