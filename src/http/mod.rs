@@ -59,7 +59,7 @@ impl AppState {
             auditor: auditor.clone(),
             hosts: RwLock::new(HashSet::new()),
             self_node: RwLock::new(None),
-            sessions: Arc::new(session::Sessions::new(session::Settings::default()).auditing(auditor.clone())),
+            sessions: Arc::new(session::Sessions::new(session::Settings::default()).auditing(auditor)),
         }
     }
 
