@@ -241,10 +241,7 @@ pub(crate) fn encode(event: &Event) -> Vec<u8> {
     opt(
         &mut buf,
         "TAILOPS_DURATION_MS",
-        rec.duration_ms
-            .filter(|d| d.is_finite())
-            .map(|d| d.to_string())
-            .as_deref(),
+        rec.duration_ms.filter(|d| d.is_finite()).map(millis).as_deref(),
     );
     opt(&mut buf, "TAILOPS_ROW_HASH", event.row_hash.as_deref());
     opt(&mut buf, "TAILOPS_COMPLETION_HASH", event.completion_hash.as_deref());
@@ -263,6 +260,17 @@ fn summary(rec: &Record) -> String {
         rec.decision,
         rec.outcome
     )
+}
+
+/// `TAILOPS_DURATION_MS`: milliseconds to the microsecond, trailing zeros dropped (`0.412`,
+/// `12.5`, `3`). The SQLite row keeps the full value. Rounding keeps the field readable, and lets
+/// journald reuse one stored value for many events instead of storing a new one per event (each
+/// new value fills journald's data hash table, which starts a new journal file when full).
+fn millis(ms: f64) -> String {
+    let mut s = format!("{ms:.3}");
+    let kept = s.trim_end_matches('0').trim_end_matches('.').len();
+    s.truncate(kept);
+    s
 }
 
 fn field(buf: &mut Vec<u8>, name: &str, value: &str) {
@@ -409,6 +417,25 @@ mod tests {
         let got = decode(&encode(&deny));
         assert!(!got.contains_key("TAILOPS_TAGS") && !got.contains_key("TAILOPS_AUDIT_ID"));
         assert!(!got.contains_key("TAILOPS_ROW_HASH") && !got.contains_key("TAILOPS_COMPLETION_HASH"));
+    }
+
+    #[test]
+    fn durations_go_to_the_microsecond() {
+        for (ms, text) in [
+            (0.412_345_678, "0.412"),
+            (0.412_6, "0.413"),
+            (0.999_9, "1"),
+            (12.5, "12.5"),
+            (3.0, "3"),
+            (10.0, "10"),
+            (0.000_4, "0"),
+            (1_234.567_89, "1234.568"),
+        ] {
+            assert_eq!(millis(ms), text, "{ms}");
+        }
+        let mut e = full();
+        e.rec.duration_ms = Some(0.412_345_678);
+        assert_eq!(decode(&encode(&e))["TAILOPS_DURATION_MS"], "0.412");
     }
 
     #[test]

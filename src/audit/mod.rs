@@ -85,7 +85,10 @@ pub const JOURNAL_FIELDS: &[(&str, &str)] = &[
     ("TAILOPS_GRANTS", "grants that allowed the call, comma-joined"),
     ("TAILOPS_OUTCOME", "`pending`, `ok`, `error` or `denied`"),
     ("TAILOPS_ERROR", "error message when outcome is `error`"),
-    ("TAILOPS_DURATION_MS", "how long the tool ran, in milliseconds"),
+    (
+        "TAILOPS_DURATION_MS",
+        "how long the tool ran, in milliseconds to the microsecond (e.g. `0.412`)",
+    ),
     (
         "TAILOPS_ROW_HASH",
         "the row's `row_hash` in the SQLite hash chain (64 hex digits); a begin and its completion carry the same one",
