@@ -455,6 +455,7 @@ async fn journald_mirror_carries_documented_fields() {
         ("TAILOPS_GRANTS", "system:read"),
         ("TAILOPS_OUTCOME", "ok"),
         ("TAILOPS_DURATION_MS", "1.25"),
+        ("TAILOPS_RESULT_BYTES", "512"),
     ];
     for (k, v) in expect {
         assert_eq!(field(e, k).as_deref(), Some(v), "{k} in {e:#}");

@@ -243,6 +243,11 @@ pub(crate) fn encode(event: &Event) -> Vec<u8> {
         "TAILOPS_DURATION_MS",
         rec.duration_ms.filter(|d| d.is_finite()).map(millis).as_deref(),
     );
+    opt(
+        &mut buf,
+        "TAILOPS_RESULT_BYTES",
+        rec.result_bytes.map(|n| n.to_string()).as_deref(),
+    );
     opt(&mut buf, "TAILOPS_ROW_HASH", event.row_hash.as_deref());
     opt(&mut buf, "TAILOPS_COMPLETION_HASH", event.completion_hash.as_deref());
     buf
@@ -393,6 +398,7 @@ mod tests {
                 ("TAILOPS_GRANTS", "system:read,logs:read"),
                 ("TAILOPS_ERROR", "line one\nline two"),
                 ("TAILOPS_DURATION_MS", "12.5"),
+                ("TAILOPS_RESULT_BYTES", "99"),
                 ("TAILOPS_OUTCOME", "ok"),
                 ("TAILOPS_ROW_HASH", &"ab".repeat(32)),
                 ("TAILOPS_COMPLETION_HASH", &"cd".repeat(32)),

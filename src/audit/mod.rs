@@ -89,6 +89,7 @@ pub const JOURNAL_FIELDS: &[(&str, &str)] = &[
         "TAILOPS_DURATION_MS",
         "how long the tool ran, in milliseconds to the microsecond (e.g. `0.412`)",
     ),
+    ("TAILOPS_RESULT_BYTES", "size of the result as JSON, in bytes"),
     (
         "TAILOPS_ROW_HASH",
         "the row's `row_hash` in the SQLite hash chain (64 hex digits); a begin and its completion carry the same one",
