@@ -737,3 +737,58 @@ async fn docker_run_container_helper_removes_its_container() {
     }
     assert!(docker(&host, &["inspect", &n]).is_err(), "container left behind");
 }
+
+/// Set in the child process of `docker_tls_key_from_credentials_directory`.
+const CREDENTIALS_CHILD: &str = "TAILOPSMCP_TEST_DOCKER_CREDENTIALS_CHILD";
+/// The credential name the key is stored under (`LoadCredential=docker-key.pem:...`).
+const KEY_CREDENTIAL: &str = "docker-key.pem";
+
+/// `tls_key` is a secret: a relative path names a systemd credential in `$CREDENTIALS_DIRECTORY`.
+/// Re-runs itself in a child process whose environment holds that variable (this process's
+/// environment is shared by every test and is not changed).
+#[tokio::test]
+async fn docker_tls_key_from_credentials_directory() {
+    let Some(engine) = tls_engine() else { return };
+    let relative = || {
+        tls_settings(
+            &engine,
+            Some(engine.ca.clone()),
+            engine.cert.clone(),
+            PathBuf::from(KEY_CREDENTIAL),
+        )
+    };
+    if std::env::var_os(CREDENTIALS_CHILD).is_some() {
+        assert!(std::env::var_os("CREDENTIALS_DIRECTORY").is_some());
+        let d = Docker::new("tls-credential", relative(), Limits::default()).expect("executor from the credential");
+        d.version()
+            .await
+            .expect("version over TLS with the key from $CREDENTIALS_DIRECTORY");
+        return;
+    }
+    // Without $CREDENTIALS_DIRECTORY the name is looked up where the server runs, and is missing.
+    let err = Docker::new("tls-no-credential", relative(), Limits::default())
+        .err()
+        .expect("no key file");
+    assert!(
+        matches!(&err, ExecError::Config(m) if m.contains(KEY_CREDENTIAL)),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&engine.key, dir.path().join(KEY_CREDENTIAL)).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "docker::docker_tls_key_from_credentials_directory",
+            "--nocapture",
+        ])
+        .env(CREDENTIALS_CHILD, "1")
+        .env("CREDENTIALS_DIRECTORY", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child failed:\n{stdout}\n{stderr}"
+    );
+}

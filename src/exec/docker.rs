@@ -1713,7 +1713,9 @@ fn tls_config(s: &DockerSettings) -> Result<rustls::ClientConfig, ExecError> {
     match (&s.tls_cert, &s.tls_key) {
         (Some(cert), Some(key)) => {
             let chain = read_certs("tls_cert", cert)?;
-            let key_der = PrivateKeyDer::from_pem_file(key)
+            // A secret like any other: a relative path is a systemd credential's name.
+            let pem = super::Secret::File(key.clone()).read()?;
+            let key_der = PrivateKeyDer::from_pem_slice(&pem)
                 .map_err(|e| ExecError::Config(format!("tls_key {}: {e}", key.display())))?;
             builder
                 .with_client_auth_cert(chain, key_der)
