@@ -5,7 +5,8 @@
 //! ceiling. This module builds executors from validated config and resolves ids and
 //! `group:NAME` references; it knows nothing about callers.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -57,6 +58,25 @@ pub struct Target {
     pub max_concurrent: usize,
     pub executor: Executor,
     permits: Semaphore,
+    /// The result of the last [`Target::check`], if any ran.
+    last_check: Mutex<Option<Checked>>,
+}
+
+/// A recorded [`Health`] and when it was taken.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub health: Health,
+    /// Wall-clock time the check finished (for display).
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The same moment on the monotonic clock (for ages).
+    taken: Instant,
+}
+
+impl Checked {
+    /// How long ago the check finished.
+    pub fn age(&self) -> Duration {
+        self.taken.elapsed()
+    }
 }
 
 impl Target {
@@ -89,7 +109,13 @@ impl Target {
             max_concurrent: 16,
             executor: Executor::Local,
             permits: Semaphore::new(16),
+            last_check: Mutex::new(None),
         }
+    }
+
+    /// The last check's result and time, if a check ran (runs nothing).
+    pub fn last_check(&self) -> Option<Checked> {
+        self.last_check.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -105,10 +131,40 @@ pub struct Health {
 }
 
 impl Target {
-    /// Connect, authenticate and do the cheapest real operation, within the target's timeout.
+    /// Connect, authenticate and do the cheapest real operation, within the target's timeout;
+    /// the result is recorded (see [`Target::last_check`]).
     pub async fn check(&self) -> Health {
-        let started = std::time::Instant::now();
-        let result: Result<String, ExecError> = match &self.executor {
+        let started = Instant::now();
+        // Each executor bounds its own steps; this bounds the whole, waits for an executor's
+        // shared connection included (an SSH check waits for the connection slot).
+        let result = match tokio::time::timeout(self.limits.timeout, self.probe()).await {
+            Ok(result) => result,
+            Err(_) => Err(ExecError::Timeout(self.limits.timeout)),
+        };
+        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(e) => (false, e.to_string()),
+        };
+        let health = Health {
+            target: self.id.clone(),
+            kind: self.kind.as_str().to_string(),
+            ok,
+            detail,
+            latency_ms,
+        };
+        let checked = Checked {
+            health: health.clone(),
+            at: chrono::Utc::now(),
+            taken: Instant::now(),
+        };
+        *self.last_check.lock().unwrap_or_else(PoisonError::into_inner) = Some(checked);
+        health
+    }
+
+    /// What [`Target::check`] reports, unbounded and unrecorded.
+    async fn probe(&self) -> Result<String, ExecError> {
+        match &self.executor {
             Executor::Local => Ok("this host".to_string()),
             Executor::Docker(d) => d.version().await.map(|v| {
                 format!(
@@ -136,18 +192,6 @@ impl Target {
                     Err(ExecError::Failed(format!("HTTP {} from {} ({tls})", c.status, c.url)))
                 }
             }),
-        };
-        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        let (ok, detail) = match result {
-            Ok(d) => (true, d),
-            Err(e) => (false, e.to_string()),
-        };
-        Health {
-            target: self.id.clone(),
-            kind: self.kind.as_str().to_string(),
-            ok,
-            detail,
-            latency_ms,
         }
     }
 }
@@ -211,6 +255,7 @@ impl Registry {
                 max_concurrent: c.max_concurrent,
                 executor,
                 permits: Semaphore::new(c.max_concurrent),
+                last_check: Mutex::new(None),
             }));
         }
         Ok(Registry { targets })
@@ -327,9 +372,13 @@ mod tests {
         let r = registry(
             "[[target]]\nid = \"d\"\nkind = \"docker\"\ntimeout_secs = 2\n[target.docker]\nendpoint = \"unix:///run/tailopsmcp-test-no-such.sock\"\n",
         );
+        assert!(r.get("d").unwrap().last_check().is_none());
         let h = r.get("d").unwrap().check().await;
         assert!(!h.ok);
         assert!(h.detail.contains("unreachable"), "{}", h.detail);
+        let recorded = r.get("d").unwrap().last_check().expect("recorded");
+        assert_eq!(recorded.health.detail, h.detail);
+        assert!(recorded.age() < Duration::from_secs(2));
         assert!(r.get("local").unwrap().check().await.ok);
     }
 

@@ -142,8 +142,25 @@ async fn a_targets_own_ceiling_limits_what_grants_allow() {
         .unwrap();
     assert_eq!(r["isError"], false, "{r}");
     assert_eq!(r["structuredContent"]["ok"], true);
+
+    // The resource runs no check: it shows only what `targets_check` recorded on lab1.
+    let before = read_targets_resource(&mut w.mcp).await;
+    let health_of = |list: &Value, id: &str| {
+        list["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .unwrap_or_else(|| panic!("{id}: {list}"))["health"]
+            .clone()
+    };
+    assert_eq!(health_of(&before, "lab1")["ok"], true, "{before}");
+    assert_eq!(health_of(&before, "local"), Value::Null, "{before}");
+    assert_eq!(health_of(&before, "lab2"), Value::Null, "{before}");
+
     let list = w.mcp.call_tool("targets_list", json!({})).await.unwrap();
-    let targets = list["structuredContent"]["targets"].as_array().unwrap();
+    let listed = &list["structuredContent"];
+    let targets = listed["targets"].as_array().unwrap();
     let lab2 = targets.iter().find(|t| t["id"] == "lab2").unwrap();
     assert_eq!(
         lab2["scopes"],
@@ -151,6 +168,34 @@ async fn a_targets_own_ceiling_limits_what_grants_allow() {
         "grants are cut to the target's ceiling"
     );
     assert_eq!(targets.len(), 3);
+    for t in targets {
+        let h = &t["health"];
+        assert_eq!(h["ok"], true, "{list}");
+        assert_eq!(h["detail"], "this host", "{list}");
+        let at = h["checked_at"].as_str().unwrap();
+        assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{at}");
+    }
+    assert_eq!(
+        health_of(listed, "lab1")["checked_at"],
+        health_of(&before, "lab1")["checked_at"],
+        "a check younger than 30 s is reused"
+    );
+    assert!(
+        text(&list).lines().skip(1).all(|l| l.trim_end().ends_with(" ok")),
+        "{list}"
+    );
+    let after = read_targets_resource(&mut w.mcp).await;
+    assert_eq!(after, *listed, "the resource shows what the tool recorded");
+}
+
+/// `tailopsmcp://targets` as JSON.
+async fn read_targets_resource(mcp: &mut Mcp) -> Value {
+    let resp = mcp
+        .request("resources/read", json!({"uri": "tailopsmcp://targets"}))
+        .await
+        .unwrap();
+    let read = crate::support::http::rpc_result(&resp, "resources/read").unwrap();
+    serde_json::from_str(read["contents"][0]["text"].as_str().unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,6 +337,31 @@ health_path = "/version"
     let grants = json!([{"scopes": ["targets:read", "system:read"], "targets": ["*"]}]);
     let (_standin, server, mut mcp) = serve_carol(&net, grants, &fleet).await;
 
+    // `targets_list` checks what it lists (nothing was checked yet) and says what failed.
+    let list = mcp.call_tool("targets_list", json!({})).await.unwrap();
+    assert_eq!(list["isError"], false, "{list}");
+    let listed = list["structuredContent"]["targets"].as_array().unwrap();
+    let ids: Vec<&str> = listed.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["local", "engine", "gone", "api"], "{list}");
+    let health = |id: &str| &listed.iter().find(|t| t["id"] == id).unwrap()["health"];
+    for id in ["local", "engine", "api"] {
+        assert_eq!(health(id)["ok"], true, "{id}: {list}");
+    }
+    assert!(
+        health("engine")["detail"].as_str().unwrap().starts_with("Docker "),
+        "{list}"
+    );
+    assert_eq!(health("gone")["ok"], false, "{list}");
+    assert!(
+        health("gone")["detail"].as_str().unwrap().starts_with("unreachable: "),
+        "{list}"
+    );
+    let gone_line = text(&list)
+        .lines()
+        .find(|l| l.trim_start().starts_with("gone "))
+        .unwrap();
+    assert!(gone_line.contains("FAILED: unreachable"), "{list}");
+
     let r = mcp
         .call_tool("targets_check", json!({"targets": ["group:fleet"]}))
         .await
@@ -394,12 +464,23 @@ port = {port}
 user = "{user}"
 key_file = "{key}"
 known_hosts = "{empty}"
+
+[[target]]
+id = "wrongkey"
+kind = "ssh"
+[target.ssh]
+host = "127.0.0.1"
+port = {port}
+user = "{user}"
+key_file = "{unauthorized}"
+known_hosts = "{kh}"
 "#,
         port = sshd.port(),
         user = sshd.user(),
         key = sshd.client_key_path().display(),
         kh = known_hosts.display(),
         empty = sshd.write_known_hosts("empty_known_hosts", &[]).display(),
+        unauthorized = sshd.new_key("unauthorized").display(),
     );
     let grants = json!([{"scopes": ["system:read", "network:read", "targets:read"], "targets": ["*"]}]);
     let (_standin, server, mut mcp) = serve_carol(&net, grants, &targets).await;
@@ -465,5 +546,54 @@ known_hosts = "{empty}"
     assert!(
         rows.iter()
             .any(|r| r.target.as_deref() == Some("box") && r.tool.as_deref() == Some("system_status"))
+    );
+
+    // A key sshd does not authorize: an authentication error naming the user, an audit row for
+    // the call, and the server keeps serving.
+    let r = mcp
+        .call_tool("system_status", json!({"target": "wrongkey"}))
+        .await
+        .unwrap();
+    assert_eq!(r["isError"], true, "{r}");
+    let refused = format!(
+        "authentication failed: [127.0.0.1]:{} refused user {}: tried key file ",
+        sshd.port(),
+        sshd.user()
+    );
+    assert!(text(&r).contains(&refused), "{r}");
+    let rows = server.audit_where(1, |r| r.target.as_deref() == Some("wrongkey")).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].tool.as_deref(), Some("system_status"));
+    assert_eq!(rows[0].decision, tailopsmcp::audit::Decision::Allow);
+    assert_eq!(rows[0].outcome, tailopsmcp::audit::Outcome::Error);
+    assert!(
+        rows[0].error.as_deref().unwrap().contains(&refused),
+        "{:?}",
+        rows[0].error
+    );
+    let local = mcp.call_tool("system_status", json!({})).await.unwrap();
+    assert_eq!(local["isError"], false, "{local}");
+
+    // `targets_list` reports each SSH target's health: reachable, unknown host key, wrong key.
+    let list = mcp.call_tool("targets_list", json!({})).await.unwrap();
+    let listed = list["structuredContent"]["targets"].as_array().unwrap();
+    let ids: Vec<&str> = listed.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["local", "box", "stranger", "wrongkey"], "{list}");
+    let health = |id: &str| &listed.iter().find(|t| t["id"] == id).unwrap()["health"];
+    assert_eq!(health("local")["ok"], true, "{list}");
+    assert_eq!(health("box")["ok"], true, "{list}");
+    assert!(health("box")["detail"].as_str().unwrap().contains("SHA256:"), "{list}");
+    assert_eq!(health("stranger")["ok"], false, "{list}");
+    assert!(
+        health("stranger")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not in known_hosts"),
+        "{list}"
+    );
+    assert_eq!(health("wrongkey")["ok"], false, "{list}");
+    assert!(
+        health("wrongkey")["detail"].as_str().unwrap().starts_with(&refused),
+        "{list}"
     );
 }
