@@ -15,7 +15,7 @@ use tailopsmcp::audit::{self, AuditOptions, Auditor, Query};
 use tailopsmcp::config::{Config, Overrides};
 use tailopsmcp::http::{self, AppState, IdentityMode};
 use tailopsmcp::tailnet::{self, Caller, localapi::LocalApi};
-use tailopsmcp::targets::Registry;
+use tailopsmcp::targets::{Registry, TargetError};
 use tailopsmcp::tools::{self, ToolContext};
 use tailopsmcp::{mcp, policy};
 
@@ -300,6 +300,12 @@ async fn serve(config: Config, dev: Option<(SocketAddr, String)>) -> anyhow::Res
     {
         bail!("--dev-listen {addr} is not a loopback address; the dev listener only binds 127.0.0.0/8 or [::1]");
     }
+    // The whole config (targets, tool selection, approvals) is checked before anything is
+    // created on disk.
+    let registry = Arc::new(build_registry(&config)?);
+    let offered = tools::select(&config.tools).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(&config)))?;
+    let offered = tools::for_targets(offered, &registry);
+    check_approval_tools(&config)?;
     let auditor = Auditor::open(
         &config.database,
         AuditOptions {
@@ -309,10 +315,6 @@ async fn serve(config: Config, dev: Option<(SocketAddr, String)>) -> anyhow::Res
     )
     .with_context(|| format!("cannot open the audit database {}", config.database.display()))?;
     let shutdown = CancellationToken::new();
-    let registry = Arc::new(Registry::build(&config.targets)?);
-    let offered = tools::select(&config.tools).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(&config)))?;
-    let offered = tools::for_targets(offered, &registry);
-    check_approval_tools(&config)?;
     let approvals = Approvals::open(&config.database, config.approvals.clone())
         .with_context(|| format!("cannot open the approvals store {}", config.database.display()))?;
     let shared = Arc::new(
@@ -415,7 +417,7 @@ async fn whois(config: Config, addr: &str, json: bool) -> anyhow::Result<ExitCod
 }
 
 async fn targets_check(config: &Config, id: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
-    let registry = Registry::build(&config.targets)?;
+    let registry = build_registry(config)?;
     let chosen = match id {
         Some(id) => registry.resolve(&[id])?,
         None => registry.all().to_vec(),
@@ -448,6 +450,26 @@ fn config_name(config: &Config) -> String {
         .unwrap_or_else(|| "(defaults)".to_string())
 }
 
+/// The target registry, with a target's bad `[target.KIND]` table or executor settings reported
+/// like every other config error: the file, then the key (`target[2].ssh`), then what is wrong.
+fn build_registry(config: &Config) -> anyhow::Result<Registry> {
+    Registry::build(&config.targets).map_err(|e| {
+        let (id, detail) = match &e {
+            TargetError::Build { id, source } => (id, source.to_string()),
+            TargetError::Settings { id, message, .. } => (id, message.clone()),
+            _ => return anyhow::anyhow!("{}: {e}", config_name(config)),
+        };
+        match config.targets.iter().position(|t| &t.id == id) {
+            Some(i) => anyhow::anyhow!(
+                "{}: target[{i}].{}: {detail}",
+                config_name(config),
+                config.targets[i].kind.as_str()
+            ),
+            None => anyhow::anyhow!("{}: {e}", config_name(config)),
+        }
+    })
+}
+
 fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
     let source = config
         .source
@@ -464,7 +486,7 @@ fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
     println!("localapi:   {}", config.socket.display());
     println!("capability: {}", config.capability);
     println!("database:   {}", config.database.display());
-    let registry = Registry::build(&config.targets)?;
+    let registry = build_registry(config)?;
     println!(
         "targets:    {}",
         registry

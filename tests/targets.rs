@@ -597,3 +597,44 @@ known_hosts = "{kh}"
         "{list}"
     );
 }
+
+/// A malformed `[target.KIND]` table, or executor settings that cannot work, are reported by
+/// `check-config` (and refused by `serve`) like every other config error: the file, the key, what
+/// is wrong.
+#[test]
+fn check_config_names_the_file_and_key_of_a_bad_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[[target]]\nid = \"nas\"\nkind = \"local\"\n[[target]]\nid = \"engine\"\nkind = \"docker\"\n\
+             [target.docker]\nendpont = \"unix:///run/docker.sock\"\n",
+            "target[1].docker: unknown field `endpont`",
+        ),
+        (
+            "[[target]]\nid = \"box\"\nkind = \"ssh\"\n[target.ssh]\nhost = \"10.0.0.2\"\nuser = \"ops\"\n\
+             key_file = \"/etc/tailopsmcp/id_ed25519\"\n",
+            "target[0].ssh: target configuration: ssh target box: no host key to verify against",
+        ),
+    ];
+    for (i, (toml, says)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let db = dir.path().join("audit.db");
+        for command in ["check-config", "serve"] {
+            let (code, _, err) = crate::support::server::run_cli(&[
+                command,
+                "--config",
+                path.to_str().unwrap(),
+                "--database",
+                db.to_str().unwrap(),
+            ]);
+            assert_eq!(code, 1, "{command}: {err}");
+            assert!(
+                err.contains(&format!("{}: {says}", path.display())),
+                "{command} should say `{says}` after the file name: {err}"
+            );
+        }
+        // `serve` refused the config before creating anything.
+        assert!(!db.exists(), "serve created the database before checking its targets");
+    }
+}
