@@ -137,6 +137,35 @@ fn request_facts(ctx: &RequestContext<RoleServer>) -> Result<(Arc<Caller>, Optio
     Ok((caller, session))
 }
 
+/// Client request methods rmcp parses into typed requests: one that reaches
+/// `on_custom_request` had params rmcp could not parse.
+const SERVED_METHODS: &[&str] = {
+    use rmcp::model::*;
+    &[
+        <InitializeResultMethod as ConstString>::VALUE,
+        <PingRequestMethod as ConstString>::VALUE,
+        <DiscoverRequestMethod as ConstString>::VALUE,
+        <CompleteRequestMethod as ConstString>::VALUE,
+        <SetLevelRequestMethod as ConstString>::VALUE,
+        <GetPromptRequestMethod as ConstString>::VALUE,
+        <ListPromptsRequestMethod as ConstString>::VALUE,
+        <ListResourcesRequestMethod as ConstString>::VALUE,
+        <ListResourceTemplatesRequestMethod as ConstString>::VALUE,
+        <ReadResourceRequestMethod as ConstString>::VALUE,
+        <SubscriptionsListenRequestMethod as ConstString>::VALUE,
+        <SubscribeRequestMethod as ConstString>::VALUE,
+        <UnsubscribeRequestMethod as ConstString>::VALUE,
+        <CallToolRequestMethod as ConstString>::VALUE,
+        <ListToolsRequestMethod as ConstString>::VALUE,
+        <GetTaskMethod as ConstString>::VALUE,
+        <UpdateTaskMethod as ConstString>::VALUE,
+        <CancelTaskMethod as ConstString>::VALUE,
+        <ListSkillsRequestMethod as ConstString>::VALUE,
+        <GetSkillRequestMethod as ConstString>::VALUE,
+        <ReadResourceDirectoryRequestMethod as ConstString>::VALUE,
+    ]
+};
+
 /// An audit record carrying the caller's identity.
 pub fn record_for(caller: &Caller, session: Option<String>, method: &str) -> Record {
     let mut r = Record::new();
@@ -355,6 +384,57 @@ impl ServerHandler for McpServer {
             rmcp::model::ListResourcesResult::with_all_items(crate::resources::list())
                 .with_cache_scope(CacheScope::Private),
         )
+    }
+
+    /// A request rmcp could not parse as the method it names ends here: for a method this server
+    /// serves, its params were malformed (`tools/call` with `"arguments": 5`). Answered with
+    /// -32602 saying what is wrong; a malformed `tools/call` or `resources/read` is audited (denied,
+    /// with the tool or URI when one is named), so every call still has its record.
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CustomResult, ErrorData> {
+        let rmcp::model::CustomRequest { method, params, .. } = request;
+        let params = params.unwrap_or(serde_json::Value::Null);
+        let field = |name: &str| params.get(name).and_then(serde_json::Value::as_str).map(str::to_string);
+        let (why, rec) = match method.as_str() {
+            "tools/call" => {
+                let why = serde_json::from_value::<CallToolRequestParams>(params.clone()).err();
+                let (caller, session) = request_facts(&ctx)?;
+                let mut rec = record_for(&caller, session, "tools/call");
+                rec.tool = field("name");
+                rec.arguments = params.get("arguments").cloned();
+                (why, Some(rec))
+            }
+            "resources/read" => {
+                let why = serde_json::from_value::<rmcp::model::ReadResourceRequestParams>(params.clone()).err();
+                let (caller, session) = request_facts(&ctx)?;
+                let mut rec = record_for(&caller, session, "resources/read");
+                rec.arguments = Some(serde_json::json!({ "uri": params.get("uri") }));
+                (why, Some(rec))
+            }
+            m if SERVED_METHODS.contains(&m) => (None, None),
+            _ => {
+                request_facts(&ctx)?;
+                return Err(ErrorData::new(
+                    rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                    format!("unknown method `{method}`"),
+                    None,
+                ));
+            }
+        };
+        let message = match why {
+            Some(e) => format!("malformed params for `{method}`: {e}"),
+            None => format!("malformed params for `{method}`"),
+        };
+        if let Some(mut rec) = rec {
+            rec.decision = audit::Decision::Deny;
+            rec.outcome = Outcome::Denied;
+            rec.reason = Some(message.clone());
+            self.shared.auditor.record(rec).await.map_err(audit_failed)?;
+        }
+        Err(ErrorData::invalid_params(message, None))
     }
 
     /// A resource read is authorized (any grant) and audited like a tool call: one record per

@@ -665,6 +665,27 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
             .unwrap()
             .contains("unknown tool `rm_rf`")
     );
+    // Params rmcp cannot parse (`arguments` not an object, `name` not a string): -32602 saying
+    // what is wrong, and an audit row all the same (naming the tool when the name is a string).
+    for (params, says) in [
+        (
+            json!({"name": "whoami", "arguments": 5}),
+            "invalid type: integer `5`, expected a map",
+        ),
+        (json!({"name": 5}), "invalid type: integer `5`, expected a string"),
+    ] {
+        let body = alice.request("tools/call", params).await.unwrap().json();
+        assert_eq!(body["error"]["code"], -32602, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("malformed params for `tools/call`: ") && message.contains(says),
+            "{body}"
+        );
+    }
+    // A method nobody serves is not a malformed call.
+    let body = alice.request("tools/frobnicate", json!({})).await.unwrap().json();
+    assert_eq!(body["error"]["code"], -32601, "{body}");
+    assert_eq!(body["error"]["message"], "unknown method `tools/frobnicate`", "{body}");
     // Wrong argument types and out-of-range values: an isError result with the reason.
     let r = alice
         .call_tool("system_processes", json!({"limit": "ten"}))
@@ -694,9 +715,18 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         "{r}"
     );
 
-    let rows = w.server.audit_where(5, |r| r.method == "tools/call").await;
+    let rows = w.server.audit_where(7, |r| r.method == "tools/call").await;
     let by_tool = |t: &str| rows.iter().filter(|r| r.tool.as_deref() == Some(t)).count();
     assert_eq!(by_tool("rm_rf"), 1);
+    let malformed: Vec<_> = rows
+        .iter()
+        .filter(|r| r.reason.as_deref().is_some_and(|x| x.starts_with("malformed params")))
+        .collect();
+    assert_eq!(malformed.len(), 2, "{malformed:?}");
+    assert!(malformed.iter().all(|r| r.outcome == tailopsmcp::audit::Outcome::Denied));
+    assert_eq!(malformed[0].tool.as_deref(), Some("whoami"));
+    assert_eq!(malformed[0].arguments, Some(json!(5)));
+    assert_eq!(malformed[1].tool, None);
     assert_eq!(by_tool("system_processes"), 2);
     assert_eq!(by_tool("system_status"), 2);
     let typed = rows
