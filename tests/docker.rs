@@ -775,20 +775,11 @@ async fn docker_tls_key_from_credentials_directory() {
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(&engine.key, dir.path().join(KEY_CREDENTIAL)).unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "docker::docker_tls_key_from_credentials_directory",
-            "--nocapture",
-        ])
-        .env(CREDENTIALS_CHILD, "1")
-        .env("CREDENTIALS_DIRECTORY", dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child failed:\n{stdout}\n{stderr}"
+    crate::support::rerun_in_child(
+        "docker::docker_tls_key_from_credentials_directory",
+        &[
+            (CREDENTIALS_CHILD, "1".as_ref()),
+            ("CREDENTIALS_DIRECTORY", dir.path().as_os_str()),
+        ],
     );
 }

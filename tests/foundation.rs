@@ -940,6 +940,54 @@ fn check_config_names_the_file_and_key() {
     assert!(out.contains("whoami"), "{out}");
 }
 
+/// `TAILOPSMCP_*` environment variables override the config file, and flags override them.
+#[test]
+fn environment_variables_override_the_file_and_flags_override_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(
+        &file,
+        "[server]\nport = 8471\n[tailscale]\ncapability = \"example.com/cap/file\"\n",
+    )
+    .unwrap();
+    let check = |env: &[(&str, &str)], flags: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tailopsmcp"))
+            .arg("check-config")
+            .args(flags)
+            .env_remove("TAILOPSMCP_CONFIG")
+            .env_remove("TAILOPSMCP_PORT")
+            .env_remove("TAILOPSMCP_DATABASE")
+            .env_remove("TAILOPSMCP_CAPABILITY")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let file = file.to_str().unwrap();
+    let out = check(&[("TAILOPSMCP_CONFIG", file)], &[]);
+    assert!(out.contains("port 8471") && out.contains("capability: example.com/cap/file"), "{out}");
+    let env = [
+        ("TAILOPSMCP_CONFIG", file),
+        ("TAILOPSMCP_PORT", "9123"),
+        ("TAILOPSMCP_DATABASE", "/srv/audit/env.db"),
+        ("TAILOPSMCP_CAPABILITY", "example.com/cap/env"),
+    ];
+    let out = check(&env, &[]);
+    assert!(
+        out.contains("port 9123")
+            && out.contains("database:   /srv/audit/env.db")
+            && out.contains("capability: example.com/cap/env"),
+        "{out}"
+    );
+    let out = check(&env, &["--port", "9124", "--database", "/srv/audit/flag.db"]);
+    assert!(
+        out.contains("port 9124") && out.contains("database:   /srv/audit/flag.db"),
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_serves_loopback_with_a_marked_identity() {
     let dir = tempfile::tempdir().unwrap();

@@ -367,22 +367,13 @@ fn token_from_credentials_directory_and_env() {
     }
     let dir = tempfile::tempdir().unwrap();
     token_file(&dir);
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "http_exec::token_from_credentials_directory_and_env",
-            "--nocapture",
-        ])
-        .env(CHILD_MARKER, "1")
-        .env("CREDENTIALS_DIRECTORY", dir.path())
-        .env("TAILOPSMCP_TEST_HTTP_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child failed:\n{stdout}\n{stderr}"
+    crate::support::rerun_in_child(
+        "http_exec::token_from_credentials_directory_and_env",
+        &[
+            (CHILD_MARKER, "1".as_ref()),
+            ("CREDENTIALS_DIRECTORY", dir.path().as_os_str()),
+            ("TAILOPSMCP_TEST_HTTP_TOKEN", TOKEN.as_ref()),
+        ],
     );
 }
 
