@@ -39,6 +39,8 @@ pub struct Config {
     /// Time a client has to send a request's headers; it also closes keep-alive connections
     /// that wait that long for their next request.
     pub header_timeout: Duration,
+    /// Time a client has, once a request's headers are in, to send its whole body.
+    pub body_timeout: Duration,
     /// How long one connection may reuse a whois answer.
     pub identity_cache: Duration,
     pub socket: PathBuf,
@@ -402,6 +404,7 @@ struct ServerSection {
     sessions: bool,
     max_body_bytes: usize,
     header_timeout_secs: u64,
+    body_timeout_secs: u64,
     identity_cache_secs: u64,
 }
 
@@ -416,6 +419,7 @@ impl Default for ServerSection {
             sessions: true,
             max_body_bytes: 1024 * 1024,
             header_timeout_secs: 30,
+            body_timeout_secs: 30,
             identity_cache_secs: 2,
         }
     }
@@ -563,6 +567,9 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
             "server.header_timeout_secs",
             "must be between 1 and 3600".into(),
         ));
+    }
+    if !(1..=3600).contains(&file.server.body_timeout_secs) {
+        return Err(invalid("server.body_timeout_secs", "must be between 1 and 3600".into()));
     }
     if file.server.identity_cache_secs > 30 {
         return Err(invalid(
@@ -801,6 +808,7 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         sessions: file.server.sessions,
         max_body_bytes: file.server.max_body_bytes,
         header_timeout: Duration::from_secs(file.server.header_timeout_secs),
+        body_timeout: Duration::from_secs(file.server.body_timeout_secs),
         identity_cache: Duration::from_secs(file.server.identity_cache_secs),
         socket: o.socket.clone().unwrap_or(file.tailscale.socket),
         capability,
@@ -916,6 +924,8 @@ mod tests {
         assert!(c.listen.is_empty());
         assert!(!c.allow_self);
         assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.body_timeout, Duration::from_secs(30));
         assert_eq!(c.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(c.database, Path::new(DEFAULT_DATABASE));
         assert!(c.grants.is_empty());
@@ -980,6 +990,9 @@ mod tests {
             "server.allowed_origins[0]",
         );
         check_err("[server]\nmax_body_bytes = 10", "server.max_body_bytes");
+        check_err("[server]\nheader_timeout_secs = 0", "server.header_timeout_secs");
+        check_err("[server]\nbody_timeout_secs = 0", "server.body_timeout_secs");
+        check_err("[server]\nbody_timeout_secs = 3601", "server.body_timeout_secs");
         check_err("[service]\nname = \"mcp\"", "service.name");
         check_err("[service]\nname = \"svc:Bad_Name\"", "service.name");
         check_err(

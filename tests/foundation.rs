@@ -335,6 +335,175 @@ async fn localapi_slow_hung_failing_or_down_is_refused_within_the_timeout() {
     }
 }
 
+/// The scope names of a `whoami` result, in order.
+fn scope_names(who: &Value) -> Vec<String> {
+    structured(who)["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["scope"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// "Cache at most per TCP connection and for a few seconds": requests on one keep-alive
+/// connection share one whois for `identity_cache_secs` (2 s by default); another connection
+/// from the same address whoises again; once the answer aged, the same connection sees grants
+/// that changed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whois_answers_are_cached_per_connection_for_a_few_seconds() {
+    let Some(w) = world("", "").await else { return };
+    let ttl = Duration::from_secs(2);
+    let whois = || w.standin.whois_count();
+    let before = whois();
+    let started = Instant::now();
+    // initialize, notifications/initialized and tools/call on one connection.
+    let mut alice = w.mcp(ALICE).await;
+    let who = alice.call_tool("whoami", json!({})).await.unwrap();
+    assert!(started.elapsed() < ttl, "three requests took {:?}", started.elapsed());
+    assert_eq!(whois() - before, 1, "one whois for three requests on one connection");
+    assert_eq!(scope_names(&who), ["system:read", "containers:read"]);
+    let first_addr = structured(&who)["remote_addr"].clone();
+
+    // A second connection from the same address is not served from the first one's cache.
+    let mut again = w.mcp(ALICE).await;
+    assert_eq!(whois() - before, 2, "a new connection whoises again");
+    let who = again.call_tool("whoami", json!({})).await.unwrap();
+    assert_ne!(structured(&who)["remote_addr"], first_addr);
+    assert_eq!(whois() - before, 2);
+
+    // tailscaled now gives alice other grants.
+    w.standin.add_identity(
+        ip(ALICE),
+        whois_for(
+            "whois-user.json",
+            "alice@example.com",
+            ip(ALICE),
+            CAP,
+            json!([{"scopes": ["network:read"], "targets": ["local"]}]),
+        ),
+    );
+    // Within the cache age the first connection still answers from its cache...
+    if started.elapsed() + Duration::from_millis(500) < ttl {
+        let who = alice.call_tool("whoami", json!({})).await.unwrap();
+        assert_eq!(scope_names(&who), ["system:read", "containers:read"], "cached");
+        assert_eq!(whois() - before, 2, "no whois within the cache age");
+    }
+    // ...and once its answer is older than that, the same connection sees the new grants.
+    tokio::time::sleep(ttl.saturating_sub(started.elapsed()) + Duration::from_millis(200)).await;
+    let who = alice.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(scope_names(&who), ["network:read"], "{who}");
+    assert_eq!(structured(&who)["remote_addr"], first_addr, "the same TCP connection");
+    assert_eq!(whois() - before, 3, "one new whois once the cached answer aged");
+}
+
+/// Header, idle and body timeouts on a tailnet listener: a client that sends no complete
+/// headers, or idles after a request, is disconnected after `header_timeout_secs`; one whose
+/// body stalls or trickles is answered 408 and disconnected after `body_timeout_secs`; others
+/// are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_slow_bodies_are_cut_off_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(mut w) = world("header_timeout_secs = 1\nbody_timeout_secs = 2", "").await else {
+        return;
+    };
+    /// Read until the server closes `stream` (at most 8 s); what it sent, and how long after
+    /// `started` it closed.
+    async fn until_closed(stream: &mut tokio::net::tcp::OwnedReadHalf, started: Instant) -> (String, Duration) {
+        let mut got = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut got)).await;
+        assert!(
+            r.is_ok(),
+            "not closed within 8 s; got {}",
+            String::from_utf8_lossy(&got)
+        );
+        (String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+    }
+    let head = |length: usize| {
+        format!(
+            "POST /mcp HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+             accept: application/json, text/event-stream\r\ncontent-length: {length}\r\n\r\n",
+            w.host()
+        )
+    };
+
+    // (a) Nothing at all; half a request head; a finished request, then silence.
+    let whole = format!("{}{}", head(init_body().len()), String::from_utf8(init_body()).unwrap());
+    for (what, preamble) in [
+        ("no bytes", String::new()),
+        (
+            "an incomplete head",
+            "POST /mcp HTTP/1.1\r\nhost: 100.100.1.1:8471\r\ncontent-".to_string(),
+        ),
+        ("an idle keep-alive connection", whole),
+    ] {
+        let (mut rd, mut wr) = w.net.connect(ip(ALICE), w.server.addr).await.unwrap().into_split();
+        wr.write_all(preamble.as_bytes()).await.unwrap();
+        let (got, took) = until_closed(&mut rd, Instant::now()).await;
+        assert!(
+            took >= Duration::from_millis(700) && took < Duration::from_secs(4),
+            "{what}: closed after {took:?}, header_timeout_secs is 1"
+        );
+        if what == "an idle keep-alive connection" {
+            assert!(got.starts_with("HTTP/1.1 200"), "{what}: {got}");
+        } else {
+            assert!(got.is_empty(), "{what}: closed unanswered, got {got}");
+        }
+    }
+
+    // (b) A body that stops after 10 of 100 bytes, and one that trickles a byte every 200 ms
+    // (it would take 20 s): both cut off at the body deadline, whatever the trickle.
+    let body = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"pad\":\"{}\"}}",
+        "x".repeat(51)
+    );
+    assert_eq!(body.len(), 100);
+    let mut slow = Vec::new();
+    for trickle in [false, true] {
+        let (rd, mut wr) = w.net.connect(ip(ALICE), w.server.addr).await.unwrap().into_split();
+        wr.write_all(format!("{}{}", head(body.len()), &body[..10]).as_bytes())
+            .await
+            .unwrap();
+        let sent = Instant::now();
+        let rest = body.as_bytes()[10..].to_vec();
+        let writer = tokio::spawn(async move {
+            for b in rest {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if trickle && wr.write_all(&[b]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        slow.push((trickle, rd, writer, sent));
+    }
+    // Meanwhile another client is served, on connections of its own.
+    let r = w.post(BOB, &[], &init_body()).await;
+    assert_eq!(r.status, 200, "served while two bodies stall");
+    for (trickle, mut rd, writer, sent) in slow {
+        let (got, took) = until_closed(&mut rd, sent).await;
+        writer.abort();
+        assert!(
+            took >= Duration::from_millis(1200) && took < Duration::from_secs(5),
+            "trickle {trickle}: answered after {took:?}, body_timeout_secs is 2: {got}"
+        );
+        assert!(got.starts_with("HTTP/1.1 408"), "trickle {trickle}: {got}");
+        assert!(got.to_ascii_lowercase().contains("connection: close"), "{got}");
+        let json = got.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {got}"));
+        assert_eq!(v["error"]["code"], -32001, "the one refusal shape: {got}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("request body not received within 2 s"),
+            "{got}"
+        );
+    }
+    assert!(w.server.alive());
+    let mut alice = w.mcp(ALICE).await;
+    let who = alice.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(structured(&who)["principal"], "alice@example.com");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_identity_headers_are_ignored() {
     let Some(w) = world("", "").await else { return };
@@ -381,6 +550,23 @@ async fn a_session_replayed_by_another_principal_gets_404() {
         .await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].principal.as_deref(), Some("tag:ci,tag:mcp-client"));
+    assert_eq!(
+        rows[0].session_id.as_deref(),
+        Some(sid.as_str()),
+        "the refusal row names the session that was replayed"
+    );
+    // A refusal before any identity (an unknown address) records the presented id too.
+    let r = w.post(STRANGER, &[("mcp-session-id", &sid)], &init_body()).await;
+    assert_eq!(r.status, 403);
+    let rows = w
+        .server
+        .audit_where(1, |r| {
+            r.remote_addr.as_deref().is_some_and(|a| a.starts_with("100.100.2.9:"))
+        })
+        .await;
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].principal.is_none());
+    assert_eq!(rows[0].session_id.as_deref(), Some(sid.as_str()));
     // Alice's session still works.
     let who = alice.call_tool("whoami", json!({})).await.unwrap();
     assert_eq!(structured(&who)["principal"], "alice@example.com");
@@ -619,13 +805,18 @@ async fn host_headers_outside_the_allow_list_are_refused() {
     assert_eq!(rows[0].principal.as_deref(), Some("alice@example.com"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_from_the_servers_own_node_are_refused_unless_allowed() {
-    let Some(w) = world("", "").await else { return };
+/// Make `CI` whois as the server's own node (the StableID in the stand-in's status).
+fn ci_is_the_servers_own_node(w: &World) {
     let self_id = fixture("status.json")["Self"]["ID"].as_str().unwrap().to_string();
     let mut me = fixture("whois-tagged.json");
     me["Node"]["StableID"] = json!(self_id);
     w.standin.add_identity(ip(CI), me);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_from_the_servers_own_node_are_refused_unless_allowed() {
+    let Some(w) = world("", "").await else { return };
+    ci_is_the_servers_own_node(&w);
     let r = w.post(CI, &[], &init_body()).await;
     assert_eq!(r.status, 403);
     let rows = w
@@ -633,6 +824,32 @@ async fn calls_from_the_servers_own_node_are_refused_unless_allowed() {
         .audit_where(1, |r| r.reason.as_deref().is_some_and(|x| x.contains("own node")))
         .await;
     assert_eq!(rows.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_from_the_servers_own_node_are_served_with_allow_self() {
+    let Some(w) = world("allow_self = true", "").await else {
+        return;
+    };
+    ci_is_the_servers_own_node(&w);
+    let mut me = w.mcp(CI).await;
+    let who = me.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(who["isError"], false, "{who}");
+    assert_eq!(structured(&who)["principal"], "tag:ci,tag:mcp-client");
+    assert_eq!(
+        structured(&who)["node_id"],
+        fixture("status.json")["Self"]["ID"],
+        "served as the server's own node"
+    );
+    let rows = w.server.audit_where(1, |r| r.tool.as_deref() == Some("whoami")).await;
+    assert_eq!(rows[0].decision, tailopsmcp::audit::Decision::Allow);
+    assert!(
+        !w.server
+            .audit()
+            .iter()
+            .any(|r| r.reason.as_deref().is_some_and(|x| x.contains("own node"))),
+        "nothing refused as the own node"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

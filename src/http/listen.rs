@@ -3,15 +3,22 @@
 //!
 //! **Invariant:** nothing here binds an address outside `100.64.0.0/10` / `fd7a:115c:a1e0::/48`,
 //! except the explicitly requested loopback dev listener. Each accepted connection carries a
-//! [`ConnInfo`] with its peer into every request it makes.
+//! [`ConnInfo`] with its peer into every request it makes. Every connection has a time limit
+//! for each request's headers (and for the wait for the next one), and every request body one
+//! for the whole body ([`DeadlineBody`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -428,7 +435,14 @@ async fn admit(
         Entry::Tailnet => match tokio::time::timeout(limit, proxy::starts_with_proxy_header(&stream)).await {
             Ok(Ok(false)) => ConnInfo::new(tailnet::unmap_socket(peer), None),
             Ok(Ok(true)) => {
-                super::refuse_audit(&state, None, peer, "PROXY protocol header on a tailnet listener".into()).await;
+                super::refuse_audit(
+                    &state,
+                    None,
+                    peer,
+                    None,
+                    "PROXY protocol header on a tailnet listener".into(),
+                )
+                .await;
                 return;
             }
             Ok(Err(_)) | Err(_) => return,
@@ -436,7 +450,7 @@ async fn admit(
         Entry::Service(name) => match tokio::time::timeout(limit, proxy::read_v2(&mut stream)).await {
             Ok(Ok(source)) => ConnInfo::new(tailnet::unmap_socket(source), Some(name)),
             Ok(Err(reason)) => {
-                super::refuse_audit(&state, None, peer, format!("Service listener: {reason}")).await;
+                super::refuse_audit(&state, None, peer, None, format!("Service listener: {reason}")).await;
                 return;
             }
             Err(_) => {
@@ -444,6 +458,7 @@ async fn admit(
                     &state,
                     None,
                     peer,
+                    None,
                     "Service listener: no PROXY v2 header in time".into(),
                 )
                 .await;
@@ -462,9 +477,26 @@ async fn serve_connection(
     stop: CancellationToken,
 ) {
     let peer = conn.peer;
+    let body_timeout = state.config.body_timeout;
+    // Set when a body of this connection missed its deadline. One flag per connection is
+    // enough: HTTP/1.1 serves one request at a time, and the connection ends with that one
+    // (the rest of its body is still unread).
+    let timed_out = Arc::new(AtomicBool::new(false));
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(conn.clone());
-        app.clone().oneshot(req)
+        let deadline = tokio::time::Instant::now() + body_timeout;
+        let req = req.map(|inner| DeadlineBody::new(inner, deadline, timed_out.clone()));
+        let app = app.clone();
+        let timed_out = timed_out.clone();
+        async move {
+            let response = app.oneshot(req).await;
+            if timed_out.load(Ordering::Relaxed) {
+                // rmcp answered the body error with a 500; the client was too slow, not us.
+                tracing::info!(peer = %peer, timeout_secs = body_timeout.as_secs(), "request body not received in time; closing the connection");
+                return Ok(body_timeout_response(body_timeout));
+            }
+            response
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -484,4 +516,76 @@ async fn serve_connection(
             let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
         }
     }
+}
+
+/// A request body that must arrive whole by `deadline` (counted from when its headers were
+/// read): after that, reading it fails and the request is answered with 408. Without it a
+/// client could dribble a body for as long as it liked, holding a connection and a task.
+///
+/// The timer is armed only on the first read that has to wait for the client: a body that came
+/// with its headers (nearly every MCP request) never touches it.
+struct DeadlineBody {
+    inner: Incoming,
+    deadline: tokio::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: Arc<AtomicBool>,
+}
+
+/// The error a [`DeadlineBody`] reads as once its deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received in time")]
+struct BodyTimedOut;
+
+impl DeadlineBody {
+    fn new(inner: Incoming, deadline: tokio::time::Instant, timed_out: Arc<AtomicBool>) -> DeadlineBody {
+        DeadlineBody {
+            inner,
+            deadline,
+            sleep: None,
+            timed_out,
+        }
+    }
+}
+
+impl Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.timed_out.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// 408 in the one refusal shape, closing the connection (the rest of the body is unread).
+fn body_timeout_response(limit: Duration) -> axum::response::Response {
+    let mut response = super::refusal(
+        StatusCode::REQUEST_TIMEOUT,
+        &format!("request body not received within {} s", limit.as_secs()),
+    );
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }

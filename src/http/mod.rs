@@ -195,11 +195,19 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
         tracing::error!("request without connection info; refusing");
         return refusal(StatusCode::FORBIDDEN, "forbidden");
     };
+    // The session the client names: recorded in any refusal's audit row, trusted for nothing
+    // until `may_use` says this caller's principal created it.
+    let session = req
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let presented = session.as_deref();
 
     let caller = match resolve(&st, &conn).await {
         Ok(c) => c,
         Err(reason) => {
-            refuse_audit(&st, None, conn.peer, format!("{what}: {reason}")).await;
+            refuse_audit(&st, None, conn.peer, presented, format!("{what}: {reason}")).await;
             return refusal(
                 StatusCode::FORBIDDEN,
                 "forbidden: no tailnet identity for this connection",
@@ -211,6 +219,7 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
             &st,
             Some(&caller),
             conn.peer,
+            presented,
             format!("{what}: call from this server's own node (allow_self is off)"),
         )
         .await;
@@ -230,16 +239,12 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
             &st,
             Some(&caller),
             conn.peer,
+            presented,
             format!("{what}: Host `{host}` is not allowed"),
         )
         .await;
         return refusal(StatusCode::FORBIDDEN, "forbidden: Host not allowed");
     }
-    let session = req
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
     if let Some(id) = &session
         && !st.sessions.may_use(id, &caller.principal)
     {
@@ -247,6 +252,7 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
             &st,
             Some(&caller),
             conn.peer,
+            presented,
             format!("{what}: session belongs to another principal"),
         )
         .await;
@@ -293,14 +299,27 @@ async fn resolve(st: &AppState, conn: &ConnInfo) -> Result<Arc<Caller>, String> 
     Ok(caller)
 }
 
-/// Record a refusal at the identity layer (committed before the response goes out).
-pub(crate) async fn refuse_audit(st: &AppState, caller: Option<&Caller>, peer: SocketAddr, reason: String) {
+/// The longest presented session id an audit row keeps (rmcp's ids are 36-character UUIDs).
+const MAX_AUDITED_SESSION_ID: usize = 128;
+
+/// Record a refusal at the identity layer (committed before the response goes out), with the
+/// session id the request presented, if any: recorded as presented (cut at
+/// [`MAX_AUDITED_SESSION_ID`] bytes), whoever it belongs to.
+pub(crate) async fn refuse_audit(
+    st: &AppState,
+    caller: Option<&Caller>,
+    peer: SocketAddr,
+    session: Option<&str>,
+    reason: String,
+) {
+    let session = session.map(|s| truncate_at_char(s, MAX_AUDITED_SESSION_ID).to_string());
     let mut rec = match caller {
-        Some(c) => mcp::record_for(c, None, "http"),
+        Some(c) => mcp::record_for(c, session, "http"),
         None => {
             let mut r = Record::new();
             r.method = "http".into();
             r.remote_addr = Some(peer.to_string());
+            r.session_id = session;
             r
         }
     };
@@ -311,6 +330,18 @@ pub(crate) async fn refuse_audit(st: &AppState, caller: Option<&Caller>, peer: S
     if let Err(e) = st.auditor.record(rec).await {
         tracing::error!(error = %e, "audit write failed for a refusal");
     }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate_at_char(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The one shape of every refusal: an HTTP status with a JSON-RPC error body.
@@ -342,6 +373,22 @@ mod tests {
             ("", ""),
         ] {
             assert_eq!(normalize_host(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn presented_session_ids_are_cut_on_a_character_boundary() {
+        for (raw, max, want) in [
+            (
+                "3f2c9a4e-0b1d-4c6e-9f7a-2d8e5b1c0a93",
+                128,
+                "3f2c9a4e-0b1d-4c6e-9f7a-2d8e5b1c0a93",
+            ),
+            ("abcdef", 4, "abcd"),
+            ("ab\u{e9}d", 3, "ab"),
+            ("", 4, ""),
+        ] {
+            assert_eq!(truncate_at_char(raw, max), want, "{raw}");
         }
     }
 }
