@@ -899,6 +899,19 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
             "{body}"
         );
     }
+    let body = alice.request("resources/read", json!({"uri": 7})).await.unwrap().json();
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed params for `resources/read`: invalid type: integer `7`"),
+        "{body}"
+    );
+    let read = w.server.audit_where(1, |r| r.method == "resources/read").await;
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].outcome, tailopsmcp::audit::Outcome::Denied);
+    assert_eq!(read[0].arguments, Some(json!({"uri": 7})));
     // A method nobody serves is not a malformed call.
     let body = alice.request("tools/frobnicate", json!({})).await.unwrap().json();
     assert_eq!(body["error"]["code"], -32601, "{body}");
