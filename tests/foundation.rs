@@ -953,7 +953,11 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         .filter(|r| r.reason.as_deref().is_some_and(|x| x.starts_with("malformed params")))
         .collect();
     assert_eq!(malformed.len(), 2, "{malformed:?}");
-    assert!(malformed.iter().all(|r| r.outcome == tailopsmcp::audit::Outcome::Denied));
+    assert!(
+        malformed
+            .iter()
+            .all(|r| r.outcome == tailopsmcp::audit::Outcome::Denied)
+    );
     assert_eq!(malformed[0].tool.as_deref(), Some("whoami"));
     assert_eq!(malformed[0].arguments, Some(json!(5)));
     assert_eq!(malformed[1].tool, None);
@@ -1197,7 +1201,10 @@ fn environment_variables_override_the_file_and_flags_override_them() {
     };
     let file = file.to_str().unwrap();
     let out = check(&[("TAILOPSMCP_CONFIG", file)], &[]);
-    assert!(out.contains("port 8471") && out.contains("capability: example.com/cap/file"), "{out}");
+    assert!(
+        out.contains("port 8471") && out.contains("capability: example.com/cap/file"),
+        "{out}"
+    );
     let env = [
         ("TAILOPSMCP_CONFIG", file),
         ("TAILOPSMCP_PORT", "9123"),
