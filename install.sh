@@ -299,6 +299,9 @@ max_body_bytes = 1048576
 # connection that waits this long for its next request (hyper measures both from the moment
 # it starts waiting for a request head).
 header_timeout_secs = 30
+# Seconds a client has, once a request's headers are in, to send its whole body (1 MiB at most:
+# see max_body_bytes). A body still incomplete then gets 408 and the connection is closed.
+body_timeout_secs = 30
 # Seconds one TCP connection may reuse its whois answer (0 = whois every request; at most 30).
 identity_cache_secs = 2
 
