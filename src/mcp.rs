@@ -389,8 +389,32 @@ impl ServerHandler for McpServer {
     /// A request rmcp could not parse as the method it names ends here: for a method this server
     /// serves, its params were malformed (`tools/call` with `"arguments": 5`). Answered with
     /// -32602 saying what is wrong; a malformed `tools/call` or `resources/read` is audited (denied,
-    /// with the tool or URI when one is named), so every call still has its record.
-    async fn on_custom_request(
+    /// with the tool or URI when one is named), so every call still has its record. Boxed like
+    /// `call_tool`: unboxed, this future made every request's task larger.
+    fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        ctx: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<rmcp::model::CustomResult, ErrorData>> + Send + '_ {
+        Box::pin(self.custom_request(request, ctx))
+    }
+
+    /// A resource read is authorized (any grant) and audited like a tool call: one record per
+    /// `resources/read`, denials and unknown URIs included.
+    fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<rmcp::model::ReadResourceResponse, ErrorData>> + Send + '_ {
+        Box::pin(self.resources_read(request, ctx))
+    }
+}
+
+/// The bodies of the `tools/call`, `resources/read` and custom-request handlers (boxed by
+/// [`ServerHandler`]'s methods above).
+impl McpServer {
+    /// The body of `on_custom_request`.
+    async fn custom_request(
         &self,
         request: rmcp::model::CustomRequest,
         ctx: RequestContext<RoleServer>,
@@ -437,20 +461,6 @@ impl ServerHandler for McpServer {
         Err(ErrorData::invalid_params(message, None))
     }
 
-    /// A resource read is authorized (any grant) and audited like a tool call: one record per
-    /// `resources/read`, denials and unknown URIs included.
-    fn read_resource(
-        &self,
-        request: rmcp::model::ReadResourceRequestParams,
-        ctx: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<rmcp::model::ReadResourceResponse, ErrorData>> + Send + '_ {
-        Box::pin(self.resources_read(request, ctx))
-    }
-}
-
-/// The bodies of the `tools/call` and `resources/read` handlers (boxed by [`ServerHandler`]'s
-/// methods above).
-impl McpServer {
     /// A `tools/call`.
     async fn tools_call(
         &self,
