@@ -305,6 +305,27 @@ async fn redaction_reaches_the_database() {
     }
 }
 
+/// A refusal records the `Mcp-Session-Id` the client presented, whatever its length: the stored
+/// value is capped like every other client-sent string, and the chain still verifies.
+#[tokio::test]
+async fn a_presented_session_id_is_stored_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, path) = open(&dir);
+    let mut rec = sample("alice@example.com", "whoami");
+    rec.session_id = Some("s".repeat(10_000));
+    let id = auditor.record(rec).await.unwrap();
+    let stored: String = raw(&path)
+        .query_row("SELECT session_id FROM audit WHERE id = ?1", [id], |r| r.get(0))
+        .unwrap();
+    assert!(
+        stored.len() < 4200 && stored.starts_with("sss") && stored.ends_with("[truncated, 10000 bytes]"),
+        "{} bytes",
+        stored.len()
+    );
+    let report = tailopsmcp::audit::verify_path(&path).unwrap();
+    assert!(report.is_ok(), "the capped id is what the chain covers: {report}");
+}
+
 #[tokio::test]
 async fn write_failures_reach_the_caller() {
     let dir = tempfile::tempdir().unwrap();

@@ -112,6 +112,8 @@ impl PreparedRecord {
         }
         rec.id = None;
         rec.error = rec.error.map(|e| redact::truncate(&e));
+        // A session id is whatever the client sent in `Mcp-Session-Id` when a refusal records it.
+        rec.session_id = rec.session_id.map(|s| redact::truncate(&s));
         rec.duration_ms = chain::stored_real(rec.duration_ms);
         let arguments_json = rec
             .arguments

@@ -299,12 +299,9 @@ async fn resolve(st: &AppState, conn: &ConnInfo) -> Result<Arc<Caller>, String> 
     Ok(caller)
 }
 
-/// The longest presented session id an audit row keeps (rmcp's ids are 36-character UUIDs).
-const MAX_AUDITED_SESSION_ID: usize = 128;
-
 /// Record a refusal at the identity layer (committed before the response goes out), with the
-/// session id the request presented, if any: recorded as presented (cut at
-/// [`MAX_AUDITED_SESSION_ID`] bytes), whoever it belongs to.
+/// session id the request presented, if any (as presented, whoever it belongs to; the audit
+/// writer caps its length like every client-sent string it stores).
 pub(crate) async fn refuse_audit(
     st: &AppState,
     caller: Option<&Caller>,
@@ -312,7 +309,7 @@ pub(crate) async fn refuse_audit(
     session: Option<&str>,
     reason: String,
 ) {
-    let session = session.map(|s| truncate_at_char(s, MAX_AUDITED_SESSION_ID).to_string());
+    let session = session.map(str::to_string);
     let mut rec = match caller {
         Some(c) => mcp::record_for(c, session, "http"),
         None => {
@@ -330,18 +327,6 @@ pub(crate) async fn refuse_audit(
     if let Err(e) = st.auditor.record(rec).await {
         tracing::error!(error = %e, "audit write failed for a refusal");
     }
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate_at_char(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// The one shape of every refusal: an HTTP status with a JSON-RPC error body.
@@ -373,22 +358,6 @@ mod tests {
             ("", ""),
         ] {
             assert_eq!(normalize_host(raw), want, "{raw}");
-        }
-    }
-
-    #[test]
-    fn presented_session_ids_are_cut_on_a_character_boundary() {
-        for (raw, max, want) in [
-            (
-                "3f2c9a4e-0b1d-4c6e-9f7a-2d8e5b1c0a93",
-                128,
-                "3f2c9a4e-0b1d-4c6e-9f7a-2d8e5b1c0a93",
-            ),
-            ("abcdef", 4, "abcd"),
-            ("ab\u{e9}d", 3, "ab"),
-            ("", 4, ""),
-        ] {
-            assert_eq!(truncate_at_char(raw, max), want, "{raw}");
         }
     }
 }
