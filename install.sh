@@ -345,15 +345,18 @@ enable = []
 disable = []
 
 [files]
-# Directories the files_* tools may read beneath (absolute). None by default: every files_*
-# call is refused until you list some. Paths are resolved by the kernel beneath the root
-# (openat2 RESOLVE_BENEATH): `..` or a symlink leading out of a root is refused.
+# Directories the files_* tools may read beneath (absolute, without symlinks in the path). None
+# by default: every files_* call is refused until you list some. Paths are resolved by the kernel
+# beneath the root (openat2 RESOLVE_BENEATH): `..` or a symlink leading out of a root is refused.
+# Never read, whatever the roots: /proc, /sys and other kernel file systems, and this server's
+# own config file, audit database, credentials directory and targets' secret files.
 roots = []                       # e.g. ["/srv", "/etc/nginx"]
 # Deny patterns (`*` and `?`, case-insensitive, matched against every path component) added to
 # the built-in ones, which always apply: .ssh .gnupg .password-store .aws .kube .docker id_rsa*
 # id_dsa* id_ecdsa* id_ed25519* *.key *_key *.pem *.p12 *.pfx *.jks *.keystore *.kdbx shadow
 # shadow- gshadow gshadow- .env .env.* *.env .netrc .pgpass .git-credentials .htpasswd
-# credentials credentials.* secrets tailscaled.state
+# credentials credentials.* secrets *-secrets *.keytab private_key* shadow.* gshadow.* opasswd
+# wireguard wg*.conf *.ovpn .my.cnf debian.cnf .npmrc .pypirc tailscaled.state
 deny = []                        # e.g. ["*.bak", "wp-config.php"]
 # The most bytes one files_read returns and one files_tail scans (1024 to 16777216).
 max_read_bytes = 262144

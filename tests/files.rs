@@ -225,6 +225,153 @@ async fn symlinks_and_dotdot_cannot_leave_the_root() {
 }
 
 #[tokio::test]
+async fn the_servers_own_files_are_refused_under_any_root() {
+    let t = tree();
+    let root = &t.root;
+    std::fs::create_dir_all(root.join("keys")).unwrap();
+    // Named so that no deny pattern covers them: only the protected list does.
+    std::fs::write(root.join("audit.db"), "SQLite format 3\0rows").unwrap();
+    std::fs::write(root.join("audit.db-wal"), "wal").unwrap();
+    std::fs::write(root.join("keys/nas_login"), "needle PRIVATE KEY\n").unwrap();
+    std::fs::hard_link(root.join("audit.db"), root.join("sub/copy-of-db")).unwrap();
+    let text = format!(
+        "[files]\nroots = [{root:?}]\n\n[audit]\ndatabase = {:?}\n\n[[target]]\nid = \"nas\"\nkind = \"ssh\"\n\
+         [target.ssh]\nhost = \"127.0.0.1\"\nuser = \"ops\"\nkey_file = {:?}\nknown_hosts = \"/dev/null\"\n",
+        root.join("audit.db"),
+        root.join("keys/nas_login"),
+    );
+    std::fs::write(root.join("server.toml"), &text).unwrap();
+    let c = Arc::new(Config::from_toml(&text, &root.join("server.toml"), &Overrides::default()).unwrap());
+
+    failed(
+        call(&c, "files_read", json!({"path": "audit.db"})).await,
+        "is this server's own audit database",
+    );
+    failed(
+        call(&c, "files_read", json!({"path": "audit.db-wal"})).await,
+        "audit database",
+    );
+    // A hard link reaches the same inode under another name.
+    failed(
+        call(&c, "files_read", json!({"path": "sub/copy-of-db"})).await,
+        "audit database",
+    );
+    failed(
+        call(&c, "files_read", json!({"path": "keys/nas_login"})).await,
+        "is this server's own secret",
+    );
+    failed(
+        call(&c, "files_tail", json!({"path": "server.toml"})).await,
+        "is this server's own configuration file",
+    );
+    // Listings and searches leave them out, and count them as denied.
+    let out = call(&c, "files_list", json!({"path": root.display().to_string()}))
+        .await
+        .unwrap();
+    let names: Vec<&str> = out.structured["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for gone in ["audit.db", "audit.db-wal", "server.toml"] {
+        assert!(!names.contains(&gone), "{gone} listed: {names:?}");
+    }
+    assert!(names.contains(&"notes.txt"), "{names:?}");
+    assert!(out.structured["denied"].as_u64().unwrap() >= 4, "{}", out.structured);
+    let out = call(
+        &c,
+        "files_search",
+        json!({"path": root.display().to_string(), "pattern": "needle|rows|nas_|audit|copy-of", "in": "contents"}),
+    )
+    .await
+    .unwrap();
+    let hits = out.structured["matches"].to_string();
+    for gone in ["audit.db", "nas_login", "copy-of-db", "server.toml"] {
+        assert!(!hits.contains(gone), "{gone} searched: {hits}");
+    }
+    assert!(hits.contains("inner.txt"), "{hits}");
+    // Everything else in the root is still served.
+    assert_eq!(
+        call(&c, "files_read", json!({"path": "notes.txt"}))
+            .await
+            .unwrap()
+            .structured["content"],
+        "hello\nworld\n"
+    );
+}
+
+#[tokio::test]
+async fn kernel_file_systems_are_never_read_even_under_a_root_of_slash() {
+    let c = config("[files]\nroots = [\"/\"]\n");
+    // The server's own memory and environment (keys and tokens live there).
+    for path in [
+        "/proc/self/environ",
+        "/proc/self/mem",
+        "/proc/self/maps",
+        "/proc/cpuinfo",
+    ] {
+        failed(call(&c, "files_read", json!({"path": path})).await, "is on procfs");
+    }
+    failed(call(&c, "files_list", json!({"path": "/proc"})).await, "is on procfs");
+    failed(
+        call(&c, "files_stat", json!({"path": "/sys/kernel"})).await,
+        "is on sysfs",
+    );
+    // A walk from `/` does not descend into them.
+    let out = call(
+        &c,
+        "files_search",
+        json!({"path": "/", "pattern": "^(cpuinfo|environ|kernel)$", "max_depth": 2, "max_results": 100}),
+    )
+    .await
+    .unwrap();
+    let hits = out.structured["matches"].to_string();
+    assert!(!hits.contains("/proc/") && !hits.contains("/sys/"), "{hits}");
+    // Ordinary files are still read.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plain.txt"), "plain\n").unwrap();
+    let out = call(&c, "files_read", json!({"path": p(dir.path(), "plain.txt")}))
+        .await
+        .unwrap();
+    assert_eq!(out.structured["content"], "plain\n");
+}
+
+#[tokio::test]
+async fn a_root_that_goes_through_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::write(real.join("notes.txt"), "hello\n").unwrap();
+    symlink(&real, dir.path().join("link")).unwrap();
+    let c = config(&format!("[files]\nroots = [{:?}]\n", dir.path().join("link")));
+    let m = failed(
+        call(&c, "files_read", json!({"path": "notes.txt"})).await,
+        "goes through a symlink",
+    );
+    assert!(m.contains(&format!("resolves to `{}`", real.display())), "{m}");
+
+    // The attack it stops: whoever can write above a root swaps it for a link to `/`.
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("notes.txt"), "shared\n").unwrap();
+    let c = config(&format!("[files]\nroots = [{share:?}]\n"));
+    assert_eq!(
+        call(&c, "files_read", json!({"path": "notes.txt"}))
+            .await
+            .unwrap()
+            .structured["content"],
+        "shared\n"
+    );
+    std::fs::rename(&share, dir.path().join("share.old")).unwrap();
+    symlink("/", &share).unwrap();
+    failed(
+        call(&c, "files_read", json!({"path": p(&share, "etc/hostname")})).await,
+        "goes through a symlink",
+    );
+}
+
+#[tokio::test]
 async fn a_symlink_swapped_in_during_reads_never_leaks_outside_content() {
     let t = tree();
     let c = files_config(&t);

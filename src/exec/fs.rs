@@ -66,7 +66,41 @@ pub const DEFAULT_DENY: &[&str] = &[
     "credentials",
     "credentials.*",
     "secrets",
+    "*-secrets",
+    "*.keytab",
+    "private_key*",
+    "shadow.*",
+    "gshadow.*",
+    "opasswd",
+    "wireguard",
+    "wg*.conf",
+    "*.ovpn",
+    ".my.cnf",
+    "debian.cnf",
+    ".npmrc",
+    ".pypirc",
     "tailscaled.state",
+];
+
+/// File systems the file tools never read or list: the kernel's views of processes and
+/// devices. A root of `/` would otherwise reach `/proc/self/mem` (this server's own memory, with
+/// its keys and tokens), `/proc/*/environ` or `/sys/firmware/efi/efivars`.
+const PSEUDO_FILESYSTEMS: &[(u32, &str)] = &[
+    (0x0000_9fa0, "procfs"),
+    (0x6265_6572, "sysfs"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x7363_6673, "securityfs"),
+    (0xcafe_4a11, "bpffs"),
+    (0xde5e_81e4, "efivarfs"),
+    (0x6265_6570, "configfs"),
+    (0x0027_e0eb, "cgroupfs"),
+    (0x6367_7270, "cgroup2fs"),
+    (0xf97c_ff8c, "selinuxfs"),
+    (0x4341_5d53, "smackfs"),
+    (0x6165_676c, "pstore"),
+    (0x4249_4e4d, "binfmt_misc"),
+    (0x6e73_6673, "nsfs"),
 ];
 
 /// Longest path argument accepted (bytes).
@@ -96,6 +130,17 @@ pub enum FsError {
     /// A `/proc` magic link or a symlink loop.
     #[error("`{path}` crosses a /proc magic link or too many symlinks; refused")]
     Loop { path: String },
+    /// On a kernel pseudo file system (see [`PSEUDO_FILESYSTEMS`]).
+    #[error("`{path}` is on {fs}, which the file tools never read (process memory and kernel state live there)")]
+    PseudoFs { path: String, fs: &'static str },
+    /// This server's own configuration, audit database or secrets.
+    #[error("`{path}` is this server's own {what}; the file tools never return it")]
+    Protected { path: String, what: String },
+    /// A configured root whose path goes through a symlink.
+    #[error(
+        "the configured root `{root}` goes through a symlink{resolved}; configure the path without symlinks (roots are opened without following them, so nobody who can write above a root can swap it for a link)"
+    )]
+    RootSymlink { root: String, resolved: String },
     /// A component matches a deny pattern.
     #[error("`{path}` is denied: component `{component}` matches deny pattern `{pattern}`")]
     Denied {
@@ -206,6 +251,52 @@ pub struct Roots {
     section: &'static str,
     roots: Vec<PathBuf>,
     deny: Deny,
+    /// This server's own files (config, audit database, secrets), refused wherever they are.
+    protected: Vec<Protected>,
+}
+
+/// A path the file tools refuse whatever the roots say: this server's configuration, audit
+/// database and secrets. Matched on the resolved path (a directory and everything under it) and,
+/// for files, on device and inode (a hard link or a bind mount reaches the same inode).
+#[derive(Debug, Clone)]
+pub struct Protected {
+    pub path: PathBuf,
+    /// What it is, for the error (`configuration file`, `audit database`, `secret`).
+    pub what: String,
+}
+
+/// The protected paths as they resolve now: (canonical path, device and inode, what).
+struct ProtectedNow<'a> {
+    entries: Vec<(PathBuf, Option<(u64, u64)>, &'a str)>,
+}
+
+impl<'a> ProtectedNow<'a> {
+    fn new(list: &'a [Protected]) -> ProtectedNow<'a> {
+        let entries = list
+            .iter()
+            .map(|p| {
+                // A protected path that does not exist (yet) protects its spelling.
+                let real = std::fs::canonicalize(&p.path).unwrap_or_else(|_| p.path.clone());
+                let id = std::fs::metadata(&real).ok().and_then(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.is_file().then(|| (m.dev(), m.ino()))
+                });
+                (real, id, p.what.as_str())
+            })
+            .collect();
+        ProtectedNow { entries }
+    }
+
+    /// What `real` (a resolved absolute path) with `stat` is, when it is protected.
+    fn check(&self, real: &Path, stat: Option<&libc::stat>) -> Option<&'a str> {
+        self.entries.iter().find_map(|(path, id, what)| {
+            let same_inode = match (id, stat) {
+                (Some((dev, ino)), Some(st)) => st.st_dev as u64 == *dev && st.st_ino as u64 == *ino,
+                _ => false,
+            };
+            (same_inode || real.starts_with(path)).then_some(*what)
+        })
+    }
 }
 
 /// A path opened beneath its root (an `O_PATH` descriptor) with what was learned resolving it.
@@ -215,11 +306,24 @@ pub struct Opened {
     /// as configured.
     pub path: PathBuf,
     stat: libc::stat,
+    /// The resolved absolute path as the kernel spells it.
+    real: PathBuf,
 }
 
 impl Roots {
     pub fn new(section: &'static str, roots: Vec<PathBuf>, deny: Deny) -> Roots {
-        Roots { section, roots, deny }
+        Roots {
+            section,
+            roots,
+            deny,
+            protected: Vec::new(),
+        }
+    }
+
+    /// Also refuse `protected` (this server's own files), wherever the roots are.
+    pub fn with_protected(mut self, protected: Vec<Protected>) -> Roots {
+        self.protected = protected;
+        self
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -324,13 +428,22 @@ impl Roots {
                 pattern,
             });
         }
+        if let Some(fs) = pseudo_fs(fd.as_raw_fd()) {
+            return Err(FsError::PseudoFs { path: shown, fs });
+        }
         let stat = fstat(fd.as_raw_fd()).map_err(|e| io_error(&shown, e))?;
+        if let Some(what) = ProtectedNow::new(&self.protected).check(&real, Some(&stat)) {
+            return Err(FsError::Protected {
+                path: shown,
+                what: what.to_string(),
+            });
+        }
         let path = if real_rel.as_os_str().is_empty() {
             root.clone()
         } else {
             root.join(real_rel)
         };
-        Ok(Opened { fd, path, stat })
+        Ok(Opened { fd, path, stat, real })
     }
 
     /// `files_stat`: facts about one path.
@@ -351,6 +464,7 @@ impl Roots {
             });
         }
         let names = read_dir_names(&o.fd).map_err(|e| io_error(&shown, e))?;
+        let protected = ProtectedNow::new(&self.protected);
         let mut entries = Vec::new();
         let mut denied = 0u64;
         let total = names.len();
@@ -362,6 +476,10 @@ impl Roots {
             let Ok(st) = fstatat_nofollow(o.fd.as_raw_fd(), &name) else {
                 continue;
             };
+            if protected.check(&o.real.join(&name), Some(&st)).is_some() {
+                denied += 1;
+                continue;
+            }
             let kind = kind_of(st.st_mode);
             let link_target = if kind == FileKind::Symlink {
                 readlinkat(o.fd.as_raw_fd(), &name).ok()
@@ -480,9 +598,11 @@ impl Roots {
             binary_skipped: 0,
             stopped: None,
         };
-        // Depth-first, names sorted, so results are stable.
-        let mut stack: Vec<(OwnedFd, PathBuf, usize)> = vec![(o.fd, o.path.clone(), 0)];
-        'walk: while let Some((dir, dir_path, depth)) = stack.pop() {
+        let protected = ProtectedNow::new(&self.protected);
+        // Depth-first, names sorted, so results are stable. Each entry: the directory, its path
+        // as shown, its path as the kernel resolved it, its depth.
+        let mut stack: Vec<(OwnedFd, PathBuf, PathBuf, usize)> = vec![(o.fd, o.path.clone(), o.real.clone(), 0)];
+        'walk: while let Some((dir, dir_path, dir_real, depth)) = stack.pop() {
             let Ok(names) = read_dir_names(&dir) else { continue };
             let mut subdirs = Vec::new();
             for name in names {
@@ -498,6 +618,10 @@ impl Roots {
                 let Ok(st) = fstatat_nofollow(dir.as_raw_fd(), &name) else {
                     continue;
                 };
+                if protected.check(&dir_real.join(&name), Some(&st)).is_some() {
+                    out.denied_skipped += 1;
+                    continue;
+                }
                 let kind = kind_of(st.st_mode);
                 let full = dir_path.join(&name);
                 if opts.contents {
@@ -541,7 +665,12 @@ impl Roots {
                     (libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
                     libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
                 ) {
-                    stack.push((fd, dir_path.join(&name), depth + 1));
+                    // A mount point of /proc, /sys, ... under the directory: not walked.
+                    if pseudo_fs(fd.as_raw_fd()).is_some() {
+                        out.denied_skipped += 1;
+                        continue;
+                    }
+                    stack.push((fd, dir_path.join(&name), dir_real.join(&name), depth + 1));
                 }
             }
         }
@@ -883,24 +1012,48 @@ fn openat2(dirfd: RawFd, path: &CString, flags: u64, resolve: u64) -> io::Result
 fn open_root(root: &Path) -> Result<OwnedFd, FsError> {
     let shown = root.display().to_string();
     let c = CString::new(root.as_os_str().as_bytes()).map_err(|_| FsError::BadPath("root contains NUL".into()))?;
-    // SAFETY: a valid C string; open returns a new descriptor or -1.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::ENOENT) => FsError::Io {
-                path: shown,
-                message: "the configured root does not exist".into(),
-            },
-            Some(libc::ENOTDIR) => FsError::Io {
-                path: shown,
-                message: "the configured root is not a directory".into(),
-            },
-            _ => io_error(&shown, e),
-        });
+    // No symlink is followed anywhere in the root's own path: someone who can write to a
+    // directory above a root could otherwise swap the root for a link to `/`.
+    let opened = openat2(
+        libc::AT_FDCWD,
+        &c,
+        (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    );
+    opened.map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => FsError::RootSymlink {
+            resolved: std::fs::canonicalize(root)
+                .map(|r| format!(" (it resolves to `{}`)", r.display()))
+                .unwrap_or_default(),
+            root: shown,
+        },
+        Some(libc::ENOSYS) => FsError::Unsupported,
+        Some(libc::ENOENT) => FsError::Io {
+            path: shown,
+            message: "the configured root does not exist".into(),
+        },
+        Some(libc::ENOTDIR) => FsError::Io {
+            path: shown,
+            message: "the configured root is not a directory".into(),
+        },
+        _ => io_error(&shown, e),
+    })
+}
+
+/// The name of the pseudo file system `fd` is on, if it is one of [`PSEUDO_FILESYSTEMS`].
+fn pseudo_fs(fd: RawFd) -> Option<&'static str> {
+    // SAFETY: `st` is written by fstatfs before it is read; zeroed is a valid bit pattern.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(fd, &mut st) } < 0 {
+        // Fail closed: what cannot be identified is not read.
+        return Some("a file system that could not be identified");
     }
-    // SAFETY: a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // `f_type`'s width differs between architectures; the magic numbers are 32 bits.
+    let magic = st.f_type as u64 as u32;
+    PSEUDO_FILESYSTEMS
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, name)| *name)
 }
 
 fn fstat(fd: RawFd) -> io::Result<libc::stat> {
@@ -1044,6 +1197,38 @@ mod tests {
         assert_eq!(d.matches(OsStr::new("id_ed25519")), Some("id_ed25519*"));
         assert_eq!(d.matches(OsStr::new("ssh_host_ed25519_key")), Some("*_key"));
         assert_eq!(d.matches(OsStr::new("notes.txt")), None);
+        // Secrets found under names the first list missed.
+        for (name, pattern) in [
+            ("chap-secrets", "*-secrets"),
+            ("krb5.keytab", "*.keytab"),
+            ("private_key.json", "private_key*"),
+            ("shadow.bak", "shadow.*"),
+            ("opasswd", "opasswd"),
+            ("wireguard", "wireguard"),
+            ("wg0.conf", "wg*.conf"),
+            ("client.ovpn", "*.ovpn"),
+            (".my.cnf", ".my.cnf"),
+            ("debian.cnf", "debian.cnf"),
+            (".npmrc", ".npmrc"),
+            (".pypirc", ".pypirc"),
+        ] {
+            assert_eq!(d.matches(OsStr::new(name)), Some(pattern), "{name}");
+        }
+        assert_eq!(d.matches(OsStr::new("openssl.cnf")), None);
+        // config.example.toml lists the built-in patterns for operators: it must list them all.
+        let example = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"));
+        let listed: Vec<&str> = example
+            .lines()
+            .skip_while(|l| !l.starts_with("[files]"))
+            .take_while(|l| !l.starts_with("deny"))
+            .flat_map(|l| l.trim_start_matches('#').split_whitespace())
+            .collect();
+        for pattern in DEFAULT_DENY {
+            assert!(
+                listed.contains(pattern),
+                "config.example.toml does not list `{pattern}`"
+            );
+        }
         assert!(valid_pattern("a/b").is_err());
         assert!(valid_pattern("").is_err());
         assert!(valid_pattern("*.bak").is_ok());

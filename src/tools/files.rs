@@ -588,7 +588,57 @@ impl Tool for FilesSearch {
 /// The `[files]` roots and deny patterns.
 pub(crate) fn files_roots(ctx: &ToolContext) -> Roots {
     let c = &ctx.config.files;
-    Roots::new("[files]", c.roots.clone(), Deny::new(&c.deny))
+    Roots::new("[files]", c.roots.clone(), Deny::new(&c.deny)).with_protected(protected(&ctx.config))
+}
+
+/// This server's own files, which the `files` and `logs` tools refuse under any root: its
+/// configuration file, its audit database (reading it would get around `audit:read`), systemd's
+/// credentials directory, and every secret file a target names (`key_file`, `token_file`,
+/// `tls_key`; relative ones live in the credentials directory).
+pub(crate) fn protected(config: &crate::config::Config) -> Vec<crate::exec::fs::Protected> {
+    use crate::exec::fs::Protected;
+    let mut out = Vec::new();
+    let mut add = |path: std::path::PathBuf, what: &str| {
+        out.push(Protected {
+            path,
+            what: what.to_string(),
+        })
+    };
+    if let Some(source) = &config.source {
+        add(absolute(source), "configuration file");
+    }
+    let db = absolute(&config.database);
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = db.clone().into_os_string();
+        name.push(suffix);
+        add(name.into(), "audit database");
+    }
+    add(db, "audit database");
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        add(dir.into(), "credentials directory");
+    }
+    for target in &config.targets {
+        let Some(settings) = &target.settings else { continue };
+        for key in SECRET_FILE_KEYS {
+            if let Some(toml::Value::String(p)) = settings.get(*key) {
+                // A relative one is in the credentials directory (protected above) or, with none,
+                // in the working directory (how `Secret::read` finds it).
+                let p = std::path::Path::new(p);
+                if p.is_absolute() || std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+                    add(absolute(p), "secret");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Target settings that name secret files.
+const SECRET_FILE_KEYS: &[&str] = &["key_file", "token_file", "tls_key"];
+
+/// `path`, made absolute against the working directory (the server resolves it the same way).
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Refuse targets other than this host: these tools read the server's own file system.

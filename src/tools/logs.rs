@@ -513,7 +513,7 @@ pub fn sampling_input(a: &Analysis) -> String {
 
 fn logs_roots(ctx: &ToolContext) -> Roots {
     let c = &ctx.config.logs;
-    Roots::new("[logs]", c.roots.clone(), Deny::new(&c.deny))
+    Roots::new("[logs]", c.roots.clone(), Deny::new(&c.deny)).with_protected(super::files::protected(&ctx.config))
 }
 
 fn journal_limits(ctx: &ToolContext) -> Limits {
