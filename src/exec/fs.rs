@@ -265,9 +265,12 @@ pub struct Protected {
     pub what: String,
 }
 
-/// The protected paths as they resolve now: (canonical path, device and inode, what).
+/// One protected path as it resolves now: canonical path, device and inode (files), what.
+type ProtectedEntry<'a> = (PathBuf, Option<(u64, u64)>, &'a str);
+
+/// The protected paths as they resolve now.
 struct ProtectedNow<'a> {
-    entries: Vec<(PathBuf, Option<(u64, u64)>, &'a str)>,
+    entries: Vec<ProtectedEntry<'a>>,
 }
 
 impl<'a> ProtectedNow<'a> {
@@ -291,6 +294,8 @@ impl<'a> ProtectedNow<'a> {
     fn check(&self, real: &Path, stat: Option<&libc::stat>) -> Option<&'a str> {
         self.entries.iter().find_map(|(path, id, what)| {
             let same_inode = match (id, stat) {
+                // `st_dev`/`st_ino` are not u64 on every target.
+                #[allow(clippy::unnecessary_cast)]
                 (Some((dev, ino)), Some(st)) => st.st_dev as u64 == *dev && st.st_ino as u64 == *ino,
                 _ => false,
             };
