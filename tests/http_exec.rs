@@ -155,13 +155,28 @@ async fn handle(State(seen): State<Arc<Mutex<Vec<Seen>>>>, req: Request) -> Resp
         "/api/forbidden" => (StatusCode::FORBIDDEN, "no").into_response(),
         "/api/loop" => (StatusCode::FOUND, [(header::LOCATION, "/api/loop")]).into_response(),
         "/api/redirect" => {
-            let to = query
-                .strip_prefix("to=")
-                .map(|t| percent_encoding::percent_decode_str(t).decode_utf8_lossy().into_owned());
-            (StatusCode::FOUND, [(header::LOCATION, to.unwrap_or_default())]).into_response()
+            // `to`: the Location; `status`: 302 unless given.
+            let status = param(&query, "status")
+                .and_then(|s| StatusCode::from_bytes(s.as_bytes()).ok())
+                .unwrap_or(StatusCode::FOUND);
+            (status, [(header::LOCATION, param(&query, "to").unwrap_or_default())]).into_response()
+        }
+        "/api/echo-token" => {
+            // `pad` bytes of `a`, the Authorization header as received, then 200 bytes of `z`.
+            let pad = param(&query, "pad").and_then(|p| p.parse().ok()).unwrap_or(0);
+            let text = format!("{}{}{}", "a".repeat(pad), auth.unwrap_or_default(), "z".repeat(200));
+            ([(header::CONTENT_TYPE, "text/plain")], text).into_response()
         }
         _ => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
+}
+
+/// The value of query parameter `name`, percent-decoded.
+fn param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+    })
 }
 
 fn settings(base: String) -> HttpSettings {
@@ -249,6 +264,11 @@ async fn methods_and_paths_are_enforced_before_anything_is_sent() {
         ("/api/%252e%252e/admin", "dot segments"),
         ("/api/./json", "dot segments"),
         ("/api/..%2fadmin", "encoded slashes"),
+        ("/api/..;/admin", "segment `..;` contains `;`"),
+        ("/api/%2e%2e;/admin", "segment `%2e%2e;` contains `;`"),
+        ("/api/..%20/admin", "segment `..%20` is only dots and spaces"),
+        ("/api/%EF%BC%8E%EF%BC%8E/admin", "contains U+FF0E"),
+        ("/api/%C0%AE%C0%AE/admin", "does not decode to valid UTF-8"),
         ("/api%2f..%2fadmin", "encoded slashes"),
         ("//evil.example/", "may not start with //"),
         ("//127.0.0.1/api/json", "may not start with //"),
@@ -627,7 +647,13 @@ async fn redirects_are_followed_only_within_the_origin_and_the_rules() {
         assert_eq!(r.headers.get("location"), Some(&to));
     }
     // Same origin but outside the allowed prefixes, or smuggling a traversal: not followed.
-    for to in ["/admin", "/api/%2e%2e/admin"] {
+    for to in [
+        "/admin",
+        "/api/%2e%2e/admin",
+        "/api/..;/admin",
+        "/api/..%20/admin",
+        "/api/%C0%AE%C0%AE/admin",
+    ] {
         let r = http
             .request("GET", "/api/redirect", &via(to.into()), None)
             .await
@@ -650,6 +676,126 @@ async fn redirects_are_followed_only_within_the_origin_and_the_rules() {
     // The followed redirect kept the token (same origin).
     let followed = server.seen().into_iter().find(|s| s.uri == "/api/json").unwrap();
     assert!(followed.headers.get("authorization").is_some());
+}
+
+#[tokio::test]
+async fn redirects_never_turn_a_request_into_a_get_the_target_does_not_allow() {
+    let server = Server::plain().await;
+    let target = |methods: &[&str]| {
+        Http::new(
+            "no-get",
+            HttpSettings {
+                allowed_methods: methods.iter().map(|m| m.to_string()).collect(),
+                allowed_path_prefixes: vec!["/api".into()],
+                ..settings(server.url("http", "127.0.0.1"))
+            },
+            Limits::default(),
+        )
+        .unwrap()
+    };
+    let via = |status: u16| q(&[("status", &status.to_string()), ("to", "/api/echo")]);
+
+    // POST only: a 303, 302 or 301 would be followed with a GET, so it comes back as it is.
+    let post_only = target(&["POST"]);
+    for status in [303, 302, 301] {
+        let r = post_only
+            .request("POST", "/api/redirect", &via(status), Some(json!({"n": 1})))
+            .await
+            .unwrap();
+        assert_eq!(r.status, status);
+        assert_eq!(r.headers.get("location").map(String::as_str), Some("/api/echo"));
+    }
+    // A 307 keeps the method and the body: followed.
+    let r = post_only
+        .request("POST", "/api/redirect", &via(307), Some(json!({"n": 2})))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, &r.body["method"], &r.body["body"]),
+        (200, &json!("POST"), &json!(r#"{"n":2}"#))
+    );
+
+    // PUT and HEAD, no GET: a 302 keeps PUT (followed), a 303 would make it a GET (not);
+    // HEAD stays HEAD through a 303 (followed).
+    let put_head = target(&["PUT", "HEAD"]);
+    let r = put_head
+        .request("PUT", "/api/redirect", &via(302), Some(json!({"n": 3})))
+        .await
+        .unwrap();
+    assert_eq!((r.status, &r.body["method"]), (200, &json!("PUT")));
+    let r = put_head
+        .request("PUT", "/api/redirect", &via(303), Some(json!({"n": 4})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 303);
+    let r = put_head
+        .request("HEAD", "/api/redirect", &via(303), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+
+    let uris = server.uris();
+    assert!(!uris.iter().any(|u| u.starts_with("GET ")), "{uris:?}");
+    let followed: Vec<&str> = uris
+        .iter()
+        .map(String::as_str)
+        .filter(|u| u.ends_with(" /api/echo"))
+        .collect();
+    assert_eq!(followed, ["POST /api/echo", "PUT /api/echo", "HEAD /api/echo"]);
+
+    // With GET allowed, a 303 after a POST is followed with a GET, as before.
+    let r = target(&["GET", "POST"])
+        .request("POST", "/api/redirect", &via(303), Some(json!({"n": 5})))
+        .await
+        .unwrap();
+    assert_eq!((r.status, &r.body["method"]), (200, &json!("GET")));
+    assert_eq!(server.uris().last().map(String::as_str), Some("GET /api/echo"));
+}
+
+#[tokio::test]
+async fn a_token_cut_by_the_size_cap_is_not_returned_in_part() {
+    let server = Server::plain().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pad = 1000;
+    let total = pad + TOKEN.len() + 200;
+    let target = |max: usize| {
+        Http::new(
+            "cut",
+            HttpSettings {
+                token_file: Some(token_file(&dir)),
+                max_response_bytes: max,
+                ..settings(server.url("http", "127.0.0.1"))
+            },
+            Limits::default(),
+        )
+        .unwrap()
+    };
+    let query = q(&[("pad", &pad.to_string())]);
+    // The cap keeps the first `k` bytes of the echoed token.
+    for k in [1, 2, 3, 4, 7, 8, 12, TOKEN.len() - 1] {
+        let r = target(pad + k)
+            .request("GET", "/api/echo-token", &query, None)
+            .await
+            .unwrap();
+        let text = r.body.as_str().unwrap();
+        let (shown, marker) = text.split_once('\n').unwrap();
+        for n in 1..TOKEN.len() {
+            assert!(!shown.ends_with(&TOKEN[..n]), "k {k}: {text:?}");
+        }
+        // The last (token length - 1) kept bytes are dropped and counted.
+        assert_eq!(shown, "a".repeat(pad + k - (TOKEN.len() - 1)), "k {k}");
+        assert_eq!(r.truncated_bytes, (total - shown.len()) as u64, "k {k}");
+        assert_eq!(marker, format!("[… {} bytes cut]", r.truncated_bytes));
+    }
+    // The whole token kept, and far enough from the cut: redacted like any other occurrence.
+    let r = target(pad + TOKEN.len() + 100)
+        .request("GET", "/api/echo-token", &query, None)
+        .await
+        .unwrap();
+    let text = r.body.as_str().unwrap();
+    let want = format!("{}[redacted]{}", "a".repeat(pad), "z".repeat(100 - (TOKEN.len() - 1)));
+    assert_eq!(text.split_once('\n').unwrap().0, want);
+    assert!(!text.contains(&TOKEN[..4]), "{text}");
 }
 
 #[tokio::test]

@@ -5,25 +5,32 @@
 //! - the method must be in `allowed_methods` (default `GET` only);
 //! - the caller's path is relative to `base_url` and is normalized first: absolute URLs,
 //!   `//`, dot segments (`.`, `..`, also percent-encoded, also double-encoded), encoded `/` or
-//!   `\`, control characters, `?` and `#` are refused; the joined URL must keep the base's
-//!   scheme, host and port and stay under its path;
+//!   `\`, control characters, `?` and `#` are refused; so are segments some servers fold into
+//!   a dot segment: any `;` (`..;` is `..` to Tomcat and Jetty), only dots and spaces (`..%20`,
+//!   `...`: IIS trims trailing dots and spaces), dot look-alikes (U+FF0E and others that NFKC
+//!   maps to dots), and percent-encodings that do not decode to UTF-8 (overlong `%C0%AE`);
+//!   the joined URL must keep the base's scheme, host and port and stay under its path;
 //! - the path must then lie under one of `allowed_path_prefixes`, matched whole segment by
 //!   whole segment after percent-decoding (`/nodes` allows `/nodes` and `/nodes/pve`, not
 //!   `/nodes2`); an empty list allows everything under `base_url`.
 //!
 //! Redirects are followed only within the same origin, only to paths the rules above allow,
-//! and at most [`MAX_REDIRECTS`] times; any other redirect is returned as the 3xx response it
-//! is. TLS is verified by default against the platform's roots plus an optional `ca_file`;
-//! `insecure_skip_verify` turns verification off and says so loudly in the log. Proxies from
-//! the environment are ignored (the token must not go to a proxy). One deadline
-//! (`Limits::timeout`) covers connecting, sending and reading the body.
+//! at most [`MAX_REDIRECTS`] times, and, on a target that does not allow `GET`, not when
+//! following would turn the request into a `GET` (a 303, or a 301/302 after a `POST`); any
+//! other redirect is returned as the 3xx response it is. TLS is verified by default against
+//! the platform's roots plus an optional `ca_file`; `insecure_skip_verify` turns verification
+//! off and says so loudly in the log. Proxies from the environment are ignored (the token must
+//! not go to a proxy). One deadline (`Limits::timeout`) covers connecting, sending and reading
+//! the body.
 //!
 //! Body cap: at most `max_response_bytes` are kept. Past that, the body is counted and dropped:
 //! with a `Content-Length` the count is exact and reading stops at once; without one, the rest
 //! is drained and counted up to [`DRAIN_LIMIT`] more bytes or the deadline, so `truncated_bytes`
 //! is then a lower bound. A JSON response (`application/json`, `*/*+json`) that arrived whole is
 //! returned as JSON; anything else, or a cut JSON body, as text (lossy UTF-8), which ends with
-//! the marker line of [`super::process::cut_marker`] when cut.
+//! the marker line of [`super::process::cut_marker`] when cut. When a body is cut and a token
+//! is configured, the last (token length − 1) kept bytes are dropped too (counted as cut), so
+//! the start of a token cut by the cap is never returned.
 //!
 //! Secrets: the token is read from its file or variable for each request (so rotation works),
 //! sent in a header marked sensitive, and never appears in errors, logs or `Debug` output. The
@@ -78,6 +85,25 @@ const REDACTED: &str = "[redacted]";
 /// Tokens shorter than this are not searched for in responses (replacing every `ab` in a body
 /// would wreck it, and such a token is no secret anyway).
 const MIN_REDACTED_LEN: usize = 8;
+
+tokio::task_local! {
+    /// The method of the request being sent, for the redirect policy (see [`redirect_becomes_get`]).
+    static REQUEST_METHOD: Method;
+}
+
+/// Whether following a redirect with `status` turns a request sent as `method` into a `GET`
+/// (what tower-http, under reqwest, does): a 303 for anything but `HEAD`, a 301 or 302 for
+/// `POST`. A `GET` stays a `GET`, which is no change. `None` (method unknown) answers yes
+/// for every status that can change the method.
+fn redirect_becomes_get(status: reqwest::StatusCode, method: Option<&Method>) -> bool {
+    use reqwest::StatusCode;
+    match (status, method) {
+        (StatusCode::SEE_OTHER | StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND, None) => true,
+        (StatusCode::SEE_OTHER, Some(m)) => *m != Method::GET && *m != Method::HEAD,
+        (StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND, Some(m)) => *m == Method::POST,
+        _ => false,
+    }
+}
 
 /// The `[[target]]` settings of a `kind = "http"` target.
 #[derive(Debug, Clone, Deserialize)]
@@ -269,14 +295,18 @@ impl Http {
         };
 
         let policy_rules = rules.clone();
+        let get_allowed = methods.contains(&Method::GET);
         let policy = redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() > MAX_REDIRECTS {
-                attempt.stop()
-            } else if policy_rules.allows_url(attempt.url()) {
-                attempt.follow()
-            } else {
-                attempt.stop()
+            if attempt.previous().len() > MAX_REDIRECTS || !policy_rules.allows_url(attempt.url()) {
+                return attempt.stop();
             }
+            // reqwest's `Attempt` does not carry the method: `send` puts it in REQUEST_METHOD
+            // (an unknown method counts as one that would become GET).
+            let method = REQUEST_METHOD.try_with(Method::clone).ok();
+            if !get_allowed && redirect_becomes_get(attempt.status(), method.as_ref()) {
+                return attempt.stop();
+            }
+            attempt.follow()
         });
         let mut builder = reqwest::Client::builder()
             .redirect(policy)
@@ -438,6 +468,7 @@ impl Http {
             url.query_pairs_mut().extend_pairs(query);
         }
         let mut token: Option<String> = None;
+        let sent_method = method.clone();
         let mut request = i.client.request(method, url);
         if let Some(auth) = &i.auth {
             let secret = auth
@@ -460,7 +491,10 @@ impl Http {
         }
 
         let deadline = tokio::time::Instant::now() + i.limits.timeout;
-        let response = match tokio::time::timeout_at(deadline, request.send()).await {
+        // The redirect policy runs while this future is polled, in this task: it reads the
+        // method from here.
+        let sending = REQUEST_METHOD.scope(sent_method, request.send());
+        let response = match tokio::time::timeout_at(deadline, sending).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(self.map_error(&e)),
             Err(_) => return Err(ExecError::Timeout(i.limits.timeout)),
@@ -576,23 +610,36 @@ fn normalize(path: &str) -> Result<Normalized, String> {
             }
             return Err("empty segments (//) are not allowed".into());
         }
-        // Decode until stable (bounded), so double-encoded dots and slashes are caught too.
-        let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
-        check_segment(part)?;
+        // Decode until stable (bounded), so double-encoded dots and slashes are caught too;
+        // every level is checked, and every level must be valid UTF-8.
+        let not_utf8 = || {
+            format!(
+                "segment `{}` does not decode to valid UTF-8 (refused because some servers decode overlong \
+                 forms such as %C0%AE to a dot)",
+                printable(part)
+            )
+        };
+        let decode = |s: &str| {
+            percent_decode_str(s)
+                .decode_utf8()
+                .map(|d| d.into_owned())
+                .map_err(|_| not_utf8())
+        };
+        check_segment(part, part)?;
         let mut current = (*part).to_owned();
         for _ in 0..4 {
-            let next = decode(&current);
-            check_segment(&next)?;
+            let next = decode(&current)?;
+            check_segment(part, &next)?;
             if next == current {
                 break;
             }
             current = next;
         }
-        if decode(&current) != current {
+        if decode(&current)? != current {
             return Err("too many levels of percent-encoding".into());
         }
         // Prefixes match the segment as the server will read it: decoded once.
-        segments.push(decode(part));
+        segments.push(decode(part)?);
     }
     Ok(Normalized {
         raw: format!("/{rest}"),
@@ -600,7 +647,21 @@ fn normalize(path: &str) -> Result<Normalized, String> {
     })
 }
 
-fn check_segment(segment: &str) -> Result<(), String> {
+/// Characters that Unicode compatibility normalization (NFKC) turns into one or more dots,
+/// which a server normalizing paths that way would then read as `.` or `..`.
+const DOT_LOOKALIKES: &[char] = &[
+    '\u{2024}', // ONE DOT LEADER
+    '\u{2025}', // TWO DOT LEADER
+    '\u{2026}', // HORIZONTAL ELLIPSIS
+    '\u{FE19}', // PRESENTATION FORM FOR VERTICAL HORIZONTAL ELLIPSIS
+    '\u{FE30}', // PRESENTATION FORM FOR VERTICAL TWO DOT LEADER
+    '\u{FE52}', // SMALL FULL STOP
+    '\u{FF0E}', // FULLWIDTH FULL STOP
+];
+
+/// Check one segment at one level of decoding (`segment`; `raw` is the segment as the caller
+/// wrote it, which is what an error names).
+fn check_segment(raw: &str, segment: &str) -> Result<(), String> {
     if segment == "." || segment == ".." {
         return Err("dot segments (. and ..) are not allowed".into());
     }
@@ -609,6 +670,27 @@ fn check_segment(segment: &str) -> Result<(), String> {
     }
     if segment.chars().any(char::is_control) {
         return Err("control characters are not allowed".into());
+    }
+    if segment.contains(';') {
+        return Err(format!(
+            "segment `{}` contains `;`, which servers such as Tomcat and Jetty read as the start of \
+             path parameters (`..;` is read as `..`)",
+            printable(raw)
+        ));
+    }
+    if let Some(c) = segment.chars().find(|c| DOT_LOOKALIKES.contains(c)) {
+        return Err(format!(
+            "segment `{}` contains U+{:04X}, which servers may read as a dot",
+            printable(raw),
+            u32::from(c)
+        ));
+    }
+    if segment.chars().all(|c| c == '.' || c == ' ') {
+        return Err(format!(
+            "segment `{}` is only dots and spaces, which servers that trim trailing dots and spaces \
+             (IIS, Windows) read as a dot segment or an empty one",
+            printable(raw)
+        ));
     }
     Ok(())
 }
@@ -762,6 +844,12 @@ impl Capped {
             };
         }
         if self.cut > 0
+            && let Some(t) = token
+            && t.len() >= MIN_REDACTED_LEN
+        {
+            self.drop_token_tail(t.as_bytes());
+        }
+        if self.cut > 0
             && let Err(e) = std::str::from_utf8(&self.kept)
             && e.error_len().is_none()
         {
@@ -775,6 +863,28 @@ impl Capped {
             text.push_str(&super::process::cut_marker(self.cut));
         }
         (serde_json::Value::String(text), self.cut)
+    }
+
+    /// The cap may have cut an occurrence of the token, leaving its first bytes at the end of
+    /// the kept text, too short to match and be redacted. So the last `token.len() - 1` kept
+    /// bytes (everywhere such a piece can start) are dropped and counted as cut, and more when
+    /// that point would split a whole occurrence (whose first bytes would then end the text).
+    ///
+    /// Dropped whatever they hold, not only when they equal a start of the token (of any
+    /// minimum length): blanking only a matching tail would tell a caller who can make the
+    /// server echo chosen bytes at the cut (a body of their choosing, a long path in an error
+    /// page) whether those bytes start the token — a guessing oracle, a byte at a time once the
+    /// first bytes are known, and a Proxmox token starts with the public `user@realm!tokenid=`.
+    fn drop_token_tail(&mut self, token: &[u8]) {
+        let mut end = self.kept.len().saturating_sub(token.len() - 1);
+        // The earliest whole occurrence that `end` would split, until there is none.
+        while let Some(start) =
+            (end.saturating_sub(token.len() - 1)..end).find(|&p| self.kept.get(p..p + token.len()) == Some(token))
+        {
+            end = start;
+        }
+        self.cut += (self.kept.len() - end) as u64;
+        self.kept.truncate(end);
     }
 }
 
@@ -916,6 +1026,83 @@ mod tests {
     }
 
     #[test]
+    fn segments_servers_fold_into_dot_segments_are_refused() {
+        let pve = rules("https://pve.lan:8006/api2/json", &["/nodes"]);
+        let b = "https://pve.lan:8006/api2/json";
+        // `;`: Tomcat, Jetty and Spring read `..;` as `..`.
+        check(&pve, "/nodes/..;/access", Err("segment `..;` contains `;`"));
+        check(&pve, "/nodes/%2e%2e;/access", Err("segment `%2e%2e;` contains `;`"));
+        check(&pve, "/nodes/%2e%2e%3b/access", Err("segment `%2e%2e%3b` contains `;`"));
+        check(&pve, "/nodes/%252e%252e%253b/access", Err("contains `;`"));
+        check(&pve, "/nodes/.;/access", Err("contains `;`"));
+        check(&pve, "/nodes/pve;jsessionid=x", Err("contains `;`"));
+        // Only dots and spaces: IIS and Windows trim trailing dots and spaces.
+        for seg in [
+            "..%20", "..%20%20", ".%20", "...", "....", ".%2e.", "%20", "%20%20", ". .", "..%2520",
+        ] {
+            check(
+                &pve,
+                &format!("/nodes/{seg}/access"),
+                Err(&format!("segment `{seg}` is only dots and spaces")),
+            );
+        }
+        check(&pve, "/nodes/.. /access", Err("segment `.. ` is only dots and spaces"));
+        // Dot look-alikes, raw or encoded (NFKC folds them into dots).
+        check(
+            &pve,
+            "/nodes/%EF%BC%8E%EF%BC%8E/access",
+            Err("segment `%EF%BC%8E%EF%BC%8E` contains U+FF0E"),
+        );
+        check(&pve, "/nodes/\u{FF0E}\u{FF0E}/access", Err("contains U+FF0E"));
+        check(&pve, "/nodes/%25EF%25BC%258E/access", Err("contains U+FF0E"));
+        check(&pve, "/nodes/%E2%80%A4%E2%80%A4/access", Err("contains U+2024"));
+        check(&pve, "/nodes/%E2%80%A5/access", Err("contains U+2025"));
+        check(&pve, "/nodes/%EF%B9%92./access", Err("contains U+FE52"));
+        check(&pve, "/nodes/a\u{2026}b", Err("contains U+2026"));
+        // Not UTF-8 once decoded (overlong dots, stray bytes), at any level of encoding.
+        check(
+            &pve,
+            "/nodes/%C0%AE%C0%AE/access",
+            Err("segment `%C0%AE%C0%AE` does not decode to valid UTF-8"),
+        );
+        check(&pve, "/nodes/%c0%ae/access", Err("does not decode to valid UTF-8"));
+        check(&pve, "/nodes/%E0%80%AE/access", Err("does not decode to valid UTF-8"));
+        check(&pve, "/nodes/%25C0%25AE/access", Err("does not decode to valid UTF-8"));
+        check(&pve, "/nodes/caf%E9", Err("does not decode to valid UTF-8"));
+        // A refused segment's name in the message is made printable and bounded.
+        let long = format!("/nodes/{};", "a".repeat(300));
+        let why = normalize(&long).unwrap_err();
+        assert!(why.contains(&format!("`{}…`", "a".repeat(200))), "{why}");
+
+        // What was accepted before still is.
+        for seg in [
+            "v1.2",
+            "a..b",
+            ".well-known",
+            "..a",
+            "a..",
+            "a.",
+            "a%20",
+            "%2e%2ea",
+            "a%20b",
+            "pve",
+            "UPID:pve:0001:00:00:task:100:root@pam:",
+            "caf%C3%A9",
+            "\u{00E9}t\u{00E9}",
+        ] {
+            let n = normalize(&format!("/nodes/{seg}")).unwrap_or_else(|why| panic!("{seg}: {why}"));
+            assert!(pve.allows(&n.segments), "{seg}");
+        }
+        check(
+            &pve,
+            "/nodes/v1.2/.well-known",
+            Ok(&format!("{b}/nodes/v1.2/.well-known")),
+        );
+        check(&pve, "/nodes/a..b", Ok(&format!("{b}/nodes/a..b")));
+        assert_eq!(normalize("/nodes/caf%C3%A9").unwrap().segments, ["nodes", "café"]);
+    }
+
+    #[test]
     fn redirects_stay_on_origin_and_inside_the_rules() {
         let r = rules("https://pve.lan:8006/api2/json", &["/nodes"]);
         let ok = |u: &str| r.allows_url(&Url::parse(u).unwrap());
@@ -928,6 +1115,54 @@ mod tests {
         assert!(!ok("http://pve.lan:8006/api2/json/nodes"));
         assert!(!ok("https://evil.example:8006/api2/json/nodes"));
         assert!(!ok("https://pve.lan:8006/api2/json/nodes/%2e%2e/access"));
+        // The same segment rules as a caller's path.
+        assert!(ok("https://pve.lan:8006/api2/json/nodes/v1.2/a..b"));
+        for path in [
+            "nodes/..;/access",
+            "nodes/%2e%2e;/access",
+            "nodes/..%3b/access",
+            "nodes/pve;x=1",
+            "nodes/..%20/access",
+            "nodes/.../access",
+            "nodes/%EF%BC%8E%EF%BC%8E/access",
+            "nodes/\u{FF0E}\u{FF0E}/access",
+            "nodes/%C0%AE%C0%AE/access",
+        ] {
+            assert!(!ok(&format!("https://pve.lan:8006/api2/json/{path}")), "{path}");
+        }
+    }
+
+    #[test]
+    fn redirects_that_would_become_get() {
+        use reqwest::StatusCode as S;
+        let becomes = |s: S, m: Method| redirect_becomes_get(s, Some(&m));
+        // 303: everything but HEAD (and GET, which stays GET).
+        for m in [
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ] {
+            assert!(becomes(S::SEE_OTHER, m.clone()), "{m}");
+            assert!(!becomes(S::MOVED_PERMANENTLY, m.clone()) || m == Method::POST, "{m}");
+        }
+        assert!(!becomes(S::SEE_OTHER, Method::HEAD));
+        assert!(!becomes(S::SEE_OTHER, Method::GET));
+        // 301/302: POST only.
+        assert!(becomes(S::MOVED_PERMANENTLY, Method::POST));
+        assert!(becomes(S::FOUND, Method::POST));
+        assert!(!becomes(S::FOUND, Method::PUT));
+        assert!(!becomes(S::FOUND, Method::HEAD));
+        // 307/308 keep the method.
+        for s in [S::TEMPORARY_REDIRECT, S::PERMANENT_REDIRECT] {
+            assert!(!becomes(s, Method::POST));
+            assert!(!redirect_becomes_get(s, None));
+        }
+        // Method unknown: assume the worst.
+        for s in [S::MOVED_PERMANENTLY, S::FOUND, S::SEE_OTHER] {
+            assert!(redirect_becomes_get(s, None));
+        }
     }
 
     #[test]
@@ -1055,31 +1290,77 @@ mod tests {
 
     #[test]
     fn bodies_are_capped_and_redacted() {
-        let body = |max: usize, len: Option<u64>, data: &[u8], json: bool| {
+        let capped = |max: usize, len: Option<u64>, data: &[u8], json: bool, token: Option<&str>| {
             let mut c = Capped::new(max, len);
             let keep = max.min(data.len());
             c.kept.extend_from_slice(&data[..keep]);
             c.cut = (data.len() - keep) as u64;
-            c.into_body(json, Some("tok-12345"))
+            c.into_body(json, token)
         };
+        let body =
+            |max: usize, len: Option<u64>, data: &[u8], json: bool| capped(max, len, data, json, Some("tok-12345"));
         assert_eq!(
             body(100, None, br#"{"a":[1,"x tok-12345"],"tok-12345":0}"#, true),
             (serde_json::json!({"a": [1, "x [redacted]"], "[redacted]": 0}), 0)
         );
         assert_eq!(body(100, None, b"{not json", true), (serde_json::json!("{not json"), 0));
         assert_eq!(body(100, None, b"[1,2]", false), (serde_json::json!("[1,2]"), 0));
-        // Cut JSON comes back as text with the marker; a cut never splits a character.
+        // Cut JSON comes back as text with the marker; a cut never splits a character (no
+        // token here: with one, more is dropped, see below).
         assert_eq!(
-            body(4, None, br#"{"a":1}"#, true),
+            capped(4, None, br#"{"a":1}"#, true, None),
             (serde_json::json!("{\"a\"\n[… 3 bytes cut]"), 3)
         );
         assert_eq!(
-            body(3, None, "ééé".as_bytes(), false),
+            capped(3, None, "ééé".as_bytes(), false, None),
             (serde_json::json!("é\n[… 4 bytes cut]"), 4)
+        );
+        // With a token: the last (token length - 1) bytes go too, then the half character.
+        assert_eq!(
+            body(11, None, "éééééééé".as_bytes(), false),
+            (serde_json::json!("é\n[… 14 bytes cut]"), 14)
         );
         assert_eq!(
             body(100, None, b"auth tok-12345 ok", false),
             (serde_json::json!("auth [redacted] ok"), 0)
+        );
+        // A token cut by the cap: none of it comes back, at any cut point; the last
+        // (token length - 1) kept bytes are dropped and counted whatever they hold.
+        let token = "tok-12345";
+        let data = format!("head {token} tail");
+        for max in 1..data.len() {
+            let (value, cut) = body(max, None, data.as_bytes(), false);
+            let text = value.as_str().unwrap();
+            let (shown, marker) = text.split_once('\n').unwrap();
+            assert!(!shown.contains('t'), "max {max}: {text:?}");
+            let want = if max >= 5 + token.len() {
+                // The whole token was kept but the drop point split it: moved back before it.
+                "head "
+            } else {
+                &data[..max.saturating_sub(token.len() - 1)]
+            };
+            assert_eq!(shown, want, "max {max}");
+            assert_eq!(cut, (data.len() - want.len()) as u64, "max {max}");
+            assert_eq!(marker, format!("[… {cut} bytes cut]"));
+        }
+        // A whole occurrence well before the cut is redacted and kept.
+        assert_eq!(
+            body(30, None, b"a tok-12345 b 0123456789abcdefghijklmnop", false),
+            (serde_json::json!("a [redacted] b 01234567\n[… 18 bytes cut]"), 18)
+        );
+        // Overlapping occurrences of a repetitive token: the split point moves back until
+        // no occurrence is split.
+        let mut c = Capped::new(14, None);
+        c.kept.extend_from_slice(b"xaaaaaaaaaaaaa");
+        c.cut = 10;
+        assert_eq!(
+            c.into_body(false, Some("aaaaaaaa")),
+            (serde_json::json!("x\n[… 23 bytes cut]"), 23)
+        );
+        // Not cut: nothing dropped.
+        assert_eq!(
+            body(100, None, b"ends with tok-1234", false),
+            (serde_json::json!("ends with tok-1234"), 0)
         );
         // A token too short to search for is left alone (and the body with it).
         let mut short = Capped::new(100, None);
