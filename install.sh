@@ -496,7 +496,7 @@ targets = ["local"]
 # scopes = ["monitor"]          # the most anyone may do here
 # groups = ["homelab"]          # for `targets = ["group:homelab"]`
 # timeout_secs = 30             # per operation, connecting included
-# max_concurrent = 4            # operations in flight on this target
+# max_concurrent = 4            # operations in flight on this target (at most sshd's MaxSessions, 10)
 # max_output_bytes = 262144     # output kept per stream; the rest is counted and cut
 # [target.ssh]                  # settings for the kind: [target.ssh], [target.docker] or [target.http]
 # host = "nas.tail1234.ts.net"
@@ -506,7 +506,8 @@ targets = ["local"]
 # # agent = true                # or use the agent at $SSH_AUTH_SOCK
 # known_hosts = "/etc/tailopsmcp/known_hosts"   # the host key must be listed here...
 # # host_key_fingerprint = "SHA256:..."         # ...or pinned here; unknown or changed keys are refused
-# # trust_on_first_use = false  # only if set: accept an unknown key once and append it to known_hosts
+# # trust_on_first_use = false  # only if set: accept the key once and append it to known_hosts when
+#                               # that file has no entry for the host (another key of any type = changed)
 # sudo = "none"                 # or { allow = ["systemctl"] }: programs run under `sudo -n`
 #
 # [[target]]                  # the containers_* tools run on docker targets only; for this host's

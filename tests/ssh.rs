@@ -1,7 +1,8 @@
 //! The SSH executor (`exec::ssh::Ssh`) against a real OpenSSH sshd on loopback: exact argv
 //! (no injection), exit status, output caps, timeouts that kill the remote process group,
-//! connection reuse and recovery, host-key refusal (unknown, changed, pin), trust on first use,
-//! authentication and reachability errors, the concurrency limit and the sudo policy.
+//! connection reuse and recovery, host-key refusal (unknown, changed, pin), trust on first use
+//! (only for a host with no entry), authentication and reachability errors, the concurrency limit,
+//! timeouts killed with every session slot taken (`MaxSessions`), and the sudo policy.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -687,4 +688,173 @@ async fn idle_shells_stay_within_the_channel_limit() {
         assert!(Instant::now() < deadline, "{:?}", s.session_processes());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until no process on this machine runs `sleep ARG` and none under the daemon (zombies
+/// included, so sshd has reaped the session and freed its slot) mentions `ARG`.
+async fn wait_until_gone(s: &Sshd, arg: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let running = processes_running(&format!("sleep {arg}"));
+        let sessions: Vec<_> = s
+            .session_processes()
+            .into_iter()
+            .filter(|(_, cmdline)| cmdline.contains(arg))
+            .collect();
+        if running.is_empty() && sessions.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`sleep {arg}` survived its timeout: {running:?} {sessions:?}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// sshd keeps a closed session's slot while its process runs, so with `max_concurrent` equal to
+/// `MaxSessions` and the idle pool full there is no free slot for a new channel after a timeout:
+/// the kill must run in an idle shell.
+#[tokio::test]
+async fn timeout_kill_needs_no_free_session_slot() {
+    let s = match Sshd::start_with_max_sessions(2) {
+        Ok(s) => s,
+        Err(e) => return skip_or_fail(&format!("cannot start sshd: {e}")),
+    };
+    let ssh = Ssh::new("t1", settings(&s), limits(1000, 1000), 2).unwrap();
+    // Two overlapping calls park two shells: every session slot of the connection is taken.
+    let calls = (0..2).map(|_| {
+        let t = ssh.clone();
+        async move { t.run(&cmd("sleep", &["0.3"]), false).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap().status, Some(0));
+    }
+    assert_eq!((ssh.shells_started(), remote_shells(&s).len()), (2, 2));
+
+    let marker = unique_sleep();
+    let out = ssh.run(&cmd("sleep", &[&marker]), false).await.unwrap();
+    assert!(out.timed_out, "{out:?}");
+    wait_until_gone(&s, &marker, Duration::from_secs(2)).await;
+
+    // A command on a channel of its own (a state-changing builtin), next to the idle shell.
+    let marker = unique_sleep();
+    let out = ssh
+        .run(&cmd("eval", &[&format!("sleep {marker}")]), false)
+        .await
+        .unwrap();
+    assert!(out.timed_out, "{out:?}");
+    wait_until_gone(&s, &marker, Duration::from_secs(2)).await;
+
+    // Every slot is free again: the shell that ran the kills serves the next call, and two
+    // calls at once still get a shell each.
+    let out = ssh.run(&cmd("echo", &["after"]), false).await.unwrap();
+    assert_eq!(out.stdout, "after\n");
+    let calls = (0..2).map(|_| {
+        let t = ssh.clone();
+        async move { t.run(&cmd("sleep", &["0.3"]), false).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap().status, Some(0));
+    }
+    assert_eq!(
+        ssh.connections_opened(),
+        1,
+        "the kills needed no connection of their own"
+    );
+}
+
+/// Every session slot held by a timed-out command and no idle shell: the kills go over a
+/// connection of their own.
+#[tokio::test]
+async fn timeouts_holding_every_session_slot_are_killed() {
+    let s = match Sshd::start_with_max_sessions(2) {
+        Ok(s) => s,
+        Err(e) => return skip_or_fail(&format!("cannot start sshd: {e}")),
+    };
+    let ssh = Ssh::new("t1", settings(&s), limits(1000, 1000), 2).unwrap();
+    let markers = [unique_sleep(), unique_sleep()];
+    let calls = markers.iter().map(|m| {
+        let t = ssh.clone();
+        async move { t.run(&cmd("sleep", &[m]), false).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        assert!(r.unwrap().timed_out);
+    }
+    for m in &markers {
+        wait_until_gone(&s, m, Duration::from_secs(2)).await;
+    }
+    let out = ssh.run(&cmd("echo", &["after"]), false).await.unwrap();
+    assert_eq!(out.stdout, "after\n");
+}
+
+/// A public key line `TYPE BASE64` of a fresh key of `kind` (`ssh-keygen -t`) in the test dir.
+fn other_key(s: &Sshd, kind: &str) -> String {
+    let path = s.dir().join(format!("other-{kind}"));
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", "", "-C", "other", "-f"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    let mut parts = public.split_whitespace();
+    format!("{} {}", parts.next().unwrap(), parts.next().unwrap())
+}
+
+/// Trust on first use only for a host with no entry at all: a recorded key of another type (the
+/// server offers only ed25519) is a changed key, and so is one recorded under a wildcard pattern
+/// or another spelling of the name. The file is left as it was.
+#[tokio::test]
+async fn trust_on_first_use_refuses_a_host_with_other_entries() {
+    let Some(s) = sshd() else { return };
+    let port = s.port();
+    let ecdsa = other_key(&s, "ecdsa");
+    let other_ed = other_key(&s, "ed25519");
+    for (host, line) in [
+        ("127.0.0.1", format!("[127.0.0.1]:{port} {ecdsa}")),
+        ("127.0.0.1", format!("[127.0.0.1]:* {other_ed}")),
+        ("127.0.0.1", format!("[127.0.0.?]:{port}\t{other_ed}")),
+        ("localhost", format!("[LocalHost]:{port} {other_ed}")),
+    ] {
+        let path = s.write_known_hosts("kh_other_type", std::slice::from_ref(&line));
+        let before = std::fs::read_to_string(&path).unwrap();
+        let st = SshSettings {
+            host: host.into(),
+            known_hosts: Some(path.clone()),
+            trust_on_first_use: true,
+            ..settings(&s)
+        };
+        let err = Ssh::new("t1", st, limits(10_000, 1000), 4)
+            .unwrap()
+            .run(&cmd("true", &[]), false)
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ExecError::HostVerification(_)), "{line}: {msg}");
+        assert!(msg.contains("HOST KEY CHANGED"), "{line}: {msg}");
+        assert!(
+            msg.contains(&s.host_key_fingerprint()) && msg.contains("line 1"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            before,
+            "{line}: the file is unchanged"
+        );
+    }
+    // The right key under a wildcard pattern, tab-separated, verifies the host without TOFU.
+    let key = s.known_hosts_line().split_once(' ').unwrap().1.replace(' ', "\t");
+    let st = SshSettings {
+        known_hosts: Some(s.write_known_hosts("kh_wildcard", &[format!("[127.0.0.*]:{port}\t{key}")])),
+        ..settings(&s)
+    };
+    let out = Ssh::new("t1", st, limits(10_000, 1000), 4)
+        .unwrap()
+        .run(&cmd("true", &[]), false)
+        .await
+        .unwrap();
+    assert_eq!(out.status, Some(0));
 }

@@ -5,9 +5,14 @@
 //!   hashed entries) and/or a pinned `SHA256:` fingerprint before anything else happens. An
 //!   unknown key and a changed key are refused with different messages (the changed one names
 //!   both fingerprints); a key listed on an `@revoked` line is refused whatever its host pattern.
-//!   Reading uses russh's known_hosts reader, which splits fields on single spaces and does not
-//!   do wildcard patterns or `@cert-authority` (such lines never match). Trust on first use happens only when a target sets
-//!   `trust_on_first_use = true`; the key is then appended to its `known_hosts` and logged.
+//!   Plain lines are read as OpenSSH reads them (fields split on spaces or tabs, host names
+//!   matched case-insensitively, `*`/`?` wildcards and `!` negation); hashed names are matched by
+//!   russh's reader, which needs single spaces between fields (as ssh writes them).
+//!   `@cert-authority` lines never match (host certificates are not supported). "Changed" means
+//!   the host has entries and none holds the presented key, whatever their key types (the
+//!   recorded types are asked for first). Trust on first use happens only when a target sets
+//!   `trust_on_first_use = true` and the file has no entry at all for the host; the key is then
+//!   appended to its `known_hosts` (flushed to disk before it counts) and logged.
 //! - **Credentials**: an OpenSSH private key file (re-read on every connect; a relative path is
 //!   resolved in `$CREDENTIALS_DIRECTORY`) and/or the ssh-agent at `$SSH_AUTH_SOCK`. Key bytes
 //!   and passphrases never appear in errors, logs or outputs.
@@ -35,10 +40,13 @@
 //! - **Timeouts kill**: a shell reports its pid when it starts; sshd makes each session's shell a
 //!   process-group leader, so that pid names the group of the shell and everything it started.
 //!   On a channel of its own (a state-changing builtin, `check`) a command runs as
-//!   `echo MARKER$$ >&2; COMMAND` (the marker line is taken out of stderr). On timeout the channel gets a `signal KILL` request (sshd `killpg`s, but
-//!   only for non-root logins), is closed, and `kill -s KILL -- -PGID` runs on another channel
-//!   (which works for root too) before the call returns. Known gap: with `sudo` under a non-root
-//!   login the sudo'ed process is root's and survives a KILL of its group.
+//!   `echo MARKER$$ >&2; COMMAND` (the marker line is taken out of stderr). On timeout the
+//!   channel gets a `signal KILL` request (sshd `killpg`s, but only for non-root logins), is
+//!   closed, and `kill -s KILL -- -PGID` (which works for root too) runs before the call returns:
+//!   in an idle persistent shell when there is one, else on a new channel after closing an idle
+//!   shell, else on a connection of its own. (sshd keeps a closed session's `MaxSessions` slot
+//!   while its process runs, so the timed-out command still holds one.) Known gap: with `sudo`
+//!   under a non-root login the sudo'ed process is root's and survives a KILL of its group.
 //! - A dropped connection is noticed on the next call (also before russh has read the server's
 //!   FIN or RST: a duplicate of the socket is polled) and re-established once, transparently,
 //!   when the failure happened before the command was sent. A command already sent is never
@@ -80,8 +88,9 @@ pub struct SshSettings {
     pub known_hosts: Option<PathBuf>,
     /// `SHA256:...` pin of the host key, an alternative to `known_hosts`.
     pub host_key_fingerprint: Option<String>,
-    /// Only when explicitly set: accept an unknown host key once and append it to `known_hosts`
-    /// (which must be set). A *changed* key is refused regardless.
+    /// Only when explicitly set: accept the host key once and append it to `known_hosts` (which
+    /// must be set) when that file has no entry at all for the host. A key that differs from the
+    /// recorded ones (of any key type) is refused regardless.
     #[serde(default)]
     pub trust_on_first_use: bool,
     /// Which programs may run under `sudo -n`.
@@ -341,7 +350,7 @@ impl Ssh {
         let deadline = tokio::time::Instant::from_std(started + self.inner.limits.timeout);
         let _permit = self.inner.permit(deadline).await?;
         if SHELL_STATEFUL.contains(&program) {
-            self.inner.make_room().await;
+            self.inner.make_room(0).await;
             let (_, channel) = self.inner.open_channel(deadline).await?;
             let raw = collect(channel, wrap(line), cap, deadline).await?;
             if raw.timed_out
@@ -469,18 +478,14 @@ impl Inner {
         }
     }
 
-    /// `SIGKILL` the process group `pgid` over a new channel. sshd honours a channel's `signal`
-    /// request only for non-root logins (root sessions run without a privilege-separated child,
-    /// and sshd refuses), so this is what actually stops a timed-out command. Best effort,
+    /// `SIGKILL` the process group `pgid` (`kill -s KILL -- -PGID`). sshd honours a channel's
+    /// `signal` request only for non-root logins (root sessions run without a privilege-separated
+    /// child, and sshd refuses), so this is what actually stops a timed-out command. Best effort,
     /// bounded by [`KILL_TIMEOUT`]; a failure is logged.
     async fn kill_group(&self, pgid: u32) {
         let deadline = tokio::time::Instant::now() + KILL_TIMEOUT;
         let line = format!("kill -s KILL -- -{pgid}");
-        let result = match self.open_channel(deadline).await {
-            Ok((_, channel)) => collect(channel, line.into_bytes(), 1024, deadline).await,
-            Err(e) => Err(e),
-        };
-        match result {
+        match self.run_kill(&line, deadline).await {
             Ok(raw) if raw.status == Some(0) => {}
             Ok(raw) => tracing::warn!(
                 target_id = %self.target_id, pgid, status = ?raw.status,
@@ -491,6 +496,53 @@ impl Inner {
                 tracing::warn!(target_id = %self.target_id, pgid, error = %e, "could not kill a timed-out remote command")
             }
         }
+    }
+
+    /// Runs the kill `line` where it needs no free session slot if it can. sshd keeps a closed
+    /// session's slot (`MaxSessions`) while its process still runs, so the timed-out command
+    /// still holds one: in order, (1) an idle persistent shell (no new channel; parked again
+    /// after), (2) a channel of its own once an idle shell was closed to free a slot, (3) when
+    /// the server still refuses a channel (every slot is held by timed-out commands), a
+    /// connection of its own, closed after.
+    async fn run_kill(&self, line: &str, deadline: tokio::time::Instant) -> Result<Raw, ExecError> {
+        while let Some(mut shell) = self.idle_shell().await {
+            let nonce = uuid::Uuid::new_v4().simple().to_string();
+            if shell.channel.data_bytes(shell_script(line, &nonce)).await.is_err() {
+                shell.discard().await;
+                continue;
+            }
+            match shell_collect(&mut shell.channel, &nonce, 1024, deadline).await {
+                Ok(raw) if !raw.timed_out => {
+                    self.park(shell).await;
+                    return Ok(raw);
+                }
+                Ok(_) => {
+                    shell.discard().await;
+                    return Err(ExecError::Timeout(KILL_TIMEOUT));
+                }
+                Err(_) => shell.discard().await, // the shell died: try another way
+            }
+        }
+        self.make_room(1).await;
+        match self.open_channel(deadline).await {
+            Ok((_, channel)) => return collect(channel, line.as_bytes().to_vec(), 1024, deadline).await,
+            Err(ExecError::Refused(why)) => {
+                tracing::debug!(target_id = %self.target_id, %why, "no session slot for the kill; using a connection of its own");
+            }
+            Err(e) => return Err(e),
+        }
+        let conn = self.connect(deadline).await?;
+        let channel = match open_on(&conn, deadline, KILL_TIMEOUT).await {
+            Ok(channel) => channel,
+            Err(OpenError::Final(e)) => return Err(e),
+            Err(OpenError::Dropped(why)) => {
+                return Err(ExecError::Unreachable(format!(
+                    "{}: connection dropped: {why}",
+                    self.dest
+                )));
+            }
+        };
+        collect(channel, line.as_bytes().to_vec(), 1024, deadline).await
     }
 
     /// Runs `line` in an idle persistent shell (starting one when none is idle) and parks the
@@ -531,19 +583,10 @@ impl Inner {
 
     /// An idle shell on the live connection, or a new one.
     async fn shell(&self, deadline: tokio::time::Instant) -> Result<Shell, ExecError> {
-        loop {
-            let idle = lock(&self.shells).pop();
-            match idle {
-                Some(mut shell) => {
-                    if shell.usable() {
-                        return Ok(shell);
-                    }
-                    shell.discard().await;
-                }
-                None => break,
-            }
+        if let Some(shell) = self.idle_shell().await {
+            return Ok(shell);
         }
-        self.make_room().await;
+        self.make_room(0).await;
         let (conn, mut channel) = self.open_channel(deadline).await?;
         let lost = |e: russh::Error| ExecError::Failed(format!("ssh channel failed: {e}"));
         channel.exec(true, SHELL_START).await.map_err(lost)?;
@@ -576,6 +619,17 @@ impl Inner {
         Ok(Shell { conn, channel, pgid })
     }
 
+    /// A usable idle shell, taken out of the pool (unusable ones found on the way are closed).
+    async fn idle_shell(&self) -> Option<Shell> {
+        loop {
+            let mut shell = lock(&self.shells).pop()?;
+            if shell.usable() {
+                return Some(shell);
+            }
+            shell.discard().await;
+        }
+    }
+
     /// Keep `shell` for the next command, unless the pool is full or its connection was replaced.
     async fn park(&self, shell: Shell) {
         let current = self
@@ -599,12 +653,14 @@ impl Inner {
     }
 
     /// Before a caller holding a permit opens a channel: close idle shells so that idle shells
-    /// plus callers in flight stay within `max_concurrent` channels (sshd's `MaxSessions`).
-    async fn make_room(&self) {
+    /// plus callers in flight (plus `extra` channels no permit accounts for, such as a kill's
+    /// while its caller's timed-out session still holds a slot) stay within `max_concurrent`
+    /// channels (sshd's `MaxSessions`).
+    async fn make_room(&self, extra: usize) {
         let in_flight = self.max_concurrent.saturating_sub(self.permits.available_permits());
         let excess: Vec<Shell> = {
             let mut idle = lock(&self.shells);
-            let over = (idle.len() + in_flight).saturating_sub(self.max_concurrent);
+            let over = (idle.len() + in_flight + extra).saturating_sub(self.max_concurrent);
             let over = over.min(idle.len());
             idle.drain(..over).collect()
         };
@@ -1189,14 +1245,12 @@ impl Verifier {
             }
             KeyStatus::Unknown if self.pin.is_some() => Ok(()), // the pin matched
             KeyStatus::Unknown if self.tofu => {
-                russh::keys::known_hosts::learn_known_hosts_path(&self.host, self.port, presented, path).map_err(
-                    |e| {
-                        format!(
-                            "trust_on_first_use: cannot record the host key in {}: {e}",
-                            path.display()
-                        )
-                    },
-                )?;
+                append_known_host(path, &self.host, self.port, presented).map_err(|e| {
+                    format!(
+                        "trust_on_first_use: cannot record the host key in {}: {e}",
+                        path.display()
+                    )
+                })?;
                 tracing::warn!(
                     target_id = %self.target_id, dest = %self.dest, key = %format!("{algo} {fp}"),
                     known_hosts = %path.display(),
@@ -1217,32 +1271,25 @@ impl Verifier {
 #[derive(Debug, PartialEq)]
 enum KeyStatus {
     Known,
-    /// Entries of the same key type with a different key.
+    /// The host has entries, none with the presented key (of any type: a server that has a
+    /// recorded type is asked for it first, see [`host_key_order`]).
     Changed(Vec<(usize, PublicKey)>),
+    /// No entry at all for the host: the only case trust on first use may accept.
     Unknown,
 }
 
-/// OpenSSH semantics: a recorded key equal to the presented one → known; otherwise a recorded key
-/// of the same type → changed; otherwise unknown (a key of another type, or no entry).
+/// A recorded key equal to the presented one → known; otherwise any entry for the host, whatever
+/// its key type → changed (stricter than OpenSSH, which calls a key of a new type unknown: a
+/// man-in-the-middle offering only another type must not pass as a first contact); no entry →
+/// unknown.
 fn host_key_status(presented: &PublicKey, recorded: &[(usize, PublicKey)]) -> KeyStatus {
     if recorded.iter().any(|(_, k)| k.key_data() == presented.key_data()) {
-        return KeyStatus::Known;
-    }
-    let same_type: Vec<_> = recorded
-        .iter()
-        .filter(|(_, k)| same_key_type(k, presented))
-        .cloned()
-        .collect();
-    if same_type.is_empty() {
+        KeyStatus::Known
+    } else if recorded.is_empty() {
         KeyStatus::Unknown
     } else {
-        KeyStatus::Changed(same_type)
+        KeyStatus::Changed(recorded.to_vec())
     }
-}
-
-fn same_key_type(a: &PublicKey, b: &PublicKey) -> bool {
-    let (a, b) = (a.algorithm(), b.algorithm());
-    a == b || (is_rsa(&a) && is_rsa(&b))
 }
 
 fn is_rsa(a: &russh::keys::Algorithm) -> bool {
@@ -1265,16 +1312,25 @@ fn host_key_order(recorded: &[(usize, PublicKey)]) -> Vec<russh::keys::Algorithm
 }
 
 /// What a known_hosts file says about one host.
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct Recorded {
     /// `(line, key)` entries for this host.
     entries: Vec<(usize, PublicKey)>,
     /// Keys on `@revoked` lines.
     revoked: Vec<PublicKey>,
+    /// Lines whose host field is hashed (matched by russh's reader).
+    hashed_lines: Vec<usize>,
 }
 
 /// The known_hosts entries for `host:port`. A missing file is an error unless trusting on first
 /// use (which creates it).
+///
+/// Plain host lines are read here, as OpenSSH reads them: fields separated by any run of spaces
+/// or tabs, host names compared case-insensitively, comma-separated patterns with `*` and `?`
+/// wildcards and `!` negation. Hashed names (`|1|salt|hmac`) are matched by russh's reader
+/// against the lowercased name (as ssh hashes it); it splits fields on single spaces, which is
+/// how ssh and `ssh-keygen -H` write them. A line naming this host whose key cannot be parsed is
+/// an error (it must not be skipped into "no entry", which would allow trust on first use).
 fn recorded_keys(host: &str, port: u16, path: &Path, tofu: bool) -> Result<Recorded, ExecError> {
     match std::fs::metadata(path) {
         Ok(_) => {}
@@ -1289,15 +1345,13 @@ fn recorded_keys(host: &str, port: u16, path: &Path, tofu: bool) -> Result<Recor
     let unreadable = |e: &dyn std::fmt::Display| {
         ExecError::HostVerification(format!("cannot read known_hosts {}: {e}", path.display()))
     };
-    let entries = russh::keys::known_hosts::known_host_keys_path(host, port, path).map_err(|e| unreadable(&e))?;
     let text = std::fs::read_to_string(path).map_err(|e| unreadable(&e))?;
-    // `@revoked PATTERNS TYPE KEY`: refused for every host (the pattern is not consulted).
-    let revoked = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("@revoked"))
-        .filter_map(|rest| rest.split_whitespace().nth(2))
-        .filter_map(|b64| russh::keys::parse_public_key_base64(b64).ok())
-        .collect();
+    let lower = host.to_ascii_lowercase();
+    let mut recorded = parse_known_hosts(&text, &known_hosts_name(&lower, port)).map_err(|e| unreadable(&e))?;
+    if recorded.hashed_lines.is_empty() {
+        return Ok(recorded);
+    }
+    let hashed = russh::keys::known_hosts::known_host_keys_path(&lower, port, path).map_err(|e| unreadable(&e))?;
     // russh numbers entries without counting `#` comment lines; report the file's own line numbers.
     let physical: Vec<usize> = text
         .lines()
@@ -1305,13 +1359,133 @@ fn recorded_keys(host: &str, port: u16, path: &Path, tofu: bool) -> Result<Recor
         .filter(|(_, l)| !l.starts_with('#'))
         .map(|(i, _)| i + 1)
         .collect();
-    let entries = entries
-        .into_iter()
-        .map(|(n, key)| (physical.get(n.wrapping_sub(1)).copied().unwrap_or(n), key));
-    Ok(Recorded {
-        entries: entries.collect(),
-        revoked,
-    })
+    for (n, key) in hashed {
+        // Plain lines russh also matched are already in (read above, by OpenSSH's rules).
+        if let Some(&line) = physical.get(n.wrapping_sub(1))
+            && recorded.hashed_lines.contains(&line)
+            && !recorded.entries.iter().any(|(l, _)| *l == line)
+        {
+            recorded.entries.push((line, key));
+        }
+    }
+    recorded.entries.sort_by_key(|(line, _)| *line);
+    Ok(recorded)
+}
+
+/// The plain (unhashed) entries of known_hosts `text` for `name` (`host` or `[host]:port`,
+/// lowercased), the `@revoked` keys, and the lines with hashed host names (left to russh).
+/// `@cert-authority` lines are skipped: host certificates are not supported.
+fn parse_known_hosts(text: &str, name: &str) -> Result<Recorded, String> {
+    let mut recorded = Recorded::default();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let mut fields = line.split_whitespace();
+        let Some(hosts) = fields.next() else { continue };
+        if hosts.starts_with('#') {
+            continue;
+        }
+        if hosts == "@revoked" {
+            // `@revoked PATTERNS TYPE KEY`: refused for every host (the pattern is not consulted).
+            if let Some(key) = fields
+                .nth(2)
+                .and_then(|b64| russh::keys::parse_public_key_base64(b64).ok())
+            {
+                recorded.revoked.push(key);
+            }
+            continue;
+        }
+        if hosts.starts_with('@') {
+            continue;
+        }
+        if hosts.split(',').any(|p| p.starts_with("|1|")) {
+            recorded.hashed_lines.push(n);
+        }
+        if !host_patterns_match(hosts, name) {
+            continue;
+        }
+        let key = fields
+            .nth(1)
+            .and_then(|b64| russh::keys::parse_public_key_base64(b64).ok())
+            .ok_or_else(|| format!("line {n} names {name} but its key cannot be parsed"))?;
+        recorded.entries.push((n, key));
+    }
+    Ok(recorded)
+}
+
+/// OpenSSH's rule for a known_hosts host field: some pattern of the comma-separated list matches
+/// `name` and no negated (`!`) one does; case-insensitive, with `*` and `?` wildcards. Hashed
+/// patterns never match here.
+fn host_patterns_match(patterns: &str, name: &str) -> bool {
+    let mut positive = false;
+    for pattern in patterns.split(',') {
+        let (negated, pattern) = match pattern.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, pattern),
+        };
+        if pattern.starts_with("|1|") || !wildcard_match(&pattern.to_ascii_lowercase(), name) {
+            continue;
+        }
+        if negated {
+            return false;
+        }
+        positive = true;
+    }
+    positive
+}
+
+/// `*` matches any run of characters, `?` any one character; everything else itself.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and how much of the text it has taken so far.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Trust on first use: append `[host]:port KEY` (the line russh would write) to known_hosts,
+/// created with mode 0600, and make sure it reached the disk before the key counts as recorded.
+fn append_known_host(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = key.to_openssh().map_err(std::io::Error::other)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    let mut line = String::new();
+    let mut last = [0u8; 1];
+    if file.seek(SeekFrom::End(-1)).is_ok() {
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            line.push('\n');
+        }
+    }
+    line.push_str(&format!(
+        "{} {key}\n",
+        known_hosts_name(&host.to_ascii_lowercase(), port)
+    ));
+    file.write_all(line.as_bytes())?;
+    file.sync_all()
 }
 
 /// Load a private key file. Errors name the file, never its contents.
@@ -1398,6 +1572,7 @@ mod tests {
 
     const ED_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
     const ED_B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G1sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X";
+    const ECDSA: &str = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBCCMZaMYIfJnE0f9S58a4ImwRJo0qEt+UseMVmVC0jVgROeExFXJGLs3ZYjSD9fnEWHKm2giltXy5cTWTkw8+1w=";
 
     #[test]
     fn quoting_keeps_every_word_literal() {
@@ -1428,7 +1603,7 @@ mod tests {
     }
 
     #[test]
-    fn host_key_status_follows_openssh() {
+    fn host_key_status_refuses_any_other_key_for_a_recorded_host() {
         let (a, b) = (key(ED_A), key(ED_B));
         assert_eq!(host_key_status(&a, &[(1, a.clone())]), KeyStatus::Known);
         assert_eq!(
@@ -1437,6 +1612,131 @@ mod tests {
         );
         assert_eq!(host_key_status(&a, &[(1, b.clone()), (2, a.clone())]), KeyStatus::Known);
         assert_eq!(host_key_status(&a, &[]), KeyStatus::Unknown);
+        // Only a key of another type is recorded: changed, not unknown (no trust on first use).
+        let ecdsa = key(ECDSA);
+        assert_eq!(
+            host_key_status(&a, &[(2, ecdsa.clone())]),
+            KeyStatus::Changed(vec![(2, ecdsa.clone())])
+        );
+        assert_eq!(
+            host_key_status(&ecdsa, &[(1, a.clone())]),
+            KeyStatus::Changed(vec![(1, a)])
+        );
+    }
+
+    #[test]
+    fn known_hosts_lines_are_read_as_openssh_reads_them() {
+        let name = "[server.example]:2222";
+        let parse = |text: &str| parse_known_hosts(text, name).unwrap();
+        let lines = |text: &str| parse(text).entries.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        // Exact, other case, tabs and several spaces, in a list, wildcards.
+        assert_eq!(lines(&format!("[server.example]:2222 ssh-ed25519 {ED_A}\n")), [1]);
+        assert_eq!(
+            lines(&format!("[Server.EXAMPLE]:2222 ssh-ed25519 {ED_A} comment\n")),
+            [1]
+        );
+        assert_eq!(
+            lines(&format!("# c\n\n  [server.example]:2222\tssh-ed25519  {ED_A}\n")),
+            [3]
+        );
+        assert_eq!(lines(&format!("other,[server.example]:2222 ssh-ed25519 {ED_A}\n")), [1]);
+        assert_eq!(lines(&format!("[*.example]:2222 ssh-ed25519 {ED_A}\n")), [1]);
+        assert_eq!(lines(&format!("[server.exampl?]:* ssh-ed25519 {ED_A}\n")), [1]);
+        assert_eq!(lines(&format!("* ssh-ed25519 {ED_A}\n")), [1]);
+        // Not this host: another port, the name without its port, a negated match, a comment.
+        assert!(lines(&format!("[server.example]:22 ssh-ed25519 {ED_A}\n")).is_empty());
+        assert!(lines(&format!("server.example ssh-ed25519 {ED_A}\n")).is_empty());
+        assert!(lines(&format!("*,![server.example]:2222 ssh-ed25519 {ED_A}\n")).is_empty());
+        assert!(lines(&format!("#[server.example]:2222 ssh-ed25519 {ED_A}\n")).is_empty());
+        assert!(lines(&format!("@cert-authority * ssh-ed25519 {ED_A}\n")).is_empty());
+        // @revoked keys are collected whatever the pattern; hashed lines are noted for russh.
+        let r = parse(&format!(
+            "@revoked\tnowhere ssh-ed25519 {ED_B}\n|1|x|y ssh-ed25519 {ED_A}\n"
+        ));
+        assert_eq!(
+            (r.entries.len(), r.revoked, r.hashed_lines),
+            (0, vec![key(ED_B)], vec![2])
+        );
+        // A line for this host with a key that cannot be read is an error, not "no entry".
+        let err = parse_known_hosts("[server.example]:2222 ssh-ed25519 AAAAnotakey\n", name).unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+        assert!(parse_known_hosts("[server.example]:2222\n", name).is_err());
+        assert!(parse_known_hosts("elsewhere ssh-ed25519 AAAAnotakey\n", name).is_ok());
+    }
+
+    #[test]
+    fn wildcards_match_like_openssh() {
+        for (pattern, text, want) in [
+            ("abc", "abc", true),
+            ("abc", "abd", false),
+            ("a*", "a", true),
+            ("*c", "abc", true),
+            ("a*c", "abbbc", true),
+            ("a*c", "abbbd", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*.*.example", "x.y.example", true),
+            ("*a*b", "xaxxab", true),
+            ("**", "", true),
+            ("", "x", false),
+        ] {
+            assert_eq!(wildcard_match(pattern, text), want, "{pattern:?} vs {text:?}");
+        }
+        assert!(host_patterns_match("A,B,*.Example", "x.example"));
+        assert!(!host_patterns_match("!x.example,*.example", "x.example"));
+        assert!(host_patterns_match("!y.example,*.example", "x.example"));
+        assert!(!host_patterns_match("!x.example", "x.example"));
+    }
+
+    #[test]
+    fn recorded_keys_reads_plain_and_hashed_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        // The hashed line is russh's own test entry for example.com (port 22).
+        let hashed = "|1|O33ESRMWPVkMYIwJ1Uw+n877jTo=|nuuC5vEqXlEZ/8BXQR7m619W6Ak= ssh-ed25519 \
+                      AAAAC3NzaC1lZDI1NTE5AAAAILIG2T/B0l0gaqj3puu510tu9N1OkQ4znY3LYuEm5zCF";
+        std::fs::write(
+            &path,
+            format!("# comment\nEXAMPLE.com\tssh-ed25519 {ED_A}\n{hashed}\nother ssh-ed25519 {ED_B}\n"),
+        )
+        .unwrap();
+        let r = recorded_keys("Example.Com", 22, &path, false).unwrap();
+        let lines: Vec<usize> = r.entries.iter().map(|(n, _)| *n).collect();
+        assert_eq!(lines, [2, 3], "{r:?}");
+        assert_eq!(r.entries[0].1, key(ED_A));
+        let r = recorded_keys("other", 22, &path, false).unwrap();
+        assert_eq!(r.entries, [(4, key(ED_B))]);
+        assert!(
+            recorded_keys("example.com", 2222, &path, false)
+                .unwrap()
+                .entries
+                .is_empty()
+        );
+        // A missing file: an error, unless trusting on first use (which creates it).
+        let missing = dir.path().join("missing");
+        assert!(recorded_keys("h", 22, &missing, false).is_err());
+        assert!(recorded_keys("h", 22, &missing, true).unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn trust_on_first_use_appends_a_synced_line() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("known_hosts");
+        append_known_host(&path, "Host.Example", 2222, &key(ED_A)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("[host.example]:2222 ssh-ed25519 {ED_A}\n"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A file without a final newline gets one before the new line; port 22 is the bare name.
+        std::fs::write(&path, "x ssh-ed25519 AAAA").unwrap();
+        append_known_host(&path, "h", 22, &key(ED_B)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("x ssh-ed25519 AAAA\nh ssh-ed25519 {ED_B}\n"));
+        assert_eq!(parse_known_hosts(&text, "h").unwrap().entries, [(2, key(ED_B))]);
+        // A write that cannot happen is an error, not a silent success.
+        assert!(append_known_host(dir.path(), "h", 22, &key(ED_A)).is_err());
+        assert!(append_known_host(Path::new("/dev/full"), "h", 22, &key(ED_A)).is_err());
     }
 
     #[test]
@@ -1445,6 +1745,15 @@ mod tests {
         assert_eq!(order, russh::Preferred::default().key.into_owned());
         let ed = key(ED_A);
         assert_eq!(host_key_order(&[(1, ed)])[0], russh::keys::Algorithm::Ed25519);
+        // Only ECDSA recorded: asked for first, so a server that also has it presents it.
+        let order = host_key_order(&[(1, key(ECDSA))]);
+        assert_eq!(
+            order[0],
+            russh::keys::Algorithm::Ecdsa {
+                curve: russh::keys::EcdsaCurve::NistP256
+            }
+        );
+        assert_eq!(order.len(), russh::Preferred::default().key.len());
     }
 
     #[test]

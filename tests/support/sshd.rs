@@ -36,16 +36,23 @@ impl Sshd {
     /// Generate keys, write the config, start sshd on a free port and wait until it answers with
     /// an SSH banner. `Err` says why sshd cannot run here (missing package, not root, ...).
     pub fn start() -> Result<Sshd, String> {
-        Sshd::start_with(None)
+        Sshd::start_with(None, "")
+    }
+
+    /// Like [`Sshd::start`], with `MaxSessions max` (sessions per connection; sshd's default is
+    /// 10) so a test can fill every session slot of a connection.
+    pub fn start_with_max_sessions(max: u32) -> Result<Sshd, String> {
+        Sshd::start_with(None, &format!("MaxSessions {max}\n"))
     }
 
     /// Like [`Sshd::start`], but sshd runs inside network namespace `ns`, on that namespace's
     /// own loopback (where a server running in `ns` reaches it).
     pub fn start_in_netns(ns: &str) -> Result<Sshd, String> {
-        Sshd::start_with(Some(ns))
+        Sshd::start_with(Some(ns), "")
     }
 
-    fn start_with(netns: Option<&str>) -> Result<Sshd, String> {
+    /// `extra` is appended to the generated sshd_config (whole lines).
+    fn start_with(netns: Option<&str>, extra: &str) -> Result<Sshd, String> {
         if !Path::new(SSHD).exists() {
             return Err(format!("{SSHD} not found: install the `openssh-server` package"));
         }
@@ -69,7 +76,9 @@ impl Sshd {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port()?;
-            match spawn(dir.path(), port, home.as_deref(), netns).or_else(|_| spawn(dir.path(), port, None, netns)) {
+            match spawn(dir.path(), port, home.as_deref(), netns, extra)
+                .or_else(|_| spawn(dir.path(), port, None, netns, extra))
+            {
                 Ok(child) => return Ok(Sshd { dir, port, child, user }),
                 Err(e) => last = e,
             }
@@ -200,15 +209,16 @@ impl Drop for Sshd {
 
 /// Start sshd; with `clean_home`, inside a mount namespace where that directory is covered by
 /// the empty `DIR/home`.
-fn spawn(dir: &Path, port: u16, clean_home: Option<&Path>, netns: Option<&str>) -> Result<Child, String> {
+fn spawn(dir: &Path, port: u16, clean_home: Option<&Path>, netns: Option<&str>, extra: &str) -> Result<Child, String> {
     let d = dir.display();
-    let config = format!(
+    let mut config = format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nPidFile {d}/sshd.pid\n\
          AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n\
          # Benchmarks connect 20 clients at once; the default 10:30:100 drops some of them.\n\
          MaxStartups 100\n"
     );
+    config.push_str(extra);
     let path = dir.join("sshd_config");
     std::fs::write(&path, config).map_err(|e| format!("write sshd_config: {e}"))?;
     let log = std::fs::File::create(dir.join("sshd.log")).map_err(|e| format!("sshd.log: {e}"))?;
