@@ -482,10 +482,25 @@ async fn sudo_only_for_allowed_programs() {
     let allow = Ssh::new("t1", st, limits(10_000, 1000), 4).unwrap();
     let err = allow.run(&cmd("whoami", &[]), true).await.unwrap_err();
     assert!(err.to_string().contains("not on the sudo allow-list"), "{err}");
-    if std::path::Path::new("/usr/bin/sudo").exists() {
-        let out = allow.run(&cmd("id", &["-u"]), true).await.unwrap();
-        assert_eq!((out.stdout.as_str(), out.status), ("0\n", Some(0)), "{out:?}");
-    }
+    let out = allow.run(&cmd("id", &["-u"]), true).await.unwrap();
+    assert_eq!((out.stdout.as_str(), out.status), ("0\n", Some(0)), "{out:?}");
+
+    // Tools run commands through `Runner`: an allow-listed program goes under `sudo -n` (sudo
+    // sets SUDO_COMMAND), any other one does not.
+    use tailopsmcp::exec::remote::Runner;
+    let st = SshSettings {
+        sudo: SudoPolicy::Allow(vec!["env".into()]),
+        ..settings(&s)
+    };
+    let allow_env = Ssh::new("t2", st, limits(10_000, 64 * 1024), 4).unwrap();
+    let out = Runner::run(&allow_env, &cmd("env", &[])).await.unwrap();
+    assert!(out.stdout.contains("SUDO_COMMAND="), "not run under sudo: {out:?}");
+    let out = Runner::run(&none, &cmd("env", &[])).await.unwrap();
+    assert!(!out.stdout.contains("SUDO_COMMAND="), "run under sudo: {out:?}");
+    let out = Runner::run(&allow_env, &cmd("printenv", &["SUDO_COMMAND"]))
+        .await
+        .unwrap();
+    assert_eq!(out.status, Some(1), "printenv is not allow-listed: {out:?}");
 }
 
 #[tokio::test]

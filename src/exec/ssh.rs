@@ -1108,9 +1108,12 @@ impl Capped {
 
 use super::process::cut_marker;
 
+/// How tools run commands on an SSH target: a program on the target's sudo allow-list runs
+/// under `sudo -n` (what `sudo = { allow = [...] }` promises), anything else as the login user.
 impl super::remote::Runner for Ssh {
     fn run<'a>(&'a self, cmd: &'a CommandSpec) -> futures::future::BoxFuture<'a, Result<Output, ExecError>> {
-        Box::pin(Ssh::run(self, cmd, false))
+        let sudo = matches!(&self.inner.settings.sudo, SudoPolicy::Allow(programs) if programs.contains(&cmd.program));
+        Box::pin(Ssh::run(self, cmd, sudo))
     }
 }
 
