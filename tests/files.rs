@@ -211,6 +211,13 @@ async fn symlinks_and_dotdot_cannot_leave_the_root() {
     assert_eq!(out.structured["encoding"], "text");
     let out = call(&c, "files_stat", json!({"path": "inside"})).await.unwrap();
     assert_eq!(out.structured["kind"], "directory");
+    // An absolute symlink is refused even when it points inside: RESOLVE_BENEATH does not
+    // resolve from `/` (README says so).
+    symlink(root.join("sub/inner.txt"), root.join("absolute-inside.txt")).unwrap();
+    failed(
+        call(&c, "files_read", json!({"path": "absolute-inside.txt"})).await,
+        "resolves outside its root",
+    );
     // `..` that stays inside is fine.
     let out = call(&c, "files_read", json!({"path": "sub/../notes.txt"}))
         .await
