@@ -529,7 +529,8 @@ targets = ["local"]
 # auth_header = "Authorization"
 # auth_prefix = "PVEAPIToken="
 # token_file = "proxmox-token"                   # holds `user@realm!tokenid=secret`; relative: from $CREDENTIALS_DIRECTORY
-# # token_env = "PVE_TOKEN"                      # or an environment variable's name
+# # token_env = "PVE_TOKEN"                      # or an environment variable's name (kept out of
+#                                                # every program the server starts)
 # allowed_methods = ["GET"]                      # default ["GET"]; add "POST" for guest actions and snapshots
 # allowed_path_prefixes = ["/nodes", "/cluster"] # whole path segments; empty = all under base_url
 # ca_file = "/etc/tailopsmcp/pve-ca.pem"         # an extra CA to trust

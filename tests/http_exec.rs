@@ -425,6 +425,20 @@ async fn token_from_credentials_directory_child() {
     )
     .unwrap();
     from_env.request("GET", "/api/json", &[], None).await.unwrap();
+    // The variable holding the token is kept out of every program the server starts (compose
+    // would substitute `${VAR}` into a container); the rest of the environment is passed on.
+    let env = tailopsmcp::exec::process::run(
+        &tailopsmcp::exec::CommandSpec::new("env", Vec::<String>::new()),
+        Limits::default(),
+    )
+    .await
+    .unwrap();
+    assert!(env.stdout.contains(CHILD_MARKER), "{}", env.stdout);
+    assert!(
+        !env.stdout.contains("TAILOPSMCP_TEST_HTTP_TOKEN"),
+        "token variable passed on"
+    );
+    assert!(!env.stdout.contains(TOKEN), "token passed on");
     let seen = server.seen();
     for s in &seen {
         assert_eq!(s.headers.get("authorization").unwrap(), &format!("Bearer {TOKEN}"));

@@ -266,7 +266,10 @@ impl Http {
         let secret = match (&settings.token_file, &settings.token_env) {
             (Some(_), Some(_)) => return Err(config("set token_file or token_env, not both".into())),
             (Some(path), None) => Some(Secret::File(path.clone())),
-            (None, Some(name)) => Some(Secret::Env(name.clone())),
+            (None, Some(name)) => {
+                super::hide_env_from_children(name);
+                Some(Secret::Env(name.clone()))
+            }
             (None, None) => None,
         };
         let auth = match secret {

@@ -86,6 +86,24 @@ pub struct Output {
     pub duration_ms: f64,
 }
 
+/// Names of environment variables that hold secrets (a target's `token_env`): removed from
+/// the environment of every program this server starts, so that, say, `docker compose` cannot
+/// substitute `${VAR}` from a compose file into a container.
+static SECRET_ENV: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Keep the variable `name` (a secret) out of child processes' environments.
+pub fn hide_env_from_children(name: &str) {
+    let mut names = SECRET_ENV.lock().unwrap_or_else(|e| e.into_inner());
+    if !names.iter().any(|n| n == name) {
+        names.push(name.to_string());
+    }
+}
+
+/// The variables [`hide_env_from_children`] was given.
+pub(crate) fn env_hidden_from_children() -> Vec<String> {
+    SECRET_ENV.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// Where a secret (key, token) comes from. Secrets are read when needed and never logged,
 /// audited or returned.
 #[derive(Debug, Clone, PartialEq, Eq)]

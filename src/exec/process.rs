@@ -45,6 +45,9 @@ pub async fn run(cmd: &CommandSpec, limits: Limits) -> Result<Output, ExecError>
 pub async fn run_with_env(cmd: &CommandSpec, env: &[(String, String)], limits: Limits) -> Result<Output, ExecError> {
     let started = Instant::now();
     let mut command = Command::new(&cmd.program);
+    for name in super::env_hidden_from_children() {
+        command.env_remove(name);
+    }
     command
         .args(&cmd.args)
         .envs(env.iter().map(|(k, v)| (k, v)))
