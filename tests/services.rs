@@ -378,6 +378,8 @@ async fn services_tools_drive_real_systemd_as_an_unprivileged_user() {
             "refused request",
         ),
         (format!("{id}:disable:other.service"), "is not on `[services] units`"),
+        // `NAME-` is "remove NAME" to apt-get install: refused on the root side too.
+        (format!("{id}:apt\\x2dinstall:tops\\x2dextra\\x2d"), "refused request"),
         // An option for the binary itself: it stays the request word (`helper -- %I`).
         (
             "\\x2d\\x2dconfig\\x3d\\x2ftmp\\x2fx.toml".to_string(),
@@ -556,12 +558,16 @@ async fn packages_tools_upgrade_and_install_from_a_local_apt_repository() {
         "Tops-Extra",
         "tops-extra=1.0",
         "a b",
+        "tops-extra-",
     ] {
         refused(&mut m, "packages_install", json!({"packages": [bad]}), "package name").await;
     }
-    let events = rig.audit("packages_install", 9).await;
+    // Valid names that together make a helper unit name over systemd's 255 bytes.
+    let long: Vec<String> = (0..8).map(|i| format!("tops-long-name-{i}-with-many-dashes")).collect();
+    refused(&mut m, "packages_install", json!({"packages": long}), "unit name limit").await;
+    let events = rig.audit("packages_install", 11).await;
     assert!(
-        events.iter().filter(|e| e["TAILOPS_OUTCOME"] == "error").count() >= 7,
+        events.iter().filter(|e| e["TAILOPS_OUTCOME"] == "error").count() >= 8,
         "{events:?}"
     );
     let helpers = must(b, "ls /run/tailopsmcp-helper | wc -l");

@@ -105,11 +105,15 @@ pub fn run(instance: &str, allowed_units: &[Glob], config_name: &str) -> Result<
     Ok(ok)
 }
 
-/// Options of every apt-get change: no prompts, keep changed config files, no recommends.
+/// Options of every apt-get change: no prompts, keep changed config files, no recommends, and
+/// names are names: without `APT::Cmd::Pattern-Only`, a name that is no package (`cscop.`) is
+/// tried as a regular expression and installs whatever matches.
 const APT_OPTIONS: &[&str] = &[
     "-y",
     "-q",
     "--no-install-recommends",
+    "-o",
+    "APT::Cmd::Pattern-Only=true",
     "-o",
     "Dpkg::Options::=--force-confdef",
     "-o",

@@ -22,7 +22,8 @@ pub const MANAGERS: &[(&str, &str)] = &[
 
 /// A Debian package name (Debian Policy 5.6.7): lowercase letters, digits, `+`, `-` and `.`,
 /// at least two characters, starting with a letter or digit. Architecture qualifiers,
-/// versions (`pkg=1.0`), paths and options are refused.
+/// versions (`pkg=1.0`), paths and options are refused, and so is a trailing `-`: to
+/// `apt-get install`, `NAME-` means *remove* NAME (no real package name ends in `-`).
 pub fn validate_package(name: &str) -> Result<(), String> {
     let shown = super::systemd::shown(name);
     if name.len() < 2 || name.len() > 128 {
@@ -40,6 +41,11 @@ pub fn validate_package(name: &str) -> Result<(), String> {
     {
         return Err(format!(
             "package name `{shown}` contains {bad:?}; Debian package names use only a-z 0-9 + - ."
+        ));
+    }
+    if name.ends_with('-') {
+        return Err(format!(
+            "package name `{shown}` ends in `-`, which apt-get install reads as \"remove this package\""
         ));
     }
     Ok(())
@@ -155,6 +161,8 @@ mod tests {
             "$(id)",
             ".hidden",
             "+x",
+            "openssh-server-",
+            "bc-",
         ] {
             check(bad, false);
         }

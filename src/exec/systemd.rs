@@ -628,6 +628,10 @@ polkit.addRule(function(action, subject) {
     if (verb == "start" && /^tailopsmcp-helper@([A-Za-z0-9:_.]|\\x[0-9a-f]{2})+\.service$/.test(unit)) {
         return polkit.Result.YES;
     }
+    // Nothing else on a helper, whatever the globs below match: stopping one mid-apt breaks dpkg.
+    if (/^tailopsmcp-helper@/.test(unit)) {
+        return polkit.Result.NOT_HANDLED;
+    }
     var verbs = ["start", "stop", "restart", "reload", "reload-or-restart", "try-restart"];
     var units = [
 @UNITS@

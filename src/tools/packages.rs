@@ -23,6 +23,9 @@ use crate::exec::packages::{self, Upgrade};
 use crate::exec::systemd::{self, HelperOp, HelperRequest, HelperResult, MAX_INSTALL_PACKAGES};
 use crate::policy::{Area, Level, Scope};
 
+/// The longest unit name systemd accepts (bytes).
+const MAX_UNIT_NAME: usize = 255;
+
 pub const UPDATES_LIMIT_DEFAULT: i64 = 100;
 pub const UPDATES_LIMIT_MAX: i64 = 1000;
 
@@ -261,6 +264,14 @@ impl Tool for ChangeTool {
             let host = Host::of(&ctx, self.spec.name, Some(ctx.config.services.helper_timeout))?;
             let manager = require_apt(host.runner(), &ctx.target.id).await?;
             let req = HelperRequest::new(op);
+            // systemd refuses unit names over 255 bytes (each `-` of a name takes 4 escaped).
+            if req.unit().len() > MAX_UNIT_NAME {
+                return Err(ToolError::InvalidArgs(format!(
+                    "these package names make a root-helper request of {} bytes, over systemd's {MAX_UNIT_NAME}-byte \
+                     unit name limit; install fewer packages at once",
+                    req.unit().len()
+                )));
+            }
             let mut out = ChangeOutput {
                 manager: manager.to_string(),
                 dry_run,
