@@ -1436,28 +1436,10 @@ fn host_patterns_match(patterns: &str, name: &str) -> bool {
     positive
 }
 
-/// `*` matches any run of characters, `?` any one character; everything else itself.
+/// `*` matches any run of bytes, `?` any one byte, everything else itself (as OpenSSH's
+/// `match_pattern`): the same glob as the file tools' deny patterns.
 fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    // Where the last `*` was, and how much of the text it has taken so far.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+    super::fs::glob_match(pattern.as_bytes(), text.as_bytes())
 }
 
 /// Trust on first use: append `[host]:port KEY` (the line russh would write) to known_hosts,
