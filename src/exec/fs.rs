@@ -7,8 +7,8 @@
 //! magic links (`/proc/self/root`, `/proc/PID/fd/N`) are never followed. Resolution and open are
 //! one system call, so a symlink swapped in between a check and a use cannot redirect it (no
 //! TOCTOU). Relative symlinks that stay inside the root are followed; an absolute symlink is
-//! refused even when it points inside (`RESOLVE_BENEATH` does not resolve from `/`). There is no fallback on kernels
-//! without `openat2` (Linux < 5.6): the operation is refused.
+//! refused even when it points inside (`RESOLVE_BENEATH` does not resolve from `/`). There is
+//! no fallback on kernels without `openat2` (Linux < 5.6): the operation is refused.
 //!
 //! Deny patterns (globs with `*` and `?`, matched case-insensitively against single path
 //! components) apply to every component of the path as asked *and* of the path as resolved

@@ -506,7 +506,8 @@ pub enum HelperOp {
     AptInstall(Vec<String>),
 }
 
-/// The most packages one install request may name (the instance name must stay under 255 bytes).
+/// The most packages one install request may name. Long names with many `-` (4 bytes each,
+/// escaped) can still pass [`UNIT_NAME_MAX`] with fewer: the packages tool checks the unit.
 pub const MAX_INSTALL_PACKAGES: usize = 8;
 
 impl HelperRequest {

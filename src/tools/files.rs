@@ -614,7 +614,8 @@ pub(crate) fn protected(config: &crate::config::Config) -> Vec<crate::exec::fs::
         add(name.into(), "audit database");
     }
     add(db, "audit database");
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY");
+    if let Some(dir) = &credentials {
         add(dir.into(), "credentials directory");
     }
     for target in &config.targets {
@@ -624,7 +625,7 @@ pub(crate) fn protected(config: &crate::config::Config) -> Vec<crate::exec::fs::
                 // A relative one is in the credentials directory (protected above) or, with none,
                 // in the working directory (how `Secret::read` finds it).
                 let p = std::path::Path::new(p);
-                if p.is_absolute() || std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+                if p.is_absolute() || credentials.is_none() {
                     add(absolute(p), "secret");
                 }
             }

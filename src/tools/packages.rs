@@ -20,11 +20,8 @@ use super::{
     input_schema, output_schema, parse_args,
 };
 use crate::exec::packages::{self, Upgrade};
-use crate::exec::systemd::{self, HelperOp, HelperRequest, HelperResult, MAX_INSTALL_PACKAGES};
+use crate::exec::systemd::{self, HelperOp, HelperRequest, HelperResult, MAX_INSTALL_PACKAGES, UNIT_NAME_MAX};
 use crate::policy::{Area, Level, Scope};
-
-/// The longest unit name systemd accepts (bytes).
-const MAX_UNIT_NAME: usize = 255;
 
 pub const UPDATES_LIMIT_DEFAULT: i64 = 100;
 pub const UPDATES_LIMIT_MAX: i64 = 1000;
@@ -265,9 +262,9 @@ impl Tool for ChangeTool {
             let manager = require_apt(host.runner(), &ctx.target.id).await?;
             let req = HelperRequest::new(op);
             // systemd refuses unit names over 255 bytes (each `-` of a name takes 4 escaped).
-            if req.unit().len() > MAX_UNIT_NAME {
+            if req.unit().len() > UNIT_NAME_MAX {
                 return Err(ToolError::InvalidArgs(format!(
-                    "these package names make a root-helper request of {} bytes, over systemd's {MAX_UNIT_NAME}-byte \
+                    "these package names make a root-helper request of {} bytes, over systemd's {UNIT_NAME_MAX}-byte \
                      unit name limit; install fewer packages at once",
                     req.unit().len()
                 )));
