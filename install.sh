@@ -434,12 +434,28 @@ critical = "two_person" # install packages, anything root-equivalent
 # (The approvals_* tools themselves never need an approval.)
 
 [limits]
-# Tool calls in flight on this server at once; more are refused with "retry after 1 s".
+# Tool calls in flight on this server at once; more are refused with "retry after 1 s". A call
+# takes its slot only to run: one waiting for a confirmation or a second person holds none.
 max_in_flight = 64
+# Tool calls of one caller in flight at once. On each target a caller also holds at most half
+# of the target's `max_concurrent` slots (at least one), so one caller's slow calls always
+# leave room for others. Past either, a call is refused at once with "retry after 1 s".
+max_in_flight_per_principal = 8
+# MCP sessions one caller may hold (each costs ~40 KiB). A new one past this closes the caller's
+# least recently active session with no call in flight.
+max_sessions_per_principal = 16
+
+# Refusals at the identity layer (no tailnet identity, Host not allowed, the server's own node,
+# another caller's session) per peer address: past `burst`, refilled at `per_minute`, the
+# address is answered 429 with Retry-After without asking tailscaled.
+[limits.refusals]
+burst = 20
+per_minute = 60
 
 # Per-caller token buckets by risk level: up to `burst` calls at once, refilled at
-# `per_minute`. A refused call says after how many seconds to retry (also in the result's
-# `_meta` as `tailopsmcp/retryAfterSecs`) and is audited.
+# `per_minute`. Every call is charged, denied ones too (an unknown tool as `low`). A refused
+# call says after how many seconds to retry (also in the result's `_meta` as
+# `tailopsmcp/retryAfterSecs`) and is audited.
 [limits.rate.low]
 burst = 60
 per_minute = 600

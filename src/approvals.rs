@@ -156,7 +156,7 @@ impl ApprovalsConfig {
     /// The mode of a tool: its own entry in `tools`, else its risk level's. The approvals
     /// tools themselves are always `none` (approving must not need an approval).
     pub fn mode_for(&self, spec: &ToolSpec) -> Mode {
-        if let Requirement::Scope(s) = spec.requires
+        if let Requirement::Scope(s) | Requirement::Across(s) = spec.requires
             && s.area == Area::Approvals
         {
             return Mode::None;
@@ -310,6 +310,11 @@ pub struct Approval {
 }
 
 impl Approval {
+    /// The ids of the targets the requested call names (`target` is their comma-joined list).
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        self.target.split(',').filter(|t| !t.is_empty())
+    }
+
     /// `pending`, `approved`, `denied`, `expired` or `used`, as of `now`.
     pub fn status(&self, now: i64) -> &'static str {
         match (self.spent.as_deref(), self.decision.as_deref()) {
@@ -656,7 +661,12 @@ impl Approvals {
     }
 
     /// Approvals, newest first: only those still waiting for a decision unless `all`.
-    pub fn list(&self, all: bool, limit: usize) -> Result<(Vec<Approval>, u64), ApprovalError> {
+    pub fn list(
+        &self,
+        all: bool,
+        limit: usize,
+        visible: impl Fn(&Approval) -> bool,
+    ) -> Result<(Vec<Approval>, u64), ApprovalError> {
         let now = now_ms();
         self.with_conn(|c| {
             let filter = if all {
@@ -664,18 +674,23 @@ impl Approvals {
             } else {
                 "decision IS NULL AND used_at IS NULL AND expires > ?1"
             };
-            let total: i64 = c.query_row(
-                &format!("SELECT count(*) FROM approvals WHERE {filter} AND ?1 = ?1"),
-                [now],
-                |r| r.get(0),
-            )?;
+            // Newest first; only rows `visible` admits count, as shown or as omitted.
             let mut st = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM approvals WHERE {filter} AND ?1 = ?1 ORDER BY created DESC, rowid DESC LIMIT ?2"
+                "SELECT {COLUMNS} FROM approvals WHERE {filter} AND ?1 = ?1 ORDER BY created DESC, rowid DESC"
             ))?;
-            let rows = st
-                .query_map(params![now, limit as i64], row_to_approval)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let omitted = (total as u64).saturating_sub(rows.len() as u64);
+            let mut rows = Vec::new();
+            let mut omitted = 0u64;
+            for row in st.query_map(params![now], row_to_approval)? {
+                let row = row?;
+                if !visible(&row) {
+                    continue;
+                }
+                if rows.len() < limit {
+                    rows.push(row);
+                } else {
+                    omitted += 1;
+                }
+            }
             Ok((rows, omitted))
         })
     }
@@ -995,9 +1010,9 @@ mod tests {
             a.decide(&r.id, true, "bob", "n2").unwrap_err(),
             DecideError::Expired(r.id.clone())
         );
-        let (pending, omitted) = a.list(false, 10).unwrap();
+        let (pending, omitted) = a.list(false, 10, |_| true).unwrap();
         assert!(pending.is_empty() && omitted == 0);
-        let (all, _) = a.list(true, 2).unwrap();
+        let (all, _) = a.list(true, 2, |_| true).unwrap();
         assert_eq!(all.len(), 2);
     }
 

@@ -1,15 +1,19 @@
-//! Call limits the `mcp` layer applies before a tool runs: per-principal token buckets by risk
-//! level (`[limits.rate.*]`) and a global cap on tool calls in flight (`[limits] max_in_flight`).
+//! Call limits the `mcp` and `http` layers apply: per-principal token buckets by risk level
+//! (`[limits.rate.*]`, charged by every call, denied ones included), caps on tool calls in flight
+//! (the whole server, one principal, one principal's share of a target), sessions per principal,
+//! and a token bucket per peer address for refusals at the identity layer.
 //! Per-target concurrency is the target's own (`targets::Target::permit`).
 //!
-//! Owns: the `[limits]` configuration, the buckets, the in-flight semaphore, and the refusal
+//! Owns: the `[limits]` configuration, the buckets, the in-flight counters, and the refusal
 //! ([`Refused`]) that tells the caller when to retry.
 //!
-//! Does not: audit (the `mcp` layer records every refusal), know MCP, or do IO. **Invariant:** a
-//! refused call consumes nothing (no token is taken from a bucket by a call the cap refused).
+//! Does not: audit (callers record every refusal), know MCP, or do IO. **Invariant:** a call
+//! refused for being over an in-flight cap holds no slot; slots are taken only for the run itself
+//! (after any confirmation or approval wait), never while a call waits for a person.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -22,6 +26,9 @@ use crate::tools::Risk;
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     pub max_in_flight: usize,
+    pub max_in_flight_per_principal: usize,
+    pub max_sessions_per_principal: usize,
+    pub refusals: Bucket,
     pub rate: RateSection,
 }
 
@@ -29,6 +36,12 @@ impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
             max_in_flight: 64,
+            max_in_flight_per_principal: 8,
+            max_sessions_per_principal: 16,
+            refusals: Bucket {
+                burst: 20,
+                per_minute: 60,
+            },
             rate: RateSection::default(),
         }
     }
@@ -79,6 +92,14 @@ pub struct Bucket {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitsConfig {
     pub max_in_flight: usize,
+    /// Tool calls of one principal in flight at once, on all targets together. On one target a
+    /// principal also holds at most half its slots (at least one): see [`Limits::occupy`].
+    pub max_in_flight_per_principal: usize,
+    /// MCP sessions one principal may hold; a new one closes its oldest idle one.
+    pub max_sessions_per_principal: usize,
+    /// Refusals at the identity layer per peer address (no identity, Host, own node, session):
+    /// past the bucket, the address is refused without asking tailscaled until it refills.
+    pub refusals: Bucket,
     /// Indexed by [`risk_index`].
     pub rate: [Bucket; 4],
 }
@@ -98,29 +119,54 @@ impl LimitsConfig {
                 format!("must be between 1 and 10000, got {}", s.max_in_flight),
             ));
         }
+        for (key, value, max) in [
+            (
+                "limits.max_in_flight_per_principal",
+                s.max_in_flight_per_principal,
+                10_000,
+            ),
+            (
+                "limits.max_sessions_per_principal",
+                s.max_sessions_per_principal,
+                10_000,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err((key.into(), format!("must be between 1 and {max}, got {value}")));
+            }
+        }
         let named = [
+            ("refusals", s.refusals),
             ("low", s.rate.low),
             ("moderate", s.rate.moderate),
             ("high", s.rate.high),
             ("critical", s.rate.critical),
         ];
         for (name, b) in &named {
+            let name = if *name == "refusals" {
+                "refusals".to_string()
+            } else {
+                format!("rate.{name}")
+            };
             if !(1..=100_000).contains(&b.burst) {
                 return Err((
-                    format!("limits.rate.{name}.burst"),
+                    format!("limits.{name}.burst"),
                     format!("must be between 1 and 100000, got {}", b.burst),
                 ));
             }
             if !(1..=1_000_000).contains(&b.per_minute) {
                 return Err((
-                    format!("limits.rate.{name}.per_minute"),
+                    format!("limits.{name}.per_minute"),
                     format!("must be between 1 and 1000000, got {}", b.per_minute),
                 ));
             }
         }
         Ok(LimitsConfig {
             max_in_flight: s.max_in_flight,
-            rate: named.map(|(_, b)| b),
+            max_in_flight_per_principal: s.max_in_flight_per_principal,
+            max_sessions_per_principal: s.max_sessions_per_principal,
+            refusals: s.refusals,
+            rate: [s.rate.low, s.rate.moderate, s.rate.high, s.rate.critical],
         })
     }
 }
@@ -152,17 +198,58 @@ impl std::fmt::Display for Refused {
     }
 }
 
-/// Held while a call runs; dropping it frees the in-flight slot.
-pub struct Admitted {
+/// Held while a call runs; dropping it frees its slots (the server's, the principal's and the
+/// principal's share of each target).
+pub struct InFlight {
     _permit: OwnedSemaphorePermit,
+    loads: Arc<Mutex<HashMap<String, Load>>>,
+    principal: String,
+    targets: Vec<String>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(load) = loads.get_mut(&self.principal) else {
+            return;
+        };
+        load.total = load.total.saturating_sub(1);
+        for t in &self.targets {
+            if let Some(n) = load.per_target.get_mut(t) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    load.per_target.remove(t);
+                }
+            }
+        }
+        if load.total == 0 {
+            loads.remove(&self.principal);
+        }
+    }
+}
+
+/// One principal's calls in flight: in all, and per target.
+#[derive(Default)]
+struct Load {
+    total: usize,
+    per_target: HashMap<String, usize>,
 }
 
 /// The live limits of one server.
 pub struct Limits {
     config: LimitsConfig,
     in_flight: Arc<Semaphore>,
+    loads: Arc<Mutex<HashMap<String, Load>>>,
     /// Per principal, one bucket per risk level (`None` until first used).
     buckets: Mutex<HashMap<String, [Option<State>; 4]>>,
+}
+
+/// Refusals at the identity layer, one bucket per peer address (`[limits.refusals]`): an
+/// address that used up its bucket is answered 429 without asking tailscaled until it refills,
+/// so a flood from one address costs neither whois calls nor an audit row per request.
+pub struct Refusals {
+    bucket: Bucket,
+    map: Mutex<HashMap<IpAddr, State>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -181,22 +268,66 @@ impl Limits {
         Limits {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             config,
+            loads: Arc::new(Mutex::new(HashMap::new())),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Admit one call of `principal` at `risk`, or say when to retry. The in-flight slot is
-    /// taken first, so a call refused for being over the cap takes no token.
-    pub fn admit(&self, principal: &str, risk: Risk) -> Result<Admitted, Refused> {
-        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| Refused {
-            reason: format!(
+    pub fn config(&self) -> &LimitsConfig {
+        &self.config
+    }
+
+    /// Charge one call of `principal` at `risk` to its bucket, or say when to retry. Every
+    /// `tools/call` is charged, a denied one too, so a flood of denied calls is slowed like any
+    /// other.
+    pub fn charge(&self, principal: &str, risk: Risk) -> Result<(), Refused> {
+        self.take(principal, risk, Instant::now())
+    }
+
+    /// Take the slots one run needs: one of the server's `max_in_flight`, one of the
+    /// principal's `max_in_flight_per_principal`, and on each of `targets` (id, slots) one of
+    /// the principal's share: half the target's slots, at least one, so one caller's slow calls
+    /// cannot take every slot of a target from everyone else. Refuses at once (never waits).
+    pub fn occupy(&self, principal: &str, targets: &[(&str, usize)]) -> Result<InFlight, Refused> {
+        let refused = |reason: String| Refused {
+            reason,
+            retry_after_secs: 1,
+        };
+        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            refused(format!(
                 "the server is at its limit of {} tool calls in flight",
                 self.config.max_in_flight
-            ),
-            retry_after_secs: 1,
+            ))
         })?;
-        self.take(principal, risk, Instant::now())?;
-        Ok(Admitted { _permit: permit })
+        let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
+        let load = loads.entry(principal.to_string()).or_default();
+        let cap = self.config.max_in_flight_per_principal;
+        if load.total >= cap {
+            return Err(refused(format!(
+                "{principal} already has {} tool calls in flight (the limit per caller is {cap})",
+                load.total
+            )));
+        }
+        for (id, slots) in targets {
+            let share = target_share(*slots);
+            let held = load.per_target.get(*id).copied().unwrap_or(0);
+            if held >= share {
+                return Err(refused(format!(
+                    "{principal} already has {held} calls in flight on target `{id}` (a caller may hold {share} of its {slots} slots)"
+                )));
+            }
+        }
+        load.total += 1;
+        for (id, _) in targets {
+            *load.per_target.entry((*id).to_string()).or_default() += 1;
+        }
+        drop(loads);
+        Ok(InFlight {
+            _permit: permit,
+            loads: self.loads.clone(),
+            principal: principal.to_string(),
+            targets: targets.iter().map(|(id, _)| (*id).to_string()).collect(),
+        })
     }
 
     fn take(&self, principal: &str, risk: Risk, now: Instant) -> Result<(), Refused> {
@@ -204,7 +335,7 @@ impl Limits {
         let bucket = self.config.rate[i];
         let rate = f64::from(bucket.per_minute) / 60.0;
         let burst = f64::from(bucket.burst);
-        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() > SWEEP_AT {
             map.retain(|_, states| states.iter().flatten().any(|s| now.duration_since(s.at) < FORGET_AFTER));
         }
@@ -216,8 +347,7 @@ impl Limits {
             unreachable!("inserted above")
         };
         let state = states[i].get_or_insert(State { tokens: burst, at: now });
-        let elapsed = now.saturating_duration_since(state.at).as_secs_f64();
-        state.tokens = (state.tokens + elapsed * rate).min(burst);
+        state.tokens = refill(*state, bucket, now);
         state.at = now;
         if state.tokens >= 1.0 {
             state.tokens -= 1.0;
@@ -234,6 +364,71 @@ impl Limits {
             retry_after_secs: (wait.ceil() as u64).max(1),
         })
     }
+}
+
+impl Refusals {
+    pub fn new(bucket: Bucket) -> Refusals {
+        Refusals {
+            bucket,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a request from `addr` may still be refused with an answer from tailscaled;
+    /// `Err` once the address used up its refusals (answer it without asking anyone).
+    pub fn left(&self, addr: IpAddr) -> Result<(), Refused> {
+        let now = Instant::now();
+        let bucket = self.bucket;
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(state) = map.get(&addr) else {
+            return Ok(());
+        };
+        let tokens = refill(*state, bucket, now);
+        if tokens >= 1.0 {
+            return Ok(());
+        }
+        Err(self.refusal_limit(addr, tokens))
+    }
+
+    /// Count one identity-layer refusal of `addr`.
+    pub fn count(&self, addr: IpAddr) {
+        let now = Instant::now();
+        let bucket = self.bucket;
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() > SWEEP_AT {
+            map.retain(|_, s| now.duration_since(s.at) < FORGET_AFTER);
+        }
+        let state = map.entry(addr).or_insert(State {
+            tokens: f64::from(bucket.burst),
+            at: now,
+        });
+        state.tokens = (refill(*state, bucket, now) - 1.0).max(0.0);
+        state.at = now;
+    }
+
+    fn refusal_limit(&self, addr: IpAddr, tokens: f64) -> Refused {
+        let bucket = self.bucket;
+        let rate = f64::from(bucket.per_minute) / 60.0;
+        Refused {
+            reason: format!(
+                "too many refused requests from {addr} ({} at once, {} a minute)",
+                bucket.burst, bucket.per_minute
+            ),
+            retry_after_secs: (((1.0 - tokens) / rate).ceil() as u64).max(1),
+        }
+    }
+}
+
+/// `state`'s tokens at `now`.
+fn refill(state: State, bucket: Bucket, now: Instant) -> f64 {
+    let rate = f64::from(bucket.per_minute) / 60.0;
+    let elapsed = now.saturating_duration_since(state.at).as_secs_f64();
+    (state.tokens + elapsed * rate).min(f64::from(bucket.burst))
+}
+
+/// How many of a target's `slots` one principal may hold: half, at least one.
+pub fn target_share(slots: usize) -> usize {
+    slots.div_ceil(2).max(1)
 }
 
 fn risk_name(risk: Risk) -> &'static str {
@@ -254,6 +449,7 @@ mod tests {
         Limits::new(LimitsConfig {
             max_in_flight: in_flight,
             rate: [b; 4],
+            ..LimitsConfig::default()
         })
     }
 
@@ -289,16 +485,66 @@ mod tests {
     }
 
     #[test]
-    fn the_in_flight_cap_refuses_without_taking_a_token() {
+    fn the_in_flight_cap_refuses_and_frees_its_slot_on_drop() {
         let l = limits(1, 60, 1);
-        let held = l.admit("alice", Risk::Low).expect("first call");
-        let refused = l.admit("bob", Risk::Low).err().expect("cap reached");
+        let held = l.occupy("alice", &[("local", 16)]).expect("first call");
+        let refused = l.occupy("bob", &[("local", 16)]).err().expect("cap reached");
         assert!(refused.reason.contains("1 tool calls in flight"), "{refused}");
         drop(held);
+        assert!(l.occupy("bob", &[("local", 16)]).is_ok(), "the slot came back");
+    }
+
+    #[test]
+    fn one_principal_holds_at_most_its_cap_and_half_a_targets_slots() {
+        let l = Limits::new(LimitsConfig {
+            max_in_flight: 64,
+            max_in_flight_per_principal: 8,
+            ..LimitsConfig::default()
+        });
+        // Half of local's 16 slots: 8, which is also the per-principal cap.
+        let mut held: Vec<InFlight> = (0..8).map(|_| l.occupy("alice", &[("local", 16)]).unwrap()).collect();
+        let refused = l.occupy("alice", &[("local", 16)]).err().expect("alice is at her cap");
+        assert!(refused.reason.contains("8 tool calls in flight"), "{refused}");
+        // Someone else still gets the other half.
+        let bob: Vec<InFlight> = (0..8).map(|_| l.occupy("bob", &[("local", 16)]).unwrap()).collect();
+        // A 4-slot target: a caller may hold 2 of them.
+        drop(held.pop());
+        let c1 = l.occupy("carol", &[("nas", 4)]).unwrap();
+        let c2 = l.occupy("carol", &[("nas", 4)]).unwrap();
+        let refused = l
+            .occupy("carol", &[("nas", 4)])
+            .err()
+            .expect("carol holds her share of nas");
+        assert!(refused.reason.contains("2 of its 4 slots"), "{refused}");
         assert!(
-            l.admit("bob", Risk::Low).is_ok(),
-            "bob's token was not spent by the refusal"
+            l.occupy("carol", &[("local", 16)]).is_ok(),
+            "other targets are not affected"
         );
+        drop((c1, c2, bob));
+        assert!(l.occupy("carol", &[("nas", 4)]).is_ok(), "dropping frees the share");
+        assert_eq!(target_share(1), 1);
+        assert_eq!(target_share(3), 2);
+    }
+
+    #[test]
+    fn identity_refusals_are_limited_per_address() {
+        let l = Refusals::new(Bucket {
+            burst: 3,
+            per_minute: 60,
+        });
+        let a: IpAddr = "100.100.9.9".parse().unwrap();
+        let b: IpAddr = "100.100.9.10".parse().unwrap();
+        for _ in 0..3 {
+            assert!(l.left(a).is_ok());
+            l.count(a);
+        }
+        let limited = l.left(a).unwrap_err();
+        assert!(
+            limited.reason.contains("too many refused requests from 100.100.9.9"),
+            "{limited}"
+        );
+        assert_eq!(limited.retry_after_secs, 1);
+        assert!(l.left(b).is_ok(), "another address has its own bucket");
     }
 
     #[test]
@@ -311,5 +557,16 @@ mod tests {
             ..LimitsSection::default()
         };
         assert_eq!(LimitsConfig::build(s).unwrap_err().0, "limits.max_in_flight");
+        let s = LimitsSection {
+            max_sessions_per_principal: 0,
+            ..LimitsSection::default()
+        };
+        assert_eq!(
+            LimitsConfig::build(s).unwrap_err().0,
+            "limits.max_sessions_per_principal"
+        );
+        let mut s = LimitsSection::default();
+        s.refusals.per_minute = 0;
+        assert_eq!(LimitsConfig::build(s).unwrap_err().0, "limits.refusals.per_minute");
     }
 }

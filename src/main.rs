@@ -671,7 +671,7 @@ async fn approvals_cmd(config: &Config, command: ApprovalsCommand) -> anyhow::Re
     let now = approvals::now();
     let (id, approve) = match command {
         ApprovalsCommand::List { all, limit, json } => {
-            let (rows, omitted) = store.list(all, limit)?;
+            let (rows, omitted) = store.list(all, limit, |_| true)?;
             for a in &rows {
                 let v = a.view(now);
                 if json {

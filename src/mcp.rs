@@ -23,9 +23,9 @@ use crate::approvals::{self, Approvals, Mode, Recall};
 use crate::audit::{self, Auditor, Outcome, Record};
 use crate::limits::Limits;
 use crate::policy::{self, LocalGrant};
-use crate::tailnet::Caller;
+use crate::tailnet::{Caller, Reresolve};
 use crate::targets::{Registry, Target};
-use crate::tools::{Requirement, TailnetInfo, Tool, ToolContext, ToolError, ToolOutput};
+use crate::tools::{Requirement, Risk, TailnetInfo, Tool, ToolContext, ToolError, ToolOutput};
 
 /// The target a call runs on when it names none.
 pub const LOCAL_TARGET: &str = crate::targets::LOCAL;
@@ -188,13 +188,13 @@ fn listable(effective: &policy::Effective, tool: &dyn Tool, targets: &Registry) 
     targets
         .all()
         .iter()
-        .any(|t| tool.supports(t.kind) && authorize_on(effective, requires, t).allowed)
+        .any(|t| tool.supports(t.kind) && t.authorize(effective, requires).allowed)
 }
 
 fn to_mcp_tool(t: &dyn Tool) -> McpTool {
     let s = t.spec();
-    let fans_out = s.requires != Requirement::AnyGrant;
-    let mut tool = McpTool::new(s.name, s.description, with_target_args(&s.input_schema, fans_out));
+    let fans_out = matches!(s.requires, Requirement::Scope(_));
+    let mut tool = McpTool::new(s.name, s.description, with_target_args(&s.input_schema, s.requires));
     tool.title = Some(s.title.to_string());
     tool.output_schema = Some(if fans_out {
         with_fanout_output(&s.output_schema)
@@ -221,15 +221,19 @@ fn to_mcp_tool(t: &dyn Tool) -> McpTool {
     tool
 }
 
-/// The tool's input schema plus the layer's `target` (and, for fan-out tools, `targets`).
-fn with_target_args(input: &JsonObject, fans_out: bool) -> Arc<JsonObject> {
+/// The tool's input schema plus the layer's `format`, `target` (not for a tool across
+/// targets) and, for fan-out tools, `targets`.
+fn with_target_args(input: &JsonObject, requires: Requirement) -> Arc<JsonObject> {
+    let fans_out = matches!(requires, Requirement::Scope(_));
     let mut schema = input.clone();
     let props = schema.entry("properties").or_insert_with(|| serde_json::json!({}));
     if let Some(props) = props.as_object_mut() {
-        props.insert(
-            "target".into(),
-            serde_json::json!({"type": "string", "description": "The target to run on (default `local`); see `targets_list`."}),
-        );
+        if !matches!(requires, Requirement::Across(_)) {
+            props.insert(
+                "target".into(),
+                serde_json::json!({"type": "string", "description": "The target to run on (default `local`); see `targets_list`."}),
+            );
+        }
         props.insert(
             "format".into(),
             serde_json::json!({
@@ -480,89 +484,68 @@ impl McpServer {
         let mut args: JsonObject = request.arguments.unwrap_or_default();
         rec.arguments = Some(serde_json::Value::Object(args.clone()));
 
-        let audit_denial = |mut rec: Record, reason: String| async move {
+        // Every refused call is charged to the caller's bucket like any other call, so a flood
+        // of refused calls is slowed too and told when to retry. Past the bucket, the refusal
+        // says so; its audit reason leaves the wait out, so identical refusals stay identical
+        // (the audit log counts repeats instead of writing each one).
+        let principal = caller.principal.as_str();
+        let refuse = |mut rec: Record, reason: String, risk: Risk| async move {
+            let (reason, retry) = match shared.limits.charge(principal, risk) {
+                Ok(()) => (reason, None),
+                Err(limited) => (format!("{reason}; {}", limited.reason), Some(limited.retry_after_secs)),
+            };
             rec.decision = audit::Decision::Deny;
             rec.outcome = Outcome::Denied;
-            rec.reason = Some(reason);
+            rec.reason = Some(reason.clone());
             rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-            shared.auditor.record(rec).await
+            audit_refusal(&shared.auditor, rec).await?;
+            Ok::<_, ErrorData>(Refusal { reason, retry })
         };
 
         let Some(tool) = shared.find(&request.name).cloned() else {
-            let message = format!("unknown tool `{}`", request.name);
-            audit_denial(rec, message.clone()).await.map_err(audit_failed)?;
-            return Err(ErrorData::invalid_params(message, None));
+            let refusal = refuse(rec, format!("unknown tool `{}`", request.name), Risk::Low).await?;
+            return Err(ErrorData::invalid_params(refusal.text(), refusal.data()));
         };
         let spec = tool.spec();
 
-        // `target` and `targets` are the layer's arguments, not the tool's.
-        let format = match take_format(&mut args) {
-            Ok(f) => f,
-            Err(message) => {
-                audit_denial(rec, message.clone()).await.map_err(audit_failed)?;
-                return Ok(error_result(message).into());
-            }
+        // `target`, `targets` and `format` are the layer's arguments, not the tool's.
+        let taken = take_format(&mut args).and_then(|f| Ok((f, take_targets(&mut args, spec.requires)?)));
+        let (format, selection) = match taken {
+            Ok(t) => t,
+            Err(message) => return Ok(refuse(rec, message, spec.risk).await?.result()),
         };
-        let selection = match take_targets(&mut args, spec.requires) {
-            Ok(s) => s,
-            Err(message) => {
-                audit_denial(rec, message.clone()).await.map_err(audit_failed)?;
-                return Ok(error_result(message).into());
-            }
+        let targets = match &selection {
+            Selection::One(id) => shared.targets.resolve(std::slice::from_ref(id)),
+            Selection::Fanout(ids) => shared.targets.resolve(ids),
+            Selection::Across => Ok(shared.targets.all().to_vec()),
         };
-        let names = match &selection {
-            Selection::One(id) => vec![id.clone()],
-            Selection::Fanout(ids) => ids.clone(),
-        };
-        rec.target = Some(names.join(","));
-        let targets = match shared.targets.resolve(&names) {
+        if !matches!(selection, Selection::Across) {
+            let names = match &selection {
+                Selection::One(id) => id.clone(),
+                Selection::Fanout(ids) => ids.join(","),
+                Selection::Across => String::new(),
+            };
+            rec.target = Some(names);
+        }
+        let targets = match targets {
             Ok(t) => t,
             Err(e) => {
                 let message = format!("{e} (known targets: {})", shared.targets.ids().join(", "));
-                audit_denial(rec, message.clone()).await.map_err(audit_failed)?;
-                return Ok(error_result(message).into());
+                return Ok(refuse(rec, message, spec.risk).await?.result());
             }
         };
-        rec.target = Some(targets.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(","));
-
-        let effective = Arc::new(policy::effective(&caller, &shared.capability, &shared.grants));
-        let decisions: Vec<(Arc<Target>, policy::Decision)> = targets
-            .into_iter()
-            .map(|t| (t.clone(), authorize_on(&effective, spec.requires, &t)))
-            .collect();
-        let denied: Vec<String> = decisions
-            .iter()
-            .filter(|(_, d)| !d.allowed)
-            .map(|(t, d)| format!("{}: {}", t.id, d.reason))
-            .collect();
-        let allowed: Vec<Arc<Target>> = decisions
-            .iter()
-            .filter(|(_, d)| d.allowed)
-            .map(|(t, _)| t.clone())
-            .collect();
-        let mut grants: Vec<String> = decisions.iter().flat_map(|(_, d)| d.grants.clone()).collect();
-        grants.sort();
-        grants.dedup();
-        rec.grants = grants;
         let fanout = matches!(selection, Selection::Fanout(_));
-        if allowed.is_empty() {
-            let reason = match (&decisions[..], fanout) {
-                ([(_, d)], false) => d.reason.clone(),
-                _ => denied.join("; "),
-            };
-            audit_denial(rec, reason.clone()).await.map_err(audit_failed)?;
-            return Ok(error_result(format!("denied: {reason}")).into());
+        let effective = Arc::new(policy::effective(&caller, &shared.capability, &shared.grants));
+        let authorized = authorize_all(&effective, spec.requires, targets, &selection);
+        if !matches!(selection, Selection::Across) {
+            rec.target = Some(authorized.target_list());
+        }
+        rec.grants = authorized.grants.clone();
+        if authorized.allowed.is_empty() {
+            return Ok(refuse(rec, authorized.denial(fanout), spec.risk).await?.result());
         }
         rec.decision = audit::Decision::Allow;
-        rec.reason = Some(if denied.is_empty() {
-            decisions
-                .iter()
-                .map(|(_, d)| d.reason.clone())
-                .collect::<Vec<_>>()
-                .join("; ")
-        } else {
-            format!("partly denied: {}", denied.join("; "))
-        });
+        rec.reason = Some(authorized.reason());
 
         // One link per call: fan-out runs share its progress counter.
         // Sampling is a server-to-client request: not on the stateless protocol (2026-07-28).
@@ -580,42 +563,86 @@ impl McpServer {
             client: Some(client.clone()),
         };
 
-        // Limits, then approvals: after authorization, before anything runs. A refusal is
-        // audited like a denial and says what to do next.
-        let _admitted = match shared.limits.admit(&caller.principal, spec.risk) {
-            Ok(admitted) => admitted,
-            Err(refused) => {
-                let message = refused.to_string();
-                audit_denial(rec, message.clone()).await.map_err(audit_failed)?;
-                let mut result = error_result(message);
-                let mut meta = rmcp::model::MetaObject::new();
-                meta.insert("tailopsmcp/retryAfterSecs".into(), refused.retry_after_secs.into());
-                result.meta = Some(meta);
-                return Ok(result.into());
-            }
-        };
+        // The rate limit, then approvals: after authorization, before anything runs. A refusal
+        // is audited like a denial and says what to do next.
+        if let Err(limited) = shared.limits.charge(&caller.principal, spec.risk) {
+            let refusal = Refusal {
+                reason: format!("{}; nothing ran", limited.reason),
+                retry: Some(limited.retry_after_secs),
+            };
+            let mut rec = rec;
+            rec.decision = audit::Decision::Deny;
+            rec.outcome = Outcome::Denied;
+            rec.reason = Some(refusal.reason.clone());
+            rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+            audit_refusal(&shared.auditor, rec).await?;
+            return Ok(refusal.result());
+        }
+        // The gate may wait for the client's user or a second person: it holds no in-flight
+        // slot while it does.
+        let scope_target = rec.target.clone().unwrap_or_default();
         let gate = self
             .gate(
                 &ctx,
                 answer,
                 &caller,
                 &tool,
-                &allowed,
-                rec.target.as_deref().unwrap_or(""),
+                &authorized.allowed,
+                &scope_target,
                 &args,
                 &context,
             )
             .await;
         match gate {
-            Gate::Proceed(None) => {}
-            Gate::Proceed(Some(note)) => {
-                rec.reason = Some(format!("{}; {note}", rec.reason.take().unwrap_or_default()));
+            Gate::Proceed { note, recheck } => {
+                if let Some(note) = note {
+                    rec.reason = Some(format!("{}; {note}", rec.reason.take().unwrap_or_default()));
+                }
+                // Someone said yes, maybe minutes ago: the caller must still be who it was and
+                // still hold what it held, right before the call runs.
+                if recheck
+                    && let Err(reason) = still_authorized(&ctx, shared, &caller, spec.requires, &authorized).await
+                {
+                    rec.decision = audit::Decision::Deny;
+                    rec.outcome = Outcome::Denied;
+                    rec.reason = Some(format!("{}; {reason}", rec.reason.take().unwrap_or_default()));
+                    rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+                    shared.auditor.record(rec).await.map_err(audit_failed)?;
+                    return Ok(error_result(format!("denied: {reason}")).into());
+                }
             }
             Gate::Respond { reason, response } => {
-                audit_denial(rec, reason).await.map_err(audit_failed)?;
+                rec.decision = audit::Decision::Deny;
+                rec.outcome = Outcome::Denied;
+                rec.reason = Some(reason);
+                rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+                shared.auditor.record(rec).await.map_err(audit_failed)?;
                 return Ok(*response);
             }
         }
+        let slots: Vec<(&str, usize)> = match selection {
+            Selection::Across => Vec::new(),
+            _ => authorized
+                .allowed
+                .iter()
+                .map(|t| (t.id.as_str(), t.max_concurrent))
+                .collect(),
+        };
+        let _in_flight = match shared.limits.occupy(&caller.principal, &slots) {
+            Ok(held) => held,
+            Err(busy) => {
+                let refusal = Refusal {
+                    reason: format!("{}; nothing ran", busy.reason),
+                    retry: Some(busy.retry_after_secs),
+                };
+                rec.decision = audit::Decision::Deny;
+                rec.outcome = Outcome::Denied;
+                rec.reason = Some(refusal.reason.clone());
+                rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+                audit_refusal(&shared.auditor, rec).await?;
+                return Ok(refusal.result());
+            }
+        };
         if let Some(note) = decide_note(shared, spec.name, &args).await {
             rec.reason = Some(format!("{}; {note}", rec.reason.take().unwrap_or_default()));
         }
@@ -629,7 +656,8 @@ impl McpServer {
             None
         };
         let (outcome, error, response) = if fanout {
-            let jobs: Vec<(usize, ToolContext, bool, String)> = decisions
+            let jobs: Vec<(usize, ToolContext, bool, String)> = authorized
+                .decisions
                 .iter()
                 .enumerate()
                 .map(|(i, (t, d))| (i, context(t), d.allowed, d.reason.clone()))
@@ -649,9 +677,18 @@ impl McpServer {
             .buffer_unordered(FANOUT_CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
-            fanout_result(&decisions, runs)
+            fanout_result(&authorized.decisions, runs)
         } else {
-            match run_on(tool.as_ref(), context(&allowed[0]), args).await {
+            let on = match selection {
+                // A tool across targets runs once, in this host's context.
+                Selection::Across => shared
+                    .targets
+                    .get(LOCAL_TARGET)
+                    .cloned()
+                    .unwrap_or_else(|| authorized.allowed[0].clone()),
+                _ => authorized.allowed[0].clone(),
+            };
+            match run_on(tool.as_ref(), context(&on), args).await {
                 Ok(ToolOutput { structured, text }) => {
                     let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
                     r.structured_content = Some(structured);
@@ -702,7 +739,7 @@ impl McpServer {
         // May this caller read the stored inventory of target `id` (grants and, for a configured
         // target, its ceiling)?
         let may_read = |id: &str| match shared.targets.resolve(&[id.to_string()]) {
-            Ok(t) => authorize_on(&effective, inventory_read, &t[0]).allowed,
+            Ok(t) => t[0].authorize(&effective, inventory_read).allowed,
             Err(_) => policy::authorize(&effective, inventory_read, id).allowed,
         };
         let decision = match which {
@@ -796,6 +833,194 @@ impl McpServer {
     }
 }
 
+/// A refused call: why (as audited) and, when the caller's bucket ran dry, when to retry.
+struct Refusal {
+    reason: String,
+    retry: Option<u64>,
+}
+
+impl Refusal {
+    fn text(&self) -> String {
+        match self.retry {
+            Some(secs) => format!("{}; retry after {secs} s", self.reason),
+            None => self.reason.clone(),
+        }
+    }
+
+    /// `{"tailopsmcp/retryAfterSecs": N}` when there is a wait to tell.
+    fn data(&self) -> Option<serde_json::Value> {
+        self.retry.map(|secs| serde_json::json!({ RETRY_AFTER_KEY: secs }))
+    }
+
+    /// The refusal as an `isError` result, the wait also in `_meta`.
+    fn result(self) -> CallToolResponse {
+        let mut result = error_result(self.text());
+        if let Some(secs) = self.retry {
+            let mut meta = rmcp::model::MetaObject::new();
+            meta.insert(RETRY_AFTER_KEY.into(), secs.into());
+            result.meta = Some(meta);
+        }
+        result.into()
+    }
+}
+
+/// Where a refusal tells how long to wait, in `_meta` (results) or `data` (errors).
+const RETRY_AFTER_KEY: &str = "tailopsmcp/retryAfterSecs";
+
+/// Record a refused call (repeats of an identical refusal are counted by the audit log).
+async fn audit_refusal(auditor: &Auditor, rec: Record) -> Result<(), ErrorData> {
+    auditor.record(rec).await.map(drop).map_err(audit_failed)
+}
+
+/// Who may run a call where: each named target's decision (grants and ceiling together).
+struct Authorized {
+    decisions: Vec<(Arc<Target>, policy::Decision)>,
+    allowed: Vec<Arc<Target>>,
+    grants: Vec<String>,
+}
+
+impl Authorized {
+    /// The targets as the audit row names them.
+    fn target_list(&self) -> String {
+        self.decisions
+            .iter()
+            .map(|(t, _)| t.id.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn denied(&self) -> Vec<String> {
+        self.decisions
+            .iter()
+            .filter(|(_, d)| !d.allowed)
+            .map(|(t, d)| format!("{}: {}", t.id, d.reason))
+            .collect()
+    }
+
+    /// Why nothing is allowed.
+    fn denial(&self, fanout: bool) -> String {
+        let reason = match (&self.decisions[..], fanout) {
+            ([(_, d)], false) => d.reason.clone(),
+            _ => self.denied().join("; "),
+        };
+        format!("denied: {reason}")
+    }
+
+    /// Why the call may run (and where it may not, under fan-out).
+    fn reason(&self) -> String {
+        let denied = self.denied();
+        if denied.is_empty() {
+            self.decisions
+                .iter()
+                .map(|(_, d)| d.reason.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        } else {
+            format!("partly denied: {}", denied.join("; "))
+        }
+    }
+}
+
+/// Decide `requires` on each of `targets`. Across targets (the approvals tools), only the
+/// targets that allow it count, and the call is denied when none does.
+fn authorize_all(
+    effective: &policy::Effective,
+    requires: Requirement,
+    targets: Vec<Arc<Target>>,
+    selection: &Selection,
+) -> Authorized {
+    let mut decisions: Vec<(Arc<Target>, policy::Decision)> = targets
+        .into_iter()
+        .map(|t| {
+            let d = t.authorize(effective, requires);
+            (t, d)
+        })
+        .collect();
+    if matches!(selection, Selection::Across) {
+        let any = decisions.iter().find(|(_, d)| !d.allowed).map(|(_, d)| d.clone());
+        decisions.retain(|(_, d)| d.allowed);
+        if decisions.is_empty() {
+            let (scope, why) = match requires {
+                Requirement::Across(s) | Requirement::Scope(s) => (s.to_string(), any.map(|d| d.reason)),
+                Requirement::AnyGrant => ("a grant".into(), None),
+            };
+            return Authorized {
+                decisions: vec![(
+                    Arc::new(Target::local()),
+                    policy::Decision {
+                        allowed: false,
+                        reason: format!(
+                            "{scope} is not granted on any target{}",
+                            why.map(|w| format!(" ({w})")).unwrap_or_default()
+                        ),
+                        grants: Vec::new(),
+                    },
+                )],
+                allowed: Vec::new(),
+                grants: Vec::new(),
+            };
+        }
+    }
+    let allowed = decisions
+        .iter()
+        .filter(|(_, d)| d.allowed)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let mut grants: Vec<String> = decisions.iter().flat_map(|(_, d)| d.grants.clone()).collect();
+    grants.sort();
+    grants.dedup();
+    Authorized {
+        decisions,
+        allowed,
+        grants,
+    }
+}
+
+/// After a wait for a person: ask tailscaled again who is behind the connection (no cache)
+/// and check that it is the same principal and node and still holds the call's scope on every
+/// target it was allowed on. Any doubt refuses.
+async fn still_authorized(
+    ctx: &RequestContext<RoleServer>,
+    shared: &Shared,
+    caller: &Caller,
+    requires: Requirement,
+    authorized: &Authorized,
+) -> Result<(), String> {
+    let again = ctx
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Arc<dyn Reresolve>>())
+        .cloned()
+        .ok_or_else(|| "authorization could not be checked again after the wait; nothing ran".to_string())?;
+    let now = again
+        .fresh()
+        .await
+        .map_err(|e| format!("authorization checked again after the wait: {e}; nothing ran"))?;
+    if now.principal != caller.principal || now.node_id != caller.node_id {
+        return Err(format!(
+            "authorization checked again after the wait: the connection is now {} on {}, not {} on {}; nothing ran",
+            now.principal, now.node_id, caller.principal, caller.node_id
+        ));
+    }
+    let effective = policy::effective(&now, &shared.capability, &shared.grants);
+    let lost: Vec<String> = authorized
+        .allowed
+        .iter()
+        .filter_map(|t| {
+            let d = t.authorize(&effective, requires);
+            (!d.allowed).then(|| format!("{}: {}", t.id, d.reason))
+        })
+        .collect();
+    if lost.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "authorization revoked during the wait ({}); nothing ran",
+            lost.join("; ")
+        ))
+    }
+}
+
 /// How a result's text content is rendered (`format`); structured content never changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -845,12 +1070,23 @@ const FANOUT_CONCURRENCY: usize = 8;
 enum Selection {
     One(String),
     Fanout(Vec<String>),
+    /// None: the tool checks its scope on each record's own targets ([`Requirement::Across`]).
+    Across,
 }
 
 /// Take `target` / `targets` out of the arguments.
 fn take_targets(args: &mut JsonObject, requires: Requirement) -> Result<Selection, String> {
     let target = args.remove("target");
     let targets = args.remove("targets");
+    if let Requirement::Across(scope) = requires {
+        return match (target, targets) {
+            (None | Some(serde_json::Value::Null), None | Some(serde_json::Value::Null)) => Ok(Selection::Across),
+            _ => Err(format!(
+                "invalid arguments: this tool takes no `target`: it shows and acts only on requests whose targets \
+                 all grant you {scope}"
+            )),
+        };
+    }
     match (target, targets) {
         (Some(t), Some(_)) if !t.is_null() => Err("invalid arguments: give `target` or `targets`, not both".into()),
         (_, Some(serde_json::Value::Array(list))) => {
@@ -885,19 +1121,6 @@ fn take_targets(args: &mut JsonObject, requires: Requirement) -> Result<Selectio
 
 /// The most targets one call may name (after group expansion the registry bounds it).
 const MAX_FANOUT: usize = 64;
-
-/// The caller's grants *and* the target's own ceiling.
-fn authorize_on(effective: &policy::Effective, requires: Requirement, target: &Target) -> policy::Decision {
-    let decision = policy::authorize(effective, requires, &target.id);
-    match requires {
-        Requirement::Scope(needed) if decision.allowed && !target.allows(needed) => policy::Decision {
-            allowed: false,
-            reason: format!("target `{}` does not allow {needed}", target.id),
-            grants: Vec::new(),
-        },
-        _ => decision,
-    }
-}
 
 /// Run the tool on one target within the target's concurrency limit.
 async fn run_on(tool: &dyn Tool, ctx: ToolContext, args: JsonObject) -> Result<ToolOutput, String> {
@@ -999,8 +1222,10 @@ struct Answer {
 
 /// What the approvals gate decided about a call.
 enum Gate {
-    /// Run it; the note (who approved or confirmed) goes into the audit reason.
-    Proceed(Option<String>),
+    /// Run it; the note (who approved or confirmed) goes into the audit reason. `recheck`: a
+    /// person said yes (maybe after a wait), so the caller's authorization is checked again
+    /// right before the run.
+    Proceed { note: Option<String>, recheck: bool },
     /// Do not run it: answer with `response` and audit `reason`.
     Respond {
         reason: String,
@@ -1043,10 +1268,16 @@ impl McpServer {
         let spec = tool.spec();
         let mode = self.shared.config.approvals.mode_for(spec);
         if mode == Mode::None {
-            return Gate::Proceed(None);
+            return Gate::Proceed {
+                note: None,
+                recheck: false,
+            };
         }
         if spec.mutates() && args.get("dry_run") == Some(&serde_json::Value::Bool(true)) {
-            return Gate::Proceed(Some(format!("{} mode skipped for a dry run", mode.as_str())));
+            return Gate::Proceed {
+                note: Some(format!("{} mode skipped for a dry run", mode.as_str())),
+                recheck: false,
+            };
         }
         let Some(store) = self.shared.approvals.clone() else {
             return Gate::refuse(format!(
@@ -1080,7 +1311,10 @@ impl McpServer {
             Ok((plan, summary))
         };
         match mode {
-            Mode::None => Gate::Proceed(None),
+            Mode::None => Gate::Proceed {
+                note: None,
+                recheck: false,
+            },
             Mode::Confirm => match what.await {
                 Ok((_, summary)) => {
                     self.confirm(ctx, answer, caller, name, target, &hash, &summary, &store)
@@ -1198,9 +1432,10 @@ fn confirmed(reply: Option<rmcp::model::ElicitResult>, how: &str) -> Gate {
         .and_then(serde_json::Value::as_bool)
         == Some(true);
     match reply.action {
-        rmcp::model::ElicitationAction::Accept if checked => {
-            Gate::Proceed(Some(format!("confirmed by the client ({how}; {CLIENT_NOT_PERSON})")))
-        }
+        rmcp::model::ElicitationAction::Accept if checked => Gate::Proceed {
+            note: Some(format!("confirmed by the client ({how}; {CLIENT_NOT_PERSON})")),
+            recheck: true,
+        },
         action => Gate::refuse(format!(
             "not confirmed: the client answered {} ({how}); nothing ran",
             match action {
@@ -1253,13 +1488,16 @@ fn recall_gate(found: Recall, tool: &str) -> Result<Gate, NoneOpen> {
     Ok(match found {
         Recall::Run(a) => {
             let v = view_time(&a);
-            Gate::Proceed(Some(format!(
-                "two-person {} approved by {} from {} at {}; spent by this call",
-                a.describe(),
-                v.decided_by.unwrap_or_default(),
-                v.decided_by_node.unwrap_or_default(),
-                v.decided_at.unwrap_or_default()
-            )))
+            Gate::Proceed {
+                note: Some(format!(
+                    "two-person {} approved by {} from {} at {}; spent by this call",
+                    a.describe(),
+                    v.decided_by.unwrap_or_default(),
+                    v.decided_by_node.unwrap_or_default(),
+                    v.decided_at.unwrap_or_default()
+                )),
+                recheck: true,
+            }
         }
         Recall::Waiting(a) => pending(&a, tool, "still waiting for a second person"),
         Recall::Denied(a) => {
@@ -1589,7 +1827,7 @@ mod gate_tests {
             Some(reply(Accept, Some(serde_json::json!({"confirm": true})))),
             "elicitation",
         );
-        assert!(matches!(yes, Gate::Proceed(Some(n)) if n.contains("not a second person")));
+        assert!(matches!(yes, Gate::Proceed { note: Some(n), recheck: true } if n.contains("not a second person")));
         for (r, needle) in [
             (
                 Some(reply(Accept, Some(serde_json::json!({"confirm": false})))),
@@ -1606,7 +1844,7 @@ mod gate_tests {
         ] {
             match confirmed(r, "elicitation") {
                 Gate::Respond { reason, .. } => assert!(reason.contains(needle), "{reason}"),
-                Gate::Proceed(_) => panic!("waved through: {needle}"),
+                Gate::Proceed { .. } => panic!("waved through: {needle}"),
             }
         }
     }

@@ -442,7 +442,7 @@ pub fn authorize(effective: &Effective, requires: Requirement, target: &str) -> 
                 }
             }
         }
-        Requirement::Scope(needed) => {
+        Requirement::Scope(needed) | Requirement::Across(needed) => {
             let using: Vec<String> = effective
                 .grants
                 .iter()

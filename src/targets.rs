@@ -87,6 +87,27 @@ impl Target {
             .is_none_or(|s| s.iter().any(|have| have.covers(needed)))
     }
 
+    /// The one place a caller's grants and this target's ceiling meet: `requires` must be
+    /// granted on this target *and* be within what the target allows.
+    pub fn authorize(
+        &self,
+        effective: &crate::policy::Effective,
+        requires: crate::tools::Requirement,
+    ) -> crate::policy::Decision {
+        use crate::tools::Requirement;
+        let decision = crate::policy::authorize(effective, requires, &self.id);
+        match requires {
+            Requirement::Scope(needed) | Requirement::Across(needed) if decision.allowed && !self.allows(needed) => {
+                crate::policy::Decision {
+                    allowed: false,
+                    reason: format!("target `{}` does not allow {needed}", self.id),
+                    grants: Vec::new(),
+                }
+            }
+            _ => decision,
+        }
+    }
+
     /// Wait (up to the target's timeout) for one of its `max_concurrent` operation slots.
     pub async fn permit(&self) -> Result<SemaphorePermit<'_>, ExecError> {
         match tokio::time::timeout(self.limits.timeout, self.permits.acquire()).await {

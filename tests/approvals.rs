@@ -34,7 +34,7 @@ system_status = "confirm"
 
 struct World {
     net: Tailnet,
-    _standin: StandIn,
+    standin: StandIn,
     server: Server,
 }
 
@@ -74,11 +74,7 @@ async fn world(extra: &str) -> Option<World> {
         ),
     );
     let server = Server::start(&net, &standin, "", extra).await;
-    Some(World {
-        net,
-        _standin: standin,
-        server,
-    })
+    Some(World { net, standin, server })
 }
 
 impl World {
@@ -622,7 +618,12 @@ async fn rate_limits_trip_say_when_to_retry_and_recover() {
     assert_eq!(refused["_meta"]["tailopsmcp/retryAfterSecs"], 1, "{refused}");
     let row = w.row(3, ALICE_LOGIN, "whoami").await;
     assert_eq!((row.decision, row.outcome), (Decision::Deny, Outcome::Denied));
-    assert!(reason(&row).contains("retry after 1 s"), "{row:?}");
+    assert!(
+        reason(&row).contains("rate limit") && reason(&row).contains("nothing ran"),
+        "{row:?}"
+    );
+    // The wait is the caller's to know, not the audit's: identical refusals stay identical.
+    assert!(!reason(&row).contains("retry after"), "{row:?}");
     // Bob has his own bucket.
     let r = bob.call_tool("whoami", json!({})).await.unwrap();
     assert_eq!(r["isError"], false, "{r}");
@@ -692,4 +693,425 @@ async fn a_real_container_restart_waits_for_the_second_person_and_runs_once() {
     assert_eq!(again["isError"], true, "{again}");
     assert!(text(&again).contains("already used"), "{again}");
     assert_eq!(started(), after, "no second restart");
+}
+
+const CAROL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 4));
+const CAROL_LOGIN: &str = "carol@example.com";
+
+impl World {
+    /// Give the caller at `ip` (login `login`) these grants from now on.
+    fn grant(&self, ip: IpAddr, login: &str, grants: Value) {
+        self.standin
+            .add_identity(ip, whois_for("whois-user.json", login, ip, CAP, grants));
+    }
+
+    /// The server's resident memory, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let pid = self.server.child.as_ref().and_then(|c| c.id()).expect("server pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// The audit database with its `-wal`, in bytes.
+    fn audit_bytes(&self) -> u64 {
+        let size = |suffix: &str| {
+            let mut p = self.server.db.clone().into_os_string();
+            p.push(suffix);
+            std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+        };
+        size("") + size("-wal")
+    }
+}
+
+/// Issue 20 item 2: a call that waited for a second person checks its caller again right
+/// before it runs. Alice's grants are taken away while she waits; bob's approval must not
+/// run her call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_grants_are_revoked_while_it_waits_does_not_run() {
+    let Some(w) = world(&format!("[approvals]\nwait_secs = 60\n{MODES}")).await else {
+        return;
+    };
+    let python = match crate::support::pyclient::python_mcp() {
+        Ok(p) => p,
+        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    };
+    let actions = json!([{"call": "system_processes", "args": {"limit": 2}, "progress": true}]);
+    let client = w
+        .net
+        .command_in_peer_ns(&python.to_string_lossy())
+        .arg(crate::support::pyclient::client_script())
+        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
+        .arg(actions.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the MCP Python client");
+    let mut bob = w.mcp(BOB).await;
+    let mut id = None;
+    for _ in 0..100 {
+        let list = bob.call_tool("approvals_list", json!({})).await.unwrap();
+        if let Some(found) = list["structuredContent"]["approvals"][0]["id"].as_str() {
+            id = Some(found.to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = id.expect("alice's request shows up while her call waits");
+    // The admin takes alice's grants away while her call waits; then bob approves.
+    w.grant(ALICE, ALICE_LOGIN, json!([]));
+    let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
+    assert_eq!(ok["isError"], false, "{ok}");
+    let out = tokio::time::timeout(Duration::from_secs(30), client.wait_with_output())
+        .await
+        .expect("the waiting call returns after the decision")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let result = lines.iter().find(|l| l["action"] == "call").expect(&stdout);
+    assert_eq!(result["isError"], true, "the call must not run: {stdout}");
+    let said = result["text"][0].as_str().unwrap_or("");
+    assert!(said.contains("authorization revoked during the wait"), "{stdout}");
+    assert!(said.contains("system:read"), "names what was lost: {stdout}");
+    assert!(
+        result["structuredContent"].is_null(),
+        "no processes were read: {stdout}"
+    );
+    let row = w.row(1, ALICE_LOGIN, "system_processes").await;
+    assert_eq!(
+        (row.decision, row.outcome),
+        (Decision::Deny, Outcome::Denied),
+        "{row:?}"
+    );
+    assert!(reason(&row).contains(&format!("approved by {BOB_LOGIN}")), "{row:?}");
+    assert!(
+        reason(&row).contains("authorization revoked during the wait"),
+        "{row:?}"
+    );
+}
+
+/// Issue 20 item 12: the approvals tools name no target. Carol may decide requests on `lab`
+/// only: she sees only those, cannot decide one on `local` (not even by naming `lab`), and
+/// bob, who holds approvals:control on `*`, sees and decides everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_are_listed_and_decided_only_on_targets_the_approver_holds() {
+    let lab = "\n[[target]]\nid = \"lab\"\nkind = \"local\"\n";
+    let Some(w) = world(&format!("{MODES}{lab}")).await else {
+        return;
+    };
+    w.net.add_caller(CAROL).unwrap();
+    w.grant(
+        CAROL,
+        CAROL_LOGIN,
+        json!([
+            {"scopes": ["monitor"], "targets": ["*"]},
+            {"scopes": ["approvals:control"], "targets": ["lab"]},
+        ]),
+    );
+    let mut alice = w.mcp(ALICE).await;
+    let on_local = approval_id(&alice.call_tool("system_processes", json!({"limit": 2})).await.unwrap());
+    let on_lab = approval_id(
+        &alice
+            .call_tool("system_processes", json!({"target": "lab", "limit": 2}))
+            .await
+            .unwrap(),
+    );
+    let on_both = approval_id(
+        &alice
+            .call_tool("system_processes", json!({"targets": ["lab", "local"], "limit": 2}))
+            .await
+            .unwrap(),
+    );
+
+    let mut carol = w.mcp(CAROL).await;
+    let list = carol.call_tool("approvals_list", json!({})).await.unwrap();
+    let seen: Vec<&str> = list["structuredContent"]["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, [on_lab.as_str()], "carol sees only the request on lab: {list}");
+    for id in [&on_local, &on_both] {
+        let r = carol
+            .call_tool("approvals_decide", decide(id, "approve"))
+            .await
+            .unwrap();
+        assert_eq!(r["isError"], true, "{r}");
+        assert!(text(&r).contains("no approval has the id"), "{r}");
+    }
+    // Naming a target she holds does not widen what she may decide.
+    let r = carol
+        .call_tool(
+            "approvals_decide",
+            json!({"id": on_local, "decision": "approve", "target": "lab"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(text(&r).contains("takes no `target`"), "{r}");
+    let r = carol
+        .call_tool("approvals_decide", decide(&on_lab, "approve"))
+        .await
+        .unwrap();
+    assert_eq!(r["isError"], false, "{r}");
+
+    // Bob holds approvals:control on every target: he sees the two still pending and decides.
+    let mut bob = w.mcp(BOB).await;
+    let list = bob.call_tool("approvals_list", json!({})).await.unwrap();
+    let mut seen: Vec<String> = list["structuredContent"]["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    seen.sort();
+    let mut want = vec![on_local.clone(), on_both.clone()];
+    want.sort();
+    assert_eq!(seen, want, "{list}");
+    let r = bob
+        .call_tool("approvals_decide", decide(&on_local, "deny"))
+        .await
+        .unwrap();
+    assert_eq!(r["isError"], false, "{r}");
+    // Each of carol's attempts is audited: two failed, one refused for its `target`, one ran.
+    let rows = w
+        .server
+        .audit_where(4, |r| {
+            r.principal.as_deref() == Some(CAROL_LOGIN) && r.tool.as_deref() == Some("approvals_decide")
+        })
+        .await;
+    let outcomes: Vec<Outcome> = rows.iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [Outcome::Error, Outcome::Error, Outcome::Denied, Outcome::Ok],
+        "{rows:#?}"
+    );
+}
+
+/// Issue 20 item 7: one caller's slow calls cannot take every slot of a target. Alice starts
+/// 20 TLS checks against a server that never answers; at most 8 run (her share), the rest are
+/// refused at once with a retry hint, and bob's `system_status` answers while hers hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_callers_slow_calls_leave_slots_for_others() {
+    let Some(w) = world("").await else { return };
+    // A TCP server in the server's namespace that accepts and never says a word.
+    let silent = w.net.bind_in_server_ns("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let slow = json!({"host": "127.0.0.1", "port": port, "timeout_ms": 8000});
+    let alice_calls =
+        futures::future::join_all((0..20).map(|_| call_2026(&w, ALICE, "network_tls_check", slow.clone(), json!({}))));
+    let bob_call = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let started = std::time::Instant::now();
+        let r = call_2026(&w, BOB, "system_status", json!({}), json!({})).await;
+        (r, started.elapsed())
+    };
+    let (alice, (bob, bob_took)) = tokio::join!(alice_calls, bob_call);
+    held.abort();
+    assert_eq!(bob["isError"], false, "{bob}");
+    assert!(
+        bob_took < Duration::from_secs(3),
+        "bob waited {bob_took:?} behind alice's slow calls"
+    );
+    let refused: Vec<&Value> = alice.iter().filter(|r| text(r).contains("calls in flight")).collect();
+    assert_eq!(refused.len(), 12, "8 of 20 run, 12 are refused: {alice:#?}");
+    for r in &refused {
+        assert_eq!(r["isError"], true, "{r}");
+        assert_eq!(r["_meta"]["tailopsmcp/retryAfterSecs"], 1, "{r}");
+    }
+}
+
+/// Issue 20 item 7: a call waiting for a second person holds no in-flight slot. With one slot
+/// in the whole server, bob can still list and approve while alice's call waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_for_a_person_holds_no_in_flight_slot() {
+    let config = format!("[limits]\nmax_in_flight = 1\n[approvals]\nwait_secs = 60\n{MODES}");
+    let Some(w) = world(&config).await else { return };
+    let python = match crate::support::pyclient::python_mcp() {
+        Ok(p) => p,
+        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    };
+    let actions = json!([{"call": "system_processes", "args": {"limit": 2}, "progress": true}]);
+    let client = w
+        .net
+        .command_in_peer_ns(&python.to_string_lossy())
+        .arg(crate::support::pyclient::client_script())
+        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
+        .arg(actions.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the MCP Python client");
+    let mut bob = w.mcp(BOB).await;
+    let mut id = None;
+    for _ in 0..100 {
+        let list = bob.call_tool("approvals_list", json!({})).await.unwrap();
+        assert_eq!(list["isError"], false, "bob is not refused while alice waits: {list}");
+        if let Some(found) = list["structuredContent"]["approvals"][0]["id"].as_str() {
+            id = Some(found.to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = id.expect("alice's request shows up while her call waits");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = bob.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(r["isError"], false, "the only slot is free while alice waits: {r}");
+    let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
+    assert_eq!(ok["isError"], false, "{ok}");
+    let out = tokio::time::timeout(Duration::from_secs(30), client.wait_with_output())
+        .await
+        .expect("the waiting call returns after the approval")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let result = lines.iter().find(|l| l["action"] == "call").expect(&stdout);
+    assert_eq!(result["isError"], false, "{stdout}");
+}
+
+/// Issue 20 item 7: sessions per principal are capped. A fourth session closes the oldest
+/// idle one, and a thousand `initialize` calls leave the server's memory where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_sessions_are_capped_and_the_oldest_idle_one_is_closed() {
+    let Some(w) = world("[limits]\nmax_sessions_per_principal = 3\n").await else {
+        return;
+    };
+    let mut first = w.mcp(ALICE).await;
+    let mut second = w.mcp(ALICE).await;
+    let mut third = w.mcp(ALICE).await;
+    // Bob's sessions are his own.
+    let mut bob = w.mcp(BOB).await;
+    let mut fourth = w.mcp(ALICE).await;
+    let gone = first.request("tools/list", json!({})).await.unwrap();
+    assert_eq!(gone.status, 404, "the oldest idle session was closed: {}", gone.text());
+    for m in [&mut second, &mut third, &mut fourth, &mut bob] {
+        let r = m.call_tool("whoami", json!({})).await.unwrap();
+        assert_eq!(r["isError"], false, "{r}");
+    }
+
+    // Many initializes from one caller: memory stays flat (each session is ~40 KiB).
+    let mut m = w.mcp(ALICE).await;
+    for _ in 0..100 {
+        m.session = None;
+        m.protocol = crate::support::http::DEFAULT_PROTOCOL.into();
+        m.initialize().await.unwrap();
+    }
+    let before = w.rss_kib();
+    for _ in 0..1000 {
+        m.session = None;
+        m.protocol = crate::support::http::DEFAULT_PROTOCOL.into();
+        m.initialize().await.unwrap();
+    }
+    let grew = w.rss_kib().saturating_sub(before);
+    assert!(grew < 8 * 1024, "1000 initializes grew the server by {grew} KiB");
+    let r = m.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(r["isError"], false, "the newest session works: {r}");
+}
+
+/// Issue 20 item 6: a flood of denied calls (3,000, each with 200 KB of arguments) from one
+/// caller is slowed by her rate limit, told when to retry, and grows the audit database (with
+/// its WAL) by under 2 MB; every call is still accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_denied_calls_barely_grows_the_audit_database() {
+    let Some(w) = world("").await else { return };
+    w.net.add_caller(CAROL).unwrap();
+    w.grant(
+        CAROL,
+        CAROL_LOGIN,
+        json!([{"scopes": ["logs:read"], "targets": ["local"]}]),
+    );
+    let mut carol = w.mcp(CAROL).await;
+    // Settle the database (first rows, WAL in use) before measuring.
+    let _ = carol.call_tool("whoami", json!({})).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = w.audit_bytes();
+    let big = "x".repeat(200 * 1024);
+    let mut retry_hints = 0;
+    for _ in 0..3000 {
+        let r = carol
+            .call_tool("system_processes", json!({"limit": 5, "filter": big}))
+            .await
+            .unwrap();
+        assert_eq!(r["isError"], true, "{}", &r.to_string()[..300.min(r.to_string().len())]);
+        if r["_meta"]["tailopsmcp/retryAfterSecs"].is_u64() {
+            retry_hints += 1;
+        }
+    }
+    let r = w.mcp(BOB).await.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(r["isError"], false, "the server still serves others: {r}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grew = w.audit_bytes().saturating_sub(before);
+    assert!(
+        retry_hints > 2000,
+        "a denied flood is told when to retry ({retry_hints} hints)"
+    );
+    assert!(
+        grew < 2 * 1024 * 1024,
+        "3,000 denied 200 KB calls grew the audit db by {grew} bytes"
+    );
+    w.server.audit(); // the rows still read back
+}
+
+/// Issue 20 item 6: 3,000 requests from an address tailscaled does not know are refused, the
+/// address is answered 429 without asking tailscaled once it used up its refusals, and the
+/// audit database grows by under 2 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_an_unknown_peer_is_limited_per_address() {
+    let Some(w) = world("").await else { return };
+    let stranger = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 9));
+    w.net.add_caller(stranger).unwrap();
+    let mut bob = w.mcp(BOB).await;
+    let _ = bob.call_tool("whoami", json!({})).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = w.audit_bytes();
+    let whois_before = w.standin.whois_count();
+    let mut conn = w.conn(stranger).await;
+    let (mut forbidden, mut limited) = (0, 0);
+    for i in 0..3000 {
+        let req = crate::support::http::Request::new(http::Method::POST, &format!("/mcp/{i}"))
+            .header("host", &format!("{SERVER_IP}:{PORT}"))
+            .header("content-type", "application/json")
+            .body(b"{}".to_vec());
+        let resp = match conn.send(req).await {
+            Ok(r) => r,
+            Err(_) => {
+                conn = w.conn(stranger).await;
+                continue;
+            }
+        };
+        match resp.status {
+            403 => forbidden += 1,
+            429 => {
+                limited += 1;
+                assert!(resp.header("retry-after").is_some(), "429 says when to retry");
+            }
+            other => panic!("unexpected HTTP {other}: {}", resp.text()),
+        }
+    }
+    assert!(forbidden >= 20 && limited > 2500, "403: {forbidden}, 429: {limited}");
+    let asked = w.standin.whois_count() - whois_before;
+    assert!(
+        asked < 200,
+        "tailscaled was asked {asked} times for 3,000 refused requests"
+    );
+    let r = bob.call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(r["isError"], false, "the server still serves others: {r}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grew = w.audit_bytes().saturating_sub(before);
+    assert!(
+        grew < 2 * 1024 * 1024,
+        "3,000 refused requests grew the audit db by {grew} bytes"
+    );
 }

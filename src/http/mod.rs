@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{self, Auditor, Outcome, Record};
 use crate::config::Config;
 use crate::mcp::{self, McpServer};
-use crate::tailnet::{Caller, localapi::LocalApi};
+use crate::tailnet::{Caller, Reresolve, localapi::LocalApi};
 
 /// Where identities come from.
 pub enum IdentityMode {
@@ -49,17 +49,26 @@ pub struct AppState {
     self_node: RwLock<Option<String>>,
     /// Live MCP sessions and who created each (shared with the rmcp service).
     sessions: Arc<session::Sessions>,
+    /// Identity-layer refusals per peer address (`[limits.refusals]`).
+    refusals: crate::limits::Refusals,
 }
 
 impl AppState {
     pub fn new(config: Arc<Config>, mode: IdentityMode, auditor: Auditor) -> AppState {
         AppState {
-            config,
             mode,
             auditor: auditor.clone(),
             hosts: RwLock::new(HashSet::new()),
             self_node: RwLock::new(None),
-            sessions: Arc::new(session::Sessions::new(session::Settings::default()).auditing(auditor)),
+            sessions: Arc::new(
+                session::Sessions::new(session::Settings {
+                    max_per_principal: config.limits.max_sessions_per_principal,
+                    ..session::Settings::default()
+                })
+                .auditing(auditor),
+            ),
+            refusals: crate::limits::Refusals::new(config.limits.refusals),
+            config,
         }
     }
 
@@ -204,6 +213,20 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
         .map(str::to_string);
     let presented = session.as_deref();
 
+    // An address that keeps being refused is answered without asking tailscaled, and its
+    // refusals are one audit row with a count, not one each.
+    if let Err(limited) = st.refusals.left(conn.peer.ip()) {
+        audit_refusal(&st, None, conn.peer, presented, limited.reason.clone()).await;
+        let mut response = refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("{}; retry after {} s", limited.reason, limited.retry_after_secs),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after_secs));
+        return response;
+    }
+
     let caller = match resolve(&st, &conn).await {
         Ok(c) => c,
         Err(reason) => {
@@ -261,13 +284,24 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
 
     let method = req.method().clone();
     let principal = caller.principal.clone();
-    req.extensions_mut().insert(caller);
+    req.extensions_mut().insert(caller.clone());
+    let again: Arc<dyn Reresolve> = Arc::new(Again {
+        state: st.clone(),
+        conn: conn.clone(),
+    });
+    req.extensions_mut().insert(again);
     let response = sse::coalesce(&method, next.run(req).await).await;
 
     if session.is_none()
         && let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok())
+        && let Err(full) = st.sessions.bind(id, &principal)
     {
-        st.sessions.bind(id, &principal);
+        refuse_audit(&st, Some(&caller), conn.peer, None, format!("{what}: {full}")).await;
+        let mut refused = refusal(StatusCode::TOO_MANY_REQUESTS, &full.to_string());
+        refused
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return refused;
     }
     response
 }
@@ -281,16 +315,7 @@ async fn resolve(st: &AppState, conn: &ConnInfo) -> Result<Arc<Caller>, String> 
     {
         return Ok(caller.clone());
     }
-    let caller = match &st.mode {
-        IdentityMode::Dev { login } => Arc::new(Caller::dev(login, conn.peer)),
-        IdentityMode::Tailnet(api) => {
-            let who = api
-                .whois(conn.peer, conn.svc_name.as_deref())
-                .await
-                .map_err(|e| format!("whois failed ({}): {e}", e.reason()))?;
-            Arc::new(Caller::from_whois(&who, conn.peer, &st.config.capability))
-        }
-    };
+    let caller = Arc::new(ask(st, conn).await?);
     if !ttl.is_zero()
         && let Ok(mut cache) = conn.cache.lock()
     {
@@ -299,10 +324,50 @@ async fn resolve(st: &AppState, conn: &ConnInfo) -> Result<Arc<Caller>, String> 
     Ok(caller)
 }
 
+/// Who is behind `conn`, asked now (no cache).
+async fn ask(st: &AppState, conn: &ConnInfo) -> Result<Caller, String> {
+    Ok(match &st.mode {
+        IdentityMode::Dev { login } => Caller::dev(login, conn.peer),
+        IdentityMode::Tailnet(api) => {
+            let who = api
+                .whois(conn.peer, conn.svc_name.as_deref())
+                .await
+                .map_err(|e| format!("whois failed ({}): {e}", e.reason()))?;
+            Caller::from_whois(&who, conn.peer, &st.config.capability)
+        }
+    })
+}
+
+/// A request's connection, to ask again who is behind it (see [`Reresolve`]).
+struct Again {
+    state: Arc<AppState>,
+    conn: ConnInfo,
+}
+
+impl Reresolve for Again {
+    fn fresh(&self) -> futures::future::BoxFuture<'_, Result<Caller, String>> {
+        Box::pin(ask(&self.state, &self.conn))
+    }
+}
+
 /// Record a refusal at the identity layer (committed before the response goes out), with the
 /// session id the request presented, if any (as presented, whoever it belongs to; the audit
-/// writer caps its length like every client-sent string it stores).
+/// writer caps its length like every client-sent string it stores), and count it against the
+/// peer address's refusals.
 pub(crate) async fn refuse_audit(
+    st: &AppState,
+    caller: Option<&Caller>,
+    peer: SocketAddr,
+    session: Option<&str>,
+    reason: String,
+) {
+    st.refusals.count(peer.ip());
+    audit_refusal(st, caller, peer, session, reason).await;
+}
+
+/// Record a refusal at the identity layer (repeats of an identical one are counted by the
+/// audit log, not written one by one).
+async fn audit_refusal(
     st: &AppState,
     caller: Option<&Caller>,
     peer: SocketAddr,

@@ -61,6 +61,8 @@ pub struct Settings {
     pub answered_ttl: Duration,
     /// How long `initialize` may take.
     pub init_timeout: Duration,
+    /// Sessions one principal may hold (`[limits] max_sessions_per_principal`).
+    pub max_per_principal: usize,
 }
 
 impl Default for Settings {
@@ -71,8 +73,18 @@ impl Default for Settings {
             replay: 16,
             answered_ttl: Duration::from_secs(60),
             init_timeout: Duration::from_secs(60),
+            max_per_principal: 16,
         }
     }
+}
+
+/// A principal is at its session limit and every one of its sessions has a call in flight.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "too many sessions: this caller already has {cap} open, each with a call in flight; close one (DELETE) or retry when one ends"
+)]
+pub struct TooManySessions {
+    pub cap: usize,
 }
 
 /// Why a session operation failed. rmcp answers these with HTTP 500 (a failed resume with an
@@ -376,10 +388,52 @@ impl Sessions {
         lock(&session.routes).owner.as_deref().is_none_or(|o| o == principal)
     }
 
-    /// Record who created session `id` (from its `initialize` answer).
-    pub fn bind(&self, id: &str, principal: &str) {
-        if let Some(session) = self.map.read().unwrap_or_else(PoisonError::into_inner).get(id) {
-            lock(&session.routes).owner.get_or_insert_with(|| principal.to_string());
+    /// Record who created session `id` (from its `initialize` answer), keeping the principal
+    /// within [`Settings::max_per_principal`] sessions: past it, the principal's least recently
+    /// active session with no call in flight is closed (a client that went away without
+    /// `DELETE` leaves such sessions behind); when every one has a call in flight, the new
+    /// session is closed instead and `Err` says so.
+    pub fn bind(&self, id: &str, principal: &str) -> Result<(), TooManySessions> {
+        let (owned, this) = {
+            let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(this) = map.get(id).cloned() else {
+                return Ok(());
+            };
+            lock(&this.routes).owner.get_or_insert_with(|| principal.to_string());
+            // (id, last active, busy) of the principal's other sessions.
+            let owned: Vec<(SessionId, Instant, bool)> = map
+                .values()
+                .filter(|s| s.id.as_ref() != id)
+                .filter_map(|s| {
+                    let r = lock(&s.routes);
+                    (r.owner.as_deref() == Some(principal))
+                        .then(|| (s.id.clone(), r.last_active, !r.by_request.is_empty()))
+                })
+                .collect();
+            (owned, this)
+        };
+        let cap = self.settings.max_per_principal;
+        if owned.len() < cap {
+            return Ok(());
+        }
+        let mut idle: Vec<&(SessionId, Instant, bool)> = owned.iter().filter(|(_, _, busy)| !busy).collect();
+        idle.sort_by_key(|(_, at, _)| *at);
+        let excess = owned.len() + 1 - cap;
+        if idle.len() < excess {
+            self.remove(&this.id);
+            return Err(TooManySessions { cap });
+        }
+        for (old, _, _) in idle.into_iter().take(excess) {
+            tracing::info!(session = %old, principal, cap, "closing a caller's oldest idle session: at its session limit");
+            self.remove(old);
+        }
+        Ok(())
+    }
+
+    fn remove(&self, id: &SessionId) {
+        let removed = self.map.write().unwrap_or_else(PoisonError::into_inner).remove(id);
+        if let Some(session) = removed {
+            lock(&session.routes).close();
         }
     }
 
@@ -460,10 +514,7 @@ impl SessionManager for Sessions {
     }
 
     async fn close_session(&self, id: &SessionId) -> Result<(), SessionError> {
-        let removed = self.map.write().unwrap_or_else(PoisonError::into_inner).remove(id);
-        if let Some(session) = removed {
-            lock(&session.routes).close();
-        }
+        self.remove(id);
         Ok(())
     }
 
@@ -957,8 +1008,8 @@ mod tests {
     async fn a_session_belongs_to_the_principal_that_created_it() {
         let (sessions, id, _t) = session(Settings::default()).await;
         assert!(sessions.may_use(&id, "bob@example.com"), "not bound yet");
-        sessions.bind(&id, "alice@example.com");
-        sessions.bind(&id, "bob@example.com");
+        sessions.bind(&id, "alice@example.com").unwrap();
+        sessions.bind(&id, "bob@example.com").unwrap();
         assert!(sessions.may_use(&id, "alice@example.com"));
         assert!(!sessions.may_use(&id, "bob@example.com"), "the first binding holds");
         assert!(
@@ -967,5 +1018,35 @@ mod tests {
         );
         sessions.close_session(&id).await.unwrap();
         assert!(sessions.may_use(&id, "bob@example.com"), "gone with its session");
+    }
+
+    #[tokio::test]
+    async fn past_its_session_cap_a_principal_loses_its_oldest_idle_session_never_a_busy_one() {
+        let settings = Settings {
+            max_per_principal: 2,
+            ..Settings::default()
+        };
+        let (sessions, busy, mut t) = session(settings).await;
+        sessions.bind(&busy, "alice").unwrap();
+        let _call = sessions.create_stream(&busy, call(1, None)).await.unwrap();
+        assert!(matches!(t.receive().await, Some(JsonRpcMessage::Request(_))));
+        let (idle, _ti) = sessions.create_session().await.unwrap();
+        sessions.bind(&idle, "alice").unwrap();
+        let (bobs, _tb) = sessions.create_session().await.unwrap();
+        sessions.bind(&bobs, "bob").unwrap();
+        // A third of alice's: the idle one goes, the busy one and bob's stay.
+        let (third, _t3) = sessions.create_session().await.unwrap();
+        sessions.bind(&third, "alice").unwrap();
+        assert!(!sessions.has_session(&idle).await.unwrap());
+        for id in [&busy, &bobs, &third] {
+            assert!(sessions.has_session(id).await.unwrap(), "{id}");
+        }
+        // Make the third busy too: a fourth finds nothing idle and is itself refused.
+        let _call3 = sessions.create_stream(&third, call(2, None)).await.unwrap();
+        let (fourth, _t4) = sessions.create_session().await.unwrap();
+        let full = sessions.bind(&fourth, "alice").unwrap_err();
+        assert!(full.to_string().contains("already has 2 open"), "{full}");
+        assert!(!sessions.has_session(&fourth).await.unwrap());
+        assert!(sessions.has_session(&busy).await.unwrap() && sessions.has_session(&third).await.unwrap());
     }
 }

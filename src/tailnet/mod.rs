@@ -112,6 +112,14 @@ impl Caller {
     }
 }
 
+/// Asks again who is behind a request's connection, bypassing any cache: the identity layer
+/// puts one in each request's extensions (`Arc<dyn Reresolve>`), and a call that waited for a
+/// person uses it to check, right before it runs, that its caller still is who it was and still
+/// holds what it held.
+pub trait Reresolve: Send + Sync {
+    fn fresh(&self) -> futures::future::BoxFuture<'_, Result<Caller, String>>;
+}
+
 /// Whether `ip` is in a tailnet range: `100.64.0.0/10` (CGNAT) or `fd7a:115c:a1e0::/48`.
 pub fn is_tailnet_ip(ip: IpAddr) -> bool {
     match unmap(ip) {

@@ -2,9 +2,11 @@
 //! `approvals_decide` (approve or deny one). The same operations are on the host as
 //! `tailopsmcp approvals list|approve|deny`.
 //!
-//! Tools here reach the approvals store through `ctx.approvals` (owned by `crate::approvals`);
-//! they never check scopes (the `mcp` layer does: `approvals:read` to list, `approvals:control`
-//! to decide) and never write audit rows. Self-approval is refused by the store, not here.
+//! Tools here reach the approvals store through `ctx.approvals` (owned by `crate::approvals`)
+//! and never write audit rows. They name no target: a request names its own, and a caller
+//! sees a request only with `approvals:read` on every one of them and decides it only with
+//! `approvals:control` on every one ([`Requirement::Across`]; `*` covers all), checked here
+//! per request through `ToolContext::may`. Self-approval is refused by the store.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -24,6 +26,21 @@ use crate::policy::{Area, Level, Scope};
 pub const LIST_LIMIT_DEFAULT: i64 = 50;
 pub const LIST_LIMIT_MAX: i64 = 500;
 
+const READ: Scope = Scope {
+    area: Area::Approvals,
+    level: Level::Read,
+};
+const CONTROL: Scope = Scope {
+    area: Area::Approvals,
+    level: Level::Control,
+};
+
+/// Whether the caller holds `scope` on every target of request `a`.
+fn may(ctx: &ToolContext, scope: Scope, a: &approvals::Approval) -> bool {
+    let mut targets = a.targets().peekable();
+    targets.peek().is_some() && targets.all(|t| ctx.may(scope, t))
+}
+
 pub fn tools() -> Vec<Arc<dyn Tool>> {
     vec![Arc::new(List::new()), Arc::new(Decide::new())]
 }
@@ -38,9 +55,6 @@ fn store(ctx: &ToolContext) -> Result<Arc<approvals::Approvals>, ToolError> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
-    /// Ignored: approvals are not per target.
-    #[serde(default)]
-    pub target: Option<String>,
     /// `pending` (default: waiting for a decision) or `all` (decided, used and expired too).
     #[serde(default)]
     pub status: ListStatus,
@@ -79,7 +93,7 @@ impl List {
                               asked, from which node, the tool, target, exact arguments and the plan of what would \
                               run, and when the request expires. Approve or deny one with `approvals_decide`; you \
                               cannot decide your own.",
-                requires: Requirement::Scope(Scope::new(Area::Approvals, Level::Read)),
+                requires: Requirement::Across(READ),
                 risk: Risk::Low,
                 annotations: Annotations {
                     read_only: true,
@@ -105,7 +119,8 @@ impl Tool for List {
             let limit = bounded("limit", args.limit, LIST_LIMIT_DEFAULT, 1, LIST_LIMIT_MAX)?;
             let store = store(&ctx)?;
             let all = args.status == ListStatus::All;
-            let (rows, omitted) = tokio::task::spawn_blocking(move || store.list(all, limit))
+            let seen = ctx.clone();
+            let (rows, omitted) = tokio::task::spawn_blocking(move || store.list(all, limit, |a| may(&seen, READ, a)))
                 .await
                 .map_err(|e| ToolError::Internal(e.to_string()))?
                 .map_err(|e| ToolError::Internal(e.to_string()))?;
@@ -142,9 +157,6 @@ impl Tool for List {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecideArgs {
-    /// Ignored: approvals are not per target.
-    #[serde(default)]
-    pub target: Option<String>,
     /// The approval's short id (from `approvals_list` or the requester).
     pub id: String,
     /// `approve` or `deny`.
@@ -184,7 +196,7 @@ impl Decide {
                               would run (`approvals_list`). The decision is final and recorded with your identity; \
                               an approved call then runs once, when its requester calls it again with the same \
                               arguments before it expires. You cannot decide your own request.",
-                requires: Requirement::Scope(Scope::new(Area::Approvals, Level::Control)),
+                requires: Requirement::Across(CONTROL),
                 risk: Risk::Moderate,
                 annotations: Annotations {
                     read_only: false,
@@ -213,6 +225,24 @@ impl Tool for Decide {
                 ));
             }
             let store = store(&ctx)?;
+            // A request is decided only by someone holding approvals:control on each of its
+            // targets; one who may not even read it learns nothing of it.
+            let id = args.id.clone();
+            let s = store.clone();
+            let found = tokio::task::spawn_blocking(move || s.get(&id))
+                .await
+                .map_err(|e| ToolError::Internal(e.to_string()))?
+                .map_err(|e| ToolError::Internal(e.to_string()))?
+                .filter(|a| may(&ctx, READ, a))
+                .ok_or_else(|| ToolError::Failed(format!("no approval has the id `{}`", args.id)))?;
+            if !may(&ctx, CONTROL, &found) {
+                let missing: Vec<&str> = found.targets().filter(|t| !ctx.may(CONTROL, t)).collect();
+                return Err(ToolError::Failed(format!(
+                    "denied: deciding {} needs approvals:control on every target it names; you do not hold it on {}",
+                    found.describe(),
+                    missing.join(", ")
+                )));
+            }
             let approve = args.decision == Verdict::Approve;
             let verb = if approve { "approve" } else { "deny" };
             let plan = vec![Step {
@@ -225,13 +255,6 @@ impl Tool for Decide {
             }];
             let now = approvals::now();
             if args.dry_run {
-                let id = args.id.clone();
-                let s = store.clone();
-                let found = tokio::task::spawn_blocking(move || s.get(&id))
-                    .await
-                    .map_err(|e| ToolError::Internal(e.to_string()))?
-                    .map_err(|e| ToolError::Internal(e.to_string()))?
-                    .ok_or_else(|| ToolError::Failed(format!("no approval has the id `{}`", args.id)))?;
                 let text = format!("dry run: would {verb} {}: {}", found.describe(), found.summary);
                 return ToolOutput::new(
                     &Decided {

@@ -68,6 +68,11 @@ pub enum Requirement {
     Scope(policy::Scope),
     /// Any caller holding at least one grant (used by `whoami`).
     AnyGrant,
+    /// This scope on every target of each record the tool shows or changes (the approvals
+    /// tools: a request names its own targets). The call names no target; the `mcp` layer
+    /// admits it when the caller holds the scope on some target, and the tool checks each
+    /// record with [`ToolContext::may`].
+    Across(policy::Scope),
 }
 
 /// A tool declared as data.
@@ -112,6 +117,16 @@ pub struct ToolContext {
     pub approvals: Option<Arc<crate::approvals::Approvals>>,
     /// The MCP client of this call (progress notifications, sampling); `None` outside a server.
     pub client: Option<ClientLink>,
+}
+
+impl ToolContext {
+    /// Whether the caller holds `scope` on target `id` (its grants and the target's ceiling);
+    /// an unknown target allows nothing.
+    pub fn may(&self, scope: policy::Scope, id: &str) -> bool {
+        self.targets
+            .get(id)
+            .is_some_and(|t| t.authorize(&self.grants, Requirement::Scope(scope)).allowed)
+    }
 }
 
 /// The MCP session a call came from, for the few tools that talk back to the client while
