@@ -252,6 +252,7 @@ async fn redaction_reaches_the_database() {
         AuditOptions {
             redact_fields: vec!["vault_path".to_string()],
             journald: false,
+            ..AuditOptions::default()
         },
     )
     .unwrap();
@@ -413,6 +414,7 @@ async fn journald_mirror_carries_documented_fields() {
         AuditOptions {
             redact_fields: Vec::new(),
             journald: true,
+            ..AuditOptions::default()
         },
     )
     .unwrap();
@@ -506,4 +508,192 @@ async fn journald_mirror_carries_documented_fields() {
         field(&events[1], "MESSAGE").as_deref(),
         Some("bob@example.com containers_restart local allow error")
     );
+}
+
+/// Bytes the database and its WAL take on disk.
+fn db_and_wal_bytes(path: &Path) -> u64 {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    [path.to_path_buf(), wal]
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// How many refusals the rows stand for: one each, and a summary row the repeats it counts.
+fn refusals_counted(rows: &[Record]) -> u64 {
+    rows.iter().map(|r| r.repeated().unwrap_or(1)).sum()
+}
+
+/// Issue #20 items 5 and 6: 3,000 identical refusals with 200 KB arguments, from one principal
+/// and from an unknown peer (a new source port each time), grow the database and its WAL by
+/// under 2 MB; the rows' counts add up to 3,000 each and the chain verifies. The windows here are
+/// short (300 ms), so windows end by their timers while the flood goes on, and the last ones are
+/// written when the auditor is dropped. (With one row per refusal, as before, the same flood
+/// grew the files by 15.7 MB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_identical_refusals_stays_small_and_counted() {
+    const N: u64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let auditor = Auditor::open(
+        &path,
+        AuditOptions {
+            refusal_window: std::time::Duration::from_millis(300),
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    auditor.record(sample("setup", "whoami")).await.unwrap();
+    let before = db_and_wal_bytes(&path);
+    let big = "A".repeat(200 * 1024);
+    let started = std::time::Instant::now();
+    for i in 0..N {
+        let mut denied = sample("mallory@example.com", "services_restart");
+        denied.decision = Decision::Deny;
+        denied.outcome = Outcome::Denied;
+        denied.reason = Some("no grant of services:control on local".into());
+        denied.arguments = Some(json!({"unit": "ssh", "padding": big}));
+        auditor.refuse(denied).await.unwrap();
+        let mut stranger = Record::new();
+        stranger.method = "http".into();
+        stranger.remote_addr = Some(format!("100.64.9.9:{}", 1024 + i));
+        stranger.reason = Some("whois: no such peer".into());
+        stranger.arguments = Some(json!({"body": big}));
+        auditor.refuse(stranger).await.unwrap();
+        if i % 3 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    let spent = started.elapsed();
+    drop(auditor);
+    let grown = db_and_wal_bytes(&path).saturating_sub(before);
+    let rows = query_path(&path, &all()).unwrap();
+    let mallory: Vec<Record> = rows
+        .iter()
+        .filter(|r| r.principal.as_deref() == Some("mallory@example.com"))
+        .cloned()
+        .collect();
+    let stranger: Vec<Record> = rows.iter().filter(|r| r.method == "http").cloned().collect();
+    assert_eq!(refusals_counted(&mallory), N, "{} rows", mallory.len());
+    assert_eq!(refusals_counted(&stranger), N, "{} rows", stranger.len());
+    let windows = spent.as_millis() / 300 + 2;
+    assert!(
+        mallory.len() as u128 <= 2 * windows && stranger.len() as u128 <= 2 * windows,
+        "{} and {} rows for {windows} windows",
+        mallory.len(),
+        stranger.len()
+    );
+    assert!(mallory.iter().chain(&stranger).all(|r| r.decision == Decision::Deny));
+    let summary = mallory.iter().find(|r| r.repeated().is_some()).expect("a summary row");
+    assert!(
+        summary.reason.as_deref().unwrap().starts_with("repeated "),
+        "{summary:?}"
+    );
+    assert!(
+        render_table(std::slice::from_ref(summary)).contains("repeated "),
+        "the table shows the count"
+    );
+    assert!(grown < 2 * 1024 * 1024, "grew {grown} bytes");
+    let report = tailopsmcp::audit::verify_path(&path).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
+
+/// A window's summary is written when the window ends, without waiting for another refusal or
+/// for the auditor to close; `flush_refusals` writes the open ones at once. A zero window writes
+/// every refusal.
+#[tokio::test]
+async fn refusal_windows_end_on_time_and_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let auditor = Auditor::open(
+        &path,
+        AuditOptions {
+            refusal_window: std::time::Duration::from_millis(200),
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    let denied = || {
+        let mut r = sample("eve@example.com", "files_write");
+        r.reason = Some("no grant".into());
+        r
+    };
+    for _ in 0..5 {
+        auditor.refuse(denied()).await.unwrap();
+    }
+    // The first is committed when `refuse` resolves; the rest wait for the window.
+    assert_eq!(auditor.query(&all()).unwrap().len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let rows = auditor.query(&all()).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1].repeated(), Some(4));
+    assert_eq!(rows[0].decision, Decision::Deny);
+    assert_eq!(rows[0].outcome, Outcome::Denied);
+    for _ in 0..3 {
+        auditor.refuse(denied()).await.unwrap();
+    }
+    auditor.flush_refusals().await.unwrap();
+    let rows = auditor.query(&all()).unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[3].repeated(), Some(2));
+    assert_eq!(refusals_counted(&rows), 8);
+
+    let off = Auditor::open(
+        &dir.path().join("off.db"),
+        AuditOptions {
+            refusal_window: std::time::Duration::ZERO,
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    for _ in 0..3 {
+        off.refuse(denied()).await.unwrap();
+    }
+    assert_eq!(off.query(&all()).unwrap().len(), 3);
+}
+
+/// Issue #20 item 5 at the store: a 1 MB tool name, target, reason, method, session id and error
+/// become a small row (each capped with a visible marker), and the chain covers the capped values.
+#[tokio::test]
+async fn every_client_string_is_capped_before_it_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, path) = open(&dir);
+    let mb = "x".repeat(1 << 20);
+    let mut rec = sample("alice@example.com", &mb);
+    rec.method = mb.clone();
+    rec.target = Some(mb.clone());
+    rec.reason = Some(format!("unknown tool `{mb}`"));
+    rec.session_id = Some(mb.clone());
+    rec.arguments = Some(json!({"a": mb, "b": mb}));
+    let id = auditor.begin(rec).await.unwrap();
+    auditor
+        .complete(id, Outcome::Error, Some(mb.clone()), 1.0, None)
+        .await
+        .unwrap();
+    let row_bytes: i64 = raw(&path)
+        .query_row(
+            "SELECT length(method) + length(tool) + length(target) + length(reason) + length(session_id)
+                    + length(error) + length(arguments) FROM audit WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(row_bytes < 20_000, "{row_bytes} bytes");
+    let got = &auditor.query(&all()).unwrap()[0];
+    for v in [
+        &got.method,
+        got.tool.as_ref().unwrap(),
+        got.session_id.as_ref().unwrap(),
+    ] {
+        assert!(v.len() <= 128 && v.ends_with("…[truncated, 1048576 bytes]"), "{v}");
+    }
+    assert!(got.target.as_ref().unwrap().len() <= 1024);
+    assert!(got.reason.as_ref().unwrap().len() <= 4096);
+    assert!(got.error.as_ref().unwrap().len() <= 4096);
+    let args = got.arguments.as_ref().unwrap();
+    assert_eq!(args["truncated"], true);
+    assert_eq!(args["keys"], json!(["a", "b"]));
+    assert_eq!(args["sha256"].as_str().unwrap().len(), 64);
+    let report = tailopsmcp::audit::verify_path(&path).unwrap();
+    assert!(report.is_ok(), "{report}");
 }
