@@ -33,7 +33,7 @@ use super::{Decision, Record, redact, render};
 /// journald's native protocol socket.
 pub(crate) const SOCKET: &str = "/run/systemd/journal/socket";
 /// `SYSLOG_IDENTIFIER` of every audit event: `journalctl -t tailopsmcp-audit`.
-pub(crate) const IDENTIFIER: &str = "tailopsmcp-audit";
+pub(crate) const IDENTIFIER: &str = super::JOURNAL_IDENTIFIER;
 /// Encoded events waiting for the backlog thread; beyond this they are dropped (and counted).
 /// The queue allocates (and touches) all of its slots up front, so a slot holds a boxed slice
 /// (16 bytes), not the datagram itself.

@@ -41,6 +41,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::store::StoreError;
 use crate::tailnet::Caller;
 
+/// `SYSLOG_IDENTIFIER` of every audit event mirrored to journald (`journalctl -t
+/// tailopsmcp-audit`). The `logs` tools withhold events with it from callers without `audit:read`.
+pub const JOURNAL_IDENTIFIER: &str = "tailopsmcp-audit";
+
 /// The journald fields of every mirrored audit event (name, meaning), for the README. Fields
 /// without a value are omitted. `arguments` are never sent to journald.
 pub const JOURNAL_FIELDS: &[(&str, &str)] = &[
