@@ -323,6 +323,10 @@ redact_fields = []
 # Mirror every audit event to journald (SYSLOG_IDENTIFIER=tailopsmcp-audit) when the journal
 # socket exists.
 journald = true
+# Identical refusals (same caller, or peer address for unknown peers; method, tool, target and
+# reason) within this many seconds become one row plus a summary row with their count and time
+# span, so a refused flood cannot fill the disk. 0: every refusal gets its own row.
+refusal_window_secs = 10
 
 [service]
 # Tailscale Services (a stable name such as mcp.<tailnet>.ts.net): set `name` to run a second

@@ -69,6 +69,7 @@ fn write_phase(path: &Path, journald: bool, rows: usize, tasks: usize) -> Phase 
             AuditOptions {
                 redact_fields: Vec::new(),
                 journald,
+                ..AuditOptions::default()
             },
         )
         .expect("open auditor");

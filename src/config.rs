@@ -49,6 +49,9 @@ pub struct Config {
     pub database: PathBuf,
     pub redact_fields: Vec<String>,
     pub journald: bool,
+    /// `[audit] refusal_window_secs`: identical refusals within this window become one row with
+    /// a count (zero: every refusal is its own row).
+    pub refusal_window: Duration,
     pub grants: Vec<LocalGrant>,
     /// The Tailscale Service this server sits behind, if any.
     pub service: Option<ServiceConfig>,
@@ -449,6 +452,7 @@ struct AuditSection {
     database: PathBuf,
     redact_fields: Vec<String>,
     journald: bool,
+    refusal_window_secs: u64,
 }
 
 impl Default for AuditSection {
@@ -457,6 +461,7 @@ impl Default for AuditSection {
             database: PathBuf::from(DEFAULT_DATABASE),
             redact_fields: Vec::new(),
             journald: true,
+            refusal_window_secs: crate::audit::DEFAULT_REFUSAL_WINDOW.as_secs(),
         }
     }
 }
@@ -816,6 +821,7 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         database: o.database.clone().unwrap_or(file.audit.database),
         redact_fields: file.audit.redact_fields,
         journald: file.audit.journald,
+        refusal_window: Duration::from_secs(file.audit.refusal_window_secs),
         grants,
         service,
         targets,

@@ -14,6 +14,7 @@ pub mod mcp;
 pub mod policy;
 pub mod prompts;
 pub mod resources;
+pub mod secrets;
 pub mod store;
 pub mod tailnet;
 pub mod targets;

@@ -311,6 +311,7 @@ async fn serve(config: Config, dev: Option<(SocketAddr, String)>) -> anyhow::Res
         AuditOptions {
             redact_fields: config.redact_fields.clone(),
             journald: config.journald,
+            refusal_window: config.refusal_window,
         },
     )
     .with_context(|| format!("cannot open the audit database {}", config.database.display()))?;
@@ -638,6 +639,7 @@ async fn audit_prune(config: &Config, before: &str, dry_run: bool, json: bool) -
             AuditOptions {
                 redact_fields: config.redact_fields.clone(),
                 journald: config.journald,
+                refusal_window: config.refusal_window,
             },
         )
         .with_context(|| format!("cannot open the audit database {}", db.display()))?;
@@ -700,6 +702,7 @@ async fn approvals_cmd(config: &Config, command: ApprovalsCommand) -> anyhow::Re
         AuditOptions {
             redact_fields: config.redact_fields.clone(),
             journald: config.journald,
+            refusal_window: config.refusal_window,
         },
     )
     .with_context(|| format!("cannot open the audit database {}", db.display()))?;

@@ -20,6 +20,10 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 /// How long a connection waits on a lock held by another connection before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+/// WAL pages after which a commit checkpoints (SQLite's default is 1,000, about 4 MiB).
+pub const WAL_AUTOCHECKPOINT: i64 = 256;
+/// Bytes the WAL file is truncated to when it is reset after a checkpoint (`journal_size_limit`).
+pub const JOURNAL_SIZE_LIMIT: i64 = 1024 * 1024;
 
 /// One embedded migration: `version` is its number (`user_version` after it has run).
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +80,8 @@ pub enum StoreError {
 /// The parent directory is created with mode 0700 and a new database file with mode 0600 (its
 /// `-wal`/`-shm` files inherit that). Every connection gets `journal_mode=WAL`,
 /// `synchronous=NORMAL` (a commit survives a process crash; the last commits before a power loss
-/// may not), `foreign_keys=ON` and `busy_timeout=5000`.
+/// may not), `foreign_keys=ON`, `busy_timeout=5000`, `wal_autocheckpoint=256` pages and
+/// `journal_size_limit=1 MiB` (the `-wal` file stays small after a burst).
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
     create_parent(path)?;
     create_file(path)?;
@@ -103,6 +108,13 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
         .map_err(pragma_err(path, "synchronous"))?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(pragma_err(path, "foreign_keys"))?;
+    // The WAL is checkpointed every WAL_AUTOCHECKPOINT pages and cut back to JOURNAL_SIZE_LIMIT
+    // bytes when it is reset, so a burst of writes cannot leave a large -wal file behind.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)
+        .map_err(pragma_err(path, "wal_autocheckpoint"))?;
+    let _: i64 = conn
+        .pragma_update_and_check(None, "journal_size_limit", JOURNAL_SIZE_LIMIT, |row| row.get(0))
+        .map_err(pragma_err(path, "journal_size_limit"))?;
     migrate(&mut conn, path, MIGRATIONS)?;
     Ok(conn)
 }
@@ -368,6 +380,8 @@ mod tests {
         assert_eq!(get("synchronous"), "1"); // NORMAL
         assert_eq!(get("foreign_keys"), "1");
         assert_eq!(get("busy_timeout"), "5000");
+        assert_eq!(get("wal_autocheckpoint"), "256");
+        assert_eq!(get("journal_size_limit"), (1024 * 1024).to_string());
     }
 
     #[test]

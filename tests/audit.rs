@@ -252,6 +252,7 @@ async fn redaction_reaches_the_database() {
         AuditOptions {
             redact_fields: vec!["vault_path".to_string()],
             journald: false,
+            ..AuditOptions::default()
         },
     )
     .unwrap();
@@ -413,6 +414,7 @@ async fn journald_mirror_carries_documented_fields() {
         AuditOptions {
             redact_fields: Vec::new(),
             journald: true,
+            ..AuditOptions::default()
         },
     )
     .unwrap();
@@ -505,5 +507,461 @@ async fn journald_mirror_carries_documented_fields() {
     assert_eq!(
         field(&events[1], "MESSAGE").as_deref(),
         Some("bob@example.com containers_restart local allow error")
+    );
+}
+
+/// Bytes the database and its WAL take on disk.
+fn db_and_wal_bytes(path: &Path) -> u64 {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    [path.to_path_buf(), wal]
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// How many refusals the rows stand for: one each, and a summary row the repeats it counts.
+fn refusals_counted(rows: &[Record]) -> u64 {
+    rows.iter().map(|r| r.repeated().unwrap_or(1)).sum()
+}
+
+/// Issue #20 items 5 and 6: 3,000 identical refusals with 200 KB arguments, from one principal
+/// and from an unknown peer (a new source port each time), grow the database and its WAL by
+/// under 2 MB; the rows' counts add up to 3,000 each and the chain verifies. The windows here are
+/// short (300 ms), so windows end by their timers while the flood goes on, and the last ones are
+/// written when the auditor is dropped. (With one row per refusal, as before, the same flood
+/// grew the files by 15.7 MB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_identical_refusals_stays_small_and_counted() {
+    const N: u64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let auditor = Auditor::open(
+        &path,
+        AuditOptions {
+            refusal_window: std::time::Duration::from_millis(300),
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    auditor.record(sample("setup", "whoami")).await.unwrap();
+    let before = db_and_wal_bytes(&path);
+    let big = "A".repeat(200 * 1024);
+    let started = std::time::Instant::now();
+    for i in 0..N {
+        let mut denied = sample("mallory@example.com", "services_restart");
+        denied.decision = Decision::Deny;
+        denied.outcome = Outcome::Denied;
+        denied.reason = Some("no grant of services:control on local".into());
+        denied.arguments = Some(json!({"unit": "ssh", "padding": big}));
+        auditor.refuse(denied).await.unwrap();
+        let mut stranger = Record::new();
+        stranger.method = "http".into();
+        stranger.remote_addr = Some(format!("100.64.9.9:{}", 1024 + i));
+        stranger.reason = Some("whois: no such peer".into());
+        stranger.arguments = Some(json!({"body": big}));
+        auditor.refuse(stranger).await.unwrap();
+        if i % 3 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    let spent = started.elapsed();
+    drop(auditor);
+    let grown = db_and_wal_bytes(&path).saturating_sub(before);
+    let rows = query_path(&path, &all()).unwrap();
+    let mallory: Vec<Record> = rows
+        .iter()
+        .filter(|r| r.principal.as_deref() == Some("mallory@example.com"))
+        .cloned()
+        .collect();
+    let stranger: Vec<Record> = rows.iter().filter(|r| r.method == "http").cloned().collect();
+    assert_eq!(refusals_counted(&mallory), N, "{} rows", mallory.len());
+    assert_eq!(refusals_counted(&stranger), N, "{} rows", stranger.len());
+    let windows = spent.as_millis() / 300 + 2;
+    assert!(
+        mallory.len() as u128 <= 2 * windows && stranger.len() as u128 <= 2 * windows,
+        "{} and {} rows for {windows} windows",
+        mallory.len(),
+        stranger.len()
+    );
+    assert!(mallory.iter().chain(&stranger).all(|r| r.decision == Decision::Deny));
+    let summary = mallory.iter().find(|r| r.repeated().is_some()).expect("a summary row");
+    assert!(
+        summary.reason.as_deref().unwrap().starts_with("repeated "),
+        "{summary:?}"
+    );
+    assert!(
+        render_table(std::slice::from_ref(summary)).contains("repeated "),
+        "the table shows the count"
+    );
+    assert!(grown < 2 * 1024 * 1024, "grew {grown} bytes");
+    let report = tailopsmcp::audit::verify_path(&path).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
+
+/// A window's summary is written when the window ends, without waiting for another refusal or
+/// for the auditor to close; `flush_refusals` writes the open ones at once. A zero window writes
+/// every refusal.
+#[tokio::test]
+async fn refusal_windows_end_on_time_and_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let auditor = Auditor::open(
+        &path,
+        AuditOptions {
+            refusal_window: std::time::Duration::from_millis(200),
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    let denied = || {
+        let mut r = sample("eve@example.com", "files_write");
+        r.reason = Some("no grant".into());
+        r
+    };
+    for _ in 0..5 {
+        auditor.refuse(denied()).await.unwrap();
+    }
+    // The first is committed when `refuse` resolves; the rest wait for the window.
+    assert_eq!(auditor.query(&all()).unwrap().len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let rows = auditor.query(&all()).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1].repeated(), Some(4));
+    assert_eq!(rows[0].decision, Decision::Deny);
+    assert_eq!(rows[0].outcome, Outcome::Denied);
+    for _ in 0..3 {
+        auditor.refuse(denied()).await.unwrap();
+    }
+    auditor.flush_refusals().await.unwrap();
+    let rows = auditor.query(&all()).unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[3].repeated(), Some(2));
+    assert_eq!(refusals_counted(&rows), 8);
+
+    let off = Auditor::open(
+        &dir.path().join("off.db"),
+        AuditOptions {
+            refusal_window: std::time::Duration::ZERO,
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    for _ in 0..3 {
+        off.refuse(denied()).await.unwrap();
+    }
+    assert_eq!(off.query(&all()).unwrap().len(), 3);
+}
+
+/// Issue #20 item 5 at the store: a 1 MB tool name, target, reason, method, session id and error
+/// become a small row (each capped with a visible marker), and the chain covers the capped values.
+#[tokio::test]
+async fn every_client_string_is_capped_before_it_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auditor, path) = open(&dir);
+    let mb = "x".repeat(1 << 20);
+    let mut rec = sample("alice@example.com", &mb);
+    rec.method = mb.clone();
+    rec.target = Some(mb.clone());
+    rec.reason = Some(format!("unknown tool `{mb}`"));
+    rec.session_id = Some(mb.clone());
+    rec.arguments = Some(json!({"a": mb, "b": mb}));
+    let id = auditor.begin(rec).await.unwrap();
+    auditor
+        .complete(id, Outcome::Error, Some(mb.clone()), 1.0, None)
+        .await
+        .unwrap();
+    let row_bytes: i64 = raw(&path)
+        .query_row(
+            "SELECT length(method) + length(tool) + length(target) + length(reason) + length(session_id)
+                    + length(error) + length(arguments) FROM audit WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(row_bytes < 20_000, "{row_bytes} bytes");
+    let got = &auditor.query(&all()).unwrap()[0];
+    for v in [
+        &got.method,
+        got.tool.as_ref().unwrap(),
+        got.session_id.as_ref().unwrap(),
+    ] {
+        assert!(v.len() <= 128 && v.ends_with("…[truncated, 1048576 bytes]"), "{v}");
+    }
+    assert!(got.target.as_ref().unwrap().len() <= 1024);
+    assert!(got.reason.as_ref().unwrap().len() <= 4096);
+    assert!(got.error.as_ref().unwrap().len() <= 4096);
+    let args = got.arguments.as_ref().unwrap();
+    assert_eq!(args["truncated"], true);
+    assert_eq!(args["keys"], json!(["a", "b"]));
+    assert_eq!(args["sha256"].as_str().unwrap().len(), 64);
+    let report = tailopsmcp::audit::verify_path(&path).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
+
+// ---- End to end: the real binary in a test tailnet, real SQLite, real journald. ----
+
+const E2E_SERVER_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 100, 1, 1);
+
+/// A server on a test tailnet and one MCP client per `(address, login, grants)`.
+struct E2e {
+    _net: crate::support::netns::Tailnet,
+    _standin: crate::support::localapi::StandIn,
+    server: crate::support::server::Server,
+    clients: Vec<crate::support::http::Mcp>,
+}
+
+async fn e2e(callers: &[(std::net::Ipv4Addr, &str, serde_json::Value)]) -> Option<E2e> {
+    use crate::support::localapi::{StandIn, whois_for};
+    use crate::support::netns::{Tailnet, skip_or_fail};
+    use crate::support::server::{CAP, PORT, Server};
+    use std::net::{IpAddr, SocketAddr};
+    if let Err(e) = ensure_journald() {
+        skip_or_fail(&format!("journald: {e}"));
+        return None;
+    }
+    let net = match Tailnet::new(E2E_SERVER_IP, None) {
+        Ok(n) => n,
+        Err(e) => {
+            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
+            return None;
+        }
+    };
+    let standin = StandIn::start().await;
+    standin.set_self_ips(&[IpAddr::V4(E2E_SERVER_IP)]);
+    for (ip, login, grants) in callers {
+        net.add_caller(IpAddr::V4(*ip)).unwrap();
+        standin.add_identity(
+            IpAddr::V4(*ip),
+            whois_for("whois-user.json", login, IpAddr::V4(*ip), CAP, grants.clone()),
+        );
+    }
+    let server = Server::start(&net, &standin, "", "").await;
+    let mut clients = Vec::new();
+    for (ip, _, _) in callers {
+        let stream = net
+            .connect(IpAddr::V4(*ip), SocketAddr::new(IpAddr::V4(E2E_SERVER_IP), PORT))
+            .await
+            .unwrap();
+        let mut mcp = crate::support::http::Mcp::new(
+            crate::support::http::Conn::new(stream).await,
+            &format!("{E2E_SERVER_IP}:{PORT}"),
+        );
+        mcp.initialize().await.unwrap();
+        clients.push(mcp);
+    }
+    Some(E2e {
+        _net: net,
+        _standin: standin,
+        server,
+        clients,
+    })
+}
+
+/// Journal entries of the audit mirror for `principal`, waiting until there are at least `n`.
+async fn audit_events(principal: &str, n: usize) -> Vec<serde_json::Value> {
+    let filter = format!("TAILOPS_PRINCIPAL={principal}");
+    let mut entries = Vec::new();
+    for _ in 0..50 {
+        entries = journal_entries(&["-t", "tailopsmcp-audit", &filter]);
+        if entries.len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    entries
+}
+
+/// Issue #20 items 5 and 9 through the real binary: a tool name with a newline produces exactly
+/// one journal entry whose MESSAGE is one line (before: MESSAGE carried the newline, and
+/// `journalctl -t tailopsmcp-audit` showed a forged second line); a 1 MB tool name and a 1 MB
+/// `target` become small rows and small journal events (before: 1 MB rows, twice over with the
+/// reason); the chain verifies and the server still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tool_names_stay_one_line_and_small() {
+    let login = format!("hostile-{}@example.com", uuid::Uuid::new_v4().simple());
+    let Some(mut w) = e2e(&[(
+        std::net::Ipv4Addr::new(100, 100, 2, 61),
+        &login,
+        json!([{"scopes": ["system:read"]}]),
+    )])
+    .await
+    else {
+        return;
+    };
+    let m = &mut w.clients[0];
+    let forged = "x\nFORGED tailopsmcp-audit: allowed admin";
+    let _ = m.call_tool(forged, json!({})).await;
+    let events = audit_events(&login, 1).await;
+    assert_eq!(events.len(), 1, "one journal entry: {events:?}");
+    let message = events[0]["MESSAGE"].as_str().expect("MESSAGE is text");
+    assert!(!message.contains('\n') && !message.contains('\r'), "{message:?}");
+    assert!(message.contains("x\\nFORGED"), "{message:?}");
+    assert_eq!(events[0]["TAILOPS_TOOL"], forged);
+
+    // 1 MB: under the default 1 MiB body limit with the JSON-RPC envelope around it.
+    let mb = "y".repeat(1_000_000);
+    let _ = m.call_tool(&mb, json!({})).await;
+    let r = m.call_tool("system_status", json!({"target": mb})).await;
+    assert!(r.as_ref().map(|v| v["isError"] == true).unwrap_or(true), "{r:?}");
+    let rows = w
+        .server
+        .audit_where(3, |r| r.principal.as_deref() == Some(login.as_str()))
+        .await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for r in &rows {
+        let size = serde_json::to_string(r).unwrap().len();
+        assert!(size < 16 * 1024, "row {:?} is {size} bytes", r.id);
+    }
+    let events = audit_events(&login, 3).await;
+    assert_eq!(events.len(), 3);
+    for e in &events {
+        let size = e.to_string().len();
+        assert!(size < 16 * 1024, "journal event is {size} bytes");
+        assert!(!e["MESSAGE"].as_str().unwrap().contains('\n'));
+    }
+    let report = tailopsmcp::audit::verify_path(&w.server.db).unwrap();
+    assert!(report.is_ok(), "{report}");
+    let ok = m.call_tool("whoami", json!({})).await.unwrap();
+    assert_ne!(ok["isError"], true, "{ok}");
+}
+
+/// Issue #20 item 10 through the real binary and journald: a caller with only `monitor` scopes
+/// gets no audit events from `logs_journal` (they are withheld and counted) and is refused an
+/// explicit `identifier = tailopsmcp-audit` query; a caller with `audit:read` sees them. (Before:
+/// the monitor caller read every principal's audit events.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_in_the_journal_need_audit_read() {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let monitor = format!("monitor-{tag}@example.com");
+    let auditor = format!("auditor-{tag}@example.com");
+    let since = chrono::Local::now() - chrono::Duration::seconds(2);
+    let since = since.format("%Y-%m-%d %H:%M:%S").to_string();
+    let Some(mut w) = e2e(&[
+        (
+            std::net::Ipv4Addr::new(100, 100, 2, 62),
+            &monitor,
+            json!([{"scopes": ["monitor"]}]),
+        ),
+        (
+            std::net::Ipv4Addr::new(100, 100, 2, 63),
+            &auditor,
+            json!([{"scopes": ["logs:read", "audit:read"]}]),
+        ),
+    ])
+    .await
+    else {
+        return;
+    };
+    w.clients[0].call_tool("whoami", json!({})).await.unwrap();
+    assert_eq!(audit_events(&monitor, 1).await.len(), 1);
+
+    let by_monitor = w.clients[0]
+        .call_tool("logs_journal", json!({"since": since, "lines": 1000}))
+        .await
+        .unwrap();
+    assert_ne!(by_monitor["isError"], true, "{by_monitor}");
+    let out = &by_monitor["structuredContent"];
+    let entries = out["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().all(|e| e["identifier"] != "tailopsmcp-audit"),
+        "no audit event reaches a monitor caller: {out}"
+    );
+    assert!(out["audit_withheld"].as_u64().unwrap() >= 1, "{out}");
+    assert!(
+        by_monitor["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("audit events withheld"),
+        "{by_monitor}"
+    );
+    let refused = w.clients[0]
+        .call_tool("logs_journal", json!({"identifier": "tailopsmcp-audit"}))
+        .await;
+    let refused = format!("{refused:?}");
+    assert!(refused.contains("audit:read"), "{refused}");
+    let analyzed = w.clients[0]
+        .call_tool("logs_analyze", json!({"identifier": "tailopsmcp-audit"}))
+        .await;
+    assert!(format!("{analyzed:?}").contains("audit:read"), "{analyzed:?}");
+
+    let by_auditor = w.clients[1]
+        .call_tool(
+            "logs_journal",
+            json!({"identifier": "tailopsmcp-audit", "since": since, "lines": 1000}),
+        )
+        .await
+        .unwrap();
+    assert_ne!(by_auditor["isError"], true, "{by_auditor}");
+    let out = &by_auditor["structuredContent"];
+    assert_eq!(out["audit_withheld"], 0);
+    let mine = out["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap_or("").starts_with(&monitor))
+        .count();
+    assert!(mine >= 1, "the auditor sees the monitor caller's audit event: {out}");
+}
+
+/// Issue #20 item 11 for processes: a real local process started with `--password=hunter2`,
+/// `PGPASSWORD=…` and `--token …` on its command line shows none of them in `system_processes`.
+/// (Before: the command line was shown as is.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_command_lines_lose_their_secrets() {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let login = format!("procs-{tag}@example.com");
+    let Some(mut w) = e2e(&[(
+        std::net::Ipv4Addr::new(100, 100, 2, 64),
+        &login,
+        json!([{"scopes": ["system:read"]}]),
+    )])
+    .await
+    else {
+        return;
+    };
+    let marker = format!("tops-proc-{tag}");
+    // Busy for a few seconds so it is among the top processes by CPU.
+    let mut child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "end=$(( $(date +%s) + 8 )); while [ $(date +%s) -lt $end ]; do :; done",
+            &marker,
+            "--password=hunter2",
+            "PGPASSWORD=pg-secret-7",
+            "--token",
+            "tok-secret-8",
+        ])
+        .spawn()
+        .unwrap();
+    let mut found = None;
+    for _ in 0..20 {
+        let r = w.clients[0]
+            .call_tool("system_processes", json!({"limit": 100}))
+            .await
+            .unwrap();
+        assert_ne!(r["isError"], true, "{r}");
+        let text = r.to_string();
+        for s in ["hunter2", "pg-secret-7", "tok-secret-8"] {
+            assert!(!text.contains(s), "`{s}` shown by system_processes");
+        }
+        found = r["structuredContent"]["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["command"].as_str().unwrap_or("").contains(&marker))
+            .cloned();
+        if found.is_some() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let p = found.expect("the process is listed");
+    let command = p["command"].as_str().unwrap();
+    assert!(
+        command.ends_with(&format!(
+            "{marker} --password=[REDACTED] PGPASSWORD=[REDACTED] --token [REDACTED]"
+        )),
+        "{command}"
     );
 }

@@ -491,6 +491,7 @@ async fn journald_row_hash_matches_sqlite() {
         AuditOptions {
             redact_fields: Vec::new(),
             journald: true,
+            ..AuditOptions::default()
         },
     )
     .unwrap();

@@ -1074,3 +1074,88 @@ async fn containers_results_match_their_output_schemas_in_the_python_sdk() {
         "dry runs only"
     );
 }
+
+/// Issue #20 item 11: one rule set decides what is secret. A real container whose environment,
+/// labels and command hold secrets under names Docker's old list and the audit log's old list
+/// disagreed on shows none of the values in `containers_inspect`; a call with such argument
+/// names is stored redacted by the same rules. (Before: `--password=hunter2` and `--token …` in
+/// the command were shown, and the audit row kept `db_pass` in clear.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_secret_rule_set_for_inspect_and_the_audit_log() {
+    let Some(mut w) = world().await else { return };
+    let n = name("secrets");
+    let secrets = [
+        "hunter2",
+        "x-api-secret-1",
+        "y-cred-secret-2",
+        "tok-secret-3",
+        "pass-secret-4",
+    ];
+    let _c = run(
+        &w.host,
+        &n,
+        &[
+            "-e",
+            "DB_PASSWORD=hunter2",
+            "-e",
+            "API_KEY=x-api-secret-1",
+            "-e",
+            "MY_CREDENTIALS=y-cred-secret-2",
+            "-e",
+            "PLAIN=visible",
+            "--label",
+            "db.pass=pass-secret-4",
+        ],
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 0.2; done",
+            "app",
+            "--password=hunter2",
+            "--token",
+            "tok-secret-3",
+        ],
+    );
+    let r = w.call("containers_inspect", json!({"container": n})).await;
+    assert_eq!(r["isError"], false, "{r}");
+    let shown = r.to_string();
+    for s in secrets {
+        assert!(!shown.contains(s), "`{s}` shown by containers_inspect: {shown}");
+    }
+    let i = &r["structuredContent"];
+    let env = i["env"].as_array().unwrap();
+    let get = |k: &str| env.iter().find(|e| e["name"] == k).unwrap_or_else(|| panic!("{k}"));
+    for k in ["DB_PASSWORD", "API_KEY", "MY_CREDENTIALS"] {
+        assert_eq!(get(k)["value"], "[REDACTED]", "{k}");
+    }
+    assert_eq!(get("PLAIN")["value"], "visible");
+    let cmd: Vec<&str> = i["cmd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(cmd[3..], ["app", "--password=[REDACTED]", "--token", "[REDACTED]"]);
+    assert_eq!(i["labels"]["db.pass"], "[REDACTED]");
+
+    // The audit row of a call whose arguments carry secrets under such names.
+    let bad = w
+        .call(
+            "containers_inspect",
+            json!({"container": n, "db_pass": "pass-secret-4", "MY_CREDENTIALS": "y-cred-secret-2"}),
+        )
+        .await;
+    assert_eq!(bad["isError"], true, "{bad}");
+    let rows = w
+        .server
+        .audit_where(1, |r| r.arguments.as_ref().is_some_and(|a| a.get("db_pass").is_some()))
+        .await;
+    assert_eq!(rows.len(), 1);
+    let stored = rows[0].arguments.as_ref().unwrap();
+    assert_eq!(stored["db_pass"], "[REDACTED]", "{stored}");
+    assert_eq!(stored["MY_CREDENTIALS"], "[REDACTED]", "{stored}");
+    let all = serde_json::to_string(&w.server.audit()).unwrap();
+    for s in secrets {
+        assert!(!all.contains(s), "`{s}` in the audit log");
+    }
+}

@@ -28,12 +28,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
-use super::{Decision, Record, redact};
+use super::{Decision, Record, redact, render};
 
 /// journald's native protocol socket.
 pub(crate) const SOCKET: &str = "/run/systemd/journal/socket";
 /// `SYSLOG_IDENTIFIER` of every audit event: `journalctl -t tailopsmcp-audit`.
-pub(crate) const IDENTIFIER: &str = "tailopsmcp-audit";
+pub(crate) const IDENTIFIER: &str = super::JOURNAL_IDENTIFIER;
 /// Encoded events waiting for the backlog thread; beyond this they are dropped (and counted).
 /// The queue allocates (and touches) all of its slots up front, so a slot holds a boxed slice
 /// (16 bytes), not the datagram itself.
@@ -254,9 +254,14 @@ pub(crate) fn encode(event: &Event) -> Vec<u8> {
 }
 
 /// `alice@example.com whoami local allow ok`: principal, tool (or method), target, decision,
-/// outcome; `-` for what is missing.
+/// outcome; `-` for what is missing. Control characters and line separators in the values are
+/// escaped ([`render::escape`]): `MESSAGE` is always one line, so a tool name with `\n` cannot
+/// forge a second entry in `journalctl` output.
 fn summary(rec: &Record) -> String {
-    let dash = |v: Option<&str>| v.filter(|v| !v.is_empty()).unwrap_or("-").to_string();
+    let dash = |v: Option<&str>| {
+        v.filter(|v| !v.is_empty())
+            .map_or_else(|| "-".to_string(), render::escape)
+    };
     format!(
         "{} {} {} {} {}",
         dash(rec.principal.as_deref()),
@@ -442,6 +447,25 @@ mod tests {
         let mut e = full();
         e.rec.duration_ms = Some(0.412_345_678);
         assert_eq!(decode(&encode(&e))["TAILOPS_DURATION_MS"], "0.412");
+    }
+
+    #[test]
+    fn message_is_one_line_whatever_the_values_hold() {
+        let mut e = full();
+        e.rec.tool = Some("x\nFORGED tailopsmcp-audit: allowed admin".into());
+        e.rec.target = Some("a\rb\tc\u{1b}[31md\u{85}e\u{2028}f\u{2029}g\u{202e}h".into());
+        let got = decode(&encode(&e));
+        let message = &got["MESSAGE"];
+        assert_eq!(
+            message,
+            "alice@example.com x\\nFORGED tailopsmcp-audit: allowed admin \
+             a\\rb\\tc\\u{1b}[31md\\u{85}e\\u{2028}f\\u{2029}g\\u{202e}h allow ok"
+        );
+        assert!(!message.chars().any(|c| c.is_control()));
+        // The field itself keeps the value (length-framed, so it cannot break the framing).
+        assert_eq!(got["TAILOPS_TOOL"], "x\nFORGED tailopsmcp-audit: allowed admin");
+        let raw = encode(&e);
+        assert!(raw.windows(13).any(|w| w == b"TAILOPS_TOOL\n"), "binary length form");
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod export;
 mod journald;
 mod query;
 mod redact;
+mod refusals;
 mod render;
 mod verify;
 mod writer;
@@ -30,7 +31,8 @@ mod writer;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -38,6 +40,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::StoreError;
 use crate::tailnet::Caller;
+
+/// `SYSLOG_IDENTIFIER` of every audit event mirrored to journald (`journalctl -t
+/// tailopsmcp-audit`). The `logs` tools withhold events with it from callers without `audit:read`.
+pub const JOURNAL_IDENTIFIER: &str = "tailopsmcp-audit";
 
 /// The journald fields of every mirrored audit event (name, meaning), for the README. Fields
 /// without a value are omitted. `arguments` are never sent to journald.
@@ -241,14 +247,39 @@ impl Record {
     }
 }
 
+impl Record {
+    /// For a summary row of repeated refusals ([`Auditor::refuse`]): how many more identical
+    /// refusals it stands for (the row itself counts the first). `None` for any other row.
+    pub fn repeated(&self) -> Option<u64> {
+        refusals::repeated(self)
+    }
+}
+
+/// The default of [`AuditOptions::refusal_window`] (`[audit] refusal_window_secs`).
+pub const DEFAULT_REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+
 /// How the [`Auditor`] treats records.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuditOptions {
     /// Extra argument keys to redact (case-insensitive, `-`/`_` ignored, exact match), on top of
     /// the built-in secret-looking keys.
     pub redact_fields: Vec<String>,
     /// Mirror each committed record to journald when `/run/systemd/journal/socket` exists.
     pub journald: bool,
+    /// Identical refusals ([`Auditor::refuse`]) within this window become one summary row with
+    /// a count; zero writes each refusal as its own row.
+    pub refusal_window: Duration,
+}
+
+impl Default for AuditOptions {
+    /// No extra redaction, no journald, [`DEFAULT_REFUSAL_WINDOW`].
+    fn default() -> AuditOptions {
+        AuditOptions {
+            redact_fields: Vec::new(),
+            journald: false,
+            refusal_window: DEFAULT_REFUSAL_WINDOW,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -495,10 +526,19 @@ struct Inner {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     read: Mutex<rusqlite::Connection>,
     redact: redact::Redactor,
+    /// `None` when the refusal window is zero.
+    refusals: Option<refusals::Refusals>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // Summaries of open refusal windows are queued before the channel closes, so none is
+        // lost at shutdown.
+        if let (Some(refusals), Some(tx)) = (&self.refusals, &self.tx) {
+            for rec in refusals.drain() {
+                queue_blocking(tx, rec, &self.redact, &self.path);
+            }
+        }
         // Closing the channel lets the writer finish what is queued and exit; joining makes the
         // last commit (and the WAL checkpoint on close) happen before the process moves on.
         self.tx.take();
@@ -532,8 +572,57 @@ impl Auditor {
                 thread: Mutex::new(Some(handle)),
                 read: Mutex::new(read),
                 redact: redact::Redactor::new(&opts.redact_fields),
+                refusals: (!opts.refusal_window.is_zero()).then(|| refusals::Refusals::new(opts.refusal_window)),
             }),
         })
+    }
+
+    /// Record a refusal (an identity-layer refusal or a denied call), aggregating repeats: the
+    /// first refusal with a given key (principal, or the peer's IP without port when there is
+    /// none; method, tool, target, reason) is written at once and resolves after COMMIT, like
+    /// [`Auditor::record`]. Identical refusals within [`AuditOptions::refusal_window`] resolve
+    /// at once and are only counted; when the window ends, a summary row is written whose
+    /// `reason` starts `repeated N more times FIRST–LAST:` and whose arguments are
+    /// `{"repeated": N, "first": …, "last": …}` ([`Record::repeated`] reads it). Summaries of
+    /// open windows are written by [`Auditor::flush_refusals`] and when the auditor is dropped.
+    /// At most 1,024 windows are open; beyond that, refusals are written one row each.
+    ///
+    /// `decision` and `outcome` are set to deny/denied.
+    pub async fn refuse(&self, mut rec: Record) -> Result<(), AuditError> {
+        rec.decision = Decision::Deny;
+        rec.outcome = Outcome::Denied;
+        let Some(refusals) = &self.inner.refusals else {
+            return self.record(rec).await.map(drop);
+        };
+        // Capped first, so the key (and the window's copy) is small whatever was sent.
+        redact::cap_record(&mut rec);
+        let key = refusals::Key::of(&rec);
+        let (ended, admit) = refusals.admit(key, &rec, Instant::now());
+        if let Some(summary) = ended {
+            self.record(summary).await?;
+        }
+        let refusals::Admit::Write(opened) = admit else {
+            return Ok(());
+        };
+        self.record(rec).await?;
+        if let (Some((key, generation)), Ok(runtime)) = (opened, tokio::runtime::Handle::try_current()) {
+            let inner = Arc::downgrade(&self.inner);
+            let window = refusals.window();
+            runtime.spawn(close_window_later(inner, key, generation, window));
+        }
+        Ok(())
+    }
+
+    /// Write the summary rows of every open refusal window now (at shutdown, or before reading
+    /// the log in a test). Resolves once they are COMMITTED.
+    pub async fn flush_refusals(&self) -> Result<(), AuditError> {
+        let Some(refusals) = &self.inner.refusals else {
+            return Ok(());
+        };
+        for rec in refusals.drain() {
+            self.record(rec).await?;
+        }
+        Ok(())
     }
 
     /// The database file this auditor writes.
@@ -674,6 +763,50 @@ impl Auditor {
     fn gone(&self) -> AuditError {
         AuditError::WriterGone {
             path: self.inner.path.clone(),
+        }
+    }
+}
+
+/// The timer of one refusal window: after `window`, write its summary (if it counted anything and
+/// is still open). Holds the auditor weakly: a dropped auditor writes its summaries itself.
+async fn close_window_later(inner: Weak<Inner>, key: refusals::Key, generation: u64, window: Duration) {
+    tokio::time::sleep(window).await;
+    let Some(inner) = inner.upgrade() else { return };
+    let auditor = Auditor { inner };
+    let summary = auditor.inner.refusals.as_ref().and_then(|r| r.close(&key, generation));
+    if let Some(summary) = summary
+        && let Err(e) = auditor.record(summary).await
+    {
+        tracing::error!(error = %e, "audit write failed for a summary of repeated refusals");
+    }
+}
+
+/// Queue `rec` for the writer from a synchronous context (the auditor's drop), waiting for room
+/// if the queue is full; nobody waits for the commit.
+fn queue_blocking(tx: &mpsc::Sender<writer::Op>, rec: Record, redactor: &redact::Redactor, path: &Path) {
+    let row = match writer::PreparedRecord::new(rec, redactor) {
+        Ok(row) => row,
+        Err(e) => {
+            tracing::error!(error = %e, "summary of repeated refusals not stored");
+            return;
+        }
+    };
+    let (reply, _) = oneshot::channel();
+    let mut op = writer::Op::Insert {
+        row: Box::new(row),
+        reply,
+    };
+    loop {
+        match tx.try_send(op) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                op = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!(path = %path.display(), "audit writer stopped; summary of repeated refusals not stored");
+                return;
+            }
         }
     }
 }

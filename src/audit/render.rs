@@ -88,13 +88,7 @@ fn cell(value: Option<&str>, max: usize) -> String {
     let Some(value) = value.filter(|v| !v.is_empty()) else {
         return "-".to_string();
     };
-    let pieces = value.chars().map(|c| {
-        if c.is_control() || is_bidi_control(c) {
-            c.escape_default().collect::<String>()
-        } else {
-            c.to_string()
-        }
-    });
+    let pieces = value.chars().map(escape_char);
     let total: usize = pieces.clone().map(|p| p.chars().count()).sum();
     if total <= max {
         return pieces.collect();
@@ -111,6 +105,22 @@ fn cell(value: Option<&str>, max: usize) -> String {
     }
     out.push('…');
     out
+}
+
+/// `value` safe to show on one line of a terminal or a log: control characters (C0, DEL, C1:
+/// `\n`, `\r`, `\t`, ESC, …), line and paragraph separators (U+2028, U+2029) and bidi controls
+/// are written as Rust escapes (`\n`, `\u{1b}`), so a value can neither start a line nor drive
+/// the display. Used for the table and for the journald `MESSAGE`.
+pub(crate) fn escape(value: &str) -> String {
+    value.chars().map(escape_char).collect()
+}
+
+fn escape_char(c: char) -> String {
+    if c.is_control() || is_bidi_control(c) || matches!(c, '\u{2028}' | '\u{2029}') {
+        c.escape_default().collect()
+    } else {
+        c.to_string()
+    }
 }
 
 /// Trojan-source characters: they reorder what a terminal shows.

@@ -86,7 +86,8 @@ pub(crate) enum Op {
 }
 
 /// A record made ready for the writer on the caller's task: time normalized, request id
-/// present, arguments redacted and serialized, lists serialized.
+/// present, every string capped ([`redact::cap_record`]), arguments redacted, serialized and
+/// capped, lists serialized.
 pub(crate) struct PreparedRecord {
     /// The record, without `arguments` (they are in `arguments_json`).
     rec: Record,
@@ -111,9 +112,9 @@ impl PreparedRecord {
             rec.request_id = uuid::Uuid::new_v4().to_string();
         }
         rec.id = None;
-        rec.error = rec.error.map(|e| redact::truncate(&e));
-        // A session id is whatever the client sent in `Mcp-Session-Id` when a refusal records it.
-        rec.session_id = rec.session_id.map(|s| redact::truncate(&s));
+        // Every string a caller can influence (tool name, target, reason, method, the session id
+        // a refusal presented, error, ...) is capped here, before it is hashed, stored or mirrored.
+        redact::cap_record(&mut rec);
         rec.duration_ms = chain::stored_real(rec.duration_ms);
         let arguments_json = rec
             .arguments

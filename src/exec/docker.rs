@@ -6,8 +6,9 @@
 //! curated serde + schemars type defined here). It owns the target's own constraints: every call is
 //! bounded by [`Limits::timeout`], log output by [`Limits::max_output`], container names and ids are
 //! validated before any request is built (bollard puts them into the URL path unescaped), and a
-//! plain-text `tcp://` engine is refused unless the target opts in. Environment values whose keys
-//! look secret are redacted from `inspect`. It knows nothing about callers, MCP, policy or audit.
+//! plain-text `tcp://` engine is refused unless the target opts in. `inspect` redacts secrets by
+//! the server-wide rules of [`crate::secrets`]: environment values and labels with secret names,
+//! passwords in URLs, and secret options in the command, entrypoint and health check. It knows nothing about callers, MCP, policy or audit.
 //!
 //! TLS is configured here rather than by bollard's `connect_with_ssl`: that constructor requires a
 //! CA file, fails when any system root does not load, looks up a process-wide rustls provider with
@@ -44,8 +45,8 @@ pub const MAX_REF_LEN: usize = 255;
 pub const MAX_TAIL: usize = 100_000;
 /// Longest `grep` pattern accepted, in bytes.
 pub const MAX_GREP_LEN: usize = 1024;
-/// What a redacted environment value is replaced with (the audit log uses the same marker).
-pub const REDACTED: &str = "[REDACTED]";
+/// What a redacted value is replaced with (the marker of [`crate::secrets`], used everywhere).
+pub const REDACTED: &str = crate::secrets::REDACTED;
 
 /// How a `[[target]]` of kind `docker` reaches its engine.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -2158,14 +2159,14 @@ fn details_from(c: bollard::models::ContainerInspectResponse) -> ContainerDetail
         image: nonempty(config.image),
         image_id: nonempty(c.image),
         created: c.created.map(|t| t.to_string()),
-        entrypoint: config.entrypoint.unwrap_or_default(),
-        cmd: config.cmd.unwrap_or_default(),
+        entrypoint: crate::secrets::redact_argv(&config.entrypoint.unwrap_or_default()),
+        cmd: crate::secrets::redact_argv(&config.cmd.unwrap_or_default()),
         working_dir: nonempty(config.working_dir),
         user: nonempty(config.user),
         hostname: nonempty(config.hostname),
         tty: config.tty.unwrap_or(false),
         env: config.env.unwrap_or_default().iter().map(|e| redact_env(e)).collect(),
-        labels: config.labels.unwrap_or_default().into_iter().collect(),
+        labels: redact_labels(config.labels.unwrap_or_default()),
         state: ContainerState {
             status,
             running: state.running.unwrap_or(false),
@@ -2213,97 +2214,56 @@ fn details_from(c: bollard::models::ContainerInspectResponse) -> ContainerDetail
         nano_cpus: host.nano_cpus.filter(|n| *n > 0),
         pids_limit: host.pids_limit.filter(|n| *n > 0),
         log_driver: host.log_config.and_then(|l| nonempty(l.typ)),
-        healthcheck: config.healthcheck.and_then(|h| h.test).filter(|t| !t.is_empty()),
+        healthcheck: config
+            .healthcheck
+            .and_then(|h| h.test)
+            .filter(|t| !t.is_empty())
+            .map(|t| crate::secrets::redact_argv(&t)),
         stop_signal: nonempty(config.stop_signal),
         stop_timeout: config.stop_timeout,
     }
 }
 
-/// Key fragments (lowercase, `_`, `-` and `.` removed) that make an environment variable secret
-/// wherever they occur in its name.
-const SECRET_FRAGMENTS: &[&str] = &[
-    "password",
-    "passwd",
-    "passphrase",
-    "secret",
-    "token",
-    "apikey",
-    "accesskey",
-    "privatekey",
-    "authorization",
-    "credential",
-    "cookie",
-    "connectionstring",
-    "authkey",
-];
-/// Name segments (split at `_`, `-`, `.`; lowercase) that make a variable secret.
-const SECRET_SEGMENTS: &[&str] = &[
-    "key",
-    "pass",
-    "pwd",
-    "pw",
-    "auth",
-    "dsn",
-    "salt",
-    "session",
-    "sessionid",
-];
-/// Variables whose names look secret but are not (`PWD` is the working directory).
-const NOT_SECRET: &[&str] = &["PWD", "OLDPWD"];
-
-/// Whether an environment variable's name looks like it holds a secret (errs on the side of
-/// yes: `KEYBOARD_LAYOUT` is fine, `MAX_TOKENS` is redacted).
+/// Whether an environment variable's name looks like it holds a secret: the server-wide rule,
+/// [`crate::secrets::is_secret_name`] (errs on the side of yes: `KEYBOARD_LAYOUT` is fine,
+/// `MAX_TOKENS` is redacted).
 pub fn env_key_is_secret(key: &str) -> bool {
-    if NOT_SECRET.contains(&key) {
-        return false;
-    }
-    let lower = key.to_ascii_lowercase();
-    let squashed: String = lower.chars().filter(|c| !matches!(c, '_' | '-' | '.')).collect();
-    SECRET_FRAGMENTS.iter().any(|f| squashed.contains(f))
-        || lower.split(['_', '-', '.']).any(|seg| SECRET_SEGMENTS.contains(&seg))
+    crate::secrets::is_secret_name(key)
 }
 
 /// `KEY=VALUE` → [`EnvVar`], the value redacted when the key looks secret, and a password in a
-/// URL's user info (`postgres://u:PASS@h/db`) redacted whatever the key.
+/// URL's user info (`postgres://u:PASS@h/db`) redacted whatever the key
+/// ([`crate::secrets::redact_env_assignment`]).
 pub fn redact_env(entry: &str) -> EnvVar {
     let (name, value) = entry.split_once('=').unwrap_or((entry, ""));
-    if env_key_is_secret(name) {
-        return EnvVar {
-            name: name.to_string(),
-            value: REDACTED.to_string(),
-            redacted: true,
-        };
-    }
-    match redact_url_password(value) {
-        Some(v) => EnvVar {
-            name: name.to_string(),
-            value: v,
-            redacted: true,
-        },
-        None => EnvVar {
-            name: name.to_string(),
-            value: value.to_string(),
-            redacted: false,
-        },
+    let (redacted_entry, redacted) = crate::secrets::redact_env_assignment(entry);
+    let value = if redacted {
+        redacted_entry
+            .split_once('=')
+            .map_or_else(|| REDACTED.to_string(), |(_, v)| v.to_string())
+    } else {
+        value.to_string()
+    };
+    EnvVar {
+        name: name.to_string(),
+        value,
+        redacted,
     }
 }
 
-/// `scheme://user:password@rest` → `scheme://user:[REDACTED]@rest`; `None` when there is no
-/// password in user info.
-fn redact_url_password(value: &str) -> Option<String> {
-    let scheme_end = value.find("://")?;
-    let after = &value[scheme_end + 3..];
-    let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    let authority = &after[..authority_end];
-    let at = authority.rfind('@')?;
-    let userinfo = &authority[..at];
-    let colon = userinfo.find(':')?;
-    let mut out = String::with_capacity(value.len());
-    out.push_str(&value[..scheme_end + 3]);
-    out.push_str(&userinfo[..colon + 1]);
-    out.push_str(REDACTED);
-    out.push_str(&after[at..]);
-    Some(out)
+/// Labels with secret-looking names keep their name and lose their value.
+fn redact_labels(labels: HashMap<String, String>) -> BTreeMap<String, String> {
+    labels
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if crate::secrets::is_secret_name(&k) {
+                REDACTED.to_string()
+            } else {
+                crate::secrets::redact_url_password(&v).unwrap_or(v)
+            };
+            (k, v)
+        })
+        .collect()
 }
 
 fn stats_from(id: String, name: String, s: &bollard::models::ContainerStatsResponse) -> Stats {

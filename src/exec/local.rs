@@ -338,7 +338,8 @@ pub fn processes(sort: ProcessSort, limit: usize) -> ProcessList {
             let command = if args.is_empty() {
                 format!("[{name}]")
             } else {
-                truncate_chars(&args.join(" "), MAX_COMMAND_CHARS)
+                // Secrets on command lines (`--password=…`, `PGPASSWORD=…`) by the server-wide rules.
+                truncate_chars(&crate::secrets::redact_argv(&args).join(" "), MAX_COMMAND_CHARS)
             };
             ProcessInfo {
                 pid: p.pid().as_u32(),

@@ -427,7 +427,7 @@ fn parse_ps(
                 ppid,
                 uid,
                 user: uid.and_then(|u| users.get(&u).cloned()),
-                command: local::truncate_chars(&args, local::MAX_COMMAND_CHARS),
+                command: local::truncate_chars(&crate::secrets::redact_command_line(&args), local::MAX_COMMAND_CHARS),
                 name,
                 state: state_name(&stat),
                 cpu_percent: local::round1(pcpu),

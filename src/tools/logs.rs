@@ -7,7 +7,11 @@
 //! and a client that declared sampling, the client's own model is asked (`sampling/createMessage`)
 //! to summarise the computed analysis — counts, normalised patterns and restart loops, never the
 //! raw example lines — and its text is returned marked as model-written. Tools never check scopes
-//! and never write audit rows.
+//! and never write audit rows, with one exception: the journal holds the audit mirror
+//! (`SYSLOG_IDENTIFIER=tailopsmcp-audit`, every principal's calls), so a caller without
+//! `audit:read` on the target gets those events withheld (and counted), an explicit query for that
+//! identifier refused, and journal files (`*.journal`) and syslog lines of that identifier kept
+//! from `logs_tail`/`logs_analyze` ([`AuditAccess`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -148,7 +152,77 @@ pub struct JournalOutput {
     pub entries: Vec<journal::Entry>,
     /// Entries read from the journal before `grep` filtered them.
     pub scanned: usize,
+    /// Audit events (`SYSLOG_IDENTIFIER=tailopsmcp-audit`) among them that were left out because
+    /// the caller does not hold `audit:read` on the target.
+    pub audit_withheld: usize,
     pub truncated: Option<Truncated>,
+}
+
+/// `SYSLOG_IDENTIFIER` of the audit mirror's journald events (`crate::audit::JOURNAL_IDENTIFIER`).
+const AUDIT_IDENTIFIER: &str = crate::audit::JOURNAL_IDENTIFIER;
+
+/// Whether the caller may read audit events in logs: `audit:read` on the call's target. The
+/// journal holds every principal's audit events (the mirror of the audit log), so `logs:read`
+/// alone must not show them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditAccess(bool);
+
+impl AuditAccess {
+    pub fn of(ctx: &ToolContext) -> AuditAccess {
+        let needed = Scope::new(Area::Audit, Level::Read);
+        AuditAccess(
+            crate::policy::scopes_on(&ctx.grants, &ctx.target.id)
+                .iter()
+                .any(|(s, _)| s.covers(needed)),
+        )
+    }
+
+    /// Refuse an explicit query for the audit identifier without `audit:read`.
+    fn check_filter(self, filter: &Filter, target: &str) -> Result<(), ToolError> {
+        if !self.0 && filter.identifier.as_deref() == Some(AUDIT_IDENTIFIER) {
+            return Err(ToolError::InvalidArgs(format!(
+                "`identifier` {AUDIT_IDENTIFIER} is the audit log's journald mirror: reading it needs \
+                 audit:read on target `{target}` (logs:read is not enough)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Drop audit events from `entries` unless allowed; how many went.
+    fn withhold(self, entries: &mut Vec<journal::Entry>) -> usize {
+        if self.0 {
+            return 0;
+        }
+        let before = entries.len();
+        entries.retain(|e| e.identifier.as_deref() != Some(AUDIT_IDENTIFIER));
+        before - entries.len()
+    }
+
+    /// Refuse a journal file (binary journals hold the audit events too) unless allowed.
+    fn check_path(self, path: &str, target: &str) -> Result<(), ToolError> {
+        let journal_file =
+            path.ends_with(".journal") || path.ends_with(".journal~") || path.split('/').any(|c| c == "journal");
+        if !self.0 && journal_file {
+            return Err(ToolError::InvalidArgs(format!(
+                "`{path}` is (or is under) a systemd journal directory, which holds the audit log's \
+                 events: reading it needs audit:read on target `{target}`; use logs_journal"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Drop syslog lines of the audit identifier (`… tailopsmcp-audit[PID]: …`, as rsyslog
+    /// writes journal events to `/var/log/syslog`) unless allowed; how many went.
+    fn withhold_lines(self, lines: &mut Vec<String>) -> usize {
+        if self.0 {
+            return 0;
+        }
+        let before = lines.len();
+        let tagged =
+            |l: &String| l.contains(&format!(" {AUDIT_IDENTIFIER}[")) || l.contains(&format!(" {AUDIT_IDENTIFIER}:"));
+        lines.retain(|l| !tagged(l));
+        before - lines.len()
+    }
 }
 
 /// `logs_journal`.
@@ -173,7 +247,9 @@ impl LogsJournal {
                     `priority` (this and more severe: emerg..debug or 0-7), `since`/`until` (journalctl time \
                     forms: `-1h`, `today`, `2025-01-31 12:00:00`) and `grep` (a regular expression over the \
                     message; the newest 20000 entries that pass the other filters are scanned). Each entry: time \
-                    (RFC 3339 UTC), priority, unit, identifier, pid, message (at most 4000 characters). Local \
+                    (RFC 3339 UTC), priority, unit, identifier, pid, message (at most 4000 characters). Audit \
+                    events (identifier `tailopsmcp-audit`) need `audit:read` on the target: without it they are \
+                    left out and counted in `audit_withheld`, and asking for that identifier is refused. Local \
                     target only; the server needs the `systemd-journal` group to see system entries.",
                 requires: Requirement::Scope(Scope::new(Area::Logs, Level::Read)),
                 risk: Risk::Low,
@@ -210,11 +286,14 @@ impl Tool for LogsJournal {
             journal::validate(&filter).map_err(ToolError::InvalidArgs)?;
             let grep = args.grep.as_deref().map(|g| compile_regex("grep", g)).transpose()?;
             local_only(&ctx, self.spec.name)?;
+            let audit = AuditAccess::of(&ctx);
+            audit.check_filter(&filter, &ctx.target.id)?;
             let scan = if grep.is_some() { GREP_SCAN } else { lines };
             let (mut entries, cut) = journal::query(&filter, scan, journal_limits(&ctx))
                 .await
                 .map_err(journal_failed)?;
             let scanned = entries.len();
+            let audit_withheld = audit.withhold(&mut entries);
             if let Some(re) = &grep {
                 entries.retain(|e| re.is_match(&e.message));
             }
@@ -242,6 +321,7 @@ impl Tool for LogsJournal {
                 count: entries.len(),
                 entries,
                 scanned,
+                audit_withheld,
                 truncated,
             };
             let text = render_journal(&out);
@@ -293,10 +373,15 @@ impl Tool for LogsTail {
             let lines = bounded("lines", args.lines, TAIL_LINES.0, TAIL_LINES.1, TAIL_LINES.2)?;
             let grep = args.grep.as_deref().map(|g| compile_regex("grep", g)).transpose()?;
             local_only(&ctx, self.spec.name)?;
+            let audit = AuditAccess::of(&ctx);
+            audit.check_path(&args.path, &ctx.target.id)?;
             let roots = logs_roots(&ctx);
-            let tail = blocking(move || roots.tail(&args.path, lines, TAIL_WINDOW, grep.as_ref()))
+            let mut tail = blocking(move || roots.tail(&args.path, lines, TAIL_WINDOW, grep.as_ref()))
                 .await?
                 .map_err(fs_failed)?;
+            audit.check_path(&tail.path, &ctx.target.id)?;
+            let withheld = audit.withhold_lines(&mut tail.lines);
+            tail.lines_available = tail.lines_available.saturating_sub(withheld as u64);
             let out = tail_output(tail, lines, TAIL_WINDOW);
             let text = render_tail(&out);
             ToolOutput::new(&out, text)
@@ -366,6 +451,7 @@ impl Tool for LogsAnalyze {
                 since: args.since,
                 until: args.until,
             };
+            let withheld;
             let (records, source, cut) = match args.path {
                 Some(path) => {
                     if filter != Filter::default() {
@@ -376,10 +462,14 @@ impl Tool for LogsAnalyze {
                         ));
                     }
                     local_only(&ctx, self.spec.name)?;
+                    let audit = AuditAccess::of(&ctx);
+                    audit.check_path(&path, &ctx.target.id)?;
                     let roots = logs_roots(&ctx);
-                    let tail = blocking(move || roots.tail(&path, max, ANALYZE_WINDOW, None))
+                    let mut tail = blocking(move || roots.tail(&path, max, ANALYZE_WINDOW, None))
                         .await?
                         .map_err(fs_failed)?;
+                    audit.check_path(&tail.path, &ctx.target.id)?;
+                    withheld = audit.withhold_lines(&mut tail.lines);
                     // Line numbers only when the window started at the top of the file.
                     let first_line = tail.lines_available.saturating_sub(tail.lines.len() as u64) + 1;
                     let records: Vec<Record> = tail
@@ -400,16 +490,24 @@ impl Tool for LogsAnalyze {
                 None => {
                     journal::validate(&filter).map_err(ToolError::InvalidArgs)?;
                     local_only(&ctx, self.spec.name)?;
-                    let (entries, cut) = journal::query(&filter, max, journal_limits(&ctx))
+                    let audit = AuditAccess::of(&ctx);
+                    audit.check_filter(&filter, &ctx.target.id)?;
+                    let (mut entries, cut) = journal::query(&filter, max, journal_limits(&ctx))
                         .await
                         .map_err(journal_failed)?;
                     let full = entries.len() >= max;
+                    withheld = audit.withhold(&mut entries);
                     let records = entries.into_iter().map(Record::from_entry).collect();
                     (records, describe_filter(&filter), cut || full)
                 }
             };
             let mut out = analyze(&records, top);
             out.source = source;
+            if withheld > 0 {
+                out.notes.push(format!(
+                    "{withheld} audit events (tailopsmcp-audit) withheld: reading them needs audit:read"
+                ));
+            }
             if cut {
                 out.truncated = Some(Truncated {
                     cap: format!("max_entries={max} (newest kept)"),
@@ -934,6 +1032,13 @@ pub fn analyze(records: &[Record], top: usize) -> Analysis {
 
 fn render_journal(out: &JournalOutput) -> String {
     let mut t = format!("{} journal entries", out.count);
+    if out.audit_withheld > 0 {
+        let _ = write!(
+            t,
+            " ({} audit events withheld: reading them needs audit:read)",
+            out.audit_withheld
+        );
+    }
     if let Some(tr) = &out.truncated {
         let _ = write!(t, " (cut: {})", tr.cap);
     }
