@@ -869,7 +869,7 @@ const RETRY_AFTER_KEY: &str = "tailopsmcp/retryAfterSecs";
 
 /// Record a refused call (repeats of an identical refusal are counted by the audit log).
 async fn audit_refusal(auditor: &Auditor, rec: Record) -> Result<(), ErrorData> {
-    auditor.record(rec).await.map(drop).map_err(audit_failed)
+    auditor.refuse(rec).await.map_err(audit_failed)
 }
 
 /// Who may run a call where: each named target's decision (grants and ceiling together).

@@ -389,7 +389,7 @@ async fn audit_refusal(
     rec.outcome = Outcome::Denied;
     tracing::info!(peer = %peer, reason = %reason, "refused");
     rec.reason = Some(reason);
-    if let Err(e) = st.auditor.record(rec).await {
+    if let Err(e) = st.auditor.refuse(rec).await {
         tracing::error!(error = %e, "audit write failed for a refusal");
     }
 }
