@@ -467,7 +467,10 @@ helper_timeout_secs = 900
 
 # Local grants add to the grants from your tailnet policy file's app capability.
 # match:   "user:LOGIN" (a user-owned node of this login), "tag:NAME" (a tagged node with this
-#          tag), "node:NAME" (a node by short or MagicDNS name), or "*" (every tailnet caller).
+#          tag), "node-id:STABLEID" (one node by its StableID), or "*" (every tailnet caller).
+#          Nodes are named by StableID, never by name: a removed node's name passes to whichever
+#          machine registers it next. `tailopsmcp whois IP` prints the StableID (`node id`), so do
+#          `tailscale status --json` (`ID`) and `headscale nodes list` (headscale's are decimal).
 # scopes:  "AREA:LEVEL" with AREA one of system, logs, files, network, containers, stacks,
 #          services, packages, inventory, targets, audit, approvals and LEVEL one of read,
 #          control, admin (admin includes control includes read); "AREA:*" = AREA:admin;
@@ -483,6 +486,11 @@ targets = ["local"]
 # [[grant]]
 # match = "tag:ci"
 # scopes = ["system:read", "services:control"]
+# targets = ["local"]
+
+# [[grant]]
+# match = "node-id:nQmK8XyZp711CNTRL"   # alice-laptop, as `tailopsmcp whois 100.101.102.103` shows it
+# scopes = ["files:read"]
 # targets = ["local"]
 
 # Targets: the systems tools run against. `local` (this host) always exists; every tool takes

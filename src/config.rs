@@ -977,6 +977,16 @@ mod tests {
         check_err("[tailscale]\nwhois_timeout_ms = 5", "tailscale.whois_timeout_ms");
         check_err("[[grant]]\nmatch = \"alice\"\nscopes = [\"monitor\"]", "grant[0].match");
         check_err(
+            "[[grant]]\nmatch = \"node:alice-laptop\"\nscopes = [\"monitor\"]",
+            "grant[0].match: `node:alice-laptop` names a node by name",
+        );
+        check_err(
+            "[[grant]]\nmatch = \"*\"\nscopes = [\"monitor\"]\n[[grant]]\nmatch = \"node-id:alice-laptop.tail3f9c2.ts.net\"\nscopes = [\"monitor\"]",
+            "grant[1].match: `node-id:alice-laptop.tail3f9c2.ts.net` is not a StableID: it looks like a node name",
+        );
+        let c = load("[[grant]]\nmatch = \"node-id:7\"\nscopes = [\"monitor\"]").unwrap();
+        assert_eq!(c.grants[0].matcher, policy::Matcher::NodeId("7".into()));
+        check_err(
             "[[grant]]\nmatch = \"*\"\nscopes = [\"system:write\"]",
             "grant[0].scopes: unknown level `write`",
         );
