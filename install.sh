@@ -360,6 +360,11 @@ roots = []                       # e.g. ["/srv", "/etc/nginx"]
 deny = []                        # e.g. ["*.bak", "wp-config.php"]
 # The most bytes one files_read returns and one files_tail scans (1024 to 16777216).
 max_read_bytes = 262144
+# Read regular files that have more than one hard link. Off by default: a hard link inside a
+# root can give a file from anywhere on the same file system a name there, and no path check
+# sees that. files_stat and files_list still show such files with their link count;
+# files_search skips their contents (counted). The [logs] roots always refuse them.
+allow_hardlinks = false
 
 [logs]
 # Directories logs_tail and logs_analyze may read log files beneath (same safe resolution and
