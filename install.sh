@@ -395,14 +395,19 @@ timeout_secs = 600
 [network]
 # Destinations `network_http_probe` may fetch from: host names ("nas.lan"), "*.domain" (any name
 # under it, e.g. "*.tail1234.ts.net"), IP addresses and CIDRs ("192.168.1.0/24",
-# "100.64.0.0/10"). A name matches a name rule, or every address it resolves to must lie in an
-# address rule. Empty (the default) = the probe refuses every destination.
+# "100.64.0.0/10"). Every address a name resolves to must lie in an address rule, or, when the
+# name matches a name rule, be public: a name rule never admits loopback, private (RFC 1918, ULA),
+# tailnet/CGNAT (100.64.0.0/10, fd7a:115c:a1e0::/48), link-local or other special-purpose
+# addresses, nor this node's own addresses, so whoever answers for the name in DNS cannot aim
+# the probe at internal services; list those networks as CIDRs to reach them.
+# Empty (the default) = the probe refuses every destination.
 # Whatever this list says, the probe refuses cloud metadata services (169.254.169.254,
 # fd00:ec2::254, metadata.google.internal, ...), unspecified/multicast addresses, and
 # link-local addresses unless allow_link_local is set; it checks the addresses a name resolves
 # to and connects to the checked address, so DNS cannot swap it afterwards.
 http_allow = []
-# Permit link-local destinations (169.254.0.0/16, fe80::/10); metadata addresses stay refused.
+# Permit link-local destinations (169.254.0.0/16, fe80::/10) that an address rule lists;
+# metadata addresses stay refused.
 allow_link_local = false
 # DNS servers ("IP" or "IP:PORT") the network tools resolve names with and `network_dns_lookup`
 # asks by default, e.g. ["100.100.100.100"] (Tailscale's MagicDNS resolver). Names are asked
