@@ -364,6 +364,11 @@ roots = []                       # e.g. ["/srv", "/etc/nginx"]
 deny = []                        # e.g. ["*.bak", "wp-config.php"]
 # The most bytes one files_read returns and one files_tail scans (1024 to 16777216).
 max_read_bytes = 262144
+# Read regular files that have more than one hard link. Off by default: a hard link inside a
+# root can give a file from anywhere on the same file system a name there, and no path check
+# sees that. files_stat and files_list still show such files with their link count;
+# files_search skips their contents (counted). The [logs] roots always refuse them.
+allow_hardlinks = false
 
 [logs]
 # Directories logs_tail and logs_analyze may read log files beneath (same safe resolution and
@@ -394,14 +399,19 @@ timeout_secs = 600
 [network]
 # Destinations `network_http_probe` may fetch from: host names ("nas.lan"), "*.domain" (any name
 # under it, e.g. "*.tail1234.ts.net"), IP addresses and CIDRs ("192.168.1.0/24",
-# "100.64.0.0/10"). A name matches a name rule, or every address it resolves to must lie in an
-# address rule. Empty (the default) = the probe refuses every destination.
+# "100.64.0.0/10"). Every address a name resolves to must lie in an address rule, or, when the
+# name matches a name rule, be public: a name rule never admits loopback, private (RFC 1918, ULA),
+# tailnet/CGNAT (100.64.0.0/10, fd7a:115c:a1e0::/48), link-local or other special-purpose
+# addresses, nor this node's own addresses, so whoever answers for the name in DNS cannot aim
+# the probe at internal services; list those networks as CIDRs to reach them.
+# Empty (the default) = the probe refuses every destination.
 # Whatever this list says, the probe refuses cloud metadata services (169.254.169.254,
 # fd00:ec2::254, metadata.google.internal, ...), unspecified/multicast addresses, and
 # link-local addresses unless allow_link_local is set; it checks the addresses a name resolves
 # to and connects to the checked address, so DNS cannot swap it afterwards.
 http_allow = []
-# Permit link-local destinations (169.254.0.0/16, fe80::/10); metadata addresses stay refused.
+# Permit link-local destinations (169.254.0.0/16, fe80::/10) that an address rule lists;
+# metadata addresses stay refused.
 allow_link_local = false
 # DNS servers ("IP" or "IP:PORT") the network tools resolve names with and `network_dns_lookup`
 # asks by default, e.g. ["100.100.100.100"] (Tailscale's MagicDNS resolver). Names are asked
@@ -487,7 +497,10 @@ helper_timeout_secs = 900
 
 # Local grants add to the grants from your tailnet policy file's app capability.
 # match:   "user:LOGIN" (a user-owned node of this login), "tag:NAME" (a tagged node with this
-#          tag), "node:NAME" (a node by short or MagicDNS name), or "*" (every tailnet caller).
+#          tag), "node-id:STABLEID" (one node by its StableID), or "*" (every tailnet caller).
+#          Nodes are named by StableID, never by name: a removed node's name passes to whichever
+#          machine registers it next. `tailopsmcp whois IP` prints the StableID (`node id`), so do
+#          `tailscale status --json` (`ID`) and `headscale nodes list` (headscale's are decimal).
 # scopes:  "AREA:LEVEL" with AREA one of system, logs, files, network, containers, stacks,
 #          services, packages, inventory, targets, audit, approvals and LEVEL one of read,
 #          control, admin (admin includes control includes read); "AREA:*" = AREA:admin;
@@ -503,6 +516,11 @@ targets = ["local"]
 # [[grant]]
 # match = "tag:ci"
 # scopes = ["system:read", "services:control"]
+# targets = ["local"]
+
+# [[grant]]
+# match = "node-id:nQmK8XyZp711CNTRL"   # alice-laptop, as `tailopsmcp whois 100.101.102.103` shows it
+# scopes = ["files:read"]
 # targets = ["local"]
 
 # Targets: the systems tools run against. `local` (this host) always exists; every tool takes

@@ -111,6 +111,9 @@ pub struct FilesConfig {
     pub deny: Vec<String>,
     /// The most bytes one `files_read` returns and one tail scans.
     pub max_read_bytes: usize,
+    /// Read regular files that have more than one hard link (off: a hard link inside a root can
+    /// name a file from elsewhere on the same file system).
+    pub allow_hardlinks: bool,
 }
 
 /// `[logs]`: the directories `logs_tail` and `logs_analyze` may read log files beneath.
@@ -262,6 +265,7 @@ struct FilesSection {
     roots: Vec<PathBuf>,
     deny: Vec<String>,
     max_read_bytes: usize,
+    allow_hardlinks: bool,
 }
 
 impl Default for FilesSection {
@@ -270,6 +274,7 @@ impl Default for FilesSection {
             roots: Vec::new(),
             deny: Vec::new(),
             max_read_bytes: 256 * 1024,
+            allow_hardlinks: false,
         }
     }
 }
@@ -837,6 +842,7 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
             roots: file.files.roots,
             deny: file.files.deny,
             max_read_bytes: file.files.max_read_bytes,
+            allow_hardlinks: file.files.allow_hardlinks,
         },
         logs: LogsConfig {
             roots: file.logs.roots,
@@ -983,6 +989,16 @@ mod tests {
         check_err("[tailscale]\nwhois_timeout_ms = 5", "tailscale.whois_timeout_ms");
         check_err("[[grant]]\nmatch = \"alice\"\nscopes = [\"monitor\"]", "grant[0].match");
         check_err(
+            "[[grant]]\nmatch = \"node:alice-laptop\"\nscopes = [\"monitor\"]",
+            "grant[0].match: `node:alice-laptop` names a node by name",
+        );
+        check_err(
+            "[[grant]]\nmatch = \"*\"\nscopes = [\"monitor\"]\n[[grant]]\nmatch = \"node-id:alice-laptop.tail3f9c2.ts.net\"\nscopes = [\"monitor\"]",
+            "grant[1].match: `node-id:alice-laptop.tail3f9c2.ts.net` is not a StableID: it looks like a node name",
+        );
+        let c = load("[[grant]]\nmatch = \"node-id:7\"\nscopes = [\"monitor\"]").unwrap();
+        assert_eq!(c.grants[0].matcher, policy::Matcher::NodeId("7".into()));
+        check_err(
             "[[grant]]\nmatch = \"*\"\nscopes = [\"system:write\"]",
             "grant[0].scopes: unknown level `write`",
         );
@@ -1014,6 +1030,9 @@ mod tests {
         assert!(c.files.roots.is_empty());
         assert_eq!(c.logs.roots, vec![PathBuf::from("/var/log")]);
         assert_eq!(c.files.max_read_bytes, 256 * 1024);
+        assert!(!c.files.allow_hardlinks, "hard-linked files are refused by default");
+        assert!(load("[files]\nallow_hardlinks = true").unwrap().files.allow_hardlinks);
+        check_err("[files]\nallow_hardlinks = \"yes\"", "invalid type");
         let c = load("[files]\nroots = [\"/srv\"]\ndeny = [\"*.bak\"]\nmax_read_bytes = 4096").unwrap();
         assert_eq!(c.files.roots, vec![PathBuf::from("/srv")]);
         assert_eq!(c.files.deny, vec!["*.bak".to_string()]);

@@ -413,6 +413,11 @@ async fn whois(config: Config, addr: &str, json: bool) -> anyhow::Result<ExitCod
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
         print!("{}", tools::identity::render(&view));
+        // Local grants name a node by this, never by its name (`policy::Matcher::NodeId`).
+        println!(
+            "node id: {} (StableID; a [[grant]] names this node as match = \"node-id:{}\")",
+            view.node_id, view.node_id
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -225,11 +225,16 @@ pub enum Matcher {
     User(String),
     /// `tag:NAME` — a tagged node carrying this tag.
     Tag(String),
-    /// `node:NAME` — a node by short name or MagicDNS name.
-    Node(String),
+    /// `node-id:STABLEID` — one node by its StableID (`Node.StableID` in whois), compared exactly
+    /// with the caller's [`Caller::node_id`] and never with a name: a name passes to whichever
+    /// machine registers it after the node is removed; a StableID is never reused.
+    NodeId(String),
     /// `*` — every caller with a tailnet identity.
     Any,
 }
+
+/// Longest StableID accepted in `node-id:` (Tailscale's are 16 characters, headscale's decimal).
+const MAX_STABLE_ID: usize = 64;
 
 impl FromStr for Matcher {
     type Err = String;
@@ -247,12 +252,49 @@ impl FromStr for Matcher {
             nonempty(login, "user").map(Matcher::User)
         } else if let Some(tag) = s.strip_prefix("tag:") {
             nonempty(tag, "tag").map(|_| Matcher::Tag(s.to_string()))
-        } else if let Some(node) = s.strip_prefix("node:") {
-            nonempty(node, "node").map(|n| Matcher::Node(n.trim_end_matches('.').to_string()))
+        } else if let Some(id) = s.strip_prefix("node-id:") {
+            stable_id(s, id).map(Matcher::NodeId)
+        } else if let Some(name) = s.strip_prefix("node:") {
+            Err(format!(
+                "`{s}` names a node by name, and a name passes to whichever machine registers it after \
+                 this one is removed; name the node by its StableID instead: `node-id:STABLEID` ({FIND_STABLE_ID}{})",
+                if name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for `{name}`")
+                }
+            ))
         } else {
-            Err(format!("`{s}` is not `user:LOGIN`, `tag:NAME`, `node:NAME` or `*`"))
+            Err(format!(
+                "`{s}` is not `user:LOGIN`, `tag:NAME`, `node-id:STABLEID` or `*`"
+            ))
         }
     }
+}
+
+/// Where an admin finds a node's StableID; named in every error about `node-id:`.
+const FIND_STABLE_ID: &str = "`tailopsmcp whois IP` prints it as `node id`, `tailscale status --json` as `ID` of `Self` \
+     and of each `Peer`, headscale's `headscale nodes list` as `ID`";
+
+/// The StableID of a `node-id:` rule: letters and digits only (Tailscale's `nXXXXXXXXXXXCNTRL`,
+/// headscale's decimal `7`), so a MagicDNS name or a host name with `.` or `-` is refused here
+/// rather than silently never matching.
+fn stable_id(rule: &str, id: &str) -> Result<String, String> {
+    if id.is_empty() {
+        return Err(format!("`{rule}` names no StableID ({FIND_STABLE_ID})"));
+    }
+    if id.len() > MAX_STABLE_ID || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        let looks = if id.contains(['.', '-', '_']) {
+            "it looks like a node name, and grants never match names; "
+        } else {
+            ""
+        };
+        return Err(format!(
+            "`{rule}` is not a StableID: {looks}a StableID is letters and digits only (e.g. `nQmK8XyZp711CNTRL` \
+             on Tailscale, `7` on headscale); {FIND_STABLE_ID}"
+        ));
+    }
+    Ok(id.to_string())
 }
 
 impl Matcher {
@@ -261,9 +303,8 @@ impl Matcher {
             Matcher::Any => true,
             Matcher::User(login) => !caller.is_tagged() && caller.login.eq_ignore_ascii_case(login),
             Matcher::Tag(tag) => caller.tags.iter().any(|t| t == tag),
-            Matcher::Node(name) => {
-                caller.node_short_name().eq_ignore_ascii_case(name) || caller.node_name.eq_ignore_ascii_case(name)
-            }
+            // Exact: StableIDs are case-sensitive, and the node's name is never consulted.
+            Matcher::NodeId(id) => caller.node_id == *id,
         }
     }
 }
@@ -397,7 +438,7 @@ fn matcher_text(m: &Matcher) -> String {
         Matcher::Any => "*".to_string(),
         Matcher::User(l) => format!("user:{l}"),
         Matcher::Tag(t) => t.clone(),
-        Matcher::Node(n) => format!("node:{n}"),
+        Matcher::NodeId(id) => format!("node-id:{id}"),
     }
 }
 
@@ -501,6 +542,8 @@ mod tests {
     use serde_json::json;
 
     const CAP: &str = "example.com/cap/tailopsmcp";
+    /// The StableID of `alice-laptop`, the node every test caller is on unless it says otherwise.
+    const ALICE_LAPTOP: &str = "nQmK8XyZp711CNTRL";
 
     fn caller(login: &str, tags: &[&str], grants: serde_json::Value) -> Caller {
         Caller {
@@ -508,7 +551,7 @@ mod tests {
             user_id: Some(1),
             login: login.into(),
             display_name: login.into(),
-            node_id: "nX".into(),
+            node_id: ALICE_LAPTOP.into(),
             node_name: "alice-laptop.tail3f9c2.ts.net".into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
             os: None,
@@ -623,7 +666,7 @@ mod tests {
         let rules = [
             rule("user:alice@example.com", &["monitor"], &["*"]),
             rule("tag:ci", &["services:control"], &["local"]),
-            rule("node:alice-laptop", &["files:control"], &["local"]),
+            rule("node-id:nQmK8XyZp711CNTRL", &["files:control"], &["local"]),
         ];
         check(&alice, &rules, sc("logs:read"), "anything", true);
         check(&alice, &rules, sc("services:control"), "local", false);
@@ -695,12 +738,75 @@ mod tests {
         assert_eq!("user:a@b".parse::<Matcher>().unwrap(), Matcher::User("a@b".into()));
         assert_eq!("tag:ci".parse::<Matcher>().unwrap(), Matcher::Tag("tag:ci".into()));
         assert_eq!(
-            "node:nas.tail.ts.net.".parse::<Matcher>().unwrap(),
-            Matcher::Node("nas.tail.ts.net".into())
+            "node-id:nQmK8XyZp711CNTRL".parse::<Matcher>().unwrap(),
+            Matcher::NodeId("nQmK8XyZp711CNTRL".into())
         );
+        assert_eq!("node-id:7".parse::<Matcher>().unwrap(), Matcher::NodeId("7".into()));
         assert!("user:".parse::<Matcher>().is_err());
         assert!("group:admins".parse::<Matcher>().is_err());
         assert!("alice".parse::<Matcher>().is_err());
+    }
+
+    #[test]
+    fn a_node_rule_matches_the_stable_id_and_never_a_name() {
+        let original = caller("alice@example.com", &[], json!(null));
+        // The node was removed and another machine registered under the same name: same
+        // MagicDNS name, a new StableID.
+        let successor = Caller {
+            node_id: "nR3b0rnXyZ12CNTRL".into(),
+            ..original.clone()
+        };
+        assert_eq!(successor.node_name, original.node_name);
+        let by_id = [rule(&format!("node-id:{ALICE_LAPTOP}"), &["files:control"], &["local"])];
+        check(&original, &by_id, sc("files:control"), "local", true);
+        check(&successor, &by_id, sc("files:control"), "local", false);
+        assert_eq!(
+            effective(&original, CAP, &by_id).grants[0].source.to_string(),
+            format!("config:grant[0](node-id:{ALICE_LAPTOP})")
+        );
+        // Exact: neither case nor a prefix of the id matches; nor does the name spelled as an id.
+        for other in ["nqmk8xyzp711cntrl", "nQmK8XyZp711", "alicelaptop"] {
+            let r = [rule(&format!("node-id:{other}"), &["files:control"], &["local"])];
+            check(&original, &r, sc("files:control"), "local", false);
+        }
+        // headscale's decimal StableIDs.
+        let seven = Caller {
+            node_id: "7".into(),
+            ..original.clone()
+        };
+        let r = [rule("node-id:7", &["system:read"], &["local"])];
+        check(&seven, &r, sc("system:read"), "local", true);
+        check(
+            &Caller {
+                node_id: "70".into(),
+                ..original.clone()
+            },
+            &r,
+            sc("system:read"),
+            "local",
+            false,
+        );
+    }
+
+    #[test]
+    fn node_names_are_refused_with_where_to_find_the_stable_id() {
+        let err = |s: &str| s.parse::<Matcher>().unwrap_err();
+        for named in [
+            "node:alice-laptop",
+            "node:alice-laptop.tail3f9c2.ts.net.",
+            "node:nQmK8XyZp711CNTRL",
+        ] {
+            let e = err(named);
+            assert!(e.contains("node-id:STABLEID"), "{e}");
+            assert!(e.contains("tailopsmcp whois IP"), "{e}");
+            assert!(e.contains("tailscale status --json"), "{e}");
+        }
+        let e = err("node-id:alice-laptop.tail3f9c2.ts.net");
+        assert!(e.contains("looks like a node name"), "{e}");
+        assert!(err("node-id:alice-laptop").contains("looks like a node name"));
+        assert!(err("node-id:").contains("names no StableID"));
+        assert!(err("node-id:n/1").contains("letters and digits only"));
+        assert!(err(&format!("node-id:{}", "n".repeat(65))).contains("is not a StableID"));
     }
 
     #[test]

@@ -232,6 +232,89 @@ async fn symlinks_and_dotdot_cannot_leave_the_root() {
 }
 
 #[tokio::test]
+async fn a_hard_link_to_a_file_outside_the_root_is_not_read_unless_allowed() {
+    let t = tree();
+    let root = &t.root;
+    // Same file system (one temp dir), so the kernel lets anyone who can read the file link it.
+    std::fs::hard_link(t.outside.join("secret.txt"), root.join("sub/linked.txt")).unwrap();
+    let c = files_config(&t);
+
+    // Contents: refused by read and tail, skipped (and counted) by a contents search.
+    for tool_name in ["files_read", "files_tail"] {
+        let m = failed(
+            call(&c, tool_name, json!({"path": "sub/linked.txt"})).await,
+            "is a regular file with 2 hard links",
+        );
+        assert!(m.contains("set `[files] allow_hardlinks = true`"), "{m}");
+        assert!(!m.contains("outside the root\n"), "{m}");
+    }
+    let search = json!({"path": root.display().to_string(), "pattern": "outside|needle", "in": "contents"});
+    let out = call(&c, "files_search", search.clone()).await.unwrap();
+    let hits = out.structured["matches"].to_string();
+    assert!(!hits.contains("linked.txt"), "{hits}");
+    assert!(hits.contains("inner.txt"), "an ordinary file is searched: {hits}");
+    assert_eq!(out.structured["hardlinks_skipped"], 1, "{}", out.structured);
+    assert!(
+        out.text.contains("1 files with several hard links not read"),
+        "{}",
+        out.text
+    );
+    // Metadata: shown, with the link count that says why its contents are not.
+    let out = call(&c, "files_stat", json!({"path": "sub/linked.txt"})).await.unwrap();
+    assert_eq!(out.structured["links"], 2);
+    let out = call(&c, "files_list", json!({"path": "sub"})).await.unwrap();
+    let entry = out.structured["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "linked.txt")
+        .cloned()
+        .unwrap_or_else(|| panic!("{}", out.structured));
+    assert_eq!(entry["links"], 2);
+    assert!(out.text.contains("linked.txt (2 hard links)"), "{}", out.text);
+    // An ordinary file (one link) reads as before.
+    let out = call(&c, "files_read", json!({"path": "sub/inner.txt"})).await.unwrap();
+    assert_eq!(out.structured["content"], "inner file with a needle in it\n");
+
+    // The log tools read through the same exec::fs and refuse it too.
+    let logs = config(&format!("[logs]\nroots = [{root:?}]\n"));
+    let m = failed(
+        call(&logs, "logs_tail", json!({"path": "sub/linked.txt"})).await,
+        "is a regular file with 2 hard links",
+    );
+    assert!(m.contains("give the file a single name"), "{m}");
+    failed(
+        call(&logs, "logs_analyze", json!({"path": "sub/linked.txt"})).await,
+        "hard links",
+    );
+
+    // Allowed by configuration: read like any other file.
+    let allowed = config(&format!(
+        "[files]\nroots = [{root:?}]\nmax_read_bytes = 4096\nallow_hardlinks = true\n"
+    ));
+    let out = call(&allowed, "files_read", json!({"path": "sub/linked.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(out.structured["content"], "outside the root\n");
+    let out = call(&allowed, "files_tail", json!({"path": "sub/linked.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(out.structured["lines"], json!(["outside the root"]));
+    let out = call(&allowed, "files_search", search).await.unwrap();
+    assert!(
+        out.structured["matches"].to_string().contains("linked.txt"),
+        "{}",
+        out.structured
+    );
+    assert_eq!(out.structured["hardlinks_skipped"], 0);
+
+    // Removing the other name makes it an ordinary file again: the count is read at each open.
+    std::fs::remove_file(t.outside.join("secret.txt")).unwrap();
+    let out = call(&c, "files_read", json!({"path": "sub/linked.txt"})).await.unwrap();
+    assert_eq!(out.structured["content"], "outside the root\n");
+}
+
+#[tokio::test]
 async fn the_servers_own_files_are_refused_under_any_root() {
     let t = tree();
     let root = &t.root;

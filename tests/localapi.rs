@@ -1,14 +1,19 @@
 //! The LocalAPI client (`tailnet::localapi::LocalApi`) against the LocalAPI stand-in: parsing,
 //! typed errors, timeouts, keep-alive reuse and concurrency. Raw requests pin the stand-in's
-//! tailscaled behaviours that the client cannot produce (bad addr, Origin, Host).
+//! tailscaled behaviours that the client cannot produce (bad addr, Origin, Host). Last, what the
+//! server keys a node on: a `node-id:` grant through the real binary on the tailnet harness.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tailopsmcp::audit::Decision;
 use tailopsmcp::tailnet::localapi::{Error, LocalApi};
 
+use crate::support::http::{Conn, Mcp};
 use crate::support::localapi::{StandIn, fixture, raw_request, whois_for};
+use crate::support::netns::{Tailnet, skip_or_fail};
+use crate::support::server::{PORT, Server, run_cli};
 
 const CAP: &str = "example.com/cap/tailopsmcp";
 
@@ -421,4 +426,98 @@ async fn concurrent_whois_from_32_tasks() {
         "{} connections",
         s.connections_accepted()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A node is its StableID, never its name.
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
+/// `alice-laptop` as granted: the `whois-user.json` node (StableID `nQmK8XyZp711CNTRL`).
+const ORIGINAL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 61));
+/// The machine that registered as `alice-laptop` after the original was removed.
+const SUCCESSOR: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 62));
+const ALICE_LAPTOP_ID: &str = "nQmK8XyZp711CNTRL";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_grant_follows_the_stable_id_not_whoever_takes_the_name() {
+    let net = match Tailnet::new(SERVER_IP, None) {
+        Ok(n) => n,
+        Err(e) => {
+            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
+            return;
+        }
+    };
+    net.add_caller(ORIGINAL).unwrap();
+    net.add_caller(SUCCESSOR).unwrap();
+    let standin = StandIn::start().await;
+    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
+    // Same user, same MagicDNS name and host name; only the StableID (and node ID) differ.
+    let original = whois_for("whois-user.json", "alice@example.com", ORIGINAL, CAP, Value::Null);
+    let mut successor = whois_for("whois-user.json", "alice@example.com", SUCCESSOR, CAP, Value::Null);
+    successor["Node"]["StableID"] = json!("nR3b0rnXyZ12CNTRL");
+    successor["Node"]["ID"] = json!(4879326156783999_i64);
+    assert_eq!(original["Node"]["StableID"], ALICE_LAPTOP_ID);
+    assert_eq!(successor["Node"]["Name"], original["Node"]["Name"]);
+    assert_eq!(successor["Node"]["Name"], "alice-laptop.tail3f9c2.ts.net.");
+    standin.add_identity(ORIGINAL, original);
+    standin.add_identity(SUCCESSOR, successor);
+
+    let grant = format!("[[grant]]\nmatch = \"node-id:{ALICE_LAPTOP_ID}\"\nscopes = [\"system:read\"]\n");
+    let server = Server::start(&net, &standin, "", &grant).await;
+    let mut calls = Vec::new();
+    for from in [ORIGINAL, SUCCESSOR] {
+        let stream = net
+            .connect(from, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
+            .await
+            .unwrap();
+        let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
+        mcp.initialize().await.unwrap();
+        calls.push(mcp.call_tool("system_status", json!({})).await.unwrap());
+    }
+    assert_eq!(calls[0]["isError"], false, "the granted node: {}", calls[0]);
+    assert_eq!(calls[1]["isError"], true, "the successor: {}", calls[1]);
+    let denial = calls[1]["content"][0]["text"].as_str().unwrap_or("");
+    assert!(denial.contains("system:read"), "{denial}");
+
+    let rows = server
+        .audit_where(2, |r| r.tool.as_deref() == Some("system_status"))
+        .await;
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    let by = |id: &str| rows.iter().find(|r| r.node_id.as_deref() == Some(id)).unwrap();
+    let allowed = by(ALICE_LAPTOP_ID);
+    assert_eq!(allowed.decision, Decision::Allow);
+    assert_eq!(allowed.grants, [format!("config:grant[0](node-id:{ALICE_LAPTOP_ID})")]);
+    let denied = by("nR3b0rnXyZ12CNTRL");
+    assert_eq!(denied.decision, Decision::Deny);
+    assert_eq!(denied.node_name.as_deref(), Some("alice-laptop.tail3f9c2.ts.net"));
+    assert!(denied.grants.is_empty());
+
+    // `tailopsmcp whois` prints the StableID to put in a grant, and what each node holds.
+    let config = server.config.to_str().unwrap();
+    let (code, out, err) = run_cli(&["whois", &ORIGINAL.to_string(), "--config", config]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("node id: {ALICE_LAPTOP_ID} (StableID; a [[grant]] names this node as match = \"node-id:{ALICE_LAPTOP_ID}\")")),
+        "{out}"
+    );
+    assert!(out.contains("system:read") && out.contains("node-id:"), "{out}");
+    let (code, out, err) = run_cli(&["whois", &SUCCESSOR.to_string(), "--config", config]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("node id: nR3b0rnXyZ12CNTRL"), "{out}");
+    assert!(out.contains("no scopes"), "{out}");
+
+    // The old name-based form is refused at start-up, saying what to write instead.
+    let old = server.dir.path().join("by-name.toml");
+    std::fs::write(
+        &old,
+        "[[grant]]\nmatch = \"node:alice-laptop\"\nscopes = [\"system:read\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["check-config", "--config", old.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("grant[0].match: `node:alice-laptop` names a node by name") && err.contains("node-id:STABLEID"),
+        "{err}"
+    );
+    assert!(err.contains("tailopsmcp whois IP"), "{err}");
 }

@@ -1,12 +1,14 @@
 //! The network toolset against real components: TCP listeners (open vs closed), TLS servers
 //! with certificates from the test CA (chain, SANs, expiry, name mismatch, an expired one), an
 //! HTTP server (allowed, not allowed, metadata and link-local destinations, a name that resolves
-//! to a link-local address), DNS against a real `dnsmasq` serving a hosts file and records,
+//! to a link-local address, names that resolve to loopback, private, tailnet or this node's own
+//! addresses, which a name rule alone never admits), DNS against a real `dnsmasq` serving a hosts file and records,
 //! `ping` and `traceroute`/`tracepath` of 127.0.0.1; then the same tools through MCP on the
 //! tailnet harness, with their audit rows.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,7 +52,7 @@ fn runner() -> LocalRunner {
 // dnsmasq: a real resolver with a hosts file and a few records of every kind.
 
 /// The hosts file every dnsmasq here serves.
-const HOSTS: &str = "127.0.0.1 web.test web.example.test\n127.0.0.2 web.example.test\nfd00::5 web.example.test\n192.0.2.7 printer.example.test\n169.254.10.10 ll.test\n169.254.169.254 meta.test\n";
+const HOSTS: &str = "127.0.0.1 web.test web.example.test\n127.0.0.2 web.example.test\nfd00::5 web.example.test\n192.0.2.7 printer.example.test\n169.254.10.10 ll.test\n169.254.169.254 meta.test\n10.77.0.1 lan10.test\n100.64.77.1 cgnat.test\n1.2.3.4 self.test\n";
 
 fn dnsmasq_args(dir: &Path, listen: SocketAddr) -> Vec<String> {
     let hosts = dir.join("hosts");
@@ -71,7 +73,7 @@ fn dnsmasq_args(dir: &Path, listen: SocketAddr) -> Vec<String> {
         // CAA 0 issue "letsencrypt.org"
         "--dns-rr=example.test,257,000569737375656c657473656e63727970742e6f7267",
         // Authoritative for test (SOA and NS records; local names answered as before).
-        "--auth-zone=test,127.0.0.0/8,169.254.0.0/16,192.0.2.0/24,fd00::/64",
+        "--auth-zone=test,127.0.0.0/8,169.254.0.0/16,192.0.2.0/24,fd00::/64,10.0.0.0/8,100.64.0.0/10,1.2.3.0/24",
         "--auth-soa=2026112101,hostmaster.example.test",
     ]
     .iter()
@@ -386,12 +388,15 @@ async fn http_probe_reaches_allowed_hosts_and_refuses_the_rest() {
     let (l, port) = listener().await;
     let seen = serve_http(l);
 
-    // Allowed by name: web.test resolves (through dnsmasq) to 127.0.0.1.
-    let p = policy(&["*.test"]);
+    // Allowed: web.test matches the name rule and resolves (through dnsmasq) to 127.0.0.1, which
+    // the address rule admits (a name rule alone admits public addresses only).
+    let p = policy(&["*.test", "127.0.0.1/32"]);
+    let own = net::own_addresses(&[]);
     let r = net::http_probe(
         &probe_request(&format!("http://web.test:{port}/health"), 65536),
         &p,
         &dns,
+        &own,
     )
     .await
     .unwrap();
@@ -419,28 +424,41 @@ async fn http_probe_reaches_allowed_hosts_and_refuses_the_rest() {
     }
 
     // The body cap.
-    let big = net::http_probe(&probe_request(&format!("http://web.test:{port}/big"), 1000), &p, &dns)
-        .await
-        .unwrap();
+    let big = net::http_probe(
+        &probe_request(&format!("http://web.test:{port}/big"), 1000),
+        &p,
+        &dns,
+        &own,
+    )
+    .await
+    .unwrap();
     assert_eq!((big.body_bytes, big.body_truncated), (1000, true));
     assert_eq!(big.body_preview.len(), net::BODY_PREVIEW_BYTES);
 
     // A redirect is reported, not followed (its target is a metadata address).
-    let moved = net::http_probe(&probe_request(&format!("http://web.test:{port}/moved"), 100), &p, &dns)
-        .await
-        .unwrap();
+    let moved = net::http_probe(
+        &probe_request(&format!("http://web.test:{port}/moved"), 100),
+        &p,
+        &dns,
+        &own,
+    )
+    .await
+    .unwrap();
     assert_eq!(moved.status, 302);
     assert_eq!(header(&moved, "location").as_deref(), Some("http://169.254.169.254/"));
     assert_eq!(seen.lock().unwrap().len(), 3);
 
     // Refusals: nothing connects.
-    let refused = |url: String, p: HttpPolicy| async move {
-        match net::http_probe(&probe_request(&url, 100), &p, &dns).await {
-            Err(ExecError::Refused(why)) => why,
-            other => panic!("{url}: expected a refusal, got {other:?}"),
+    let refused = |url: String, p: HttpPolicy| {
+        let own = own.clone();
+        async move {
+            match net::http_probe(&probe_request(&url, 100), &p, &dns, &own).await {
+                Err(ExecError::Refused(why)) => why,
+                other => panic!("{url}: expected a refusal, got {other:?}"),
+            }
         }
     };
-    let why = refused(format!("http://127.0.0.1:{port}/"), p.clone()).await;
+    let why = refused(format!("http://127.0.0.1:{port}/"), policy(&["*.test"])).await;
     assert!(
         why.contains("127.0.0.1 is not in [network] http_allow (*.test)"),
         "{why}"
@@ -471,15 +489,113 @@ async fn http_probe_reaches_allowed_hosts_and_refuses_the_rest() {
     assert!(why.contains("the HTTP probe is off"), "{why}");
     assert_eq!(seen.lock().unwrap().len(), 3, "no refused probe reached the server");
 
-    // Link-local permitted by configuration (the address itself answers nothing here).
-    let ll = HttpPolicy {
+    // Link-local permitted by configuration (the address itself answers nothing here), for an
+    // address rule: a name rule alone never vouches for a link-local address.
+    let mut ll = HttpPolicy {
         allow: vec![AllowRule::parse("*.test").unwrap()],
         allow_link_local: true,
     };
+    let why = refused(format!("http://ll.test:{port}/"), ll.clone()).await;
+    assert!(
+        why.contains(
+            "169.254.10.10, a link-local address (169.254.0.0/16); the name rule `*.test` admits public addresses only"
+        ),
+        "{why}"
+    );
+    ll.allow.push(AllowRule::parse("169.254.0.0/16").unwrap());
     let mut req = probe_request(&format!("http://ll.test:{port}/"), 100);
     req.timeout = Duration::from_millis(300);
-    let err = net::http_probe(&req, &ll, &dns).await.unwrap_err();
+    let err = net::http_probe(&req, &ll, &dns, &own).await.unwrap_err();
     assert!(!matches!(err, ExecError::Refused(_)), "{err}");
+}
+
+/// A name rule vouches for public addresses only: whoever answers for a name in DNS cannot point
+/// the probe at loopback, private or tailnet addresses. An address rule containing the address
+/// admits it. A refused probe connects nowhere.
+#[tokio::test]
+async fn a_name_rule_never_reaches_loopback_private_or_tailnet_addresses() {
+    let Some(d) = dnsmasq().await else { return };
+    let dns = [d.addr];
+    let own = net::own_addresses(&[]);
+    // A web server on 127.0.0.1 that counts the connections it accepts.
+    let (l, port) = listener().await;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let seen: Seen = Arc::default();
+    {
+        let (accepted, seen) = (accepted.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = l.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(answer(stream, seen.clone()));
+            }
+        });
+    }
+    let probe = |url: String, rules: &[&str], timeout: Duration| {
+        let (p, own) = (policy(rules), own.clone());
+        async move {
+            let mut req = probe_request(&url, 100);
+            req.timeout = timeout;
+            net::http_probe(&req, &p, &dns, &own).await
+        }
+    };
+
+    for (name, address, why, add) in [
+        (
+            "web.test",
+            "127.0.0.1",
+            "a loopback address (127.0.0.0/8)",
+            "127.0.0.1/32",
+        ),
+        (
+            "lan10.test",
+            "10.77.0.1",
+            "a private address (10.0.0.0/8)",
+            "10.77.0.1/32",
+        ),
+        (
+            "cgnat.test",
+            "100.64.77.1",
+            "a tailnet / shared CGNAT address (100.64.0.0/10)",
+            "100.64.77.1/32",
+        ),
+    ] {
+        // By a suffix rule and by an exact-name rule alike.
+        for rule in ["*.test", name] {
+            match probe(format!("http://{name}:{port}/"), &[rule], T).await {
+                Err(ExecError::Refused(m)) => {
+                    assert!(
+                        m.contains(&format!(
+                            "`{name}` resolves to {address}, {why}; the name rule `{rule}` admits public addresses only"
+                        )),
+                        "{m}"
+                    );
+                    assert!(m.contains(&format!("add `{add}`")), "{m}");
+                }
+                other => panic!("{name} by `{rule}`: expected a refusal, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "a refused probe connected");
+
+    // An address rule admits them: the loopback server answers...
+    let r = probe(format!("http://web.test:{port}/health"), &["*.test", "127.0.0.0/8"], T)
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.address.clone()), (200, format!("127.0.0.1:{port}")));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // ...and the private and CGNAT ones pass the rules (nothing listens there: the connection
+    // fails or times out, it is not refused).
+    for (name, cidr) in [("lan10.test", "10.0.0.0/8"), ("cgnat.test", "100.64.0.0/10")] {
+        let err = probe(
+            format!("http://{name}:{port}/"),
+            &["*.test", cidr],
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+        assert!(!matches!(err, ExecError::Refused(_)), "{name} with {cidr}: {err}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -489,16 +605,16 @@ async fn https_probe_verifies_against_the_given_ca() {
     let leaf = root.server(&["web.test"]);
     let (l, port) = listener().await;
     let seen = serve_https(l, leaf.server_config());
-    let p = policy(&["web.test"]);
+    let p = policy(&["web.test", "127.0.0.1/32"]);
     let url = format!("https://web.test:{port}/health");
     let mut req = probe_request(&url, 100);
     req.ca = Some(vec![root.cert_der()]);
-    let r = net::http_probe(&req, &p, &[d.addr]).await.unwrap();
+    let r = net::http_probe(&req, &p, &[d.addr], &[]).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body_preview, "healthy\n");
     assert!(r.timing.tls_ms.is_some());
     // Without the CA the system store does not know it.
-    let err = net::http_probe(&probe_request(&url, 100), &p, &[d.addr])
+    let err = net::http_probe(&probe_request(&url, 100), &p, &[d.addr], &[])
         .await
         .unwrap_err();
     assert!(matches!(err, ExecError::HostVerification(_)), "{err}");
@@ -661,7 +777,25 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
             json!([{"scopes": ["network:read"], "targets": ["local"]}]),
         ),
     );
-    let extra = format!("[network]\nhttp_allow = [\"*.test\"]\ndns_servers = [\"{NS_DNS}\"]\n");
+    // This node's own public address, with a listener on it that counts connections.
+    let status = std::process::Command::new("ip")
+        .args(["-n", net.server_ns(), "addr", "add", "1.2.3.4/32", "dev", "lo"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "ip addr add 1.2.3.4 in the server namespace");
+    let self_listener = net
+        .bind_in_server_ns(SocketAddr::from(([1, 2, 3, 4], NS_HTTP_PORT)))
+        .unwrap();
+    let self_accepted = Arc::new(AtomicUsize::new(0));
+    {
+        let accepted = self_accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((_stream, _)) = self_listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let extra = format!("[network]\nhttp_allow = [\"*.test\", \"127.0.0.1/32\"]\ndns_servers = [\"{NS_DNS}\"]\n");
     let mut server = Server::start(&net, &standin, "", &extra).await;
     let stream = net
         .connect(DAVE, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
@@ -706,11 +840,38 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
     let r = mcp
         .call_tool(
             "network_http_probe",
-            json!({"url": format!("http://127.0.0.1:{NS_HTTP_PORT}/")}),
+            json!({"url": format!("http://127.0.0.2:{NS_HTTP_PORT}/")}),
         )
         .await
         .unwrap();
-    assert!(text(&r).contains("is not in [network] http_allow"), "{r}");
+    assert!(text(&r).contains("127.0.0.2 is not in [network] http_allow"), "{r}");
+    // A name rule admits public addresses only: 127.0.0.1 is in an address rule, 127.0.0.2 and
+    // fd00::5 are not...
+    let r = mcp
+        .call_tool(
+            "network_http_probe",
+            json!({"url": format!("http://web.example.test:{NS_HTTP_PORT}/")}),
+        )
+        .await
+        .unwrap();
+    assert!(
+        text(&r).contains("`web.example.test` resolves to")
+            && text(&r).contains("the name rule `*.test` admits public addresses only"),
+        "{r}"
+    );
+    // ...and never this node's own addresses (here a public one on its loopback interface).
+    let r = mcp
+        .call_tool(
+            "network_http_probe",
+            json!({"url": format!("http://self.test:{NS_HTTP_PORT}/")}),
+        )
+        .await
+        .unwrap();
+    assert!(
+        text(&r).contains("`self.test` resolves to 1.2.3.4, this node's own address; the name rule `*.test`"),
+        "{r}"
+    );
+    assert_eq!(self_accepted.load(Ordering::SeqCst), 0, "the refused probe connected");
     let r = mcp
         .call_tool("network_dns_lookup", json!({"name": "web.test", "record_type": "AXFR"}))
         .await
@@ -811,9 +972,9 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
 
     // One audit row per call, allowed by network:read; failures carry their reason.
     let rows = server
-        .audit_where(12, |r| r.tool.as_deref().is_some_and(|t| t.starts_with("network_")))
+        .audit_where(14, |r| r.tool.as_deref().is_some_and(|t| t.starts_with("network_")))
         .await;
-    assert_eq!(rows.len(), 12, "{rows:#?}");
+    assert_eq!(rows.len(), 14, "{rows:#?}");
     assert!(
         rows.iter()
             .all(|r| r.decision == Decision::Allow && r.target.as_deref() == Some("local"))
@@ -829,7 +990,7 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
         metadata.arguments.as_ref().unwrap()["url"],
         "http://169.254.169.254/latest/meta-data/"
     );
-    assert_eq!(rows.iter().filter(|r| r.outcome == Outcome::Error).count(), 6);
+    assert_eq!(rows.iter().filter(|r| r.outcome == Outcome::Error).count(), 8);
     assert_eq!(rows.iter().filter(|r| r.outcome == Outcome::Ok).count(), 6);
 
     // A caller without network:read is refused before anything runs, and that is audited too.

@@ -17,9 +17,13 @@
 //!
 //! Files are opened `O_PATH` first and checked before any real open: only regular files are
 //! read (a FIFO would block, a device could have side effects on open); the read descriptor is
-//! reopened from the `O_PATH` one through `/proc/self/fd`, so it is the same inode. Directory
-//! walks (search) never follow symlinks. Everything here is blocking: async callers use
-//! `spawn_blocking`. Knows nothing about callers or MCP.
+//! reopened from the `O_PATH` one through `/proc/self/fd`, so it is the same inode. A regular
+//! file with more than one hard link is not read (its other name may lie outside every root, and
+//! no path check sees it) unless the roots allow it ([`Roots::with_hardlinks`]); the link count
+//! is taken with `fstat` on the read descriptor itself, never by name. Metadata (stat, listing,
+//! name search) still shows such files, with their link count. Directory walks (search) never
+//! follow symlinks. Everything here is blocking: async callers use `spawn_blocking`. Knows
+//! nothing about callers or MCP.
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -156,6 +160,15 @@ pub enum FsError {
     /// The wrong kind of file (a directory where a file is needed, a FIFO, ...).
     #[error("`{path}` is {what}")]
     WrongKind { path: String, what: String },
+    /// A regular file with more than one hard link, where the roots do not allow them.
+    #[error(
+        "`{path}` is a regular file with {links} hard links: another name, possibly outside every root, reaches the same contents, so it is not read; {hint}"
+    )]
+    HardLinked {
+        path: String,
+        links: u64,
+        hint: &'static str,
+    },
     /// The kernel lacks `openat2`.
     #[error("this kernel has no openat2(2) (Linux 5.6+ is needed); file access is refused rather than done unsafely")]
     Unsupported,
@@ -254,6 +267,8 @@ pub struct Roots {
     deny: Deny,
     /// This server's own files (config, audit database, secrets), refused wherever they are.
     protected: Vec<Protected>,
+    /// Read regular files that have more than one hard link (off unless configured).
+    allow_hardlinks: bool,
 }
 
 /// A path the file tools refuse whatever the roots say: this server's configuration, audit
@@ -323,7 +338,45 @@ impl Roots {
             roots,
             deny,
             protected: Vec::new(),
+            allow_hardlinks: false,
         }
+    }
+
+    /// Whether regular files with more than one hard link are read (`[files] allow_hardlinks`).
+    /// Off by default: a hard link inside a root can give a file from anywhere on the same file
+    /// system a name there, and no check on names or resolved paths sees that.
+    pub fn with_hardlinks(mut self, allow: bool) -> Roots {
+        self.allow_hardlinks = allow;
+        self
+    }
+
+    /// Refuse `st` (of a regular file about to be read) when it has more than one hard link and
+    /// the roots do not allow that.
+    fn check_links(&self, shown: &str, st: &libc::stat) -> Result<(), FsError> {
+        if self.allow_hardlinks || kind_of(st.st_mode) != FileKind::File || st.st_nlink <= 1 {
+            return Ok(());
+        }
+        Err(FsError::HardLinked {
+            path: shown.to_string(),
+            // `st_nlink` is not u64 on every target.
+            #[allow(clippy::unnecessary_cast)]
+            links: st.st_nlink as u64,
+            hint: if self.section == "[files]" {
+                "if the roots hold hard-linked files on purpose, set `[files] allow_hardlinks = true`"
+            } else {
+                "give the file a single name (copy it rather than link it)"
+            },
+        })
+    }
+
+    /// A read descriptor on the inode `o` resolved to: a regular file with one link (or any
+    /// number, when allowed), checked on the descriptor that is read.
+    fn reopen(&self, o: &Opened) -> Result<File, FsError> {
+        let file = o.reopen_file()?;
+        let shown = o.path.display().to_string();
+        let st = fstat(file.as_raw_fd()).map_err(|e| io_error(&shown, e))?;
+        self.check_links(&shown, &st)?;
+        Ok(file)
     }
 
     /// Also refuse `protected` (this server's own files), wherever the roots are.
@@ -497,6 +550,9 @@ impl Roots {
                 kind,
                 size: st.st_size as u64,
                 mode: format!("{:04o}", st.st_mode & 0o7777),
+                // `st_nlink` is not u64 on every target.
+                #[allow(clippy::unnecessary_cast)]
+                links: st.st_nlink as u64,
                 modified: time_rfc3339(st.st_mtime, st.st_mtime_nsec),
                 link_target,
             });
@@ -517,7 +573,7 @@ impl Roots {
     pub fn read(&self, path: &str, offset: u64, length: usize) -> Result<Chunk, FsError> {
         let o = self.open(path)?;
         let shown = o.path.display().to_string();
-        let file = o.reopen_file()?;
+        let file = self.reopen(&o)?;
         let size = o.stat.st_size as u64;
         let mut buf = vec![0u8; length];
         let got = read_full_at(&file, &mut buf, offset).map_err(|e| io_error(&shown, e))?;
@@ -541,7 +597,7 @@ impl Roots {
     ) -> Result<Tail, FsError> {
         let o = self.open(path)?;
         let shown = o.path.display().to_string();
-        let file = o.reopen_file()?;
+        let file = self.reopen(&o)?;
         let size = o.stat.st_size as u64;
         let start = size.saturating_sub(max_bytes as u64);
         // One positioned read of the window: bounded by `max_bytes`.
@@ -602,6 +658,7 @@ impl Roots {
             entries_visited: 0,
             denied_skipped: 0,
             binary_skipped: 0,
+            hardlinks_skipped: 0,
             stopped: None,
         };
         let protected = ProtectedNow::new(&self.protected);
@@ -705,7 +762,12 @@ impl Roots {
         };
         // Swapped for something else since the lstat: skip it.
         match fstat(fd.as_raw_fd()) {
-            Ok(st) if kind_of(st.st_mode) == FileKind::File => {}
+            Ok(st) if kind_of(st.st_mode) == FileKind::File => {
+                if self.check_links(&full.display().to_string(), &st).is_err() {
+                    out.hardlinks_skipped += 1;
+                    return;
+                }
+            }
             _ => return,
         }
         let file = File::from(fd);
@@ -855,7 +917,8 @@ impl FileInfo {
             uid: st.st_uid,
             gid: st.st_gid,
             inode: st.st_ino,
-            links: st.st_nlink,
+            #[allow(clippy::unnecessary_cast)]
+            links: st.st_nlink as u64,
             modified: time_rfc3339(st.st_mtime, st.st_mtime_nsec),
             changed: time_rfc3339(st.st_ctime, st.st_ctime_nsec),
             accessed: time_rfc3339(st.st_atime, st.st_atime_nsec),
@@ -871,6 +934,9 @@ pub struct Entry {
     pub size: u64,
     /// Permission bits in octal.
     pub mode: String,
+    /// Hard links to the entry; a regular file with more than one is not read unless
+    /// `[files] allow_hardlinks`.
+    pub links: u64,
     pub modified: Option<String>,
     /// For a symlink: what it points to, as written (it may point outside the root; reading
     /// through it is then refused).
@@ -938,6 +1004,9 @@ pub struct SearchResult {
     pub denied_skipped: u64,
     /// Files skipped in contents mode because they look binary.
     pub binary_skipped: u64,
+    /// Files skipped in contents mode because they have more than one hard link (not read unless
+    /// `[files] allow_hardlinks`).
+    pub hardlinks_skipped: u64,
     /// Why the search stopped early (a cap was reached), if it did.
     pub stopped: Option<String>,
 }

@@ -12,8 +12,11 @@
 //! `*.suffix`, IPs, CIDRs); every address the name resolves to is checked (metadata addresses
 //! always refused, link-local unless allowed, unspecified/multicast/broadcast never), and the
 //! connection goes to the checked address itself — the name is resolved once, here, so a DNS
-//! answer that changes between the check and the connect (rebinding) cannot redirect it.
-//! Redirects are reported, never followed.
+//! answer that changes between the check and the connect (rebinding) cannot redirect it. A name
+//! rule vouches for public addresses only: an address that is loopback, private, tailnet/CGNAT,
+//! link-local or otherwise special ([`not_public`]), or one of this node's own, is reached only
+//! when an address rule contains it, so whoever controls a name's DNS cannot point the probe at
+//! internal services. Redirects are reported, never followed.
 //!
 //! Knows nothing about callers or scopes; it enforces the configured destination rules and caps.
 
@@ -1200,10 +1203,97 @@ pub fn forbidden(ip: IpAddr, allow_link_local: bool) -> Option<String> {
     None
 }
 
+/// Why `ip` is not a public address, when it is not (`None`: a public address that is not this
+/// node's). `own` holds this node's addresses (tailnet and interfaces). A name rule of the HTTP
+/// probe admits only addresses for which this is `None`; the rest need an address rule.
+pub fn not_public(ip: IpAddr, own: &[IpAddr]) -> Option<String> {
+    let ip = crate::tailnet::unmap(ip);
+    let special = match ip {
+        IpAddr::V4(v4) => special_v4(v4).map(str::to_string),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+            // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) carry an IPv4 address: judge that one.
+            match s {
+                [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => {
+                    special_v4(embedded(hi, lo)).map(|why| format!("{why} through NAT64"))
+                }
+                [0x2002, hi, lo, ..] => special_v4(embedded(hi, lo)).map(|why| format!("{why} through 6to4")),
+                _ => special_v6(v6).map(str::to_string),
+            }
+        }
+    };
+    // The kind of address says more than "own" (127.0.0.1 is both); a public address of this
+    // node's interfaces is named as such.
+    special.or_else(|| {
+        own.iter()
+            .any(|o| crate::tailnet::unmap(*o) == ip)
+            .then(|| "this node's own address".to_string())
+    })
+}
+
+/// The special-purpose IPv4 ranges (IANA registry; the ones not globally reachable), named.
+fn special_v4(v4: Ipv4Addr) -> Option<&'static str> {
+    Some(match v4.octets() {
+        [0, ..] => "an address of \"this network\" (0.0.0.0/8)",
+        [10, ..] => "a private address (10.0.0.0/8)",
+        [100, b, ..] if b & 0xc0 == 64 => "a tailnet / shared CGNAT address (100.64.0.0/10)",
+        [127, ..] => "a loopback address (127.0.0.0/8)",
+        [169, 254, ..] => "a link-local address (169.254.0.0/16)",
+        [172, b, ..] if b & 0xf0 == 16 => "a private address (172.16.0.0/12)",
+        [192, 0, 0, _] => "an IETF protocol address (192.0.0.0/24)",
+        [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => "a documentation address",
+        [192, 168, ..] => "a private address (192.168.0.0/16)",
+        [198, b, ..] if b & 0xfe == 18 => "a benchmarking address (198.18.0.0/15)",
+        [a, ..] if a >= 224 => "a multicast, reserved or broadcast address (224.0.0.0/3)",
+        _ => return None,
+    })
+}
+
+/// The special-purpose IPv6 ranges (IANA registry; the ones not globally reachable), named.
+/// IPv4-mapped, NAT64 and 6to4 addresses are judged by their IPv4 address before this.
+fn special_v6(v6: Ipv6Addr) -> Option<&'static str> {
+    let s = v6.segments();
+    Some(match s {
+        [0, 0, 0, 0, 0, 0, 0, 0] => "the unspecified address",
+        [0, 0, 0, 0, 0, 0, 0, 1] => "the loopback address (::1)",
+        [0, 0, 0, 0, 0, 0, _, _] => "an IPv4-compatible address (::/96, deprecated)",
+        [0x64, 0xff9b, 1, ..] => "a local-use NAT64 address (64:ff9b:1::/48)",
+        [0x100, 0, 0, 0, ..] => "a discard-only address (100::/64)",
+        [0x2001, 0xdb8, ..] => "a documentation address (2001:db8::/32)",
+        [0x2001, b, ..] if b < 0x200 => "an IETF protocol address (2001::/23)",
+        [a, ..] if a & 0xfff0 == 0x3ff0 => "a documentation address (3fff::/20)",
+        [0xfd7a, 0x115c, 0xa1e0, ..] => "a tailnet address (fd7a:115c:a1e0::/48)",
+        [a, ..] if a & 0xfe00 == 0xfc00 => "a unique local address (fc00::/7)",
+        [a, ..] if a & 0xffc0 == 0xfe80 => "a link-local address (fe80::/10)",
+        [a, ..] if a & 0xffc0 == 0xfec0 => "a site-local address (fec0::/10, deprecated)",
+        [a, ..] if a & 0xff00 == 0xff00 => "a multicast address (ff00::/8)",
+        _ => return None,
+    })
+}
+
+/// This node's own addresses: its tailnet addresses (`tailnet`, from LocalAPI status) and every
+/// address on its network interfaces. Blocking (reads the interface list).
+pub fn own_addresses(tailnet: &[IpAddr]) -> Vec<IpAddr> {
+    let mut own: Vec<IpAddr> = tailnet.to_vec();
+    for interface in super::local::network_interfaces() {
+        own.extend(interface.addresses.iter().map(|a| a.address));
+    }
+    own.sort();
+    own.dedup();
+    own
+}
+
 /// Decide where a probe of `host` may connect, given the addresses it resolved to: one checked
 /// address, or the reason it is refused. Every resolved address must pass [`forbidden`]; then
-/// the name must match a name rule, or every address must lie in an address rule.
-pub fn choose_destination(host: &Host, resolved: &[IpAddr], policy: &HttpPolicy) -> Result<IpAddr, String> {
+/// each must lie in an address rule, or — when the name matches a name rule — be public and not
+/// one of this node's (`own`; see [`not_public`]).
+pub fn choose_destination(
+    host: &Host,
+    resolved: &[IpAddr],
+    policy: &HttpPolicy,
+    own: &[IpAddr],
+) -> Result<IpAddr, String> {
     if policy.allow.is_empty() {
         return Err(
             "the HTTP probe is off: no destination is allowed; list hosts, `*.domain`s, IPs or CIDRs in [network] http_allow"
@@ -1226,17 +1316,28 @@ pub fn choose_destination(host: &Host, resolved: &[IpAddr], policy: &HttpPolicy)
             });
         }
     }
-    let by_name = matches!(host, Host::Name(n) if policy.allow.iter().any(|r| r.matches_name(n)));
-    if !by_name {
-        for ip in resolved {
-            let ip = crate::tailnet::unmap(*ip);
-            if !policy.allow.iter().any(|r| r.matches_ip(ip)) {
-                let rules: Vec<String> = policy.allow.iter().map(|r| r.to_string()).collect();
-                return Err(match host {
-                    Host::Name(n) => format!("`{n}` ({ip}) is not in [network] http_allow ({})", rules.join(", ")),
-                    Host::Ip(_) => format!("{ip} is not in [network] http_allow ({})", rules.join(", ")),
-                });
-            }
+    let name_rule = match host {
+        Host::Name(n) => policy.allow.iter().find(|r| r.matches_name(n)),
+        Host::Ip(_) => None,
+    };
+    for ip in resolved {
+        let ip = crate::tailnet::unmap(*ip);
+        if policy.allow.iter().any(|r| r.matches_ip(ip)) {
+            continue;
+        }
+        let (Some(rule), Host::Name(n)) = (name_rule, host) else {
+            let rules: Vec<String> = policy.allow.iter().map(|r| r.to_string()).collect();
+            return Err(match host {
+                Host::Name(n) => format!("`{n}` ({ip}) is not in [network] http_allow ({})", rules.join(", ")),
+                Host::Ip(_) => format!("{ip} is not in [network] http_allow ({})", rules.join(", ")),
+            });
+        };
+        if let Some(why) = not_public(ip, own) {
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
+            return Err(format!(
+                "`{n}` resolves to {ip}, {why}; the name rule `{rule}` admits public addresses only. To probe \
+                 it, add `{ip}/{bits}` (or a network containing it) to [network] http_allow"
+            ));
         }
     }
     Ok(crate::tailnet::unmap(resolved[0]))
@@ -1322,13 +1423,19 @@ pub struct ProbeResult {
     pub timing: ProbeTiming,
 }
 
-/// Probe `req.url` under `policy`, resolving through `dns` (empty = system resolver). The
-/// connection goes to the checked address; the `Host` header and TLS name stay the URL's.
-pub async fn http_probe(req: &ProbeRequest, policy: &HttpPolicy, dns: &[SocketAddr]) -> Result<ProbeResult, ExecError> {
+/// Probe `req.url` under `policy`, resolving through `dns` (empty = system resolver); `own` is
+/// this node's addresses ([`own_addresses`]), which a name rule never admits. The connection
+/// goes to the checked address; the `Host` header and TLS name stay the URL's.
+pub async fn http_probe(
+    req: &ProbeRequest,
+    policy: &HttpPolicy,
+    dns: &[SocketAddr],
+    own: &[IpAddr],
+) -> Result<ProbeResult, ExecError> {
     let started = Instant::now();
     if policy.allow.is_empty() {
         return Err(ExecError::Refused(
-            choose_destination(&req.host, &[], policy).unwrap_err(),
+            choose_destination(&req.host, &[], policy, own).unwrap_err(),
         ));
     }
     if let Host::Name(n) = &req.host
@@ -1338,7 +1445,7 @@ pub async fn http_probe(req: &ProbeRequest, policy: &HttpPolicy, dns: &[SocketAd
     }
     let resolved = resolve(&req.host, dns, req.timeout).await?;
     let dns_ms = ms(started.elapsed());
-    let ip = choose_destination(&req.host, &resolved, policy).map_err(ExecError::Refused)?;
+    let ip = choose_destination(&req.host, &resolved, policy, own).map_err(ExecError::Refused)?;
     let addr = SocketAddr::new(ip, req.port);
 
     let remaining = |t: Duration| req.timeout.checked_sub(started.elapsed()).unwrap_or(t);
@@ -1699,12 +1806,12 @@ mod tests {
     #[test]
     fn destinations_are_checked() {
         let p = policy(&["nas.lan", "*.ts.net", "192.168.1.0/24", "127.0.0.1"], false);
-        let ok = |h: &str, r: &[&str]| choose_destination(&host(h), &ips(r), &p);
+        let ok = |h: &str, r: &[&str]| choose_destination(&host(h), &ips(r), &p, &[]);
         assert_eq!(
-            ok("nas.lan", &["10.9.9.9"]).unwrap(),
-            "10.9.9.9".parse::<IpAddr>().unwrap()
+            ok("nas.lan", &["93.184.215.14"]).unwrap(),
+            "93.184.215.14".parse::<IpAddr>().unwrap()
         );
-        assert!(ok("web.tail1.ts.net", &["100.64.1.2"]).is_ok());
+        assert!(ok("web.tail1.ts.net", &["2606:4700::1111"]).is_ok());
         assert!(
             ok("ts.net", &["100.64.1.2"])
                 .unwrap_err()
@@ -1753,15 +1860,139 @@ mod tests {
         );
 
         let ll = policy(&["169.254.0.0/16", "fe80::/10"], true);
-        assert!(choose_destination(&host("169.254.3.4"), &ips(&["169.254.3.4"]), &ll).is_ok());
-        assert!(choose_destination(&host("169.254.169.254"), &ips(&["169.254.169.254"]), &ll).is_err());
+        assert!(choose_destination(&host("169.254.3.4"), &ips(&["169.254.3.4"]), &ll, &[]).is_ok());
+        assert!(choose_destination(&host("169.254.169.254"), &ips(&["169.254.169.254"]), &ll, &[]).is_err());
 
         let off = HttpPolicy::default();
         assert!(
-            choose_destination(&host("nas.lan"), &ips(&["10.0.0.1"]), &off)
+            choose_destination(&host("nas.lan"), &ips(&["10.0.0.1"]), &off, &[])
                 .unwrap_err()
                 .contains("http_allow")
         );
+    }
+
+    #[test]
+    fn a_name_rule_admits_public_addresses_only() {
+        let p = policy(&["nas.lan", "*.ts.net", "192.168.1.0/24", "127.0.0.1"], false);
+        let own = ips(&["100.100.1.1", "203.0.114.9", "2001:4860::9"]);
+        let check = |h: &str, r: &[&str]| choose_destination(&host(h), &ips(r), &p, &own);
+        // Public and not this node's: admitted by the name rule.
+        assert!(check("nas.lan", &["93.184.215.14", "2606:4700::1111"]).is_ok());
+        // Anything else needs an address rule; the error names the address, why, and what to add.
+        assert_eq!(
+            check("nas.lan", &["10.9.9.9"]).unwrap_err(),
+            "`nas.lan` resolves to 10.9.9.9, a private address (10.0.0.0/8); the name rule `nas.lan` admits \
+             public addresses only. To probe it, add `10.9.9.9/32` (or a network containing it) to [network] http_allow"
+        );
+        for (name, addrs, why) in [
+            (
+                "web.tail1.ts.net",
+                &["100.64.1.2"][..],
+                "a tailnet / shared CGNAT address (100.64.0.0/10)",
+            ),
+            ("nas.lan", &["127.0.0.2"][..], "a loopback address"),
+            (
+                "nas.lan",
+                &["93.184.215.14", "172.20.0.1"][..],
+                "172.20.0.1, a private address (172.16.0.0/12)",
+            ),
+            ("nas.lan", &["192.168.2.1"][..], "a private address (192.168.0.0/16)"),
+            ("nas.lan", &["::1"][..], "the loopback address"),
+            ("nas.lan", &["fd7a:115c:a1e0::5"][..], "a tailnet address"),
+            ("nas.lan", &["fd00::5"][..], "a unique local address"),
+            ("nas.lan", &["::ffff:10.0.0.1"][..], "10.0.0.1, a private address"),
+            (
+                "nas.lan",
+                &["64:ff9b::a00:1"][..],
+                "a private address (10.0.0.0/8) through NAT64",
+            ),
+            (
+                "nas.lan",
+                &["2002:7f00:1::1"][..],
+                "a loopback address (127.0.0.0/8) through 6to4",
+            ),
+            ("nas.lan", &["100.100.1.1"][..], "a tailnet / shared CGNAT address"),
+            ("nas.lan", &["203.0.114.9"][..], "this node's own address"),
+            ("nas.lan", &["2001:4860::9"][..], "this node's own address"),
+            ("nas.lan", &["198.51.100.7"][..], "a documentation address"),
+            ("nas.lan", &["240.1.2.3"][..], "reserved"),
+        ] {
+            let e = check(name, addrs).unwrap_err();
+            assert!(e.contains(why), "{name} {addrs:?}: {e}");
+            assert!(e.contains("admits public addresses only"), "{e}");
+        }
+        assert!(
+            check("nas.lan", &["fd00::5"])
+                .unwrap_err()
+                .contains("add `fd00::5/128`"),
+            "an IPv6 address gets a /128"
+        );
+        // An address rule that contains the address admits it, whatever the name rule says.
+        assert!(check("nas.lan", &["127.0.0.1"]).is_ok());
+        assert!(check("printer.lan", &["192.168.1.9"]).is_ok());
+        assert!(check("nas.lan", &["192.168.1.9", "93.184.215.14"]).is_ok());
+        let wide = policy(&["*.lan", "10.0.0.0/8", "100.64.0.0/10"], false);
+        assert!(choose_destination(&host("nas.lan"), &ips(&["10.1.2.3"]), &wide, &own).is_ok());
+        assert!(choose_destination(&host("me.lan"), &ips(&["100.100.1.1"]), &wide, &own).is_ok());
+    }
+
+    #[test]
+    fn public_addresses() {
+        for (ip, public) in [
+            ("1.1.1.1", true),
+            ("93.184.215.14", true),
+            ("100.63.255.255", true),
+            ("100.128.0.0", true),
+            ("172.15.255.255", true),
+            ("172.32.0.0", true),
+            ("192.0.1.1", true),
+            ("198.20.0.1", true),
+            ("223.255.255.255", true),
+            ("2606:4700::1111", true),
+            ("2001:4860:4860::8888", true),
+            ("0.1.2.3", false),
+            ("10.0.0.1", false),
+            ("100.64.0.0", false),
+            ("100.127.255.255", false),
+            ("127.0.0.1", false),
+            ("169.254.1.1", false),
+            ("172.16.0.1", false),
+            ("172.31.255.255", false),
+            ("192.0.0.8", false),
+            ("192.0.2.1", false),
+            ("192.168.0.1", false),
+            ("198.18.0.1", false),
+            ("198.19.255.255", false),
+            ("203.0.113.1", false),
+            ("224.0.0.1", false),
+            ("255.255.255.255", false),
+            ("::", false),
+            ("::1", false),
+            ("::10.0.0.1", false),
+            ("::ffff:127.0.0.1", false),
+            ("64:ff9b::8.8.8.8", true),
+            ("64:ff9b::192.168.0.1", false),
+            ("64:ff9b:1::1", false),
+            ("100::1", false),
+            ("2001::1", false),
+            ("2001:db8::1", false),
+            ("2002:808:808::1", true),
+            ("2002:c0a8:1::1", false),
+            ("3fff::1", false),
+            ("fc00::1", false),
+            ("fd7a:115c:a1e0::1", false),
+            ("fe80::1", false),
+            ("fec0::1", false),
+            ("ff02::1", false),
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert_eq!(
+                not_public(addr, &[]).is_none(),
+                public,
+                "{ip}: {:?}",
+                not_public(addr, &[])
+            );
+        }
     }
 
     #[test]

@@ -56,7 +56,9 @@ macro_rules! safety {
         relative to the only root. Resolution is done by the kernel beneath the root (openat2 RESOLVE_BENEATH): \
         `..` or a symlink leading out of the root is refused, symlinks staying inside are followed. Names matching \
         a deny pattern (secrets such as `.ssh`, `*.key`, `*.pem`, `shadow`, `.env`, plus `[files] deny`) are \
-        refused on every path component."
+        refused on every path component. A regular file with more than one hard link (another name, possibly \
+        outside the roots, reaches it) is not read unless `[files] allow_hardlinks = true`; stat and list show \
+        its link count."
     };
 }
 
@@ -271,7 +273,7 @@ impl FilesList {
                 concat!(
                     "Entries of a directory sorted by name, at most `limit` (1-1000, default 200): name, kind \
                      (file, directory, symlink, fifo, socket, block_device, char_device), size, mode (octal), \
-                     modified (RFC 3339 UTC) and, for symlinks, the link target as written (symlinks are not \
+                     hard link count, modified (RFC 3339 UTC) and, for symlinks, the link target as written (symlinks are not \
                      followed here). Entries matching a deny pattern are left out and counted in `denied`. ",
                     safety!()
                 ),
@@ -510,7 +512,7 @@ impl FilesSearch {
                 concat!(
                     "Search the directory `path` for a regular expression (`pattern`, Rust regex syntax) in entry \
                  names (`in: names`, default) or in the lines of regular text files (`in: contents`; binary \
-                 files are skipped and counted). Walks each directory's entries in name order, then its subdirectories, at most `max_depth` levels \
+                 files, and files with more than one hard link unless allowed, are skipped and counted). Walks each directory's entries in name order, then its subdirectories, at most `max_depth` levels \
                  (0-64, default 16), never following symlinks, skipping denied names (counted). Stops at \
                  `max_results` matches (1-1000, default 100), `max_bytes` of contents read (default 16 MiB, at most 64 MiB) or \
                  100000 entries, and says which in `stopped`.",
@@ -588,7 +590,9 @@ impl Tool for FilesSearch {
 /// The `[files]` roots and deny patterns.
 pub(crate) fn files_roots(ctx: &ToolContext) -> Roots {
     let c = &ctx.config.files;
-    Roots::new("[files]", c.roots.clone(), Deny::new(&c.deny)).with_protected(protected(&ctx.config))
+    Roots::new("[files]", c.roots.clone(), Deny::new(&c.deny))
+        .with_protected(protected(&ctx.config))
+        .with_hardlinks(c.allow_hardlinks)
 }
 
 /// This server's own files, which the `files` and `logs` tools refuse under any root: its
@@ -725,6 +729,9 @@ fn render_listing(out: &ListOutput) -> String {
         if let Some(target) = &e.link_target {
             let _ = write!(t, " -> {target}");
         }
+        if e.kind == fs::FileKind::File && e.links > 1 {
+            let _ = write!(t, " ({} hard links)", e.links);
+        }
     }
     t
 }
@@ -740,6 +747,13 @@ fn render_search(out: &SearchOutput) -> String {
         r.files_scanned,
         r.bytes_scanned
     );
+    if r.hardlinks_skipped > 0 {
+        let _ = write!(
+            t,
+            "; {} files with several hard links not read ([files] allow_hardlinks)",
+            r.hardlinks_skipped
+        );
+    }
     if let Some(why) = &r.stopped {
         let _ = write!(t, "; stopped: {why}");
     }

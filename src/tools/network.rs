@@ -280,8 +280,9 @@ impl NetTool {
                  size read (at most `max_body_bytes`) with a 512-byte text preview, and timings (DNS, connect, \
                  TLS, first byte, total). Redirects are reported, never followed. Only destinations allowed by \
                  `[network] http_allow` are probed; cloud metadata and (unless configured) link-local \
-                 addresses are refused even when a name resolves there, and the connection goes to the checked \
-                 address. `local` target only.",
+                 addresses are refused even when a name resolves there; a name allowed by a name rule must \
+                 resolve to public addresses only (not loopback, private, tailnet or this node's own) unless \
+                 an address rule contains them; the connection goes to the checked address. `local` target only.",
                 input_schema::<HttpProbeArgs>(),
                 output_schema::<HttpProbeOutput>(),
             ),
@@ -532,7 +533,12 @@ async fn http_probe(ctx: &ToolContext, args: HttpProbeArgs) -> Result<ToolOutput
         timeout,
         ca,
     };
-    let result = net::http_probe(&req, &ctx.config.network.http, &ctx.config.network.dns_servers)
+    // A name rule never admits this node's own addresses: its tailnet ones and its interfaces'.
+    let tailnet = ctx.tailnet.addresses.clone();
+    let own = tokio::task::spawn_blocking(move || net::own_addresses(&tailnet))
+        .await
+        .map_err(|e| ToolError::Internal(format!("listing this node's addresses: {e}")))?;
+    let result = net::http_probe(&req, &ctx.config.network.http, &ctx.config.network.dns_servers, &own)
         .await
         .map_err(failed)?;
     let truncated = result.body_truncated.then(|| Truncated {
