@@ -1407,6 +1407,15 @@ fn proxy_v2(source: SocketAddr, command: ppp::v2::Command) -> Vec<u8> {
     .unwrap()
 }
 
+/// How many whois requests the stand-in received whose query parameter `key` satisfies `pred`.
+fn whois_asked(w: &World, key: &str, pred: impl Fn(&str) -> bool) -> usize {
+    w.standin
+        .requests()
+        .iter()
+        .filter(|r| r.path_only() == "/localapi/v0/whois" && r.query(key).is_some_and(|v| pred(&v)))
+        .count()
+}
+
 /// A connection to the Service listener from inside the server's namespace (as `tailscale
 /// serve` makes it), with `preamble` written first.
 async fn service_conn(w: &World, preamble: &[u8]) -> tokio::net::TcpStream {
@@ -1437,13 +1446,10 @@ async fn the_service_listener_takes_the_caller_from_a_proxy_v2_header() {
         "100.100.2.2:40123",
         "the caller named by the PROXY header"
     );
-    let svc_whois = w
-        .standin
-        .requests()
-        .into_iter()
-        .filter(|r| r.path_only() == "/localapi/v0/whois" && r.query("svc_name").as_deref() == Some("svc:mcp"))
-        .count();
-    assert!(svc_whois >= 1, "whois must ask about grants to the Service (svc_name)");
+    assert!(
+        whois_asked(&w, "svc_name", |v| v == "svc:mcp") >= 1,
+        "whois must ask about grants to the Service (svc_name)"
+    );
     let rows = w.server.audit_where(1, |r| r.tool.as_deref() == Some("whoami")).await;
     assert_eq!(rows[0].remote_addr.as_deref(), Some("100.100.2.2:40123"));
     // The same caller identity and policy apply: bob through the Service is still bob.
@@ -1620,6 +1626,29 @@ fn alice_through_the_service() -> Vec<u8> {
     bytes
 }
 
+/// As `uid`, send alice's PROXY header and an `initialize` to `target`: no answer comes back, and
+/// the refusal is audited once, with a reason containing `reason` and nobody's identity.
+async fn refused_as(w: &World, uid: Option<u32>, target: &str, reason: &str) -> tailopsmcp::audit::Record {
+    let answer = client_as(w, uid, target, &alice_through_the_service()).await;
+    assert!(answer.is_empty(), "uid {uid:?} must get no answer: {answer}");
+    let mut rows = w
+        .server
+        .audit_where(1, |r| r.reason.as_deref().is_some_and(|x| x.contains(reason)))
+        .await;
+    assert_eq!(rows.len(), 1, "{:#?}", w.server.audit());
+    assert!(rows[0].principal.is_none(), "nobody was served as alice");
+    rows.remove(0)
+}
+
+/// As `uid`, the same bytes are answered 200: served.
+async fn served_as(w: &World, uid: Option<u32>, target: &str) {
+    let answer = client_as(w, uid, target, &alice_through_the_service()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "uid {uid:?} is tailscaled here: {answer}"
+    );
+}
+
 /// Loopback TCP mode: any local user can connect, so the server asks the kernel (sock_diag) whose
 /// socket it is before reading a byte. uid 65534 claiming alice is refused and audited with its
 /// uid; the same bytes from root (tailscaled's uid here) are served as alice.
@@ -1628,29 +1657,17 @@ async fn the_service_listener_refuses_a_local_user_claiming_a_caller_over_tcp() 
     let Some(w) = world("", SERVICE).await else { return };
     w.server.wait_listening(&w.net, SocketAddr::from(SERVICE_ADDR)).await;
     let target = format!("tcp:{}", SocketAddr::from(SERVICE_ADDR));
-    let nobody = client_as(&w, Some(65534), &target, &alice_through_the_service()).await;
-    assert!(nobody.is_empty(), "uid 65534 must get no answer: {nobody}");
-    let rows = w
-        .server
-        .audit_where(1, |r| {
-            r.reason
-                .as_deref()
-                .is_some_and(|x| x.contains("connection from uid 65534, not tailscaled's uid 0"))
-        })
-        .await;
-    assert_eq!(rows.len(), 1, "{:#?}", w.server.audit());
-    assert!(rows[0].remote_addr.as_deref().unwrap().starts_with("127.0.0.1:"));
-    assert!(rows[0].principal.is_none(), "nobody was served as alice");
-    let whois_alice = |w: &World| {
-        w.standin
-            .requests()
-            .iter()
-            .filter(|r| r.path_only() == "/localapi/v0/whois" && r.query("addr").is_some_and(|a| a.starts_with(ALICE)))
-            .count()
-    };
+    let row = refused_as(
+        &w,
+        Some(65534),
+        &target,
+        "connection from uid 65534, not tailscaled's uid 0",
+    )
+    .await;
+    assert!(row.remote_addr.as_deref().unwrap().starts_with("127.0.0.1:"));
+    let whois_alice = |w: &World| whois_asked(w, "addr", |a| a.starts_with(ALICE));
     assert_eq!(whois_alice(&w), 0, "refused before any whois");
-    let root = client_as(&w, None, &target, &alice_through_the_service()).await;
-    assert!(root.starts_with("HTTP/1.1 200"), "root (tailscaled) is served: {root}");
+    served_as(&w, None, &target).await;
     assert!(whois_alice(&w) >= 1);
 }
 
@@ -1684,22 +1701,10 @@ async fn the_service_socket_serves_only_tailscaleds_uid() {
     // Only SO_PEERCRED stands in the way now.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let target = format!("unix:{}", socket.display());
-    let nobody = client_as(&w, Some(65534), &target, &alice_through_the_service()).await;
-    assert!(nobody.is_empty(), "uid 65534 must get no answer: {nobody}");
-    let rows = w
-        .server
-        .audit_where(1, |r| {
-            r.reason
-                .as_deref()
-                .is_some_and(|x| x.contains("connection from uid 65534 (pid "))
-        })
-        .await;
-    assert_eq!(rows.len(), 1, "{:#?}", w.server.audit());
-    assert!(rows[0].reason.as_deref().unwrap().contains("not tailscaled's uid 0"));
-    assert!(rows[0].principal.is_none());
+    let row = refused_as(&w, Some(65534), &target, "connection from uid 65534 (pid ").await;
+    assert!(row.reason.as_deref().unwrap().contains("not tailscaled's uid 0"));
     // Root, as tailscaled: served as alice.
-    let root = client_as(&w, None, &target, &alice_through_the_service()).await;
-    assert!(root.starts_with("HTTP/1.1 200"), "root (tailscaled) is served: {root}");
+    served_as(&w, None, &target).await;
     let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
     {
         use tokio::io::AsyncWriteExt;
@@ -1713,13 +1718,10 @@ async fn the_service_socket_serves_only_tailscaleds_uid() {
     let who = m.call_tool("whoami", json!({})).await.unwrap();
     assert_eq!(structured(&who)["principal"], "alice@example.com");
     assert_eq!(structured(&who)["remote_addr"], "100.100.2.2:40123");
-    let svc_whois = w
-        .standin
-        .requests()
-        .into_iter()
-        .filter(|r| r.path_only() == "/localapi/v0/whois" && r.query("svc_name").as_deref() == Some("svc:mcp"))
-        .count();
-    assert!(svc_whois >= 1, "whois asks about grants to the Service");
+    assert!(
+        whois_asked(&w, "svc_name", |v| v == "svc:mcp") >= 1,
+        "whois asks about grants to the Service"
+    );
 }
 
 /// `tailscaled_uid` names the one uid served: with it set to 65534, root's connection is the
@@ -1730,22 +1732,8 @@ async fn the_service_listener_serves_the_configured_tailscaled_uid() {
     let Some(w) = world("", &extra).await else { return };
     w.server.wait_listening(&w.net, SocketAddr::from(SERVICE_ADDR)).await;
     let target = format!("tcp:{}", SocketAddr::from(SERVICE_ADDR));
-    let served = client_as(&w, Some(65534), &target, &alice_through_the_service()).await;
-    assert!(
-        served.starts_with("HTTP/1.1 200"),
-        "uid 65534 is tailscaled here: {served}"
-    );
-    let root = client_as(&w, None, &target, &alice_through_the_service()).await;
-    assert!(root.is_empty(), "root is not tailscaled here: {root}");
-    let rows = w
-        .server
-        .audit_where(1, |r| {
-            r.reason
-                .as_deref()
-                .is_some_and(|x| x.contains("connection from uid 0, not tailscaled's uid 65534"))
-        })
-        .await;
-    assert_eq!(rows.len(), 1, "{:#?}", w.server.audit());
+    served_as(&w, Some(65534), &target).await;
+    refused_as(&w, None, &target, "connection from uid 0, not tailscaled's uid 65534").await;
 }
 
 // --- Cheap stalls and a connection cap (issue #20 items 7 and 8).

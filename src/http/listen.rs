@@ -472,35 +472,23 @@ fn connection_slot(state: &AppState, over: &mut OverCap) -> Option<OwnedSemaphor
 }
 
 async fn accept_loop(listener: TcpListener, app: Router, state: Arc<AppState>, stop: CancellationToken, entry: Entry) {
-    let mut over = OverCap::default();
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                // Over the cap: dropping the stream closes it before anything is read.
-                let Some(permit) = connection_slot(&state, &mut over) else {
-                    continue;
-                };
-                tokio::spawn(admit(
-                    stream,
-                    peer,
-                    app.clone(),
-                    state.clone(),
-                    stop.clone(),
-                    entry.clone(),
-                    permit,
-                ));
-            }
-            Err(e) => {
-                // Out of file descriptors and similar: do not spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    accept_until(
+        &stop,
+        &state,
+        || listener.accept(),
+        |(stream, peer), permit| {
+            tokio::spawn(admit(
+                stream,
+                peer,
+                app.clone(),
+                state.clone(),
+                stop.clone(),
+                entry.clone(),
+                permit,
+            ));
+        },
+    )
+    .await;
 }
 
 async fn unix_accept_loop(
@@ -511,28 +499,49 @@ async fn unix_accept_loop(
     name: Arc<str>,
     uid: u32,
 ) {
+    accept_until(
+        &stop,
+        &state,
+        || listener.accept(),
+        |(stream, _), permit| {
+            tokio::spawn(admit_unix(
+                stream,
+                app.clone(),
+                state.clone(),
+                stop.clone(),
+                name.clone(),
+                uid,
+                permit,
+            ));
+        },
+    )
+    .await;
+}
+
+/// Accept connections until `stop`, handing each one within `[server] max_connections` to
+/// `start` with its slot. One over the cap is dropped, which closes it before anything is read.
+async fn accept_until<T, Fut>(
+    stop: &CancellationToken,
+    state: &AppState,
+    mut accept: impl FnMut() -> Fut,
+    mut start: impl FnMut(T, OwnedSemaphorePermit),
+) where
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
     let mut over = OverCap::default();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
-            a = listener.accept() => a,
+            a = accept() => a,
         };
         match accepted {
-            Ok((stream, _)) => {
-                let Some(permit) = connection_slot(&state, &mut over) else {
-                    continue;
-                };
-                tokio::spawn(admit_unix(
-                    stream,
-                    app.clone(),
-                    state.clone(),
-                    stop.clone(),
-                    name.clone(),
-                    uid,
-                    permit,
-                ));
+            Ok(conn) => {
+                if let Some(permit) = connection_slot(state, &mut over) {
+                    start(conn, permit);
+                }
             }
             Err(e) => {
+                // Out of file descriptors and similar: do not spin.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
