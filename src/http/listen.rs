@@ -719,15 +719,18 @@ mod owner {
 
     use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
     use netlink_packet_sock_diag::SockDiagMessage;
-    use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, TCP_ESTABLISHED};
+    use netlink_packet_sock_diag::constants::{
+        AF_INET, AF_INET6, IPPROTO_TCP, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
+    };
     use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
     use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
     /// The uid of the socket whose local address is `client` and remote address is `server`.
     ///
-    /// Only a live, open, established socket counts: a socket its owner already closed may be a
-    /// time-wait entry, which the kernel reports with uid 0 and inode 0 (and a 4-tuple nobody
-    /// holds any more could match some listener); both are refused.
+    /// Only a connected socket that a process still holds counts (established, or half-closed by
+    /// its owner, and with an inode): a socket its owner already closed becomes a time-wait
+    /// entry, which the kernel reports with uid 0 and inode 0, and a 4-tuple nobody holds any
+    /// more can match a listener on the client's port instead; both are refused.
     pub fn tcp_uid(client: SocketAddr, server: SocketAddr) -> Result<u32, String> {
         if client.is_ipv4() != server.is_ipv4() {
             return Err("mixed address families".into());
@@ -778,7 +781,9 @@ mod owner {
                 ) == (client.ip(), client.port(), server.ip(), server.port());
                 if !same {
                     Err("sock_diag answered about another socket".into())
-                } else if r.header.state != TCP_ESTABLISHED || r.header.inode == 0 {
+                } else if ![TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2].contains(&r.header.state)
+                    || r.header.inode == 0
+                {
                     Err(format!(
                         "the connecting socket is no longer open (state {})",
                         r.header.state
@@ -924,8 +929,8 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    /// The kernel names this process's uid as the owner of a loopback connection it opened, and
-    /// refuses to name anyone once that socket is closed (a time-wait entry reports uid 0).
+    /// The kernel names this process's uid as the owner of a loopback connection it opened (also
+    /// half-closed), and nobody once that socket is closed (its time-wait entry reports uid 0).
     #[tokio::test]
     async fn sock_diag_names_the_owner_of_an_open_loopback_connection() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -938,6 +943,11 @@ mod tests {
         // Another 4-tuple: nobody's.
         let other = SocketAddr::new(peer.ip(), peer.port().wrapping_add(1).max(1));
         assert!(owner::tcp_uid(other, server).is_err());
+        // Half-closed by a process that still holds it: still that process's.
+        let mut client = client;
+        tokio::io::AsyncWriteExt::shutdown(&mut client).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(owner::tcp_uid(peer, server), Ok(me));
         drop(client);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let closed = owner::tcp_uid(peer, server);
