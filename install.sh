@@ -77,8 +77,9 @@ Tailscale:
 Options:
   --docker              opt in to Docker access: adds the service user to the `docker` group.
   --service svc:NAME    serve behind a Tailscale Service (stable name): enables the server's
-                        PROXY v2 loopback listener and runs `tailscale serve --service=svc:NAME
-                        --tls-terminated-tcp=443 --proxy-protocol=2 tcp://127.0.0.1:PORT`
+                        PROXY v2 loopback listener (served to tailscaled's uid only) and runs
+                        `tailscale serve --service=svc:NAME --tls-terminated-tcp=443
+                        --proxy-protocol=2 tcp://127.0.0.1:PORT` (tailscale v1.92 or later)
   --service-port PORT   the loopback port for --service (default 8472)
   --no-service          remove the Tailscale Service listener drop-in
                         The docker group is ROOT-EQUIVALENT on this host.
@@ -127,7 +128,8 @@ Group=tailopsmcp
 SupplementaryGroups=systemd-journal
 
 # /var/lib/tailopsmcp (audit DB, owned by tailopsmcp), /etc/tailopsmcp (root-owned config),
-# /run/tailopsmcp (runtime files).
+# /run/tailopsmcp (runtime files; the place for `[service] socket`: 0750, so tailscaled as root
+# reaches a socket there and other users do not).
 StateDirectory=tailopsmcp
 StateDirectoryMode=0750
 ConfigurationDirectory=tailopsmcp
@@ -135,6 +137,9 @@ ConfigurationDirectoryMode=0755
 RuntimeDirectory=tailopsmcp
 RuntimeDirectoryMode=0750
 UMask=0077
+# File descriptors: `[server] max_connections` (default 1024) client connections, plus the
+# audit database, journald, tailscaled, targets and child processes. Raise both together.
+LimitNOFILE=4096
 
 # Audit events are mirrored to journald: never rate-limit them away.
 LogRateLimitIntervalSec=0
@@ -304,6 +309,11 @@ header_timeout_secs = 30
 body_timeout_secs = 30
 # Seconds one TCP connection may reuse its whois answer (0 = whois every request; at most 30).
 identity_cache_secs = 2
+# Client connections open at once, over every listener (1..65536). One more is closed as soon as
+# it is accepted: nothing read, no whois, no audit row (a warning in the log at most every 10 s).
+# The unit's LimitNOFILE=4096 leaves room for the default plus the database, journald, targets
+# and child processes; raise both together.
+max_connections = 1024
 
 [tailscale]
 # tailscaled's LocalAPI socket. Flag --socket, env TAILOPSMCP_SOCKET.
@@ -330,13 +340,26 @@ refusal_window_secs = 10
 
 [service]
 # Tailscale Services (a stable name such as mcp.<tailnet>.ts.net): set `name` to run a second
-# listener on `listen` (loopback only) behind
+# listener on `listen` (loopback only) behind (tailscale v1.92 or later)
 #   tailscale serve --service=svc:NAME --tls-terminated-tcp=443 --proxy-protocol=2 tcp://127.0.0.1:8472
 # Every connection there must begin with a PROXY v2 header carrying the real caller's address,
 # which is then whois-ed with svc_name; connections without one are refused. The Service's
 # MagicDNS name joins the Host allow-list. Empty (the default) = no Service listener.
 name = ""
 listen = "127.0.0.1:8472"
+# Only tailscaled may name a caller: any local user can connect to a loopback port, so before
+# reading a byte the server asks the kernel (sock_diag) which uid owns the connecting socket and
+# serves only this one (tailscaled runs as root; set its uid if yours does not). Anything else
+# (another uid, a socket already closed, an unknown owner) is closed and audited with its uid.
+tailscaled_uid = 0
+# Listen on this unix socket instead of `listen` (created 0660; a stale socket from an earlier
+# run is replaced; the unit's RuntimeDirectory is /run/tailopsmcp), checking the peer with
+# SO_PEERCRED against tailscaled_uid, e.g. "/run/tailopsmcp/service.sock". NOT usable with
+# `tailscale serve` yet: it forwards TCP to unix:/PATH targets since v1.102.0 but refuses
+# --proxy-protocol for them ("PROXY protocol is not supported with unix socket targets", still
+# so in v1.103), and without the PROXY header no caller can be identified. Unset (the default) =
+# the loopback `listen` above.
+# socket = "/run/tailopsmcp/service.sock"
 
 [tools]
 # Which tools this server offers at all; a tool filtered out here is never listed or callable,
@@ -770,8 +793,12 @@ tailscale_up() {
 # Tailscale Services stable name (`--service svc:NAME`): a drop-in turns on the server's
 # loopback Service listener (PROXY v2 required; TAILOPSMCP_SERVICE / TAILOPSMCP_SERVICE_LISTEN,
 # so the operator's config file is not edited), and `tailscale serve` forwards the Service to it
-# with the real caller's address in a PROXY v2 header. The Service itself is defined, and this
-# host approved for it, in the admin console or the policy file (README).
+# with the real caller's address in a PROXY v2 header. The server serves only connections whose
+# socket belongs to tailscaled's uid (`[service] tailscaled_uid`, default root), so no other local
+# user can claim a caller. It stays on loopback TCP, not a unix socket: `tailscale serve` takes
+# unix:/PATH targets since v1.102.0 but refuses --proxy-protocol for them (through v1.103), and
+# without that header there is no caller. The Service itself is defined, and this host approved
+# for it, in the admin console or the policy file (README).
 service_dropin_content() {
   printf '%s\n' \
     "# Written by install.sh --service; remove with install.sh --no-service." \
@@ -808,7 +835,7 @@ setup_tailscale_service() {
   if command -v tailscale >/dev/null && [ "$(ts_backend_state)" = Running ]; then
     tailscale "${serve[@]}" ||
       die "'tailscale ${serve[*]}' failed: is this host tagged and approved for $service_name? (README: Tailscale Services)"
-    msg "Tailscale Service $service_name forwards to 127.0.0.1:$service_port (PROXY v2)"
+    msg "Tailscale Service $service_name forwards to 127.0.0.1:$service_port (PROXY v2; only tailscaled's uid is served there)"
   else
     warn "tailscale is not running here; once it is, run: tailscale ${serve[*]}"
   fi

@@ -18,6 +18,10 @@ pub const DEFAULT_PORT: u16 = 8471;
 pub const DEFAULT_SOCKET: &str = "/run/tailscale/tailscaled.sock";
 pub const DEFAULT_DATABASE: &str = "/var/lib/tailopsmcp/tailopsmcp.db";
 pub const DEFAULT_CAPABILITY: &str = "tailopsmcp.dev/cap/tailopsmcp";
+/// `[server] max_connections`: far more than a team's MCP clients hold (a few each), few enough
+/// that the file descriptors fit the unit's `LimitNOFILE=4096` with room for the audit
+/// database, journald, targets and child processes.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
@@ -41,6 +45,9 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Time a client has, once a request's headers are in, to send its whole body.
     pub body_timeout: Duration,
+    /// Open client connections the server holds at once, over every listener; one more is
+    /// accepted and closed at once (no whois, no audit row).
+    pub max_connections: usize,
     /// How long one connection may reuse a whois answer.
     pub identity_cache: Duration,
     pub socket: PathBuf,
@@ -154,14 +161,19 @@ pub struct TargetConfig {
 }
 
 /// A Tailscale Service (`tailscale serve --service=svc:NAME --tls-terminated-tcp=443
-/// --proxy-protocol=2 tcp://LISTEN`): a loopback listener where every connection must begin with
-/// a PROXY v2 header naming the real caller.
+/// --proxy-protocol=2 tcp://LISTEN`): a loopback listener (or a unix socket) where every
+/// connection must come from tailscaled's uid and begin with a PROXY v2 header naming the real
+/// caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
     /// `svc:NAME`.
     pub name: String,
-    /// Loopback address `tailscale serve` forwards to.
+    /// Loopback address `tailscale serve` forwards to (unused when `socket` is set).
     pub listen: std::net::SocketAddr,
+    /// A unix socket to listen on instead of `listen`.
+    pub socket: Option<PathBuf>,
+    /// The only uid whose connections the Service listener serves (tailscaled's).
+    pub tailscaled_uid: u32,
 }
 
 impl ServiceConfig {
@@ -390,6 +402,8 @@ fn valid_id(s: &str) -> bool {
 struct ServiceSection {
     name: String,
     listen: String,
+    socket: Option<PathBuf>,
+    tailscaled_uid: u32,
 }
 
 impl Default for ServiceSection {
@@ -397,6 +411,8 @@ impl Default for ServiceSection {
         ServiceSection {
             name: String::new(),
             listen: "127.0.0.1:8472".to_string(),
+            socket: None,
+            tailscaled_uid: 0,
         }
     }
 }
@@ -414,6 +430,7 @@ struct ServerSection {
     header_timeout_secs: u64,
     body_timeout_secs: u64,
     identity_cache_secs: u64,
+    max_connections: usize,
 }
 
 impl Default for ServerSection {
@@ -429,6 +446,7 @@ impl Default for ServerSection {
             header_timeout_secs: 30,
             body_timeout_secs: 30,
             identity_cache_secs: 2,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -581,6 +599,9 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
     if !(1..=3600).contains(&file.server.body_timeout_secs) {
         return Err(invalid("server.body_timeout_secs", "must be between 1 and 3600".into()));
     }
+    if !(1..=65_536).contains(&file.server.max_connections) {
+        return Err(invalid("server.max_connections", "must be between 1 and 65536".into()));
+    }
     if file.server.identity_cache_secs > 30 {
         return Err(invalid(
             "server.identity_cache_secs",
@@ -656,7 +677,21 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
                 format!("`{listen}` is not a loopback address; only `tailscale serve` on this host may connect to it"),
             ));
         }
-        Some(ServiceConfig { name, listen })
+        let socket = match file.service.socket {
+            Some(p) if !p.is_absolute() || p.file_name().is_none() => {
+                return Err(invalid(
+                    "service.socket",
+                    format!("`{}` is not an absolute path to a socket file", p.display()),
+                ));
+            }
+            other => other,
+        };
+        Some(ServiceConfig {
+            name,
+            listen,
+            socket,
+            tailscaled_uid: file.service.tailscaled_uid,
+        })
     };
 
     let mut targets: Vec<TargetConfig> = Vec::new();
@@ -819,6 +854,7 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         max_body_bytes: file.server.max_body_bytes,
         header_timeout: Duration::from_secs(file.server.header_timeout_secs),
         body_timeout: Duration::from_secs(file.server.body_timeout_secs),
+        max_connections: file.server.max_connections,
         identity_cache: Duration::from_secs(file.server.identity_cache_secs),
         socket: o.socket.clone().unwrap_or(file.tailscale.socket),
         capability,
@@ -1022,6 +1058,12 @@ mod tests {
             "service.listen",
         );
         check_err("[service]\nname = \"svc:mcp\"\nlisten = \"8472\"", "service.listen");
+        check_err(
+            "[service]\nname = \"svc:mcp\"\nsocket = \"run/s.sock\"",
+            "service.socket",
+        );
+        check_err("[service]\nname = \"svc:mcp\"\nsocket = \"/\"", "service.socket");
+        check_err("[server]\nmax_connections = 0", "server.max_connections");
     }
 
     #[test]
@@ -1130,8 +1172,15 @@ mod tests {
         let c = load("[service]\nname = \"svc:mcp\"").unwrap();
         let s = c.service.unwrap();
         assert_eq!(s.listen, "127.0.0.1:8472".parse().unwrap());
+        assert_eq!((s.socket.as_deref(), s.tailscaled_uid), (None, 0));
         assert_eq!(s.short_name(), "mcp");
         assert!(load("").unwrap().service.is_none());
+        let c = load("[service]\nname = \"svc:mcp\"\nsocket = \"/run/tailopsmcp/service.sock\"\ntailscaled_uid = 998")
+            .unwrap();
+        let s = c.service.unwrap();
+        assert_eq!(s.socket.as_deref(), Some(Path::new("/run/tailopsmcp/service.sock")));
+        assert_eq!(s.tailscaled_uid, 998);
+        assert_eq!(load("").unwrap().max_connections, DEFAULT_MAX_CONNECTIONS);
     }
 
     #[test]

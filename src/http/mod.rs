@@ -51,10 +51,13 @@ pub struct AppState {
     sessions: Arc<session::Sessions>,
     /// Identity-layer refusals per peer address (`[limits.refusals]`).
     refusals: crate::limits::Refusals,
+    /// One permit per open client connection, over every listener (`[server] max_connections`).
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     pub fn new(config: Arc<Config>, mode: IdentityMode, auditor: Auditor) -> AppState {
+        let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         AppState {
             mode,
             auditor: auditor.clone(),
@@ -68,6 +71,7 @@ impl AppState {
                 .auditing(auditor),
             ),
             refusals: crate::limits::Refusals::new(config.limits.refusals),
+            connections,
             config,
         }
     }
@@ -251,12 +255,13 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
             "forbidden: calls from the server's own node are refused",
         );
     }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let host = match single_host(req.headers()) {
+        Ok(h) => h,
+        Err(why) => {
+            refuse_audit(&st, Some(&caller), conn.peer, presented, format!("{what}: {why}")).await;
+            return refusal(StatusCode::BAD_REQUEST, &format!("bad request: {why}"));
+        }
+    };
     if !st.host_allowed(&host) {
         refuse_audit(
             &st,
@@ -304,6 +309,31 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
         return refused;
     }
     response
+}
+
+/// The one `Host` of a request (RFC 9112 §3.2: a request with two `Host` lines, or one whose
+/// value is not `host[:port]`, is answered 400). Stricter than the URI grammar on purpose: a
+/// comma (two values folded into one line by a proxy), whitespace or a control character is
+/// refused rather than guessed at; no name in the allow-list has one.
+fn single_host(headers: &http::HeaderMap) -> Result<String, &'static str> {
+    let mut values = headers.get_all(header::HOST).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(if headers.contains_key(header::HOST) {
+            "more than one Host header"
+        } else {
+            "no Host header"
+        });
+    };
+    let host = value.to_str().map_err(|_| "Host header is not ASCII")?;
+    let ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
+    if ok {
+        Ok(host.to_string())
+    } else {
+        Err("malformed Host header")
+    }
 }
 
 /// The caller behind this connection: the cached answer if fresh, else a whois.
@@ -424,5 +454,26 @@ mod tests {
         ] {
             assert_eq!(normalize_host(raw), want, "{raw}");
         }
+    }
+
+    #[test]
+    fn exactly_one_well_formed_host() {
+        let check = |values: &[&[u8]], want: Result<&str, &str>| {
+            let mut headers = http::HeaderMap::new();
+            for v in values {
+                headers.append(header::HOST, HeaderValue::from_bytes(v).unwrap());
+            }
+            assert_eq!(single_host(&headers).as_deref().map_err(|e| *e), want, "{values:?}");
+        };
+        check(&[b"100.100.1.1:8471"], Ok("100.100.1.1:8471"));
+        check(&[b"[fd7a:115c:a1e0::1]:8471"], Ok("[fd7a:115c:a1e0::1]:8471"));
+        check(&[b"mcp.tail3f9c2.ts.net"], Ok("mcp.tail3f9c2.ts.net"));
+        check(&[], Err("no Host header"));
+        check(&[b"a", b"a"], Err("more than one Host header"));
+        check(&[b"100.100.1.1, evil.example"], Err("malformed Host header"));
+        check(&[b"100.100.1.1 x"], Err("malformed Host header"));
+        check(&[b"a\tb"], Err("malformed Host header"));
+        check(&[b""], Err("malformed Host header"));
+        check(&[b"h\xc3\xa9"], Err("Host header is not ASCII"));
     }
 }

@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.1 client over an already-connected `TcpStream`, plus an MCP (Streamable HTTP)
+//! A minimal HTTP/1.1 client over an already-connected stream (TCP or unix), plus an MCP (Streamable HTTP)
 //! client on top of it, for integration tests.
 //!
 //! The caller makes the TCP connection (usually `netns::Tailnet::connect`, so the source address is
@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 
 use hyper::Method;
 
@@ -53,8 +52,12 @@ pub struct Response {
 }
 
 impl Conn {
-    /// Performs the HTTP/1.1 client handshake over `stream` (no bytes are exchanged yet).
-    pub async fn new(stream: TcpStream) -> Conn {
+    /// Performs the HTTP/1.1 client handshake over `stream` (no bytes are exchanged yet): a TCP
+    /// connection, or any other byte stream (a unix socket).
+    pub async fn new<S>(stream: S) -> Conn
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .expect("HTTP/1.1 client handshake over a connected stream");
