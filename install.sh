@@ -335,7 +335,7 @@ redact_fields = []
 journald = true
 # Identical refusals (same caller, or peer address for unknown peers; method, tool, target and
 # reason) within this many seconds become one row plus a summary row with their count and time
-# span, so a refused flood cannot fill the disk. 0: every refusal gets its own row.
+# span, so a refused flood cannot fill the disk. 0: every refusal gets its own row; at most 3600.
 refusal_window_secs = 10
 
 [service]

@@ -478,6 +478,9 @@ struct AuditSection {
     refusal_window_secs: u64,
 }
 
+/// Longest `[audit] refusal_window_secs`: a summary row is written at most this late.
+const MAX_REFUSAL_WINDOW_SECS: u64 = 3600;
+
 impl Default for AuditSection {
     fn default() -> Self {
         AuditSection {
@@ -862,7 +865,14 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         database: o.database.clone().unwrap_or(file.audit.database),
         redact_fields: file.audit.redact_fields,
         journald: file.audit.journald,
-        refusal_window: Duration::from_secs(file.audit.refusal_window_secs),
+        refusal_window: if file.audit.refusal_window_secs <= MAX_REFUSAL_WINDOW_SECS {
+            Duration::from_secs(file.audit.refusal_window_secs)
+        } else {
+            return Err(invalid(
+                "audit.refusal_window_secs",
+                format!("must be between 0 (off) and {MAX_REFUSAL_WINDOW_SECS}"),
+            ));
+        },
         grants,
         service,
         targets,
@@ -1218,5 +1228,15 @@ mod tests {
         ] {
             assert_eq!(valid_capability(name), ok, "{name}");
         }
+    }
+
+    #[test]
+    fn audit_refusal_window() {
+        assert_eq!(load("").unwrap().refusal_window, Duration::from_secs(10));
+        assert_eq!(
+            load("[audit]\nrefusal_window_secs = 0").unwrap().refusal_window,
+            Duration::ZERO
+        );
+        check_err("[audit]\nrefusal_window_secs = 3601", "audit.refusal_window_secs");
     }
 }

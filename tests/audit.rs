@@ -965,3 +965,87 @@ async fn process_command_lines_lose_their_secrets() {
         "{command}"
     );
 }
+
+/// Issue #20 item 10 for log files: without `audit:read`, `logs_tail` and `logs_analyze` refuse
+/// a journal file and drop syslog lines of the audit identifier; with it, both are readable.
+#[tokio::test]
+async fn log_files_keep_audit_events_from_callers_without_audit_read() {
+    use std::sync::Arc;
+    use tailopsmcp::tools::{ToolContext, ToolError};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    std::fs::create_dir(root.join("journal")).unwrap();
+    std::fs::write(root.join("journal/system.journal"), "TAILOPS_PRINCIPAL=alice\n").unwrap();
+    std::fs::write(root.join("old.journal~"), "TAILOPS_PRINCIPAL=alice\n").unwrap();
+    std::fs::write(
+        root.join("syslog"),
+        "Dec  7 10:00:00 host sshd[1]: Accepted publickey\n\
+         Dec  7 10:00:01 host tailopsmcp-audit[42]: alice@example.com files_read local allow ok\n\
+         Dec  7 10:00:02 host tailopsmcp-audit: bob@example.com whoami local allow ok\n\
+         Dec  7 10:00:03 host cron[2]: error: job failed\n",
+    )
+    .unwrap();
+    let text = |grants: &str| format!("[logs]\nroots = [{root:?}]\n{grants}");
+    let ctx = |grants: &str| {
+        let config = Arc::new(
+            tailopsmcp::config::Config::from_toml(
+                &text(grants),
+                Path::new("test.toml"),
+                &tailopsmcp::config::Overrides::default(),
+            )
+            .unwrap(),
+        );
+        let caller = ToolContext::test_caller();
+        let mut ctx = ToolContext::local(caller.clone(), config.clone());
+        ctx.grants = Arc::new(tailopsmcp::policy::effective(
+            &caller,
+            &config.capability,
+            &config.grants,
+        ));
+        ctx
+    };
+    let call = |ctx: ToolContext, name: &'static str, args: serde_json::Value| async move {
+        let tool = tailopsmcp::tools::catalog()
+            .into_iter()
+            .find(|t| t.spec().name == name)
+            .unwrap();
+        let serde_json::Value::Object(args) = args else {
+            panic!()
+        };
+        tool.call(ctx, args).await
+    };
+    let monitor = "[[grant]]\nmatch = \"*\"\nscopes = [\"monitor\"]\n";
+    let auditor = "[[grant]]\nmatch = \"*\"\nscopes = [\"logs:read\", \"audit:read\"]\n";
+
+    for path in ["journal/system.journal", "old.journal~"] {
+        match call(ctx(monitor), "logs_tail", json!({"path": path})).await {
+            Err(ToolError::InvalidArgs(m)) => assert!(m.contains("audit:read"), "{m}"),
+            other => panic!("{path}: {:?}", other.map(|o| o.text)),
+        }
+        let ok = call(ctx(auditor), "logs_tail", json!({"path": path})).await.unwrap();
+        assert!(ok.text.contains("TAILOPS_PRINCIPAL"), "{}", ok.text);
+    }
+    match call(ctx(monitor), "logs_analyze", json!({"path": "journal/system.journal"})).await {
+        Err(ToolError::InvalidArgs(m)) => assert!(m.contains("audit:read"), "{m}"),
+        other => panic!("{:?}", other.map(|o| o.text)),
+    }
+
+    let tail = call(ctx(monitor), "logs_tail", json!({"path": "syslog"}))
+        .await
+        .unwrap();
+    assert!(!tail.text.contains("tailopsmcp-audit"), "{}", tail.text);
+    assert!(
+        tail.text.contains("sshd") && tail.text.contains("cron"),
+        "{}",
+        tail.text
+    );
+    let analysis = call(ctx(monitor), "logs_analyze", json!({"path": "syslog"}))
+        .await
+        .unwrap();
+    assert!(!analysis.text.contains("alice@example.com"), "{}", analysis.text);
+    assert!(analysis.text.contains("2 audit events"), "{}", analysis.text);
+    let full = call(ctx(auditor), "logs_tail", json!({"path": "syslog"}))
+        .await
+        .unwrap();
+    assert_eq!(full.text.matches("tailopsmcp-audit").count(), 2, "{}", full.text);
+}

@@ -1120,6 +1120,9 @@ fn render_analysis(a: &Analysis) -> String {
             let _ = write!(t, "\n{}", a.notes[0]);
         }
     }
+    for note in a.notes.iter().skip(1) {
+        let _ = write!(t, "\n{note}");
+    }
     t
 }
 
