@@ -333,7 +333,7 @@ async fn serve(config: Config, dev: Option<(SocketAddr, String)>) -> anyhow::Res
         Some((_, login)) => IdentityMode::Dev { login: login.clone() },
         None => IdentityMode::Tailnet(LocalApi::new(&config.socket, config.whois_timeout)),
     };
-    let state = Arc::new(AppState::new(config.clone(), mode, auditor));
+    let state = Arc::new(AppState::new(config.clone(), mode, auditor.clone()));
     let app = http::app(
         state.clone(),
         http::mcp_service(&config, shared.clone(), state.sessions(), shutdown.child_token()),
@@ -372,6 +372,10 @@ async fn serve(config: Config, dev: Option<(SocketAddr, String)>) -> anyhow::Res
             }
             result?;
         }
+    }
+    // Counted repeats of refusals whose window is still open become their summary rows.
+    if let Err(e) = auditor.flush_refusals().await {
+        tracing::error!(error = %e, "could not write the summaries of repeated refusals");
     }
     Ok(ExitCode::SUCCESS)
 }

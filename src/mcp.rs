@@ -460,7 +460,7 @@ impl McpServer {
             rec.decision = audit::Decision::Deny;
             rec.outcome = Outcome::Denied;
             rec.reason = Some(message.clone());
-            self.shared.auditor.record(rec).await.map_err(audit_failed)?;
+            audit_refusal(&self.shared.auditor, rec).await?;
         }
         Err(ErrorData::invalid_params(message, None))
     }

@@ -365,7 +365,7 @@ impl Sessions {
         rec.decision = Decision::Deny;
         rec.outcome = Outcome::Denied;
         rec.reason = Some(reason.to_string());
-        if let Err(e) = auditor.record(rec).await {
+        if let Err(e) = auditor.refuse(rec).await {
             tracing::error!(error = %e, "audit write failed for a refused request");
         }
     }
