@@ -484,22 +484,40 @@ impl McpServer {
         let mut args: JsonObject = request.arguments.unwrap_or_default();
         rec.arguments = Some(serde_json::Value::Object(args.clone()));
 
+        // The row of a call that does not run. Refusals (`repeatable`) go through the audit
+        // log's counting of identical repeats; a gate's answer or a revoked authorization is a
+        // row of its own.
+        let deny = |mut rec: Record, reason: String, repeatable: bool| async move {
+            rec.decision = audit::Decision::Deny;
+            rec.outcome = Outcome::Denied;
+            rec.reason = Some(reason);
+            rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+            if repeatable {
+                audit_refusal(&shared.auditor, rec).await
+            } else {
+                shared.auditor.record(rec).await.map(drop).map_err(audit_failed)
+            }
+        };
         // Every refused call is charged to the caller's bucket like any other call, so a flood
         // of refused calls is slowed too and told when to retry. Past the bucket, the refusal
         // says so; its audit reason leaves the wait out, so identical refusals stay identical
         // (the audit log counts repeats instead of writing each one).
         let principal = caller.principal.as_str();
-        let refuse = |mut rec: Record, reason: String, risk: Risk| async move {
-            let (reason, retry) = match shared.limits.charge(principal, risk) {
-                Ok(()) => (reason, None),
-                Err(limited) => (format!("{reason}; {}", limited.reason), Some(limited.retry_after_secs)),
+        let refuse = |rec: Record, reason: String, risk: Risk| async move {
+            let refusal = match shared.limits.charge(principal, risk) {
+                Ok(()) => Refusal {
+                    reason,
+                    retry: None,
+                    said: "",
+                },
+                Err(limited) => Refusal {
+                    reason: format!("{reason}; {}", limited.reason),
+                    retry: Some(limited.retry_after_secs),
+                    said: "",
+                },
             };
-            rec.decision = audit::Decision::Deny;
-            rec.outcome = Outcome::Denied;
-            rec.reason = Some(reason.clone());
-            rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-            audit_refusal(&shared.auditor, rec).await?;
-            Ok::<_, ErrorData>(Refusal { reason, retry })
+            deny(rec, refusal.reason.clone(), true).await?;
+            Ok::<_, ErrorData>(refusal)
         };
 
         let Some(tool) = shared.find(&request.name).cloned() else {
@@ -542,7 +560,12 @@ impl McpServer {
         }
         rec.grants = authorized.grants.clone();
         if authorized.allowed.is_empty() {
-            return Ok(refuse(rec, authorized.denial(fanout), spec.risk).await?.result());
+            let refusal = refuse(rec, authorized.denial(fanout), spec.risk).await?;
+            return Ok(Refusal {
+                said: "denied: ",
+                ..refusal
+            }
+            .result());
         }
         rec.decision = audit::Decision::Allow;
         rec.reason = Some(authorized.reason());
@@ -566,16 +589,8 @@ impl McpServer {
         // The rate limit, then approvals: after authorization, before anything runs. A refusal
         // is audited like a denial and says what to do next.
         if let Err(limited) = shared.limits.charge(&caller.principal, spec.risk) {
-            let refusal = Refusal {
-                reason: format!("{}; nothing ran", limited.reason),
-                retry: Some(limited.retry_after_secs),
-            };
-            let mut rec = rec;
-            rec.decision = audit::Decision::Deny;
-            rec.outcome = Outcome::Denied;
-            rec.reason = Some(refusal.reason.clone());
-            rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-            audit_refusal(&shared.auditor, rec).await?;
+            let refusal = Refusal::limited(limited);
+            deny(rec, refusal.reason.clone(), true).await?;
             return Ok(refusal.result());
         }
         // The gate may wait for the client's user or a second person: it holds no in-flight
@@ -603,20 +618,13 @@ impl McpServer {
                 if recheck
                     && let Err(reason) = still_authorized(&ctx, shared, &caller, spec.requires, &authorized).await
                 {
-                    rec.decision = audit::Decision::Deny;
-                    rec.outcome = Outcome::Denied;
-                    rec.reason = Some(format!("{}; {reason}", rec.reason.take().unwrap_or_default()));
-                    rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-                    shared.auditor.record(rec).await.map_err(audit_failed)?;
+                    let why = format!("{}; {reason}", rec.reason.take().unwrap_or_default());
+                    deny(rec, why, false).await?;
                     return Ok(error_result(format!("denied: {reason}")).into());
                 }
             }
             Gate::Respond { reason, response } => {
-                rec.decision = audit::Decision::Deny;
-                rec.outcome = Outcome::Denied;
-                rec.reason = Some(reason);
-                rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-                shared.auditor.record(rec).await.map_err(audit_failed)?;
+                deny(rec, reason, false).await?;
                 return Ok(*response);
             }
         }
@@ -631,15 +639,8 @@ impl McpServer {
         let _in_flight = match shared.limits.occupy(&caller.principal, &slots) {
             Ok(held) => held,
             Err(busy) => {
-                let refusal = Refusal {
-                    reason: format!("{}; nothing ran", busy.reason),
-                    retry: Some(busy.retry_after_secs),
-                };
-                rec.decision = audit::Decision::Deny;
-                rec.outcome = Outcome::Denied;
-                rec.reason = Some(refusal.reason.clone());
-                rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-                audit_refusal(&shared.auditor, rec).await?;
+                let refusal = Refusal::limited(busy);
+                deny(rec, refusal.reason.clone(), true).await?;
                 return Ok(refusal.result());
             }
         };
@@ -837,13 +838,24 @@ impl McpServer {
 struct Refusal {
     reason: String,
     retry: Option<u64>,
+    /// Put before the reason in the answer (`denied: ` for a policy denial).
+    said: &'static str,
 }
 
 impl Refusal {
+    /// A call a limit refused before it ran.
+    fn limited(refused: crate::limits::Refused) -> Refusal {
+        Refusal {
+            reason: format!("{}; nothing ran", refused.reason),
+            retry: Some(refused.retry_after_secs),
+            said: "",
+        }
+    }
+
     fn text(&self) -> String {
         match self.retry {
-            Some(secs) => format!("{}; retry after {secs} s", self.reason),
-            None => self.reason.clone(),
+            Some(secs) => format!("{}{}; retry after {secs} s", self.said, self.reason),
+            None => format!("{}{}", self.said, self.reason),
         }
     }
 
@@ -899,11 +911,10 @@ impl Authorized {
 
     /// Why nothing is allowed.
     fn denial(&self, fanout: bool) -> String {
-        let reason = match (&self.decisions[..], fanout) {
+        match (&self.decisions[..], fanout) {
             ([(_, d)], false) => d.reason.clone(),
             _ => self.denied().join("; "),
-        };
-        format!("denied: {reason}")
+        }
     }
 
     /// Why the call may run (and where it may not, under fan-out).

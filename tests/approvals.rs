@@ -159,6 +159,47 @@ fn reason(r: &Record) -> &str {
     r.reason.as_deref().unwrap_or("")
 }
 
+impl World {
+    /// The MCP Python SDK from alice's address calling `system_processes` with a progress
+    /// token, so it waits for a decision; `None` (after `skip_or_fail`) without the SDK.
+    fn waiting_client(&self) -> Option<tokio::process::Child> {
+        let python = match crate::support::pyclient::python_mcp() {
+            Ok(p) => p,
+            Err(e) => {
+                skip_or_fail(&format!("MCP Python SDK: {e}"));
+                return None;
+            }
+        };
+        let actions = json!([{"call": "system_processes", "args": {"limit": 2}, "progress": true}]);
+        let client = self
+            .net
+            .command_in_peer_ns(&python.to_string_lossy())
+            .arg(crate::support::pyclient::client_script())
+            .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
+            .arg(actions.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run the MCP Python client");
+        Some(client)
+    }
+}
+
+/// The id of the first request `approver` sees pending, once one shows up (each listing must
+/// succeed).
+async fn pending_request(approver: &mut Mcp) -> String {
+    for _ in 0..100 {
+        let list = approver.call_tool("approvals_list", json!({})).await.unwrap();
+        assert_eq!(list["isError"], false, "{list}");
+        if let Some(found) = list["structuredContent"]["approvals"][0]["id"].as_str() {
+            return found.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no request showed up while the call waits");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_person_approves_and_the_call_runs_exactly_once() {
     let Some(w) = world(MODES).await else { return };
@@ -326,35 +367,11 @@ async fn a_waiting_call_reports_progress_and_runs_once_approved() {
     let Some(w) = world(&format!("[approvals]\nwait_secs = 60\n{MODES}")).await else {
         return;
     };
-    let python = match crate::support::pyclient::python_mcp() {
-        Ok(p) => p,
-        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
-    };
     // Alice's client asks with a progress token and waits.
-    let actions = json!([{"call": "system_processes", "args": {"limit": 2}, "progress": true}]);
-    let client = w
-        .net
-        .command_in_peer_ns(&python.to_string_lossy())
-        .arg(crate::support::pyclient::client_script())
-        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
-        .arg(actions.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run the MCP Python client");
+    let Some(client) = w.waiting_client() else { return };
     // Bob sees the request appear and approves it.
     let mut bob = w.mcp(BOB).await;
-    let mut id = None;
-    for _ in 0..100 {
-        let list = bob.call_tool("approvals_list", json!({})).await.unwrap();
-        if let Some(found) = list["structuredContent"]["approvals"][0]["id"].as_str() {
-            id = Some(found.to_string());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let id = id.expect("alice's request shows up while her call waits");
+    let id = pending_request(&mut bob).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
     assert_eq!(ok["isError"], false, "{ok}");
@@ -735,33 +752,10 @@ async fn a_call_whose_grants_are_revoked_while_it_waits_does_not_run() {
     let Some(w) = world(&format!("[approvals]\nwait_secs = 60\n{MODES}")).await else {
         return;
     };
-    let python = match crate::support::pyclient::python_mcp() {
-        Ok(p) => p,
-        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
-    };
-    let actions = json!([{"call": "system_processes", "args": {"limit": 2}, "progress": true}]);
-    let client = w
-        .net
-        .command_in_peer_ns(&python.to_string_lossy())
-        .arg(crate::support::pyclient::client_script())
-        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
-        .arg(actions.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run the MCP Python client");
+    // Alice's client asks with a progress token and waits.
+    let Some(client) = w.waiting_client() else { return };
     let mut bob = w.mcp(BOB).await;
-    let mut id = None;
-    for _ in 0..100 {
-        let list = bob.call_tool("approvals_list", json!({})).await.unwrap();
-        if let Some(found) = list["structuredContent"]["approvals"][0]["id"].as_str() {
-            id = Some(found.to_string());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let id = id.expect("alice's request shows up while her call waits");
+    let id = pending_request(&mut bob).await;
     // The admin takes alice's grants away while her call waits; then bob approves.
     w.grant(ALICE, ALICE_LOGIN, json!([]));
     let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
@@ -938,34 +932,11 @@ async fn one_callers_slow_calls_leave_slots_for_others() {
 async fn a_call_waiting_for_a_person_holds_no_in_flight_slot() {
     let config = format!("[limits]\nmax_in_flight = 1\n[approvals]\nwait_secs = 60\n{MODES}");
     let Some(w) = world(&config).await else { return };
-    let python = match crate::support::pyclient::python_mcp() {
-        Ok(p) => p,
-        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
-    };
-    let actions = json!([{"call": "system_processes", "args": {"limit": 2}, "progress": true}]);
-    let client = w
-        .net
-        .command_in_peer_ns(&python.to_string_lossy())
-        .arg(crate::support::pyclient::client_script())
-        .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
-        .arg(actions.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run the MCP Python client");
+    // Alice's client asks with a progress token and waits.
+    let Some(client) = w.waiting_client() else { return };
     let mut bob = w.mcp(BOB).await;
-    let mut id = None;
-    for _ in 0..100 {
-        let list = bob.call_tool("approvals_list", json!({})).await.unwrap();
-        assert_eq!(list["isError"], false, "bob is not refused while alice waits: {list}");
-        if let Some(found) = list["structuredContent"]["approvals"][0]["id"].as_str() {
-            id = Some(found.to_string());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let id = id.expect("alice's request shows up while her call waits");
+    // Bob's calls are not refused while alice waits (`pending_request` asserts it).
+    let id = pending_request(&mut bob).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let r = bob.call_tool("whoami", json!({})).await.unwrap();
     assert_eq!(r["isError"], false, "the only slot is free while alice waits: {r}");
