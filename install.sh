@@ -314,6 +314,10 @@ identity_cache_secs = 2
 # The unit's LimitNOFILE=4096 leaves room for the default plus the database, journald, targets
 # and child processes; raise both together.
 max_connections = 1024
+# Of those, open at once from one caller address (its tailnet IP; on the Service listener the
+# caller the PROXY header names), so one address cannot take them all. Over it, a connection is
+# closed the same way. Default 64 (or max_connections when lower).
+max_connections_per_address = 64
 
 [tailscale]
 # tailscaled's LocalAPI socket. Flag --socket, env TAILOPSMCP_SOCKET.

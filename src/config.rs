@@ -48,6 +48,9 @@ pub struct Config {
     /// Open client connections the server holds at once, over every listener; one more is
     /// accepted and closed at once (no whois, no audit row).
     pub max_connections: usize,
+    /// Of those, open at once from one caller address (the TCP peer, or the source a PROXY
+    /// header names on the Service listener).
+    pub max_connections_per_address: usize,
     /// How long one connection may reuse a whois answer.
     pub identity_cache: Duration,
     pub socket: PathBuf,
@@ -431,6 +434,8 @@ struct ServerSection {
     body_timeout_secs: u64,
     identity_cache_secs: u64,
     max_connections: usize,
+    /// Default: 64, or `max_connections` when that is lower.
+    max_connections_per_address: Option<usize>,
 }
 
 impl Default for ServerSection {
@@ -447,6 +452,7 @@ impl Default for ServerSection {
             body_timeout_secs: 30,
             identity_cache_secs: 2,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: None,
         }
     }
 }
@@ -604,6 +610,19 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
     }
     if !(1..=65_536).contains(&file.server.max_connections) {
         return Err(invalid("server.max_connections", "must be between 1 and 65536".into()));
+    }
+    let per_address = file
+        .server
+        .max_connections_per_address
+        .unwrap_or(file.server.max_connections.min(64));
+    if !(1..=file.server.max_connections).contains(&per_address) {
+        return Err(invalid(
+            "server.max_connections_per_address",
+            format!(
+                "must be between 1 and max_connections ({})",
+                file.server.max_connections
+            ),
+        ));
     }
     if file.server.identity_cache_secs > 30 {
         return Err(invalid(
@@ -858,6 +877,7 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         header_timeout: Duration::from_secs(file.server.header_timeout_secs),
         body_timeout: Duration::from_secs(file.server.body_timeout_secs),
         max_connections: file.server.max_connections,
+        max_connections_per_address: per_address,
         identity_cache: Duration::from_secs(file.server.identity_cache_secs),
         socket: o.socket.clone().unwrap_or(file.tailscale.socket),
         capability,
@@ -1074,6 +1094,10 @@ mod tests {
         );
         check_err("[service]\nname = \"svc:mcp\"\nsocket = \"/\"", "service.socket");
         check_err("[server]\nmax_connections = 0", "server.max_connections");
+        check_err(
+            "[server]\nmax_connections = 8\nmax_connections_per_address = 9",
+            "server.max_connections_per_address",
+        );
     }
 
     #[test]

@@ -419,6 +419,54 @@ impl Refusals {
     }
 }
 
+/// Open connections per peer address (`[server] max_connections_per_address`), so one address
+/// cannot take every one of the server's `max_connections`.
+pub struct PerAddress {
+    cap: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection's place in its address's count; dropping it gives the place back.
+pub struct AddressSlot {
+    addr: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerAddress {
+    pub fn new(cap: usize) -> PerAddress {
+        PerAddress {
+            cap,
+            open: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A place for one more connection from `addr`, or `None` when it has `cap` open.
+    pub fn take(&self, addr: IpAddr) -> Option<AddressSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(addr).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            addr,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.addr);
+            }
+        }
+    }
+}
+
 /// `state`'s tokens at `now`.
 fn refill(state: State, bucket: Bucket, now: Instant) -> f64 {
     let rate = f64::from(bucket.per_minute) / 60.0;
@@ -524,6 +572,18 @@ mod tests {
         assert!(l.occupy("carol", &[("nas", 4)]).is_ok(), "dropping frees the share");
         assert_eq!(target_share(1), 1);
         assert_eq!(target_share(3), 2);
+    }
+
+    #[test]
+    fn connections_are_counted_per_address() {
+        let p = PerAddress::new(2);
+        let a: IpAddr = "100.100.9.9".parse().unwrap();
+        let b: IpAddr = "100.100.9.10".parse().unwrap();
+        let (one, _two) = (p.take(a).unwrap(), p.take(a).unwrap());
+        assert!(p.take(a).is_none(), "a third from the same address");
+        assert!(p.take(b).is_some(), "another address has its own count");
+        drop(one);
+        assert!(p.take(a).is_some(), "a closed connection gives its place back");
     }
 
     #[test]

@@ -1860,6 +1860,42 @@ async fn connections_over_the_cap_are_closed_at_once() {
     );
 }
 
+/// One address cannot take every connection: past `max_connections_per_address` its new
+/// connections are closed unread, while another caller is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    use tokio::io::AsyncReadExt;
+    let Some(w) = world("max_connections = 16\nmax_connections_per_address = 4", "").await else {
+        return;
+    };
+    // Four idle connections from the stranger (nothing sent: a slow client, or an attack).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(w.net.connect(ip(STRANGER), w.server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut fifth = w.net.connect(ip(STRANGER), w.server.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(2), fifth.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "the stranger's 5th connection must be closed: {r:?}"
+    );
+    // Alice, from another address, is served as usual.
+    let mut alice = Mcp::new(w.conn(ALICE).await, &w.host());
+    alice.initialize().await.expect("alice is served");
+    assert_eq!(
+        structured(&alice.call_tool("whoami", json!({})).await.unwrap())["principal"],
+        "alice@example.com"
+    );
+    // A closed connection gives its place back.
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = w.net.connect(ip(STRANGER), w.server.addr).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_millis(500), again.read(&mut buf)).await;
+    assert!(r.is_err(), "a place came free, so the connection stays open: {r:?}");
+}
+
 /// RFC 9112 §3.2: two `Host` lines (or one that is not `host[:port]`) → 400, audited; the first
 /// one no longer wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

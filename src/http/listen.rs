@@ -35,6 +35,7 @@ use tower::ServiceExt;
 
 use super::{AppState, ConnInfo, IdentityMode};
 use crate::config::ServiceConfig;
+use crate::limits::AddressSlot;
 use crate::mcp;
 use crate::tailnet::{self, localapi::Status};
 use crate::tools::TailnetInfo;
@@ -462,6 +463,26 @@ impl OverCap {
     }
 }
 
+/// A place for one more connection from the caller address `ip`, or `None` when it has
+/// `[server] max_connections_per_address` open (the connection is then closed unread, like one
+/// over `max_connections`; a warning at most every 10 s).
+fn address_slot(state: &AppState, ip: IpAddr) -> Option<AddressSlot> {
+    static WARNED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let slot = state.per_address.take(tailnet::unmap(ip));
+    if slot.is_none() {
+        let mut warned = WARNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(
+                addr = %ip,
+                max_connections_per_address = state.config.max_connections_per_address,
+                "connection limit per address reached; closing its new connections at once"
+            );
+            *warned = Some(Instant::now());
+        }
+    }
+    slot
+}
+
 /// A slot for one more connection, or `None` when `[server] max_connections` are open.
 fn connection_slot(state: &AppState, over: &mut OverCap) -> Option<OwnedSemaphorePermit> {
     let permit = state.connections.clone().try_acquire_owned().ok();
@@ -582,8 +603,11 @@ async fn admit_unix(
     };
     match result {
         Ok(source) => {
+            let Some(slot) = address_slot(&state, source.ip()) else {
+                return;
+            };
             let conn = ConnInfo::new(tailnet::unmap_socket(source), Some(name));
-            serve_connection(stream, conn, app, state, stop, permit).await;
+            serve_connection(stream, conn, app, state.clone(), stop, (permit, slot)).await;
         }
         Err(reason) => {
             super::refuse_audit(&state, None, NO_IP_PEER, None, format!("Service socket: {reason}")).await;
@@ -607,28 +631,42 @@ async fn admit(
     // algorithm and delayed ACKs add ~40 ms to every call.
     let _ = stream.set_nodelay(true);
     let limit = state.config.header_timeout;
+    // The caller's address is the TCP peer, except on the Service listener (below).
+    let slot = || address_slot(&state, peer.ip());
     match entry {
         Entry::Dev => {
+            let Some(slot) = slot() else { return };
             let conn = ConnInfo::new(tailnet::unmap_socket(peer), None);
-            serve_connection(stream, conn, app, state, stop, permit).await;
+            serve_connection(stream, conn, app, state.clone(), stop, (permit, slot)).await;
         }
-        Entry::Tailnet => match tokio::time::timeout(limit, proxy::read_preamble(&mut stream)).await {
-            Ok(Ok((prefix, false))) => {
-                let conn = ConnInfo::new(tailnet::unmap_socket(peer), None);
-                serve_connection(Prefixed::new(prefix, stream), conn, app, state, stop, permit).await;
+        Entry::Tailnet => {
+            let Some(slot) = slot() else { return };
+            match tokio::time::timeout(limit, proxy::read_preamble(&mut stream)).await {
+                Ok(Ok((prefix, false))) => {
+                    let conn = ConnInfo::new(tailnet::unmap_socket(peer), None);
+                    serve_connection(
+                        Prefixed::new(prefix, stream),
+                        conn,
+                        app,
+                        state.clone(),
+                        stop,
+                        (permit, slot),
+                    )
+                    .await;
+                }
+                Ok(Ok((_, true))) => {
+                    super::refuse_audit(
+                        &state,
+                        None,
+                        peer,
+                        None,
+                        "PROXY protocol header on a tailnet listener".into(),
+                    )
+                    .await;
+                }
+                Ok(Err(_)) | Err(_) => {}
             }
-            Ok(Ok((_, true))) => {
-                super::refuse_audit(
-                    &state,
-                    None,
-                    peer,
-                    None,
-                    "PROXY protocol header on a tailnet listener".into(),
-                )
-                .await;
-            }
-            Ok(Err(_)) | Err(_) => {}
-        },
+        }
         Entry::Service { name, uid } => {
             // Whose socket is this? Asked before a byte is read: loopback is open to every
             // local user, and only tailscaled may name a caller.
@@ -645,8 +683,11 @@ async fn admit(
             };
             match result {
                 Ok(source) => {
+                    let Some(slot) = address_slot(&state, source.ip()) else {
+                        return;
+                    };
                     let conn = ConnInfo::new(tailnet::unmap_socket(source), Some(name));
-                    serve_connection(stream, conn, app, state, stop, permit).await;
+                    serve_connection(stream, conn, app, state.clone(), stop, (permit, slot)).await;
                 }
                 Err(reason) => {
                     super::refuse_audit(&state, None, peer, None, format!("Service listener: {reason}")).await;
@@ -806,7 +847,7 @@ async fn serve_connection<S>(
     app: Router,
     state: Arc<AppState>,
     stop: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, AddressSlot),
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

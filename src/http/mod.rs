@@ -53,6 +53,8 @@ pub struct AppState {
     refusals: crate::limits::Refusals,
     /// One permit per open client connection, over every listener (`[server] max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
+    /// Open connections per caller address (`[server] max_connections_per_address`).
+    per_address: crate::limits::PerAddress,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl AppState {
             ),
             refusals: crate::limits::Refusals::new(config.limits.refusals),
             connections,
+            per_address: crate::limits::PerAddress::new(config.max_connections_per_address),
             config,
         }
     }
