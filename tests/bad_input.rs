@@ -24,7 +24,7 @@
 //! Every failure is collected, so one run lists them all.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -78,7 +78,10 @@ fn payloads() -> Vec<Payload> {
         p("NUL", "x\u{0}touch {M}"),
         p("path traversal", "../../../../../../etc/passwd"),
         p("format string", "%s%s%n%x{}{0}"),
-        p("odd unicode", "\u{202e}\u{feff}\u{200b}\u{85}e\u{301}\u{1F600}\u{FFFF}\u{10FFFF}"),
+        p(
+            "odd unicode",
+            "\u{202e}\u{feff}\u{200b}\u{85}e\u{301}\u{1F600}\u{FFFF}\u{10FFFF}",
+        ),
         p("1 MiB", &"A".repeat(1 << 20)),
         Payload {
             label: "lone high surrogate",
@@ -134,7 +137,11 @@ fn string_slots(schema: &Value, defs: &Value, path: &mut Vec<Seg>, out: &mut Vec
         Some(Value::String(t)) => vec![t.as_str()],
         Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
         // An enum of strings without a type.
-        None if schema.get("enum").and_then(Value::as_array).is_some_and(|e| e.iter().any(Value::is_string)) => {
+        None if schema
+            .get("enum")
+            .and_then(Value::as_array)
+            .is_some_and(|e| e.iter().any(Value::is_string)) =>
+        {
             vec!["string"]
         }
         _ => vec![],
@@ -143,7 +150,12 @@ fn string_slots(schema: &Value, defs: &Value, path: &mut Vec<Seg>, out: &mut Vec
         out.push(path.clone());
     }
     if types.contains(&"object") {
-        for (k, v) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
+        for (k, v) in schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
             path.push(Seg::Key(k.clone()));
             string_slots(v, defs, path, out, depth + 1);
             path.pop();
@@ -224,7 +236,7 @@ fn default_for(tool: &str, prop: &str, f: &Fixture) -> Option<Value> {
 /// nothing would otherwise read the whole journal (about 2 s a call here).
 fn bounding_defaults(tool: &str) -> Vec<(&'static str, Value)> {
     match tool {
-        "logs_journal" | "logs_analyze" => vec![("since", json!("-1min"))],
+        "logs_journal" => vec![("since", json!("-1min"))],
         _ => vec![],
     }
 }
@@ -321,12 +333,15 @@ async fn world() -> Option<World> {
     let logs_root = dir.path().join("logs");
     let git_root = dir.path().join("git");
     let git_repo = git_root.join("repo");
-    for d in [&files_root, &logs_root, &git_repo] {
+    for d in [&files_root, &logs_root] {
         std::fs::create_dir_all(d).unwrap();
     }
     std::fs::write(files_root.join("notes.txt"), "hello world\n").unwrap();
     std::fs::write(logs_root.join("app.log"), "hello log\nerror: something\n").unwrap();
-    make_repo(&git_repo);
+    let compose =
+        format!("services:\n  web:\n    image: {IMAGE}\n    command: [\"sleep\", \"60\"]\n    network_mode: none\n");
+    // A repository with one compose file, for `stacks_deploy`'s valid `repository`.
+    crate::stacks::make_repo(&git_repo, &[("compose.yaml", &compose)]);
     let container_name = format!("tops-corpus-{}", std::process::id());
     let container = run_container(
         &host,
@@ -393,36 +408,6 @@ async fn connect(net: &Tailnet) -> Mcp {
     let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
     mcp.initialize().await.unwrap();
     mcp
-}
-
-/// A git repository with one compose file, for `stacks_deploy`'s valid `repository`.
-fn make_repo(dir: &Path) {
-    std::fs::write(
-        dir.join("compose.yaml"),
-        format!("services:\n  web:\n    image: {IMAGE}\n    command: [\"sleep\", \"60\"]\n    network_mode: none\n"),
-    )
-    .unwrap();
-    for args in [
-        &["init", "--quiet"][..],
-        &["add", "-A"],
-        &["commit", "--quiet", "-m", "corpus"],
-    ] {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args([
-                "-c",
-                "user.name=tops",
-                "-c",
-                "user.email=tops@example.com",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .output()
-            .expect("run git");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
 }
 
 /// Every tool from `tools/list` with its input schema, following `nextCursor`.
@@ -503,7 +488,10 @@ async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
         .filter_map(|t| t["name"].as_str())
         .filter(|n| !offered.contains(n))
         .collect();
-    assert!(missing.is_empty(), "tools in the catalog snapshot this config does not offer: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "tools in the catalog snapshot this config does not offer: {missing:?}"
+    );
 
     let db = rusqlite::Connection::open_with_flags(&w.server.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("open audit db");
@@ -573,7 +561,10 @@ async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
                     slowest.push((took, what.clone()));
                     // Every call's answer, for a look at what the server says.
                     if std::env::var("TOPS_CORPUS_TRACE").is_ok() {
-                        eprintln!("{took:.2?} {what}: {}", answer.brief().chars().take(150).collect::<String>());
+                        eprintln!(
+                            "{took:.2?} {what}: {}",
+                            answer.brief().chars().take(150).collect::<String>()
+                        );
                     }
 
                     // A clear answer.
@@ -676,7 +667,7 @@ async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
         "whoami after the corpus: {whoami:?}"
     );
 
-    slowest.sort_by(|a, b| b.0.cmp(&a.0));
+    slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
     eprintln!(
         "bad-input corpus: {} tools, {slots_total} string slots, {calls} calls, {} failures, in {:.1?}; slowest calls:",
         tools.len(),

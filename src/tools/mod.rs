@@ -524,14 +524,21 @@ mod tests {
         let ToolError::InvalidArgs(msg) = parse_args::<Args>(args).unwrap_err() else {
             panic!("not an argument error")
         };
-        assert!(msg.chars().count() <= ARGS_ERROR_MAX_CHARS, "{} chars", msg.chars().count());
+        assert!(
+            msg.chars().count() <= ARGS_ERROR_MAX_CHARS,
+            "{} chars",
+            msg.chars().count()
+        );
         assert!(msg.starts_with("unknown variant `AAAA"), "{msg}");
         assert!(msg.ends_with("expected `cpu` or `memory`"), "{msg}");
         // Short messages are whole.
         let mut args = JsonObject::new();
         args.insert("sort".into(), serde_json::Value::from("disk"));
         let err = parse_args::<Args>(args).unwrap_err().to_string();
-        assert!(err.contains("unknown variant `disk`, expected `cpu` or `memory`"), "{err}");
+        assert!(
+            err.contains("unknown variant `disk`, expected `cpu` or `memory`"),
+            "{err}"
+        );
         let _ = (Sort::Cpu, Sort::Memory);
     }
 }
