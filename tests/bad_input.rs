@@ -515,6 +515,11 @@ async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
                 .unwrap_or_else(|| panic!("no valid default for required `{tool}.{prop}`: add one to default_for"));
             base[prop] = value;
         }
+        // The target the tool works on, even where optional: without it, `local` would refuse
+        // every containers_* and proxmox_* call before any other argument is looked at.
+        if schema["properties"].get("target").is_some() {
+            base["target"] = default_for(tool, "target", &w.fixture).unwrap();
+        }
         for (prop, value) in bounding_defaults(tool) {
             base[prop] = value;
         }
@@ -534,6 +539,10 @@ async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
                     let mut args = base.clone();
                     if let Some(d) = dry_run {
                         args["dry_run"] = json!(d);
+                    }
+                    if slot.first() == Some(&Seg::Key("targets".into())) {
+                        // `targets` replaces `target`.
+                        args.as_object_mut().unwrap().remove("target");
                     }
                     set_at(&mut args, slot, json!(text));
                     next_id += 1;
