@@ -19,9 +19,10 @@
 //! that names no panic, or a success whose output shows no sign of an option being obeyed),
 //! nothing executed (each injection payload would create its own marker file
 //! `/tmp/tops-corpus-PWNED-PID-N`; none may exist, checked after the call and again at the end),
-//! exactly one audit row for the call (row count before/after, and that row names the tool), and
-//! the server still serving (the process lives and `whoami` answers after each tool).
-//! Every failure is collected, so one run lists them all.
+//! exactly one audit row for the call (row count before/after; that row names the tool and
+//! holds at most [`MAX_AUDIT_ROW_BYTES`] of caller-made text), and the server still serving (the
+//! process lives and `whoami` answers after each tool). Every failure is collected, so one run
+//! lists them all.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -42,6 +43,9 @@ const ROOT: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 9));
 const SURROGATE_MARK: char = '\u{E000}';
 /// The largest error message counted as clear (an error that echoes a 1 MiB argument is not).
 const MAX_ERROR_CHARS: usize = 16 * 1024;
+/// The most bytes one call may put in its audit row (tool, target, arguments, reason, error,
+/// method, session): the arguments' JSON is kept to 64 KiB by the audit log itself.
+const MAX_AUDIT_ROW_BYTES: i64 = 128 * 1024;
 /// Units `[services] units` allows: none of them exists.
 const UNITS_GLOB: &str = "tops-corpus-absent-*";
 
@@ -450,10 +454,17 @@ fn audit_count(conn: &rusqlite::Connection) -> i64 {
     conn.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap()
 }
 
-fn last_audit_tool(conn: &rusqlite::Connection) -> Option<String> {
-    conn.query_row("SELECT tool FROM audit ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
-        .ok()
-        .flatten()
+/// The newest row's tool and the bytes of every text a caller can fill in it.
+fn last_audit_row(conn: &rusqlite::Connection) -> (Option<String>, i64) {
+    conn.query_row(
+        "SELECT tool, coalesce(length(CAST(tool AS BLOB)), 0) + coalesce(length(CAST(target AS BLOB)), 0) \
+         + coalesce(length(CAST(arguments AS BLOB)), 0) + coalesce(length(CAST(reason AS BLOB)), 0) \
+         + coalesce(length(CAST(error AS BLOB)), 0) + coalesce(length(CAST(method AS BLOB)), 0) \
+         + coalesce(length(CAST(session_id AS BLOB)), 0) FROM audit ORDER BY id DESC LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap_or((None, 0))
 }
 
 /// The audit table's row count once it holds more than `before` rows, or after `patience`.
@@ -633,11 +644,17 @@ async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
                             after - before,
                             answer.brief()
                         ));
-                    } else if last_audit_tool(&db).as_deref() != Some(tool.as_str()) {
-                        failures.push(format!(
-                            "{what}: the call's audit row names tool {:?}",
-                            last_audit_tool(&db)
-                        ));
+                    } else {
+                        let (row_tool, row_bytes) = last_audit_row(&db);
+                        if row_tool.as_deref() != Some(tool.as_str()) {
+                            failures.push(format!("{what}: the call's audit row names tool {row_tool:?}"));
+                        }
+                        if row_bytes > MAX_AUDIT_ROW_BYTES {
+                            failures.push(format!(
+                                "{what}: the call's audit row holds {row_bytes} bytes of caller-made text ({})",
+                                answer.brief()
+                            ));
+                        }
                     }
                 }
             }
