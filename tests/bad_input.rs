@@ -4,10 +4,10 @@
 //! text that `serde_json` refuses) — through the real server binary on the tailnet harness, as a
 //! caller holding every scope on every target.
 //!
-//! The corpus is derived from the live `tools/list` (each tool's input schema: string properties,
-//! string items of arrays, nested objects, `$ref`s and `anyOf`s), checked against
-//! `tests/snapshots/catalog.json` so a tool missing from this config fails the test instead of
-//! going untested. Other required properties get valid values from [`default_for`]; a new required
+//! The tool name of `tools/call` gets the same payloads. The corpus is derived from the live
+//! `tools/list` (each tool's input schema: string properties, string items of arrays, nested
+//! objects, `$ref`s and `anyOf`s), checked against `tests/snapshots/catalog.json` so a tool
+//! missing from this config fails the test instead of going untested. Other required properties get valid values from [`default_for`]; a new required
 //! property without a default fails the test and names itself. Tools that take `dry_run` are
 //! called with `dry_run: true` and once more with `dry_run: false`: a payload must not run either
 //! way. What runs for real is harmless here: `[services] units` names only units that do not
@@ -25,7 +25,7 @@
 //! lists them all.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -481,6 +481,104 @@ async fn audit_count_after(conn: &rusqlite::Connection, before: i64, patience: D
     }
 }
 
+/// Send `body` (one `tools/call` carrying `payload`, its marker `mark`), and add to `failures`
+/// what the module doc asks of every call: a clear answer, nothing executed, exactly one audit
+/// row (naming `tool`, when given) of bounded size. Returns how long the answer took.
+#[allow(clippy::too_many_arguments)]
+async fn check_call(
+    w: &mut World,
+    db: &rusqlite::Connection,
+    body: String,
+    payload: &Payload,
+    mark: &Path,
+    tool: Option<&str>,
+    what: &str,
+    failures: &mut Vec<String>,
+) -> Duration {
+    let before = audit_count(db);
+    let t0 = Instant::now();
+    let answer = Answer::of(w.mcp.request_text(body).await);
+    let took = t0.elapsed();
+    // Every call's answer, for a look at what the server says.
+    if std::env::var("TOPS_CORPUS_TRACE").is_ok() {
+        eprintln!(
+            "{took:.2?} {what}: {}",
+            answer.brief().chars().take(150).collect::<String>()
+        );
+    }
+
+    // A clear answer.
+    match &answer {
+        Answer::Ok(t) => {
+            if payload.label == "option --help" && looks_like_help(t) {
+                failures.push(format!("{what}: `--help` looks obeyed: {}", answer.brief()));
+            }
+        }
+        Answer::ToolError(m) | Answer::RpcError(_, m) => {
+            if m.trim().is_empty() {
+                failures.push(format!("{what}: error without a message: {}", answer.brief()));
+            } else if m.contains("panicked") {
+                failures.push(format!("{what}: error names a panic: {}", answer.brief()));
+            } else if m.chars().count() > MAX_ERROR_CHARS {
+                failures.push(format!(
+                    "{what}: error message of {} chars (echoes the argument?): {}",
+                    m.chars().count(),
+                    answer.brief()
+                ));
+            } else if payload.label == "option --help" && looks_like_help(m) {
+                failures.push(format!("{what}: `--help` looks obeyed: {}", answer.brief()));
+            }
+        }
+        Answer::Http(status, _) => {
+            // Only JSON that serde_json cannot read may be refused at the HTTP
+            // layer, and then with a 4xx.
+            if payload.surrogate.is_none() || !(400..500).contains(status) {
+                failures.push(format!("{what}: {}", answer.brief()));
+            }
+        }
+        Answer::Failed(_) => {
+            failures.push(format!("{what}: {}", answer.brief()));
+            // The connection is gone: carry on with a new one.
+            w.mcp = connect(&w.net).await;
+        }
+    }
+
+    // Nothing executed.
+    if mark.exists() {
+        failures.push(format!("{what}: EXECUTED: marker {} exists", mark.display()));
+        let _ = std::fs::remove_file(mark);
+    }
+
+    // Exactly one audit row, for this tool (when `tool` names one).
+    // A body serde_json refuses may well get no row today: do not wait a second
+    // for each of those.
+    let patience = if payload.surrogate.is_some() {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_secs(1)
+    };
+    let after = audit_count_after(db, before, patience).await;
+    if after - before != 1 {
+        failures.push(format!(
+            "{what}: {} audit rows for one call ({})",
+            after - before,
+            answer.brief()
+        ));
+    } else {
+        let (row_tool, row_bytes) = last_audit_row(db);
+        if tool.is_some() && row_tool.as_deref() != tool {
+            failures.push(format!("{what}: the call's audit row names tool {row_tool:?}"));
+        }
+        if row_bytes > MAX_AUDIT_ROW_BYTES {
+            failures.push(format!(
+                "{what}: the call's audit row holds {row_bytes} bytes of caller-made text ({})",
+                answer.brief()
+            ));
+        }
+    }
+    took
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
     let Some(mut w) = world().await else { return };
@@ -574,88 +672,8 @@ async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
                         dry_run.map(|d| format!(" dry_run={d}")).unwrap_or_default()
                     );
 
-                    let before = audit_count(&db);
-                    let t0 = Instant::now();
-                    let answer = Answer::of(w.mcp.request_text(body).await);
-                    let took = t0.elapsed();
-                    slowest.push((took, what.clone()));
-                    // Every call's answer, for a look at what the server says.
-                    if std::env::var("TOPS_CORPUS_TRACE").is_ok() {
-                        eprintln!(
-                            "{took:.2?} {what}: {}",
-                            answer.brief().chars().take(150).collect::<String>()
-                        );
-                    }
-
-                    // A clear answer.
-                    match &answer {
-                        Answer::Ok(t) => {
-                            if payload.label == "option --help" && looks_like_help(t) {
-                                failures.push(format!("{what}: `--help` looks obeyed: {}", answer.brief()));
-                            }
-                        }
-                        Answer::ToolError(m) | Answer::RpcError(_, m) => {
-                            if m.trim().is_empty() {
-                                failures.push(format!("{what}: error without a message: {}", answer.brief()));
-                            } else if m.contains("panicked") {
-                                failures.push(format!("{what}: error names a panic: {}", answer.brief()));
-                            } else if m.chars().count() > MAX_ERROR_CHARS {
-                                failures.push(format!(
-                                    "{what}: error message of {} chars (echoes the argument?): {}",
-                                    m.chars().count(),
-                                    answer.brief()
-                                ));
-                            } else if payload.label == "option --help" && looks_like_help(m) {
-                                failures.push(format!("{what}: `--help` looks obeyed: {}", answer.brief()));
-                            }
-                        }
-                        Answer::Http(status, _) => {
-                            // Only JSON that serde_json cannot read may be refused at the HTTP
-                            // layer, and then with a 4xx.
-                            if payload.surrogate.is_none() || !(400..500).contains(status) {
-                                failures.push(format!("{what}: {}", answer.brief()));
-                            }
-                        }
-                        Answer::Failed(_) => {
-                            failures.push(format!("{what}: {}", answer.brief()));
-                            // The connection is gone: carry on with a new one.
-                            w.mcp = connect(&w.net).await;
-                        }
-                    }
-
-                    // Nothing executed.
-                    if mark.exists() {
-                        failures.push(format!("{what}: EXECUTED: marker {} exists", mark.display()));
-                        let _ = std::fs::remove_file(&mark);
-                    }
-
-                    // Exactly one audit row, for this tool.
-                    // A body serde_json refuses may well get no row today: do not wait a second
-                    // for each of those.
-                    let patience = if payload.surrogate.is_some() {
-                        Duration::from_millis(20)
-                    } else {
-                        Duration::from_secs(1)
-                    };
-                    let after = audit_count_after(&db, before, patience).await;
-                    if after - before != 1 {
-                        failures.push(format!(
-                            "{what}: {} audit rows for one call ({})",
-                            after - before,
-                            answer.brief()
-                        ));
-                    } else {
-                        let (row_tool, row_bytes) = last_audit_row(&db);
-                        if row_tool.as_deref() != Some(tool.as_str()) {
-                            failures.push(format!("{what}: the call's audit row names tool {row_tool:?}"));
-                        }
-                        if row_bytes > MAX_AUDIT_ROW_BYTES {
-                            failures.push(format!(
-                                "{what}: the call's audit row holds {row_bytes} bytes of caller-made text ({})",
-                                answer.brief()
-                            ));
-                        }
-                    }
+                    let took = check_call(&mut w, &db, body, payload, &mark, Some(tool), &what, &mut failures).await;
+                    slowest.push((took, what));
                 }
             }
         }
@@ -678,6 +696,27 @@ async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
             dry_runs.len(),
             tool_started.elapsed()
         );
+    }
+
+    // The tool name is a string the caller sends too: each payload as the name of the tool.
+    for payload in &payloads {
+        calls += 1;
+        let mark = marker(calls);
+        let text = payload.text.replace("{M}", &mark.display().to_string());
+        next_id += 1;
+        let mut body = json!({
+            "jsonrpc": "2.0",
+            "id": next_id,
+            "method": "tools/call",
+            "params": { "name": text, "arguments": {} },
+        })
+        .to_string();
+        if let Some(escape) = payload.surrogate {
+            body = body.replace(SURROGATE_MARK, escape);
+        }
+        let what = format!("tool name={}", payload.label);
+        let took = check_call(&mut w, &db, body, payload, &mark, None, &what, &mut failures).await;
+        slowest.push((took, what));
     }
 
     // A payload that ran late (a background process) would show now.
