@@ -313,11 +313,11 @@ impl Registry {
                     .filter(|t| t.groups.iter().any(|g| g == group))
                     .collect();
                 if members.is_empty() {
-                    return Err(TargetError::UnknownGroup(group.to_string()));
+                    return Err(TargetError::UnknownGroup(quoted_name(group)));
                 }
                 members.into_iter().for_each(&mut push);
             } else {
-                push(self.get(name).ok_or_else(|| TargetError::Unknown(name.clone()))?);
+                push(self.get(name).ok_or_else(|| TargetError::Unknown(quoted_name(name)))?);
             }
         }
         Ok(out)
@@ -326,6 +326,14 @@ impl Registry {
     pub fn ids(&self) -> Vec<&str> {
         self.targets.iter().map(|t| t.id.as_str()).collect()
     }
+}
+
+/// The most characters of a caller's unknown target or group name an error quotes: a 1 MiB
+/// `target` must not come back (and go to the audit log) as a 1 MiB error.
+const QUOTED_NAME_MAX_CHARS: usize = 128;
+
+fn quoted_name(name: &str) -> String {
+    crate::exec::local::truncate_chars(name, QUOTED_NAME_MAX_CHARS)
 }
 
 /// The kind-specific table of a target, as that executor's typed settings.
@@ -366,6 +374,12 @@ mod tests {
         assert_eq!(ids(&["b", "group:lab", "local"]).unwrap(), vec!["b", "a", "local"]);
         assert_eq!(ids(&["nope"]).unwrap_err(), "unknown target `nope`");
         assert_eq!(ids(&["group:none"]).unwrap_err(), "unknown target group `none`");
+        let huge = "x".repeat(1 << 20);
+        for name in [huge.clone(), format!("group:{huge}")] {
+            let err = ids(&[name.as_str()]).unwrap_err();
+            assert!(err.chars().count() < 200, "{} chars", err.chars().count());
+            assert!(err.ends_with("xx…`"), "{}", &err[err.len() - 20..]);
+        }
     }
 
     #[test]

@@ -181,7 +181,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A repository at `dir` with one commit per compose file content; returns the commit ids.
-fn make_repo(dir: &Path, versions: &[(&str, &str)]) -> Vec<String> {
+pub(crate) fn make_repo(dir: &Path, versions: &[(&str, &str)]) -> Vec<String> {
     std::fs::create_dir_all(dir).unwrap();
     git(dir, &["init", "--quiet"]);
     let mut commits = Vec::new();

@@ -3,6 +3,7 @@
 mod approvals;
 mod audit;
 mod audit_chain;
+mod bad_input;
 mod catalog;
 mod containers;
 mod deploy;

@@ -1283,7 +1283,10 @@ fn parse_since_at(s: &str, now: i64) -> Result<i64, ToolError> {
         let secs = t.timestamp();
         return if secs < 0 { Err(bad()) } else { Ok(secs) };
     }
-    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    // The unit is the last character, whatever its width: a multi-byte one (`5é`) must give the
+    // error below, not a panic from splitting inside it.
+    let cut = s.char_indices().last().map_or(0, |(i, _)| i);
+    let (num, unit) = s.split_at(cut);
     let n: i64 = num
         .parse()
         .ok()
@@ -1590,6 +1593,9 @@ mod tests {
             "5",
             "99999999999999999d",
             "1970-01-01T00:00:00-01:00 ",
+            "5\u{10FFFF}",
+            "\u{e9}",
+            "1\u{301}",
         ] {
             assert!(parse_since_at(bad, now).is_err(), "{bad:?}");
         }

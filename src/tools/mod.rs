@@ -350,8 +350,26 @@ pub fn for_targets(tools: Vec<Arc<dyn Tool>>, registry: &crate::targets::Registr
 }
 
 /// Parse arguments into a typed struct, with a clear error for wrong types or unknown fields.
+/// serde's message quotes the offending value (`unknown variant `…`, expected one of …`): a long
+/// one is cut in the middle, so a 1 MiB argument never comes back as a 1 MiB error.
 pub fn parse_args<T: serde::de::DeserializeOwned>(args: JsonObject) -> Result<T, ToolError> {
-    serde_json::from_value(serde_json::Value::Object(args)).map_err(|e| ToolError::InvalidArgs(e.to_string()))
+    serde_json::from_value(serde_json::Value::Object(args))
+        .map_err(|e| ToolError::InvalidArgs(clip_middle(&e.to_string(), ARGS_ERROR_MAX_CHARS)))
+}
+
+/// The longest argument error [`parse_args`] returns, in characters.
+const ARGS_ERROR_MAX_CHARS: usize = 512;
+
+/// `s` if it has at most `max` characters, else its start and end around `…`.
+fn clip_middle(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_string();
+    }
+    let keep = max.saturating_sub(1) / 2;
+    let head: String = s.chars().take(keep).collect();
+    let tail: String = s.chars().skip(n - keep).collect();
+    format!("{head}…{tail}")
 }
 
 /// The input JSON Schema of `T` (root type must be an object; checked by a catalog test).
@@ -494,5 +512,48 @@ impl Tool for OnKinds {
     }
     fn supports(&self, kind: crate::targets::Kind) -> bool {
         self.kinds.contains(&kind) && self.inner.supports(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Sort {
+        Cpu,
+        Memory,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Args {
+        sort: Sort,
+    }
+
+    #[test]
+    fn an_argument_error_never_echoes_a_huge_value() {
+        let mut args = JsonObject::new();
+        args.insert("sort".into(), serde_json::Value::from("A".repeat(1 << 20)));
+        let ToolError::InvalidArgs(msg) = parse_args::<Args>(args).unwrap_err() else {
+            panic!("not an argument error")
+        };
+        assert!(
+            msg.chars().count() <= ARGS_ERROR_MAX_CHARS,
+            "{} chars",
+            msg.chars().count()
+        );
+        assert!(msg.starts_with("unknown variant `AAAA"), "{msg}");
+        assert!(msg.ends_with("expected `cpu` or `memory`"), "{msg}");
+        // Short messages are whole.
+        let mut args = JsonObject::new();
+        args.insert("sort".into(), serde_json::Value::from("disk"));
+        let err = parse_args::<Args>(args).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown variant `disk`, expected `cpu` or `memory`"),
+            "{err}"
+        );
+        let _ = (Sort::Cpu, Sort::Memory);
     }
 }

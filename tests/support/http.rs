@@ -308,6 +308,13 @@ impl Mcp {
         self.conn.send(req).await
     }
 
+    /// `body` sent as is (for JSON that `serde_json` cannot produce, such as a lone surrogate
+    /// escape) with the session and protocol headers; the raw response.
+    pub async fn request_text(&mut self, body: String) -> Result<Response, String> {
+        let req = self.post_text(body, true);
+        self.conn.send(req).await
+    }
+
     /// A JSON-RPC notification with the session and protocol headers; the raw response (202).
     pub async fn notify(&mut self, method: &str, params: Value) -> Result<Response, String> {
         let body = json!({ "jsonrpc": "2.0", "method": method, "params": params });
@@ -374,11 +381,15 @@ impl Mcp {
     }
 
     fn post(&self, body: &Value, session_headers: bool) -> Request {
+        self.post_text(body.to_string(), session_headers)
+    }
+
+    fn post_text(&self, body: String, session_headers: bool) -> Request {
         let mut req = Request::new(Method::POST, "/mcp")
             .header("host", &self.host)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
-            .body(body.to_string());
+            .body(body);
         for (name, value) in &self.extra_headers {
             req = req.header(name, value);
         }
