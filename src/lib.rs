@@ -18,4 +18,5 @@ pub mod secrets;
 pub mod store;
 pub mod tailnet;
 pub mod targets;
+pub mod text;
 pub mod tools;

@@ -453,7 +453,10 @@ impl McpServer {
             }
         };
         let message = match why {
-            Some(e) => format!("malformed params for `{method}`: {e}"),
+            Some(e) => format!(
+                "malformed params for `{method}`: {}",
+                crate::text::cap_middle(&e.to_string(), 512)
+            ),
             None => format!("malformed params for `{method}`"),
         };
         if let Some(mut rec) = rec {
@@ -521,7 +524,7 @@ impl McpServer {
         };
 
         let Some(tool) = shared.find(&request.name).cloned() else {
-            let refusal = refuse(rec, format!("unknown tool `{}`", request.name), Risk::Low).await?;
+            let refusal = refuse(rec, format!("unknown tool `{}`", quoted(&request.name)), Risk::Low).await?;
             return Err(ErrorData::invalid_params(refusal.text(), refusal.data()));
         };
         let spec = tool.spec();
@@ -1058,6 +1061,15 @@ impl Format {
     }
 }
 
+/// The most of a caller's value an error quotes back (and the audit log stores as the reason).
+const QUOTED_MAX_BYTES: usize = 128;
+
+/// A caller's value as an error quotes it: a 1 MiB tool name or `format` does not come back as
+/// a 1 MiB error.
+fn quoted(value: &str) -> String {
+    crate::text::cap(value, QUOTED_MAX_BYTES)
+}
+
 /// Take `format` out of the arguments.
 fn take_format(args: &mut JsonObject) -> Result<Format, String> {
     match args.remove("format") {
@@ -1067,10 +1079,14 @@ fn take_format(args: &mut JsonObject) -> Result<Format, String> {
             "toon" => Ok(Format::Toon),
             "json" => Ok(Format::Json),
             other => Err(format!(
-                "invalid arguments: `format` must be `text`, `toon` or `json`, got `{other}`"
+                "invalid arguments: `format` must be `text`, `toon` or `json`, got `{}`",
+                quoted(other)
             )),
         },
-        Some(other) => Err(format!("invalid arguments: `format` must be a string, got {other}")),
+        Some(other) => Err(format!(
+            "invalid arguments: `format` must be a string, got {}",
+            quoted(&other.to_string())
+        )),
     }
 }
 
@@ -1113,7 +1129,8 @@ fn take_targets(args: &mut JsonObject, requires: Requirement) -> Result<Selectio
                 .map(|v| match v {
                     serde_json::Value::String(s) => Ok(s),
                     other => Err(format!(
-                        "invalid arguments: `targets` entries must be strings, got {other}"
+                        "invalid arguments: `targets` entries must be strings, got {}",
+                        quoted(&other.to_string())
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -1123,23 +1140,42 @@ fn take_targets(args: &mut JsonObject, requires: Requirement) -> Result<Selectio
             Ok(Selection::One(LOCAL_TARGET.to_string()))
         }
         (_, Some(other)) => Err(format!(
-            "invalid arguments: `targets` must be an array of strings, got {other}"
+            "invalid arguments: `targets` must be an array of strings, got {}",
+            quoted(&other.to_string())
         )),
         (Some(serde_json::Value::String(t)), None) => Ok(Selection::One(t)),
-        (Some(other), None) => Err(format!("invalid arguments: `target` must be a string, got {other}")),
+        (Some(other), None) => Err(format!(
+            "invalid arguments: `target` must be a string, got {}",
+            quoted(&other.to_string())
+        )),
     }
 }
 
 /// The most targets one call may name (after group expansion the registry bounds it).
 const MAX_FANOUT: usize = 64;
 
-/// Run the tool on one target within the target's concurrency limit.
+/// Run the tool on one target within the target's concurrency limit. A tool that panics is a
+/// bug, but the call still gets an answer (an internal error) and its audit row.
 async fn run_on(tool: &dyn Tool, ctx: ToolContext, args: JsonObject) -> Result<ToolOutput, String> {
+    use futures::FutureExt;
     let target = ctx.target.clone();
     let _permit = target.permit().await.map_err(|e| e.to_string())?;
-    tool.call(ctx, args).await.map_err(|e| {
+    let name = tool.spec().name;
+    let ran = std::panic::AssertUnwindSafe(tool.call(ctx, args)).catch_unwind().await;
+    let ran = ran.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(ToolError::Internal(format!(
+            "the tool failed unexpectedly ({})",
+            crate::text::cap(&what, 256)
+        )))
+    });
+    ran.map_err(|e| {
         if let ToolError::Internal(_) = e {
-            tracing::error!(tool = tool.spec().name, target = %target.id, error = %e, "tool failed");
+            tracing::error!(tool = name, target = %target.id, error = %e, "tool failed");
         }
         e.to_string()
     })
@@ -1823,6 +1859,28 @@ mod gate_tests {
             "local: systemctl restart nginx.service; local: systemctl restart nginx.service"
         );
         assert_eq!(tool.ran.load(std::sync::atomic::Ordering::SeqCst), 0, "a dry run only");
+    }
+
+    /// A tool with a bug.
+    struct Panics(ToolSpec);
+
+    impl Tool for Panics {
+        fn spec(&self) -> &ToolSpec {
+            &self.0
+        }
+        fn call(&self, _: ToolContext, _: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+            Box::pin(async { panic!("byte index 4 is not a char boundary") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tool_that_panics_is_an_internal_error_and_frees_its_slot() {
+        let tool = Panics(restart().spec);
+        let target = Arc::new(Target::local());
+        let err = run_on(&tool, context(&target), JsonObject::new()).await.unwrap_err();
+        assert!(err.contains("failed unexpectedly (byte index 4"), "{err}");
+        // The target's slot came back.
+        assert_eq!(target.permits_available(), target.max_concurrent);
     }
 
     fn reply(action: rmcp::model::ElicitationAction, content: Option<serde_json::Value>) -> rmcp::model::ElicitResult {

@@ -108,6 +108,11 @@ impl Target {
         }
     }
 
+    /// Operation slots free now (tests and diagnostics).
+    pub fn permits_available(&self) -> usize {
+        self.permits.available_permits()
+    }
+
     /// Wait (up to the target's timeout) for one of its `max_concurrent` operation slots.
     pub async fn permit(&self) -> Result<SemaphorePermit<'_>, ExecError> {
         match tokio::time::timeout(self.limits.timeout, self.permits.acquire()).await {
@@ -328,12 +333,12 @@ impl Registry {
     }
 }
 
-/// The most characters of a caller's unknown target or group name an error quotes: a 1 MiB
+/// The most bytes of a caller's unknown target or group name an error quotes: a 1 MiB
 /// `target` must not come back (and go to the audit log) as a 1 MiB error.
-const QUOTED_NAME_MAX_CHARS: usize = 128;
+const QUOTED_NAME_MAX_BYTES: usize = 128;
 
 fn quoted_name(name: &str) -> String {
-    crate::exec::local::truncate_chars(name, QUOTED_NAME_MAX_CHARS)
+    crate::text::cap(name, QUOTED_NAME_MAX_BYTES)
 }
 
 /// The kind-specific table of a target, as that executor's typed settings.
@@ -378,7 +383,7 @@ mod tests {
         for name in [huge.clone(), format!("group:{huge}")] {
             let err = ids(&[name.as_str()]).unwrap_err();
             assert!(err.chars().count() < 200, "{} chars", err.chars().count());
-            assert!(err.ends_with("xx…`"), "{}", &err[err.len() - 20..]);
+            assert!(err.ends_with("…[truncated, 1048576 bytes]`"), "{}", &err[err.len() - 40..]);
         }
     }
 

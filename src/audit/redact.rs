@@ -143,20 +143,9 @@ pub(crate) fn truncate(s: &str) -> String {
     cap(s, MAX_STRING)
 }
 
-/// THE cap of every caller-influenced string the audit stores or mirrors: `s` unchanged when it
-/// fits in `max` bytes, else cut on a char boundary and ended with a visible marker
-/// (`…[truncated, N bytes]`, N the original length), the whole at most `max` bytes (for `max`
-/// of at least 64; smaller limits keep the marker and may exceed them).
+/// THE cap of every caller-influenced string the audit stores or mirrors ([`crate::text::cap`]).
 pub(crate) fn cap(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let marker = format!("…[truncated, {} bytes]", s.len());
-    let mut end = max.saturating_sub(marker.len()).min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{marker}", &s[..end])
+    crate::text::cap(s, max)
 }
 
 /// Cap every string field of `rec` with its limit (see the constants): the one place a record's

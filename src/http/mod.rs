@@ -299,6 +299,9 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
     });
     req.extensions_mut().insert(again);
     let response = sse::coalesce(&method, next.run(req).await).await;
+    if response.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return unparsable_body(&st, &caller, conn.peer, presented, &what, response).await;
+    }
 
     if session.is_none()
         && let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok())
@@ -312,6 +315,49 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
         return refused;
     }
     response
+}
+
+/// rmcp answers a body that is not a JSON-RPC message (not JSON, a lone surrogate escape, ...)
+/// with 415 and a plain-text error. That is a client's malformed request, not a wrong media
+/// type: answer 400 with a JSON-RPC parse error (-32700), and audit it like every other refused
+/// request (repeats counted). Any other 415 (a wrong `Content-Type`) passes unchanged.
+async fn unparsable_body(
+    st: &AppState,
+    caller: &Caller,
+    peer: SocketAddr,
+    session: Option<&str>,
+    what: &str,
+    response: Response,
+) -> Response {
+    use http_body_util::BodyExt;
+    const PREFIX: &str = "fail to deserialize request body ";
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let Some(why) = text.strip_prefix(PREFIX) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    // serde ends with where it stopped: left out of the audit reason, so identical floods of
+    // bad bodies stay identical.
+    let why = why.split(" at line ").next().unwrap_or(why);
+    let why = crate::text::cap(why, 256);
+    audit_refusal(
+        st,
+        Some(caller),
+        peer,
+        session,
+        format!("{what}: the body is not a JSON-RPC message ({why})"),
+    )
+    .await;
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": -32700, "message": format!("parse error: the body is not a JSON-RPC message ({why})") },
+    });
+    let mut resp = (StatusCode::BAD_REQUEST, Body::from(body.to_string())).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// The one `Host` of a request (RFC 9112 §3.2: a request with two `Host` lines, or one whose

@@ -354,23 +354,11 @@ pub fn for_targets(tools: Vec<Arc<dyn Tool>>, registry: &crate::targets::Registr
 /// one is cut in the middle, so a 1 MiB argument never comes back as a 1 MiB error.
 pub fn parse_args<T: serde::de::DeserializeOwned>(args: JsonObject) -> Result<T, ToolError> {
     serde_json::from_value(serde_json::Value::Object(args))
-        .map_err(|e| ToolError::InvalidArgs(clip_middle(&e.to_string(), ARGS_ERROR_MAX_CHARS)))
+        .map_err(|e| ToolError::InvalidArgs(crate::text::cap_middle(&e.to_string(), ARGS_ERROR_MAX_CHARS)))
 }
 
 /// The longest argument error [`parse_args`] returns, in characters.
 const ARGS_ERROR_MAX_CHARS: usize = 512;
-
-/// `s` if it has at most `max` characters, else its start and end around `…`.
-fn clip_middle(s: &str, max: usize) -> String {
-    let n = s.chars().count();
-    if n <= max {
-        return s.to_string();
-    }
-    let keep = max.saturating_sub(1) / 2;
-    let head: String = s.chars().take(keep).collect();
-    let tail: String = s.chars().skip(n - keep).collect();
-    format!("{head}…{tail}")
-}
 
 /// The input JSON Schema of `T` (root type must be an object; checked by a catalog test).
 pub fn input_schema<T: schemars::JsonSchema + std::any::Any>() -> Arc<JsonObject> {
