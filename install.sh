@@ -524,7 +524,8 @@ helper_timeout_secs = 900
 
 # Local grants add to the grants from your tailnet policy file's app capability.
 # match:   "user:LOGIN" (a user-owned node of this login), "tag:NAME" (a tagged node with this
-#          tag), "node-id:STABLEID" (one node by its StableID), or "*" (every tailnet caller).
+#          tag), "node-id:STABLEID" (one node by its StableID; "node:STABLEID" too, when the value
+#          looks like one: nXXXXCNTRL or decimal), or "*" (every tailnet caller).
 #          Nodes are named by StableID, never by name: a removed node's name passes to whichever
 #          machine registers it next. `tailopsmcp whois IP` prints the StableID (`node id`), so do
 #          `tailscale status --json` (`ID`) and `headscale nodes list` (headscale's are decimal).

@@ -254,10 +254,16 @@ impl FromStr for Matcher {
             nonempty(tag, "tag").map(|_| Matcher::Tag(s.to_string()))
         } else if let Some(id) = s.strip_prefix("node-id:") {
             stable_id(s, id).map(Matcher::NodeId)
+        } else if let Some(name) = s.strip_prefix("node:")
+            && issued_stable_id(name)
+        {
+            // `node:STABLEID`: accepted when the value has the shape control servers give
+            // StableIDs, so it can never be read as a name.
+            Ok(Matcher::NodeId(name.to_string()))
         } else if let Some(name) = s.strip_prefix("node:") {
             Err(format!(
                 "`{s}` names a node by name, and a name passes to whichever machine registers it after \
-                 this one is removed; name the node by its StableID instead: `node-id:STABLEID` ({FIND_STABLE_ID}{})",
+                 this one is removed; name the node by its StableID instead: `node-id:STABLEID` or `node:STABLEID` ({FIND_STABLE_ID}{})",
                 if name.is_empty() {
                     String::new()
                 } else {
@@ -270,6 +276,17 @@ impl FromStr for Matcher {
             ))
         }
     }
+}
+
+/// Whether `id` has the shape of a StableID a control server issued: Tailscale's
+/// `n` + letters and digits + `CNTRL`, or headscale's decimal node id. Such a value is never
+/// taken for a host name in `node:` (any other value there is refused; `node-id:` takes any
+/// letters and digits).
+fn issued_stable_id(id: &str) -> bool {
+    let tailscale =
+        id.len() > 6 && id.starts_with('n') && id.ends_with("CNTRL") && id.bytes().all(|b| b.is_ascii_alphanumeric());
+    let headscale = !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit());
+    tailscale || headscale
 }
 
 /// Where an admin finds a node's StableID; named in every error about `node-id:`.
@@ -791,10 +808,17 @@ mod tests {
     #[test]
     fn node_names_are_refused_with_where_to_find_the_stable_id() {
         let err = |s: &str| s.parse::<Matcher>().unwrap_err();
+        // `node:` takes a StableID as control servers issue them, never anything a name could be.
+        assert_eq!(
+            "node:nQmK8XyZp711CNTRL".parse::<Matcher>().unwrap(),
+            Matcher::NodeId("nQmK8XyZp711CNTRL".into())
+        );
+        assert_eq!("node:7".parse::<Matcher>().unwrap(), Matcher::NodeId("7".into()));
         for named in [
             "node:alice-laptop",
             "node:alice-laptop.tail3f9c2.ts.net.",
-            "node:nQmK8XyZp711CNTRL",
+            "node:nas",
+            "node:CNTRL",
         ] {
             let e = err(named);
             assert!(e.contains("node-id:STABLEID"), "{e}");

@@ -383,7 +383,11 @@ mod tests {
         for name in [huge.clone(), format!("group:{huge}")] {
             let err = ids(&[name.as_str()]).unwrap_err();
             assert!(err.chars().count() < 200, "{} chars", err.chars().count());
-            assert!(err.ends_with("…[truncated, 1048576 bytes]`"), "{}", &err[err.len() - 40..]);
+            assert!(
+                err.ends_with("…[truncated, 1048576 bytes]`"),
+                "{}",
+                &err[err.len() - 40..]
+            );
         }
     }
 
