@@ -152,14 +152,26 @@ pub struct JournalOutput {
     pub entries: Vec<journal::Entry>,
     /// Entries read from the journal before `grep` filtered them.
     pub scanned: usize,
-    /// Audit events (`SYSLOG_IDENTIFIER=tailopsmcp-audit`) among them that were left out because
-    /// the caller does not hold `audit:read` on the target.
+    /// Audit events (`SYSLOG_IDENTIFIER=tailopsmcp-audit`) and the server's own log lines
+    /// (`tailopsmcp`, unit `tailopsmcp.service`) among them that were left out because the
+    /// caller does not hold `audit:read` on the target.
     pub audit_withheld: usize,
     pub truncated: Option<Truncated>,
 }
 
 /// `SYSLOG_IDENTIFIER` of the audit mirror's journald events (`crate::audit::JOURNAL_IDENTIFIER`).
 const AUDIT_IDENTIFIER: &str = crate::audit::JOURNAL_IDENTIFIER;
+/// The server's own log lines (its stderr under systemd): they name callers, peers and refusal
+/// reasons too, so they are kept from callers without `audit:read` like the audit events.
+const SERVER_IDENTIFIER: &str = "tailopsmcp";
+/// The server's unit (`systemd/tailopsmcp.service`).
+const SERVER_UNIT: &str = "tailopsmcp.service";
+
+/// Whether a journal entry is the server's own: an audit event or one of its log lines.
+fn server_record(e: &journal::Entry) -> bool {
+    matches!(e.identifier.as_deref(), Some(AUDIT_IDENTIFIER | SERVER_IDENTIFIER))
+        || e.unit.as_deref() == Some(SERVER_UNIT)
+}
 
 /// Whether the caller may read audit events in logs: `audit:read` on the call's target. The
 /// journal holds every principal's audit events (the mirror of the audit log), so `logs:read`
@@ -177,12 +189,26 @@ impl AuditAccess {
         )
     }
 
-    /// Refuse an explicit query for the audit identifier without `audit:read`.
+    /// Refuse an explicit query for the audit identifier, or the server's own identifier or
+    /// unit, without `audit:read`.
     fn check_filter(self, filter: &Filter, target: &str) -> Result<(), ToolError> {
-        if !self.0 && filter.identifier.as_deref() == Some(AUDIT_IDENTIFIER) {
+        if self.0 {
+            return Ok(());
+        }
+        if filter.identifier.as_deref() == Some(AUDIT_IDENTIFIER) {
             return Err(ToolError::InvalidArgs(format!(
                 "`identifier` {AUDIT_IDENTIFIER} is the audit log's journald mirror: reading it needs \
                  audit:read on target `{target}` (logs:read is not enough)"
+            )));
+        }
+        let own_unit = filter
+            .unit
+            .as_deref()
+            .is_some_and(|u| u == SERVER_UNIT || u == SERVER_IDENTIFIER);
+        if own_unit || filter.identifier.as_deref() == Some(SERVER_IDENTIFIER) {
+            return Err(ToolError::InvalidArgs(format!(
+                "the server's own log names every caller and what they did: reading it needs audit:read on \
+                 target `{target}` (logs:read is not enough)"
             )));
         }
         Ok(())
@@ -194,7 +220,7 @@ impl AuditAccess {
             return 0;
         }
         let before = entries.len();
-        entries.retain(|e| e.identifier.as_deref() != Some(AUDIT_IDENTIFIER));
+        entries.retain(|e| !server_record(e));
         before - entries.len()
     }
 
@@ -218,8 +244,11 @@ impl AuditAccess {
             return 0;
         }
         let before = lines.len();
-        let tagged =
-            |l: &String| l.contains(&format!(" {AUDIT_IDENTIFIER}[")) || l.contains(&format!(" {AUDIT_IDENTIFIER}:"));
+        let tagged = |l: &String| {
+            [AUDIT_IDENTIFIER, SERVER_IDENTIFIER]
+                .iter()
+                .any(|id| l.contains(&format!(" {id}[")) || l.contains(&format!(" {id}:")))
+        };
         lines.retain(|l| !tagged(l));
         before - lines.len()
     }
@@ -248,8 +277,9 @@ impl LogsJournal {
                     forms: `-1h`, `today`, `2025-01-31 12:00:00`) and `grep` (a regular expression over the \
                     message; the newest 20000 entries that pass the other filters are scanned). Each entry: time \
                     (RFC 3339 UTC), priority, unit, identifier, pid, message (at most 4000 characters). Audit \
-                    events (identifier `tailopsmcp-audit`) need `audit:read` on the target: without it they are \
-                    left out and counted in `audit_withheld`, and asking for that identifier is refused. Local \
+                    events (identifier `tailopsmcp-audit`) and this server's own log lines (`tailopsmcp`) need \
+                    `audit:read` on the target: without it they are left out and counted in `audit_withheld`, \
+                    and asking for them is refused. Local \
                     target only; the server needs the `systemd-journal` group to see system entries.",
                 requires: Requirement::Scope(Scope::new(Area::Logs, Level::Read)),
                 risk: Risk::Low,
@@ -1138,6 +1168,54 @@ fn where_(o: &Occurrence) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_servers_own_records_need_audit_read() {
+        let entry = |identifier: &str, unit: &str| journal::Entry {
+            time: None,
+            priority: None,
+            unit: Some(unit.to_string()).filter(|u| !u.is_empty()),
+            identifier: Some(identifier.to_string()),
+            pid: None,
+            message: "x".into(),
+            about_unit: None,
+        };
+        let mut entries = vec![
+            entry("tailopsmcp-audit", ""),
+            entry("tailopsmcp", "tailopsmcp.service"),
+            entry("sshd", "tailopsmcp.service"),
+            entry("nginx", "nginx.service"),
+        ];
+        assert_eq!(AuditAccess(true).withhold(&mut entries.clone()), 0);
+        assert_eq!(AuditAccess(false).withhold(&mut entries), 3);
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let monitor = AuditAccess(false);
+        for filter in [
+            Filter {
+                identifier: Some("tailopsmcp-audit".into()),
+                ..Filter::default()
+            },
+            Filter {
+                identifier: Some("tailopsmcp".into()),
+                ..Filter::default()
+            },
+            Filter {
+                unit: Some("tailopsmcp.service".into()),
+                ..Filter::default()
+            },
+        ] {
+            let e = monitor.check_filter(&filter, "local").unwrap_err().to_string();
+            assert!(e.contains("needs audit:read on target `local`"), "{e}");
+            assert!(AuditAccess(true).check_filter(&filter, "local").is_ok());
+        }
+        let mut lines = vec![
+            "Dec  7 host tailopsmcp[42]: refused peer=100.1.2.3".to_string(),
+            "Dec  7 host tailopsmcp-audit[42]: allow alice".to_string(),
+            "Dec  7 host nginx[7]: GET /".to_string(),
+        ];
+        assert_eq!(monitor.withhold_lines(&mut lines), 2);
+        assert_eq!(lines.len(), 1);
+    }
 
     fn check_norm(input: &str, expected: &str) {
         assert_eq!(normalize(input), expected, "{input}");
