@@ -213,17 +213,12 @@ impl Drop for InFlight {
         let Some(load) = loads.get_mut(&self.principal) else {
             return;
         };
+        // Entries stay at zero (no allocation on the next call); `occupy` sweeps idle ones.
         load.total = load.total.saturating_sub(1);
         for t in &self.targets {
             if let Some(n) = load.per_target.get_mut(t) {
                 *n = n.saturating_sub(1);
-                if *n == 0 {
-                    load.per_target.remove(t);
-                }
             }
-        }
-        if load.total == 0 {
-            loads.remove(&self.principal);
         }
     }
 }
@@ -300,7 +295,16 @@ impl Limits {
             ))
         })?;
         let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
-        let load = loads.entry(principal.to_string()).or_default();
+        if loads.len() > SWEEP_AT {
+            loads.retain(|_, l| l.total > 0);
+        }
+        // Look up without allocating; only a principal's first call copies its name.
+        if !loads.contains_key(principal) {
+            loads.insert(principal.to_string(), Load::default());
+        }
+        let Some(load) = loads.get_mut(principal) else {
+            unreachable!("inserted above")
+        };
         let cap = self.config.max_in_flight_per_principal;
         if load.total >= cap {
             return Err(refused(format!(
@@ -319,7 +323,12 @@ impl Limits {
         }
         load.total += 1;
         for (id, _) in targets {
-            *load.per_target.entry((*id).to_string()).or_default() += 1;
+            match load.per_target.get_mut(*id) {
+                Some(n) => *n += 1,
+                None => {
+                    load.per_target.insert((*id).to_string(), 1);
+                }
+            }
         }
         drop(loads);
         Ok(InFlight {

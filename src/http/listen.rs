@@ -37,6 +37,7 @@ use super::{AppState, ConnInfo, IdentityMode};
 use crate::config::ServiceConfig;
 use crate::limits::AddressSlot;
 use crate::mcp;
+use crate::tailnet::Reresolve;
 use crate::tailnet::{self, localapi::Status};
 use crate::tools::TailnetInfo;
 
@@ -857,8 +858,11 @@ async fn serve_connection<S>(
     // enough: HTTP/1.1 serves one request at a time, and the connection ends with that one
     // (the rest of its body is still unread).
     let timed_out = Arc::new(AtomicBool::new(false));
+    // For a call a person said yes to: who is behind this connection now (one per connection).
+    let again: Arc<dyn Reresolve> = Arc::new(super::Again::new(state.clone(), conn.clone()));
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(conn.clone());
+        req.extensions_mut().insert(again.clone());
         let deadline = tokio::time::Instant::now() + body_timeout;
         let req = req.map(|inner| DeadlineBody::new(inner, deadline, timed_out.clone()));
         let app = app.clone();

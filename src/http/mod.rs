@@ -293,11 +293,6 @@ async fn identify(State(st): State<Arc<AppState>>, mut req: Request, next: Next)
     let method = req.method().clone();
     let principal = caller.principal.clone();
     req.extensions_mut().insert(caller.clone());
-    let again: Arc<dyn Reresolve> = Arc::new(Again {
-        state: st.clone(),
-        conn: conn.clone(),
-    });
-    req.extensions_mut().insert(again);
     let response = sse::coalesce(&method, next.run(req).await).await;
     if response.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
         return unparsable_body(&st, &caller, conn.peer, presented, &what, response).await;
@@ -417,10 +412,17 @@ async fn ask(st: &AppState, conn: &ConnInfo) -> Result<Caller, String> {
     })
 }
 
-/// A request's connection, to ask again who is behind it (see [`Reresolve`]).
-struct Again {
+/// A connection, to ask again who is behind it (see [`Reresolve`]): the listener makes one per
+/// connection and puts it in each of its requests.
+pub(crate) struct Again {
     state: Arc<AppState>,
     conn: ConnInfo,
+}
+
+impl Again {
+    pub(crate) fn new(state: Arc<AppState>, conn: ConnInfo) -> Again {
+        Again { state, conn }
+    }
 }
 
 impl Reresolve for Again {
