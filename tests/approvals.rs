@@ -186,6 +186,19 @@ impl World {
     }
 }
 
+/// What the waiting client printed (one JSON line per action, and the raw text), once its
+/// call returned after a decision (within 30 s).
+async fn waited(client: tokio::process::Child) -> (Vec<Value>, String) {
+    let out = tokio::time::timeout(Duration::from_secs(30), client.wait_with_output())
+        .await
+        .expect("the waiting call returns after the decision")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (lines, stdout)
+}
+
 /// The id of the first request `approver` sees pending, once one shows up (each listing must
 /// succeed).
 async fn pending_request(approver: &mut Mcp) -> String {
@@ -375,13 +388,7 @@ async fn a_waiting_call_reports_progress_and_runs_once_approved() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
     assert_eq!(ok["isError"], false, "{ok}");
-    let out = tokio::time::timeout(Duration::from_secs(30), client.wait_with_output())
-        .await
-        .expect("the waiting call returns after the approval")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let (lines, stdout) = waited(client).await;
     let progress: Vec<&Value> = lines.iter().filter(|l| l["action"] == "progress").collect();
     assert!(!progress.is_empty(), "{stdout}");
     assert!(
@@ -760,12 +767,7 @@ async fn a_call_whose_grants_are_revoked_while_it_waits_does_not_run() {
     w.grant(ALICE, ALICE_LOGIN, json!([]));
     let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
     assert_eq!(ok["isError"], false, "{ok}");
-    let out = tokio::time::timeout(Duration::from_secs(30), client.wait_with_output())
-        .await
-        .expect("the waiting call returns after the decision")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let (lines, stdout) = waited(client).await;
     let result = lines.iter().find(|l| l["action"] == "call").expect(&stdout);
     assert_eq!(result["isError"], true, "the call must not run: {stdout}");
     let said = result["text"][0].as_str().unwrap_or("");
@@ -942,12 +944,7 @@ async fn a_call_waiting_for_a_person_holds_no_in_flight_slot() {
     assert_eq!(r["isError"], false, "the only slot is free while alice waits: {r}");
     let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
     assert_eq!(ok["isError"], false, "{ok}");
-    let out = tokio::time::timeout(Duration::from_secs(30), client.wait_with_output())
-        .await
-        .expect("the waiting call returns after the approval")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let (lines, stdout) = waited(client).await;
     let result = lines.iter().find(|l| l["action"] == "call").expect(&stdout);
     assert_eq!(result["isError"], false, "{stdout}");
 }

@@ -603,17 +603,31 @@ async fn admit_unix(
             .unwrap_or_else(|_| Err("no PROXY v2 header in time".into())),
     };
     match result {
-        Ok(source) => {
-            let Some(slot) = address_slot(&state, source.ip()) else {
-                return;
-            };
-            let conn = ConnInfo::new(tailnet::unmap_socket(source), Some(name));
-            serve_connection(stream, conn, app, state.clone(), stop, (permit, slot)).await;
-        }
+        Ok(source) => serve_proxied(stream, source, name, app, state, stop, permit).await,
         Err(reason) => {
             super::refuse_audit(&state, None, NO_IP_PEER, None, format!("Service socket: {reason}")).await;
         }
     }
+}
+
+/// Serve a Service connection (TCP or unix) whose PROXY header named `source`, within that
+/// caller address's connections.
+async fn serve_proxied<S>(
+    stream: S,
+    source: SocketAddr,
+    name: Arc<str>,
+    app: Router,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(slot) = address_slot(&state, source.ip()) else {
+        return;
+    };
+    let conn = ConnInfo::new(tailnet::unmap_socket(source), Some(name));
+    serve_connection(stream, conn, app, state.clone(), stop, (permit, slot)).await;
 }
 
 /// Decide who a new connection speaks for, then serve it: on the Service listener from its PROXY
@@ -683,13 +697,7 @@ async fn admit(
                 Err(e) => Err(format!("owner of the connecting socket unknown ({e}); refused")),
             };
             match result {
-                Ok(source) => {
-                    let Some(slot) = address_slot(&state, source.ip()) else {
-                        return;
-                    };
-                    let conn = ConnInfo::new(tailnet::unmap_socket(source), Some(name));
-                    serve_connection(stream, conn, app, state.clone(), stop, (permit, slot)).await;
-                }
+                Ok(source) => serve_proxied(stream, source, name, app, state, stop, permit).await,
                 Err(reason) => {
                     super::refuse_audit(&state, None, peer, None, format!("Service listener: {reason}")).await;
                 }
