@@ -538,13 +538,20 @@ fn check_config(config: &Config) -> anyhow::Result<ExitCode> {
     for (tool, mode) in &a.tools {
         println!("  {tool} → {}", mode.as_str());
     }
+    let l = &config.limits;
     println!(
-        "limits:     {} calls in flight; per caller low {}/min, moderate {}/min, high {}/min, critical {}/min",
-        config.limits.max_in_flight,
-        config.limits.rate[0].per_minute,
-        config.limits.rate[1].per_minute,
-        config.limits.rate[2].per_minute,
-        config.limits.rate[3].per_minute
+        "limits:     {} calls in flight ({} per caller); per caller low {}/min, moderate {}/min, high {}/min, critical {}/min; {} sessions per caller",
+        l.max_in_flight,
+        l.max_in_flight_per_principal,
+        l.rate[0].per_minute,
+        l.rate[1].per_minute,
+        l.rate[2].per_minute,
+        l.rate[3].per_minute,
+        l.max_sessions_per_principal
+    );
+    println!(
+        "            {} connections ({} per address); refusals per address {} at once, {}/min",
+        config.max_connections, config.max_connections_per_address, l.refusals.burst, l.refusals.per_minute
     );
     Ok(ExitCode::SUCCESS)
 }
