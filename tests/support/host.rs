@@ -25,7 +25,7 @@ pub fn cores() -> usize {
 }
 
 /// Wall time of a fixed job: `head -c 1000000000 /dev/zero | sha256sum`, the probe behind the
-/// host-speed figures in README's Performance section. On this project's machine type it takes
+/// host-speed figures in docs/performance.md. On this project's machine type it takes
 /// 4.1-4.6 s on a quiet host and up to 11 s on a busy one, mostly in kernel time (pipe transfers
 /// and wake-ups), which is where the servers under test spend theirs: a SHA-256 of the same size
 /// computed in-process took the same 170 ms whichever the probe said. `None` when it could not run.
