@@ -1,5 +1,6 @@
 //! The MCP server handler: `tools/list` is the catalog filtered by the caller's grants, and
-//! `tools/call` is authorize → limits → approvals gate → audit → run → audit → result.
+//! `tools/call` is authorize → rate limit → approvals gate → (after a person's yes, authorize
+//! again) → in-flight slots → audit → run → audit → result.
 //!
 //! **Invariant:** every `tools/call` produces exactly one audit record, denials and bad input
 //! included; for a tool that can change something, the record is committed before the tool runs
