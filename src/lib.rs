@@ -9,8 +9,11 @@ pub mod audit;
 pub mod config;
 pub mod exec;
 pub mod http;
+#[cfg(test)]
+mod layering;
 pub mod limits;
 pub mod mcp;
+pub mod model;
 pub mod policy;
 pub mod prompts;
 pub mod resources;

@@ -14,7 +14,7 @@ use tailopsmcp::approvals::{self, Approvals};
 use tailopsmcp::audit::{self, AuditOptions, Auditor, Query};
 use tailopsmcp::config::{Config, Overrides};
 use tailopsmcp::http::{self, AppState, IdentityMode};
-use tailopsmcp::tailnet::{self, Caller, localapi::LocalApi};
+use tailopsmcp::tailnet::{self, localapi::LocalApi};
 use tailopsmcp::targets::{Registry, TargetError};
 use tailopsmcp::tools::{self, ToolContext};
 use tailopsmcp::{mcp, policy};
@@ -406,7 +406,7 @@ async fn whois(config: Config, addr: &str, json: bool) -> anyhow::Result<ExitCod
         .whois(peer, None)
         .await
         .with_context(|| format!("whois {peer} via {}", config.socket.display()))?;
-    let caller = Arc::new(Caller::from_whois(&who, peer, &config.capability));
+    let caller = Arc::new(who.caller(peer, &config.capability));
     let effective = Arc::new(policy::effective(&caller, &config.capability, &config.grants));
     let ctx = ToolContext {
         grants: effective,
@@ -676,7 +676,8 @@ async fn audit_prune(config: &Config, before: &str, dry_run: bool, json: bool) -
 fn check_approval_tools(config: &Config) -> anyhow::Result<()> {
     let catalog = tools::catalog();
     let names: Vec<&str> = catalog.iter().map(|t| t.spec().name).collect();
-    approvals::check_tools(&config.approvals, &names).map_err(|e| anyhow::anyhow!("{}: {e}", config_name(config)))
+    tailopsmcp::config::approvals::check_tools(&config.approvals, &names)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_name(config)))
 }
 
 /// `tailopsmcp approvals ...`: the host-side approver. The decider is `host:<unix user>` (the
@@ -712,7 +713,7 @@ async fn approvals_cmd(config: &Config, command: ApprovalsCommand) -> anyhow::Re
     if !approvals::valid_id(&id) {
         bail!("`{id}` is not an approval id (12 characters: letters a-z without l and o, digits 2-9)");
     }
-    let (who, node) = approvals::host_identity();
+    let (who, node) = tailopsmcp::model::host_identity();
     let auditor = Auditor::open(
         db,
         AuditOptions {
@@ -729,7 +730,7 @@ async fn approvals_cmd(config: &Config, command: ApprovalsCommand) -> anyhow::Re
     let mut rec = audit::Record::new();
     rec.principal = Some(who.clone());
     rec.node_name = Some(node.clone());
-    rec.identity_source = Some("host".into());
+    rec.identity_source = Some(tailopsmcp::model::IdentitySource::Host.as_str().into());
     rec.method = "approvals/decide".into();
     rec.tool = Some("approvals_decide".into());
     rec.target = Some("local".into());

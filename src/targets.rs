@@ -13,31 +13,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::TargetConfig;
 use crate::exec::{ExecError, Limits};
-use crate::policy::Scope;
+use crate::model::Scope;
 
-/// The id of the target that is this host.
-pub const LOCAL: &str = "local";
-
-/// What kind of system a target is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Local,
-    Ssh,
-    Docker,
-    Http,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Local => "local",
-            Kind::Ssh => "ssh",
-            Kind::Docker => "docker",
-            Kind::Http => "http",
-        }
-    }
-}
+pub use crate::model::{Kind, LOCAL};
 
 /// How a target is reached. Only `exec` talks to the systems behind these.
 pub enum Executor {
@@ -92,9 +70,9 @@ impl Target {
     pub fn authorize(
         &self,
         effective: &crate::policy::Effective,
-        requires: crate::tools::Requirement,
+        requires: crate::model::Requirement,
     ) -> crate::policy::Decision {
-        use crate::tools::Requirement;
+        use crate::model::Requirement;
         let decision = crate::policy::authorize(effective, requires, &self.id);
         match requires {
             Requirement::Scope(needed) | Requirement::Across(needed) if decision.allowed && !self.allows(needed) => {

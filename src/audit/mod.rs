@@ -255,8 +255,7 @@ impl Record {
     }
 }
 
-/// The default of [`AuditOptions::refusal_window`] (`[audit] refusal_window_secs`).
-pub const DEFAULT_REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+pub use crate::config::DEFAULT_REFUSAL_WINDOW;
 
 /// How the [`Auditor`] treats records.
 #[derive(Debug, Clone)]
@@ -700,7 +699,7 @@ impl Auditor {
     /// [`Auditor::prune`] with at most `batch` rows (at least 1) deleted per transaction.
     pub async fn prune_batches(&self, before: DateTime<Utc>, batch: u64) -> Result<PruneReport, AuditError> {
         let max_rows = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
-        let (by, node) = crate::approvals::host_identity();
+        let (by, node) = crate::model::host_identity();
         let mut total: Option<PruneReport> = None;
         loop {
             let (reply, wait) = oneshot::channel();
@@ -882,7 +881,7 @@ pub fn prune_plan_path(db: &Path, before: DateTime<Utc>) -> Result<PruneReport, 
         path: db.to_path_buf(),
         source,
     };
-    let by = crate::approvals::host_identity().0;
+    let by = crate::model::host_identity().0;
     let tx = conn.unchecked_transaction().map_err(err)?;
     let head = writer::read_head(&tx).map_err(err)?;
     let plan = writer::plan_prune(&tx, &head.0, head.1, &format_time(before), i64::MAX).map_err(err)?;

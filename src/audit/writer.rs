@@ -43,7 +43,7 @@ pub(crate) const PRUNE_BATCH: i64 = 50_000;
 /// `identity_source` of a checkpoint row: only the host (the CLI, or the server's own retention)
 /// writes one; `verify` ignores `audit/checkpoint` rows from any other source (an MCP client
 /// cannot make its request row count as a checkpoint).
-pub(crate) const CHECKPOINT_SOURCE: &str = "host";
+pub(crate) const CHECKPOINT_SOURCE: &str = crate::model::IdentitySource::Host.as_str();
 
 const INSERT: &str = "INSERT INTO audit (id, time, request_id, session_id, principal, user_id,
     login, node_id, node_name, tags, remote_addr, identity_source, method, tool, target, arguments,

@@ -407,7 +407,7 @@ async fn ask(st: &AppState, conn: &ConnInfo) -> Result<Caller, String> {
                 .whois(conn.peer, conn.svc_name.as_deref())
                 .await
                 .map_err(|e| format!("whois failed ({}): {e}", e.reason()))?;
-            Caller::from_whois(&who, conn.peer, &st.config.capability)
+            who.caller(conn.peer, &st.config.capability)
         }
     })
 }

@@ -397,6 +397,34 @@ pub struct WhoIs {
     pub cap_map: HashMap<String, Vec<serde_json::Value>>,
 }
 
+impl WhoIs {
+    /// The caller this answer names: `cap_name` selects which app capability's grants it
+    /// carries.
+    pub fn caller(&self, addr: std::net::SocketAddr, cap_name: &str) -> crate::model::Caller {
+        let mut tags = self.node.tags.clone();
+        tags.sort();
+        tags.dedup();
+        let principal = if tags.is_empty() {
+            self.user_profile.login_name.clone()
+        } else {
+            tags.join(",")
+        };
+        crate::model::Caller {
+            principal,
+            user_id: Some(self.user_profile.id),
+            login: self.user_profile.login_name.clone(),
+            display_name: self.user_profile.display_name.clone(),
+            node_id: self.node.stable_id.clone(),
+            node_name: self.node.name.trim_end_matches('.').to_string(),
+            tags,
+            os: self.node.hostinfo.as_ref().and_then(|h| h.os.clone()),
+            addr,
+            cap_grants: self.cap_map.get(cap_name).cloned().unwrap_or_default(),
+            source: crate::model::IdentitySource::Whois,
+        }
+    }
+}
+
 /// The parts of `tailcfg.Node` we use.
 #[derive(Debug, Clone, Deserialize)]
 pub struct WhoIsNode {

@@ -13,6 +13,12 @@ use serde::Deserialize;
 use crate::policy::{self, LocalGrant};
 use crate::tailnet;
 
+pub mod approvals;
+pub mod limits;
+
+/// The default of `[audit] refusal_window_secs`: identical refusals within it share one audit row.
+pub const DEFAULT_REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+
 pub const DEFAULT_PATH: &str = "/etc/tailopsmcp/config.toml";
 pub const DEFAULT_PORT: u16 = 8471;
 pub const DEFAULT_SOCKET: &str = "/run/tailscale/tailscaled.sock";
@@ -70,9 +76,9 @@ pub struct Config {
     /// Which tools this server offers (`[tools]`).
     pub tools: ToolsConfig,
     /// `[approvals]`: which calls need a confirmation or a second person.
-    pub approvals: crate::approvals::ApprovalsConfig,
+    pub approvals: approvals::ApprovalsConfig,
     /// `[limits]`: per-principal rate limits and the in-flight cap.
-    pub limits: crate::limits::LimitsConfig,
+    pub limits: limits::LimitsConfig,
     /// Where the `files` tools may read (`[files]`).
     pub files: FilesConfig,
     /// Where `logs_tail` / `logs_analyze` may read log files (`[logs]`).
@@ -152,7 +158,7 @@ pub struct ToolsConfig {
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
     pub id: String,
-    pub kind: crate::targets::Kind,
+    pub kind: crate::model::Kind,
     /// Ceiling on what callers may do here; `None` = whatever their grants allow.
     pub scopes: Option<Vec<crate::policy::Scope>>,
     pub groups: Vec<String>,
@@ -228,9 +234,9 @@ struct File {
     #[serde(default)]
     tools: ToolsSection,
     #[serde(default)]
-    approvals: crate::approvals::ApprovalsSection,
+    approvals: approvals::ApprovalsSection,
     #[serde(default)]
-    limits: crate::limits::LimitsSection,
+    limits: limits::LimitsSection,
     #[serde(default)]
     services: ServicesSection,
     #[serde(default)]
@@ -493,7 +499,7 @@ impl Default for AuditSection {
             database: PathBuf::from(DEFAULT_DATABASE),
             redact_fields: Vec::new(),
             journald: true,
-            refusal_window_secs: crate::audit::DEFAULT_REFUSAL_WINDOW.as_secs(),
+            refusal_window_secs: DEFAULT_REFUSAL_WINDOW.as_secs(),
         }
     }
 }
@@ -728,7 +734,7 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         if targets.iter().any(|o| o.id == t.id) {
             return Err(invalid(&key("id"), format!("target `{}` is defined twice", t.id)));
         }
-        use crate::targets::Kind;
+        use crate::model::Kind;
         let kind = match t.kind.as_str() {
             "local" => Kind::Local,
             "ssh" => Kind::Ssh,
@@ -741,7 +747,7 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
                 ));
             }
         };
-        if t.id == crate::targets::LOCAL && kind != Kind::Local {
+        if t.id == crate::model::LOCAL && kind != Kind::Local {
             return Err(invalid(
                 &key("id"),
                 "`local` is this host; give a remote target another id".into(),
@@ -840,8 +846,8 @@ fn build(file: File, source: Option<PathBuf>, o: &Overrides) -> Result<Config, C
         network.dns_servers.push(sa);
     }
 
-    let approvals = crate::approvals::ApprovalsConfig::build(file.approvals).map_err(|(k, m)| invalid(&k, m))?;
-    let limits = crate::limits::LimitsConfig::build(file.limits).map_err(|(k, m)| invalid(&k, m))?;
+    let approvals = approvals::ApprovalsConfig::build(file.approvals).map_err(|(k, m)| invalid(&k, m))?;
+    let limits = limits::LimitsConfig::build(file.limits).map_err(|(k, m)| invalid(&k, m))?;
 
     let mut units = Vec::new();
     for (i, u) in file.services.units.iter().enumerate() {
@@ -1028,7 +1034,7 @@ mod tests {
 
     #[test]
     fn the_example_config_is_valid() {
-        let text = include_str!("../config.example.toml");
+        let text = include_str!("../../config.example.toml");
         let c = load(text).unwrap();
         assert!(!c.grants.is_empty());
     }
