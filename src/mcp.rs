@@ -1160,8 +1160,11 @@ const MAX_FANOUT: usize = 64;
 async fn run_on(tool: &dyn Tool, ctx: ToolContext, args: JsonObject) -> Result<ToolOutput, String> {
     use futures::FutureExt;
     let target = ctx.target.clone();
-    let _permit = target.permit().await.map_err(|e| e.to_string())?;
     let name = tool.spec().name;
+    if !tool.supports(target.kind) {
+        return Err(unsupported(name, tool.kinds(), &target));
+    }
+    let _permit = target.permit().await.map_err(|e| e.to_string())?;
     let ran = std::panic::AssertUnwindSafe(tool.call(ctx, args)).catch_unwind().await;
     let ran = ran.unwrap_or_else(|panic| {
         let what = panic
@@ -1180,6 +1183,18 @@ async fn run_on(tool: &dyn Tool, ctx: ToolContext, args: JsonObject) -> Result<T
         }
         e.to_string()
     })
+}
+
+/// Why `tool` cannot run on `target`: the one refusal for a target of a kind the tool does not
+/// declare.
+fn unsupported(tool: &str, kinds: &[crate::targets::Kind], target: &Target) -> String {
+    let kind = target.kind.as_str();
+    let on: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+    format!(
+        "{tool} is not supported on {kind} targets: target `{}` is a {kind} target ({tool} works on {} targets only)",
+        target.id,
+        on.join(" and ")
+    )
 }
 
 /// One target's part of a fan-out result.

@@ -3,26 +3,36 @@
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Annotations, Requirement, Risk, Tool, ToolContext, ToolError, ToolOutput, ToolSpec};
+use super::{ANY_KIND, Annotations, Declaration, Output, Requirement, Risk, Tool, ToolContext, tool};
 use crate::policy;
 
 pub fn tools() -> Vec<Arc<dyn Tool>> {
-    vec![Arc::new(WhoAmI::new())]
+    vec![tool(
+        Declaration {
+            name: "whoami",
+            title: "Who am I",
+            description: "Your tailnet identity as this server sees it (from tailscaled, not from anything your \
+                          client sent): principal, user, node, tags, address, and every scope you hold with the \
+                          grant that gives it. Call this first to learn what you may do.",
+            requires: Requirement::AnyGrant,
+            risk: Risk::Low,
+            annotations: Annotations::READ_ONLY,
+            kinds: ANY_KIND,
+        },
+        |ctx, _: WhoAmIArgs| async move {
+            let result = describe(&ctx);
+            let text = render(&result);
+            Ok(Output::new(result, text))
+        },
+    )]
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct WhoAmIArgs {
-    /// Show the scopes held on this target (default `local`).
-    #[serde(default)]
-    #[allow(dead_code)]
-    target: Option<String>,
-}
+struct WhoAmIArgs {}
 
 /// The caller's identity and effective grants.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -71,34 +81,6 @@ pub struct GrantView {
 pub struct IgnoredView {
     pub source: String,
     pub reason: String,
-}
-
-struct WhoAmI {
-    spec: ToolSpec,
-}
-
-impl WhoAmI {
-    fn new() -> WhoAmI {
-        WhoAmI {
-            spec: ToolSpec {
-                name: "whoami",
-                title: "Who am I",
-                description: "Your tailnet identity as this server sees it (from tailscaled, not from anything your \
-                              client sent): principal, user, node, tags, address, and every scope you hold with the \
-                              grant that gives it. Call this first to learn what you may do.",
-                requires: Requirement::AnyGrant,
-                risk: Risk::Low,
-                annotations: Annotations {
-                    read_only: true,
-                    destructive: false,
-                    idempotent: true,
-                    open_world: false,
-                },
-                input_schema: super::input_schema::<WhoAmIArgs>(),
-                output_schema: super::output_schema::<WhoAmIResult>(),
-            },
-        }
-    }
 }
 
 /// Build the `whoami` view of a caller (also used by `tailopsmcp whois`).
@@ -212,21 +194,6 @@ pub fn render(r: &WhoAmIResult) -> String {
         out.push('\n');
     }
     out
-}
-
-impl Tool for WhoAmI {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let _args: WhoAmIArgs = super::parse_args(args)?;
-            let view = describe(&ctx);
-            let text = render(&view);
-            ToolOutput::new(&view, text)
-        })
-    }
 }
 
 #[cfg(test)]

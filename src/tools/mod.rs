@@ -27,7 +27,7 @@ use futures::future::BoxFuture;
 use rmcp::model::JsonObject;
 use serde::Serialize;
 
-pub use crate::model::{Annotations, Requirement, Risk, Step, StepKind, ToolSpec};
+pub use crate::model::{Annotations, Kind, Requirement, Risk, Step, StepKind, ToolSpec};
 pub use context::{ClientLink, Sampled, TailnetInfo, ToolContext};
 
 /// A successful tool result: structured content plus a readable rendering of it.
@@ -60,16 +60,113 @@ pub enum ToolError {
     Internal(String),
 }
 
-/// A tool: its spec and its handler.
+/// A tool as the server runs it: its spec, the target kinds it works on, and its handler. Every
+/// tool is built by [`tool`] from a [`Declaration`] and a typed handler; nothing else implements
+/// this trait outside tests.
 pub trait Tool: Send + Sync {
     fn spec(&self) -> &ToolSpec;
+    /// The target kinds it works on. The call pipeline checks a call's targets against them
+    /// before the handler runs; a tool no configured target supports is not offered
+    /// ([`for_targets`]).
+    fn kinds(&self) -> &'static [Kind] {
+        ANY_KIND
+    }
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>>;
-    /// Whether the tool can work on targets of `kind` (default: every kind). A tool that no
-    /// configured target supports is not offered ([`for_targets`]); on an unsupported target it
-    /// still refuses at call time.
-    fn supports(&self, kind: crate::targets::Kind) -> bool {
-        let _ = kind;
-        true
+    fn supports(&self, kind: Kind) -> bool {
+        self.kinds().contains(&kind)
+    }
+}
+
+/// Every target kind (a tool that runs on the server's own context whatever the target).
+pub const ANY_KIND: &[Kind] = &[Kind::Local, Kind::Ssh, Kind::Docker, Kind::Http];
+
+/// What a tool declares besides its types: its name and words for clients, what the caller
+/// must hold, how much harm it can do, its MCP annotations, and the target kinds it works on.
+/// Its schemas come from its argument and output types (see [`tool`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Declaration {
+    /// `<toolset>_<verb>[_<noun>]`, snake case.
+    pub name: &'static str,
+    pub title: &'static str,
+    pub description: &'static str,
+    pub requires: Requirement,
+    pub risk: Risk,
+    pub annotations: Annotations,
+    pub kinds: &'static [Kind],
+}
+
+/// What a handler returns: its typed result and a readable rendering of it.
+#[derive(Debug)]
+pub struct Output<O> {
+    pub value: O,
+    pub text: String,
+}
+
+impl<O> Output<O> {
+    pub fn new(value: O, text: impl Into<String>) -> Output<O> {
+        Output {
+            value,
+            text: text.into(),
+        }
+    }
+}
+
+/// The one way to make a tool: a declaration and a handler taking typed arguments `A` and
+/// returning a typed result `O`. The input schema is `A`'s, the output schema `O`'s; arguments
+/// are parsed with [`parse_args`] (the call layer's `target`, `targets` and `format` are taken
+/// out before, so `A` never declares them).
+pub fn tool<A, O, F, Fut>(declaration: Declaration, handler: F) -> Arc<dyn Tool>
+where
+    A: serde::de::DeserializeOwned + schemars::JsonSchema + std::any::Any + Send + 'static,
+    O: Serialize + schemars::JsonSchema + std::any::Any + Send + 'static,
+    F: Fn(ToolContext, A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Output<O>, ToolError>> + Send + 'static,
+{
+    let d = declaration;
+    Arc::new(Typed {
+        spec: ToolSpec {
+            name: d.name,
+            title: d.title,
+            description: d.description,
+            requires: d.requires,
+            risk: d.risk,
+            annotations: d.annotations,
+            input_schema: input_schema::<A>(),
+            output_schema: output_schema::<O>(),
+        },
+        kinds: d.kinds,
+        handler,
+        types: std::marker::PhantomData,
+    })
+}
+
+/// A tool made by [`tool`].
+struct Typed<A, O, F> {
+    spec: ToolSpec,
+    kinds: &'static [Kind],
+    handler: F,
+    types: std::marker::PhantomData<fn(A) -> O>,
+}
+
+impl<A, O, F, Fut> Tool for Typed<A, O, F>
+where
+    A: serde::de::DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+    F: Fn(ToolContext, A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Output<O>, ToolError>> + Send + 'static,
+{
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+    fn kinds(&self) -> &'static [Kind] {
+        self.kinds
+    }
+    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
+        let parsed = parse_args::<A>(args);
+        Box::pin(async move {
+            let out = (self.handler)(ctx, parsed?).await?;
+            ToolOutput::new(&out.value, out.text)
+        })
     }
 }
 
@@ -204,8 +301,8 @@ impl Tool for OnKinds {
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
         self.inner.call(ctx, args)
     }
-    fn supports(&self, kind: crate::targets::Kind) -> bool {
-        self.kinds.contains(&kind) && self.inner.supports(kind)
+    fn kinds(&self) -> &'static [Kind] {
+        self.kinds
     }
 }
 
