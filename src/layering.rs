@@ -5,7 +5,7 @@
 /// Bottom first. Modules on one line are peers and must not use each other.
 pub const LAYERS: &[&[&str]] = &[
     &["model"],
-    &["text", "secrets"],
+    &["text", "secrets", "when"],
     &["tailnet"],
     &["exec"],
     &["policy"],

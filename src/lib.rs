@@ -23,3 +23,4 @@ pub mod tailnet;
 pub mod targets;
 pub mod text;
 pub mod tools;
+pub mod when;

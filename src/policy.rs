@@ -256,14 +256,7 @@ fn matcher_text(m: &Matcher) -> String {
 
 /// Whether a target pattern (exact id or `*` glob) covers `target`.
 pub fn target_matches(pattern: &str, target: &str) -> bool {
-    fn glob(p: &[u8], t: &[u8]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some((b'*', rest)) => (0..=t.len()).any(|i| glob(rest, &t[i..])),
-            Some((c, rest)) => t.first() == Some(c) && glob(rest, &t[1..]),
-        }
-    }
-    glob(pattern.as_bytes(), target.as_bytes())
+    crate::text::glob_match(pattern.as_bytes(), target.as_bytes())
 }
 
 /// The outcome of an authorization check.

@@ -4,7 +4,7 @@
 //! Read-only: it never writes, migrates or opens connections (callers pass one). SQL here is
 //! built only from fixed fragments; every value is a bound parameter.
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::types::{Type, Value};
 use rusqlite::{Connection, Row};
 
@@ -170,34 +170,9 @@ pub(crate) fn run(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<Record>>
     Ok(out)
 }
 
-/// See [`super::parse_time`].
+/// See [`super::parse_time`]: the crate's one time grammar ([`crate::when::parse_time`]).
 pub(crate) fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    let s = s.trim();
-    let bad = || {
-        format!(
-            "invalid time {s:?}: expected RFC 3339 (2025-01-02T03:04:05Z), a date (2025-01-02) \
-             or a duration ago (30s, 15m, 2h, 7d, 1w)"
-        )
-    };
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.to_utc());
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).ok_or_else(bad);
-    }
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (digits, unit) = s.split_at(split);
-    let n: i64 = digits.parse().map_err(|_| bad())?;
-    let ago = match unit {
-        "s" => Duration::try_seconds(n),
-        "m" => Duration::try_minutes(n),
-        "h" => Duration::try_hours(n),
-        "d" => Duration::try_days(n),
-        "w" => Duration::try_weeks(n),
-        _ => None,
-    }
-    .ok_or_else(bad)?;
-    now.checked_sub_signed(ago).ok_or_else(bad)
+    crate::when::parse_time(s, now)
 }
 
 fn json<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<T>> {

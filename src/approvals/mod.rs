@@ -99,12 +99,6 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 /// One approval as callers see it.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ApprovalView {
@@ -185,13 +179,13 @@ impl Approval {
             args_hash: self.args_hash.clone(),
             plan: self.plan.as_deref().and_then(|p| serde_json::from_str(p).ok()),
             summary: self.summary.clone(),
-            created: rfc3339(self.created),
-            expires: rfc3339(self.expires),
+            created: crate::when::rfc3339_ms(self.created),
+            expires: crate::when::rfc3339_ms(self.expires),
             decision: self.decision.clone(),
             decided_by: self.decided_by.clone(),
             decided_by_node: self.decided_by_node.clone(),
-            decided_at: self.decided_at.map(rfc3339),
-            used_at: self.used_at.map(rfc3339),
+            decided_at: self.decided_at.map(crate::when::rfc3339_ms),
+            used_at: self.used_at.map(crate::when::rfc3339_ms),
         }
     }
 
