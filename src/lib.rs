@@ -6,6 +6,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod call;
 pub mod config;
 pub mod exec;
 pub mod http;

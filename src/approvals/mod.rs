@@ -17,6 +17,8 @@
 //! **Invariant:** a confirmation is the *client's* yes (elicitation, or a sealed request state
 //! answered by the client), never a second person; a client that cannot ask is refused.
 
+pub mod gate;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};

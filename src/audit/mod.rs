@@ -248,6 +248,23 @@ impl Record {
 }
 
 impl Record {
+    /// The record of one MCP request (`method`) by `caller` in `session`.
+    pub fn request(caller: &Caller, session: Option<String>, method: &str) -> Record {
+        Record {
+            session_id: session,
+            method: method.to_string(),
+            ..Record::for_caller(caller)
+        }
+    }
+
+    /// This record as a denial: the request did not run, for `reason`.
+    pub fn denied(mut self, reason: String) -> Record {
+        self.decision = Decision::Deny;
+        self.outcome = Outcome::Denied;
+        self.reason = Some(reason);
+        self
+    }
+
     /// For a summary row of repeated refusals ([`Auditor::refuse`]): how many more identical
     /// refusals it stands for (the row itself counts the first). `None` for any other row.
     pub fn repeated(&self) -> Option<u64> {
@@ -256,6 +273,53 @@ impl Record {
 }
 
 pub use crate::config::DEFAULT_REFUSAL_WINDOW;
+
+/// Where the call pipeline writes its rows: the [`Auditor`], or a recorder in tests. The
+/// methods mean what the [`Auditor`]'s of the same names do.
+pub trait Sink: Send + Sync + 'static {
+    /// A complete row; resolves once committed.
+    fn record(&self, rec: Record) -> impl Future<Output = Result<i64, AuditError>> + Send;
+    /// A refused request (identical refusals may share one row).
+    fn refuse(&self, rec: Record) -> impl Future<Output = Result<(), AuditError>> + Send;
+    /// The pending row of a changing call, committed before it runs.
+    fn begin(&self, rec: Record) -> impl Future<Output = Result<i64, AuditError>> + Send;
+    /// Complete the pending row `id`.
+    fn complete(
+        &self,
+        id: i64,
+        outcome: Outcome,
+        error: Option<String>,
+        duration_ms: f64,
+        result_bytes: Option<i64>,
+    ) -> impl Future<Output = Result<(), AuditError>> + Send;
+    /// `value` as a row would store it (secret-looking keys redacted).
+    fn redacted(&self, value: &serde_json::Value) -> serde_json::Value;
+}
+
+impl Sink for Auditor {
+    fn record(&self, rec: Record) -> impl Future<Output = Result<i64, AuditError>> + Send {
+        Auditor::record(self, rec)
+    }
+    fn refuse(&self, rec: Record) -> impl Future<Output = Result<(), AuditError>> + Send {
+        Auditor::refuse(self, rec)
+    }
+    fn begin(&self, rec: Record) -> impl Future<Output = Result<i64, AuditError>> + Send {
+        Auditor::begin(self, rec)
+    }
+    fn complete(
+        &self,
+        id: i64,
+        outcome: Outcome,
+        error: Option<String>,
+        duration_ms: f64,
+        result_bytes: Option<i64>,
+    ) -> impl Future<Output = Result<(), AuditError>> + Send {
+        Auditor::complete(self, id, outcome, error, duration_ms, result_bytes)
+    }
+    fn redacted(&self, value: &serde_json::Value) -> serde_json::Value {
+        Auditor::redacted(self, value)
+    }
+}
 
 /// How the [`Auditor`] treats records.
 #[derive(Debug, Clone)]

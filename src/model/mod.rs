@@ -1,11 +1,13 @@
 //! The vocabulary every layer shares: scopes, tools as data, target kinds and the caller's
 //! identity. It depends on nothing else in the crate, so any module may use it.
 
+mod client;
 mod identity;
 mod scope;
 mod target;
 mod tool;
 
+pub use client::{Client, NoClient, Reply, Sampled};
 pub use identity::{Caller, IdentitySource, Reresolve, host_identity};
 pub use scope::{Area, BUNDLES, Level, Scope, expand};
 pub use target::{Kind, LOCAL};

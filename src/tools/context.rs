@@ -6,7 +6,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-use crate::model::{Caller, Requirement};
+pub use crate::model::Sampled;
+use crate::model::{Caller, Client, Requirement};
 use crate::policy;
 
 /// What a tool knows about the call it serves.
@@ -39,41 +40,22 @@ impl ToolContext {
     }
 }
 
-/// The MCP session a call came from, for the few tools that talk back to the client while
-/// they run: progress notifications (when the call carried a progress token) and sampling
-/// (when the client declared the capability). The only rmcp types a tool sees are inside it.
+/// The client a call came from, for the few tools that talk back to it while they run:
+/// progress notifications (when the call carried a progress token) and sampling (when the
+/// client declared the capability). One link per call: fan-out runs share its counter.
 #[derive(Clone)]
 pub struct ClientLink {
-    peer: rmcp::Peer<rmcp::RoleServer>,
-    token: Option<rmcp::model::ProgressToken>,
-    sampling: bool,
+    client: Arc<dyn Client>,
     /// Fan-out: several targets report under one token, so progress is a call-wide counter
     /// (it must increase) with no total, and each message names its target.
     fanout: bool,
     sent: Arc<std::sync::atomic::AtomicU32>,
 }
 
-/// A model-written text from the client (`sampling/createMessage`).
-#[derive(Debug, Clone)]
-pub struct Sampled {
-    pub text: String,
-    /// The model the client says wrote it.
-    pub model: String,
-}
-
 impl ClientLink {
-    /// `peer` of the session, `token` from the request's `_meta.progressToken`; `sampling`
-    /// when the client declared that capability (and the protocol allows the server to ask).
-    pub fn new(
-        peer: rmcp::Peer<rmcp::RoleServer>,
-        token: Option<rmcp::model::ProgressToken>,
-        sampling: bool,
-        fanout: bool,
-    ) -> ClientLink {
+    pub fn new(client: Arc<dyn Client>, fanout: bool) -> ClientLink {
         ClientLink {
-            peer,
-            token,
-            sampling,
+            client,
             fanout,
             sent: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         }
@@ -106,25 +88,23 @@ impl ToolContext {
     /// token. Delivery is best effort (a client that went away does not fail the tool).
     pub async fn progress(&self, step: u32, total: u32, message: &str) {
         let Some(link) = &self.client else { return };
-        let Some(token) = &link.token else { return };
+        if !link.client.has_progress_token() {
+            return;
+        }
         let sent = link.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        let param = if link.fanout {
-            rmcp::model::ProgressNotificationParam::new(token.clone(), f64::from(sent))
-                .with_message(format!("{}: {message} ({step}/{total})", self.target.id))
+        if link.fanout {
+            let message = format!("{}: {message} ({step}/{total})", self.target.id);
+            link.client.progress(f64::from(sent), None, message).await;
         } else {
-            rmcp::model::ProgressNotificationParam::new(token.clone(), f64::from(step.max(sent)))
-                .with_total(f64::from(total.max(step)))
-                .with_message(message.to_string())
-        };
-        if let Err(e) = link.peer.notify_progress(param).await {
-            tracing::debug!("progress notification not delivered: {e}");
+            let (at, of) = (f64::from(step.max(sent)), f64::from(total.max(step)));
+            link.client.progress(at, Some(of), message.to_string()).await;
         }
     }
 
     /// A progress reporter for `exec` operations (which know nothing of MCP): `None` without
     /// a progress token, so they skip building messages.
     pub fn progress_fn(&self) -> Option<crate::exec::ProgressFn> {
-        self.client.as_ref()?.token.as_ref()?;
+        self.client.as_ref().filter(|l| l.client.has_progress_token())?;
         let ctx = self.clone();
         Some(Arc::new(move |step: u32, total: u32, message: String| {
             let ctx = ctx.clone();
@@ -134,14 +114,13 @@ impl ToolContext {
 
     /// Whether the client can be asked to sample (declared `sampling` at initialize).
     pub fn can_sample(&self) -> bool {
-        self.client.as_ref().is_some_and(|c| c.sampling)
+        self.client.as_ref().is_some_and(|l| l.client.can_sample())
     }
 
     /// Ask the client's model (`sampling/createMessage`) for a reply to `prompt` under `system`,
     /// at most `max_tokens` long (a longer answer is cut at 8 characters per token), waiting at
     /// most `timeout`. Errors are messages for the result (the client cannot sample, refused,
     /// or answered without text).
-    #[allow(deprecated)] // sampling is deprecated by SEP-2577 but current clients still offer it
     pub async fn sample(
         &self,
         system: &str,
@@ -149,48 +128,26 @@ impl ToolContext {
         max_tokens: u32,
         timeout: std::time::Duration,
     ) -> Result<Sampled, String> {
-        use rmcp::model::{CreateMessageRequestParams, Role, SamplingMessage, SamplingMessageContentBlock};
         let link = match &self.client {
-            Some(l) if l.sampling => l,
+            Some(l) if l.client.can_sample() => l,
             _ => return Err("the client did not declare the sampling capability".into()),
         };
-        let params = CreateMessageRequestParams::new(
-            vec![SamplingMessage::new(
-                Role::User,
-                SamplingMessageContentBlock::text(prompt),
-            )],
-            max_tokens,
-        )
-        .with_system_prompt(system)
-        .with_temperature(0.2);
-        let result = match tokio::time::timeout(timeout, link.peer.create_message(params)).await {
-            Err(_) => return Err(format!("the client did not answer within {}s", timeout.as_secs())),
-            Ok(Err(e)) => return Err(format!("the client's sampling failed: {e}")),
-            Ok(Ok(r)) => r,
-        };
-        let text: String = result
-            .message
-            .content
-            .into_vec()
-            .into_iter()
-            .filter_map(|c| match c {
-                SamplingMessageContentBlock::Text(t) => Some(t.text),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        if text.trim().is_empty() {
+        let sampled = link
+            .client
+            .sample(system.to_string(), prompt.to_string(), max_tokens, timeout)
+            .await?;
+        if sampled.text.trim().is_empty() {
             return Err("the client's model answered without text".into());
         }
         // A client may ignore `max_tokens`: keep at most 8 characters per token asked for.
         let cap = max_tokens as usize * 8;
-        let text = match text.char_indices().nth(cap) {
-            Some((at, _)) => format!("{}… [cut at {cap} characters]", &text[..at]),
-            None => text,
+        let text = match sampled.text.char_indices().nth(cap) {
+            Some((at, _)) => format!("{}… [cut at {cap} characters]", &sampled.text[..at]),
+            None => sampled.text,
         };
         Ok(Sampled {
             text,
-            model: result.model,
+            model: sampled.model,
         })
     }
 }
