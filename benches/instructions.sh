@@ -41,6 +41,17 @@ scopes = ["admin"]
 [limits.rate.low]
 burst = 100000
 per_minute = 1000000
+# 32 connections of one principal: room for a session each and every call in flight (the
+# defaults, 16 sessions and 8 calls a principal, half of the local target's 4 slots, would
+# refuse most of them; a caller may hold half of a target's slots).
+[limits]
+max_in_flight = 1000
+max_in_flight_per_principal = 1000
+max_sessions_per_principal = 64
+[[target]]
+id = "local"
+kind = "local"
+max_concurrent = 256
 EOF
 
 url="http://127.0.0.1:$port/mcp"
