@@ -1,8 +1,10 @@
 //! tailopsmcp: an MCP server for operating a homelab or small fleet, reachable only over the
 //! owner's tailnet, with the caller's tailnet identity attached to every request.
 //!
-//! See ARCHITECTURE.md for the code map. Dependencies point one way:
-//! `main → http → mcp → {tools, policy, audit}`, `tools → exec`, `http → tailnet`.
+//! See ARCHITECTURE.md for the code map. Modules form layers, bottom first: `model`; `text`,
+//! `secrets`, `when`; `tailnet`; `exec`; `policy`; `config`; `store`; `targets`; `limits`;
+//! `audit`; `approvals`; `tools`; `call`; `prompts`, `resources`; `mcp`; `http`. A module uses
+//! only layers below its own (`layering`'s tests check it).
 
 pub mod approvals;
 pub mod audit;

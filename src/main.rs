@@ -204,7 +204,7 @@ struct Filter {
 
 /// mimalloc instead of glibc's malloc: a server answering many small requests on a few threads
 /// spends a fifth of its time in glibc malloc/free, and glibc's per-thread arenas keep freed
-/// memory resident after a load peak (see ARCHITECTURE.md, "Memory").
+/// memory resident after a load peak (see benches/HISTORY.md, "Design figures").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
