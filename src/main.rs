@@ -746,9 +746,7 @@ async fn approvals_cmd(config: &Config, command: ApprovalsCommand) -> anyhow::Re
             rec.reason = Some(format!("{verb} by {who} on the server host (cli) deciding {about}"));
         }
         Err(e) => {
-            rec.decision = audit::Decision::Deny;
-            rec.outcome = audit::Outcome::Denied;
-            rec.reason = Some(format!(
+            rec = rec.denied(format!(
                 "{verb} by {who} on the server host (cli) refused: {e}; {about}"
             ));
         }

@@ -25,7 +25,7 @@ use http::{HeaderValue, StatusCode, header};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{self, Auditor, Outcome, Record};
+use crate::audit::{Auditor, Record};
 use crate::config::Config;
 use crate::mcp::{self, McpServer};
 use crate::tailnet::{Caller, Reresolve, localapi::LocalApi};
@@ -456,7 +456,7 @@ async fn audit_refusal(
     reason: String,
 ) {
     let session = session.map(str::to_string);
-    let mut rec = match caller {
+    let rec = match caller {
         Some(c) => mcp::record_for(c, session, "http"),
         None => {
             let mut r = Record::new();
@@ -466,11 +466,8 @@ async fn audit_refusal(
             r
         }
     };
-    rec.decision = audit::Decision::Deny;
-    rec.outcome = Outcome::Denied;
     tracing::info!(peer = %peer, reason = %reason, "refused");
-    rec.reason = Some(reason);
-    if let Err(e) = st.auditor.refuse(rec).await {
+    if let Err(e) = st.auditor.refuse(rec.denied(reason)).await {
         tracing::error!(error = %e, "audit write failed for a refusal");
     }
 }

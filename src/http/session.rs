@@ -45,7 +45,7 @@ use rmcp::transport::Transport;
 use rmcp::transport::streamable_http_server::session::{ServerSseMessage, SessionId, SessionManager};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::{Auditor, Decision, Outcome};
+use crate::audit::Auditor;
 use crate::tailnet::Caller;
 
 /// Timings and sizes of the session layer.
@@ -362,10 +362,7 @@ impl Sessions {
         let mut rec = crate::mcp::record_for(caller, Some(session.to_string()), "tools/call");
         rec.tool = Some(call.params.name.to_string());
         rec.arguments = call.params.arguments.clone().map(serde_json::Value::Object);
-        rec.decision = Decision::Deny;
-        rec.outcome = Outcome::Denied;
-        rec.reason = Some(reason.to_string());
-        if let Err(e) = auditor.refuse(rec).await {
+        if let Err(e) = auditor.refuse(rec.denied(reason.to_string())).await {
             tracing::error!(error = %e, "audit write failed for a refused request");
         }
     }

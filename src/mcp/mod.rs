@@ -333,11 +333,8 @@ impl McpServer {
             ),
             None => format!("malformed params for `{method}`"),
         };
-        if let Some(mut rec) = rec {
-            rec.decision = audit::Decision::Deny;
-            rec.outcome = Outcome::Denied;
-            rec.reason = Some(message.clone());
-            self.shared.audit.refuse(rec).await.map_err(audit_failed)?;
+        if let Some(rec) = rec {
+            self.shared.audit.refuse(rec.denied(message.clone())).await.map_err(audit_failed)?;
         }
         Err(ErrorData::invalid_params(message, None))
     }
@@ -459,9 +456,7 @@ impl McpServer {
             Some(_) => None,
         };
         if let Some(err) = refusal {
-            rec.decision = audit::Decision::Deny;
-            rec.outcome = Outcome::Denied;
-            rec.reason = Some(err.message.to_string());
+            let mut rec = rec.denied(err.message.to_string());
             rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
             shared.audit.record(rec).await.map_err(audit_failed)?;
             return Err(err);
