@@ -1,0 +1,375 @@
+//! One test world: the real server on its own test tailnet, the LocalAPI stand-in knowing the
+//! callers, the daemons a test asked for, and MCP sessions from chosen callers. Every integration
+//! test that runs the server on a tailnet builds it here, so the preamble (skip-or-fail, namespaces,
+//! identities, config, start, connect) is written once.
+//!
+//! ```ignore
+//! let Some(mut w) = World::builder()
+//!     .docker()
+//!     .user(CAROL, "carol@example.com", json!([{"scopes": ["containers:admin"]}]))
+//!     .config(TARGETS)
+//!     .tool_tests_policy()
+//!     .session(CAROL)
+//!     .start()
+//!     .await
+//! else {
+//!     return;
+//! };
+//! w.mcp().call_tool("containers_list", json!({})).await.unwrap();
+//! ```
+//!
+//! A config that depends on what was started (the engine's address, the sshd's port, something
+//! listening inside the server's namespace) is written between [`Builder::prepare`] and
+//! [`Setup::start`]. A missing component goes through [`skip_or_fail`]: `start`/`prepare` return
+//! `None` (a failure in CI). This module knows no tool and asserts nothing about the server.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::http::{Conn, Mcp};
+use super::localapi::{StandIn, whois_for};
+use super::netns::{Tailnet, skip_or_fail};
+use super::server::{CAP, Server, TOOL_TESTS_POLICY};
+use super::sshd::Sshd;
+
+/// The server's tailnet address in every world.
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
+
+/// What a world is made of, declared before anything runs. Start from [`World::builder`].
+#[must_use]
+pub struct Builder {
+    server_ip6: Option<Ipv6Addr>,
+    /// Caller addresses in the order they are added (the first of a family is the default source
+    /// of clients that do not bind), each with the whois answer it gets, if any.
+    callers: Vec<(IpAddr, Option<Value>)>,
+    server_section: String,
+    config: String,
+    tool_tests_policy: bool,
+    docker: bool,
+    busybox: bool,
+    journald: bool,
+    sshd: bool,
+    sessions: Vec<IpAddr>,
+}
+
+/// A world whose tailnet, stand-in and daemons run, but not the server yet: what the config
+/// needs can be read from it, and more config added, before [`Setup::start`].
+pub struct Setup {
+    pub net: Tailnet,
+    pub standin: StandIn,
+    /// A scratch directory for the test (config files, trees, repositories); removed on drop.
+    pub dir: tempfile::TempDir,
+    sshd: Option<Sshd>,
+    docker_host: Option<String>,
+    server_section: String,
+    config: String,
+    tool_tests_policy: bool,
+    sessions: Vec<IpAddr>,
+}
+
+/// A running world. Fields drop in order: sessions, then the server, the sshd, the stand-in,
+/// the namespaces and the scratch directory.
+pub struct World {
+    /// The sessions asked for with [`Builder::session`], initialized, in that order.
+    pub sessions: Vec<Mcp>,
+    pub server: Server,
+    sshd: Option<Sshd>,
+    pub standin: StandIn,
+    pub net: Tailnet,
+    /// See [`Setup::dir`].
+    pub dir: tempfile::TempDir,
+    docker_host: Option<String>,
+}
+
+impl World {
+    /// An empty world: server on [`SERVER_IP`] only, no callers, the harness's config.
+    pub fn builder() -> Builder {
+        Builder {
+            server_ip6: None,
+            callers: Vec::new(),
+            server_section: String::new(),
+            config: String::new(),
+            tool_tests_policy: false,
+            docker: false,
+            busybox: false,
+            journald: false,
+            sshd: false,
+            sessions: Vec::new(),
+        }
+    }
+
+    /// The `Host` header for this server (`100.100.1.1:8471`).
+    pub fn host(&self) -> String {
+        self.server.addr.to_string()
+    }
+
+    /// The MCP endpoint's URL, for clients that are not [`Mcp`] (the Python SDK, curl).
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.server.addr)
+    }
+
+    /// A new HTTP connection from caller address `from` to the server.
+    pub async fn conn(&self, from: IpAddr) -> Conn {
+        let stream = self.net.connect(from, self.server.addr).await.expect("connect");
+        Conn::new(stream).await
+    }
+
+    /// A new, initialized MCP session from `from`.
+    pub async fn session(&self, from: IpAddr) -> Mcp {
+        let mut m = Mcp::new(self.conn(from).await, &self.host());
+        m.initialize().await.expect("initialize");
+        m
+    }
+
+    /// From now on the caller at `ip` whoises as user `login` holding `grants` (see
+    /// [`Builder::user`]; a new address also needs `net.add_caller`).
+    pub fn set_user(&self, ip: IpAddr, login: &str, grants: Value) {
+        self.standin
+            .add_identity(ip, whois_for("whois-user.json", login, ip, CAP, grants));
+    }
+
+    /// The first session asked for with [`Builder::session`].
+    pub fn mcp(&mut self) -> &mut Mcp {
+        self.sessions
+            .first_mut()
+            .expect("no MCP session: ask for one with Builder::session")
+    }
+
+    /// The engine's `DOCKER_HOST` (the world was built with [`Builder::docker`]).
+    pub fn docker_host(&self) -> &str {
+        self.docker_host
+            .as_deref()
+            .expect("no docker engine: build the world with Builder::docker")
+    }
+
+    /// The sshd in the server's namespace (the world was built with [`Builder::sshd`]).
+    pub fn sshd(&self) -> &Sshd {
+        self.sshd.as_ref().expect("no sshd: build the world with Builder::sshd")
+    }
+
+    /// The official MCP Python SDK's client (`python` from [`super::pyclient::python_mcp`]) run
+    /// from the peer namespace, so from the first caller's address, against this server with
+    /// `options` (`--sample TEXT`, `--elicit accept`): its JSON output lines and raw output.
+    pub async fn python(&self, python: &Path, actions: &Value, options: &[&str]) -> (Vec<Value>, String) {
+        super::pyclient::run_actions_with(&self.net, python, &self.url(), actions, options).await
+    }
+}
+
+impl Builder {
+    /// Give the server an IPv6 tailnet address too (the stand-in reports both).
+    pub fn server_ip6(mut self, ip6: Ipv6Addr) -> Builder {
+        self.server_ip6 = Some(ip6);
+        self
+    }
+
+    /// A caller at `ip` that whoises as user `login` (the `whois-user.json` node) holding
+    /// `grants` in the server's capability (`Value::Null`: no capability at all).
+    pub fn user(self, ip: IpAddr, login: &str, grants: Value) -> Builder {
+        let whois = whois_for("whois-user.json", login, ip, CAP, grants);
+        self.identity(ip, whois)
+    }
+
+    /// A caller at `ip` that whoises as `whois` (a fixture, or one edited by the test).
+    pub fn identity(mut self, ip: IpAddr, whois: Value) -> Builder {
+        self.callers.push((ip, Some(whois)));
+        self
+    }
+
+    /// A caller address the stand-in does not know.
+    pub fn caller(mut self, ip: IpAddr) -> Builder {
+        self.callers.push((ip, None));
+        self
+    }
+
+    /// Lines for the config's `[server]` table.
+    pub fn server_section(mut self, text: &str) -> Builder {
+        self.server_section.push_str(text);
+        self
+    }
+
+    /// TOML appended to the config, right after the harness's `[audit]` table (so leading keys
+    /// land there); may add `[[grant]]`s, `[[target]]`s and sections.
+    pub fn config(mut self, text: &str) -> Builder {
+        self.config.push_str(text);
+        self
+    }
+
+    /// End the config with [`TOOL_TESTS_POLICY`] (no approval gate, large rate buckets).
+    pub fn tool_tests_policy(mut self) -> Builder {
+        self.tool_tests_policy = true;
+        self
+    }
+
+    /// Needs the shared Docker engine ([`World::docker_host`]).
+    pub fn docker(mut self) -> Builder {
+        self.docker = true;
+        self
+    }
+
+    /// Needs the shared Docker engine with the busybox test image.
+    pub fn busybox(mut self) -> Builder {
+        self.docker = true;
+        self.busybox = true;
+        self
+    }
+
+    /// Needs journald.
+    pub fn journald(mut self) -> Builder {
+        self.journald = true;
+        self
+    }
+
+    /// An sshd inside the server's namespace, on its loopback ([`Setup::sshd`]).
+    pub fn sshd(mut self) -> Builder {
+        self.sshd = true;
+        self
+    }
+
+    /// Open an initialized MCP session from `from` once the server listens ([`World::sessions`]).
+    pub fn session(mut self, from: IpAddr) -> Builder {
+        self.sessions.push(from);
+        self
+    }
+
+    /// Everything but the server: daemons (journald, the engine, the image), the tailnet with
+    /// every caller address, the sshd, and the stand-in answering for the server's addresses and
+    /// the callers' identities. `None` after [`skip_or_fail`] when a component is missing.
+    pub async fn prepare(self) -> Option<Setup> {
+        if self.journald
+            && let Err(e) = super::journald::ensure_journald()
+        {
+            skip_or_fail(&format!("journald: {e}"));
+            return None;
+        }
+        let docker_host = if self.docker {
+            let engine = super::docker::ensure_dockerd().and_then(|host| {
+                if self.busybox {
+                    super::docker::busybox_image(&host)?;
+                }
+                Ok(host)
+            });
+            match engine {
+                Ok(host) => Some(host),
+                Err(e) => {
+                    skip_or_fail(&format!("docker engine: {e}"));
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        let net = match Tailnet::new(SERVER_IP, self.server_ip6) {
+            Ok(n) => n,
+            Err(e) => {
+                skip_or_fail(&format!("cannot build a test tailnet: {e}"));
+                return None;
+            }
+        };
+        let sshd = if self.sshd {
+            match Sshd::start_in_netns(net.server_ns()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    skip_or_fail(&format!("sshd: {e}"));
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        for (ip, _) in &self.callers {
+            net.add_caller(*ip).expect("add caller");
+        }
+        let standin = StandIn::start().await;
+        let mut self_ips = vec![IpAddr::V4(SERVER_IP)];
+        self_ips.extend(self.server_ip6.map(IpAddr::V6));
+        standin.set_self_ips(&self_ips);
+        for (ip, whois) in self.callers {
+            if let Some(whois) = whois {
+                standin.add_identity(ip, whois);
+            }
+        }
+        Some(Setup {
+            net,
+            standin,
+            dir: tempfile::tempdir().expect("tempdir"),
+            sshd,
+            docker_host,
+            server_section: self.server_section,
+            config: self.config,
+            tool_tests_policy: self.tool_tests_policy,
+            sessions: self.sessions,
+        })
+    }
+
+    /// [`Builder::prepare`], then [`Setup::start`].
+    pub async fn start(self) -> Option<World> {
+        Some(self.prepare().await?.start().await)
+    }
+}
+
+impl Setup {
+    /// Append `text` to the config (see [`Builder::config`]).
+    pub fn config(&mut self, text: &str) {
+        self.config.push_str(text);
+    }
+
+    /// The engine's `DOCKER_HOST` (see [`World::docker_host`]).
+    pub fn docker_host(&self) -> &str {
+        self.docker_host
+            .as_deref()
+            .expect("no docker engine: build the world with Builder::docker")
+    }
+
+    /// The sshd in the server's namespace (the world was built with [`Builder::sshd`]).
+    pub fn sshd(&self) -> &Sshd {
+        self.sshd.as_ref().expect("no sshd: build the world with Builder::sshd")
+    }
+
+    /// A `[[target]]` of kind `ssh` named `id` for [`Setup::sshd`], trusting its host key
+    /// through a known_hosts file in the sshd's directory.
+    pub fn ssh_target(&self, id: &str) -> String {
+        let sshd = self.sshd();
+        let known_hosts = sshd.write_known_hosts("known_hosts", &[sshd.known_hosts_line()]);
+        format!(
+            "[[target]]\nid = \"{id}\"\nkind = \"ssh\"\n[target.ssh]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
+             key_file = \"{}\"\nknown_hosts = \"{}\"\n",
+            sshd.port(),
+            sshd.user(),
+            sshd.client_key_path().display(),
+            known_hosts.display()
+        )
+    }
+
+    /// Start the server, wait until it listens on its tailnet address, and open the sessions.
+    pub async fn start(self) -> World {
+        let sessions = self.sessions.clone();
+        let mut w = self.spawn().await;
+        w.server.wait_listening(&w.net, w.server.addr).await;
+        for from in sessions {
+            let m = w.session(from).await;
+            w.sessions.push(m);
+        }
+        w
+    }
+
+    /// Start the server without waiting for it to listen (so without the sessions).
+    pub async fn spawn(self) -> World {
+        let mut config = self.config;
+        if self.tool_tests_policy {
+            config.push_str(TOOL_TESTS_POLICY);
+        }
+        let server = Server::spawn(&self.net, &self.standin, &self.server_section, &config).await;
+        World {
+            sessions: Vec::new(),
+            server,
+            sshd: self.sshd,
+            standin: self.standin,
+            net: self.net,
+            dir: self.dir,
+            docker_host: self.docker_host,
+        }
+    }
+}
