@@ -2,99 +2,20 @@
 //! callers with their own tailnet addresses in a peer namespace, the LocalAPI stand-in for
 //! tailscaled, a real SQLite audit file, and real journald.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::http::{Conn, Mcp, Request};
-use crate::support::localapi::{StandIn, fixture, whois_for};
-use crate::support::netns::{Tailnet, skip_or_fail};
-use crate::support::server::{CAP, PORT, Server};
-
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
-const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0x1, 0x1);
-const ALICE: &str = "100.100.2.2";
-const BOB: &str = "100.100.2.3";
-const CI: &str = "100.100.2.4";
-const STRANGER: &str = "100.100.2.9";
+use crate::support::http::{Conn, Mcp, Request, init_body};
+use crate::support::localapi::{StandIn, fixture};
+use crate::support::netns::skip_or_fail;
+use crate::support::server::{CAP, PORT};
+use crate::support::world::cast::{ALICE, BOB, CI, SERVER_IP6, STRANGER};
+use crate::support::world::{SERVER_IP, World, fixture_world as world};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// A server on a test tailnet with three known callers (alice: granted user, bob: no grants,
-/// ci: tagged node) and one unknown address.
-struct World {
-    net: Tailnet,
-    standin: StandIn,
-    server: Server,
-}
-
-async fn world(server_section: &str, extra: &str) -> Option<World> {
-    let net = match Tailnet::new(SERVER_IP, Some(SERVER_IP6)) {
-        Ok(n) => n,
-        Err(e) => {
-            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
-            return None;
-        }
-    };
-    for c in [ALICE, BOB, CI, STRANGER] {
-        net.add_caller(ip(c)).expect("add caller");
-    }
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP), IpAddr::V6(SERVER_IP6)]);
-    standin.add_identity(ip(ALICE), fixture("whois-user.json"));
-    standin.add_identity(ip(BOB), fixture("whois-nocaps.json"));
-    standin.add_identity(ip(CI), fixture("whois-tagged.json"));
-    let server = Server::start(&net, &standin, server_section, extra).await;
-    Some(World { net, standin, server })
-}
-
-impl World {
-    fn host(&self) -> String {
-        format!("{SERVER_IP}:{PORT}")
-    }
-
-    async fn conn(&self, from: &str) -> Conn {
-        let stream = self.net.connect(ip(from), self.server.addr).await.expect("connect");
-        Conn::new(stream).await
-    }
-
-    async fn mcp(&self, from: &str) -> Mcp {
-        let mut m = Mcp::new(self.conn(from).await, &self.host());
-        m.initialize().await.expect("initialize");
-        m
-    }
-
-    /// A raw POST to /mcp from `from` with extra headers.
-    async fn post(&self, from: &str, headers: &[(&str, &str)], body: &[u8]) -> crate::support::http::Response {
-        let mut conn = self.conn(from).await;
-        let mut h: Vec<(String, String)> = vec![
-            ("host".into(), self.host()),
-            ("content-type".into(), "application/json".into()),
-            ("accept".into(), "application/json, text/event-stream".into()),
-        ];
-        for (k, v) in headers {
-            h.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
-            h.push((k.to_string(), v.to_string()));
-        }
-        conn.send(Request {
-            method: http::Method::POST,
-            path: "/mcp".into(),
-            headers: h,
-            body: body.to_vec(),
-        })
-        .await
-        .expect("send")
-    }
-}
-
-fn init_body() -> Vec<u8> {
-    json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})
-    .to_string()
-    .into_bytes()
 }
 
 fn structured(result: &Value) -> &Value {
@@ -148,7 +69,7 @@ async fn listens_only_on_the_tailnet_addresses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_granted_user_lists_and_calls_tools() {
     let Some(w) = world("", "").await else { return };
-    let mut alice = w.mcp(ALICE).await;
+    let mut alice = w.session(ALICE).await;
     let mut tools = alice.list_tools().await.unwrap();
     tools.sort();
     // alice's grants: system:read + containers:read on *, containers:control on docker-*.
@@ -209,7 +130,7 @@ async fn a_granted_user_lists_and_calls_tools() {
 async fn a_tagged_node_gets_its_tag_grants() {
     let extra = "[[grant]]\nmatch = \"tag:ci\"\nscopes = [\"network:read\"]\ntargets = [\"local\"]\n";
     let Some(w) = world("", extra).await else { return };
-    let mut ci = w.mcp(CI).await;
+    let mut ci = w.session(CI).await;
     let mut tools = ci.list_tools().await.unwrap();
     tools.sort();
     assert_eq!(
@@ -251,7 +172,7 @@ async fn a_tagged_node_gets_its_tag_grants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ungranted_user_sees_no_tools_and_is_denied() {
     let Some(w) = world("", "").await else { return };
-    let mut bob = w.mcp(BOB).await;
+    let mut bob = w.session(BOB).await;
     assert!(bob.list_tools().await.unwrap().is_empty());
     let r = bob.call_tool("system_status", json!({})).await.unwrap();
     assert_eq!(r["isError"], true);
@@ -357,7 +278,7 @@ async fn whois_answers_are_cached_per_connection_for_a_few_seconds() {
     let before = whois();
     let started = Instant::now();
     // initialize, notifications/initialized and tools/call on one connection.
-    let mut alice = w.mcp(ALICE).await;
+    let mut alice = w.session(ALICE).await;
     let who = alice.call_tool("whoami", json!({})).await.unwrap();
     assert!(started.elapsed() < ttl, "three requests took {:?}", started.elapsed());
     assert_eq!(whois() - before, 1, "one whois for three requests on one connection");
@@ -365,22 +286,17 @@ async fn whois_answers_are_cached_per_connection_for_a_few_seconds() {
     let first_addr = structured(&who)["remote_addr"].clone();
 
     // A second connection from the same address is not served from the first one's cache.
-    let mut again = w.mcp(ALICE).await;
+    let mut again = w.session(ALICE).await;
     assert_eq!(whois() - before, 2, "a new connection whoises again");
     let who = again.call_tool("whoami", json!({})).await.unwrap();
     assert_ne!(structured(&who)["remote_addr"], first_addr);
     assert_eq!(whois() - before, 2);
 
     // tailscaled now gives alice other grants.
-    w.standin.add_identity(
-        ip(ALICE),
-        whois_for(
-            "whois-user.json",
-            "alice@example.com",
-            ip(ALICE),
-            CAP,
-            json!([{"scopes": ["network:read"], "targets": ["local"]}]),
-        ),
+    w.set_user(
+        ALICE,
+        "alice@example.com",
+        json!([{"scopes": ["network:read"], "targets": ["local"]}]),
     );
     // Within the cache age the first connection still answers from its cache...
     if started.elapsed() + Duration::from_millis(500) < ttl {
@@ -436,7 +352,7 @@ async fn slow_headers_and_slow_bodies_are_cut_off_while_others_are_served() {
         ),
         ("an idle keep-alive connection", whole),
     ] {
-        let (mut rd, mut wr) = w.net.connect(ip(ALICE), w.server.addr).await.unwrap().into_split();
+        let (mut rd, mut wr) = w.net.connect(ALICE, w.server.addr).await.unwrap().into_split();
         wr.write_all(preamble.as_bytes()).await.unwrap();
         let (got, took) = until_closed(&mut rd, Instant::now()).await;
         assert!(
@@ -459,7 +375,7 @@ async fn slow_headers_and_slow_bodies_are_cut_off_while_others_are_served() {
     assert_eq!(body.len(), 100);
     let mut slow = Vec::new();
     for trickle in [false, true] {
-        let (rd, mut wr) = w.net.connect(ip(ALICE), w.server.addr).await.unwrap().into_split();
+        let (rd, mut wr) = w.net.connect(ALICE, w.server.addr).await.unwrap().into_split();
         wr.write_all(format!("{}{}", head(body.len()), &body[..10]).as_bytes())
             .await
             .unwrap();
@@ -499,7 +415,7 @@ async fn slow_headers_and_slow_bodies_are_cut_off_while_others_are_served() {
         );
     }
     assert!(w.server.alive());
-    let mut alice = w.mcp(ALICE).await;
+    let mut alice = w.session(ALICE).await;
     let who = alice.call_tool("whoami", json!({})).await.unwrap();
     assert_eq!(structured(&who)["principal"], "alice@example.com");
 }
@@ -533,7 +449,7 @@ async fn spoofed_identity_headers_are_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_replayed_by_another_principal_gets_404() {
     let Some(w) = world("", "").await else { return };
-    let mut alice = w.mcp(ALICE).await;
+    let mut alice = w.session(ALICE).await;
     let sid = alice.session.clone().expect("a session id");
     let mut ci = Mcp::new(w.conn(CI).await, &w.host());
     ci.session = Some(sid.clone());
@@ -575,7 +491,7 @@ async fn a_session_replayed_by_another_principal_gets_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_sessions_principal_can_end_it() {
     let Some(w) = world("", "").await else { return };
-    let mut alice = w.mcp(ALICE).await;
+    let mut alice = w.session(ALICE).await;
     let sid = alice.session.clone().expect("a session id");
     let mut ci = Mcp::new(w.conn(CI).await, &w.host());
     ci.session = Some(sid.clone());
@@ -647,7 +563,7 @@ async fn read_until(stream: &mut tokio::net::TcpStream, done: impl Fn(&str) -> b
 async fn a_session_call_whose_connection_drops_is_resumed_by_its_principal() {
     let extra = "[[grant]]\nmatch = \"user:alice@example.com\"\nscopes = [\"network:read\"]\n";
     let Some(w) = world("", extra).await else { return };
-    let alice = w.mcp(ALICE).await;
+    let alice = w.session(ALICE).await;
     let sid = alice.session.clone().expect("a session id");
     let session_headers = format!(
         "host: {}\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-06-18",
@@ -659,7 +575,7 @@ async fn a_session_call_whose_connection_drops_is_resumed_by_its_principal() {
     let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
         "params": {"name": "network_ping", "arguments": {"host": "127.0.0.1", "count": 10}}})
     .to_string();
-    let mut first = w.net.connect(ip(ALICE), w.server.addr).await.expect("connect");
+    let mut first = w.net.connect(ALICE, w.server.addr).await.expect("connect");
     let head = format!(
         "POST /mcp HTTP/1.1\r\n{session_headers}\r\ncontent-type: application/json\r\n\
          accept: application/json, text/event-stream"
@@ -685,7 +601,7 @@ async fn a_session_call_whose_connection_drops_is_resumed_by_its_principal() {
         format!("GET /mcp HTTP/1.1\r\n{from_session}\r\naccept: text/event-stream\r\nlast-event-id: {event_id}")
     };
     // Another principal cannot pick up alice's stream.
-    let mut ci = w.net.connect(ip(CI), w.server.addr).await.expect("connect");
+    let mut ci = w.net.connect(CI, w.server.addr).await.expect("connect");
     let refused = raw_exchange(&mut ci, &resume_head(&session_headers), "", |t| t.contains("\r\n\r\n")).await;
     assert!(refused.starts_with("HTTP/1.1 404"), "{refused}");
     let rows = w
@@ -700,7 +616,7 @@ async fn a_session_call_whose_connection_drops_is_resumed_by_its_principal() {
     assert_eq!(rows[0].principal.as_deref(), Some("tag:ci,tag:mcp-client"));
 
     // Alice resumes it on a new connection and gets the answer.
-    let mut again = w.net.connect(ip(ALICE), w.server.addr).await.expect("connect");
+    let mut again = w.net.connect(ALICE, w.server.addr).await.expect("connect");
     let resumed = raw_exchange(&mut again, &resume_head(&session_headers), "", |t| has_message(t, 7)).await;
     assert!(resumed.starts_with("HTTP/1.1 200"), "{resumed}");
     let answer = sse_message(&resumed, 7);
@@ -721,7 +637,7 @@ async fn a_session_call_whose_connection_drops_is_resumed_by_its_principal() {
 async fn a_request_id_in_flight_in_the_session_is_refused_and_the_first_call_still_answers() {
     let extra = "[[grant]]\nmatch = \"user:alice@example.com\"\nscopes = [\"network:read\"]\n";
     let Some(w) = world("", extra).await else { return };
-    let alice = w.mcp(ALICE).await;
+    let alice = w.session(ALICE).await;
     let sid = alice.session.clone().expect("a session id");
     let head = format!(
         "POST /mcp HTTP/1.1\r\nhost: {}\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-06-18\r\n\
@@ -733,7 +649,7 @@ async fn a_request_id_in_flight_in_the_session_is_refused_and_the_first_call_sti
     let ping = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
         "params": {"name": "network_ping", "arguments": {"host": "127.0.0.1", "count": 10}}})
     .to_string();
-    let mut first = w.net.connect(ip(ALICE), w.server.addr).await.expect("connect");
+    let mut first = w.net.connect(ALICE, w.server.addr).await.expect("connect");
     let opened = raw_exchange(&mut first, &head, &ping, |t| t.contains("\n\n")).await;
     assert!(opened.starts_with("HTTP/1.1 200"), "{opened}");
     assert!(!opened.contains("\"id\":7"), "the ping answered at once: {opened}");
@@ -742,7 +658,7 @@ async fn a_request_id_in_flight_in_the_session_is_refused_and_the_first_call_sti
     let whoami = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
         "params": {"name": "whoami", "arguments": {}}})
     .to_string();
-    let mut second = w.net.connect(ip(ALICE), w.server.addr).await.expect("connect");
+    let mut second = w.net.connect(ALICE, w.server.addr).await.expect("connect");
     let refused = raw_exchange(&mut second, &head, &whoami, |t| has_message(t, 7)).await;
     assert!(refused.starts_with("HTTP/1.1 200"), "{refused}");
     let error = sse_message(&refused, 7);
@@ -810,7 +726,7 @@ fn ci_is_the_servers_own_node(w: &World) {
     let self_id = fixture("status.json")["Self"]["ID"].as_str().unwrap().to_string();
     let mut me = fixture("whois-tagged.json");
     me["Node"]["StableID"] = json!(self_id);
-    w.standin.add_identity(ip(CI), me);
+    w.standin.add_identity(CI, me);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -832,7 +748,7 @@ async fn calls_from_the_servers_own_node_are_served_with_allow_self() {
         return;
     };
     ci_is_the_servers_own_node(&w);
-    let mut me = w.mcp(CI).await;
+    let mut me = w.session(CI).await;
     let who = me.call_tool("whoami", json!({})).await.unwrap();
     assert_eq!(who["isError"], false, "{who}");
     assert_eq!(structured(&who)["principal"], "tag:ci,tag:mcp-client");
@@ -868,7 +784,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let r = w.post(ALICE, &[], big.as_bytes()).await;
     assert_eq!(r.status, 413, "oversized body");
 
-    let mut alice = w.mcp(ALICE).await;
+    let mut alice = w.session(ALICE).await;
     // Unknown tool: a protocol error, and an audit row naming it.
     let r = alice
         .request("tools/call", json!({"name": "rm_rf", "arguments": {}}))
@@ -1008,49 +924,44 @@ async fn rebinds_when_the_tailnet_addresses_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_for_running_then_listens() {
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => return skip_or_fail(&format!("cannot build a test tailnet: {e}")),
+    let Some(s) = World::builder().prepare().await else {
+        return;
     };
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
-    standin.set_backend_state("NeedsLogin");
-    let server = Server::spawn(&net, &standin, "", "").await;
+    s.standin.set_backend_state("NeedsLogin");
+    let w = s.spawn().await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(
-        net.listening_sockets().is_empty(),
+        w.net.listening_sockets().is_empty(),
         "must not listen before tailscaled is Running"
     );
     assert!(
-        server.log().contains("NeedsLogin"),
+        w.server.log().contains("NeedsLogin"),
         "says why it waits: {}",
-        server.log()
+        w.server.log()
     );
-    standin.set_backend_state("Running");
-    server
-        .wait_listening(&net, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
+    w.standin.set_backend_state("Running");
+    w.server
+        .wait_listening(&w.net, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
         .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn userspace_networking_is_refused_clearly() {
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => return skip_or_fail(&format!("cannot build a test tailnet: {e}")),
+    let Some(s) = World::builder().prepare().await else {
+        return;
     };
-    let standin = StandIn::start().await;
     let mut status = fixture("status.json");
     status["TUN"] = json!(false);
-    standin.set_status(status);
-    let mut server = Server::spawn(&net, &standin, "", "").await;
-    let child = server.child.as_mut().unwrap();
+    s.standin.set_status(status);
+    let mut w = s.spawn().await;
+    let child = w.server.child.as_mut().unwrap();
     let code = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("exits")
         .unwrap();
     assert!(!code.success());
-    assert!(server.log().contains("userspace-networking"), "{}", server.log());
-    assert!(net.listening_sockets().is_empty());
+    assert!(w.server.log().contains("userspace-networking"), "{}", w.server.log());
+    assert!(w.net.listening_sockets().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1060,17 +971,12 @@ async fn journald_carries_the_audit_events() {
     }
     let login = format!("journal-{}@example.com", std::process::id());
     let Some(w) = world("", "").await else { return };
-    w.standin.add_identity(
-        ip(ALICE),
-        whois_for(
-            "whois-user.json",
-            &login,
-            ip(ALICE),
-            CAP,
-            json!([{"scopes": ["system:read"], "targets": ["local"]}]),
-        ),
+    w.set_user(
+        ALICE,
+        &login,
+        json!([{"scopes": ["system:read"], "targets": ["local"]}]),
     );
-    let mut m = w.mcp(ALICE).await;
+    let mut m = w.session(ALICE).await;
     m.call_tool("whoami", json!({})).await.unwrap();
     let filter = format!("TAILOPS_PRINCIPAL={login}");
     let mut entries = Vec::new();
@@ -1105,7 +1011,7 @@ async fn the_official_python_sdk_client_works_over_the_tailnet() {
         Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
     };
     let Some(w) = world("", "").await else { return };
-    w.net.set_default_source(ip(ALICE)).unwrap();
+    w.net.set_default_source(ALICE).unwrap();
     let actions = json!([{"list_tools": {}}, {"call": "whoami", "args": {}}, {"call": "system_status", "args": {}}]);
     let url = format!("http://{SERVER_IP}:{PORT}/mcp");
     let (lines, stdout) = crate::support::pyclient::run_actions(&w.net, &python, &url, &actions).await;
@@ -1132,7 +1038,7 @@ async fn the_official_python_sdk_client_works_over_the_tailnet() {
             .unwrap()
             .split(':')
             .next(),
-        Some(ALICE)
+        Some(ALICE.to_string().as_str())
     );
     assert_eq!(lines[3]["isError"], false);
     assert!(lines[3]["structuredContent"]["memory"]["total_bytes"].as_u64().unwrap() > 0);
@@ -1294,7 +1200,7 @@ async fn dev_mode_serves_loopback_with_a_marked_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whois_command_shows_identity_scopes_and_grants() {
     let standin = StandIn::start().await;
-    standin.add_identity(ip(ALICE), fixture("whois-user.json"));
+    standin.add_identity(ALICE, fixture("whois-user.json"));
     // The stand-in answers from its own thread, so blocking on the CLI here is fine.
     let socket = standin.socket_path().to_str().unwrap().to_string();
     let alice = format!("{ALICE}:41000");
@@ -1308,14 +1214,15 @@ async fn the_whois_command_shows_identity_scopes_and_grants() {
         json!({"scope": "system:read", "granted_by": [format!("cap:{CAP}[0]")]})
     );
     assert_eq!(v["grants"][1]["targets"], json!(["docker-*"]));
-    let (code, out, _) = crate::support::server::run_cli(&["whois", ALICE, "--socket", &socket, "--capability", CAP]);
+    let (code, out, _) =
+        crate::support::server::run_cli(&["whois", &ALICE.to_string(), "--socket", &socket, "--capability", CAP]);
     assert_eq!(code, 0);
     assert!(
         out.contains("system:read") && out.contains("from cap:example.com/cap/tailopsmcp[0]"),
         "{out}"
     );
     let (code, out, err) =
-        crate::support::server::run_cli(&["whois", STRANGER, "--socket", &socket, "--capability", CAP]);
+        crate::support::server::run_cli(&["whois", &STRANGER.to_string(), "--socket", &socket, "--capability", CAP]);
     assert_eq!(code, 1, "{out}");
     assert!(err.contains("no match for IP:port"), "{err}");
 }
@@ -1323,10 +1230,10 @@ async fn the_whois_command_shows_identity_scopes_and_grants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_command_filters_and_prints_json_lines() {
     let Some(w) = world("", "").await else { return };
-    let mut alice = w.mcp(ALICE).await;
+    let mut alice = w.session(ALICE).await;
     alice.call_tool("whoami", json!({})).await.unwrap();
     alice.call_tool("system_status", json!({})).await.unwrap();
-    let mut bob = w.mcp(BOB).await;
+    let mut bob = w.session(BOB).await;
     bob.call_tool("system_status", json!({})).await.unwrap();
     w.server.audit_where(3, |r| r.method == "tools/call").await;
     let db = w.server.db.to_str().unwrap().to_string();
@@ -1435,7 +1342,7 @@ async fn service_conn(w: &World, preamble: &[u8]) -> tokio::net::TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_listener_takes_the_caller_from_a_proxy_v2_header() {
     let Some(w) = world("", SERVICE).await else { return };
-    let caller = SocketAddr::new(ip(ALICE), 40123);
+    let caller = SocketAddr::new(ALICE, 40123);
     let stream = service_conn(&w, &proxy_v2(caller, ppp::v2::Command::Proxy)).await;
     let mut m = Mcp::new(Conn::new(stream).await, "mcp.tail3f9c2.ts.net");
     m.initialize().await.expect("initialize through the Service");
@@ -1453,7 +1360,7 @@ async fn the_service_listener_takes_the_caller_from_a_proxy_v2_header() {
     let rows = w.server.audit_where(1, |r| r.tool.as_deref() == Some("whoami")).await;
     assert_eq!(rows[0].remote_addr.as_deref(), Some("100.100.2.2:40123"));
     // The same caller identity and policy apply: bob through the Service is still bob.
-    let stream = service_conn(&w, &proxy_v2(SocketAddr::new(ip(BOB), 40124), ppp::v2::Command::Proxy)).await;
+    let stream = service_conn(&w, &proxy_v2(SocketAddr::new(BOB, 40124), ppp::v2::Command::Proxy)).await;
     let mut bob = Mcp::new(Conn::new(stream).await, "mcp.tail3f9c2.ts.net");
     bob.initialize().await.unwrap();
     assert!(bob.list_tools().await.unwrap().is_empty());
@@ -1470,9 +1377,9 @@ async fn the_service_listener_refuses_connections_without_a_valid_v2_header() {
     );
     let mut v1 = b"PROXY TCP4 100.100.2.2 100.100.20.5 40000 443\r\n".to_vec();
     v1.extend_from_slice(http.as_bytes());
-    let mut local = proxy_v2(SocketAddr::new(ip(ALICE), 40000), ppp::v2::Command::Local);
+    let mut local = proxy_v2(SocketAddr::new(ALICE, 40000), ppp::v2::Command::Local);
     local.extend_from_slice(http.as_bytes());
-    let mut malformed = proxy_v2(SocketAddr::new(ip(ALICE), 40000), ppp::v2::Command::Proxy);
+    let mut malformed = proxy_v2(SocketAddr::new(ALICE, 40000), ppp::v2::Command::Proxy);
     malformed[12] = 0x31; // version 3
     malformed.extend_from_slice(http.as_bytes());
     for (what, preamble, reason) in [
@@ -1519,10 +1426,10 @@ async fn a_proxy_header_on_the_tailnet_listener_is_refused() {
         return;
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let v2 = proxy_v2(SocketAddr::new(ip(ALICE), 40000), ppp::v2::Command::Proxy);
+    let v2 = proxy_v2(SocketAddr::new(ALICE, 40000), ppp::v2::Command::Proxy);
     for preamble in [v2, b"PROXY TCP4 100.100.2.2 100.100.1.1 40000 8471\r\n".to_vec()] {
         // bob connects and claims to be forwarding for alice.
-        let mut stream = w.net.connect(ip(BOB), w.server.addr).await.unwrap();
+        let mut stream = w.net.connect(BOB, w.server.addr).await.unwrap();
         stream.write_all(&preamble).await.ok();
         stream
             .write_all(
@@ -1558,7 +1465,7 @@ async fn a_proxy_header_on_the_tailnet_listener_is_refused() {
         "audited as the real peer"
     );
     // Plain HTTP on the tailnet listener still works.
-    let mut alice = w.mcp(ALICE).await;
+    let mut alice = w.session(ALICE).await;
     assert_eq!(
         structured(&alice.call_tool("whoami", json!({})).await.unwrap())["principal"],
         "alice@example.com"
@@ -1616,7 +1523,7 @@ sys.stdout.write(out.decode("latin-1"))
 
 /// A PROXY v2 header naming alice, then an `initialize` POST.
 fn alice_through_the_service() -> Vec<u8> {
-    let mut bytes = proxy_v2(SocketAddr::new(ip(ALICE), 40123), ppp::v2::Command::Proxy);
+    let mut bytes = proxy_v2(SocketAddr::new(ALICE, 40123), ppp::v2::Command::Proxy);
     let body = init_body();
     bytes.extend_from_slice(
         format!(
@@ -1669,7 +1576,7 @@ async fn the_service_listener_refuses_a_local_user_claiming_a_caller_over_tcp() 
     )
     .await;
     assert!(row.remote_addr.as_deref().unwrap().starts_with("127.0.0.1:"));
-    let whois_alice = |w: &World| whois_asked(w, "addr", |a| a.starts_with(ALICE));
+    let whois_alice = |w: &World| whois_asked(w, "addr", |a| a.starts_with(&ALICE.to_string()));
     assert_eq!(whois_alice(&w), 0, "refused before any whois");
     served_as(&w, None, &target).await;
     assert!(whois_alice(&w) >= 1);
@@ -1713,7 +1620,7 @@ async fn the_service_socket_serves_only_tailscaleds_uid() {
     {
         use tokio::io::AsyncWriteExt;
         stream
-            .write_all(&proxy_v2(SocketAddr::new(ip(ALICE), 40123), ppp::v2::Command::Proxy))
+            .write_all(&proxy_v2(SocketAddr::new(ALICE, 40123), ppp::v2::Command::Proxy))
             .await
             .unwrap();
     }
@@ -1765,7 +1672,7 @@ async fn connections_stalled_inside_a_proxy_signature_cost_no_cpu() {
     let pid = w.server.child.as_ref().unwrap().id().unwrap();
     let mut stalled = Vec::new();
     for _ in 0..200 {
-        let mut s = w.net.connect(ip(ALICE), w.server.addr).await.unwrap();
+        let mut s = w.net.connect(ALICE, w.server.addr).await.unwrap();
         s.write_all(b"\r\n\r\n").await.unwrap();
         stalled.push(s);
     }
@@ -1794,7 +1701,7 @@ async fn connections_stalled_inside_a_proxy_signature_cost_no_cpu() {
         "closed before the header timeout"
     );
     // The listener still serves.
-    let mut alice = w.mcp(ALICE).await;
+    let mut alice = w.session(ALICE).await;
     assert_eq!(
         structured(&alice.call_tool("whoami", json!({})).await.unwrap())["principal"],
         "alice@example.com"
@@ -1811,11 +1718,11 @@ async fn connections_over_the_cap_are_closed_at_once() {
     };
     let mut held = Vec::new();
     for _ in 0..8 {
-        held.push(w.net.connect(ip(ALICE), w.server.addr).await.unwrap());
+        held.push(w.net.connect(ALICE, w.server.addr).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let whois_before = w.standin.requests().len();
-    let mut ninth = w.net.connect(ip(BOB), w.server.addr).await.unwrap();
+    let mut ninth = w.net.connect(BOB, w.server.addr).await.unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 16];
     let r = tokio::time::timeout(Duration::from_secs(2), ninth.read(&mut buf)).await;
@@ -1846,7 +1753,7 @@ async fn connections_over_the_cap_are_closed_at_once() {
     held.truncate(5);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut alice = loop {
-        let stream = w.net.connect(ip(ALICE), w.server.addr).await.unwrap();
+        let stream = w.net.connect(ALICE, w.server.addr).await.unwrap();
         let mut m = Mcp::new(Conn::new(stream).await, &w.host());
         match m.initialize().await {
             Ok(_) => break m,
@@ -1871,10 +1778,10 @@ async fn one_address_cannot_take_every_connection() {
     // Four idle connections from the stranger (nothing sent: a slow client, or an attack).
     let mut held = Vec::new();
     for _ in 0..4 {
-        held.push(w.net.connect(ip(STRANGER), w.server.addr).await.unwrap());
+        held.push(w.net.connect(STRANGER, w.server.addr).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut fifth = w.net.connect(ip(STRANGER), w.server.addr).await.unwrap();
+    let mut fifth = w.net.connect(STRANGER, w.server.addr).await.unwrap();
     let mut buf = [0u8; 16];
     let r = tokio::time::timeout(Duration::from_secs(2), fifth.read(&mut buf)).await;
     assert!(
@@ -1891,7 +1798,7 @@ async fn one_address_cannot_take_every_connection() {
     // A closed connection gives its place back.
     held.pop();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut again = w.net.connect(ip(STRANGER), w.server.addr).await.unwrap();
+    let mut again = w.net.connect(STRANGER, w.server.addr).await.unwrap();
     let r = tokio::time::timeout(Duration::from_millis(500), again.read(&mut buf)).await;
     assert!(r.is_err(), "a place came free, so the connection stays open: {r:?}");
 }
@@ -1962,7 +1869,7 @@ async fn read_only_mode_registers_no_changing_tool() {
     let extra = "[tools]\nread_only = true\n\n[[grant]]\nmatch = \"user:alice@example.com\"\n\
                  scopes = [\"inventory:control\"]\ntargets = [\"local\"]\n";
     let Some(w) = world("", extra).await else { return };
-    let mut alice = w.mcp(ALICE).await;
+    let mut alice = w.session(ALICE).await;
     let tools = alice.list_tools().await.unwrap();
     assert!(tools.contains(&"inventory_get".to_string()), "{tools:?}");
     for changing in ["inventory_scan", "inventory_set", "inventory_annotate"] {

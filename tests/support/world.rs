@@ -29,14 +29,44 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::http::{Conn, Mcp};
-use super::localapi::{StandIn, whois_for};
+use super::http::{Conn, Mcp, Request, Response};
+use super::localapi::{StandIn, fixture, whois_for};
 use super::netns::{Tailnet, skip_or_fail};
 use super::server::{CAP, Server, TOOL_TESTS_POLICY};
 use super::sshd::Sshd;
 
 /// The server's tailnet address in every world.
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
+
+/// The callers of [`fixture_world`] and [`Builder::fixture_callers`], named for the LocalAPI
+/// fixtures they whois as (`shared/fixtures/localapi/`).
+pub mod cast {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    /// The server's IPv6 tailnet address in [`super::fixture_world`].
+    pub const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0x1, 0x1);
+    /// `whois-user.json`: alice@example.com (node `alice-laptop`), whose capability grants
+    /// system:read and containers:read on `*` and containers:control on `docker-*`.
+    pub const ALICE: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 2));
+    /// `whois-nocaps.json`: bob@example.com, with no grants at all.
+    pub const BOB: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 3));
+    /// `whois-tagged.json`: a node tagged `tag:ci` and `tag:mcp-client`.
+    pub const CI: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 4));
+    /// An address tailscaled does not know.
+    pub const STRANGER: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 9));
+}
+
+/// A server on [`SERVER_IP`] and [`cast::SERVER_IP6`] with the [`cast`] as its callers,
+/// `server_section` in its `[server]` table and `extra` config, without sessions.
+pub async fn fixture_world(server_section: &str, extra: &str) -> Option<World> {
+    World::builder()
+        .server_ip6(cast::SERVER_IP6)
+        .fixture_callers()
+        .server_section(server_section)
+        .config(extra)
+        .start()
+        .await
+}
 
 /// What a world is made of, declared before anything runs. Start from [`World::builder`].
 #[must_use]
@@ -124,6 +154,30 @@ impl World {
         m
     }
 
+    /// A raw `POST /mcp` of `body` from `from` on a new connection, with the headers of an MCP
+    /// client (`host`, `content-type`, `accept`), each replaced by one of `headers` of the same
+    /// name, and the other `headers` added.
+    pub async fn post(&self, from: IpAddr, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        let mut conn = self.conn(from).await;
+        let mut h: Vec<(String, String)> = vec![
+            ("host".into(), self.host()),
+            ("content-type".into(), "application/json".into()),
+            ("accept".into(), "application/json, text/event-stream".into()),
+        ];
+        for (k, v) in headers {
+            h.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+            h.push((k.to_string(), v.to_string()));
+        }
+        conn.send(Request {
+            method: http::Method::POST,
+            path: "/mcp".into(),
+            headers: h,
+            body: body.to_vec(),
+        })
+        .await
+        .expect("send")
+    }
+
     /// From now on the caller at `ip` whoises as user `login` holding `grants` (see
     /// [`Builder::user`]; a new address also needs `net.add_caller`).
     pub fn set_user(&self, ip: IpAddr, login: &str, grants: Value) {
@@ -176,6 +230,15 @@ impl Builder {
     pub fn identity(mut self, ip: IpAddr, whois: Value) -> Builder {
         self.callers.push((ip, Some(whois)));
         self
+    }
+
+    /// The [`cast`] in order: alice, bob and ci with their fixture identities, and the
+    /// stranger's address.
+    pub fn fixture_callers(self) -> Builder {
+        self.identity(cast::ALICE, fixture("whois-user.json"))
+            .identity(cast::BOB, fixture("whois-nocaps.json"))
+            .identity(cast::CI, fixture("whois-tagged.json"))
+            .caller(cast::STRANGER)
     }
 
     /// A caller address the stand-in does not know.
