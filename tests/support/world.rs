@@ -391,21 +391,6 @@ impl Setup {
         self.sshd.as_ref().expect("no sshd: build the world with Builder::sshd")
     }
 
-    /// A `[[target]]` of kind `ssh` named `id` for [`Setup::sshd`], trusting its host key
-    /// through a known_hosts file in the sshd's directory.
-    pub fn ssh_target(&self, id: &str) -> String {
-        let sshd = self.sshd();
-        let known_hosts = sshd.write_known_hosts("known_hosts", &[sshd.known_hosts_line()]);
-        format!(
-            "[[target]]\nid = \"{id}\"\nkind = \"ssh\"\n[target.ssh]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
-             key_file = \"{}\"\nknown_hosts = \"{}\"\n",
-            sshd.port(),
-            sshd.user(),
-            sshd.client_key_path().display(),
-            known_hosts.display()
-        )
-    }
-
     /// Start the server, wait until it listens on its tailnet address, and open the sessions.
     pub async fn start(self) -> World {
         let sessions = self.sessions.clone();
