@@ -16,7 +16,7 @@ use tailopsmcp::audit::{
 };
 
 use crate::support::journald::{ensure_journald, journal_entries};
-use crate::support::world::World;
+use crate::support::world::{Daemon, World};
 
 pub(crate) fn open(dir: &tempfile::TempDir) -> (Auditor, PathBuf) {
     let path = dir.path().join("state/audit.db");
@@ -703,7 +703,7 @@ async fn every_client_string_is_capped_before_it_is_stored() {
 
 /// A server on a test tailnet and one MCP session per `(address, login, grants)`, in order.
 async fn e2e(callers: &[(std::net::Ipv4Addr, &str, serde_json::Value)]) -> Option<World> {
-    let mut b = World::builder().journald();
+    let mut b = World::builder().with(Daemon::Journald);
     for (ip, login, grants) in callers {
         let ip = std::net::IpAddr::V4(*ip);
         b = b.user(ip, login, grants.clone()).session(ip);

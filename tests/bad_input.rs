@@ -32,7 +32,7 @@ use serde_json::{Map, Value, json};
 
 use crate::support::docker::{Container, IMAGE, run_container};
 use crate::support::http::{Mcp, Response};
-use crate::support::world::World;
+use crate::support::world::{Daemon, World};
 
 /// The caller: every scope (`admin` bundle) on every target.
 const ROOT: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 9));
@@ -310,7 +310,7 @@ fn looks_like_help(text: &str) -> bool {
 /// get valid values from.
 async fn world() -> Option<(World, Fixture)> {
     let mut s = World::builder()
-        .busybox()
+        .with(Daemon::Busybox)
         .user(
             ROOT,
             "root@example.com",

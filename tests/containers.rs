@@ -14,7 +14,7 @@ use tailopsmcp::audit::{Decision, Outcome};
 use crate::support::docker::{Container, IMAGE, docker, run_container_with};
 use crate::support::http::Mcp;
 use crate::support::netns::skip_or_fail;
-use crate::support::world::World;
+use crate::support::world::{Daemon, World};
 
 const CAROL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 7));
 const DAVE: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 8));
@@ -78,7 +78,7 @@ fn text(r: &Value) -> &str {
 /// `engine` and `local`) has a session, dave (containers:read on `engine`) may open one.
 async fn world() -> Option<World> {
     let mut s = World::builder()
-        .docker()
+        .with(Daemon::Docker)
         .user(
             CAROL,
             "carol@example.com",

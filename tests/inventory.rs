@@ -16,7 +16,7 @@ use tailopsmcp::audit::Outcome;
 use tailopsmcp::store::inventory as store;
 
 use crate::support::netns::{Tailnet, skip_or_fail};
-use crate::support::world::{Builder, World};
+use crate::support::world::{Builder, Daemon, World};
 
 const DANA: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 9));
 
@@ -548,7 +548,7 @@ async fn sockets_and_disks_work_on_an_ssh_target() {
         Err(e) => return skip_or_fail(&format!("/usr/bin/python3: {e}")),
     };
     let grants = json!([{"scopes": ["system:read", "inventory:control"], "targets": ["*"]}]);
-    let Some(mut s) = dana(grants).sshd().prepare().await else {
+    let Some(mut s) = dana(grants).with(Daemon::Sshd).prepare().await else {
         return;
     };
     let sshd = s.sshd();

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::support::docker::{docker, run_container_with};
 use crate::support::netns::skip_or_fail;
-use crate::support::world::World;
+use crate::support::world::{Daemon, World};
 
 const CAROL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 7));
 
@@ -96,7 +96,7 @@ async fn world(compose_command: Option<&Path>) -> Option<World> {
         return None;
     }
     let mut s = World::builder()
-        .busybox()
+        .with(Daemon::Busybox)
         .user(
             CAROL,
             "carol@example.com",

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use serde_json::{Value, json};
 
 use crate::support::http::Mcp;
-use crate::support::world::World;
+use crate::support::world::{Daemon, World};
 
 const CAROL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 7));
 
@@ -256,7 +256,7 @@ async fn the_python_sdk_accepts_fan_out_results_against_the_output_schema() {
 async fn fan_out_over_a_group_with_an_unreachable_target() {
     let grants = json!([{"scopes": ["targets:read", "system:read"], "targets": ["*"]}]);
     let Some(mut s) = World::builder()
-        .docker()
+        .with(Daemon::Docker)
         .user(CAROL, "carol@example.com", grants)
         .prepare()
         .await
@@ -399,7 +399,7 @@ health_path = "/version"
 async fn the_system_tools_work_on_an_ssh_target() {
     let grants = json!([{"scopes": ["system:read", "network:read", "targets:read"], "targets": ["*"]}]);
     let Some(mut s) = World::builder()
-        .sshd()
+        .with(Daemon::Sshd)
         .user(CAROL, "carol@example.com", grants)
         .prepare()
         .await

@@ -5,9 +5,9 @@
 //!
 //! ```ignore
 //! let Some(mut w) = World::builder()
-//!     .docker()
+//!     .with(Daemon::Docker)
 //!     .user(CAROL, "carol@example.com", json!([{"scopes": ["containers:admin"]}]))
-//!     .config(TARGETS)
+//!     .config(GRANTS_AND_TARGETS)
 //!     .tool_tests_policy()
 //!     .session(CAROL)
 //!     .start()
@@ -78,11 +78,21 @@ pub struct Builder {
     server_section: String,
     config: String,
     tool_tests_policy: bool,
-    docker: bool,
-    busybox: bool,
-    journald: bool,
-    sshd: bool,
+    daemons: Vec<Daemon>,
     sessions: Vec<IpAddr>,
+}
+
+/// What a world runs besides its tailnet, the LocalAPI stand-in and the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    /// journald.
+    Journald,
+    /// The shared Docker engine ([`World::docker_host`]).
+    Docker,
+    /// The shared Docker engine with the busybox test image.
+    Busybox,
+    /// An sshd inside the server's namespace, on its loopback ([`World::sshd`]).
+    Sshd,
 }
 
 /// A world whose tailnet, stand-in and daemons run, but not the server yet: what the config
@@ -123,10 +133,7 @@ impl World {
             server_section: String::new(),
             config: String::new(),
             tool_tests_policy: false,
-            docker: false,
-            busybox: false,
-            journald: false,
-            sshd: false,
+            daemons: Vec::new(),
             sessions: Vec::new(),
         }
     }
@@ -192,16 +199,15 @@ impl World {
             .expect("no MCP session: ask for one with Builder::session")
     }
 
-    /// The engine's `DOCKER_HOST` (the world was built with [`Builder::docker`]).
+    /// The engine's `DOCKER_HOST` (the world was built with [`Daemon::Docker`] or
+    /// [`Daemon::Busybox`]).
     pub fn docker_host(&self) -> &str {
-        self.docker_host
-            .as_deref()
-            .expect("no docker engine: build the world with Builder::docker")
+        required(self.docker_host.as_deref(), Daemon::Docker)
     }
 
-    /// The sshd in the server's namespace (the world was built with [`Builder::sshd`]).
+    /// The sshd in the server's namespace (the world was built with [`Daemon::Sshd`]).
     pub fn sshd(&self) -> &Sshd {
-        self.sshd.as_ref().expect("no sshd: build the world with Builder::sshd")
+        required(self.sshd.as_ref(), Daemon::Sshd)
     }
 
     /// The official MCP Python SDK's client (`python` from [`super::pyclient::python_mcp`]) run
@@ -266,28 +272,9 @@ impl Builder {
         self
     }
 
-    /// Needs the shared Docker engine ([`World::docker_host`]).
-    pub fn docker(mut self) -> Builder {
-        self.docker = true;
-        self
-    }
-
-    /// Needs the shared Docker engine with the busybox test image.
-    pub fn busybox(mut self) -> Builder {
-        self.docker = true;
-        self.busybox = true;
-        self
-    }
-
-    /// Needs journald.
-    pub fn journald(mut self) -> Builder {
-        self.journald = true;
-        self
-    }
-
-    /// An sshd inside the server's namespace, on its loopback ([`Setup::sshd`]).
-    pub fn sshd(mut self) -> Builder {
-        self.sshd = true;
+    /// Run `daemon` too (see [`Daemon`]).
+    pub fn with(mut self, daemon: Daemon) -> Builder {
+        self.daemons.push(daemon);
         self
     }
 
@@ -301,29 +288,29 @@ impl Builder {
     /// every caller address, the sshd, and the stand-in answering for the server's addresses and
     /// the callers' identities. `None` after [`skip_or_fail`] when a component is missing.
     pub async fn prepare(self) -> Option<Setup> {
-        if self.journald
+        let needs = |d: Daemon| self.daemons.contains(&d);
+        if needs(Daemon::Journald)
             && let Err(e) = super::journald::ensure_journald()
         {
             skip_or_fail(&format!("journald: {e}"));
             return None;
         }
-        let docker_host = if self.docker {
+        let mut docker_host = None;
+        if needs(Daemon::Docker) || needs(Daemon::Busybox) {
             let engine = super::docker::ensure_dockerd().and_then(|host| {
-                if self.busybox {
+                if needs(Daemon::Busybox) {
                     super::docker::busybox_image(&host)?;
                 }
                 Ok(host)
             });
             match engine {
-                Ok(host) => Some(host),
+                Ok(host) => docker_host = Some(host),
                 Err(e) => {
                     skip_or_fail(&format!("docker engine: {e}"));
                     return None;
                 }
             }
-        } else {
-            None
-        };
+        }
         let net = match Tailnet::new(SERVER_IP, self.server_ip6) {
             Ok(n) => n,
             Err(e) => {
@@ -331,17 +318,16 @@ impl Builder {
                 return None;
             }
         };
-        let sshd = if self.sshd {
+        let mut sshd = None;
+        if needs(Daemon::Sshd) {
             match Sshd::start_in_netns(net.server_ns()) {
-                Ok(s) => Some(s),
+                Ok(s) => sshd = Some(s),
                 Err(e) => {
                     skip_or_fail(&format!("sshd: {e}"));
                     return None;
                 }
             }
-        } else {
-            None
-        };
+        }
         for (ip, _) in &self.callers {
             net.add_caller(*ip).expect("add caller");
         }
@@ -379,16 +365,14 @@ impl Setup {
         self.config.push_str(text);
     }
 
-    /// The engine's `DOCKER_HOST` (see [`World::docker_host`]).
+    /// See [`World::docker_host`].
     pub fn docker_host(&self) -> &str {
-        self.docker_host
-            .as_deref()
-            .expect("no docker engine: build the world with Builder::docker")
+        required(self.docker_host.as_deref(), Daemon::Docker)
     }
 
-    /// The sshd in the server's namespace (the world was built with [`Builder::sshd`]).
+    /// See [`World::sshd`].
     pub fn sshd(&self) -> &Sshd {
-        self.sshd.as_ref().expect("no sshd: build the world with Builder::sshd")
+        required(self.sshd.as_ref(), Daemon::Sshd)
     }
 
     /// Start the server, wait until it listens on its tailnet address, and open the sessions.
@@ -420,4 +404,9 @@ impl Setup {
             docker_host: self.docker_host,
         }
     }
+}
+
+/// `value`, which the world has only when it was built with `daemon`.
+fn required<T: ?Sized>(value: Option<&T>, daemon: Daemon) -> &T {
+    value.unwrap_or_else(|| panic!("the world was built without Daemon::{daemon:?}"))
 }
