@@ -1016,7 +1016,7 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_and_traceroute_over_ssh() {
     use crate::support::sshd::Sshd;
-    use tailopsmcp::exec::ssh::{Ssh, SshSettings, SudoPolicy};
+    use tailopsmcp::exec::ssh::Ssh;
     let s = match Sshd::start() {
         Ok(s) => s,
         Err(e) => {
@@ -1024,17 +1024,7 @@ async fn ping_and_traceroute_over_ssh() {
             return;
         }
     };
-    let settings = SshSettings {
-        host: "127.0.0.1".into(),
-        port: s.port(),
-        user: s.user().into(),
-        key_file: Some(s.client_key_path()),
-        agent: false,
-        known_hosts: Some(s.write_known_hosts("known_hosts", &[s.known_hosts_line()])),
-        host_key_fingerprint: None,
-        trust_on_first_use: false,
-        sudo: SudoPolicy::None,
-    };
+    let settings = s.settings();
     let ssh = Ssh::new(
         "t1",
         settings,
