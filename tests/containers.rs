@@ -51,10 +51,7 @@ impl Engine for World {
     async fn call(&mut self, tool: &str, args: Value) -> Value {
         let mut args = args;
         args.as_object_mut().unwrap().entry("target").or_insert(json!("engine"));
-        self.mcp()
-            .call_tool(tool, args)
-            .await
-            .unwrap_or_else(|e| panic!("{tool}: {e}"))
+        self.call_tool(tool, args).await
     }
 
     async fn ok(&mut self, tool: &str, args: Value) -> Value {

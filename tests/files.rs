@@ -1107,16 +1107,12 @@ async fn escape_attempts_through_mcp_are_refused_and_audited() {
         ),
     ];
     for (args, needle) in &attempts {
-        let r = w.mcp().call_tool("files_read", args.clone()).await.unwrap();
+        let r = w.call_tool("files_read", args.clone()).await;
         assert_eq!(r["isError"], true, "{args}: {r}");
         assert!(text(&r).contains(needle), "{args}: {r}");
         assert!(!text(&r).contains("root:"), "nothing of /etc leaks: {r}");
     }
-    let ok = w
-        .mcp()
-        .call_tool("files_read", json!({"path": "inside/inner.txt"}))
-        .await
-        .unwrap();
+    let ok = w.call_tool("files_read", json!({"path": "inside/inner.txt"})).await;
     assert_eq!(ok["isError"], false, "{ok}");
     assert_eq!(ok["structuredContent"]["content"], "inner file with a needle in it\n");
 
@@ -1134,7 +1130,7 @@ async fn escape_attempts_through_mcp_are_refused_and_audited() {
     }
     assert_eq!(rows.last().unwrap().outcome, Outcome::Ok);
     // Without the scope: denied before anything runs.
-    let r = w.mcp().call_tool("system_status", json!({})).await.unwrap();
+    let r = w.call_tool("system_status", json!({})).await;
     assert_eq!(r["isError"], true);
     assert!(w.server.alive(), "the server keeps serving");
     let _ = &w.net;
@@ -1151,19 +1147,13 @@ async fn a_journal_query_through_mcp() {
     crate::support::journald::journal_entries(&["-t", &ident]);
     let Some(mut w) = world("").await else { return };
     let r = w
-        .mcp()
         .call_tool("logs_journal", json!({"identifier": ident, "priority": "err"}))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r["isError"], false, "{r}");
     let entries = r["structuredContent"]["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{r}");
     assert_eq!(entries[0]["message"], "backup job 17 failed: disk full");
-    let bad = w
-        .mcp()
-        .call_tool("logs_journal", json!({"unit": "--vacuum-size=1"}))
-        .await
-        .unwrap();
+    let bad = w.call_tool("logs_journal", json!({"unit": "--vacuum-size=1"})).await;
     assert_eq!(bad["isError"], true);
     assert!(text(&bad).contains("not a unit name"), "{bad}");
     let rows = w

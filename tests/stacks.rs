@@ -164,10 +164,7 @@ fn text(r: &Value) -> &str {
 }
 
 async fn call(w: &mut World, tool: &str, args: Value) -> Value {
-    w.mcp()
-        .call_tool(tool, args)
-        .await
-        .unwrap_or_else(|e| panic!("{tool}: {e}"))
+    w.call_tool(tool, args).await
 }
 
 async fn ok(w: &mut World, tool: &str, args: Value) -> Value {

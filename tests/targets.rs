@@ -43,29 +43,17 @@ async fn a_scope_granted_on_one_target_is_denied_on_another_with_an_audit_row() 
     let Some(mut w) = world(json!([{"scopes": ["system:read"], "targets": ["lab1"]}])).await else {
         return;
     };
-    let ok = w
-        .mcp()
-        .call_tool("system_status", json!({"target": "lab1"}))
-        .await
-        .unwrap();
+    let ok = w.call_tool("system_status", json!({"target": "lab1"})).await;
     assert_eq!(ok["isError"], false, "{ok}");
-    let denied = w
-        .mcp()
-        .call_tool("system_status", json!({"target": "lab2"}))
-        .await
-        .unwrap();
+    let denied = w.call_tool("system_status", json!({"target": "lab2"})).await;
     assert_eq!(denied["isError"], true);
     assert!(
         text(&denied).contains("scope system:read is not granted on target `lab2`"),
         "{denied}"
     );
-    let local = w.mcp().call_tool("system_status", json!({})).await.unwrap();
+    let local = w.call_tool("system_status", json!({})).await;
     assert_eq!(local["isError"], true, "no grant on `local`");
-    let unknown = w
-        .mcp()
-        .call_tool("system_status", json!({"target": "nas"}))
-        .await
-        .unwrap();
+    let unknown = w.call_tool("system_status", json!({"target": "nas"})).await;
     assert!(
         text(&unknown).contains("unknown target `nas` (known targets: local, lab1, lab2)"),
         "{unknown}"
@@ -91,17 +79,9 @@ async fn a_targets_own_ceiling_limits_what_grants_allow() {
     let Some(mut w) = world(json!([{"scopes": ["admin"], "targets": ["*"]}])).await else {
         return;
     };
-    let r = w
-        .mcp()
-        .call_tool("targets_check", json!({"target": "lab2"}))
-        .await
-        .unwrap();
+    let r = w.call_tool("targets_check", json!({"target": "lab2"})).await;
     assert!(text(&r).contains("target `lab2` does not allow targets:read"), "{r}");
-    let r = w
-        .mcp()
-        .call_tool("targets_check", json!({"target": "lab1"}))
-        .await
-        .unwrap();
+    let r = w.call_tool("targets_check", json!({"target": "lab1"})).await;
     assert_eq!(r["isError"], false, "{r}");
     assert_eq!(r["structuredContent"]["ok"], true);
 
@@ -120,7 +100,7 @@ async fn a_targets_own_ceiling_limits_what_grants_allow() {
     assert_eq!(health_of(&before, "local"), Value::Null, "{before}");
     assert_eq!(health_of(&before, "lab2"), Value::Null, "{before}");
 
-    let list = w.mcp().call_tool("targets_list", json!({})).await.unwrap();
+    let list = w.call_tool("targets_list", json!({})).await;
     let listed = &list["structuredContent"];
     let targets = listed["targets"].as_array().unwrap();
     let lab2 = targets.iter().find(|t| t["id"] == "lab2").unwrap();
@@ -165,13 +145,11 @@ async fn fan_out_over_a_group_returns_each_targets_result_or_error() {
     let grants = json!([{"scopes": ["system:read", "targets:read"], "targets": ["local", "lab1"]}]);
     let Some(mut w) = world(grants).await else { return };
     let r = w
-        .mcp()
         .call_tool(
             "system_processes",
             json!({"targets": ["local", "group:lab"], "limit": 3}),
         )
-        .await
-        .unwrap();
+        .await;
     let results = r["structuredContent"]["results"]
         .as_array()
         .unwrap_or_else(|| panic!("{r}"));
@@ -216,15 +194,11 @@ async fn fan_out_over_a_group_returns_each_targets_result_or_error() {
         (json!({"target": "local", "targets": ["lab1"]}), "not both"),
         (json!({"targets": ["group:nope"]}), "unknown target group `nope`"),
     ] {
-        let r = w.mcp().call_tool("system_status", args.clone()).await.unwrap();
+        let r = w.call_tool("system_status", args.clone()).await;
         assert_eq!(r["isError"], true, "{args}");
         assert!(text(&r).contains(needle), "{args}: {r}");
     }
-    let r = w
-        .mcp()
-        .call_tool("whoami", json!({"targets": ["local"]}))
-        .await
-        .unwrap();
+    let r = w.call_tool("whoami", json!({"targets": ["local"]})).await;
     assert!(text(&r).contains("takes no `targets`"), "{r}");
 }
 

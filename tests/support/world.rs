@@ -199,6 +199,15 @@ impl World {
             .expect("no MCP session: ask for one with Builder::session")
     }
 
+    /// `tools/call` of `tool` with `args` in the first session: the result (which may have
+    /// `isError: true`); panics if there is no result.
+    pub async fn call_tool(&mut self, tool: &str, args: Value) -> Value {
+        self.mcp()
+            .call_tool(tool, args)
+            .await
+            .unwrap_or_else(|e| panic!("{tool}: {e}"))
+    }
+
     /// The engine's `DOCKER_HOST` (the world was built with [`Daemon::Docker`] or
     /// [`Daemon::Busybox`]).
     pub fn docker_host(&self) -> &str {
