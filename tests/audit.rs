@@ -441,18 +441,7 @@ async fn journald_mirror_carries_documented_fields() {
         .await
         .unwrap();
 
-    let by_request = |id: &str, n: usize| {
-        let filter = format!("TAILOPS_REQUEST_ID={id}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let got = journal_entries(&["-t", "tailopsmcp-audit", &filter]);
-            if got.len() >= n || std::time::Instant::now() > deadline {
-                assert_eq!(got.len(), n, "journal entries for {id}: {got:#?}");
-                return got;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    };
+    let by_request = crate::support::journald::audit_entries_of_request;
     let field = |e: &serde_json::Value, k: &str| e[k].as_str().map(String::from);
 
     let e = &by_request(&ok_request, 1)[0];

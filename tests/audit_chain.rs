@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tailopsmcp::audit::{AuditOptions, Auditor, BrokenKind, Outcome, Record, VerifyReport, export_jsonl, verify_path};
 
-use crate::support::journald::{ensure_journald, journal_entries};
+use crate::support::journald::ensure_journald;
 use crate::support::netns::skip_or_fail;
 
 use crate::audit::open;
@@ -510,18 +510,7 @@ async fn journald_row_hash_matches_sqlite() {
         })
         .unwrap()
     };
-    let by_request = |id: &str, n: usize| {
-        let filter = format!("TAILOPS_REQUEST_ID={id}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let got = journal_entries(&["-t", "tailopsmcp-audit", &filter]);
-            if got.len() >= n || std::time::Instant::now() > deadline {
-                assert_eq!(got.len(), n, "journal entries for {id}: {got:#?}");
-                return got;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    };
+    let by_request = crate::support::journald::audit_entries_of_request;
     let field = |e: &serde_json::Value, k: &str| e[k].as_str().map(String::from);
 
     let e = &by_request(&recorded, 1)[0];
