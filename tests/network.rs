@@ -801,7 +801,7 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
         assert!(tools.iter().any(|t| t == name), "{name} not listed: {tools:?}");
     }
 
-    // Refusals, each a specific error; nothing reaches the HTTP w.server.
+    // Refusals, each a specific error; nothing reaches the HTTP server.
     let r = mcp
         .call_tool(
             "network_http_probe",
@@ -1008,7 +1008,7 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
     assert_eq!(denied.len(), 1);
     assert_eq!(denied[0].tool.as_deref(), Some("network_http_probe"));
     assert_eq!(seen.lock().unwrap().len(), 1, "the denied probe sent nothing");
-    assert!(w.server.alive(), "the w.server keeps serving");
+    assert!(w.server.alive(), "the server keeps serving");
 }
 
 /// `ping` and `traceroute` run on an SSH target's host: here a real sshd on loopback, so the
