@@ -8,18 +8,17 @@
 //! `targets_check` → confirm; one maps a real changing tool (`containers_restart` on a real
 //! engine) to two_person and watches the container's start time.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::http::{Conn, Mcp};
-use crate::support::localapi::{StandIn, whois_for};
-use crate::support::netns::{Tailnet, skip_or_fail};
-use crate::support::server::{CAP, PORT, Server, run_cli};
+use crate::support::http::Mcp;
+use crate::support::netns::skip_or_fail;
+use crate::support::server::run_cli;
+use crate::support::world::World;
 use tailopsmcp::audit::{Decision, Outcome, Record};
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 const ALICE: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 2));
 const BOB: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 3));
 const ALICE_LOGIN: &str = "alice@example.com";
@@ -32,68 +31,33 @@ targets_check = "confirm"
 system_status = "confirm"
 "#;
 
-struct World {
-    net: Tailnet,
-    standin: StandIn,
-    server: Server,
-}
-
 /// Alice and bob may both read everything and decide approvals (so alice's own approval is
-/// refused for being hers, not for a missing scope).
+/// refused for being hers, not for a missing scope). Alice first: the Python client (which does
+/// not bind) connects from her address.
 async fn world(extra: &str) -> Option<World> {
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => {
-            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
-            return None;
-        }
-    };
-    // Alice first: the Python client (which does not bind) connects from her address.
-    net.add_caller(ALICE).unwrap();
-    net.add_caller(BOB).unwrap();
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
-    standin.add_identity(
-        ALICE,
-        whois_for(
-            "whois-user.json",
-            ALICE_LOGIN,
-            ALICE,
-            CAP,
-            json!([{"scopes": ["monitor", "approvals:control"], "targets": ["*"]}]),
-        ),
-    );
-    standin.add_identity(
-        BOB,
-        whois_for(
-            "whois-user.json",
-            BOB_LOGIN,
-            BOB,
-            CAP,
-            json!([{"scopes": ["monitor", "approvals:control"], "targets": ["*"]}]),
-        ),
-    );
-    let server = Server::start(&net, &standin, "", extra).await;
-    Some(World { net, standin, server })
+    let grants = json!([{"scopes": ["monitor", "approvals:control"], "targets": ["*"]}]);
+    World::builder()
+        .user(ALICE, ALICE_LOGIN, grants.clone())
+        .user(BOB, BOB_LOGIN, grants)
+        .config(extra)
+        .start()
+        .await
 }
 
-impl World {
-    async fn conn(&self, from: IpAddr) -> Conn {
-        let stream = self
-            .net
-            .connect(from, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-            .await
-            .expect("connect");
-        Conn::new(stream).await
-    }
-
-    async fn mcp(&self, from: IpAddr) -> Mcp {
-        let mut m = Mcp::new(self.conn(from).await, &format!("{SERVER_IP}:{PORT}"));
-        m.initialize().await.expect("initialize");
-        m
-    }
-
+/// What these tests ask of a world besides the harness's.
+trait Gate {
     /// The newest audit row of `principal` calling `tool`, once there are `n` of them.
+    async fn row(&self, n: usize, principal: &str, tool: &str) -> Record;
+    /// The MCP Python SDK from alice's address calling `system_processes` with a progress
+    /// token, so it waits for a decision; `None` (after `skip_or_fail`) without the SDK.
+    fn waiting_client(&self) -> Option<tokio::process::Child>;
+    /// The server's resident memory, in KiB.
+    fn rss_kib(&self) -> u64;
+    /// The audit database with its `-wal`, in bytes.
+    fn audit_bytes(&self) -> u64;
+}
+
+impl Gate for World {
     async fn row(&self, n: usize, principal: &str, tool: &str) -> Record {
         let rows = self
             .server
@@ -108,31 +72,40 @@ impl World {
         rows.last().cloned().unwrap()
     }
 
-    /// The Python SDK client, from alice's address, answering elicitations with `elicit`.
-    async fn python(&self, actions: Value, elicit: Option<&str>) -> Option<(Vec<Value>, String)> {
-        let python = match crate::support::pyclient::python_mcp() {
-            Ok(p) => p,
-            Err(e) => {
-                skip_or_fail(&format!("MCP Python SDK: {e}"));
-                return None;
-            }
+    fn waiting_client(&self) -> Option<tokio::process::Child> {
+        let python = crate::support::pyclient::python_mcp_or_skip()?;
+        let actions = json!([{"call": "system_processes", "args": {"limit": 2}, "progress": true}]);
+        let client = self
+            .net
+            .command_in_peer_ns(&python.to_string_lossy())
+            .arg(crate::support::pyclient::client_script())
+            .arg(self.url())
+            .arg(actions.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run the MCP Python client");
+        Some(client)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let pid = self.server.child.as_ref().and_then(|c| c.id()).expect("server pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    fn audit_bytes(&self) -> u64 {
+        let size = |suffix: &str| {
+            let mut p = self.server.db.clone().into_os_string();
+            p.push(suffix);
+            std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
         };
-        let mut cmd = self.net.command_in_peer_ns(&python.to_string_lossy());
-        cmd.arg(crate::support::pyclient::client_script())
-            .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
-            .arg(actions.to_string());
-        if let Some(answer) = elicit {
-            cmd.args(["--elicit", answer]);
-        }
-        let out = cmd.output().await.expect("run the MCP Python client");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "client failed: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lines = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        Some((lines, stdout))
+        size("") + size("-wal")
     }
 }
 
@@ -157,33 +130,6 @@ fn decide(id: &str, decision: &str) -> Value {
 
 fn reason(r: &Record) -> &str {
     r.reason.as_deref().unwrap_or("")
-}
-
-impl World {
-    /// The MCP Python SDK from alice's address calling `system_processes` with a progress
-    /// token, so it waits for a decision; `None` (after `skip_or_fail`) without the SDK.
-    fn waiting_client(&self) -> Option<tokio::process::Child> {
-        let python = match crate::support::pyclient::python_mcp() {
-            Ok(p) => p,
-            Err(e) => {
-                skip_or_fail(&format!("MCP Python SDK: {e}"));
-                return None;
-            }
-        };
-        let actions = json!([{"call": "system_processes", "args": {"limit": 2}, "progress": true}]);
-        let client = self
-            .net
-            .command_in_peer_ns(&python.to_string_lossy())
-            .arg(crate::support::pyclient::client_script())
-            .arg(format!("http://{SERVER_IP}:{PORT}/mcp"))
-            .arg(actions.to_string())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run the MCP Python client");
-        Some(client)
-    }
 }
 
 /// What the waiting client printed (one JSON line per action, and the raw text), once its
@@ -216,8 +162,8 @@ async fn pending_request(approver: &mut Mcp) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_person_approves_and_the_call_runs_exactly_once() {
     let Some(w) = world(MODES).await else { return };
-    let mut alice = w.mcp(ALICE).await;
-    let mut bob = w.mcp(BOB).await;
+    let mut alice = w.session(ALICE).await;
+    let mut bob = w.session(BOB).await;
     let args = json!({"limit": 5, "sort": "memory"});
 
     // Alice's call is recorded as pending and does not run.
@@ -383,7 +329,7 @@ async fn a_waiting_call_reports_progress_and_runs_once_approved() {
     // Alice's client asks with a progress token and waits.
     let Some(client) = w.waiting_client() else { return };
     // Bob sees the request appear and approves it.
-    let mut bob = w.mcp(BOB).await;
+    let mut bob = w.session(BOB).await;
     let id = pending_request(&mut bob).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
@@ -405,7 +351,7 @@ async fn a_waiting_call_reports_progress_and_runs_once_approved() {
     assert_eq!(row.outcome, Outcome::Ok, "{row:?}");
     assert!(reason(&row).contains(&format!("approved by {BOB_LOGIN}")), "{row:?}");
     // Spent: the same call again asks anew.
-    let mut alice = w.mcp(ALICE).await;
+    let mut alice = w.session(ALICE).await;
     let again = alice.call_tool("system_processes", json!({"limit": 2})).await.unwrap();
     assert!(text(&again).contains("already used"), "{again}");
 }
@@ -415,8 +361,8 @@ async fn an_expired_approval_refuses() {
     let Some(w) = world(&format!("[approvals]\nexpiry_secs = 2\n{MODES}")).await else {
         return;
     };
-    let mut alice = w.mcp(ALICE).await;
-    let mut bob = w.mcp(BOB).await;
+    let mut alice = w.session(ALICE).await;
+    let mut bob = w.session(BOB).await;
     let r = alice.call_tool("system_processes", json!({"limit": 3})).await.unwrap();
     let id = approval_id(&r);
     let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
@@ -455,9 +401,10 @@ async fn confirm_asks_the_clients_user_and_refuses_clients_that_cannot_ask() {
     let Some(w) = world(MODES).await else { return };
     let call = json!([{"call": "targets_check", "args": {}}]);
 
-    let Some((lines, out)) = w.python(call.clone(), Some("accept")).await else {
+    let Some(python) = crate::support::pyclient::python_mcp_or_skip() else {
         return;
     };
+    let (lines, out) = w.python(&python, &call, &["--elicit", "accept"]).await;
     let asked = lines.iter().find(|l| l["action"] == "elicitation").expect(&out);
     assert!(
         asked["message"].as_str().unwrap().contains("`targets_check` on local"),
@@ -473,7 +420,7 @@ async fn confirm_asks_the_clients_user_and_refuses_clients_that_cannot_ask() {
         "{row:?}"
     );
 
-    let (lines, out) = w.python(call.clone(), Some("decline")).await.unwrap();
+    let (lines, out) = w.python(&python, &call, &["--elicit", "decline"]).await;
     assert!(lines.iter().any(|l| l["action"] == "elicitation"), "{out}");
     let result = lines.iter().find(|l| l["action"] == "call").expect(&out);
     assert_eq!(result["isError"], true, "{out}");
@@ -487,7 +434,7 @@ async fn confirm_asks_the_clients_user_and_refuses_clients_that_cannot_ask() {
     let row = w.row(2, ALICE_LOGIN, "targets_check").await;
     assert_eq!((row.decision, row.outcome), (Decision::Deny, Outcome::Denied));
 
-    let (lines, out) = w.python(call, None).await.unwrap();
+    let (lines, out) = w.python(&python, &call, &[]).await;
     assert!(!lines.iter().any(|l| l["action"] == "elicitation"), "{out}");
     let result = lines.iter().find(|l| l["action"] == "call").expect(&out);
     assert_eq!(result["isError"], true, "{out}");
@@ -511,7 +458,7 @@ async fn confirm_asks_the_clients_user_and_refuses_clients_that_cannot_ask() {
 /// A stateless 2026-07-28 `tools/call` from `from`, with the per-request `_meta` that version
 /// requires, plus `extra` params (`inputResponses`, `requestState`).
 async fn call_2026(w: &World, from: IpAddr, tool: &str, args: Value, extra: Value) -> Value {
-    let mut m = Mcp::new(w.conn(from).await, &format!("{SERVER_IP}:{PORT}"));
+    let mut m = Mcp::new(w.conn(from).await, &w.host());
     m.protocol = "2026-07-28".into();
     // SEP-2243: the method and tool name ride in headers too on this version.
     m.extra_headers = vec![
@@ -629,8 +576,8 @@ async fn on_2026_07_28_a_sealed_request_state_confirms_once() {
 async fn rate_limits_trip_say_when_to_retry_and_recover() {
     let limits = "[limits.rate.low]\nburst = 2\nper_minute = 60\n";
     let Some(w) = world(limits).await else { return };
-    let mut alice = w.mcp(ALICE).await;
-    let mut bob = w.mcp(BOB).await;
+    let mut alice = w.session(ALICE).await;
+    let mut bob = w.session(BOB).await;
     for _ in 0..2 {
         let r = alice.call_tool("whoami", json!({})).await.unwrap();
         assert_eq!(r["isError"], false, "{r}");
@@ -680,8 +627,8 @@ async fn a_real_container_restart_waits_for_the_second_person_and_runs_once() {
          [[target]]\nid = \"engine\"\nkind = \"docker\"\ntimeout_secs = 60\n[target.docker]\nendpoint = \"{host}\"\n"
     );
     let Some(w) = world(&extra).await else { return };
-    let mut alice = w.mcp(ALICE).await;
-    let mut bob = w.mcp(BOB).await;
+    let mut alice = w.session(ALICE).await;
+    let mut bob = w.session(BOB).await;
     let args = json!({"target": "engine", "container": name, "timeout_secs": 1});
     let before = started();
 
@@ -722,35 +669,6 @@ async fn a_real_container_restart_waits_for_the_second_person_and_runs_once() {
 const CAROL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 4));
 const CAROL_LOGIN: &str = "carol@example.com";
 
-impl World {
-    /// Give the caller at `ip` (login `login`) these grants from now on.
-    fn grant(&self, ip: IpAddr, login: &str, grants: Value) {
-        self.standin
-            .add_identity(ip, whois_for("whois-user.json", login, ip, CAP, grants));
-    }
-
-    /// The server's resident memory, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let pid = self.server.child.as_ref().and_then(|c| c.id()).expect("server pid");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-
-    /// The audit database with its `-wal`, in bytes.
-    fn audit_bytes(&self) -> u64 {
-        let size = |suffix: &str| {
-            let mut p = self.server.db.clone().into_os_string();
-            p.push(suffix);
-            std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-        };
-        size("") + size("-wal")
-    }
-}
-
 /// Issue 20 item 2: a call that waited for a second person checks its caller again right
 /// before it runs. Alice's grants are taken away while she waits; bob's approval must not
 /// run her call.
@@ -761,10 +679,10 @@ async fn a_call_whose_grants_are_revoked_while_it_waits_does_not_run() {
     };
     // Alice's client asks with a progress token and waits.
     let Some(client) = w.waiting_client() else { return };
-    let mut bob = w.mcp(BOB).await;
+    let mut bob = w.session(BOB).await;
     let id = pending_request(&mut bob).await;
     // The admin takes alice's grants away while her call waits; then bob approves.
-    w.grant(ALICE, ALICE_LOGIN, json!([]));
+    w.set_user(ALICE, ALICE_LOGIN, json!([]));
     let ok = bob.call_tool("approvals_decide", decide(&id, "approve")).await.unwrap();
     assert_eq!(ok["isError"], false, "{ok}");
     let (lines, stdout) = waited(client).await;
@@ -800,7 +718,7 @@ async fn approvals_are_listed_and_decided_only_on_targets_the_approver_holds() {
         return;
     };
     w.net.add_caller(CAROL).unwrap();
-    w.grant(
+    w.set_user(
         CAROL,
         CAROL_LOGIN,
         json!([
@@ -808,7 +726,7 @@ async fn approvals_are_listed_and_decided_only_on_targets_the_approver_holds() {
             {"scopes": ["approvals:control"], "targets": ["lab"]},
         ]),
     );
-    let mut alice = w.mcp(ALICE).await;
+    let mut alice = w.session(ALICE).await;
     let on_local = approval_id(&alice.call_tool("system_processes", json!({"limit": 2})).await.unwrap());
     let on_lab = approval_id(
         &alice
@@ -823,7 +741,7 @@ async fn approvals_are_listed_and_decided_only_on_targets_the_approver_holds() {
             .unwrap(),
     );
 
-    let mut carol = w.mcp(CAROL).await;
+    let mut carol = w.session(CAROL).await;
     let list = carol.call_tool("approvals_list", json!({})).await.unwrap();
     let seen: Vec<&str> = list["structuredContent"]["approvals"]
         .as_array()
@@ -857,7 +775,7 @@ async fn approvals_are_listed_and_decided_only_on_targets_the_approver_holds() {
     assert_eq!(r["isError"], false, "{r}");
 
     // Bob holds approvals:control on every target: he sees the two still pending and decides.
-    let mut bob = w.mcp(BOB).await;
+    let mut bob = w.session(BOB).await;
     let list = bob.call_tool("approvals_list", json!({})).await.unwrap();
     let mut seen: Vec<String> = list["structuredContent"]["approvals"]
         .as_array()
@@ -936,7 +854,7 @@ async fn a_call_waiting_for_a_person_holds_no_in_flight_slot() {
     let Some(w) = world(&config).await else { return };
     // Alice's client asks with a progress token and waits.
     let Some(client) = w.waiting_client() else { return };
-    let mut bob = w.mcp(BOB).await;
+    let mut bob = w.session(BOB).await;
     // Bob's calls are not refused while alice waits (`pending_request` asserts it).
     let id = pending_request(&mut bob).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -956,12 +874,12 @@ async fn a_callers_sessions_are_capped_and_the_oldest_idle_one_is_closed() {
     let Some(w) = world("[limits]\nmax_sessions_per_principal = 3\n").await else {
         return;
     };
-    let mut first = w.mcp(ALICE).await;
-    let mut second = w.mcp(ALICE).await;
-    let mut third = w.mcp(ALICE).await;
+    let mut first = w.session(ALICE).await;
+    let mut second = w.session(ALICE).await;
+    let mut third = w.session(ALICE).await;
     // Bob's sessions are his own.
-    let mut bob = w.mcp(BOB).await;
-    let mut fourth = w.mcp(ALICE).await;
+    let mut bob = w.session(BOB).await;
+    let mut fourth = w.session(ALICE).await;
     let gone = first.request("tools/list", json!({})).await.unwrap();
     assert_eq!(gone.status, 404, "the oldest idle session was closed: {}", gone.text());
     for m in [&mut second, &mut third, &mut fourth, &mut bob] {
@@ -970,7 +888,7 @@ async fn a_callers_sessions_are_capped_and_the_oldest_idle_one_is_closed() {
     }
 
     // Many initializes from one caller: memory stays flat (each session is ~40 KiB).
-    let mut m = w.mcp(ALICE).await;
+    let mut m = w.session(ALICE).await;
     for _ in 0..100 {
         m.session = None;
         m.protocol = crate::support::http::DEFAULT_PROTOCOL.into();
@@ -995,12 +913,12 @@ async fn a_callers_sessions_are_capped_and_the_oldest_idle_one_is_closed() {
 async fn a_flood_of_denied_calls_barely_grows_the_audit_database() {
     let Some(w) = world("").await else { return };
     w.net.add_caller(CAROL).unwrap();
-    w.grant(
+    w.set_user(
         CAROL,
         CAROL_LOGIN,
         json!([{"scopes": ["logs:read"], "targets": ["local"]}]),
     );
-    let mut carol = w.mcp(CAROL).await;
+    let mut carol = w.session(CAROL).await;
     // Settle the database (first rows, WAL in use) before measuring.
     let _ = carol.call_tool("whoami", json!({})).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1017,7 +935,7 @@ async fn a_flood_of_denied_calls_barely_grows_the_audit_database() {
             retry_hints += 1;
         }
     }
-    let r = w.mcp(BOB).await.call_tool("whoami", json!({})).await.unwrap();
+    let r = w.session(BOB).await.call_tool("whoami", json!({})).await.unwrap();
     assert_eq!(r["isError"], false, "the server still serves others: {r}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let grew = w.audit_bytes().saturating_sub(before);
@@ -1041,7 +959,7 @@ async fn a_flood_from_an_unknown_peer_is_limited_per_address() {
     let Some(w) = world("").await else { return };
     let stranger = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 9));
     w.net.add_caller(stranger).unwrap();
-    let mut bob = w.mcp(BOB).await;
+    let mut bob = w.session(BOB).await;
     let _ = bob.call_tool("whoami", json!({})).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = w.audit_bytes();
@@ -1050,7 +968,7 @@ async fn a_flood_from_an_unknown_peer_is_limited_per_address() {
     let (mut forbidden, mut limited) = (0, 0);
     for i in 0..3000 {
         let req = crate::support::http::Request::new(http::Method::POST, &format!("/mcp/{i}"))
-            .header("host", &format!("{SERVER_IP}:{PORT}"))
+            .header("host", &w.host())
             .header("content-type", "application/json")
             .body(b"{}".to_vec());
         let resp = match conn.send(req).await {

@@ -16,6 +16,7 @@ use tailopsmcp::audit::{
 };
 
 use crate::support::journald::{ensure_journald, journal_entries};
+use crate::support::world::{Daemon, World};
 
 pub(crate) fn open(dir: &tempfile::TempDir) -> (Auditor, PathBuf) {
     let path = dir.path().join("state/audit.db");
@@ -440,18 +441,7 @@ async fn journald_mirror_carries_documented_fields() {
         .await
         .unwrap();
 
-    let by_request = |id: &str, n: usize| {
-        let filter = format!("TAILOPS_REQUEST_ID={id}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let got = journal_entries(&["-t", "tailopsmcp-audit", &filter]);
-            if got.len() >= n || std::time::Instant::now() > deadline {
-                assert_eq!(got.len(), n, "journal entries for {id}: {got:#?}");
-                return got;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    };
+    let by_request = crate::support::journald::audit_entries_of_request;
     let field = |e: &serde_json::Value, k: &str| e[k].as_str().map(String::from);
 
     let e = &by_request(&ok_request, 1)[0];
@@ -700,61 +690,14 @@ async fn every_client_string_is_capped_before_it_is_stored() {
 
 // ---- End to end: the real binary in a test tailnet, real SQLite, real journald. ----
 
-const E2E_SERVER_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 100, 1, 1);
-
-/// A server on a test tailnet and one MCP client per `(address, login, grants)`.
-struct E2e {
-    _net: crate::support::netns::Tailnet,
-    _standin: crate::support::localapi::StandIn,
-    server: crate::support::server::Server,
-    clients: Vec<crate::support::http::Mcp>,
-}
-
-async fn e2e(callers: &[(std::net::Ipv4Addr, &str, serde_json::Value)]) -> Option<E2e> {
-    use crate::support::localapi::{StandIn, whois_for};
-    use crate::support::netns::{Tailnet, skip_or_fail};
-    use crate::support::server::{CAP, PORT, Server};
-    use std::net::{IpAddr, SocketAddr};
-    if let Err(e) = ensure_journald() {
-        skip_or_fail(&format!("journald: {e}"));
-        return None;
-    }
-    let net = match Tailnet::new(E2E_SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => {
-            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
-            return None;
-        }
-    };
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(E2E_SERVER_IP)]);
+/// A server on a test tailnet and one MCP session per `(address, login, grants)`, in order.
+async fn e2e(callers: &[(std::net::Ipv4Addr, &str, serde_json::Value)]) -> Option<World> {
+    let mut b = World::builder().with(Daemon::Journald);
     for (ip, login, grants) in callers {
-        net.add_caller(IpAddr::V4(*ip)).unwrap();
-        standin.add_identity(
-            IpAddr::V4(*ip),
-            whois_for("whois-user.json", login, IpAddr::V4(*ip), CAP, grants.clone()),
-        );
+        let ip = std::net::IpAddr::V4(*ip);
+        b = b.user(ip, login, grants.clone()).session(ip);
     }
-    let server = Server::start(&net, &standin, "", "").await;
-    let mut clients = Vec::new();
-    for (ip, _, _) in callers {
-        let stream = net
-            .connect(IpAddr::V4(*ip), SocketAddr::new(IpAddr::V4(E2E_SERVER_IP), PORT))
-            .await
-            .unwrap();
-        let mut mcp = crate::support::http::Mcp::new(
-            crate::support::http::Conn::new(stream).await,
-            &format!("{E2E_SERVER_IP}:{PORT}"),
-        );
-        mcp.initialize().await.unwrap();
-        clients.push(mcp);
-    }
-    Some(E2e {
-        _net: net,
-        _standin: standin,
-        server,
-        clients,
-    })
+    b.start().await
 }
 
 /// Journal entries of the audit mirror for `principal`, waiting until there are at least `n`.
@@ -788,7 +731,7 @@ async fn hostile_tool_names_stay_one_line_and_small() {
     else {
         return;
     };
-    let m = &mut w.clients[0];
+    let m = &mut w.sessions[0];
     let forged = "x\nFORGED tailopsmcp-audit: allowed admin";
     let _ = m.call_tool(forged, json!({})).await;
     let events = audit_events(&login, 1).await;
@@ -852,10 +795,10 @@ async fn audit_events_in_the_journal_need_audit_read() {
     else {
         return;
     };
-    w.clients[0].call_tool("whoami", json!({})).await.unwrap();
+    w.sessions[0].call_tool("whoami", json!({})).await.unwrap();
     assert_eq!(audit_events(&monitor, 1).await.len(), 1);
 
-    let by_monitor = w.clients[0]
+    let by_monitor = w.sessions[0]
         .call_tool("logs_journal", json!({"since": since, "lines": 1000}))
         .await
         .unwrap();
@@ -874,17 +817,17 @@ async fn audit_events_in_the_journal_need_audit_read() {
             .contains("audit events withheld"),
         "{by_monitor}"
     );
-    let refused = w.clients[0]
+    let refused = w.sessions[0]
         .call_tool("logs_journal", json!({"identifier": "tailopsmcp-audit"}))
         .await;
     let refused = format!("{refused:?}");
     assert!(refused.contains("audit:read"), "{refused}");
-    let analyzed = w.clients[0]
+    let analyzed = w.sessions[0]
         .call_tool("logs_analyze", json!({"identifier": "tailopsmcp-audit"}))
         .await;
     assert!(format!("{analyzed:?}").contains("audit:read"), "{analyzed:?}");
 
-    let by_auditor = w.clients[1]
+    let by_auditor = w.sessions[1]
         .call_tool(
             "logs_journal",
             json!({"identifier": "tailopsmcp-audit", "since": since, "lines": 1000}),
@@ -935,7 +878,7 @@ async fn process_command_lines_lose_their_secrets() {
         .unwrap();
     let mut found = None;
     for _ in 0..20 {
-        let r = w.clients[0]
+        let r = w.sessions[0]
             .call_tool("system_processes", json!({"limit": 100}))
             .await
             .unwrap();

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tailopsmcp::audit::{AuditOptions, Auditor, BrokenKind, Outcome, Record, VerifyReport, export_jsonl, verify_path};
 
-use crate::support::journald::{ensure_journald, journal_entries};
+use crate::support::journald::ensure_journald;
 use crate::support::netns::skip_or_fail;
 
 use crate::audit::open;
@@ -510,18 +510,7 @@ async fn journald_row_hash_matches_sqlite() {
         })
         .unwrap()
     };
-    let by_request = |id: &str, n: usize| {
-        let filter = format!("TAILOPS_REQUEST_ID={id}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let got = journal_entries(&["-t", "tailopsmcp-audit", &filter]);
-            if got.len() >= n || std::time::Instant::now() > deadline {
-                assert_eq!(got.len(), n, "journal entries for {id}: {got:#?}");
-                return got;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    };
+    let by_request = crate::support::journald::audit_entries_of_request;
     let field = |e: &serde_json::Value, k: &str| e[k].as_str().map(String::from);
 
     let e = &by_request(&recorded, 1)[0];
@@ -755,37 +744,21 @@ async fn rows_deleted_without_a_checkpoint_are_reported() {
 /// from the checkpoint, during and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_while_the_server_writes_keeps_one_chain() {
-    use crate::support::http::Mcp;
-    use crate::support::localapi::{StandIn, fixture};
-    use crate::support::netns::Tailnet;
-    use crate::support::server::Server;
-    use std::net::{IpAddr, Ipv4Addr};
+    use crate::support::localapi::fixture;
+    use crate::support::world::World;
 
-    let server_ip = Ipv4Addr::new(100, 100, 1, 1);
-    let alice: IpAddr = "100.100.2.2".parse().unwrap();
-    let net = match Tailnet::new(server_ip, None) {
-        Ok(n) => n,
-        Err(e) => {
-            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
-            return;
-        }
-    };
-    net.add_caller(alice).expect("add caller");
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(server_ip)]);
-    standin.add_identity(alice, fixture("whois-user.json"));
-    // More calls than the default low-risk burst allows.
-    let limits = "[limits.rate.low]\nburst = 1000\nper_minute = 6000\n";
-    let mut server = Server::start(&net, &standin, "", limits).await;
-    let host = format!("{server_ip}:{}", crate::support::server::PORT);
-    let mcp = || async {
-        let stream = net.connect(alice, server.addr).await.expect("connect");
-        let mut m = Mcp::new(crate::support::http::Conn::new(stream).await, &host);
-        m.initialize().await.expect("initialize");
-        m
+    let alice: std::net::IpAddr = "100.100.2.2".parse().unwrap();
+    let Some(mut w) = World::builder()
+        .identity(alice, fixture("whois-user.json"))
+        // More calls than the default low-risk burst allows.
+        .config("[limits.rate.low]\nburst = 1000\nper_minute = 6000\n")
+        .start()
+        .await
+    else {
+        return;
     };
 
-    let mut m = mcp().await;
+    let mut m = w.session(alice).await;
     for _ in 0..20 {
         m.call_tool("whoami", json!({})).await.unwrap();
     }
@@ -793,17 +766,17 @@ async fn prune_while_the_server_writes_keeps_one_chain() {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let cutoff = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let before = count_rows(&server.db);
+    let before = count_rows(&w.server.db);
     assert!(before >= 20, "{before}");
 
-    let mut m2 = mcp().await;
+    let mut m2 = w.session(alice).await;
     let calls = async {
         for _ in 0..60 {
             let r = m2.call_tool("whoami", json!({})).await.unwrap();
             assert_ne!(r["isError"], true, "{r}");
         }
     };
-    let db = server.db.clone();
+    let db = w.server.db.clone();
     let prune = tokio::task::spawn_blocking(move || {
         // Let the calls get going first.
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -819,14 +792,14 @@ async fn prune_while_the_server_writes_keeps_one_chain() {
     for _ in 0..5 {
         m.call_tool("whoami", json!({})).await.unwrap();
     }
-    assert!(server.alive(), "{}", server.log());
-    let (code, out, err) = cli(&server.db, &["verify"]);
-    assert_eq!(code, 0, "{out}{err}\n{}", server.log());
+    assert!(w.server.alive(), "{}", w.server.log());
+    let (code, out, err) = cli(&w.server.db, &["verify"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", w.server.log());
     assert!(
         out.contains("1 checkpoints") && out.contains(&format!("checkpoint row {checkpoint} ")),
         "{out}"
     );
-    let newest: i64 = rusqlite::Connection::open(&server.db)
+    let newest: i64 = rusqlite::Connection::open(&w.server.db)
         .unwrap()
         .query_row("SELECT max(id) FROM audit", [], |r| r.get(0))
         .unwrap();
@@ -834,8 +807,8 @@ async fn prune_while_the_server_writes_keeps_one_chain() {
         newest > checkpoint,
         "rows written after the checkpoint: {newest} > {checkpoint}"
     );
-    server.stop().await;
-    let (code, out, _) = cli(&server.db, &["verify"]);
+    w.server.stop().await;
+    let (code, out, _) = cli(&w.server.db, &["verify"]);
     assert_eq!(code, 0, "{out}");
 }
 

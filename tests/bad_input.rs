@@ -24,19 +24,16 @@
 //! process lives and `whoami` answers after each tool). Every failure is collected, so one run
 //! lists them all.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use crate::support::docker::{Container, IMAGE, busybox_image, ensure_dockerd, run_container};
-use crate::support::http::{Conn, Mcp, Response};
-use crate::support::localapi::{StandIn, whois_for};
-use crate::support::netns::{Tailnet, skip_or_fail};
-use crate::support::server::{CAP, PORT, Server};
+use crate::support::docker::{Container, IMAGE, run_container};
+use crate::support::http::{Mcp, Response};
+use crate::support::world::{Daemon, World};
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 /// The caller: every scope (`admin` bundle) on every target.
 const ROOT: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 9));
 /// Stands for a lone surrogate in a payload; replaced by the escape in the JSON text.
@@ -203,6 +200,8 @@ struct Fixture {
     logs_root: PathBuf,
     git_repo: PathBuf,
     container: String,
+    /// Removed on drop.
+    _running: Container,
 }
 
 /// A valid value for required property `prop` of `tool`.
@@ -306,36 +305,27 @@ fn looks_like_help(text: &str) -> bool {
     lower.contains("usage:") || lower.contains("--version") || lower.contains("show this help")
 }
 
-struct World {
-    net: Tailnet,
-    _standin: StandIn,
-    server: Server,
-    mcp: Mcp,
-    _dir: tempfile::TempDir,
-    fixture: Fixture,
-    _container: Container,
-}
-
-async fn world() -> Option<World> {
-    let host = match ensure_dockerd().and_then(|h| busybox_image(&h).map(|_| h)) {
-        Ok(h) => h,
-        Err(e) => {
-            skip_or_fail(&format!("docker engine: {e}"));
-            return None;
-        }
-    };
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => {
-            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
-            return None;
-        }
-    };
-    net.add_caller(ROOT).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let files_root = dir.path().join("files");
-    let logs_root = dir.path().join("logs");
-    let git_root = dir.path().join("git");
+/// The server with every toolset configured (files, logs, services, stacks, network, a docker
+/// and an http target), rate limits out of the way, and root's session; the fixture its tools
+/// get valid values from.
+async fn world() -> Option<(World, Fixture)> {
+    let mut s = World::builder()
+        .with(Daemon::Busybox)
+        .user(
+            ROOT,
+            "root@example.com",
+            json!([{"scopes": ["admin"], "targets": ["*"]}]),
+        )
+        // Room for a 1 MiB argument inside its JSON-RPC envelope (the default body limit is 1 MiB).
+        .server_section("max_body_bytes = 4194304")
+        .session(ROOT)
+        .prepare()
+        .await?;
+    let host = s.docker_host().to_owned();
+    let dir = s.dir.path().to_owned();
+    let files_root = dir.join("files");
+    let logs_root = dir.join("logs");
+    let git_root = dir.join("git");
     let git_repo = git_root.join("repo");
     for d in [&files_root, &logs_root] {
         std::fs::create_dir_all(d).unwrap();
@@ -360,7 +350,7 @@ async fn world() -> Option<World> {
         .collect();
     // `refusal_window_secs = 0` lands in the harness's `[audit]` table: one row per call, so the
     // corpus can count them (repeats are counted into a summary row otherwise).
-    let extra = format!(
+    s.config(&format!(
         "refusal_window_secs = 0\n\n[files]\nroots = [{files:?}]\n\n[logs]\nroots = [{logs:?}]\n\n\
          [services]\nunits = [\"{UNITS_GLOB}\"]\nhelper_timeout_secs = 10\n\n\
          [stacks]\ndir = {stacks:?}\nallowed_git_hosts = [\"file://{git}\"]\ndocker_host = \"{host}\"\ntimeout_secs = 30\n\n\
@@ -372,48 +362,17 @@ async fn world() -> Option<World> {
          allowed_methods = [\"GET\", \"POST\"]\n",
         files = files_root.display().to_string(),
         logs = logs_root.display().to_string(),
-        stacks = dir.path().join("stacks").display().to_string(),
+        stacks = dir.join("stacks").display().to_string(),
         git = git_root.display(),
-    );
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
-    standin.add_identity(
-        ROOT,
-        whois_for(
-            "whois-user.json",
-            "root@example.com",
-            ROOT,
-            CAP,
-            json!([{"scopes": ["admin"], "targets": ["*"]}]),
-        ),
-    );
-    // Room for a 1 MiB argument inside its JSON-RPC envelope (the default body limit is 1 MiB).
-    let server = Server::start(&net, &standin, "max_body_bytes = 4194304", &extra).await;
-    let mcp = connect(&net).await;
-    Some(World {
-        net,
-        _standin: standin,
-        server,
-        mcp,
-        _dir: dir,
-        fixture: Fixture {
-            files_root,
-            logs_root,
-            git_repo,
-            container: container_name,
-        },
-        _container: container,
-    })
-}
-
-async fn connect(net: &Tailnet) -> Mcp {
-    let stream = net
-        .connect(ROOT, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-        .await
-        .unwrap();
-    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    mcp.initialize().await.unwrap();
-    mcp
+    ));
+    let fixture = Fixture {
+        files_root,
+        logs_root,
+        git_repo,
+        container: container_name,
+        _running: container,
+    };
+    Some((s.start().await, fixture))
 }
 
 /// Every tool from `tools/list` with its input schema, following `nextCursor`.
@@ -499,7 +458,7 @@ async fn check_call(
 ) -> Duration {
     let before = audit_count(db);
     let t0 = Instant::now();
-    let answer = Answer::of(w.mcp.request_text(body).await);
+    let answer = Answer::of(w.mcp().request_text(body).await);
     let took = t0.elapsed();
     // Every call's answer, for a look at what the server says.
     if std::env::var("TOPS_CORPUS_TRACE").is_ok() {
@@ -541,7 +500,7 @@ async fn check_call(
         Answer::Failed(_) => {
             failures.push(format!("{what}: {}", answer.brief()));
             // The connection is gone: carry on with a new one.
-            w.mcp = connect(&w.net).await;
+            *w.mcp() = w.session(ROOT).await;
         }
     }
 
@@ -583,12 +542,12 @@ async fn check_call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
-    let Some(mut w) = world().await else { return };
+    let Some((mut w, fixture)) = world().await else { return };
     let started = Instant::now();
 
     // The catalog this server offers must be the whole snapshot: a tool missing here would go
     // untested.
-    let tools = list_tools(&mut w.mcp).await;
+    let tools = list_tools(w.mcp()).await;
     let snapshot: Value =
         serde_json::from_str(include_str!("snapshots/catalog.json")).expect("tests/snapshots/catalog.json");
     let offered: Vec<&str> = tools.iter().map(|(n, _)| n.as_str()).collect();
@@ -622,14 +581,14 @@ async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
         let mut base = json!({});
         for req in schema["required"].as_array().into_iter().flatten() {
             let prop = req.as_str().unwrap();
-            let value = default_for(tool, prop, &w.fixture)
+            let value = default_for(tool, prop, &fixture)
                 .unwrap_or_else(|| panic!("no valid default for required `{tool}.{prop}`: add one to default_for"));
             base[prop] = value;
         }
         // The target the tool works on, even where optional: without it, `local` would refuse
         // every containers_* and proxmox_* call before any other argument is looked at.
         if schema["properties"].get("target").is_some() {
-            base["target"] = default_for(tool, "target", &w.fixture).unwrap();
+            base["target"] = default_for(tool, "target", &fixture).unwrap();
         }
         for (prop, value) in bounding_defaults(tool) {
             base[prop] = value;
@@ -688,7 +647,7 @@ async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
                 w.server.log()
             );
         }
-        match w.mcp.call_tool("whoami", json!({})).await {
+        match w.mcp().call_tool("whoami", json!({})).await {
             Ok(r) if r["isError"].as_bool() != Some(true) => {}
             other => failures.push(format!("whoami after {tool}'s corpus: {other:?}")),
         }
@@ -728,7 +687,7 @@ async fn every_string_argument_of_every_tool_survives_the_bad_input_corpus() {
         failures.push(format!("EXECUTED: markers left under /tmp: {left:?}"));
     }
     assert!(w.server.alive(), "the server died at the end of the corpus");
-    let whoami = w.mcp.call_tool("whoami", json!({})).await;
+    let whoami = w.mcp().call_tool("whoami", json!({})).await;
     assert!(
         whoami.as_ref().is_ok_and(|r| r["isError"].as_bool() != Some(true)),
         "whoami after the corpus: {whoami:?}"

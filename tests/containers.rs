@@ -3,7 +3,7 @@
 //! registry) for pulls and updates, and carol calling through MCP. Every state change is checked
 //! in the engine itself with the docker CLI, and the audit rows are read back.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tailopsmcp::audit::{Decision, Outcome};
 
-use crate::support::docker::{Container, IMAGE, docker, ensure_dockerd, run_container_with};
-use crate::support::http::{Conn, Mcp};
-use crate::support::localapi::{StandIn, whois_for};
-use crate::support::netns::{Tailnet, skip_or_fail};
-use crate::support::server::{CAP, PORT, Server};
+use crate::support::docker::{Container, IMAGE, docker, run_container_with};
+use crate::support::http::Mcp;
+use crate::support::netns::skip_or_fail;
+use crate::support::world::{Daemon, World};
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 const CAROL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 7));
 const DAVE: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 8));
 
@@ -33,45 +31,35 @@ fn name(tag: &str) -> String {
     format!("tops-ct-{tag}-{}", std::process::id())
 }
 
-struct World {
-    net: Tailnet,
-    _standin: StandIn,
-    server: Server,
-    /// carol: containers:admin on `engine`.
-    mcp: Mcp,
-    host: String,
+/// carol's calls (containers:admin on `engine`), and dave's session.
+trait Engine {
+    /// dave's session: containers:read on `engine` only.
+    async fn dave(&self) -> Mcp;
+    /// carol calls `tool` (on `engine` unless `args` names a target).
+    async fn call(&mut self, tool: &str, args: Value) -> Value;
+    /// A successful call's structured content.
+    async fn ok(&mut self, tool: &str, args: Value) -> Value;
+    /// A failed call's text.
+    async fn err(&mut self, tool: &str, args: Value) -> String;
 }
 
-impl World {
-    /// dave's session: containers:read on `engine` only.
+impl Engine for World {
     async fn dave(&self) -> Mcp {
-        let stream = self
-            .net
-            .connect(DAVE, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-            .await
-            .unwrap();
-        let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-        mcp.initialize().await.unwrap();
-        mcp
+        self.session(DAVE).await
     }
 
     async fn call(&mut self, tool: &str, args: Value) -> Value {
         let mut args = args;
         args.as_object_mut().unwrap().entry("target").or_insert(json!("engine"));
-        self.mcp
-            .call_tool(tool, args)
-            .await
-            .unwrap_or_else(|e| panic!("{tool}: {e}"))
+        self.call_tool(tool, args).await
     }
 
-    /// A successful call's structured content.
     async fn ok(&mut self, tool: &str, args: Value) -> Value {
         let r = self.call(tool, args.clone()).await;
         assert_eq!(r["isError"], false, "{tool} {args}: {r}");
         r["structuredContent"].clone()
     }
 
-    /// A failed call's text.
     async fn err(&mut self, tool: &str, args: Value) -> String {
         let r = self.call(tool, args.clone()).await;
         assert_eq!(r["isError"], true, "{tool} {args} should fail: {r}");
@@ -83,70 +71,37 @@ fn text(r: &Value) -> &str {
     r["content"][0]["text"].as_str().unwrap_or("")
 }
 
+/// A server with a `docker` target `engine` on the shared engine; carol (containers:admin on
+/// `engine` and `local`) has a session, dave (containers:read on `engine`) may open one.
 async fn world() -> Option<World> {
-    let host = match ensure_dockerd() {
-        Ok(h) => h,
-        Err(e) => {
-            skip_or_fail(&format!("docker engine: {e}"));
-            return None;
-        }
-    };
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => {
-            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
-            return None;
-        }
-    };
-    net.add_caller(CAROL).unwrap();
-    net.add_caller(DAVE).unwrap();
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
-    standin.add_identity(
-        CAROL,
-        whois_for(
-            "whois-user.json",
-            "carol@example.com",
+    let mut s = World::builder()
+        .with(Daemon::Docker)
+        .user(
             CAROL,
-            CAP,
+            "carol@example.com",
             json!([{"scopes": ["containers:admin"], "targets": ["engine", "local"]}]),
-        ),
-    );
-    standin.add_identity(
-        DAVE,
-        whois_for(
-            "whois-user.json",
-            "dave@example.com",
+        )
+        .user(
             DAVE,
-            CAP,
+            "dave@example.com",
             json!([{"scopes": ["containers:read"], "targets": ["engine"]}]),
-        ),
-    );
-    let targets = format!(
+        )
+        .tool_tests_policy()
+        .session(CAROL)
+        .prepare()
+        .await?;
+    s.config(&format!(
         r#"
 [[target]]
 id = "engine"
 kind = "docker"
 timeout_secs = 60
 [target.docker]
-endpoint = "{host}"
-"#
-    );
-    let targets = format!("{targets}{}", crate::support::server::TOOL_TESTS_POLICY);
-    let server = Server::start(&net, &standin, "", &targets).await;
-    let stream = net
-        .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-        .await
-        .unwrap();
-    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    mcp.initialize().await.unwrap();
-    Some(World {
-        net,
-        _standin: standin,
-        server,
-        mcp,
-        host,
-    })
+endpoint = "{}"
+"#,
+        s.docker_host()
+    ));
+    Some(s.start().await)
 }
 
 fn run(host: &str, name: &str, options: &[&str], cmd: &[&str]) -> Container {
@@ -203,7 +158,7 @@ fn plan_details(v: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_list_inspect_logs_stats_networks_volumes_and_images() {
     let Some(mut w) = world().await else { return };
-    let host = w.host.clone();
+    let host = w.docker_host().to_owned();
     let n = name("read");
     let vol = name("read-vol");
     let _ = docker(&host, &["volume", "rm", "-f", &vol]);
@@ -404,7 +359,7 @@ async fn containers_list_inspect_logs_stats_networks_volumes_and_images() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_stop_start_restart_pause_unpause_round_trip_and_dry_runs() {
     let Some(mut w) = world().await else { return };
-    let host = w.host.clone();
+    let host = w.docker_host().to_owned();
     let n = name("life");
     let _c = run(&host, &n, &[], SLEEPER);
     let status = |host: &str| engine_says(host, "{{.State.Status}}", &n);
@@ -496,7 +451,7 @@ async fn containers_stop_start_restart_pause_unpause_round_trip_and_dry_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_remove_needs_force_for_a_running_container_and_takes_anonymous_volumes() {
     let Some(mut w) = world().await else { return };
-    let host = w.host.clone();
+    let host = w.docker_host().to_owned();
     let n = name("rm");
     let c = run(&host, &n, &["-v", "/scratch"], SLEEPER);
     let anon = engine_says(&host, "{{range .Mounts}}{{.Name}}{{end}}", &n);
@@ -638,7 +593,7 @@ async fn containers_update_pulls_and_recreates_with_the_same_configuration() {
         Ok(r) => r,
         Err(e) => return skip_or_fail(&format!("local registry: {e}")),
     };
-    let host = w.host.clone();
+    let host = w.docker_host().to_owned();
     let pid = std::process::id();
     let reference = format!("127.0.0.1:{}/tops/app:{pid}", registry.port);
 
@@ -838,7 +793,7 @@ async fn containers_update_pulls_and_recreates_with_the_same_configuration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_bad_input_denials_and_other_target_kinds_are_refused_and_audited() {
     let Some(mut w) = world().await else { return };
-    let host = w.host.clone();
+    let host = w.docker_host().to_owned();
     let n = name("bad");
     let _c = run(&host, &n, &[], SLEEPER);
     let long = "a".repeat(300);
@@ -940,7 +895,7 @@ async fn containers_bad_input_denials_and_other_target_kinds_are_refused_and_aud
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_update_puts_the_old_container_back_when_the_new_one_cannot_be_created() {
     let Some(mut w) = world().await else { return };
-    let host = w.host.clone();
+    let host = w.docker_host().to_owned();
     let n = name("rollback");
     let tag = format!("local/tops-rollback:{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
@@ -1002,13 +957,12 @@ async fn containers_update_puts_the_old_container_back_when_the_new_one_cannot_b
 /// of each tool (changing ones as dry runs) must pass it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_results_match_their_output_schemas_in_the_python_sdk() {
-    let python = match crate::support::pyclient::python_mcp() {
-        Ok(p) => p,
-        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    let Some(python) = crate::support::pyclient::python_mcp_or_skip() else {
+        return;
     };
     let Some(w) = world().await else { return };
     let n = name("sdk");
-    let _c = run(&w.host, &n, &["-e", "API_TOKEN=s3cr3t"], SLEEPER);
+    let _c = run(w.docker_host(), &n, &["-e", "API_TOKEN=s3cr3t"], SLEEPER);
     let t = "engine";
     let calls = [
         ("containers_list", json!({"target": t, "all": true, "limit": 2})),
@@ -1059,8 +1013,7 @@ async fn containers_results_match_their_output_schemas_in_the_python_sdk() {
         .iter()
         .map(|(tool, args)| json!({"call": tool, "args": args}))
         .collect();
-    let url = format!("http://{SERVER_IP}:{PORT}/mcp");
-    let (lines, stdout) = crate::support::pyclient::run_actions(&w.net, &python, &url, &json!(actions)).await;
+    let (lines, stdout) = w.python(&python, &json!(actions), &[]).await;
     assert_eq!(lines.len(), calls.len() + 1, "{stdout}");
     for ((tool, _), line) in calls.iter().zip(&lines[1..]) {
         assert_eq!(line["tool"], *tool, "{stdout}");
@@ -1069,7 +1022,7 @@ async fn containers_results_match_their_output_schemas_in_the_python_sdk() {
     }
     assert!(!stdout.contains("s3cr3t"), "a secret env value reached the client");
     assert_eq!(
-        engine_says(&w.host, "{{.State.Status}}", &n),
+        engine_says(w.docker_host(), "{{.State.Status}}", &n),
         "running",
         "dry runs only"
     );
@@ -1092,7 +1045,7 @@ async fn one_secret_rule_set_for_inspect_and_the_audit_log() {
         "pass-secret-4",
     ];
     let _c = run(
-        &w.host,
+        w.docker_host(),
         &n,
         &[
             "-e",

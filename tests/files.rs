@@ -5,7 +5,7 @@
 //! counts clusters and restart loops. The escape attempts and a journal query also go through
 //! MCP on the tailnet harness, with their audit rows.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,13 +18,10 @@ use tailopsmcp::audit::{Decision, Outcome};
 use tailopsmcp::config::{Config, Overrides};
 use tailopsmcp::tools::{Tool, ToolContext, ToolError, ToolOutput};
 
-use crate::support::http::{Conn, Mcp};
 use crate::support::journald::ensure_journald;
-use crate::support::localapi::{StandIn, whois_for};
-use crate::support::netns::{Tailnet, skip_or_fail};
-use crate::support::server::{CAP, PORT, Server};
+use crate::support::netns::skip_or_fail;
+use crate::support::world::World;
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 const DAVE: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 41));
 
 /// A tree under a fresh directory: `root/` is the configured root, `outside/` is next to it.
@@ -1070,47 +1067,18 @@ async fn other_target_kinds_are_refused() {
     }
 }
 
-struct World {
-    net: Tailnet,
-    _standin: StandIn,
-    server: Server,
-    mcp: Mcp,
-}
-
+/// A server with `extra` config; dave (files:read and logs:read) has a session.
 async fn world(extra: &str) -> Option<World> {
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => {
-            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
-            return None;
-        }
-    };
-    net.add_caller(DAVE).unwrap();
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
-    standin.add_identity(
-        DAVE,
-        whois_for(
-            "whois-user.json",
-            "dave@example.com",
+    World::builder()
+        .user(
             DAVE,
-            CAP,
+            "dave@example.com",
             json!([{"scopes": ["files:read", "logs:read"]}]),
-        ),
-    );
-    let server = Server::start(&net, &standin, "", extra).await;
-    let stream = net
-        .connect(DAVE, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
+        )
+        .config(extra)
+        .session(DAVE)
+        .start()
         .await
-        .unwrap();
-    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    mcp.initialize().await.unwrap();
-    Some(World {
-        net,
-        _standin: standin,
-        server,
-        mcp,
-    })
 }
 
 fn text(r: &Value) -> &str {
@@ -1139,16 +1107,12 @@ async fn escape_attempts_through_mcp_are_refused_and_audited() {
         ),
     ];
     for (args, needle) in &attempts {
-        let r = w.mcp.call_tool("files_read", args.clone()).await.unwrap();
+        let r = w.call_tool("files_read", args.clone()).await;
         assert_eq!(r["isError"], true, "{args}: {r}");
         assert!(text(&r).contains(needle), "{args}: {r}");
         assert!(!text(&r).contains("root:"), "nothing of /etc leaks: {r}");
     }
-    let ok = w
-        .mcp
-        .call_tool("files_read", json!({"path": "inside/inner.txt"}))
-        .await
-        .unwrap();
+    let ok = w.call_tool("files_read", json!({"path": "inside/inner.txt"})).await;
     assert_eq!(ok["isError"], false, "{ok}");
     assert_eq!(ok["structuredContent"]["content"], "inner file with a needle in it\n");
 
@@ -1166,7 +1130,7 @@ async fn escape_attempts_through_mcp_are_refused_and_audited() {
     }
     assert_eq!(rows.last().unwrap().outcome, Outcome::Ok);
     // Without the scope: denied before anything runs.
-    let r = w.mcp.call_tool("system_status", json!({})).await.unwrap();
+    let r = w.call_tool("system_status", json!({})).await;
     assert_eq!(r["isError"], true);
     assert!(w.server.alive(), "the server keeps serving");
     let _ = &w.net;
@@ -1183,19 +1147,13 @@ async fn a_journal_query_through_mcp() {
     crate::support::journald::journal_entries(&["-t", &ident]);
     let Some(mut w) = world("").await else { return };
     let r = w
-        .mcp
         .call_tool("logs_journal", json!({"identifier": ident, "priority": "err"}))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r["isError"], false, "{r}");
     let entries = r["structuredContent"]["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{r}");
     assert_eq!(entries[0]["message"], "backup job 17 failed: disk full");
-    let bad = w
-        .mcp
-        .call_tool("logs_journal", json!({"unit": "--vacuum-size=1"}))
-        .await
-        .unwrap();
+    let bad = w.call_tool("logs_journal", json!({"unit": "--vacuum-size=1"})).await;
     assert_eq!(bad["isError"], true);
     assert!(text(&bad).contains("not a unit name"), "{bad}");
     let rows = w
@@ -1211,9 +1169,8 @@ async fn a_journal_query_through_mcp() {
 /// schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_accepts_every_result_against_its_output_schema() {
-    let python = match crate::support::pyclient::python_mcp() {
-        Ok(p) => p,
-        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    let Some(python) = crate::support::pyclient::python_mcp_or_skip() else {
+        return;
     };
     if !journal_ready() {
         return;
@@ -1239,8 +1196,7 @@ async fn the_python_sdk_accepts_every_result_against_its_output_schema() {
         {"call": "logs_journal", "args": {"identifier": ident}},
         {"call": "logs_analyze", "args": {"identifier": ident}}
     ]);
-    let url = format!("http://{SERVER_IP}:{PORT}/mcp");
-    let (lines, stdout) = crate::support::pyclient::run_actions(&w.net, &python, &url, &actions).await;
+    let (lines, stdout) = w.python(&python, &actions, &[]).await;
     let calls: Vec<&Value> = lines.iter().filter(|l| l["action"] == "call").collect();
     assert_eq!(calls.len(), 11, "{stdout}");
     for c in &calls {
@@ -1256,21 +1212,18 @@ async fn the_python_sdk_accepts_every_result_against_its_output_schema() {
 /// a client without sampling gets `summary: null` and a note, never an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_analyze_asks_the_clients_model_for_a_summary_only_when_it_can_sample() {
-    let python = match crate::support::pyclient::python_mcp() {
-        Ok(p) => p,
-        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    let Some(python) = crate::support::pyclient::python_mcp_or_skip() else {
+        return;
     };
     let (_logdir, logs) = log_tree();
     let extra = format!("[logs]\nroots = [{:?}]\n", logs);
     let Some(w) = world(&extra).await else { return };
-    let url = format!("http://{SERVER_IP}:{PORT}/mcp");
     let reply = "MODEL SAYS: web.service is in a restart loop; check the database at <ip>.";
     let actions = json!([
         {"call": "logs_analyze", "args": {"path": "app.log", "summarize": true}},
         {"call": "logs_analyze", "args": {"path": "app.log"}}
     ]);
-    let (lines, stdout) =
-        crate::support::pyclient::run_actions_with(&w.net, &python, &url, &actions, &["--sample", reply]).await;
+    let (lines, stdout) = w.python(&python, &actions, &["--sample", reply]).await;
 
     // Exactly one sampling request (the second call did not ask), carrying the computed analysis.
     let asked: Vec<&Value> = lines.iter().filter(|l| l["action"] == "sampling").collect();
@@ -1320,13 +1273,13 @@ async fn logs_analyze_asks_the_clients_model_for_a_summary_only_when_it_can_samp
     );
 
     // A client without the sampling capability: null summary with a note, not an error.
-    let (lines, stdout) = crate::support::pyclient::run_actions(
-        &w.net,
-        &python,
-        &url,
-        &json!([{"call": "logs_analyze", "args": {"path": "app.log", "summarize": true}}]),
-    )
-    .await;
+    let (lines, stdout) = w
+        .python(
+            &python,
+            &json!([{"call": "logs_analyze", "args": {"path": "app.log", "summarize": true}}]),
+            &[],
+        )
+        .await;
     assert!(!lines.iter().any(|l| l["action"] == "sampling"), "{stdout}");
     let call = lines
         .iter()

@@ -5,7 +5,7 @@
 //! 9090). The scan's stored rows, attributes and notes are read back from the server's SQLite
 //! file; `system_sockets` and `system_disks` also run over SSH (a real sshd in that namespace).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -15,12 +15,9 @@ use serde_json::{Value, json};
 use tailopsmcp::audit::Outcome;
 use tailopsmcp::store::inventory as store;
 
-use crate::support::http::{Conn, Mcp};
-use crate::support::localapi::{StandIn, whois_for};
 use crate::support::netns::{Tailnet, skip_or_fail};
-use crate::support::server::{CAP, PORT, Server};
+use crate::support::world::{Builder, Daemon, World};
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 const DANA: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 9));
 
 /// A process started in the server namespace; SIGTERM (then SIGKILL) on drop, so nginx's
@@ -107,23 +104,9 @@ async fn wait_listening(net: &Tailnet, ports: &[u16]) {
     }
 }
 
-/// The LocalAPI stand-in with dana (holding `grants`), a server with `targets`, and dana's
-/// initialized MCP session.
-async fn serve_dana(net: &Tailnet, grants: Value, targets: &str) -> (StandIn, Server, Mcp) {
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
-    standin.add_identity(
-        DANA,
-        whois_for("whois-user.json", "dana@example.com", DANA, CAP, grants),
-    );
-    let server = Server::start(net, &standin, "", targets).await;
-    let stream = net
-        .connect(DANA, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-        .await
-        .unwrap();
-    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    mcp.initialize().await.unwrap();
-    (standin, server, mcp)
+/// A world with dana, holding `grants`.
+fn dana(grants: Value) -> Builder {
+    World::builder().user(DANA, "dana@example.com", grants)
 }
 
 fn ok(r: &Value) -> &Value {
@@ -170,15 +153,13 @@ async fn a_scan_finds_the_running_apps_with_evidence_ports_and_versions() {
         Ok(p) => p,
         Err(e) => return skip_or_fail(&e),
     };
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => return skip_or_fail(&format!("cannot build a test tailnet: {e}")),
-    };
-    net.add_caller(DANA).unwrap();
+    let grants = json!([{"scopes": ["inventory:control", "system:read"], "targets": ["*"]}]);
+    let Some(s) = dana(grants).prepare().await else { return };
+    let net = &s.net;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
     let redis = spawn(
-        &net,
+        net,
         "redis-server",
         &redis_bin,
         &[
@@ -206,18 +187,19 @@ async fn a_scan_finds_the_running_apps_with_evidence_ports_and_versions() {
     )
     .unwrap();
     let nginx = spawn(
-        &net,
+        net,
         "nginx",
         &nginx_bin,
         &["-c", &conf.display().to_string(), "-g", "daemon off;"],
         &dir.path().join("nginx.log"),
     );
-    let ollama = python_listener(&net, dir.path(), &python, "ollama", 11434);
-    let prometheus = python_listener(&net, dir.path(), &python, "prometheus", 9090);
-    wait_listening(&net, &[6379, 80, 11434, 9090]).await;
+    let ollama = python_listener(net, dir.path(), &python, "ollama", 11434);
+    let prometheus = python_listener(net, dir.path(), &python, "prometheus", 9090);
+    wait_listening(net, &[6379, 80, 11434, 9090]).await;
 
-    let grants = json!([{"scopes": ["inventory:control", "system:read"], "targets": ["*"]}]);
-    let (_standin, mut server, mut mcp) = serve_dana(&net, grants, "").await;
+    let mut w = s.start().await;
+    let mut mcp = w.session(DANA).await;
+    let World { net, server, .. } = &mut w;
 
     // A dry run detects and plans, runs no version command and stores nothing.
     let r = mcp.call_tool("inventory_scan", json!({"dry_run": true})).await.unwrap();
@@ -519,8 +501,8 @@ async fn a_scan_finds_the_running_apps_with_evidence_ports_and_versions() {
                 {"call": "inventory_set", "args": {"tags": ["lab"], "dry_run": true}},
                 {"call": "inventory_annotate", "args": {"note": "checked", "dry_run": true}}
             ]);
-            let url = format!("http://{SERVER_IP}:{PORT}/mcp");
-            let (lines, stdout) = crate::support::pyclient::run_actions(&net, &python, &url, &actions).await;
+            let url = format!("http://{}/mcp", server.addr);
+            let (lines, stdout) = crate::support::pyclient::run_actions(net, &python, &url, &actions).await;
             assert_eq!(lines.len(), 7, "{stdout}");
             for line in &lines[1..] {
                 assert_eq!(line["isError"], false, "{line}");
@@ -565,18 +547,14 @@ async fn sockets_and_disks_work_on_an_ssh_target() {
         Ok(p) => p,
         Err(e) => return skip_or_fail(&format!("/usr/bin/python3: {e}")),
     };
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => return skip_or_fail(&format!("cannot build a test tailnet: {e}")),
+    let grants = json!([{"scopes": ["system:read", "inventory:control"], "targets": ["*"]}]);
+    let Some(mut s) = dana(grants).with(Daemon::Sshd).prepare().await else {
+        return;
     };
-    let sshd = match crate::support::sshd::Sshd::start_in_netns(net.server_ns()) {
-        Ok(s) => s,
-        Err(e) => return skip_or_fail(&format!("sshd: {e}")),
-    };
-    net.add_caller(DANA).unwrap();
+    let sshd = s.sshd();
     let dir = tempfile::tempdir().unwrap();
-    let listener = python_listener(&net, dir.path(), &python, "ollama", 11434);
-    wait_listening(&net, &[11434]).await;
+    let listener = python_listener(&s.net, dir.path(), &python, "ollama", 11434);
+    wait_listening(&s.net, &[11434]).await;
     let known_hosts = sshd.write_known_hosts("known_hosts", &[sshd.known_hosts_line()]);
     let targets = format!(
         "[[target]]\nid = \"box\"\nkind = \"ssh\"\n[target.ssh]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
@@ -586,8 +564,9 @@ async fn sockets_and_disks_work_on_an_ssh_target() {
         sshd.client_key_path().display(),
         known_hosts.display()
     );
-    let grants = json!([{"scopes": ["system:read", "inventory:control"], "targets": ["*"]}]);
-    let (_standin, server, mut mcp) = serve_dana(&net, grants, &targets).await;
+    s.config(&targets);
+    let w = s.start().await;
+    let (sshd, server, mut mcp) = (w.sshd(), &w.server, w.session(DANA).await);
 
     let r = mcp
         .call_tool("system_sockets", json!({"target": "box", "port": 11434}))

@@ -10,10 +10,9 @@ use serde_json::{Value, json};
 use tailopsmcp::audit::Decision;
 use tailopsmcp::tailnet::localapi::{Error, LocalApi};
 
-use crate::support::http::{Conn, Mcp};
 use crate::support::localapi::{StandIn, fixture, raw_request, whois_for};
-use crate::support::netns::{Tailnet, skip_or_fail};
-use crate::support::server::{PORT, Server, run_cli};
+use crate::support::server::run_cli;
+use crate::support::world::World;
 
 const CAP: &str = "example.com/cap/tailopsmcp";
 
@@ -431,7 +430,6 @@ async fn concurrent_whois_from_32_tasks() {
 // ---------------------------------------------------------------------------------------------
 // A node is its StableID, never its name.
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 /// `alice-laptop` as granted: the `whois-user.json` node (StableID `nQmK8XyZp711CNTRL`).
 const ORIGINAL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 61));
 /// The machine that registered as `alice-laptop` after the original was removed.
@@ -440,17 +438,6 @@ const ALICE_LAPTOP_ID: &str = "nQmK8XyZp711CNTRL";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_grant_follows_the_stable_id_not_whoever_takes_the_name() {
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => {
-            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
-            return;
-        }
-    };
-    net.add_caller(ORIGINAL).unwrap();
-    net.add_caller(SUCCESSOR).unwrap();
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
     // Same user, same MagicDNS name and host name; only the StableID (and node ID) differ.
     let original = whois_for("whois-user.json", "alice@example.com", ORIGINAL, CAP, Value::Null);
     let mut successor = whois_for("whois-user.json", "alice@example.com", SUCCESSOR, CAP, Value::Null);
@@ -459,19 +446,20 @@ async fn a_node_grant_follows_the_stable_id_not_whoever_takes_the_name() {
     assert_eq!(original["Node"]["StableID"], ALICE_LAPTOP_ID);
     assert_eq!(successor["Node"]["Name"], original["Node"]["Name"]);
     assert_eq!(successor["Node"]["Name"], "alice-laptop.tail3f9c2.ts.net.");
-    standin.add_identity(ORIGINAL, original);
-    standin.add_identity(SUCCESSOR, successor);
-
     let grant = format!("[[grant]]\nmatch = \"node-id:{ALICE_LAPTOP_ID}\"\nscopes = [\"system:read\"]\n");
-    let server = Server::start(&net, &standin, "", &grant).await;
+    let Some(w) = World::builder()
+        .identity(ORIGINAL, original)
+        .identity(SUCCESSOR, successor)
+        .config(&grant)
+        .start()
+        .await
+    else {
+        return;
+    };
+    let server = &w.server;
     let mut calls = Vec::new();
     for from in [ORIGINAL, SUCCESSOR] {
-        let stream = net
-            .connect(from, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-            .await
-            .unwrap();
-        let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-        mcp.initialize().await.unwrap();
+        let mut mcp = w.session(from).await;
         calls.push(mcp.call_tool("system_status", json!({})).await.unwrap());
     }
     assert_eq!(calls[0]["isError"], false, "the granted node: {}", calls[0]);

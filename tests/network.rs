@@ -21,11 +21,9 @@ use tailopsmcp::exec::{CommandSpec, ExecError, Limits, Output};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::support::http::{Conn, Mcp};
-use crate::support::localapi::{StandIn, whois_for};
-use crate::support::netns::{Tailnet, skip_or_fail};
-use crate::support::server::{CAP, PORT, Server};
+use crate::support::netns::skip_or_fail;
 use crate::support::tlsca::TestCa;
+use crate::support::world::World;
 
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 const T: Duration = Duration::from_secs(3);
@@ -716,7 +714,6 @@ async fn traceroute_to_localhost_with_either_program() {
 // ---------------------------------------------------------------------------------------------
 // Through MCP on the tailnet harness.
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 const DAVE: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 9));
 const ERIN: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 10));
 /// Inside the server namespace: dnsmasq and the HTTP server on its loopback.
@@ -733,14 +730,18 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
         skip_or_fail("dnsmasq and ping are needed (apt install dnsmasq-base iputils-ping)");
         return;
     }
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => {
-            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
-            return;
-        }
+    let Some(mut s) = World::builder()
+        .user(
+            DAVE,
+            "dave@example.com",
+            json!([{"scopes": ["network:read"], "targets": ["local"]}]),
+        )
+        .prepare()
+        .await
+    else {
+        return;
     };
-    net.add_caller(DAVE).unwrap();
+    let net = &s.net;
 
     // dnsmasq and an HTTP server on the server namespace's loopback, where the server runs.
     let dir = tempfile::tempdir().unwrap();
@@ -765,18 +766,6 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
-    standin.add_identity(
-        DAVE,
-        whois_for(
-            "whois-user.json",
-            "dave@example.com",
-            DAVE,
-            CAP,
-            json!([{"scopes": ["network:read"], "targets": ["local"]}]),
-        ),
-    );
     // This node's own public address, with a listener on it that counts connections.
     let status = std::process::Command::new("ip")
         .args(["-n", net.server_ns(), "addr", "add", "1.2.3.4/32", "dev", "lo"])
@@ -796,13 +785,9 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
         });
     }
     let extra = format!("[network]\nhttp_allow = [\"*.test\", \"127.0.0.1/32\"]\ndns_servers = [\"{NS_DNS}\"]\n");
-    let mut server = Server::start(&net, &standin, "", &extra).await;
-    let stream = net
-        .connect(DAVE, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-        .await
-        .unwrap();
-    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    mcp.initialize().await.unwrap();
+    s.config(&extra);
+    let mut w = s.start().await;
+    let mut mcp = w.session(DAVE).await;
 
     let tools = mcp.list_tools().await.unwrap();
     for name in [
@@ -940,7 +925,10 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
     assert_eq!(r["structuredContent"]["received"], 1);
 
     let ca = TestCa::new("Lab CA");
-    let tls = net.bind_in_server_ns(SocketAddr::from(([127, 0, 0, 1], 8443))).unwrap();
+    let tls = w
+        .net
+        .bind_in_server_ns(SocketAddr::from(([127, 0, 0, 1], 8443)))
+        .unwrap();
     serve_https(tls, ca.server(&["web.test"]).server_config());
     let r = mcp
         .call_tool(
@@ -971,7 +959,8 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
     }
 
     // One audit row per call, allowed by network:read; failures carry their reason.
-    let rows = server
+    let rows = w
+        .server
         .audit_where(14, |r| r.tool.as_deref().is_some_and(|t| t.starts_with("network_")))
         .await;
     assert_eq!(rows.len(), 14, "{rows:#?}");
@@ -994,23 +983,13 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
     assert_eq!(rows.iter().filter(|r| r.outcome == Outcome::Ok).count(), 6);
 
     // A caller without network:read is refused before anything runs, and that is audited too.
-    net.add_caller(ERIN).unwrap();
-    standin.add_identity(
+    w.net.add_caller(ERIN).unwrap();
+    w.set_user(
         ERIN,
-        whois_for(
-            "whois-user.json",
-            "erin@example.com",
-            ERIN,
-            CAP,
-            json!([{"scopes": ["system:read"], "targets": ["local"]}]),
-        ),
+        "erin@example.com",
+        json!([{"scopes": ["system:read"], "targets": ["local"]}]),
     );
-    let stream = net
-        .connect(ERIN, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-        .await
-        .unwrap();
-    let mut erin = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    erin.initialize().await.unwrap();
+    let mut erin = w.session(ERIN).await;
     let r = erin
         .call_tool(
             "network_http_probe",
@@ -1020,7 +999,8 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
         .unwrap();
     assert_eq!(r["isError"], true);
     assert!(text(&r).contains("network:read"), "{r}");
-    let denied = server
+    let denied = w
+        .server
         .audit_where(1, |r| {
             r.decision == Decision::Deny && r.login.as_deref() == Some("erin@example.com")
         })
@@ -1028,7 +1008,7 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
     assert_eq!(denied.len(), 1);
     assert_eq!(denied[0].tool.as_deref(), Some("network_http_probe"));
     assert_eq!(seen.lock().unwrap().len(), 1, "the denied probe sent nothing");
-    assert!(server.alive(), "the server keeps serving");
+    assert!(w.server.alive(), "the server keeps serving");
 }
 
 /// `ping` and `traceroute` run on an SSH target's host: here a real sshd on loopback, so the
@@ -1036,7 +1016,7 @@ async fn network_tools_through_mcp_with_refusals_and_audit_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_and_traceroute_over_ssh() {
     use crate::support::sshd::Sshd;
-    use tailopsmcp::exec::ssh::{Ssh, SshSettings, SudoPolicy};
+    use tailopsmcp::exec::ssh::Ssh;
     let s = match Sshd::start() {
         Ok(s) => s,
         Err(e) => {
@@ -1044,17 +1024,7 @@ async fn ping_and_traceroute_over_ssh() {
             return;
         }
     };
-    let settings = SshSettings {
-        host: "127.0.0.1".into(),
-        port: s.port(),
-        user: s.user().into(),
-        key_file: Some(s.client_key_path()),
-        agent: false,
-        known_hosts: Some(s.write_known_hosts("known_hosts", &[s.known_hosts_line()])),
-        host_key_fingerprint: None,
-        trust_on_first_use: false,
-        sudo: SudoPolicy::None,
-    };
+    let settings = s.settings();
     let ssh = Ssh::new(
         "t1",
         settings,

@@ -18,13 +18,10 @@ use http::{StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::support::http::{Conn, Mcp};
-use crate::support::localapi::{StandIn, whois_for};
-use crate::support::netns::{Tailnet, skip_or_fail};
-use crate::support::server::{CAP, PORT, Server};
+use crate::support::netns::Tailnet;
 use crate::support::tlsca::TestCa;
+use crate::support::world::World;
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 const CAROL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 7));
 /// A tailnet user without any grant.
 const DAVE: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 8));
@@ -331,31 +328,25 @@ impl Pve {
 // ---------------------------------------------------------------------------------------------
 // The world: tailnet, LocalAPI stand-in, server with Proxmox targets, carol's MCP session
 
-struct World {
-    net: Tailnet,
-    _standin: StandIn,
-    server: Server,
-    mcp: Mcp,
-    pve: PveServer,
-    _dir: tempfile::TempDir,
-}
-
-async fn world() -> Option<World> {
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => {
-            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
-            return None;
-        }
-    };
-    net.add_caller(CAROL).unwrap();
-    net.add_caller(DAVE).unwrap();
+/// The world, and the Proxmox API stand-in inside its server namespace.
+async fn world() -> Option<(World, PveServer)> {
+    // Carol reads everything and may control guests on the Proxmox targets only.
+    let grants = json!([
+        {"scopes": ["monitor"], "targets": ["*"]},
+        {"scopes": ["system:control"], "targets": ["pve", "pve-ro"]}
+    ]);
+    let mut s = World::builder()
+        .user(CAROL, "carol@example.com", grants)
+        .user(DAVE, "dave@example.com", Value::Null)
+        .tool_tests_policy()
+        .session(CAROL)
+        .prepare()
+        .await?;
     let ca = TestCa::new("tailopsmcp test Proxmox CA");
-    let pve = PveServer::start(&net, &ca);
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("pve-ca.pem");
+    let pve = PveServer::start(&s.net, &ca);
+    let ca_file = s.dir.path().join("pve-ca.pem");
     ca.write_pem(&ca_file);
-    let token_file = dir.path().join("pve-token");
+    let token_file = s.dir.path().join("pve-token");
     std::fs::write(&token_file, format!("{TOKEN_ID}={SECRET}\n")).unwrap();
     let http = |methods: &str| {
         format!(
@@ -365,57 +356,31 @@ async fn world() -> Option<World> {
             pve.port
         )
     };
-    let targets = format!(
+    s.config(&format!(
         "[[target]]\nid = \"pve\"\nkind = \"http\"\n{}\n[[target]]\nid = \"pve-ro\"\nkind = \"http\"\n{}",
         http("[\"GET\", \"POST\"]"),
         http("[\"GET\"]")
-    );
-    // Carol reads everything and may control guests on the Proxmox targets only.
-    let grants = json!([
-        {"scopes": ["monitor"], "targets": ["*"]},
-        {"scopes": ["system:control"], "targets": ["pve", "pve-ro"]}
-    ]);
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
-    standin.add_identity(
-        CAROL,
-        whois_for("whois-user.json", "carol@example.com", CAROL, CAP, grants),
-    );
-    standin.add_identity(
-        DAVE,
-        whois_for("whois-user.json", "dave@example.com", DAVE, CAP, Value::Null),
-    );
-    let targets = format!("{targets}{}", crate::support::server::TOOL_TESTS_POLICY);
-    let server = Server::start(&net, &standin, "", &targets).await;
-    let stream = net
-        .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-        .await
-        .unwrap();
-    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    mcp.initialize().await.unwrap();
-    Some(World {
-        net,
-        _standin: standin,
-        server,
-        mcp,
-        pve,
-        _dir: dir,
-    })
+    ));
+    Some((s.start().await, pve))
 }
 
 fn text(r: &Value) -> &str {
     r["content"][0]["text"].as_str().unwrap_or("")
 }
 
-impl World {
-    /// Call a tool on `pve` (unless `args` names a target); every answer is kept for the
-    /// token check at the end.
+/// Carol's calls, every answer kept for the token check at the end.
+trait Carol {
+    /// Call a tool on `pve` (unless `args` names a target).
+    async fn call(&mut self, seen: &mut Vec<String>, tool: &str, args: Value) -> Value;
+}
+
+impl Carol for World {
     async fn call(&mut self, seen: &mut Vec<String>, tool: &str, mut args: Value) -> Value {
         if args.get("target").is_none() {
             args["target"] = json!("pve");
         }
         let r = self
-            .mcp
+            .mcp()
             .call_tool(tool, args.clone())
             .await
             .unwrap_or_else(|e| panic!("{tool} {args}: {e}"));
@@ -426,10 +391,10 @@ impl World {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
-    let Some(mut w) = world().await else { return };
+    let Some((mut w, pve)) = world().await else { return };
     let mut answers = Vec::new();
     // With `http` targets configured, the Proxmox tools are offered (without one they are not).
-    let listed = w.mcp.list_tools().await.unwrap();
+    let listed = w.mcp().list_tools().await.unwrap();
     for t in [
         "proxmox_nodes",
         "proxmox_guests",
@@ -534,8 +499,8 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
         json!([{"kind": "api", "target": "pve", "detail": "POST /nodes/pve/lxc/200/status/start"}])
     );
     assert!(s["task"].is_null());
-    assert!(w.pve.posts().is_empty(), "{:?}", w.pve.posts());
-    assert_eq!(w.pve.status_of(200), "stopped");
+    assert!(pve.posts().is_empty(), "{:?}", pve.posts());
+    assert_eq!(pve.status_of(200), "stopped");
 
     let r = w
         .call(
@@ -552,10 +517,9 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
         (task["status"].as_str(), task["exit_status"].as_str()),
         (Some("stopped"), Some("OK"))
     );
-    assert_eq!(w.pve.posts(), ["/api2/json/nodes/pve/lxc/200/status/start"]);
-    assert_eq!(w.pve.status_of(200), "running");
-    let polls = w
-        .pve
+    assert_eq!(pve.posts(), ["/api2/json/nodes/pve/lxc/200/status/start"]);
+    assert_eq!(pve.status_of(200), "running");
+    let polls = pve
         .seen()
         .iter()
         .filter(|s| s.uri.contains("/tasks/") && s.uri.ends_with("/status"))
@@ -571,7 +535,7 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
         )
         .await;
     assert_eq!(r["structuredContent"]["task"]["status"], "started", "{r}");
-    assert_eq!(w.pve.posts().len(), 2);
+    assert_eq!(pve.posts().len(), 2);
 
     // Snapshots: list, dry run, create with a JSON body, list again.
     let r = w.call(&mut answers, "proxmox_snapshots", json!({"vmid": 100})).await;
@@ -588,14 +552,14 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
         r["structuredContent"]["plan"][0]["detail"],
         r#"POST /nodes/pve/qemu/100/snapshot {"snapname":"pre-mcp","description":"before the MCP test","vmstate":0}"#
     );
-    assert_eq!(w.pve.posts().len(), 2, "a dry run sends nothing");
+    assert_eq!(pve.posts().len(), 2, "a dry run sends nothing");
     let mut real = create.clone();
     real["dry_run"] = json!(false);
     real["wait_seconds"] = json!(5);
     let r = w.call(&mut answers, "proxmox_snapshot_create", real).await;
     assert_eq!(r["isError"], false, "{r}");
     assert_eq!(r["structuredContent"]["task"]["exit_status"], "OK");
-    let post = w.pve.seen().into_iter().filter(|s| s.method == "POST").nth(2).unwrap();
+    let post = pve.seen().into_iter().filter(|s| s.method == "POST").nth(2).unwrap();
     assert_eq!(post.uri, "/api2/json/nodes/pve/qemu/100/snapshot");
     assert_eq!(
         serde_json::from_str::<Value>(&post.body).unwrap(),
@@ -619,7 +583,7 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
     assert!(text(&r).contains("`include_ram` applies to VMs only"), "{r}");
 
     // Bad input: refused with a specific error before anything is sent; each call audited.
-    let before = w.pve.seen().len();
+    let before = pve.seen().len();
     for (tool, args, says) in [
         ("proxmox_guest_status", json!({"vmid": 5}), "between 100 and 999999999"),
         (
@@ -673,7 +637,7 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
         assert_eq!(r["isError"], true, "{tool} {args}: {r}");
         assert!(text(&r).contains(says), "{tool} {args}: {r}");
     }
-    assert_eq!(w.pve.seen().len(), before, "bad input reached the API");
+    assert_eq!(pve.seen().len(), before, "bad input reached the API");
     let rows = w
         .server
         .audit_where(11, |r| r.error.as_deref().is_some_and(|e| e.contains("invalid")))
@@ -693,7 +657,7 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
     assert!(task["upid"].as_str().unwrap().contains(":qmreboot:100:"), "{r}");
     assert_eq!(task["status"], "unknown");
     assert!(task["exit_status"].as_str().unwrap().contains("answered 500"), "{r}");
-    assert_eq!(w.pve.posts().len(), 4);
+    assert_eq!(pve.posts().len(), 4);
 
     // A target that allows only GET: the action is refused by the target's own constraints.
     let r = w
@@ -720,10 +684,10 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
         text(&r).contains("denied: scope system:control is not granted on target `local`"),
         "{r}"
     );
-    assert_eq!(w.pve.posts().len(), 4);
+    assert_eq!(pve.posts().len(), 4);
 
     // Every request carried the exact token header; the secret is in no answer, audit row or log.
-    let seen = w.pve.seen();
+    let seen = pve.seen();
     assert!(
         seen.iter()
             .all(|s| s.authorization.as_deref() == Some(&format!("PVEAPIToken={TOKEN_ID}={SECRET}"))),
@@ -752,11 +716,10 @@ async fn proxmox_tools_through_mcp_against_a_proxmox_api() {
 /// real outputs (`--nocapture` shows them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompts_resources_and_toon_through_the_python_sdk() {
-    let python = match crate::support::pyclient::python_mcp() {
-        Ok(p) => p,
-        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    let Some(python) = crate::support::pyclient::python_mcp_or_skip() else {
+        return;
     };
-    let Some(w) = world().await else { return };
+    let Some((w, _pve)) = world().await else { return };
     let actions = json!([
         {"list_prompts": {}},
         {"get_prompt": "health_check", "args": {"target": "pve"}},
@@ -771,8 +734,7 @@ async fn prompts_resources_and_toon_through_the_python_sdk() {
         {"read_resource": "tailopsmcp://audit/mine"},
         {"read_resource": "tailopsmcp://audit/everyone", "expect_error": true}
     ]);
-    let url = format!("http://{SERVER_IP}:{PORT}/mcp");
-    let (lines, stdout) = crate::support::pyclient::run_actions(&w.net, &python, &url, &actions).await;
+    let (lines, stdout) = w.python(&python, &actions, &[]).await;
     let line = |n: usize| &lines[n];
     assert_eq!(lines.len(), 13, "{stdout}");
 
@@ -874,13 +836,7 @@ async fn prompts_resources_and_toon_through_the_python_sdk() {
     );
 
     // A caller without grants may not read resources; the refusal is audited.
-    let stream = w
-        .net
-        .connect(DAVE, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-        .await
-        .unwrap();
-    let mut dave = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    dave.initialize().await.unwrap();
+    let mut dave = w.session(DAVE).await;
     let r = dave
         .request("resources/read", json!({"uri": "tailopsmcp://audit/mine"}))
         .await

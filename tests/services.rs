@@ -582,7 +582,7 @@ async fn packages_tools_upgrade_and_install_from_a_local_apt_repository() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_and_packages_over_ssh_match_the_local_runner() {
     use tailopsmcp::exec::remote::LocalRunner;
-    use tailopsmcp::exec::ssh::{Ssh, SshSettings, SudoPolicy};
+    use tailopsmcp::exec::ssh::Ssh;
     use tailopsmcp::exec::{Limits, packages, systemd};
 
     let s = match crate::support::sshd::Sshd::start() {
@@ -593,17 +593,7 @@ async fn services_and_packages_over_ssh_match_the_local_runner() {
         timeout: Duration::from_secs(20),
         max_output: 4 << 20,
     };
-    let settings = SshSettings {
-        host: "127.0.0.1".into(),
-        port: s.port(),
-        user: s.user().into(),
-        key_file: Some(s.client_key_path()),
-        agent: false,
-        known_hosts: Some(s.write_known_hosts("known_hosts", &[s.known_hosts_line()])),
-        host_key_fingerprint: None,
-        trust_on_first_use: false,
-        sudo: SudoPolicy::None,
-    };
+    let settings = s.settings();
     let ssh = Ssh::new("svc", settings, limits, 4).unwrap();
     let local = LocalRunner(limits);
 

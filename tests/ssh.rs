@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tailopsmcp::exec::ssh::{Ssh, SshSettings, SudoPolicy};
-use tailopsmcp::exec::{CommandSpec, ExecError, Limits};
+use tailopsmcp::exec::{CommandSpec, ExecError, Limits, Output};
 
 use crate::support::netns::skip_or_fail;
 use crate::support::sshd::{Sshd, processes_running};
@@ -25,21 +25,6 @@ fn sshd() -> Option<Sshd> {
     }
 }
 
-/// Settings that trust exactly this sshd's host key and use its authorized client key.
-fn settings(s: &Sshd) -> SshSettings {
-    SshSettings {
-        host: "127.0.0.1".into(),
-        port: s.port(),
-        user: s.user().into(),
-        key_file: Some(s.client_key_path()),
-        agent: false,
-        known_hosts: Some(s.write_known_hosts("known_hosts", &[s.known_hosts_line()])),
-        host_key_fingerprint: None,
-        trust_on_first_use: false,
-        sudo: SudoPolicy::None,
-    }
-}
-
 fn limits(timeout_ms: u64, max_output: usize) -> Limits {
     Limits {
         timeout: Duration::from_millis(timeout_ms),
@@ -48,11 +33,19 @@ fn limits(timeout_ms: u64, max_output: usize) -> Limits {
 }
 
 fn target(s: &Sshd) -> Ssh {
-    Ssh::new("t1", settings(s), limits(10_000, 64 * 1024), 4).unwrap()
+    Ssh::new("t1", s.settings(), limits(10_000, 64 * 1024), 4).unwrap()
 }
 
 fn cmd(program: &str, args: &[&str]) -> CommandSpec {
     CommandSpec::new(program, args.iter().copied())
+}
+
+/// `true`, run once by a new target with settings `st`.
+async fn run_true(st: SshSettings) -> Result<Output, ExecError> {
+    Ssh::new("t1", st, limits(10_000, 1000), 4)
+        .unwrap()
+        .run(&cmd("true", &[]), false)
+        .await
 }
 
 /// A unique `sleep` duration so a process can be found by its command line.
@@ -129,7 +122,7 @@ async fn exit_status_and_stderr() {
 #[tokio::test]
 async fn output_is_capped_per_stream() {
     let Some(s) = sshd() else { return };
-    let ssh = Ssh::new("t1", settings(&s), limits(10_000, 1000), 4).unwrap();
+    let ssh = Ssh::new("t1", s.settings(), limits(10_000, 1000), 4).unwrap();
     let out = ssh
         .run(
             &cmd(
@@ -155,7 +148,7 @@ async fn output_is_capped_per_stream() {
 #[tokio::test]
 async fn timeout_kills_the_remote_process_group() {
     let Some(s) = sshd() else { return };
-    let ssh = Ssh::new("t1", settings(&s), limits(1500, 1000), 4).unwrap();
+    let ssh = Ssh::new("t1", s.settings(), limits(1500, 1000), 4).unwrap();
     let (a, b) = (unique_sleep(), unique_sleep());
     // A background child and a foreground one: both belong to the session's process group.
     let script = format!("echo started; sleep {a} & sleep {b}; wait");
@@ -254,10 +247,9 @@ async fn unknown_host_key_is_refused() {
     let other = s.known_hosts_line().replace(&format!(":{} ", s.port()), ":1 ");
     let st = SshSettings {
         known_hosts: Some(s.write_known_hosts("kh_other", &[other])),
-        ..settings(&s)
+        ..s.settings()
     };
-    let ssh = Ssh::new("t1", st, limits(10_000, 1000), 4).unwrap();
-    let err = ssh.run(&cmd("true", &[]), false).await.unwrap_err();
+    let err = run_true(st).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ExecError::HostVerification(_)), "{msg}");
     let expected = format!("host key for [127.0.0.1]:{} is not in known_hosts", s.port());
@@ -268,13 +260,9 @@ async fn unknown_host_key_is_refused() {
     let missing = s.dir().join("nope");
     let st = SshSettings {
         known_hosts: Some(missing.clone()),
-        ..settings(&s)
+        ..s.settings()
     };
-    let err = Ssh::new("t1", st, limits(10_000, 1000), 4)
-        .unwrap()
-        .run(&cmd("true", &[]), false)
-        .await
-        .unwrap_err();
+    let err = run_true(st).await.unwrap_err();
     assert!(matches!(err, ExecError::HostVerification(_)), "{err}");
     assert!(!missing.exists());
 }
@@ -295,10 +283,9 @@ async fn changed_host_key_is_refused_loudly() {
     let st = SshSettings {
         known_hosts: Some(s.write_known_hosts("kh_changed", &["# comment".into(), line])),
         trust_on_first_use: true, // never overrides a changed key
-        ..settings(&s)
+        ..s.settings()
     };
-    let ssh = Ssh::new("t1", st, limits(10_000, 1000), 4).unwrap();
-    let err = ssh.run(&cmd("true", &[]), false).await.unwrap_err();
+    let err = run_true(st).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ExecError::HostVerification(_)), "{msg}");
     assert!(msg.contains("HOST KEY CHANGED"), "{msg}");
@@ -313,13 +300,9 @@ async fn changed_host_key_is_refused_loudly() {
     let lines = [s.known_hosts_line(), format!("@revoked * {host_key}")];
     let st = SshSettings {
         known_hosts: Some(s.write_known_hosts("kh_revoked", &lines)),
-        ..settings(&s)
+        ..s.settings()
     };
-    let err = Ssh::new("t1", st, limits(10_000, 1000), 4)
-        .unwrap()
-        .run(&cmd("true", &[]), false)
-        .await
-        .unwrap_err();
+    let err = run_true(st).await.unwrap_err();
     assert!(
         matches!(err, ExecError::HostVerification(_)) && err.to_string().contains("@revoked"),
         "{err}"
@@ -329,24 +312,16 @@ async fn changed_host_key_is_refused_loudly() {
     let st = SshSettings {
         known_hosts: None,
         host_key_fingerprint: Some(old_fp.clone()),
-        ..settings(&s)
+        ..s.settings()
     };
-    let err = Ssh::new("t1", st, limits(10_000, 1000), 4)
-        .unwrap()
-        .run(&cmd("true", &[]), false)
-        .await
-        .unwrap_err();
+    let err = run_true(st).await.unwrap_err();
     assert!(err.to_string().contains("HOST KEY MISMATCH"), "{err}");
     let st = SshSettings {
         known_hosts: None,
         host_key_fingerprint: Some(s.host_key_fingerprint()),
-        ..settings(&s)
+        ..s.settings()
     };
-    let out = Ssh::new("t1", st, limits(10_000, 1000), 4)
-        .unwrap()
-        .run(&cmd("true", &[]), false)
-        .await
-        .unwrap();
+    let out = run_true(st).await.unwrap();
     assert_eq!(out.status, Some(0));
 }
 
@@ -357,16 +332,15 @@ async fn trust_on_first_use_records_the_key() {
     let st = SshSettings {
         known_hosts: Some(path.clone()),
         trust_on_first_use: true,
-        ..settings(&s)
+        ..s.settings()
     };
-    let ssh = Ssh::new("t1", st, limits(10_000, 1000), 4).unwrap();
-    assert_eq!(ssh.run(&cmd("true", &[]), false).await.unwrap().status, Some(0));
+    assert_eq!(run_true(st).await.unwrap().status, Some(0));
     let recorded = std::fs::read_to_string(&path).unwrap();
     assert_eq!(recorded.trim(), s.known_hosts_line().trim());
     // Without TOFU the recorded file now verifies the host.
     let st = SshSettings {
         known_hosts: Some(path.clone()),
-        ..settings(&s)
+        ..s.settings()
     };
     let ssh = Ssh::new("t2", st, limits(10_000, 1000), 4).unwrap();
     assert_eq!(
@@ -383,13 +357,9 @@ async fn wrong_client_key_is_an_auth_error() {
     let secret = std::fs::read_to_string(&stranger).unwrap();
     let st = SshSettings {
         key_file: Some(stranger),
-        ..settings(&s)
+        ..s.settings()
     };
-    let err = Ssh::new("t1", st, limits(10_000, 1000), 4)
-        .unwrap()
-        .run(&cmd("true", &[]), false)
-        .await
-        .unwrap_err();
+    let err = run_true(st).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ExecError::Auth(_)), "{msg}");
     assert!(msg.contains(s.user()), "{msg}");
@@ -401,24 +371,16 @@ async fn wrong_client_key_is_an_auth_error() {
     std::fs::write(&junk, "not a key").unwrap();
     let st = SshSettings {
         key_file: Some(junk),
-        ..settings(&s)
+        ..s.settings()
     };
-    let err = Ssh::new("t1", st, limits(10_000, 1000), 4)
-        .unwrap()
-        .run(&cmd("true", &[]), false)
-        .await
-        .unwrap_err();
+    let err = run_true(st).await.unwrap_err();
     assert!(matches!(err, ExecError::Config(_)), "{err}");
     assert!(!err.to_string().contains("not a key"), "{err}");
     let st = SshSettings {
         key_file: Some(PathBuf::from("/nonexistent/key")),
-        ..settings(&s)
+        ..s.settings()
     };
-    let err = Ssh::new("t1", st, limits(10_000, 1000), 4)
-        .unwrap()
-        .run(&cmd("true", &[]), false)
-        .await
-        .unwrap_err();
+    let err = run_true(st).await.unwrap_err();
     assert!(matches!(err, ExecError::Config(_)), "{err}");
 }
 
@@ -429,7 +391,7 @@ async fn unreachable_port() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let st = SshSettings { port, ..settings(&s) };
+    let st = SshSettings { port, ..s.settings() };
     let ssh = Ssh::new("t1", st, limits(5_000, 1000), 4).unwrap();
     let started = Instant::now();
     let err = ssh.run(&cmd("true", &[]), false).await.unwrap_err();
@@ -443,7 +405,7 @@ async fn unreachable_port() {
 #[tokio::test]
 async fn concurrency_limit_is_honoured() {
     let Some(s) = sshd() else { return };
-    let ssh = Ssh::new("t1", settings(&s), limits(20_000, 1000), 2).unwrap();
+    let ssh = Ssh::new("t1", s.settings(), limits(20_000, 1000), 2).unwrap();
     let dir = s.dir().join("running");
     std::fs::create_dir(&dir).unwrap();
     let d = dir.display().to_string();
@@ -477,7 +439,7 @@ async fn sudo_only_for_allowed_programs() {
     assert_eq!(none.connections_opened(), 0, "refused before connecting");
     let st = SshSettings {
         sudo: SudoPolicy::Allow(vec!["id".into()]),
-        ..settings(&s)
+        ..s.settings()
     };
     let allow = Ssh::new("t1", st, limits(10_000, 1000), 4).unwrap();
     let err = allow.run(&cmd("whoami", &[]), true).await.unwrap_err();
@@ -490,7 +452,7 @@ async fn sudo_only_for_allowed_programs() {
     use tailopsmcp::exec::remote::Runner;
     let st = SshSettings {
         sudo: SudoPolicy::Allow(vec!["env".into()]),
-        ..settings(&s)
+        ..s.settings()
     };
     let allow_env = Ssh::new("t2", st, limits(10_000, 64 * 1024), 4).unwrap();
     let out = Runner::run(&allow_env, &cmd("env", &[])).await.unwrap();
@@ -684,7 +646,7 @@ async fn a_shell_that_dies_is_replaced() {
 #[tokio::test]
 async fn idle_shells_stay_within_the_channel_limit() {
     let Some(s) = sshd() else { return };
-    let ssh = Ssh::new("t1", settings(&s), limits(10_000, 1000), 3).unwrap();
+    let ssh = Ssh::new("t1", s.settings(), limits(10_000, 1000), 3).unwrap();
     // Six overlapping calls: never more than three shells (max_concurrent), all kept for reuse.
     let calls = (0..6).map(|_| {
         let t = ssh.clone();
@@ -737,7 +699,7 @@ async fn timeout_kill_needs_no_free_session_slot() {
         Ok(s) => s,
         Err(e) => return skip_or_fail(&format!("cannot start sshd: {e}")),
     };
-    let ssh = Ssh::new("t1", settings(&s), limits(1000, 1000), 2).unwrap();
+    let ssh = Ssh::new("t1", s.settings(), limits(1000, 1000), 2).unwrap();
     // Two overlapping calls park two shells: every session slot of the connection is taken.
     let calls = (0..2).map(|_| {
         let t = ssh.clone();
@@ -788,7 +750,7 @@ async fn timeouts_holding_every_session_slot_are_killed() {
         Ok(s) => s,
         Err(e) => return skip_or_fail(&format!("cannot start sshd: {e}")),
     };
-    let ssh = Ssh::new("t1", settings(&s), limits(1000, 1000), 2).unwrap();
+    let ssh = Ssh::new("t1", s.settings(), limits(1000, 1000), 2).unwrap();
     let markers = [unique_sleep(), unique_sleep()];
     let calls = markers.iter().map(|m| {
         let t = ssh.clone();
@@ -840,13 +802,9 @@ async fn trust_on_first_use_refuses_a_host_with_other_entries() {
             host: host.into(),
             known_hosts: Some(path.clone()),
             trust_on_first_use: true,
-            ..settings(&s)
+            ..s.settings()
         };
-        let err = Ssh::new("t1", st, limits(10_000, 1000), 4)
-            .unwrap()
-            .run(&cmd("true", &[]), false)
-            .await
-            .unwrap_err();
+        let err = run_true(st).await.unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, ExecError::HostVerification(_)), "{line}: {msg}");
         assert!(msg.contains("HOST KEY CHANGED"), "{line}: {msg}");
@@ -864,12 +822,8 @@ async fn trust_on_first_use_refuses_a_host_with_other_entries() {
     let key = s.known_hosts_line().split_once(' ').unwrap().1.replace(' ', "\t");
     let st = SshSettings {
         known_hosts: Some(s.write_known_hosts("kh_wildcard", &[format!("[127.0.0.*]:{port}\t{key}")])),
-        ..settings(&s)
+        ..s.settings()
     };
-    let out = Ssh::new("t1", st, limits(10_000, 1000), 4)
-        .unwrap()
-        .run(&cmd("true", &[]), false)
-        .await
-        .unwrap();
+    let out = run_true(st).await.unwrap();
     assert_eq!(out.status, Some(0));
 }

@@ -7,20 +7,17 @@
 //! Each test uses stack names with its own pid and removes what it made (containers by project
 //! label, volumes by name) even when it fails.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::docker::{busybox_image, docker, ensure_dockerd, run_container_with};
-use crate::support::http::{Conn, Mcp};
-use crate::support::localapi::{StandIn, whois_for};
-use crate::support::netns::{Tailnet, skip_or_fail};
-use crate::support::server::{CAP, PORT, Server};
+use crate::support::docker::{docker, run_container_with};
+use crate::support::netns::skip_or_fail;
+use crate::support::world::{Daemon, World};
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 const CAROL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 7));
 
 const COMPOSE_FIRST: &str = r#"services:
@@ -44,22 +41,18 @@ fn compose_second() -> String {
     )
 }
 
-struct World {
-    net: Tailnet,
-    _standin: StandIn,
-    server: Server,
-    mcp: Mcp,
-    /// Holds `git/` (repositories) and `stacks/` (the stacks directory).
-    root: tempfile::TempDir,
-    host: String,
+/// Where the world keeps `git/` (repositories) and `stacks/` (the stacks directory).
+trait Dirs {
+    fn stacks_dir(&self) -> PathBuf;
+    fn git_dir(&self) -> PathBuf;
 }
 
-impl World {
+impl Dirs for World {
     fn stacks_dir(&self) -> PathBuf {
-        self.root.path().join("stacks")
+        self.dir.path().join("stacks")
     }
     fn git_dir(&self) -> PathBuf {
-        self.root.path().join("git")
+        self.dir.path().join("git")
     }
 }
 
@@ -98,63 +91,33 @@ const HTTP_TARGET: &str =
 /// A server whose `[stacks]` allows `file://` repositories under ROOT/git only, talking to the
 /// shared engine, with an HTTP target `pve`; carol holds `stacks:admin` on `local` and `pve`.
 async fn world(compose_command: Option<&Path>) -> Option<World> {
-    let host = match ensure_dockerd().and_then(|h| busybox_image(&h).map(|_| h)) {
-        Ok(h) => h,
-        Err(e) => {
-            skip_or_fail(&format!("docker engine: {e}"));
-            return None;
-        }
-    };
     if compose_command.is_none() && !compose_available() {
         skip_or_fail("no compose CLI: apt-get install -y docker-compose");
         return None;
     }
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => {
-            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
-            return None;
-        }
-    };
-    net.add_caller(CAROL).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("git")).unwrap();
+    let mut s = World::builder()
+        .with(Daemon::Busybox)
+        .user(
+            CAROL,
+            "carol@example.com",
+            json!([{"scopes": ["stacks:admin"], "targets": ["local", "pve"]}]),
+        )
+        .tool_tests_policy()
+        .session(CAROL)
+        .prepare()
+        .await?;
+    let root = s.dir.path().to_owned();
+    std::fs::create_dir_all(root.join("git")).unwrap();
     let command = compose_command
         .map(|c| format!("compose_command = [{:?}]\n", c.display().to_string()))
         .unwrap_or_default();
-    let stacks = format!(
-        "[stacks]\ndir = {:?}\nallowed_git_hosts = [\"file://{}\", \"git.example.net\"]\ndocker_host = \"{host}\"\ntimeout_secs = 120\n{command}{HTTP_TARGET}",
-        root.path().join("stacks"),
-        root.path().join("git").display()
-    );
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
-    standin.add_identity(
-        CAROL,
-        whois_for(
-            "whois-user.json",
-            "carol@example.com",
-            CAROL,
-            CAP,
-            json!([{"scopes": ["stacks:admin"], "targets": ["local", "pve"]}]),
-        ),
-    );
-    let stacks = format!("{stacks}{}", crate::support::server::TOOL_TESTS_POLICY);
-    let server = Server::start(&net, &standin, "", &stacks).await;
-    let stream = net
-        .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
-        .await
-        .unwrap();
-    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    mcp.initialize().await.unwrap();
-    Some(World {
-        net,
-        _standin: standin,
-        server,
-        mcp,
-        root,
-        host,
-    })
+    s.config(&format!(
+        "[stacks]\ndir = {:?}\nallowed_git_hosts = [\"file://{}\", \"git.example.net\"]\ndocker_host = \"{}\"\ntimeout_secs = 120\n{command}{HTTP_TARGET}",
+        root.join("stacks"),
+        root.join("git").display(),
+        s.docker_host()
+    ));
+    Some(s.start().await)
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -201,10 +164,7 @@ fn text(r: &Value) -> &str {
 }
 
 async fn call(w: &mut World, tool: &str, args: Value) -> Value {
-    w.mcp
-        .call_tool(tool, args)
-        .await
-        .unwrap_or_else(|e| panic!("{tool}: {e}"))
+    w.call_tool(tool, args).await
 }
 
 async fn ok(w: &mut World, tool: &str, args: Value) -> Value {
@@ -310,7 +270,7 @@ async fn stacks_full_cycle_with_compose_v2() {
 async fn full_cycle(mut w: World, prefix: &str) {
     let name = format!("{prefix}-{}", std::process::id());
     let _cleanup = Cleanup {
-        host: w.host.clone(),
+        host: w.docker_host().to_owned(),
         project: name.clone(),
     };
     let repo = w.git_dir().join("app");
@@ -343,11 +303,11 @@ async fn full_cycle(mut w: World, prefix: &str) {
     );
     let up = plan.iter().find(|s| s.contains(" up --detach")).expect("an up step");
     assert!(
-        up.starts_with(&format!("DOCKER_HOST={} ", w.host)) && up.contains(&format!("--project-name {name} ")),
+        up.starts_with(&format!("DOCKER_HOST={} ", w.docker_host())) && up.contains(&format!("--project-name {name} ")),
         "{up}"
     );
     assert!(!stack_dir.exists(), "a dry run made {}", stack_dir.display());
-    assert!(containers(&w.host, &name).is_empty());
+    assert!(containers(w.docker_host(), &name).is_empty());
 
     // Deploy: containers in the engine with the project label, .env 0600 with the values.
     let deploy_call = call(
@@ -358,7 +318,7 @@ async fn full_cycle(mut w: World, prefix: &str) {
     .await;
     assert_eq!(deploy_call["isError"], false, "{deploy_call}");
     let deployed = deploy_call["structuredContent"].clone();
-    let running = containers(&w.host, &name);
+    let running = containers(w.docker_host(), &name);
     assert_eq!(running.len(), 1, "{running:?}");
     assert_eq!(running[0].1, "running");
     assert_eq!(deployed["recreated"], json!(["web"]));
@@ -373,7 +333,11 @@ async fn full_cycle(mut w: World, prefix: &str) {
         env_text.contains("GREETING='hello-from-env'") && env_text.contains("DB_PASSWORD='hunter2-s3cr3t'"),
         "{env_text}"
     );
-    let inspect = docker(&w.host, &["inspect", "--format", "{{json .Config.Env}}", &running[0].2]).unwrap();
+    let inspect = docker(
+        w.docker_host(),
+        &["inspect", "--format", "{{json .Config.Env}}", &running[0].2],
+    )
+    .unwrap();
     assert!(inspect.contains("GREETING=hello-from-env"), "{inspect}");
     let status_call = call(&mut w, "stacks_status", json!({"name": name})).await;
     let whole = format!("{deploy_call}{status_call}");
@@ -437,7 +401,7 @@ async fn full_cycle(mut w: World, prefix: &str) {
     );
     assert!(update_plan[1].ends_with(" up --detach"), "{update_plan:?}");
     assert_eq!(updated["recreated"], json!([]), "{updated}");
-    assert_eq!(containers(&w.host, &name)[0].2, running[0].2, "same container");
+    assert_eq!(containers(w.docker_host(), &name)[0].2, running[0].2, "same container");
 
     // Redeploy at the first commit without env: the checkout changes, .env is kept, the
     // container is recreated with the old configuration.
@@ -464,20 +428,20 @@ async fn full_cycle(mut w: World, prefix: &str) {
     let down = plan_details(&dry);
     assert_eq!(down.len(), 1, "{down:?}");
     assert!(down[0].ends_with(" down"), "{down:?}");
-    assert_eq!(containers(&w.host, &name).len(), 1, "dry run removed nothing");
+    assert_eq!(containers(w.docker_host(), &name).len(), 1, "dry run removed nothing");
     let removed = ok(&mut w, "stacks_remove", json!({"name": name})).await;
     assert_eq!(removed["containers"], json!([]));
-    assert!(containers(&w.host, &name).is_empty());
+    assert!(containers(w.docker_host(), &name).is_empty());
     let volume = format!("{name}_data");
     assert!(
-        docker(&w.host, &["volume", "inspect", &volume]).is_ok(),
+        docker(w.docker_host(), &["volume", "inspect", &volume]).is_ok(),
         "volume {volume} kept"
     );
     assert!(stack_dir.join("repo/compose.yml").exists());
 
     // Up again, then remove with volumes and files.
     ok(&mut w, "stacks_update", json!({"name": name})).await;
-    assert_eq!(containers(&w.host, &name).len(), 1);
+    assert_eq!(containers(w.docker_host(), &name).len(), 1);
     let purged = ok(
         &mut w,
         "stacks_remove",
@@ -487,9 +451,9 @@ async fn full_cycle(mut w: World, prefix: &str) {
     let purge_plan = plan_details(&purged);
     assert!(purge_plan[0].ends_with(" down --volumes"), "{purge_plan:?}");
     assert_eq!(purge_plan[1], format!("remove {} (recursively)", stack_dir.display()));
-    assert!(containers(&w.host, &name).is_empty());
+    assert!(containers(w.docker_host(), &name).is_empty());
     assert!(
-        docker(&w.host, &["volume", "inspect", &volume]).is_err(),
+        docker(w.docker_host(), &["volume", "inspect", &volume]).is_err(),
         "volume removed"
     );
     assert!(!stack_dir.exists());
@@ -500,14 +464,13 @@ async fn full_cycle(mut w: World, prefix: &str) {
 /// and increasing; a dry run reports none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stacks_deploy_and_update_send_progress_notifications() {
-    let python = match crate::support::pyclient::python_mcp() {
-        Ok(p) => p,
-        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    let Some(python) = crate::support::pyclient::python_mcp_or_skip() else {
+        return;
     };
     let Some(w) = world(None).await else { return };
     let name = format!("tops-pg-{}", std::process::id());
     let _cleanup = Cleanup {
-        host: w.host.clone(),
+        host: w.docker_host().to_owned(),
         project: name.clone(),
     };
     let repo = w.git_dir().join("progress");
@@ -520,8 +483,7 @@ async fn stacks_deploy_and_update_send_progress_notifications() {
         {"call": "stacks_update", "progress": true, "args": {"name": name}},
         {"call": "stacks_remove", "args": {"name": name, "volumes": true, "delete_files": true}}
     ]);
-    let mcp_url = format!("http://{SERVER_IP}:{PORT}/mcp");
-    let (lines, stdout) = crate::support::pyclient::run_actions(&w.net, &python, &mcp_url, &actions).await;
+    let (lines, stdout) = w.python(&python, &actions, &[]).await;
     // The progress lines printed before each call's result.
     let mut runs: Vec<(Value, Vec<(f64, String)>)> = Vec::new();
     let mut pending = Vec::new();
@@ -574,7 +536,7 @@ async fn stacks_deploy_and_update_send_progress_notifications() {
     assert!(update[0].starts_with("compose pull"), "{update:#?}");
     assert!(update[1].starts_with("compose up --detach"), "{update:#?}");
     assert!(runs[3].1.is_empty(), "no token, no progress: {stdout}");
-    assert!(containers(&w.host, &name).is_empty());
+    assert!(containers(w.docker_host(), &name).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -582,13 +544,13 @@ async fn stacks_bad_input_gets_a_specific_error_and_nothing_runs() {
     let Some(mut w) = world(None).await else { return };
     let name = format!("tops-bad-{}", std::process::id());
     let _cleanup = Cleanup {
-        host: w.host.clone(),
+        host: w.docker_host().to_owned(),
         project: name.clone(),
     };
     let repo = w.git_dir().join("app");
     make_repo(&repo, &[("compose.yml", COMPOSE_FIRST)]);
     let url = format!("file://{}", repo.display());
-    let outside = w.root.path().join("outside");
+    let outside = w.dir.path().join("outside");
     make_repo(&outside, &[("compose.yml", COMPOSE_FIRST)]);
 
     let cases: Vec<(Value, String)> = vec![
@@ -681,7 +643,7 @@ async fn stacks_bad_input_gets_a_specific_error_and_nothing_runs() {
     assert_eq!(r["isError"], true, "{r}");
     assert!(text(&r).contains("resolves outside the repository"), "{r}");
     assert!(!w.stacks_dir().join(&name).exists(), "the failed clone was removed");
-    assert!(containers(&w.host, &name).is_empty());
+    assert!(containers(w.docker_host(), &name).is_empty());
 
     // Every call was audited (bad input included), and the server still serves.
     let rows = w
@@ -712,7 +674,7 @@ async fn stacks_bad_input_gets_a_specific_error_and_nothing_runs() {
     // Neither will it take over a compose project started elsewhere.
     let other = format!("{name}-other");
     let _elsewhere = run_container_with(
-        &w.host,
+        w.docker_host(),
         &format!("{other}-web-1"),
         &[
             "--label",

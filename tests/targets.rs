@@ -5,12 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde_json::{Value, json};
 
-use crate::support::http::{Conn, Mcp};
-use crate::support::localapi::{StandIn, whois_for};
-use crate::support::netns::{Tailnet, skip_or_fail};
-use crate::support::server::{CAP, PORT, Server};
+use crate::support::http::Mcp;
+use crate::support::world::{Daemon, World};
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 1);
 const CAROL: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 2, 7));
 
 /// Two extra local-kind targets in a group, one of them capped at read-only system scopes.
@@ -27,49 +24,14 @@ groups = ["lab"]
 scopes = ["system:read"]
 "#;
 
-struct World {
-    _net: Tailnet,
-    _standin: StandIn,
-    server: Server,
-    mcp: Mcp,
-}
-
-/// A server with TARGETS and carol, whose capability grants are `grants`.
+/// A server with TARGETS and carol, whose capability grants are `grants`, with her session.
 async fn world(grants: Value) -> Option<World> {
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => {
-            skip_or_fail(&format!("cannot build a test tailnet: {e}"));
-            return None;
-        }
-    };
-    net.add_caller(CAROL).unwrap();
-    let (standin, server, mcp) = serve_carol(&net, grants, TARGETS).await;
-    Some(World {
-        _net: net,
-        _standin: standin,
-        server,
-        mcp,
-    })
-}
-
-/// The LocalAPI stand-in with carol (holding `grants`), a server with `targets`, and carol's
-/// initialized MCP session.
-async fn serve_carol(net: &Tailnet, grants: Value, targets: &str) -> (StandIn, Server, Mcp) {
-    let standin = StandIn::start().await;
-    standin.set_self_ips(&[IpAddr::V4(SERVER_IP)]);
-    standin.add_identity(
-        CAROL,
-        whois_for("whois-user.json", "carol@example.com", CAROL, CAP, grants),
-    );
-    let server = Server::start(net, &standin, "", targets).await;
-    let stream = net
-        .connect(CAROL, SocketAddr::new(IpAddr::V4(SERVER_IP), PORT))
+    World::builder()
+        .user(CAROL, "carol@example.com", grants)
+        .config(TARGETS)
+        .session(CAROL)
+        .start()
         .await
-        .unwrap();
-    let mut mcp = Mcp::new(Conn::new(stream).await, &format!("{SERVER_IP}:{PORT}"));
-    mcp.initialize().await.unwrap();
-    (standin, server, mcp)
 }
 
 fn text(r: &Value) -> &str {
@@ -81,29 +43,17 @@ async fn a_scope_granted_on_one_target_is_denied_on_another_with_an_audit_row() 
     let Some(mut w) = world(json!([{"scopes": ["system:read"], "targets": ["lab1"]}])).await else {
         return;
     };
-    let ok = w
-        .mcp
-        .call_tool("system_status", json!({"target": "lab1"}))
-        .await
-        .unwrap();
+    let ok = w.call_tool("system_status", json!({"target": "lab1"})).await;
     assert_eq!(ok["isError"], false, "{ok}");
-    let denied = w
-        .mcp
-        .call_tool("system_status", json!({"target": "lab2"}))
-        .await
-        .unwrap();
+    let denied = w.call_tool("system_status", json!({"target": "lab2"})).await;
     assert_eq!(denied["isError"], true);
     assert!(
         text(&denied).contains("scope system:read is not granted on target `lab2`"),
         "{denied}"
     );
-    let local = w.mcp.call_tool("system_status", json!({})).await.unwrap();
+    let local = w.call_tool("system_status", json!({})).await;
     assert_eq!(local["isError"], true, "no grant on `local`");
-    let unknown = w
-        .mcp
-        .call_tool("system_status", json!({"target": "nas"}))
-        .await
-        .unwrap();
+    let unknown = w.call_tool("system_status", json!({"target": "nas"})).await;
     assert!(
         text(&unknown).contains("unknown target `nas` (known targets: local, lab1, lab2)"),
         "{unknown}"
@@ -129,22 +79,14 @@ async fn a_targets_own_ceiling_limits_what_grants_allow() {
     let Some(mut w) = world(json!([{"scopes": ["admin"], "targets": ["*"]}])).await else {
         return;
     };
-    let r = w
-        .mcp
-        .call_tool("targets_check", json!({"target": "lab2"}))
-        .await
-        .unwrap();
+    let r = w.call_tool("targets_check", json!({"target": "lab2"})).await;
     assert!(text(&r).contains("target `lab2` does not allow targets:read"), "{r}");
-    let r = w
-        .mcp
-        .call_tool("targets_check", json!({"target": "lab1"}))
-        .await
-        .unwrap();
+    let r = w.call_tool("targets_check", json!({"target": "lab1"})).await;
     assert_eq!(r["isError"], false, "{r}");
     assert_eq!(r["structuredContent"]["ok"], true);
 
     // The resource runs no check: it shows only what `targets_check` recorded on lab1.
-    let before = read_targets_resource(&mut w.mcp).await;
+    let before = read_targets_resource(w.mcp()).await;
     let health_of = |list: &Value, id: &str| {
         list["targets"]
             .as_array()
@@ -158,7 +100,7 @@ async fn a_targets_own_ceiling_limits_what_grants_allow() {
     assert_eq!(health_of(&before, "local"), Value::Null, "{before}");
     assert_eq!(health_of(&before, "lab2"), Value::Null, "{before}");
 
-    let list = w.mcp.call_tool("targets_list", json!({})).await.unwrap();
+    let list = w.call_tool("targets_list", json!({})).await;
     let listed = &list["structuredContent"];
     let targets = listed["targets"].as_array().unwrap();
     let lab2 = targets.iter().find(|t| t["id"] == "lab2").unwrap();
@@ -184,7 +126,7 @@ async fn a_targets_own_ceiling_limits_what_grants_allow() {
         text(&list).lines().skip(1).all(|l| l.trim_end().ends_with(" ok")),
         "{list}"
     );
-    let after = read_targets_resource(&mut w.mcp).await;
+    let after = read_targets_resource(w.mcp()).await;
     assert_eq!(after, *listed, "the resource shows what the tool recorded");
 }
 
@@ -203,13 +145,11 @@ async fn fan_out_over_a_group_returns_each_targets_result_or_error() {
     let grants = json!([{"scopes": ["system:read", "targets:read"], "targets": ["local", "lab1"]}]);
     let Some(mut w) = world(grants).await else { return };
     let r = w
-        .mcp
         .call_tool(
             "system_processes",
             json!({"targets": ["local", "group:lab"], "limit": 3}),
         )
-        .await
-        .unwrap();
+        .await;
     let results = r["structuredContent"]["results"]
         .as_array()
         .unwrap_or_else(|| panic!("{r}"));
@@ -254,19 +194,18 @@ async fn fan_out_over_a_group_returns_each_targets_result_or_error() {
         (json!({"target": "local", "targets": ["lab1"]}), "not both"),
         (json!({"targets": ["group:nope"]}), "unknown target group `nope`"),
     ] {
-        let r = w.mcp.call_tool("system_status", args.clone()).await.unwrap();
+        let r = w.call_tool("system_status", args.clone()).await;
         assert_eq!(r["isError"], true, "{args}");
         assert!(text(&r).contains(needle), "{args}: {r}");
     }
-    let r = w.mcp.call_tool("whoami", json!({"targets": ["local"]})).await.unwrap();
+    let r = w.call_tool("whoami", json!({"targets": ["local"]})).await;
     assert!(text(&r).contains("takes no `targets`"), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_accepts_fan_out_results_against_the_output_schema() {
-    let python = match crate::support::pyclient::python_mcp() {
-        Ok(p) => p,
-        Err(e) => return skip_or_fail(&format!("MCP Python SDK: {e}")),
+    let Some(python) = crate::support::pyclient::python_mcp_or_skip() else {
+        return;
     };
     let Some(w) = world(json!([{"scopes": ["monitor"], "targets": ["*"]}])).await else {
         return;
@@ -275,8 +214,7 @@ async fn the_python_sdk_accepts_fan_out_results_against_the_output_schema() {
         {"call": "system_status", "args": {"targets": ["group:lab"]}},
         {"call": "system_status", "args": {"target": "lab1"}}
     ]);
-    let url = format!("http://{SERVER_IP}:{PORT}/mcp");
-    let (lines, stdout) = crate::support::pyclient::run_actions(&w._net, &python, &url, &actions).await;
+    let (lines, stdout) = w.python(&python, &actions, &[]).await;
     assert_eq!(lines[1]["isError"], false, "{stdout}");
     assert_eq!(
         lines[1]["structuredContent"]["results"].as_array().unwrap().len(),
@@ -290,17 +228,18 @@ async fn the_python_sdk_accepts_fan_out_results_against_the_output_schema() {
 /// one group: a fan-out check reports each, and the unreachable one does not hide the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_over_a_group_with_an_unreachable_target() {
-    let docker_host = match crate::support::docker::ensure_dockerd() {
-        Ok(h) => h,
-        Err(e) => return skip_or_fail(&format!("docker engine: {e}")),
+    let grants = json!([{"scopes": ["targets:read", "system:read"], "targets": ["*"]}]);
+    let Some(mut s) = World::builder()
+        .with(Daemon::Docker)
+        .user(CAROL, "carol@example.com", grants)
+        .prepare()
+        .await
+    else {
+        return;
     };
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => return skip_or_fail(&format!("cannot build a test tailnet: {e}")),
-    };
-    net.add_caller(CAROL).unwrap();
+    let docker_host = s.docker_host().to_owned();
     // An HTTP API the server (in its namespace) can reach on its own loopback.
-    let listener = net.bind_in_server_ns(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let listener = s.net.bind_in_server_ns(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     let api_port = listener.local_addr().unwrap().port();
     let app = axum::Router::new().route(
         "/api/version",
@@ -334,8 +273,9 @@ base_url = "http://127.0.0.1:{api_port}/api"
 health_path = "/version"
 "#
     );
-    let grants = json!([{"scopes": ["targets:read", "system:read"], "targets": ["*"]}]);
-    let (_standin, server, mut mcp) = serve_carol(&net, grants, &fleet).await;
+    s.config(&fleet);
+    let w = s.start().await;
+    let (server, mut mcp) = (&w.server, w.session(CAROL).await);
 
     // `targets_list` checks what it lists (nothing was checked yet) and says what failed.
     let list = mcp.call_tool("targets_list", json!({})).await.unwrap();
@@ -431,15 +371,16 @@ health_path = "/version"
 /// relative path resolution not needed here (absolute path), results read over SSH.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_system_tools_work_on_an_ssh_target() {
-    let net = match Tailnet::new(SERVER_IP, None) {
-        Ok(n) => n,
-        Err(e) => return skip_or_fail(&format!("cannot build a test tailnet: {e}")),
+    let grants = json!([{"scopes": ["system:read", "network:read", "targets:read"], "targets": ["*"]}]);
+    let Some(mut s) = World::builder()
+        .with(Daemon::Sshd)
+        .user(CAROL, "carol@example.com", grants)
+        .prepare()
+        .await
+    else {
+        return;
     };
-    let sshd = match crate::support::sshd::Sshd::start_in_netns(net.server_ns()) {
-        Ok(s) => s,
-        Err(e) => return skip_or_fail(&format!("sshd: {e}")),
-    };
-    net.add_caller(CAROL).unwrap();
+    let sshd = s.sshd();
     let known_hosts = sshd.write_known_hosts("known_hosts", &[sshd.known_hosts_line()]);
     let targets = format!(
         r#"
@@ -482,8 +423,9 @@ known_hosts = "{kh}"
         empty = sshd.write_known_hosts("empty_known_hosts", &[]).display(),
         unauthorized = sshd.new_key("unauthorized").display(),
     );
-    let grants = json!([{"scopes": ["system:read", "network:read", "targets:read"], "targets": ["*"]}]);
-    let (_standin, server, mut mcp) = serve_carol(&net, grants, &targets).await;
+    s.config(&targets);
+    let w = s.start().await;
+    let (sshd, server, mut mcp) = (w.sshd(), &w.server, w.session(CAROL).await);
 
     let status = mcp.call_tool("system_status", json!({"target": "box"})).await.unwrap();
     assert_eq!(status["isError"], false, "{status}");

@@ -243,6 +243,14 @@ fn is_jsonrpc_response(v: &Value) -> bool {
     v.get("id").is_some_and(|id| !id.is_null()) && (v.get("result").is_some() || v.get("error").is_some())
 }
 
+/// The body of an `initialize` request (id 1), for tests that send it raw.
+pub fn init_body() -> Vec<u8> {
+    json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})
+    .to_string()
+    .into_bytes()
+}
+
 /// An MCP client over one `Conn`: JSON-RPC over `POST /mcp` with the session and protocol headers.
 pub struct Mcp {
     pub conn: Conn,

@@ -46,6 +46,21 @@ pub fn journal_entries(args: &[&str]) -> Vec<serde_json::Value> {
     }
 }
 
+/// The audit mirror's entries (`-t tailopsmcp-audit`) for the request `request_id`, once there
+/// are `n` of them (waiting up to 10 s); asserts there are exactly `n`.
+pub fn audit_entries_of_request(request_id: &str, n: usize) -> Vec<serde_json::Value> {
+    let filter = format!("TAILOPS_REQUEST_ID={request_id}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = journal_entries(&["-t", "tailopsmcp-audit", &filter]);
+        if got.len() >= n || Instant::now() > deadline {
+            assert_eq!(got.len(), n, "journal entries for {request_id}: {got:#?}");
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn read_entries(args: &[&str]) -> Vec<serde_json::Value> {
     let output = match Command::new("journalctl")
         .args(["--no-pager", "-o", "json"])

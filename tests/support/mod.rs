@@ -1,5 +1,6 @@
 //! Harnesses shared by the integration tests (and the benchmark): tailnet namespaces, the
-//! LocalAPI stand-in, the server process, journald, HTTP/MCP clients.
+//! LocalAPI stand-in, the server process, journald, HTTP/MCP clients, and the world builder that
+//! puts them together for a test.
 
 pub mod docker;
 pub mod host;
@@ -12,6 +13,7 @@ pub mod server;
 pub mod sshd;
 pub mod sysbox;
 pub mod tlsca;
+pub mod world;
 pub mod wrk;
 
 /// Run the integration test `test` (its full path, e.g. `docker::some_test`) again, alone, in a

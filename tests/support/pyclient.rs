@@ -32,6 +32,17 @@ pub fn python_mcp() -> Result<PathBuf, String> {
     .clone()
 }
 
+/// [`python_mcp`], or `None` after [`super::netns::skip_or_fail`] says why there is none.
+pub fn python_mcp_or_skip() -> Option<PathBuf> {
+    match python_mcp() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            super::netns::skip_or_fail(&format!("MCP Python SDK: {e}"));
+            None
+        }
+    }
+}
+
 /// `tests/clients/mcp_client.py`: `python mcp_client.py URL ACTIONS_JSON [--header NAME:VALUE]...`
 /// (see the script's docstring for actions and output lines).
 pub fn client_script() -> PathBuf {

@@ -113,6 +113,22 @@ impl Sshd {
         format!("[127.0.0.1]:{} {algo} {key}", self.port)
     }
 
+    /// Settings for the SSH executor that trust exactly this sshd's host key (a known_hosts
+    /// file written in its directory) and log in with its authorized client key.
+    pub fn settings(&self) -> tailopsmcp::exec::ssh::SshSettings {
+        tailopsmcp::exec::ssh::SshSettings {
+            host: "127.0.0.1".into(),
+            port: self.port(),
+            user: self.user().into(),
+            key_file: Some(self.client_key_path()),
+            agent: false,
+            known_hosts: Some(self.write_known_hosts("known_hosts", &[self.known_hosts_line()])),
+            host_key_fingerprint: None,
+            trust_on_first_use: false,
+            sudo: tailopsmcp::exec::ssh::SudoPolicy::None,
+        }
+    }
+
     /// `SHA256:...` of the host key, as `ssh-keygen -l` prints it.
     pub fn host_key_fingerprint(&self) -> String {
         fingerprint(&self.dir.path().join("hostkey.pub"))
