@@ -21,6 +21,7 @@
 //! Does not: know any table's meaning (its submodules do), or write audit rows. A database
 //! whose schema is newer than this binary knows is refused, never "downgraded" or written to.
 
+pub mod approvals;
 pub mod inventory;
 
 use std::fs::{DirBuilder, OpenOptions};
