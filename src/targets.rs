@@ -411,6 +411,9 @@ mod tests {
         assert_eq!(recorded.health.detail, h.detail);
         assert!(recorded.age() < Duration::from_secs(2));
         assert!(r.get("local").unwrap().check().await.ok);
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["kind"], "docker", "the kind is its name");
+        assert_eq!(format!("{:<7}|", h.kind), "docker |");
     }
 
     #[test]

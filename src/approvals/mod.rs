@@ -635,6 +635,28 @@ mod tests {
     }
 
     #[test]
+    fn views_show_status_and_decision_as_strings() {
+        let (_d, a) = store(Duration::from_secs(60));
+        let r = ask(&a, "alice", &"e".repeat(64));
+        let v = serde_json::to_value(r.view(now())).unwrap();
+        assert_eq!(
+            (&v["status"], &v["decision"]),
+            (&serde_json::json!("pending"), &serde_json::Value::Null)
+        );
+        let d = a.decide(&r.id, false, "bob", "n2").unwrap();
+        let v = serde_json::to_value(d.view(now())).unwrap();
+        assert_eq!(
+            (v["status"].as_str(), v["decision"].as_str()),
+            (Some("denied"), Some("deny"))
+        );
+        assert_eq!(format!("[{:<8}]", d.status(now())), "[denied  ]");
+        assert_eq!(
+            a.decide(&r.id, true, "carol", "n3").unwrap_err().to_string(),
+            format!("approval `{}` was already decided: deny by bob", r.id)
+        );
+    }
+
+    #[test]
     fn the_database_refuses_changing_a_decision_or_a_request() {
         let (d, a) = store(Duration::from_secs(60));
         let r = ask(&a, "alice", &"d".repeat(64));
