@@ -1,19 +1,34 @@
-//! The SQLite database file: opening it (directory, file mode, per-connection PRAGMAs) and
-//! bringing its schema up to date with the migrations embedded at build time.
+//! The SQLite database file: opening it (directory, file mode, per-connection PRAGMAs), bringing
+//! its schema up to date with the migrations embedded at build time, and [`Store`], the one
+//! handle through which the server's approvals and inventory reach it.
 //!
-//! Owns: `open` (read-write, migrates), `open_readonly` (for CLI queries, never migrates) and the
-//! `user_version` bookkeeping. Migrations live in `migrations/NNNN_name.sql`, are embedded by
-//! `build.rs`, are append-only, and each is applied in its own transaction.
+//! Owns: [`open`] (a new read-write connection with the house PRAGMAs, migrated: [`Store`] and
+//! the audit writer thread each hold one), [`open_readonly`] (for CLI queries, never migrates),
+//! [`Store`] and the `user_version` bookkeeping. Migrations live in `migrations/NNNN_name.sql`,
+//! are embedded by `build.rs`, are append-only, and each is applied in its own transaction. The
+//! tables' queries live beside it, one file per owner: [`approvals`] (`approvals`, 0003) and
+//! [`inventory`] (`inventory_*`, 0004); the audit tables' are in `audit` (its writer thread).
 //!
-//! Does not: know any table's meaning, write rows, or run queries for other modules. A database
+//! [`Store`] owns one connection to one database file, opened once by [`open`], behind a mutex;
+//! clones share it. It exists so that a server opens its database once, instead of once per
+//! component or per call: [`Store::open`] on a file this process already holds open returns
+//! that handle. **Invariant:** a process holds at most one `Store` connection per database file
+//! (besides the audit writer's own, and read-only CLI connections), and every statement on it
+//! runs while its mutex is held, so a transaction is never interleaved with another caller's.
+//! Access is blocking ([`Store::with`]); from async code, [`Store::run`] moves it to tokio's
+//! blocking pool.
+//!
+//! Does not: know any table's meaning (its submodules do), or write audit rows. A database
 //! whose schema is newer than this binary knows is refused, never "downgraded" or written to.
 
+pub mod approvals;
 pub mod inventory;
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -75,7 +90,94 @@ pub enum StoreError {
     },
 }
 
-/// Open (creating if missing) the database at `path` for reading and writing, and migrate it.
+/// One database file, opened once: a read-write, migrated connection behind a mutex. Clones
+/// share the connection. See the module doc for why and its invariant.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// As given to [`Store::open`] (for messages).
+    path: PathBuf,
+    /// The registry's key: `path` with every link resolved.
+    canonical: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+/// Every `Store` of this process, by canonical path; an entry whose handles were all dropped is
+/// dead (its connection closed) and is replaced by the next [`Store::open`].
+static OPEN: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+
+impl Store {
+    /// This process's handle on the database at `path`: the one already open, or a new one
+    /// ([`open`]: the file and its directory created if missing, PRAGMAs set, migrated).
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        create_parent(path)?;
+        create_file(path)?;
+        let canonical = std::fs::canonicalize(path).map_err(|source| StoreError::CreateFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|w| w.strong_count() > 0);
+        if let Some(inner) = open.iter().filter_map(Weak::upgrade).find(|i| i.canonical == canonical) {
+            return Ok(Store { inner });
+        }
+        let inner = Arc::new(Inner {
+            path: path.to_path_buf(),
+            canonical,
+            conn: Mutex::new(open_connection(path)?),
+        });
+        open.push(Arc::downgrade(&inner));
+        Ok(Store { inner })
+    }
+
+    /// The handle this process already holds on the database at `path`, if any. Opens and
+    /// creates nothing (for readers that must not create the file).
+    pub fn opened(path: &Path) -> Option<Store> {
+        let canonical = std::fs::canonicalize(path).ok()?;
+        let open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+        open.iter()
+            .filter_map(Weak::upgrade)
+            .find(|i| i.canonical == canonical)
+            .map(|inner| Store { inner })
+    }
+
+    /// The database file, as it was named when this handle was opened.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Run `f` on the connection, holding it (and so excluding every other user of this handle)
+    /// until `f` returns. Blocking: from async code, use [`Store::run`].
+    pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        let mut conn = self.inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut conn)
+    }
+
+    /// [`Store::with`] on tokio's blocking pool. `Err` only when the task could not finish (it
+    /// panicked, or the runtime is shutting down).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.with(f)).await
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new connection to the database at `path` (created if missing) for reading and writing,
+/// migrated. Each call opens one: a component that needs its own (the audit writer thread)
+/// holds it; everything else shares the process's [`Store`].
 ///
 /// The parent directory is created with mode 0700 and a new database file with mode 0600 (its
 /// `-wal`/`-shm` files inherit that). Every connection gets `journal_mode=WAL`,
@@ -85,16 +187,12 @@ pub enum StoreError {
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
     create_parent(path)?;
     create_file(path)?;
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(pragma_err(path, "busy_timeout"))?;
+    open_connection(path)
+}
+
+/// [`open`] once the directory and the file exist.
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(pragma_err(path, "journal_mode"))?;
@@ -122,13 +220,7 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
 /// Open an existing, fully migrated database read-only (for CLI queries). Never creates,
 /// migrates or writes; a database that is missing, older or newer than this binary is an error.
 pub fn open_readonly(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(pragma_err(path, "busy_timeout"))?;
+    let conn = connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(pragma_err(path, "foreign_keys"))?;
     conn.pragma_update(None, "query_only", "ON")
@@ -149,6 +241,20 @@ pub fn open_readonly(path: &Path) -> Result<Connection, StoreError> {
             known,
         });
     }
+    Ok(conn)
+}
+
+/// A connection to `path` with `flags` (each connection is used by one thread at a time:
+/// SQLite's own mutex is off) that waits [`BUSY_TIMEOUT`] on another connection's lock.
+fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(|source| {
+        StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(pragma_err(path, "busy_timeout"))?;
     Ok(conn)
 }
 
@@ -240,6 +346,45 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    #[test]
+    fn a_file_has_one_store_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        assert!(Store::opened(&path).is_none());
+        assert!(!path.exists(), "looking for a store creates nothing");
+        let a = Store::open(&path).unwrap();
+        let b = Store::open(&dir.path().join(".").join("s.db")).unwrap();
+        assert!(
+            Arc::ptr_eq(&a.inner, &b.inner),
+            "another spelling of the path, the same store"
+        );
+        assert!(Arc::ptr_eq(&a.inner, &Store::opened(&path).unwrap().inner));
+        assert_eq!(b.path(), path, "a store keeps the name it was first opened with");
+        // One connection: a temp table (private to a connection) made through one is seen by the other.
+        a.with(|c| c.execute_batch("CREATE TEMP TABLE mine (x INTEGER)"))
+            .unwrap();
+        b.with(|c| c.execute("INSERT INTO temp.mine VALUES (1)", [])).unwrap();
+        drop((a, b));
+        assert!(Store::opened(&path).is_none(), "closed with its last handle");
+        let c = Store::open(&path).unwrap();
+        assert!(
+            c.with(|c| c.execute("INSERT INTO temp.mine VALUES (1)", [])).is_err(),
+            "a new connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn run_reaches_the_connection_from_async_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let n = store
+            .run(|c| c.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get::<_, i64>(0)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0);
     }
 
     #[test]

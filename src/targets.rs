@@ -17,6 +17,14 @@ use crate::model::Scope;
 
 pub use crate::model::{Kind, LOCAL};
 
+/// A kind as its name (`ssh`), padded like a string (the text of `targets_check` and
+/// `tailopsmcp targets check`).
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// How a target is reached. Only `exec` talks to the systems behind these.
 pub enum Executor {
     Local,
@@ -127,7 +135,8 @@ impl Target {
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Health {
     pub target: String,
-    pub kind: String,
+    #[schemars(with = "String")]
+    pub kind: Kind,
     pub ok: bool,
     /// What was checked and what it found (never a secret).
     pub detail: String,
@@ -152,7 +161,7 @@ impl Target {
         };
         let health = Health {
             target: self.id.clone(),
-            kind: self.kind.as_str().to_string(),
+            kind: self.kind,
             ok,
             detail,
             latency_ms,
@@ -402,6 +411,9 @@ mod tests {
         assert_eq!(recorded.health.detail, h.detail);
         assert!(recorded.age() < Duration::from_secs(2));
         assert!(r.get("local").unwrap().check().await.ok);
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["kind"], "docker", "the kind is its name");
+        assert_eq!(format!("{:<7}|", h.kind), "docker |");
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Approvals: which calls need a person's yes before they run, and the record of that yes.
 //!
-//! Owns: the `[approvals]` configuration (risk level and per-tool → [`Mode`]), the `approvals`
-//! table (the only reader and writer of it: pending requests, decisions, the one use), the
-//! canonical form and hash of a call's arguments, and the sealed `requestState` of a
-//! confirmation on protocol 2026-07-28 ([`Sealer`]).
+//! Owns: the `[approvals]` configuration (risk level and per-tool → [`Mode`]), the [`Approvals`]
+//! API over the `approvals` table (pending requests, decisions, the one use: the only caller of
+//! `store::approvals`, which holds the table's SQL), what a stored approval means ([`Status`],
+//! [`ApprovalView`]), approval ids, the canonical form and hash of a call's arguments, and the
+//! sealed `requestState` of a confirmation on protocol 2026-07-28 ([`Sealer`]).
 //!
-//! Does not: write audit rows (the `mcp` layer records every step, with both identities in the
+//! Does not: run SQL (its [`Store`] handle goes to `store::approvals`), write audit rows (the `mcp` layer records every step, with both identities in the
 //! reason), run tools (the `mcp` layer runs the dry run whose plan is stored here), or decide
 //! scopes (`policy` does; the approvals tools need `approvals:read` / `approvals:control`).
 //!
@@ -26,12 +27,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rmcp::model::{JsonObject, RequestStateCodec, RequestStateError, SealOptions};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::store::Store;
+use crate::store::approvals as rows;
+
 pub use crate::config::approvals::{ApprovalsConfig, Mode};
+pub use crate::store::approvals::{Approval, DecideError, Decision, Recall, Spent};
 
 /// JSON with object keys sorted at every level: the same arguments always give the same text,
 /// whatever order the client sent them in.
@@ -107,7 +111,8 @@ pub struct ApprovalView {
     /// Short id: `approvals_decide` / `tailopsmcp approvals approve ID`.
     pub id: String,
     /// `pending`, `approved`, `denied`, `expired` or `used`.
-    pub status: String,
+    #[schemars(with = "String")]
+    pub status: Status,
     /// Who asked (principal) and from which node.
     pub requester: String,
     pub requester_node: String,
@@ -123,56 +128,69 @@ pub struct ApprovalView {
     pub summary: String,
     pub created: String,
     pub expires: String,
-    pub decision: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub decision: Option<Decision>,
     pub decided_by: Option<String>,
     pub decided_by_node: Option<String>,
     pub decided_at: Option<String>,
     pub used_at: Option<String>,
 }
 
-/// A stored approval (times in unix ms).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Approval {
-    pub id: String,
-    pub requester: String,
-    pub requester_node: String,
-    pub tool: String,
-    pub target: String,
-    pub arguments: String,
-    pub args_hash: String,
-    pub plan: Option<String>,
-    pub summary: String,
-    pub created: i64,
-    pub expires: i64,
-    pub decision: Option<String>,
-    pub decided_by: Option<String>,
-    pub decided_by_node: Option<String>,
-    pub decided_at: Option<i64>,
-    pub used_at: Option<i64>,
-    pub spent: Option<String>,
+/// Where an approval stands at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting for a decision.
+    Pending,
+    /// Approved, live, not yet used.
+    Approved,
+    Denied,
+    /// Past its expiry before it was used (decided or not).
+    Expired,
+    /// The approved call ran.
+    Used,
 }
 
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Denied => "denied",
+            Status::Expired => "expired",
+            Status::Used => "used",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// What a stored approval means (the row and its queries are `store::approvals`).
 impl Approval {
     /// The ids of the targets the requested call names (`target` is their comma-joined list).
     pub fn targets(&self) -> impl Iterator<Item = &str> {
         self.target.split(',').filter(|t| !t.is_empty())
     }
 
-    /// `pending`, `approved`, `denied`, `expired` or `used`, as of `now`.
-    pub fn status(&self, now: i64) -> &'static str {
-        match (self.spent.as_deref(), self.decision.as_deref()) {
-            (Some("ran"), _) => "used",
-            (_, Some("deny")) => "denied",
-            _ if self.expires <= now || self.spent.as_deref() == Some("expired") => "expired",
-            (_, Some("approve")) => "approved",
-            _ => "pending",
+    /// Where it stands as of `now`.
+    pub fn status(&self, now: i64) -> Status {
+        match (self.spent, self.decision) {
+            (Some(Spent::Ran), _) => Status::Used,
+            (_, Some(Decision::Deny)) => Status::Denied,
+            _ if self.expires <= now || self.spent == Some(Spent::Expired) => Status::Expired,
+            (_, Some(Decision::Approve)) => Status::Approved,
+            _ => Status::Pending,
         }
     }
 
     pub fn view(&self, now: i64) -> ApprovalView {
         ApprovalView {
             id: self.id.clone(),
-            status: self.status(now).to_string(),
+            status: self.status(now),
             requester: self.requester.clone(),
             requester_node: self.requester_node.clone(),
             tool: self.tool.clone(),
@@ -183,7 +201,7 @@ impl Approval {
             summary: self.summary.clone(),
             created: crate::when::rfc3339_ms(self.created),
             expires: crate::when::rfc3339_ms(self.expires),
-            decision: self.decision.clone(),
+            decision: self.decision,
             decided_by: self.decided_by.clone(),
             decided_by_node: self.decided_by_node.clone(),
             decided_at: self.decided_at.map(crate::when::rfc3339_ms),
@@ -214,43 +232,6 @@ pub struct NewRequest {
     pub summary: String,
 }
 
-/// What the store found for a requester's call of a two-person tool.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Recall {
-    /// An approval for exactly this call was approved and is now spent by this call: run it.
-    Run(Approval),
-    /// A request for this call is waiting for a decision.
-    Waiting(Approval),
-    /// The approval for this call was denied; it is now spent.
-    Denied(Approval),
-    /// The approval for this call expired (decided or not); it is now spent.
-    Expired(Approval),
-    /// No open approval for this call. `used`: the newest approval for exactly this call that
-    /// already ran; `other`: an approved, unused approval of this tool and target for
-    /// *different* arguments.
-    Nothing {
-        used: Option<Box<Approval>>,
-        other: Option<Box<Approval>>,
-    },
-}
-
-/// What became of a decision.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum DecideError {
-    #[error("no approval has the id `{0}`")]
-    NotFound(String),
-    #[error("{0} cannot decide their own request: a different person with approvals:control must approve or deny it")]
-    SelfApproval(String),
-    #[error("approval `{id}` was already decided: {decision} by {by}")]
-    AlreadyDecided { id: String, decision: String, by: String },
-    #[error("approval `{0}` has expired; the requester must call again to ask anew")]
-    Expired(String),
-    #[error("approval `{0}` was already used")]
-    AlreadyUsed(String),
-    #[error("approvals store: {0}")]
-    Store(String),
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ApprovalError {
     #[error("open approvals store: {0}")]
@@ -264,186 +245,66 @@ pub enum ApprovalError {
 /// The approvals store and the confirmation sealer of one server (or one CLI run).
 pub struct Approvals {
     pub config: ApprovalsConfig,
-    path: PathBuf,
-    conn: Mutex<Connection>,
+    /// The database handle the `approvals` table is reached through (`store::approvals`).
+    store: Store,
     pub sealer: Sealer,
 }
 
-const COLUMNS: &str = "id, requester, requester_node, tool, target, arguments, args_hash, plan, summary, created, \
-                       expires, decision, decided_by, decided_by_node, decided_at, used_at, spent";
-
-fn row_to_approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
-    Ok(Approval {
-        id: r.get(0)?,
-        requester: r.get(1)?,
-        requester_node: r.get(2)?,
-        tool: r.get(3)?,
-        target: r.get(4)?,
-        arguments: r.get(5)?,
-        args_hash: r.get(6)?,
-        plan: r.get(7)?,
-        summary: r.get(8)?,
-        created: r.get(9)?,
-        expires: r.get(10)?,
-        decision: r.get(11)?,
-        decided_by: r.get(12)?,
-        decided_by_node: r.get(13)?,
-        decided_at: r.get(14)?,
-        used_at: r.get(15)?,
-        spent: r.get(16)?,
-    })
-}
-
 impl Approvals {
-    /// Open (and migrate) the database at `path`; a fresh sealing key for confirmations.
+    /// Open (and migrate) the database at `path` (the process's [`Store`] on it, if one is
+    /// already open); a fresh sealing key for confirmations.
     pub fn open(path: &Path, config: ApprovalsConfig) -> Result<Approvals, ApprovalError> {
-        let conn = crate::store::open(path)?;
+        let store = Store::open(path)?;
         Ok(Approvals {
             config,
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
+            store,
             sealer: Sealer::new()?,
         })
     }
 
     fn sql(&self, e: rusqlite::Error) -> ApprovalError {
         ApprovalError::Sql {
-            path: self.path.clone(),
+            path: self.store.path().to_path_buf(),
             message: e.to_string(),
         }
-    }
-
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, ApprovalError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut conn).map_err(|e| self.sql(e))
     }
 
     /// Record a pending request; it expires after `config.expiry`.
     pub fn request(&self, r: &NewRequest) -> Result<Approval, ApprovalError> {
         let id = new_id()?;
         let now = now_ms();
-        let expires = now + self.config.expiry.as_millis() as i64;
-        let arguments = canonical_json(&r.arguments);
-        let plan = r.plan.as_ref().map(|p| p.to_string());
-        self.with_conn(|c| {
-            // Keep the table small: requests long past their expiry are history, and the audit
-            // rows keep their story.
-            c.execute(
-                "DELETE FROM approvals WHERE created < ?1",
-                [now - RETENTION.as_millis() as i64],
-            )?;
-            c.execute(
-                "INSERT INTO approvals (id, requester, requester_node, tool, target, arguments, args_hash, plan, \
-                 summary, created, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    id,
-                    r.requester,
-                    r.requester_node,
-                    r.tool,
-                    r.target,
-                    arguments,
-                    r.args_hash,
-                    plan,
-                    r.summary,
-                    now,
-                    expires
-                ],
-            )?;
-            Ok(())
-        })?;
+        let request = Approval {
+            id: id.clone(),
+            requester: r.requester.clone(),
+            requester_node: r.requester_node.clone(),
+            tool: r.tool.clone(),
+            target: r.target.clone(),
+            arguments: canonical_json(&r.arguments),
+            args_hash: r.args_hash.clone(),
+            plan: r.plan.as_ref().map(|p| p.to_string()),
+            summary: r.summary.clone(),
+            created: now,
+            expires: now + self.config.expiry.as_millis() as i64,
+            decision: None,
+            decided_by: None,
+            decided_by_node: None,
+            decided_at: None,
+            used_at: None,
+            spent: None,
+        };
+        rows::insert(&self.store, &request, now - RETENTION.as_millis() as i64).map_err(|e| self.sql(e))?;
         self.get(&id)?
             .ok_or_else(|| self.sql(rusqlite::Error::QueryReturnedNoRows))
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Approval>, ApprovalError> {
-        self.with_conn(|c| {
-            c.query_row(
-                &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
-                [id],
-                row_to_approval,
-            )
-            .optional()
-        })
+        rows::get(&self.store, id).map_err(|e| self.sql(e))
     }
 
     /// The requester's call of a two-person tool: find its approval and, if approved and live,
     /// spend it — all in one write transaction, so two concurrent re-calls cannot both run.
     pub fn recall(&self, requester: &str, tool: &str, target: &str, args_hash: &str) -> Result<Recall, ApprovalError> {
-        let now = now_ms();
-        self.with_conn(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let open: Option<Approval> = tx
-                .query_row(
-                    &format!(
-                        "SELECT {COLUMNS} FROM approvals WHERE requester = ?1 AND tool = ?2 AND target = ?3 \
-                         AND args_hash = ?4 AND used_at IS NULL ORDER BY created DESC, rowid DESC LIMIT 1"
-                    ),
-                    params![requester, tool, target, args_hash],
-                    row_to_approval,
-                )
-                .optional()?;
-            let spend = |tx: &rusqlite::Transaction<'_>, id: &str, how: &str| -> rusqlite::Result<usize> {
-                tx.execute(
-                    "UPDATE approvals SET used_at = ?2, spent = ?3 WHERE id = ?1 AND used_at IS NULL",
-                    params![id, now, how],
-                )
-            };
-            let found = match open {
-                Some(a) if a.decision.as_deref() == Some("approve") && a.expires > now => {
-                    let claimed = tx.execute(
-                        "UPDATE approvals SET used_at = ?2, spent = 'ran' WHERE id = ?1 AND used_at IS NULL \
-                         AND decision = 'approve' AND expires > ?2",
-                        params![a.id, now],
-                    )?;
-                    if claimed == 1 {
-                        Recall::Run(a)
-                    } else {
-                        Recall::Nothing {
-                            used: None,
-                            other: None,
-                        }
-                    }
-                }
-                Some(a) if a.decision.as_deref() == Some("deny") => {
-                    spend(&tx, &a.id, "denied")?;
-                    Recall::Denied(a)
-                }
-                Some(a) if a.expires <= now => {
-                    spend(&tx, &a.id, "expired")?;
-                    Recall::Expired(a)
-                }
-                Some(a) => Recall::Waiting(a),
-                None => {
-                    let used = tx
-                        .query_row(
-                            &format!(
-                                "SELECT {COLUMNS} FROM approvals WHERE requester = ?1 AND tool = ?2 AND target = ?3 \
-                                 AND args_hash = ?4 AND spent = 'ran' ORDER BY used_at DESC LIMIT 1"
-                            ),
-                            params![requester, tool, target, args_hash],
-                            row_to_approval,
-                        )
-                        .optional()?;
-                    let other = tx
-                        .query_row(
-                            &format!(
-                                "SELECT {COLUMNS} FROM approvals WHERE requester = ?1 AND tool = ?2 AND target = ?3 \
-                                 AND args_hash <> ?4 AND used_at IS NULL AND decision = 'approve' AND expires > ?5 \
-                                 ORDER BY created DESC LIMIT 1"
-                            ),
-                            params![requester, tool, target, args_hash, now],
-                            row_to_approval,
-                        )
-                        .optional()?;
-                    Recall::Nothing {
-                        used: used.map(Box::new),
-                        other: other.map(Box::new),
-                    }
-                }
-            };
-            tx.commit()?;
-            Ok(found)
-        })
+        rows::recall(&self.store, requester, tool, target, args_hash, now_ms()).map_err(|e| self.sql(e))
     }
 
     /// Decide a pending approval. `approver` must not be its requester; the decision is final.
@@ -454,47 +315,9 @@ impl Approvals {
         approver: &str,
         approver_node: &str,
     ) -> Result<Approval, DecideError> {
-        let now = now_ms();
-        let decision = if approve { "approve" } else { "deny" };
-        let result = self.with_conn(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let found = tx
-                .query_row(
-                    &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
-                    [id],
-                    row_to_approval,
-                )
-                .optional()?;
-            let outcome = match found {
-                None => Err(DecideError::NotFound(id.to_string())),
-                Some(a) if a.requester == approver => Err(DecideError::SelfApproval(approver.to_string())),
-                Some(a) if a.used_at.is_some() && a.spent.as_deref() == Some("ran") => {
-                    Err(DecideError::AlreadyUsed(a.id))
-                }
-                Some(a) if a.decision.is_some() => Err(DecideError::AlreadyDecided {
-                    id: a.id,
-                    decision: a.decision.unwrap_or_default(),
-                    by: a.decided_by.unwrap_or_default(),
-                }),
-                Some(a) if a.expires <= now || a.used_at.is_some() => Err(DecideError::Expired(a.id)),
-                Some(_) => {
-                    let changed = tx.execute(
-                        "UPDATE approvals SET decision = ?2, decided_by = ?3, decided_by_node = ?4, decided_at = ?5 \
-                         WHERE id = ?1 AND decision IS NULL AND used_at IS NULL AND expires > ?5 AND requester <> ?3",
-                        params![id, decision, approver, approver_node, now],
-                    )?;
-                    if changed == 1 {
-                        Ok(())
-                    } else {
-                        Err(DecideError::Expired(id.to_string()))
-                    }
-                }
-            };
-            tx.commit()?;
-            Ok(outcome)
-        });
-        match result {
-            Err(e) => Err(DecideError::Store(e.to_string())),
+        let decision = if approve { Decision::Approve } else { Decision::Deny };
+        match rows::decide(&self.store, id, decision, approver, approver_node, now_ms()) {
+            Err(e) => Err(DecideError::Store(self.sql(e).to_string())),
             Ok(Err(e)) => Err(e),
             Ok(Ok(())) => self
                 .get(id)
@@ -510,32 +333,7 @@ impl Approvals {
         limit: usize,
         visible: impl Fn(&Approval) -> bool,
     ) -> Result<(Vec<Approval>, u64), ApprovalError> {
-        let now = now_ms();
-        self.with_conn(|c| {
-            let filter = if all {
-                "1"
-            } else {
-                "decision IS NULL AND used_at IS NULL AND expires > ?1"
-            };
-            // Newest first; only rows `visible` admits count, as shown or as omitted.
-            let mut st = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM approvals WHERE {filter} AND ?1 = ?1 ORDER BY created DESC, rowid DESC"
-            ))?;
-            let mut rows = Vec::new();
-            let mut omitted = 0u64;
-            for row in st.query_map(params![now], row_to_approval)? {
-                let row = row?;
-                if !visible(&row) {
-                    continue;
-                }
-                if rows.len() < limit {
-                    rows.push(row);
-                } else {
-                    omitted += 1;
-                }
-            }
-            Ok((rows, omitted))
-        })
+        rows::list(&self.store, all, limit, now_ms(), visible).map_err(|e| self.sql(e))
     }
 }
 
@@ -761,7 +559,7 @@ mod tests {
         let (_d, a) = store(Duration::from_secs(60));
         let h = "a".repeat(64);
         let r = ask(&a, "alice", &h);
-        assert_eq!(r.status(now()), "pending");
+        assert_eq!(r.status(now()), Status::Pending);
         assert!(matches!(a.recall("alice", "system_status", "local", &h).unwrap(), Recall::Waiting(x) if x.id == r.id));
         assert_eq!(
             a.decide(&r.id, true, "alice", "n1").unwrap_err(),
@@ -839,11 +637,33 @@ mod tests {
     }
 
     #[test]
+    fn views_show_status_and_decision_as_strings() {
+        let (_d, a) = store(Duration::from_secs(60));
+        let r = ask(&a, "alice", &"e".repeat(64));
+        let v = serde_json::to_value(r.view(now())).unwrap();
+        assert_eq!(
+            (&v["status"], &v["decision"]),
+            (&serde_json::json!("pending"), &serde_json::Value::Null)
+        );
+        let d = a.decide(&r.id, false, "bob", "n2").unwrap();
+        let v = serde_json::to_value(d.view(now())).unwrap();
+        assert_eq!(
+            (v["status"].as_str(), v["decision"].as_str()),
+            (Some("denied"), Some("deny"))
+        );
+        assert_eq!(format!("[{:<8}]", d.status(now())), "[denied  ]");
+        assert_eq!(
+            a.decide(&r.id, true, "carol", "n3").unwrap_err().to_string(),
+            format!("approval `{}` was already decided: deny by bob", r.id)
+        );
+    }
+
+    #[test]
     fn the_database_refuses_changing_a_decision_or_a_request() {
         let (d, a) = store(Duration::from_secs(60));
         let r = ask(&a, "alice", &"d".repeat(64));
         a.decide(&r.id, false, "bob", "n2").unwrap();
-        let c = Connection::open(d.path().join("a.db")).unwrap();
+        let c = rusqlite::Connection::open(d.path().join("a.db")).unwrap();
         for sql in [
             "UPDATE approvals SET decision = 'approve'",
             "UPDATE approvals SET args_hash = 'eeee'",
@@ -856,7 +676,7 @@ mod tests {
     #[test]
     fn requests_older_than_the_retention_are_deleted() {
         let (d, a) = store(Duration::from_secs(60));
-        let c = Connection::open(d.path().join("a.db")).unwrap();
+        let c = rusqlite::Connection::open(d.path().join("a.db")).unwrap();
         let old = now() - RETENTION.as_millis() as i64 - 1;
         c.execute(
             "INSERT INTO approvals (id, requester, requester_node, tool, target, arguments, args_hash, summary, \

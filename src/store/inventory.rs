@@ -2,9 +2,11 @@
 //! attributes (tags and fields) and notes, per target and subject (`host` or `app:<id>`).
 //!
 //! Owns every query on the `inventory_*` tables and the merged [`InventoryView`] that tools and
-//! resources read ([`view`], [`latest_json`]). Each call opens its own connection through
-//! [`super::open`] (writes) or [`super::open_readonly`] (reads, which never create or migrate
-//! the file), so callers never touch rusqlite. Does not: detect anything (that is
+//! resources read ([`view`], [`latest_json`]). Callers name the database file; every call runs
+//! on the process's [`Store`] for it (in the server, the one opened at start-up), so callers
+//! never touch rusqlite. Where the process holds no `Store` on the file (the CLI, a test
+//! reading a server's file), a write opens one for the call, and a read opens the file
+//! read-only for the call and never creates or migrates it. Does not: detect anything (that is
 //! `exec::inventory`), check who may write (the `mcp` layer did), or write audit rows.
 
 use std::collections::BTreeMap;
@@ -14,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
+use super::{Store, StoreError};
 use crate::exec::inventory::{DetectedApp, HostIdentity};
 
 /// Scans kept per target (older ones are deleted when a new one is stored).
@@ -121,33 +123,31 @@ impl InventoryView {
 /// Store a scan for `target`, keeping the newest [`KEEP_SCANS`]. Returns what was stored.
 pub fn save_scan(db: &Path, target: &str, by: &str, doc: &ScanDocument) -> Result<ScanMeta, InventoryError> {
     let json = serde_json::to_string(doc).map_err(|e| InventoryError::Corrupt(e.to_string()))?;
-    let mut conn = super::open(db)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let now = now();
-    tx.execute(
-        "INSERT INTO inventory_scans (target, scanned_at, scanned_by, document) VALUES (?1, ?2, ?3, ?4)",
-        params![target, now, by, json],
-    )?;
-    let id = tx.last_insert_rowid();
-    tx.execute(
-        "DELETE FROM inventory_scans WHERE target = ?1 AND id NOT IN
-            (SELECT id FROM inventory_scans WHERE target = ?1 ORDER BY id DESC LIMIT ?2)",
-        params![target, KEEP_SCANS],
-    )?;
-    tx.commit()?;
-    Ok(ScanMeta {
-        id,
-        scanned_at: now,
-        scanned_by: by.to_string(),
+    write(db, |conn| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now();
+        tx.execute(
+            "INSERT INTO inventory_scans (target, scanned_at, scanned_by, document) VALUES (?1, ?2, ?3, ?4)",
+            params![target, now, by, json],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "DELETE FROM inventory_scans WHERE target = ?1 AND id NOT IN
+                (SELECT id FROM inventory_scans WHERE target = ?1 ORDER BY id DESC LIMIT ?2)",
+            params![target, KEEP_SCANS],
+        )?;
+        tx.commit()?;
+        Ok(ScanMeta {
+            id,
+            scanned_at: now,
+            scanned_by: by.to_string(),
+        })
     })
 }
 
 /// The attributes `subject` has now (empty when none, or when the database does not exist).
 pub fn attributes(db: &Path, target: &str, subject: &str) -> Result<Attributes, InventoryError> {
-    match read_conn(db)? {
-        Some(conn) => load_attributes(&conn, target, subject),
-        None => Ok(Attributes::default()),
-    }
+    Ok(read(db, |conn| load_attributes(conn, target, subject))?.unwrap_or_default())
 }
 
 /// Replace the tags (when `tags` is given) and set or, for `None` values, remove fields of
@@ -160,25 +160,26 @@ pub fn set_attributes(
     fields: &BTreeMap<String, Option<String>>,
     by: &str,
 ) -> Result<Attributes, InventoryError> {
-    let mut conn = super::open(db)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut a = load_attributes(&tx, target, subject)?;
-    apply_changes(&mut a, tags, fields);
-    let now = now();
-    a.updated_at = Some(now.clone());
-    a.updated_by = Some(by.to_string());
-    let tags_json = serde_json::to_string(&a.tags).map_err(|e| InventoryError::Corrupt(e.to_string()))?;
-    let fields_json = serde_json::to_string(&a.fields).map_err(|e| InventoryError::Corrupt(e.to_string()))?;
-    tx.execute(
-        "INSERT INTO inventory_attributes (target, subject, tags, fields, updated_at, updated_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (target, subject) DO UPDATE SET
-            tags = excluded.tags, fields = excluded.fields,
-            updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-        params![target, subject, tags_json, fields_json, now, by],
-    )?;
-    tx.commit()?;
-    Ok(a)
+    write(db, |conn| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut a = load_attributes(&tx, target, subject)?;
+        apply_changes(&mut a, tags, fields);
+        let now = now();
+        a.updated_at = Some(now.clone());
+        a.updated_by = Some(by.to_string());
+        let tags_json = serde_json::to_string(&a.tags).map_err(|e| InventoryError::Corrupt(e.to_string()))?;
+        let fields_json = serde_json::to_string(&a.fields).map_err(|e| InventoryError::Corrupt(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO inventory_attributes (target, subject, tags, fields, updated_at, updated_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (target, subject) DO UPDATE SET
+                tags = excluded.tags, fields = excluded.fields,
+                updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+            params![target, subject, tags_json, fields_json, now, by],
+        )?;
+        tx.commit()?;
+        Ok(a)
+    })
 }
 
 /// What [`set_attributes`] would leave, without writing (for dry runs).
@@ -203,33 +204,39 @@ pub fn apply_changes(a: &mut Attributes, tags: Option<&[String]>, fields: &BTree
 
 /// Append a note to `subject`.
 pub fn add_note(db: &Path, target: &str, subject: &str, note: &str, by: &str) -> Result<Note, InventoryError> {
-    let conn = super::open(db)?;
-    let now = now();
-    conn.execute(
-        "INSERT INTO inventory_notes (target, subject, note, author, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![target, subject, note, by, now],
-    )?;
-    Ok(Note {
-        id: conn.last_insert_rowid(),
-        subject: subject.to_string(),
-        note: note.to_string(),
-        author: by.to_string(),
-        created_at: now,
+    write(db, |conn| {
+        let now = now();
+        conn.execute(
+            "INSERT INTO inventory_notes (target, subject, note, author, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![target, subject, note, by, now],
+        )?;
+        Ok(Note {
+            id: conn.last_insert_rowid(),
+            subject: subject.to_string(),
+            note: note.to_string(),
+            author: by.to_string(),
+            created_at: now,
+        })
     })
 }
 
 /// The merged inventory of `target` (empty when nothing is stored or the database does not
 /// exist yet). Read-only: never creates or migrates the file.
 pub fn view(db: &Path, target: &str) -> Result<InventoryView, InventoryError> {
-    let mut v = InventoryView {
+    Ok(read(db, |conn| load_view(conn, target))?.unwrap_or_else(|| empty_view(target)))
+}
+
+fn empty_view(target: &str) -> InventoryView {
+    InventoryView {
         target: target.to_string(),
         scan: None,
         host: HostView::default(),
         apps: Vec::new(),
-    };
-    let Some(conn) = read_conn(db)? else {
-        return Ok(v);
-    };
+    }
+}
+
+fn load_view(conn: &Connection, target: &str) -> Result<InventoryView, InventoryError> {
+    let mut v = empty_view(target);
     let latest: Option<(i64, String, String, String)> = conn
         .query_row(
             "SELECT id, scanned_at, scanned_by, document FROM inventory_scans
@@ -280,12 +287,12 @@ pub fn view(db: &Path, target: &str) -> Result<InventoryView, InventoryError> {
             });
         }
     }
-    v.host.attributes = load_attributes(&conn, target, "host")?;
-    (v.host.notes, v.host.notes_total) = load_notes(&conn, target, "host")?;
+    v.host.attributes = load_attributes(conn, target, "host")?;
+    (v.host.notes, v.host.notes_total) = load_notes(conn, target, "host")?;
     for app in &mut v.apps {
         let subject = format!("app:{}", app.id);
-        app.attributes = load_attributes(&conn, target, &subject)?;
-        (app.notes, app.notes_total) = load_notes(&conn, target, &subject)?;
+        app.attributes = load_attributes(conn, target, &subject)?;
+        (app.notes, app.notes_total) = load_notes(conn, target, &subject)?;
     }
     Ok(v)
 }
@@ -304,37 +311,47 @@ pub fn latest_json(db: &Path, target: &str) -> Result<Option<serde_json::Value>,
 
 /// Targets with anything stored, sorted.
 pub fn targets(db: &Path) -> Result<Vec<String>, InventoryError> {
-    let Some(conn) = read_conn(db)? else {
-        return Ok(Vec::new());
-    };
-    let rows = conn
-        .prepare(
-            "SELECT target FROM inventory_scans UNION SELECT target FROM inventory_attributes
-             UNION SELECT target FROM inventory_notes ORDER BY 1",
-        )?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+    let rows = read(db, |conn| {
+        Ok(conn
+            .prepare(
+                "SELECT target FROM inventory_scans UNION SELECT target FROM inventory_attributes
+                 UNION SELECT target FROM inventory_notes ORDER BY 1",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    })?;
+    Ok(rows.unwrap_or_default())
 }
 
 /// Number of scans stored for `target` (for tests and diagnostics).
 pub fn scan_count(db: &Path, target: &str) -> Result<i64, InventoryError> {
-    let Some(conn) = read_conn(db)? else {
-        return Ok(0);
-    };
-    Ok(conn.query_row(
-        "SELECT COUNT(*) FROM inventory_scans WHERE target = ?1",
-        params![target],
-        |r| r.get(0),
-    )?)
+    let count = read(db, |conn| {
+        Ok(conn.query_row(
+            "SELECT COUNT(*) FROM inventory_scans WHERE target = ?1",
+            params![target],
+            |r| r.get(0),
+        )?)
+    })?;
+    Ok(count.unwrap_or(0))
 }
 
-/// A read-only connection, or `None` when the database file does not exist yet.
-fn read_conn(db: &Path) -> Result<Option<Connection>, InventoryError> {
+/// Run `f` on the process's [`Store`] for `db`: the one already open (the server's), else one
+/// opened for this call (creating and migrating the file).
+fn write<T>(db: &Path, f: impl FnOnce(&mut Connection) -> Result<T, InventoryError>) -> Result<T, InventoryError> {
+    Store::open(db)?.with(f)
+}
+
+/// Run `f` on the process's [`Store`] for `db` if it has one; else on a read-only connection
+/// opened for this call. `None` when there is no store and the file does not exist: reading
+/// never creates it.
+fn read<T>(db: &Path, f: impl FnOnce(&Connection) -> Result<T, InventoryError>) -> Result<Option<T>, InventoryError> {
+    if let Some(store) = Store::opened(db) {
+        return store.with(|conn| f(conn)).map(Some);
+    }
     if !db.exists() {
         return Ok(None);
     }
-    Ok(Some(super::open_readonly(db)?))
+    f(&super::open_readonly(db)?).map(Some)
 }
 
 fn load_attributes(conn: &Connection, target: &str, subject: &str) -> Result<Attributes, InventoryError> {
@@ -459,6 +476,41 @@ mod tests {
         assert_eq!(json["apps"][1]["id"], "nginx");
         assert_eq!(targets(&db).unwrap(), ["local"]);
         assert!(view(&db, "other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn with_a_store_open_every_call_runs_on_its_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let store = Store::open(&db).unwrap();
+        // Temp triggers and tables belong to one connection: only calls on it see them.
+        store
+            .with(|c| {
+                c.execute_batch(
+                    "CREATE TEMP TABLE seen (n INTEGER);
+                     CREATE TEMP TRIGGER note_seen AFTER INSERT ON main.inventory_notes
+                     BEGIN INSERT INTO seen VALUES (1); END;",
+                )
+            })
+            .unwrap();
+        add_note(&db, "a", "host", "written", "x").unwrap();
+        let seen: i64 = store
+            .with(|c| c.query_row("SELECT COUNT(*) FROM temp.seen", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(seen, 1, "the write ran on the store's connection");
+        store
+            .with(|c| {
+                c.execute_batch(
+                    "CREATE TEMP TABLE inventory_notes AS SELECT * FROM main.inventory_notes WHERE 0;
+                     INSERT INTO temp.inventory_notes VALUES (7, 'a', 'host', 'only here', 'y', 't');",
+                )
+            })
+            .unwrap();
+        let v = view(&db, "a").unwrap();
+        assert_eq!(
+            v.host.notes[0].note, "only here",
+            "the read ran on the store's connection"
+        );
     }
 
     #[test]
