@@ -17,14 +17,6 @@ use crate::model::Scope;
 
 pub use crate::model::{Kind, LOCAL};
 
-/// A kind as its name (`ssh`), padded like a string (the text of `targets_check` and
-/// `tailopsmcp targets check`).
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
 /// How a target is reached. Only `exec` talks to the systems behind these.
 pub enum Executor {
     Local,

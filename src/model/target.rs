@@ -25,3 +25,11 @@ impl Kind {
         }
     }
 }
+
+/// A kind as its name (`ssh`), padded like a string (the text of `targets_check` and
+/// `tailopsmcp targets check`).
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
