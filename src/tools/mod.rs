@@ -60,6 +60,32 @@ pub enum ToolError {
     Internal(String),
 }
 
+/// An `exec` failure is the call's failure, with `exec`'s message. (A toolset whose messages
+/// differ on purpose maps it itself, e.g. `containers` turns a refusal into a bad argument.)
+impl From<crate::exec::ExecError> for ToolError {
+    fn from(e: crate::exec::ExecError) -> ToolError {
+        ToolError::Failed(e.to_string())
+    }
+}
+
+/// The error for a target whose executor a handler cannot use. The call pipeline runs a tool
+/// only on the target kinds it declares, so reaching this is a bug (or a direct call that
+/// skipped the pipeline).
+pub(crate) fn undeclared_kind(ctx: &ToolContext) -> ToolError {
+    ToolError::Internal(format!(
+        "target `{}` is a {} target, a kind this tool does not declare",
+        ctx.target.id,
+        ctx.target.kind.as_str()
+    ))
+}
+
+/// Run blocking `exec` code off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ToolError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ToolError::Internal(format!("blocking task failed: {e}")))
+}
+
 /// A tool as the server runs it: its spec, the target kinds it works on, and its handler. Every
 /// tool is built by [`tool`] from a [`Declaration`] and a typed handler; nothing else implements
 /// this trait outside tests.
@@ -131,7 +157,7 @@ where
             requires: d.requires,
             risk: d.risk,
             annotations: d.annotations,
-            input_schema: input_schema::<A>(),
+            input_schema: listed_input_schema::<A>(d.requires),
             output_schema: output_schema::<O>(),
         },
         kinds: d.kinds,
@@ -194,6 +220,50 @@ const ARGS_ERROR_MAX_CHARS: usize = 512;
 pub fn input_schema<T: schemars::JsonSchema + std::any::Any>() -> Arc<JsonObject> {
     rmcp::handler::server::common::schema_for_input::<T>()
         .unwrap_or_else(|e| panic!("input schema of {}: {e}", std::any::type_name::<T>()))
+}
+
+/// The input schema of a tool taking `A`: `A`'s, with a place for the call layer's `target` as
+/// its first property unless the tool takes none ([`Requirement::Across`]). The call layer
+/// takes `target` out of the arguments before `A` parses them and lists its own description of
+/// it; keeping the place here keeps `target` first in the listed
+/// schema, where clients have always seen it.
+///
+/// Built like rmcp's `schema_for_input` (the draft 2020-12 schema, then its root `title` and
+/// `description` removed), with `properties` right after `type` as schemars writes it: the
+/// listed schemas are byte for byte those of the argument structs that used to declare
+/// `target` themselves (the catalog snapshot checks it).
+fn listed_input_schema<A: schemars::JsonSchema + std::any::Any>(requires: Requirement) -> Arc<JsonObject> {
+    if matches!(requires, Requirement::Across(_)) {
+        return input_schema::<A>();
+    }
+    let raw = rmcp::handler::server::common::schema_for_type::<A>();
+    let with_target = |props: Option<&JsonObject>| {
+        let mut out = JsonObject::new();
+        // A place holder: the call layer lists its own description of `target`.
+        out.insert("target".into(), serde_json::json!({"type": "string"}));
+        out.extend(props.into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+        serde_json::Value::Object(out)
+    };
+    let mut schema = JsonObject::new();
+    for (key, value) in raw.iter() {
+        if key == "properties" {
+            schema.insert(key.clone(), with_target(value.as_object()));
+            continue;
+        }
+        schema.insert(key.clone(), value.clone());
+        if key == "type" && !raw.contains_key("properties") {
+            schema.insert("properties".into(), with_target(None));
+        }
+    }
+    if schema.get("type").and_then(serde_json::Value::as_str) != Some("object") {
+        panic!(
+            "input schema of {}: the root is not an object",
+            std::any::type_name::<A>()
+        );
+    }
+    schema.remove("title");
+    schema.remove("description");
+    Arc::new(schema)
 }
 
 /// The output JSON Schema of `T`, for `structuredContent`.
