@@ -321,7 +321,7 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     use crate::targets::Kind::{Docker, Local, Ssh};
     let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
     tools.extend(identity::tools());
-    tools.extend(on(&[Local, Ssh], system::tools()));
+    tools.extend(system::tools());
     tools.extend(targets::tools());
     tools.extend(on(&[Docker], containers::tools()));
     tools.extend(on(&[Local], stacks::tools()));
