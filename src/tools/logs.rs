@@ -23,9 +23,9 @@ use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::files::{TAIL_LINES, TailOutput, blocking, compile_regex, fs_failed, local_only, render_tail, tail_output};
+use super::files::{TAIL_LINES, TailOutput, compile_regex, fs_failed, local_only, render_tail, tail_output};
 use super::{
-    Annotations, Requirement, Risk, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated, bounded,
+    Annotations, Requirement, Risk, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated, blocking, bounded,
     input_schema, output_schema, parse_args,
 };
 use crate::exec::fs::{Deny, Roots};

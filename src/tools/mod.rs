@@ -327,7 +327,7 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(on(&[Local], stacks::tools()));
     tools.extend(on(&[Local, Ssh], services::tools()));
     tools.extend(on(&[Local], logs::tools()));
-    tools.extend(on(&[Local], files::tools()));
+    tools.extend(files::tools());
     for t in network::tools() {
         // ping and traceroute are commands run on the target; the others use this host's sockets.
         let kinds: &'static [crate::targets::Kind] = match t.spec().name {

@@ -666,6 +666,8 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::{ToolOutput, ToolSpec};
+    use rmcp::model::JsonObject;
     use serde_json::{Value, json};
 
     fn ctx() -> ToolContext {
