@@ -154,7 +154,6 @@ pub fn tools() -> Vec<Arc<dyn Tool>> {
     ]
 }
 
-
 /// Arguments of `files_list`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -511,19 +510,6 @@ const SECRET_FILE_KEYS: &[&str] = &["key_file", "token_file", "tls_key"];
 /// `path`, made absolute against the working directory (the server resolves it the same way).
 fn absolute(path: &std::path::Path) -> std::path::PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// Refuse targets other than this host: these tools read the server's own file system.
-pub(crate) fn local_only(ctx: &ToolContext, tool: &str) -> Result<(), ToolError> {
-    match &ctx.target.executor {
-        crate::targets::Executor::Local => Ok(()),
-        _ => Err(ToolError::Failed(format!(
-            "{tool} reads this server's own host and is not supported on {} targets (target `{}`); use a \
-             local target",
-            ctx.target.kind.as_str(),
-            ctx.target.id
-        ))),
-    }
 }
 
 pub(crate) fn fs_failed(e: fs::FsError) -> ToolError {

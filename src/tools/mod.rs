@@ -326,7 +326,7 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(on(&[Docker], containers::tools()));
     tools.extend(on(&[Local], stacks::tools()));
     tools.extend(on(&[Local, Ssh], services::tools()));
-    tools.extend(on(&[Local], logs::tools()));
+    tools.extend(logs::tools());
     tools.extend(files::tools());
     for t in network::tools() {
         // ping and traceroute are commands run on the target; the others use this host's sockets.
