@@ -324,7 +324,7 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(system::tools());
     tools.extend(targets::tools());
     tools.extend(on(&[Docker], containers::tools()));
-    tools.extend(on(&[Local], stacks::tools()));
+    tools.extend(stacks::tools());
     tools.extend(on(&[Local, Ssh], services::tools()));
     tools.extend(logs::tools());
     tools.extend(files::tools());
