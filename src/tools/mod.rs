@@ -325,7 +325,7 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(targets::tools());
     tools.extend(on(&[Docker], containers::tools()));
     tools.extend(stacks::tools());
-    tools.extend(on(&[Local, Ssh], services::tools()));
+    tools.extend(services::tools());
     tools.extend(logs::tools());
     tools.extend(files::tools());
     for t in network::tools() {

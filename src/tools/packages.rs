@@ -14,7 +14,7 @@ use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::services::{Host, exec_failed, helper_plan};
+use super::services::{Host, helper_plan};
 use super::{
     Annotations, Requirement, Risk, Step, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated, bounded,
     input_schema, output_schema, parse_args,
@@ -151,9 +151,9 @@ impl Tool for UpdatesTool {
         Box::pin(async move {
             let args: UpdatesArgs = parse_args(args)?;
             let limit = bounded("limit", args.limit, UPDATES_LIMIT_DEFAULT, 1, UPDATES_LIMIT_MAX)?;
-            let host = Host::of(&ctx, self.spec.name, None)?;
+            let host = Host::of(&ctx, None)?;
             let manager = require_apt(host.runner(), &ctx.target.id).await?;
-            let mut upgrades = packages::apt_upgrades(host.runner()).await.map_err(exec_failed)?;
+            let mut upgrades = packages::apt_upgrades(host.runner()).await?;
             let count = upgrades.len();
             upgrades.truncate(limit);
             let truncated = (count > upgrades.len()).then(|| Truncated {
@@ -258,7 +258,7 @@ impl Tool for ChangeTool {
                     (HelperOp::AptInstall(names), a.dry_run, inner)
                 }
             };
-            let host = Host::of(&ctx, self.spec.name, Some(ctx.config.services.helper_timeout))?;
+            let host = Host::of(&ctx, Some(ctx.config.services.helper_timeout))?;
             let manager = require_apt(host.runner(), &ctx.target.id).await?;
             let req = HelperRequest::new(op);
             // systemd refuses unit names over 255 bytes (each `-` of a name takes 4 escaped).
@@ -278,10 +278,10 @@ impl Tool for ChangeTool {
             };
             if dry_run {
                 if self.change == Change::Upgrade {
-                    out.pending = Some(packages::apt_upgrades(host.runner()).await.map_err(exec_failed)?);
+                    out.pending = Some(packages::apt_upgrades(host.runner()).await?);
                 }
             } else {
-                let result = systemd::run_helper(host.runner(), &req).await.map_err(exec_failed)?;
+                let result = systemd::run_helper(host.runner(), &req).await?;
                 if !result.ok {
                     return Err(ToolError::Failed(format!(
                         "{}: {}",
@@ -299,7 +299,7 @@ impl Tool for ChangeTool {
 
 /// `apt`, or an error naming the package manager that was found instead.
 async fn require_apt(r: &dyn crate::exec::remote::Runner, target: &str) -> Result<&'static str, ToolError> {
-    match packages::detect(r).await.map_err(exec_failed)? {
+    match packages::detect(r).await? {
         Some("apt") => Ok("apt"),
         Some(other) => Err(ToolError::Failed(format!(
             "target `{target}` uses {other}; only apt (Debian, Ubuntu) is supported by the packages tools"
