@@ -336,7 +336,7 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
         };
         tools.extend(on(kinds, vec![t]));
     }
-    tools.extend(on(&[Local, Ssh], packages::tools()));
+    tools.extend(packages::tools());
     for t in inventory::tools() {
         // A scan reads this host; stored entries (get/set/annotate) exist for any target id.
         if t.spec().name == "inventory_scan" {
