@@ -318,7 +318,7 @@ pub fn select(config: &crate::config::ToolsConfig) -> Result<Vec<Arc<dyn Tool>>,
 
 /// Every tool this build knows, in catalog order, each with the target kinds it works on.
 pub fn catalog() -> Vec<Arc<dyn Tool>> {
-    use crate::targets::Kind::{Docker, Local, Ssh};
+    use crate::targets::Kind::{Docker, Local};
     let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
     tools.extend(identity::tools());
     tools.extend(system::tools());
@@ -328,14 +328,7 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(services::tools());
     tools.extend(logs::tools());
     tools.extend(files::tools());
-    for t in network::tools() {
-        // ping and traceroute are commands run on the target; the others use this host's sockets.
-        let kinds: &'static [crate::targets::Kind] = match t.spec().name {
-            "network_ping" | "network_traceroute" => &[Local, Ssh],
-            _ => &[Local],
-        };
-        tools.extend(on(kinds, vec![t]));
-    }
+    tools.extend(network::tools());
     tools.extend(packages::tools());
     for t in inventory::tools() {
         // A scan reads this host; stored entries (get/set/annotate) exist for any target id.
