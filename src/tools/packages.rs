@@ -303,6 +303,7 @@ fn render_change(out: &ChangeOutput) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::{ToolOutput, ToolSpec};
     use serde_json::{Value, json};
 
     async fn call(name: &str, args: Value) -> Result<ToolOutput, ToolError> {

@@ -566,6 +566,7 @@ fn render_control(out: &ControlOutput) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::ToolOutput;
     use serde_json::{Value, json};
 
     fn ctx(config: &str) -> ToolContext {
