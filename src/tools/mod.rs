@@ -318,7 +318,7 @@ pub fn select(config: &crate::config::ToolsConfig) -> Result<Vec<Arc<dyn Tool>>,
 
 /// Every tool this build knows, in catalog order, each with the target kinds it works on.
 pub fn catalog() -> Vec<Arc<dyn Tool>> {
-    use crate::targets::Kind::{Docker, Local};
+    use crate::targets::Kind::Docker;
     let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
     tools.extend(identity::tools());
     tools.extend(system::tools());
@@ -330,14 +330,7 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(files::tools());
     tools.extend(network::tools());
     tools.extend(packages::tools());
-    for t in inventory::tools() {
-        // A scan reads this host; stored entries (get/set/annotate) exist for any target id.
-        if t.spec().name == "inventory_scan" {
-            tools.extend(on(&[Local], vec![t]));
-        } else {
-            tools.push(t);
-        }
-    }
+    tools.extend(inventory::tools());
     tools.extend(proxmox::tools());
     tools.extend(approvals::tools());
     tools
