@@ -318,12 +318,11 @@ pub fn select(config: &crate::config::ToolsConfig) -> Result<Vec<Arc<dyn Tool>>,
 
 /// Every tool this build knows, in catalog order, each with the target kinds it works on.
 pub fn catalog() -> Vec<Arc<dyn Tool>> {
-    use crate::targets::Kind::Docker;
     let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
     tools.extend(identity::tools());
     tools.extend(system::tools());
     tools.extend(targets::tools());
-    tools.extend(on(&[Docker], containers::tools()));
+    tools.extend(containers::tools());
     tools.extend(stacks::tools());
     tools.extend(services::tools());
     tools.extend(logs::tools());
