@@ -91,9 +91,14 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
 /// this trait outside tests.
 pub trait Tool: Send + Sync {
     fn spec(&self) -> &ToolSpec;
-    /// The target kinds it works on. The call pipeline checks a call's targets against them
-    /// before the handler runs; a tool no configured target supports is not offered
-    /// ([`for_targets`]).
+    /// The target kinds it works on (a [`Declaration`]'s `kinds`). The call pipeline checks a
+    /// call's targets against them before the handler runs; a tool no configured target
+    /// supports is not offered ([`for_targets`]).
+    #[cfg(not(test))]
+    fn kinds(&self) -> &'static [Kind];
+    /// In this crate's unit tests only, test doubles that implement `Tool` by hand (`mcp`'s
+    /// gate tests) may leave it out; every tool built by [`tool`] declares its own.
+    #[cfg(test)]
     fn kinds(&self) -> &'static [Kind] {
         ANY_KIND
     }
@@ -333,32 +338,6 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools.extend(proxmox::tools());
     tools.extend(approvals::tools());
     tools
-}
-
-/// `tools`, declared to work only on targets of `kinds`: not listed for a caller unless one of
-/// their allowed targets has such a kind, and not offered at all when no target has.
-fn on(kinds: &'static [crate::targets::Kind], tools: Vec<Arc<dyn Tool>>) -> Vec<Arc<dyn Tool>> {
-    tools
-        .into_iter()
-        .map(|inner| Arc::new(OnKinds { inner, kinds }) as Arc<dyn Tool>)
-        .collect()
-}
-
-struct OnKinds {
-    inner: Arc<dyn Tool>,
-    kinds: &'static [crate::targets::Kind],
-}
-
-impl Tool for OnKinds {
-    fn spec(&self) -> &ToolSpec {
-        self.inner.spec()
-    }
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        self.inner.call(ctx, args)
-    }
-    fn kinds(&self) -> &'static [Kind] {
-        self.kinds
-    }
 }
 
 #[cfg(test)]
