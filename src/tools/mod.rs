@@ -340,6 +340,50 @@ pub fn catalog() -> Vec<Arc<dyn Tool>> {
     tools
 }
 
+/// What the toolsets' unit tests share: a direct call of a tool on the `local` target (no call
+/// pipeline: no policy, no kind check, `target` never in the arguments) and the check for an
+/// argument error.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::{Tool, ToolContext, ToolError, ToolOutput};
+
+    /// Run `name`, one of `tools`, with `args` (a JSON object) and the default configuration.
+    pub async fn call(tools: Vec<Arc<dyn Tool>>, name: &str, args: serde_json::Value) -> Result<ToolOutput, ToolError> {
+        call_with(crate::config::Config::defaults(), tools, name, args).await
+    }
+
+    /// [`call`] with `config`.
+    pub async fn call_with(
+        config: crate::config::Config,
+        tools: Vec<Arc<dyn Tool>>,
+        name: &str,
+        args: serde_json::Value,
+    ) -> Result<ToolOutput, ToolError> {
+        let serde_json::Value::Object(args) = args else {
+            panic!("arguments are an object")
+        };
+        let tool = tools
+            .into_iter()
+            .find(|t| t.spec().name == name)
+            .unwrap_or_else(|| panic!("no tool {name}"));
+        tool.call(ToolContext::local(ToolContext::test_caller(), Arc::new(config)), args)
+            .await
+    }
+
+    /// `r` is an argument error whose message contains `needle`.
+    pub fn invalid(r: Result<ToolOutput, ToolError>, needle: &str) {
+        match r {
+            Err(ToolError::InvalidArgs(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
+            other => panic!(
+                "expected invalid arguments with `{needle}`, got {:?}",
+                other.map(|o| o.text)
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -578,24 +578,11 @@ fn command_runner<'a>(ctx: &'a ToolContext, local: &'a LocalRunner) -> Result<&'
 mod tests {
     use super::*;
     use crate::tools::ToolOutput;
+    use crate::tools::testing::{self, invalid};
     use serde_json::{Value, json};
 
-    fn ctx() -> ToolContext {
-        ToolContext::local(ToolContext::test_caller(), Arc::new(crate::config::Config::defaults()))
-    }
-
     async fn call(name: &str, args: Value) -> Result<ToolOutput, ToolError> {
-        let Value::Object(args) = args else { panic!("object") };
-        let t = tools().into_iter().find(|t| t.spec().name == name).unwrap();
-        t.call(ctx(), args).await
-    }
-
-    fn invalid(r: Result<ToolOutput, ToolError>, needle: &str) {
-        match r {
-            Err(ToolError::InvalidArgs(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
-            Err(e) => panic!("expected invalid arguments, got {e:?}"),
-            Ok(o) => panic!("expected invalid arguments, got {}", o.text),
-        }
+        testing::call(tools(), name, args).await
     }
 
     #[test]

@@ -303,21 +303,12 @@ fn render_change(out: &ChangeOutput) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::testing::{self, invalid};
     use crate::tools::{ToolOutput, ToolSpec};
     use serde_json::{Value, json};
 
     async fn call(name: &str, args: Value) -> Result<ToolOutput, ToolError> {
-        let Value::Object(args) = args else { panic!() };
-        let ctx = ToolContext::local(ToolContext::test_caller(), Arc::new(crate::config::Config::defaults()));
-        let t = tools().into_iter().find(|t| t.spec().name == name).unwrap();
-        t.call(ctx, args).await
-    }
-
-    fn invalid(r: Result<ToolOutput, ToolError>, needle: &str) {
-        match r {
-            Err(ToolError::InvalidArgs(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
-            other => panic!("expected invalid args ({needle}), got {:?}", other.map(|o| o.text)),
-        }
+        testing::call(tools(), name, args).await
     }
 
     #[test]

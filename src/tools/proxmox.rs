@@ -748,27 +748,12 @@ fn duration(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::testing::{self, invalid};
     use crate::tools::{ToolOutput, ToolSpec};
     use serde_json::{Value, json};
 
-    fn ctx() -> ToolContext {
-        ToolContext::local(ToolContext::test_caller(), Arc::new(crate::config::Config::defaults()))
-    }
-
     async fn call(name: &str, args: Value) -> Result<ToolOutput, ToolError> {
-        let Value::Object(args) = args else { panic!() };
-        let t = tools().into_iter().find(|t| t.spec().name == name).unwrap();
-        t.call(ctx(), args).await
-    }
-
-    fn invalid(r: Result<ToolOutput, ToolError>, says: &str) {
-        match r {
-            Err(ToolError::InvalidArgs(m)) => assert!(m.contains(says), "{m:?} lacks {says:?}"),
-            other => panic!(
-                "expected invalid arguments saying {says:?}, got {:?}",
-                other.map(|o| o.text)
-            ),
-        }
+        testing::call(tools(), name, args).await
     }
 
     #[test]

@@ -567,25 +567,13 @@ fn render_control(out: &ControlOutput) -> String {
 mod tests {
     use super::*;
     use crate::tools::ToolOutput;
+    use crate::tools::testing::{self, invalid};
     use serde_json::{Value, json};
 
-    fn ctx(config: &str) -> ToolContext {
+    async fn call(name: &str, config: &str, args: Value) -> Result<ToolOutput, ToolError> {
         let config =
             crate::config::Config::from_toml(config, std::path::Path::new("t.toml"), &Default::default()).unwrap();
-        ToolContext::local(ToolContext::test_caller(), Arc::new(config))
-    }
-
-    async fn call(name: &str, config: &str, args: Value) -> Result<ToolOutput, ToolError> {
-        let Value::Object(args) = args else { panic!() };
-        let t = tools().into_iter().find(|t| t.spec().name == name).unwrap();
-        t.call(ctx(config), args).await
-    }
-
-    fn invalid(r: Result<ToolOutput, ToolError>, needle: &str) {
-        match r {
-            Err(ToolError::InvalidArgs(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
-            other => panic!("expected invalid args ({needle}), got {:?}", other.map(|o| o.text)),
-        }
+        testing::call_with(config, tools(), name, args).await
     }
 
     #[test]

@@ -666,6 +666,7 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::testing::invalid;
     use crate::tools::{ToolOutput, ToolSpec};
     use rmcp::model::JsonObject;
     use serde_json::{Value, json};
@@ -780,16 +781,6 @@ mod tests {
             }
         }
         Ok(())
-    }
-
-    fn assert_invalid_args(result: Result<ToolOutput, ToolError>, needle: &str) {
-        match result {
-            Err(ToolError::InvalidArgs(msg)) => {
-                assert!(msg.contains(needle), "`{msg}` lacks `{needle}`")
-            }
-            Err(other) => panic!("expected invalid arguments, got {other:?}"),
-            Ok(out) => panic!("expected invalid arguments, got {}", out.text),
-        }
     }
 
     fn meminfo_total_bytes() -> u64 {
@@ -937,26 +928,26 @@ mod tests {
 
     #[tokio::test]
     async fn system_processes_rejects_bad_arguments() {
-        assert_invalid_args(call("system_processes", json!({"limit": 0})).await, "between 1 and 100");
-        assert_invalid_args(
+        invalid(call("system_processes", json!({"limit": 0})).await, "between 1 and 100");
+        invalid(
             call("system_processes", json!({"limit": 101})).await,
             "between 1 and 100",
         );
-        assert_invalid_args(
+        invalid(
             call("system_processes", json!({"limit": -5})).await,
             "between 1 and 100",
         );
-        assert_invalid_args(call("system_processes", json!({"limit": "ten"})).await, "invalid type");
-        assert_invalid_args(
+        invalid(call("system_processes", json!({"limit": "ten"})).await, "invalid type");
+        invalid(
             call("system_processes", json!({"sort": "disk"})).await,
             "unknown variant",
         );
-        assert_invalid_args(
+        invalid(
             call("system_processes", json!({"colour": "red"})).await,
             "unknown field",
         );
-        assert_invalid_args(call("system_status", json!({"verbose": true})).await, "unknown field");
-        assert_invalid_args(call("network_interfaces", json!({"name": 7})).await, "invalid type");
+        invalid(call("system_status", json!({"verbose": true})).await, "unknown field");
+        invalid(call("network_interfaces", json!({"name": 7})).await, "invalid type");
         call("system_processes", json!({"limit": 1})).await.unwrap();
         call("system_processes", json!({"limit": 100})).await.unwrap();
     }
@@ -1033,12 +1024,12 @@ mod tests {
         if out.structured["matched"].as_u64().unwrap() > 1 {
             assert_eq!(out.structured["truncated"]["cap"], "limit=1");
         }
-        assert_invalid_args(
+        invalid(
             call("system_sockets", json!({"limit": 1001})).await,
             "between 1 and 1000",
         );
-        assert_invalid_args(call("system_sockets", json!({"port": 70000})).await, "invalid value");
-        assert_invalid_args(
+        invalid(call("system_sockets", json!({"port": 70000})).await, "invalid value");
+        invalid(
             call("system_sockets", json!({"state": "open"})).await,
             "unknown variant",
         );
@@ -1070,7 +1061,7 @@ mod tests {
                 .any(|m| m["fs_type"] == "proc"),
             "all: true lists /proc"
         );
-        assert_invalid_args(call("system_disks", json!({"limit": 0})).await, "between 1 and 500");
+        invalid(call("system_disks", json!({"limit": 0})).await, "between 1 and 500");
     }
 
     #[test]

@@ -3,26 +3,11 @@
 
 use super::*;
 use crate::tools::ToolOutput;
+use crate::tools::testing::{self, invalid};
 use serde_json::{Value, json};
 
-fn ctx() -> ToolContext {
-    ToolContext::local(ToolContext::test_caller(), Arc::new(crate::config::Config::defaults()))
-}
-
-fn tool(name: &str) -> Arc<dyn Tool> {
-    tools().into_iter().find(|t| t.spec().name == name).unwrap()
-}
-
 async fn call(name: &str, args: Value) -> Result<ToolOutput, ToolError> {
-    let Value::Object(args) = args else { panic!("object") };
-    tool(name).call(ctx(), args).await
-}
-
-fn invalid(r: Result<ToolOutput, ToolError>, needle: &str) {
-    match r {
-        Err(ToolError::InvalidArgs(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
-        other => panic!("expected invalid args with `{needle}`, got {:?}", other.map(|o| o.text)),
-    }
+    testing::call(tools(), name, args).await
 }
 
 #[test]
