@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Annotations, Declaration, Kind, Output, Requirement, Risk, Step, StepKind, Tool, ToolContext, ToolError, Truncated,
-    bounded, tool, undeclared_kind,
+    bounded, tool,
 };
 use crate::exec::compose::{ChangeReport, DeployRequest, StackError, StackListing, StackStatus, Stacks};
 use crate::policy::{Area, Level, Scope};
@@ -228,11 +228,9 @@ pub struct ChangeOutput {
     pub report: ChangeReport,
 }
 
-fn stacks(ctx: &ToolContext) -> Result<Stacks, ToolError> {
-    match ctx.target.executor {
-        crate::targets::Executor::Local => Ok(Stacks::new(ctx.config.stacks.clone(), ctx.target.limits)),
-        _ => Err(undeclared_kind(ctx)),
-    }
+/// Compose stacks of this host, under `[stacks]`, within the target's limits.
+fn stacks(ctx: &ToolContext) -> Stacks {
+    Stacks::new(ctx.config.stacks.clone(), ctx.target.limits)
 }
 
 fn stack_error(e: StackError) -> ToolError {
@@ -263,7 +261,7 @@ fn change_output(ctx: &ToolContext, mut report: ChangeReport) -> Result<Output<C
 async fn list(ctx: ToolContext, args: ListArgs) -> Result<Output<ListOutput>, ToolError> {
     let (default, min, max) = LIST_LIMIT;
     let limit = bounded("limit", args.limit, default, min, max)?;
-    let stacks = stacks(&ctx)?;
+    let stacks = stacks(&ctx);
     let mut listing = stacks.list().await?;
     let total = listing.stacks.len();
     listing.stacks.truncate(limit);
@@ -282,7 +280,7 @@ async fn list(ctx: ToolContext, args: ListArgs) -> Result<Output<ListOutput>, To
 
 /// `stacks_status`.
 async fn status(ctx: ToolContext, args: StatusArgs) -> Result<Output<StackStatus>, ToolError> {
-    let stacks = stacks(&ctx)?;
+    let stacks = stacks(&ctx);
     let status = stacks.status(&args.name).await.map_err(stack_error)?;
     let text = render_status(&status);
     Ok(Output::new(status, text))
@@ -290,7 +288,7 @@ async fn status(ctx: ToolContext, args: StatusArgs) -> Result<Output<StackStatus
 
 /// `stacks_deploy`.
 async fn deploy(ctx: ToolContext, args: DeployArgs) -> Result<Output<ChangeOutput>, ToolError> {
-    let stacks = stacks(&ctx)?.with_progress(ctx.progress_fn());
+    let stacks = stacks(&ctx).with_progress(ctx.progress_fn());
     let req = DeployRequest {
         name: args.name,
         repository: args.repository,
@@ -305,14 +303,14 @@ async fn deploy(ctx: ToolContext, args: DeployArgs) -> Result<Output<ChangeOutpu
 
 /// `stacks_update`.
 async fn update(ctx: ToolContext, args: UpdateArgs) -> Result<Output<ChangeOutput>, ToolError> {
-    let stacks = stacks(&ctx)?.with_progress(ctx.progress_fn());
+    let stacks = stacks(&ctx).with_progress(ctx.progress_fn());
     let report = stacks.update(&args.name, args.dry_run).await.map_err(stack_error)?;
     change_output(&ctx, report)
 }
 
 /// `stacks_remove`.
 async fn remove(ctx: ToolContext, args: RemoveArgs) -> Result<Output<ChangeOutput>, ToolError> {
-    let stacks = stacks(&ctx)?;
+    let stacks = stacks(&ctx);
     let report = stacks
         .remove(&args.name, args.volumes, args.delete_files, args.dry_run)
         .await
