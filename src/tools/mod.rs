@@ -79,7 +79,7 @@ pub(crate) fn undeclared_kind(ctx: &ToolContext) -> ToolError {
     ))
 }
 
-/// Run blocking `exec` code off the async workers.
+/// Run blocking code (`exec`, the stores) off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ToolError> {
     tokio::task::spawn_blocking(f)
         .await
