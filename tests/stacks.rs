@@ -618,7 +618,7 @@ async fn stacks_bad_input_gets_a_specific_error_and_nothing_runs() {
         (
             "stacks_deploy",
             json!({"target": "pve", "name": name, "repository": url}),
-            "target `pve` is a http target (stacks are supported on local targets only)",
+            "target `pve` is a http target (stacks_deploy works on local targets only)",
         ),
     ] {
         let r = call(&mut w, tool, args.clone()).await;

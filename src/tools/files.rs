@@ -11,14 +11,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use futures::future::BoxFuture;
-use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Annotations, Requirement, Risk, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated, bounded,
-    input_schema, output_schema, parse_args,
+    Annotations, Declaration, Kind, Output, Requirement, Risk, Tool, ToolContext, ToolError, Truncated, blocking,
+    bounded, tool,
 };
 use crate::exec::fs::{self, Deny, FileInfo, Listing, Roots, SearchOptions, SearchResult};
 use crate::policy::{Area, Level, Scope};
@@ -38,17 +36,6 @@ pub const READ_DEFAULT: usize = 64 * 1024;
 /// Longest regular expression accepted.
 pub const MAX_PATTERN_CHARS: usize = 1024;
 
-/// The tools of this toolset, in catalog order.
-pub fn tools() -> Vec<Arc<dyn Tool>> {
-    vec![
-        Arc::new(FilesList::new()),
-        Arc::new(FilesStat::new()),
-        Arc::new(FilesRead::new()),
-        Arc::new(FilesTail::new()),
-        Arc::new(FilesSearch::new()),
-    ]
-}
-
 /// Appended to every description of this toolset.
 macro_rules! safety {
     () => {
@@ -62,13 +49,115 @@ macro_rules! safety {
     };
 }
 
+/// The server's own file system: `local` targets only.
+const KINDS: &[Kind] = &[Kind::Local];
+const FILES_READ: Requirement = Requirement::Scope(Scope::new(Area::Files, Level::Read));
+
+/// The tools of this toolset, in catalog order.
+pub fn tools() -> Vec<Arc<dyn Tool>> {
+    vec![
+        tool(
+            Declaration {
+                name: "files_list",
+                title: "List a directory",
+                description: concat!(
+                    "Entries of a directory sorted by name, at most `limit` (1-1000, default 200): name, kind \
+                     (file, directory, symlink, fifo, socket, block_device, char_device), size, mode (octal), \
+                     hard link count, modified (RFC 3339 UTC) and, for symlinks, the link target as written (symlinks are not \
+                     followed here). Entries matching a deny pattern are left out and counted in `denied`. ",
+                    safety!()
+                ),
+                requires: FILES_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            list,
+        ),
+        tool(
+            Declaration {
+                name: "files_stat",
+                title: "File facts",
+                description: concat!(
+                    "Facts about one file or directory (a final symlink is followed within the root): resolved \
+                 absolute path, kind, size, mode (octal), uid, gid, inode, link count, and modified / changed / \
+                 accessed times (RFC 3339 UTC).",
+                    " ",
+                    safety!()
+                ),
+                requires: FILES_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            stat,
+        ),
+        tool(
+            Declaration {
+                name: "files_read",
+                title: "Read a file",
+                description: concat!(
+                    "Read `length` bytes (default 65536; at most `[files] max_read_bytes`, default 262144: a larger \
+                 length is an error naming the cap) of a regular file from `offset` (default 0). Text (UTF-8 \
+                 without NUL bytes) comes back as `encoding: text`, ending on a whole character; anything else \
+                 as `encoding: base64`. `eof` and `next_offset` say whether and where to continue. FIFOs, \
+                 sockets and devices are refused.",
+                    " ",
+                    safety!()
+                ),
+                requires: FILES_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            read,
+        ),
+        tool(
+            Declaration {
+                name: "files_tail",
+                title: "Tail a file",
+                description: concat!(
+                    "The last `lines` lines (1-2000, default 100) of a regular text file, read from the last \
+                 `[files] max_read_bytes` of it (a window that starts mid-file drops its first, partial line). \
+                 Lines longer than 2000 characters are cut with `…`. Binary files are refused (use files_read).",
+                    " ",
+                    safety!()
+                ),
+                requires: FILES_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            tail,
+        ),
+        tool(
+            Declaration {
+                name: "files_search",
+                title: "Search files",
+                description: concat!(
+                    "Search the directory `path` for a regular expression (`pattern`, Rust regex syntax) in entry \
+                 names (`in: names`, default) or in the lines of regular text files (`in: contents`; binary \
+                 files, and files with more than one hard link unless allowed, are skipped and counted). Walks each directory's entries in name order, then its subdirectories, at most `max_depth` levels \
+                 (0-64, default 16), never following symlinks, skipping denied names (counted). Stops at \
+                 `max_results` matches (1-1000, default 100), `max_bytes` of contents read (default 16 MiB, at most 64 MiB) or \
+                 100000 entries, and says which in `stopped`.",
+                    " ",
+                    safety!()
+                ),
+                requires: FILES_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            search,
+        ),
+    ]
+}
+
 /// Arguments of `files_list`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Directory to list.
     pub path: String,
     /// Most entries returned, 1 to 1000 (default 200).
@@ -81,9 +170,6 @@ pub struct ListArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// File or directory.
     pub path: String,
 }
@@ -92,9 +178,6 @@ pub struct StatArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReadArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Regular file to read.
     pub path: String,
     /// Byte offset to start at (default 0).
@@ -110,9 +193,6 @@ pub struct ReadArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TailArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Regular text file.
     pub path: String,
     /// Lines from the end, 1 to 2000 (default 100).
@@ -136,9 +216,6 @@ pub enum SearchIn {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Directory to search under.
     pub path: String,
     /// Regular expression (Rust `regex` syntax, at most 1024 characters).
@@ -229,359 +306,148 @@ pub struct SearchOutput {
     pub truncated: Option<Truncated>,
 }
 
-macro_rules! spec_tool {
-    ($ty:ident) => {
-        impl Default for $ty {
-            fn default() -> Self {
-                Self::new()
-            }
-        }
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+async fn list(ctx: ToolContext, args: ListArgs) -> Result<Output<ListOutput>, ToolError> {
+    let limit = bounded("limit", args.limit, LIST_LIMIT.0, LIST_LIMIT.1, LIST_LIMIT.2)?;
+    let roots = files_roots(&ctx);
+    let listing = blocking(move || roots.list(&args.path, limit))
+        .await?
+        .map_err(fs_failed)?;
+    let truncated = (listing.omitted > 0).then(|| Truncated {
+        cap: format!("limit={limit}"),
+        omitted: Some(listing.omitted),
+    });
+    let out = ListOutput { listing, truncated };
+    let text = render_listing(&out);
+    Ok(Output::new(out, text))
+}
+
+async fn stat(ctx: ToolContext, args: StatArgs) -> Result<Output<StatOutput>, ToolError> {
+    let roots = files_roots(&ctx);
+    let info = blocking(move || roots.stat(&args.path)).await?.map_err(fs_failed)?;
+    let text = format!(
+        "{}: {} {} bytes, mode {}, uid {} gid {}, modified {}",
+        info.path,
+        info.kind.as_str(),
+        info.size,
+        info.mode,
+        info.uid,
+        info.gid,
+        info.modified.as_deref().unwrap_or("?")
+    );
+    Ok(Output::new(StatOutput { info }, text))
+}
+
+async fn read(ctx: ToolContext, args: ReadArgs) -> Result<Output<ReadOutput>, ToolError> {
+    let cap = ctx.config.files.max_read_bytes;
+    let length = bounded("length", args.length, READ_DEFAULT.min(cap) as i64, 1, cap as i64)?;
+    let roots = files_roots(&ctx);
+    let offset = args.offset;
+    let chunk = blocking(move || roots.read(&args.path, offset, length))
+        .await?
+        .map_err(fs_failed)?;
+    let (encoding, content, returned) = match fs::as_text(&chunk.bytes) {
+        Some((text, left)) => (Encoding::Text, text.to_string(), (chunk.bytes.len() - left) as u64),
+        None => (
+            Encoding::Base64,
+            base64::engine::general_purpose::STANDARD.encode(&chunk.bytes),
+            chunk.bytes.len() as u64,
+        ),
     };
-}
-
-fn spec(
-    name: &'static str,
-    title: &'static str,
-    description: &'static str,
-    input: Arc<JsonObject>,
-    output: Arc<JsonObject>,
-) -> ToolSpec {
-    ToolSpec {
-        name,
-        title,
-        description,
-        requires: Requirement::Scope(Scope::new(Area::Files, Level::Read)),
-        risk: Risk::Low,
-        annotations: Annotations::READ_ONLY,
-        input_schema: input,
-        output_schema: output,
-    }
-}
-
-/// `files_list`.
-pub struct FilesList {
-    spec: ToolSpec,
-}
-spec_tool!(FilesList);
-
-impl FilesList {
-    pub fn new() -> FilesList {
-        FilesList {
-            spec: spec(
-                "files_list",
-                "List a directory",
-                concat!(
-                    "Entries of a directory sorted by name, at most `limit` (1-1000, default 200): name, kind \
-                     (file, directory, symlink, fifo, socket, block_device, char_device), size, mode (octal), \
-                     hard link count, modified (RFC 3339 UTC) and, for symlinks, the link target as written (symlinks are not \
-                     followed here). Entries matching a deny pattern are left out and counted in `denied`. ",
-                    safety!()
-                ),
-                input_schema::<ListArgs>(),
-                output_schema::<ListOutput>(),
-            ),
+    let end = chunk.offset + returned;
+    let eof = end >= chunk.size;
+    let out = ReadOutput {
+        path: chunk.path,
+        size: chunk.size,
+        offset: chunk.offset,
+        length: returned,
+        encoding,
+        content,
+        eof,
+        next_offset: (!eof).then_some(end),
+        truncated: (!eof).then(|| Truncated {
+            cap: format!("length={length}"),
+            omitted: Some(chunk.size - end),
+        }),
+    };
+    let mut text = format!(
+        "{}: bytes {}..{} of {} ({})",
+        out.path,
+        out.offset,
+        end,
+        out.size,
+        match encoding {
+            Encoding::Text => "text",
+            Encoding::Base64 => "binary, base64",
         }
+    );
+    if let Some(next) = out.next_offset {
+        let _ = write!(text, "; more from offset {next}");
     }
+    let _ = write!(text, "\n{}", out.content);
+    Ok(Output::new(out, text))
 }
 
-impl Tool for FilesList {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: ListArgs = parse_args(args)?;
-            let limit = bounded("limit", args.limit, LIST_LIMIT.0, LIST_LIMIT.1, LIST_LIMIT.2)?;
-            local_only(&ctx, self.spec.name)?;
-            let roots = files_roots(&ctx);
-            let listing = blocking(move || roots.list(&args.path, limit))
-                .await?
-                .map_err(fs_failed)?;
-            let truncated = (listing.omitted > 0).then(|| Truncated {
-                cap: format!("limit={limit}"),
-                omitted: Some(listing.omitted),
-            });
-            let out = ListOutput { listing, truncated };
-            let text = render_listing(&out);
-            ToolOutput::new(&out, text)
-        })
-    }
+async fn tail(ctx: ToolContext, args: TailArgs) -> Result<Output<TailOutput>, ToolError> {
+    let lines = bounded("lines", args.lines, TAIL_LINES.0, TAIL_LINES.1, TAIL_LINES.2)?;
+    let roots = files_roots(&ctx);
+    let window = ctx.config.files.max_read_bytes;
+    let tail = blocking(move || roots.tail(&args.path, lines, window, None))
+        .await?
+        .map_err(fs_failed)?;
+    let out = tail_output(tail, lines, window);
+    let text = render_tail(&out);
+    Ok(Output::new(out, text))
 }
 
-/// `files_stat`.
-pub struct FilesStat {
-    spec: ToolSpec,
-}
-spec_tool!(FilesStat);
-
-impl FilesStat {
-    pub fn new() -> FilesStat {
-        FilesStat {
-            spec: spec(
-                "files_stat",
-                "File facts",
-                concat!(
-                    "Facts about one file or directory (a final symlink is followed within the root): resolved \
-                 absolute path, kind, size, mode (octal), uid, gid, inode, link count, and modified / changed / \
-                 accessed times (RFC 3339 UTC).",
-                    " ",
-                    safety!()
-                ),
-                input_schema::<StatArgs>(),
-                output_schema::<StatOutput>(),
-            ),
-        }
-    }
-}
-
-impl Tool for FilesStat {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: StatArgs = parse_args(args)?;
-            local_only(&ctx, self.spec.name)?;
-            let roots = files_roots(&ctx);
-            let info = blocking(move || roots.stat(&args.path)).await?.map_err(fs_failed)?;
-            let text = format!(
-                "{}: {} {} bytes, mode {}, uid {} gid {}, modified {}",
-                info.path,
-                info.kind.as_str(),
-                info.size,
-                info.mode,
-                info.uid,
-                info.gid,
-                info.modified.as_deref().unwrap_or("?")
-            );
-            ToolOutput::new(&StatOutput { info }, text)
-        })
-    }
-}
-
-/// `files_read`.
-pub struct FilesRead {
-    spec: ToolSpec,
-}
-spec_tool!(FilesRead);
-
-impl FilesRead {
-    pub fn new() -> FilesRead {
-        FilesRead {
-            spec: spec(
-                "files_read",
-                "Read a file",
-                concat!(
-                    "Read `length` bytes (default 65536; at most `[files] max_read_bytes`, default 262144: a larger \
-                 length is an error naming the cap) of a regular file from `offset` (default 0). Text (UTF-8 \
-                 without NUL bytes) comes back as `encoding: text`, ending on a whole character; anything else \
-                 as `encoding: base64`. `eof` and `next_offset` say whether and where to continue. FIFOs, \
-                 sockets and devices are refused.",
-                    " ",
-                    safety!()
-                ),
-                input_schema::<ReadArgs>(),
-                output_schema::<ReadOutput>(),
-            ),
-        }
-    }
-}
-
-impl Tool for FilesRead {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: ReadArgs = parse_args(args)?;
-            let cap = ctx.config.files.max_read_bytes;
-            let length = bounded("length", args.length, READ_DEFAULT.min(cap) as i64, 1, cap as i64)?;
-            local_only(&ctx, self.spec.name)?;
-            let roots = files_roots(&ctx);
-            let offset = args.offset;
-            let chunk = blocking(move || roots.read(&args.path, offset, length))
-                .await?
-                .map_err(fs_failed)?;
-            let (encoding, content, returned) = match fs::as_text(&chunk.bytes) {
-                Some((text, left)) => (Encoding::Text, text.to_string(), (chunk.bytes.len() - left) as u64),
-                None => (
-                    Encoding::Base64,
-                    base64::engine::general_purpose::STANDARD.encode(&chunk.bytes),
-                    chunk.bytes.len() as u64,
-                ),
-            };
-            let end = chunk.offset + returned;
-            let eof = end >= chunk.size;
-            let out = ReadOutput {
-                path: chunk.path,
-                size: chunk.size,
-                offset: chunk.offset,
-                length: returned,
-                encoding,
-                content,
-                eof,
-                next_offset: (!eof).then_some(end),
-                truncated: (!eof).then(|| Truncated {
-                    cap: format!("length={length}"),
-                    omitted: Some(chunk.size - end),
-                }),
-            };
-            let mut text = format!(
-                "{}: bytes {}..{} of {} ({})",
-                out.path,
-                out.offset,
-                end,
-                out.size,
-                match encoding {
-                    Encoding::Text => "text",
-                    Encoding::Base64 => "binary, base64",
-                }
-            );
-            if let Some(next) = out.next_offset {
-                let _ = write!(text, "; more from offset {next}");
-            }
-            let _ = write!(text, "\n{}", out.content);
-            ToolOutput::new(&out, text)
-        })
-    }
-}
-
-/// `files_tail`.
-pub struct FilesTail {
-    spec: ToolSpec,
-}
-spec_tool!(FilesTail);
-
-impl FilesTail {
-    pub fn new() -> FilesTail {
-        FilesTail {
-            spec: spec(
-                "files_tail",
-                "Tail a file",
-                concat!(
-                    "The last `lines` lines (1-2000, default 100) of a regular text file, read from the last \
-                 `[files] max_read_bytes` of it (a window that starts mid-file drops its first, partial line). \
-                 Lines longer than 2000 characters are cut with `…`. Binary files are refused (use files_read).",
-                    " ",
-                    safety!()
-                ),
-                input_schema::<TailArgs>(),
-                output_schema::<TailOutput>(),
-            ),
-        }
-    }
-}
-
-impl Tool for FilesTail {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: TailArgs = parse_args(args)?;
-            let lines = bounded("lines", args.lines, TAIL_LINES.0, TAIL_LINES.1, TAIL_LINES.2)?;
-            local_only(&ctx, self.spec.name)?;
-            let roots = files_roots(&ctx);
-            let window = ctx.config.files.max_read_bytes;
-            let tail = blocking(move || roots.tail(&args.path, lines, window, None))
-                .await?
-                .map_err(fs_failed)?;
-            let out = tail_output(tail, lines, window);
-            let text = render_tail(&out);
-            ToolOutput::new(&out, text)
-        })
-    }
-}
-
-/// `files_search`.
-pub struct FilesSearch {
-    spec: ToolSpec,
-}
-spec_tool!(FilesSearch);
-
-impl FilesSearch {
-    pub fn new() -> FilesSearch {
-        FilesSearch {
-            spec: spec(
-                "files_search",
-                "Search files",
-                concat!(
-                    "Search the directory `path` for a regular expression (`pattern`, Rust regex syntax) in entry \
-                 names (`in: names`, default) or in the lines of regular text files (`in: contents`; binary \
-                 files, and files with more than one hard link unless allowed, are skipped and counted). Walks each directory's entries in name order, then its subdirectories, at most `max_depth` levels \
-                 (0-64, default 16), never following symlinks, skipping denied names (counted). Stops at \
-                 `max_results` matches (1-1000, default 100), `max_bytes` of contents read (default 16 MiB, at most 64 MiB) or \
-                 100000 entries, and says which in `stopped`.",
-                    " ",
-                    safety!()
-                ),
-                input_schema::<SearchArgs>(),
-                output_schema::<SearchOutput>(),
-            ),
-        }
-    }
-}
-
-impl Tool for FilesSearch {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: SearchArgs = parse_args(args)?;
-            let max_results = bounded(
-                "max_results",
-                args.max_results,
-                SEARCH_RESULTS.0,
-                SEARCH_RESULTS.1,
-                SEARCH_RESULTS.2,
-            )?;
-            let max_bytes = bounded(
-                "max_bytes",
-                args.max_bytes,
-                SEARCH_BYTES.0,
-                SEARCH_BYTES.1,
-                SEARCH_BYTES.2,
-            )?;
-            let max_depth = bounded(
-                "max_depth",
-                args.max_depth,
-                SEARCH_DEPTH.0,
-                SEARCH_DEPTH.1,
-                SEARCH_DEPTH.2,
-            )?;
-            let re = compile_regex("pattern", &args.pattern)?;
-            local_only(&ctx, self.spec.name)?;
-            let roots = files_roots(&ctx);
-            let opts = SearchOptions {
-                contents: args.search_in == SearchIn::Contents,
-                max_results,
-                max_bytes: max_bytes as u64,
-                max_depth,
-            };
-            let path = args.path.clone();
-            let result = blocking(move || roots.search(&path, &re, opts))
-                .await?
-                .map_err(fs_failed)?;
-            let truncated = result.stopped.as_ref().map(|why| Truncated {
-                cap: why.clone(),
-                omitted: None,
-            });
-            let out = SearchOutput {
-                pattern: args.pattern,
-                search_in: args.search_in,
-                result,
-                truncated,
-            };
-            let text = render_search(&out);
-            ToolOutput::new(&out, text)
-        })
-    }
+async fn search(ctx: ToolContext, args: SearchArgs) -> Result<Output<SearchOutput>, ToolError> {
+    let max_results = bounded(
+        "max_results",
+        args.max_results,
+        SEARCH_RESULTS.0,
+        SEARCH_RESULTS.1,
+        SEARCH_RESULTS.2,
+    )?;
+    let max_bytes = bounded(
+        "max_bytes",
+        args.max_bytes,
+        SEARCH_BYTES.0,
+        SEARCH_BYTES.1,
+        SEARCH_BYTES.2,
+    )?;
+    let max_depth = bounded(
+        "max_depth",
+        args.max_depth,
+        SEARCH_DEPTH.0,
+        SEARCH_DEPTH.1,
+        SEARCH_DEPTH.2,
+    )?;
+    let re = compile_regex("pattern", &args.pattern)?;
+    let roots = files_roots(&ctx);
+    let opts = SearchOptions {
+        contents: args.search_in == SearchIn::Contents,
+        max_results,
+        max_bytes: max_bytes as u64,
+        max_depth,
+    };
+    let path = args.path.clone();
+    let result = blocking(move || roots.search(&path, &re, opts))
+        .await?
+        .map_err(fs_failed)?;
+    let truncated = result.stopped.as_ref().map(|why| Truncated {
+        cap: why.clone(),
+        omitted: None,
+    });
+    let out = SearchOutput {
+        pattern: args.pattern,
+        search_in: args.search_in,
+        result,
+        truncated,
+    };
+    let text = render_search(&out);
+    Ok(Output::new(out, text))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -646,19 +512,6 @@ fn absolute(path: &std::path::Path) -> std::path::PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Refuse targets other than this host: these tools read the server's own file system.
-pub(crate) fn local_only(ctx: &ToolContext, tool: &str) -> Result<(), ToolError> {
-    match &ctx.target.executor {
-        crate::targets::Executor::Local => Ok(()),
-        _ => Err(ToolError::Failed(format!(
-            "{tool} reads this server's own host and is not supported on {} targets (target `{}`); use a \
-             local target",
-            ctx.target.kind.as_str(),
-            ctx.target.id
-        ))),
-    }
-}
-
 pub(crate) fn fs_failed(e: fs::FsError) -> ToolError {
     match e {
         fs::FsError::BadPath(m) => ToolError::InvalidArgs(m),
@@ -678,13 +531,6 @@ pub(crate) fn compile_regex(name: &str, pattern: &str) -> Result<regex::Regex, T
         .dfa_size_limit(4 << 20)
         .build()
         .map_err(|e| ToolError::InvalidArgs(format!("`{name}` is not a valid regular expression: {e}")))
-}
-
-/// Run blocking `exec` code off the async workers.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ToolError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ToolError::Internal(format!("blocking task failed: {e}")))
 }
 
 pub(crate) fn tail_output(tail: fs::Tail, lines: usize, window: usize) -> TailOutput {

@@ -12,14 +12,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Annotations, Requirement, Risk, Step, StepKind, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, input_schema,
-    output_schema, parse_args,
+    ANY_KIND, Annotations, Declaration, Kind, Output, Requirement, Risk, Step, StepKind, Tool, ToolContext, ToolError,
+    blocking, tool,
 };
 use crate::exec::inventory::{self as detect, DetectedApp, HostIdentity};
 use crate::policy::{Area, Level, Scope};
@@ -34,13 +32,101 @@ pub const MAX_FIELD_VALUE: usize = 1024;
 /// Longest note, in characters.
 pub const MAX_NOTE: usize = 4000;
 
+/// A scan reads this server's own host; stored entries exist for any target id.
+const SCAN_KINDS: &[Kind] = &[Kind::Local];
+
 /// The tools of this toolset, in catalog order.
 pub fn tools() -> Vec<Arc<dyn Tool>> {
     vec![
-        Arc::new(InventoryScanTool::new()),
-        Arc::new(InventoryGetTool::new()),
-        Arc::new(InventorySetTool::new()),
-        Arc::new(InventoryAnnotateTool::new()),
+        tool(
+            Declaration {
+                name: "inventory_scan",
+                title: "Scan for applications",
+                description: "Scan this host for well-known homelab applications — Jellyfin, Plex, Pi-hole, AdGuard \
+                    Home, Ollama, PostgreSQL, MySQL, MariaDB, Redis, MongoDB, nginx, Apache, Caddy, Traefik, Home \
+                    Assistant, Portainer, Nextcloud, WireGuard, Prometheus, Grafana, Tailscale, Docker — and store \
+                    the result as the target's inventory. Each app found has `evidence` (kinds: process, port, \
+                    systemd_unit, package, file, interface, each with what was seen), `status` (running when a \
+                    process was seen, else installed), its listening `ports` (every listener of its processes, \
+                    plus its default ports when no visible process holds them, at most 32; a port alone never \
+                    counts as a finding), its pids, and a `version` from the package database, a file, or the binary's \
+                    version flag (run by absolute path with a 3 s timeout). Also returns the host identity \
+                    (hostname, machine-id, OS, kernel, virtualization, LXC/Docker container id) and the apps \
+                    checked and not found. Keeps the newest 20 scans per target. `dry_run: true` detects and \
+                    returns the findings and plan but runs no version command and stores nothing. Local target \
+                    only.",
+                requires: Requirement::Scope(Scope::new(Area::Inventory, Level::Control)),
+                risk: Risk::Low,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: false,
+                    open_world: false,
+                },
+                kinds: SCAN_KINDS,
+            },
+            scan,
+        ),
+        tool(
+            Declaration {
+                name: "inventory_get",
+                title: "Read the inventory",
+                description: "The stored inventory of a target: the latest scan (`scan`: id, time, who ran it; absent \
+                    when never scanned), the host (identity from the scan, operator `attributes` = tags and \
+                    fields, newest 20 `notes` with `notes_total`), and `apps`: each detected app (`detected: true`, \
+                    the scan's `detection` with evidence, ports and version) and apps known only from operator \
+                    attributes or notes (`detected: false`), each with its attributes and notes. `app` returns \
+                    only that application (an id not in the inventory is an error). Reads only the database; run \
+                    inventory_scan to refresh.",
+                requires: Requirement::Scope(Scope::new(Area::Inventory, Level::Read)),
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: ANY_KIND,
+            },
+            get,
+        ),
+        tool(
+            Declaration {
+                name: "inventory_set",
+                title: "Tag and describe an inventory entry",
+                description: "Set operator attributes on the target's host entry or on one application (`app`, \
+                    which need not have been detected): `tags` replaces the tag list (sorted, duplicates removed; \
+                    at most 32), `fields` sets string fields (`{\"owner\": \"ops\", \"url\": \"https://...\"}`) and \
+                    removes those given as null (at most 64 per entry). Returns the attributes after the change and \
+                    the plan (the database write). `dry_run: true` returns both without writing. Works for any \
+                    target: it writes only this server's database.",
+                requires: Requirement::Scope(Scope::new(Area::Inventory, Level::Control)),
+                risk: Risk::Low,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: true,
+                    open_world: false,
+                },
+                kinds: ANY_KIND,
+            },
+            set,
+        ),
+        tool(
+            Declaration {
+                name: "inventory_annotate",
+                title: "Add a note to an inventory entry",
+                description: "Append an operator note to the target's host entry or to one application (`app`, \
+                    which need not have been detected). Notes are kept with their author (the caller) and time, \
+                    and are never edited; inventory_get shows the newest 20 per entry. `dry_run: true` returns the \
+                    plan without writing. Works for any target: it writes only this server's database.",
+                requires: Requirement::Scope(Scope::new(Area::Inventory, Level::Control)),
+                risk: Risk::Low,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: false,
+                    open_world: false,
+                },
+                kinds: ANY_KIND,
+            },
+            annotate,
+        ),
     ]
 }
 
@@ -48,9 +134,6 @@ pub fn tools() -> Vec<Arc<dyn Tool>> {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryScanArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Detect and return the findings and the plan, but run no version command and store
     /// nothing.
     #[serde(default)]
@@ -75,9 +158,6 @@ pub struct InventoryScanOutput {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryGetArgs {
-    /// The host whose inventory to read (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Only this application (its id, e.g. `redis`, `homeassistant`).
     #[serde(default)]
     pub app: Option<String>,
@@ -87,9 +167,6 @@ pub struct InventoryGetArgs {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InventorySetArgs {
-    /// The host the entry belongs to (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// The application (id, lowercase, e.g. `redis`; need not have been detected). Omitted: the
     /// host itself.
     #[serde(default)]
@@ -123,9 +200,6 @@ pub struct InventorySetOutput {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryAnnotateArgs {
-    /// The host the note belongs to (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// The application the note is about (id, lowercase). Omitted: the host itself.
     #[serde(default)]
     pub app: Option<String>,
@@ -148,398 +222,200 @@ pub struct InventoryAnnotateOutput {
 }
 
 // ---------------------------------------------------------------------------------------------
-// inventory_scan
+// Handlers
 
-pub struct InventoryScanTool {
-    spec: ToolSpec,
-}
-
-impl InventoryScanTool {
-    pub fn new() -> InventoryScanTool {
-        InventoryScanTool {
-            spec: ToolSpec {
-                name: "inventory_scan",
-                title: "Scan for applications",
-                description: "Scan this host for well-known homelab applications — Jellyfin, Plex, Pi-hole, AdGuard \
-                    Home, Ollama, PostgreSQL, MySQL, MariaDB, Redis, MongoDB, nginx, Apache, Caddy, Traefik, Home \
-                    Assistant, Portainer, Nextcloud, WireGuard, Prometheus, Grafana, Tailscale, Docker — and store \
-                    the result as the target's inventory. Each app found has `evidence` (kinds: process, port, \
-                    systemd_unit, package, file, interface, each with what was seen), `status` (running when a \
-                    process was seen, else installed), its listening `ports` (every listener of its processes, \
-                    plus its default ports when no visible process holds them, at most 32; a port alone never \
-                    counts as a finding), its pids, and a `version` from the package database, a file, or the binary's \
-                    version flag (run by absolute path with a 3 s timeout). Also returns the host identity \
-                    (hostname, machine-id, OS, kernel, virtualization, LXC/Docker container id) and the apps \
-                    checked and not found. Keeps the newest 20 scans per target. `dry_run: true` detects and \
-                    returns the findings and plan but runs no version command and stores nothing. Local target \
-                    only.",
-                requires: Requirement::Scope(Scope::new(Area::Inventory, Level::Control)),
-                risk: Risk::Low,
-                annotations: Annotations {
-                    read_only: false,
-                    destructive: false,
-                    idempotent: false,
-                    open_world: false,
-                },
-                input_schema: input_schema::<InventoryScanArgs>(),
-                output_schema: output_schema::<InventoryScanOutput>(),
-            },
-        }
-    }
-}
-
-impl Default for InventoryScanTool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Tool for InventoryScanTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: InventoryScanArgs = parse_args(args)?;
-            if !matches!(ctx.target.executor, crate::targets::Executor::Local) {
-                return Err(ToolError::Failed(format!(
-                    "inventory_scan reads this server's own host (processes, sockets, unit files, packages); it is \
-                     not supported on {} targets (target `{}`)",
-                    ctx.target.kind.as_str(),
-                    ctx.target.id
-                )));
-            }
-            let (host, mut apps, commands) = blocking(|| {
-                let seen = detect::gather();
-                let mut apps = detect::detect(detect::RULES, &seen);
-                detect::file_versions(detect::RULES, &mut apps);
-                let commands = detect::version_commands(detect::RULES, &apps);
-                (detect::host_identity(), apps, commands)
-            })
-            .await?;
-            let db = ctx.config.database.clone();
-            let target = ctx.target.id.clone();
-            let mut plan: Vec<Step> = commands
-                .iter()
-                .map(|c| Step {
-                    kind: StepKind::Command,
-                    target: target.clone(),
-                    detail: detect::command_line(&c.command),
-                })
-                .collect();
-            plan.push(Step {
-                kind: StepKind::File,
-                target: target.clone(),
-                detail: format!(
-                    "write {}: insert into inventory_scans (target `{target}`, {} apps), delete scans of `{target}` \
-                     beyond the newest {}",
-                    db.display(),
-                    apps.len(),
-                    store::KEEP_SCANS
-                ),
-            });
-            let not_found: Vec<String> = detect::RULES
-                .iter()
-                .filter(|r| !apps.iter().any(|a| a.id == r.id))
-                .map(|r| r.id.to_string())
-                .collect();
-            let stored = if args.dry_run {
-                None
-            } else {
-                detect::run_version_commands(&commands, &mut apps).await;
-                let doc = ScanDocument {
-                    host: host.clone(),
-                    apps: apps.clone(),
-                };
-                let by = ctx.caller.principal.clone();
-                let t = target.clone();
-                Some(
-                    blocking(move || store::save_scan(&db, &t, &by, &doc))
-                        .await?
-                        .map_err(store_failed)?,
-                )
-            };
-            let out = InventoryScanOutput {
-                dry_run: args.dry_run,
-                plan,
-                stored,
-                host,
-                apps,
-                not_found,
-            };
-            let text = render_scan(&out);
-            ToolOutput::new(&out, text)
+/// `inventory_scan`.
+async fn scan(ctx: ToolContext, args: InventoryScanArgs) -> Result<Output<InventoryScanOutput>, ToolError> {
+    let (host, mut apps, commands) = blocking(|| {
+        let seen = detect::gather();
+        let mut apps = detect::detect(detect::RULES, &seen);
+        detect::file_versions(detect::RULES, &mut apps);
+        let commands = detect::version_commands(detect::RULES, &apps);
+        (detect::host_identity(), apps, commands)
+    })
+    .await?;
+    let db = ctx.config.database.clone();
+    let target = ctx.target.id.clone();
+    let mut plan: Vec<Step> = commands
+        .iter()
+        .map(|c| Step {
+            kind: StepKind::Command,
+            target: target.clone(),
+            detail: detect::command_line(&c.command),
         })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// inventory_get
-
-pub struct InventoryGetTool {
-    spec: ToolSpec,
-}
-
-impl InventoryGetTool {
-    pub fn new() -> InventoryGetTool {
-        InventoryGetTool {
-            spec: ToolSpec {
-                name: "inventory_get",
-                title: "Read the inventory",
-                description: "The stored inventory of a target: the latest scan (`scan`: id, time, who ran it; absent \
-                    when never scanned), the host (identity from the scan, operator `attributes` = tags and \
-                    fields, newest 20 `notes` with `notes_total`), and `apps`: each detected app (`detected: true`, \
-                    the scan's `detection` with evidence, ports and version) and apps known only from operator \
-                    attributes or notes (`detected: false`), each with its attributes and notes. `app` returns \
-                    only that application (an id not in the inventory is an error). Reads only the database; run \
-                    inventory_scan to refresh.",
-                requires: Requirement::Scope(Scope::new(Area::Inventory, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<InventoryGetArgs>(),
-                output_schema: output_schema::<InventoryView>(),
-            },
-        }
-    }
-}
-
-impl Default for InventoryGetTool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Tool for InventoryGetTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: InventoryGetArgs = parse_args(args)?;
-            if let Some(app) = &args.app {
-                validate_app(app)?;
-            }
-            let db = ctx.config.database.clone();
-            let target = ctx.target.id.clone();
-            let mut view = blocking(move || store::view(&db, &target))
+        .collect();
+    plan.push(Step {
+        kind: StepKind::File,
+        target: target.clone(),
+        detail: format!(
+            "write {}: insert into inventory_scans (target `{target}`, {} apps), delete scans of `{target}` \
+             beyond the newest {}",
+            db.display(),
+            apps.len(),
+            store::KEEP_SCANS
+        ),
+    });
+    let not_found: Vec<String> = detect::RULES
+        .iter()
+        .filter(|r| !apps.iter().any(|a| a.id == r.id))
+        .map(|r| r.id.to_string())
+        .collect();
+    let stored = if args.dry_run {
+        None
+    } else {
+        detect::run_version_commands(&commands, &mut apps).await;
+        let doc = ScanDocument {
+            host: host.clone(),
+            apps: apps.clone(),
+        };
+        let by = ctx.caller.principal.clone();
+        let t = target.clone();
+        Some(
+            blocking(move || store::save_scan(&db, &t, &by, &doc))
                 .await?
-                .map_err(store_failed)?;
-            if let Some(app) = &args.app {
-                if !view.apps.iter().any(|a| &a.id == app) {
-                    let known: Vec<&str> = view.apps.iter().map(|a| a.id.as_str()).collect();
-                    return Err(ToolError::Failed(format!(
-                        "no app `{app}` in the inventory of target `{}` (apps: {})",
-                        ctx.target.id,
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    )));
+                .map_err(store_failed)?,
+        )
+    };
+    let out = InventoryScanOutput {
+        dry_run: args.dry_run,
+        plan,
+        stored,
+        host,
+        apps,
+        not_found,
+    };
+    let text = render_scan(&out);
+    Ok(Output::new(out, text))
+}
+
+/// `inventory_get`.
+async fn get(ctx: ToolContext, args: InventoryGetArgs) -> Result<Output<InventoryView>, ToolError> {
+    if let Some(app) = &args.app {
+        validate_app(app)?;
+    }
+    let db = ctx.config.database.clone();
+    let target = ctx.target.id.clone();
+    let mut view = blocking(move || store::view(&db, &target))
+        .await?
+        .map_err(store_failed)?;
+    if let Some(app) = &args.app {
+        if !view.apps.iter().any(|a| &a.id == app) {
+            let known: Vec<&str> = view.apps.iter().map(|a| a.id.as_str()).collect();
+            return Err(ToolError::Failed(format!(
+                "no app `{app}` in the inventory of target `{}` (apps: {})",
+                ctx.target.id,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
                 }
-                view.apps.retain(|a| &a.id == app);
-            }
-            let text = render_view(&view);
-            ToolOutput::new(&view, text)
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// inventory_set
-
-pub struct InventorySetTool {
-    spec: ToolSpec,
-}
-
-impl InventorySetTool {
-    pub fn new() -> InventorySetTool {
-        InventorySetTool {
-            spec: ToolSpec {
-                name: "inventory_set",
-                title: "Tag and describe an inventory entry",
-                description: "Set operator attributes on the target's host entry or on one application (`app`, \
-                    which need not have been detected): `tags` replaces the tag list (sorted, duplicates removed; \
-                    at most 32), `fields` sets string fields (`{\"owner\": \"ops\", \"url\": \"https://...\"}`) and \
-                    removes those given as null (at most 64 per entry). Returns the attributes after the change and \
-                    the plan (the database write). `dry_run: true` returns both without writing. Works for any \
-                    target: it writes only this server's database.",
-                requires: Requirement::Scope(Scope::new(Area::Inventory, Level::Control)),
-                risk: Risk::Low,
-                annotations: Annotations {
-                    read_only: false,
-                    destructive: false,
-                    idempotent: true,
-                    open_world: false,
-                },
-                input_schema: input_schema::<InventorySetArgs>(),
-                output_schema: output_schema::<InventorySetOutput>(),
-            },
+            )));
         }
+        view.apps.retain(|a| &a.id == app);
     }
+    let text = render_view(&view);
+    Ok(Output::new(view, text))
 }
 
-impl Default for InventorySetTool {
-    fn default() -> Self {
-        Self::new()
+/// `inventory_set`.
+async fn set(ctx: ToolContext, args: InventorySetArgs) -> Result<Output<InventorySetOutput>, ToolError> {
+    let subject = subject(args.app.as_deref())?;
+    if args.tags.is_none() && args.fields.is_none() {
+        return Err(ToolError::InvalidArgs(
+            "give `tags`, `fields` or both: there is nothing to set".into(),
+        ));
     }
+    if let Some(tags) = &args.tags {
+        validate_tags(tags)?;
+    }
+    let fields = args.fields.unwrap_or_default();
+    validate_fields(&fields)?;
+    let db = ctx.config.database.clone();
+    let target = ctx.target.id.clone();
+    let current = {
+        let (db, target, subject) = (db.clone(), target.clone(), subject.clone());
+        blocking(move || store::attributes(&db, &target, &subject))
+            .await?
+            .map_err(store_failed)?
+    };
+    let mut after = current.clone();
+    store::apply_changes(&mut after, args.tags.as_deref(), &fields);
+    if after.fields.len() > MAX_FIELDS {
+        return Err(ToolError::InvalidArgs(format!(
+            "`{subject}` would have {} fields; at most {MAX_FIELDS} are allowed",
+            after.fields.len()
+        )));
+    }
+    let plan = vec![Step {
+        kind: StepKind::File,
+        target: target.clone(),
+        detail: set_detail(&db, &target, &subject, args.tags.as_deref(), &fields),
+    }];
+    let attributes = if args.dry_run {
+        after
+    } else {
+        let by = ctx.caller.principal.clone();
+        let (t, s) = (target.clone(), subject.clone());
+        blocking(move || store::set_attributes(&db, &t, &s, args.tags.as_deref(), &fields, &by))
+            .await?
+            .map_err(store_failed)?
+    };
+    let out = InventorySetOutput {
+        dry_run: args.dry_run,
+        plan,
+        subject,
+        attributes,
+    };
+    let mut text = format!(
+        "{}{}: tags [{}]",
+        if out.dry_run { "dry run: " } else { "" },
+        out.subject,
+        out.attributes.tags.join(", ")
+    );
+    for (k, v) in &out.attributes.fields {
+        let _ = write!(text, "; {k}={v}");
+    }
+    Ok(Output::new(out, text))
 }
 
-impl Tool for InventorySetTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: InventorySetArgs = parse_args(args)?;
-            let subject = subject(args.app.as_deref())?;
-            if args.tags.is_none() && args.fields.is_none() {
-                return Err(ToolError::InvalidArgs(
-                    "give `tags`, `fields` or both: there is nothing to set".into(),
-                ));
-            }
-            if let Some(tags) = &args.tags {
-                validate_tags(tags)?;
-            }
-            let fields = args.fields.unwrap_or_default();
-            validate_fields(&fields)?;
-            let db = ctx.config.database.clone();
-            let target = ctx.target.id.clone();
-            let current = {
-                let (db, target, subject) = (db.clone(), target.clone(), subject.clone());
-                blocking(move || store::attributes(&db, &target, &subject))
-                    .await?
-                    .map_err(store_failed)?
-            };
-            let mut after = current.clone();
-            store::apply_changes(&mut after, args.tags.as_deref(), &fields);
-            if after.fields.len() > MAX_FIELDS {
-                return Err(ToolError::InvalidArgs(format!(
-                    "`{subject}` would have {} fields; at most {MAX_FIELDS} are allowed",
-                    after.fields.len()
-                )));
-            }
-            let plan = vec![Step {
-                kind: StepKind::File,
-                target: target.clone(),
-                detail: set_detail(&db, &target, &subject, args.tags.as_deref(), &fields),
-            }];
-            let attributes = if args.dry_run {
-                after
-            } else {
-                let by = ctx.caller.principal.clone();
-                let (t, s) = (target.clone(), subject.clone());
-                blocking(move || store::set_attributes(&db, &t, &s, args.tags.as_deref(), &fields, &by))
-                    .await?
-                    .map_err(store_failed)?
-            };
-            let out = InventorySetOutput {
-                dry_run: args.dry_run,
-                plan,
-                subject,
-                attributes,
-            };
-            let mut text = format!(
-                "{}{}: tags [{}]",
-                if out.dry_run { "dry run: " } else { "" },
-                out.subject,
-                out.attributes.tags.join(", ")
-            );
-            for (k, v) in &out.attributes.fields {
-                let _ = write!(text, "; {k}={v}");
-            }
-            ToolOutput::new(&out, text)
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// inventory_annotate
-
-pub struct InventoryAnnotateTool {
-    spec: ToolSpec,
-}
-
-impl InventoryAnnotateTool {
-    pub fn new() -> InventoryAnnotateTool {
-        InventoryAnnotateTool {
-            spec: ToolSpec {
-                name: "inventory_annotate",
-                title: "Add a note to an inventory entry",
-                description: "Append an operator note to the target's host entry or to one application (`app`, \
-                    which need not have been detected). Notes are kept with their author (the caller) and time, \
-                    and are never edited; inventory_get shows the newest 20 per entry. `dry_run: true` returns the \
-                    plan without writing. Works for any target: it writes only this server's database.",
-                requires: Requirement::Scope(Scope::new(Area::Inventory, Level::Control)),
-                risk: Risk::Low,
-                annotations: Annotations {
-                    read_only: false,
-                    destructive: false,
-                    idempotent: false,
-                    open_world: false,
-                },
-                input_schema: input_schema::<InventoryAnnotateArgs>(),
-                output_schema: output_schema::<InventoryAnnotateOutput>(),
-            },
-        }
-    }
-}
-
-impl Default for InventoryAnnotateTool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Tool for InventoryAnnotateTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: InventoryAnnotateArgs = parse_args(args)?;
-            let subject = subject(args.app.as_deref())?;
-            validate_note(&args.note)?;
-            let db = ctx.config.database.clone();
-            let target = ctx.target.id.clone();
-            let plan = vec![Step {
-                kind: StepKind::File,
-                target: target.clone(),
-                detail: format!(
-                    "write {}: insert into inventory_notes (target `{target}`, subject `{subject}`, {} characters)",
-                    db.display(),
-                    args.note.chars().count()
-                ),
-            }];
-            let note = if args.dry_run {
-                None
-            } else {
-                let by = ctx.caller.principal.clone();
-                let s = subject.clone();
-                let text = args.note.clone();
-                Some(
-                    blocking(move || store::add_note(&db, &target, &s, &text, &by))
-                        .await?
-                        .map_err(store_failed)?,
-                )
-            };
-            let text = match &note {
-                Some(n) => format!("note {} added to {subject} by {}", n.id, n.author),
-                None => format!("dry run: would add a note to {subject}"),
-            };
-            let out = InventoryAnnotateOutput {
-                dry_run: args.dry_run,
-                plan,
-                subject,
-                note,
-            };
-            ToolOutput::new(&out, text)
-        })
-    }
+/// `inventory_annotate`.
+async fn annotate(ctx: ToolContext, args: InventoryAnnotateArgs) -> Result<Output<InventoryAnnotateOutput>, ToolError> {
+    let subject = subject(args.app.as_deref())?;
+    validate_note(&args.note)?;
+    let db = ctx.config.database.clone();
+    let target = ctx.target.id.clone();
+    let plan = vec![Step {
+        kind: StepKind::File,
+        target: target.clone(),
+        detail: format!(
+            "write {}: insert into inventory_notes (target `{target}`, subject `{subject}`, {} characters)",
+            db.display(),
+            args.note.chars().count()
+        ),
+    }];
+    let note = if args.dry_run {
+        None
+    } else {
+        let by = ctx.caller.principal.clone();
+        let s = subject.clone();
+        let text = args.note.clone();
+        Some(
+            blocking(move || store::add_note(&db, &target, &s, &text, &by))
+                .await?
+                .map_err(store_failed)?,
+        )
+    };
+    let text = match &note {
+        Some(n) => format!("note {} added to {subject} by {}", n.id, n.author),
+        None => format!("dry run: would add a note to {subject}"),
+    };
+    let out = InventoryAnnotateOutput {
+        dry_run: args.dry_run,
+        plan,
+        subject,
+        note,
+    };
+    Ok(Output::new(out, text))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -691,13 +567,6 @@ fn store_failed(e: store::InventoryError) -> ToolError {
     ToolError::Failed(format!("inventory store: {e}"))
 }
 
-/// Run blocking code off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ToolError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ToolError::Internal(format!("blocking task failed: {e}")))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Text renderings
 
@@ -795,6 +664,7 @@ fn render_attrs(t: &mut String, indent: &str, a: &Attributes, notes: &[Note]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::ToolSpec;
 
     #[test]
     fn names_tags_fields_and_notes_are_validated() {

@@ -17,16 +17,14 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock};
 
-use futures::future::BoxFuture;
 use regex::Regex;
-use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::files::{TAIL_LINES, TailOutput, blocking, compile_regex, fs_failed, local_only, render_tail, tail_output};
+use super::files::{TAIL_LINES, TailOutput, compile_regex, fs_failed, render_tail, tail_output};
 use super::{
-    Annotations, Requirement, Risk, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated, bounded,
-    input_schema, output_schema, parse_args,
+    Annotations, Declaration, Kind, Output, Requirement, Risk, Tool, ToolContext, ToolError, Truncated, blocking,
+    bounded, tool,
 };
 use crate::exec::fs::{Deny, Roots};
 use crate::exec::journal::{self, Filter};
@@ -50,12 +48,73 @@ const JOURNAL_OUTPUT: usize = 64 << 20;
 /// A unit with at least this many scheduled restarts (or starts with failures) is in a loop.
 pub const RESTART_LOOP_THRESHOLD: u64 = 3;
 
+/// The server's own journal and log files: `local` targets only.
+const KINDS: &[Kind] = &[Kind::Local];
+const LOGS_READ: Requirement = Requirement::Scope(Scope::new(Area::Logs, Level::Read));
+
 /// The tools of this toolset, in catalog order.
 pub fn tools() -> Vec<Arc<dyn Tool>> {
     vec![
-        Arc::new(LogsJournal::new()),
-        Arc::new(LogsTail::new()),
-        Arc::new(LogsAnalyze::new()),
+        tool(
+            Declaration {
+                name: "logs_journal",
+                title: "Query the journal",
+                description: "The newest `lines` (1-1000, default 100) systemd journal entries of this host, \
+                    oldest first, via `journalctl -o json`: filter by `unit`, `identifier` (syslog identifier), \
+                    `priority` (this and more severe: emerg..debug or 0-7), `since`/`until` (journalctl time \
+                    forms: `-1h`, `today`, `2025-01-31 12:00:00`) and `grep` (a regular expression over the \
+                    message; the newest 20000 entries that pass the other filters are scanned). Each entry: time \
+                    (RFC 3339 UTC), priority, unit, identifier, pid, message (at most 4000 characters). Audit \
+                    events (identifier `tailopsmcp-audit`) and this server's own log lines (`tailopsmcp`) need \
+                    `audit:read` on the target: without it they are left out and counted in `audit_withheld`, \
+                    and asking for them is refused. Local \
+                    target only; the server needs the `systemd-journal` group to see system entries.",
+                requires: LOGS_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            query_journal,
+        ),
+        tool(
+            Declaration {
+                name: "logs_tail",
+                title: "Tail a log file",
+                description: "The last `lines` lines (1-2000, default 100) of a log file under a `[logs] roots` \
+                    directory (default `/var/log`), optionally only those matching `grep` (a regular \
+                    expression), read from the last 4 MiB of the file. Resolution is done by the kernel beneath \
+                    the root: `..` or a symlink leading out of it is refused; names matching a deny pattern \
+                    (`*.key`, `.ssh`, `shadow`, ... plus `[logs] deny`) are refused. Local target only.",
+                requires: LOGS_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            tail_file,
+        ),
+        tool(
+            Declaration {
+                name: "logs_analyze",
+                title: "Analyse logs",
+                description: "Summarise the journal (filters `unit`, `identifier`, `since`, `until`) or a log file \
+                    (`path`, under `[logs] roots`; its last 32 MiB): up to `max_entries` (default 10000, newest) entries or lines. \
+                    Errors and warnings (journal priority err or worse / warning; otherwise keywords such as \
+                    error, failed, fatal / warn) are clustered by normalised message (numbers, hex, UUIDs, IPs \
+                    masked as <n> <hex> <uuid> <ip>) with count and first/last occurrence (time and line); `top` \
+                    (1-50, default 10) clusters each for errors, warnings and the most repeated messages of any \
+                    level. Restart loops: per systemd unit, counts of `Started`, `Stopped`, `Scheduled restart \
+                    job` and `Failed with result` messages; `looping` when restarts were scheduled 3+ times or \
+                    it started 3+ times with 2+ failures. `summarize: true` asks the client's model (MCP \
+                    sampling, when the client supports it) for a short summary of these computed results (not \
+                    the raw lines); it comes back in `summary`, marked as model-written. Otherwise `summary` is \
+                    null and a note says why. Local target only.",
+                requires: LOGS_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            analyze_logs,
+        ),
     ]
 }
 
@@ -63,9 +122,6 @@ pub fn tools() -> Vec<Arc<dyn Tool>> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JournalArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Only this systemd unit (`nginx.service`; globs `*` `?` allowed).
     #[serde(default)]
     pub unit: Option<String>,
@@ -94,9 +150,6 @@ pub struct JournalArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogsTailArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// A log file under a `[logs] roots` directory (default `/var/log`).
     pub path: String,
     /// Lines from the end, 1 to 2000 (default 100).
@@ -112,9 +165,6 @@ pub struct LogsTailArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnalyzeArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Analyse this log file (under `[logs] roots`) instead of the journal.
     #[serde(default)]
     pub path: Option<String>,
@@ -254,303 +304,170 @@ impl AuditAccess {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
 /// `logs_journal`.
-pub struct LogsJournal {
-    spec: ToolSpec,
-}
-
-impl Default for LogsJournal {
-    fn default() -> Self {
-        Self::new()
+async fn query_journal(ctx: ToolContext, args: JournalArgs) -> Result<Output<JournalOutput>, ToolError> {
+    let lines = bounded("lines", args.lines, JOURNAL_LINES.0, JOURNAL_LINES.1, JOURNAL_LINES.2)?;
+    let priority = args
+        .priority
+        .as_deref()
+        .map(journal::parse_priority)
+        .transpose()
+        .map_err(ToolError::InvalidArgs)?;
+    let filter = Filter {
+        unit: args.unit,
+        identifier: args.identifier,
+        priority,
+        since: args.since,
+        until: args.until,
+    };
+    journal::validate(&filter).map_err(ToolError::InvalidArgs)?;
+    let grep = args.grep.as_deref().map(|g| compile_regex("grep", g)).transpose()?;
+    let audit = AuditAccess::of(&ctx);
+    audit.check_filter(&filter, &ctx.target.id)?;
+    let scan = if grep.is_some() { GREP_SCAN } else { lines };
+    let (mut entries, cut) = journal::query(&filter, scan, journal_limits(&ctx))
+        .await
+        .map_err(journal_failed)?;
+    let scanned = entries.len();
+    let audit_withheld = audit.withhold(&mut entries);
+    if let Some(re) = &grep {
+        entries.retain(|e| re.is_match(&e.message));
     }
-}
-
-impl LogsJournal {
-    pub fn new() -> LogsJournal {
-        LogsJournal {
-            spec: ToolSpec {
-                name: "logs_journal",
-                title: "Query the journal",
-                description: "The newest `lines` (1-1000, default 100) systemd journal entries of this host, \
-                    oldest first, via `journalctl -o json`: filter by `unit`, `identifier` (syslog identifier), \
-                    `priority` (this and more severe: emerg..debug or 0-7), `since`/`until` (journalctl time \
-                    forms: `-1h`, `today`, `2025-01-31 12:00:00`) and `grep` (a regular expression over the \
-                    message; the newest 20000 entries that pass the other filters are scanned). Each entry: time \
-                    (RFC 3339 UTC), priority, unit, identifier, pid, message (at most 4000 characters). Audit \
-                    events (identifier `tailopsmcp-audit`) and this server's own log lines (`tailopsmcp`) need \
-                    `audit:read` on the target: without it they are left out and counted in `audit_withheld`, \
-                    and asking for them is refused. Local \
-                    target only; the server needs the `systemd-journal` group to see system entries.",
-                requires: Requirement::Scope(Scope::new(Area::Logs, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<JournalArgs>(),
-                output_schema: output_schema::<JournalOutput>(),
-            },
-        }
-    }
-}
-
-impl Tool for LogsJournal {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: JournalArgs = parse_args(args)?;
-            let lines = bounded("lines", args.lines, JOURNAL_LINES.0, JOURNAL_LINES.1, JOURNAL_LINES.2)?;
-            let priority = args
-                .priority
-                .as_deref()
-                .map(journal::parse_priority)
-                .transpose()
-                .map_err(ToolError::InvalidArgs)?;
-            let filter = Filter {
-                unit: args.unit,
-                identifier: args.identifier,
-                priority,
-                since: args.since,
-                until: args.until,
-            };
-            journal::validate(&filter).map_err(ToolError::InvalidArgs)?;
-            let grep = args.grep.as_deref().map(|g| compile_regex("grep", g)).transpose()?;
-            local_only(&ctx, self.spec.name)?;
-            let audit = AuditAccess::of(&ctx);
-            audit.check_filter(&filter, &ctx.target.id)?;
-            let scan = if grep.is_some() { GREP_SCAN } else { lines };
-            let (mut entries, cut) = journal::query(&filter, scan, journal_limits(&ctx))
-                .await
-                .map_err(journal_failed)?;
-            let scanned = entries.len();
-            let audit_withheld = audit.withhold(&mut entries);
-            if let Some(re) = &grep {
-                entries.retain(|e| re.is_match(&e.message));
-            }
-            let omitted = entries.len().saturating_sub(lines);
-            entries.drain(..omitted);
-            let truncated = if omitted > 0 {
-                Some(Truncated {
-                    cap: format!("lines={lines}"),
-                    omitted: Some(omitted as u64),
-                })
-            } else if cut {
-                Some(Truncated {
-                    cap: format!("{JOURNAL_OUTPUT} bytes of journalctl output"),
-                    omitted: None,
-                })
-            } else if grep.is_some() && scanned >= GREP_SCAN {
-                Some(Truncated {
-                    cap: format!("grep scanned the newest {GREP_SCAN} entries"),
-                    omitted: None,
-                })
-            } else {
-                None
-            };
-            let out = JournalOutput {
-                count: entries.len(),
-                entries,
-                scanned,
-                audit_withheld,
-                truncated,
-            };
-            let text = render_journal(&out);
-            ToolOutput::new(&out, text)
+    let omitted = entries.len().saturating_sub(lines);
+    entries.drain(..omitted);
+    let truncated = if omitted > 0 {
+        Some(Truncated {
+            cap: format!("lines={lines}"),
+            omitted: Some(omitted as u64),
         })
-    }
+    } else if cut {
+        Some(Truncated {
+            cap: format!("{JOURNAL_OUTPUT} bytes of journalctl output"),
+            omitted: None,
+        })
+    } else if grep.is_some() && scanned >= GREP_SCAN {
+        Some(Truncated {
+            cap: format!("grep scanned the newest {GREP_SCAN} entries"),
+            omitted: None,
+        })
+    } else {
+        None
+    };
+    let out = JournalOutput {
+        count: entries.len(),
+        entries,
+        scanned,
+        audit_withheld,
+        truncated,
+    };
+    let text = render_journal(&out);
+    Ok(Output::new(out, text))
 }
 
 /// `logs_tail`.
-pub struct LogsTail {
-    spec: ToolSpec,
-}
-
-impl Default for LogsTail {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl LogsTail {
-    pub fn new() -> LogsTail {
-        LogsTail {
-            spec: ToolSpec {
-                name: "logs_tail",
-                title: "Tail a log file",
-                description: "The last `lines` lines (1-2000, default 100) of a log file under a `[logs] roots` \
-                    directory (default `/var/log`), optionally only those matching `grep` (a regular \
-                    expression), read from the last 4 MiB of the file. Resolution is done by the kernel beneath \
-                    the root: `..` or a symlink leading out of it is refused; names matching a deny pattern \
-                    (`*.key`, `.ssh`, `shadow`, ... plus `[logs] deny`) are refused. Local target only.",
-                requires: Requirement::Scope(Scope::new(Area::Logs, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<LogsTailArgs>(),
-                output_schema: output_schema::<TailOutput>(),
-            },
-        }
-    }
-}
-
-impl Tool for LogsTail {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: LogsTailArgs = parse_args(args)?;
-            let lines = bounded("lines", args.lines, TAIL_LINES.0, TAIL_LINES.1, TAIL_LINES.2)?;
-            let grep = args.grep.as_deref().map(|g| compile_regex("grep", g)).transpose()?;
-            local_only(&ctx, self.spec.name)?;
-            let audit = AuditAccess::of(&ctx);
-            audit.check_path(&args.path, &ctx.target.id)?;
-            let roots = logs_roots(&ctx);
-            let mut tail = blocking(move || roots.tail(&args.path, lines, TAIL_WINDOW, grep.as_ref()))
-                .await?
-                .map_err(fs_failed)?;
-            audit.check_path(&tail.path, &ctx.target.id)?;
-            let withheld = audit.withhold_lines(&mut tail.lines);
-            tail.lines_available = tail.lines_available.saturating_sub(withheld as u64);
-            let out = tail_output(tail, lines, TAIL_WINDOW);
-            let text = render_tail(&out);
-            ToolOutput::new(&out, text)
-        })
-    }
+async fn tail_file(ctx: ToolContext, args: LogsTailArgs) -> Result<Output<TailOutput>, ToolError> {
+    let lines = bounded("lines", args.lines, TAIL_LINES.0, TAIL_LINES.1, TAIL_LINES.2)?;
+    let grep = args.grep.as_deref().map(|g| compile_regex("grep", g)).transpose()?;
+    let audit = AuditAccess::of(&ctx);
+    audit.check_path(&args.path, &ctx.target.id)?;
+    let roots = logs_roots(&ctx);
+    let mut tail = blocking(move || roots.tail(&args.path, lines, TAIL_WINDOW, grep.as_ref()))
+        .await?
+        .map_err(fs_failed)?;
+    audit.check_path(&tail.path, &ctx.target.id)?;
+    let withheld = audit.withhold_lines(&mut tail.lines);
+    tail.lines_available = tail.lines_available.saturating_sub(withheld as u64);
+    let out = tail_output(tail, lines, TAIL_WINDOW);
+    let text = render_tail(&out);
+    Ok(Output::new(out, text))
 }
 
 /// `logs_analyze`.
-pub struct LogsAnalyze {
-    spec: ToolSpec,
-}
-
-impl Default for LogsAnalyze {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl LogsAnalyze {
-    pub fn new() -> LogsAnalyze {
-        LogsAnalyze {
-            spec: ToolSpec {
-                name: "logs_analyze",
-                title: "Analyse logs",
-                description: "Summarise the journal (filters `unit`, `identifier`, `since`, `until`) or a log file \
-                    (`path`, under `[logs] roots`; its last 32 MiB): up to `max_entries` (default 10000, newest) entries or lines. \
-                    Errors and warnings (journal priority err or worse / warning; otherwise keywords such as \
-                    error, failed, fatal / warn) are clustered by normalised message (numbers, hex, UUIDs, IPs \
-                    masked as <n> <hex> <uuid> <ip>) with count and first/last occurrence (time and line); `top` \
-                    (1-50, default 10) clusters each for errors, warnings and the most repeated messages of any \
-                    level. Restart loops: per systemd unit, counts of `Started`, `Stopped`, `Scheduled restart \
-                    job` and `Failed with result` messages; `looping` when restarts were scheduled 3+ times or \
-                    it started 3+ times with 2+ failures. `summarize: true` asks the client's model (MCP \
-                    sampling, when the client supports it) for a short summary of these computed results (not \
-                    the raw lines); it comes back in `summary`, marked as model-written. Otherwise `summary` is \
-                    null and a note says why. Local target only.",
-                requires: Requirement::Scope(Scope::new(Area::Logs, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<AnalyzeArgs>(),
-                output_schema: output_schema::<Analysis>(),
-            },
-        }
-    }
-}
-
-impl Tool for LogsAnalyze {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: AnalyzeArgs = parse_args(args)?;
-            let max = bounded(
-                "max_entries",
-                args.max_entries,
-                ANALYZE_ENTRIES.0,
-                ANALYZE_ENTRIES.1,
-                ANALYZE_ENTRIES.2,
-            )?;
-            let top = bounded("top", args.top, ANALYZE_TOP.0, ANALYZE_TOP.1, ANALYZE_TOP.2)?;
-            let filter = Filter {
-                unit: args.unit,
-                identifier: args.identifier,
-                priority: None,
-                since: args.since,
-                until: args.until,
-            };
-            let withheld;
-            let (records, source, cut) = match args.path {
-                Some(path) => {
-                    if filter != Filter::default() {
-                        return Err(ToolError::InvalidArgs(
-                            "`unit`, `identifier`, `since` and `until` filter the journal; they cannot be \
-                             combined with `path`"
-                                .into(),
-                        ));
-                    }
-                    local_only(&ctx, self.spec.name)?;
-                    let audit = AuditAccess::of(&ctx);
-                    audit.check_path(&path, &ctx.target.id)?;
-                    let roots = logs_roots(&ctx);
-                    let mut tail = blocking(move || roots.tail(&path, max, ANALYZE_WINDOW, None))
-                        .await?
-                        .map_err(fs_failed)?;
-                    audit.check_path(&tail.path, &ctx.target.id)?;
-                    withheld = audit.withhold_lines(&mut tail.lines);
-                    // Line numbers only when the window started at the top of the file.
-                    let first_line = tail.lines_available.saturating_sub(tail.lines.len() as u64) + 1;
-                    let records: Vec<Record> = tail
-                        .lines
-                        .iter()
-                        .enumerate()
-                        .map(|(i, l)| {
-                            let mut r = Record::from_line(l, first_line + i as u64);
-                            if tail.window_cut {
-                                r.line = None;
-                            }
-                            r
-                        })
-                        .collect();
-                    let cut = tail.window_cut || tail.lines_available > tail.lines.len() as u64;
-                    (records, format!("file {}", tail.path), cut)
-                }
-                None => {
-                    journal::validate(&filter).map_err(ToolError::InvalidArgs)?;
-                    local_only(&ctx, self.spec.name)?;
-                    let audit = AuditAccess::of(&ctx);
-                    audit.check_filter(&filter, &ctx.target.id)?;
-                    let (mut entries, cut) = journal::query(&filter, max, journal_limits(&ctx))
-                        .await
-                        .map_err(journal_failed)?;
-                    let full = entries.len() >= max;
-                    withheld = audit.withhold(&mut entries);
-                    let records = entries.into_iter().map(Record::from_entry).collect();
-                    (records, describe_filter(&filter), cut || full)
-                }
-            };
-            let mut out = analyze(&records, top);
-            out.source = source;
-            if withheld > 0 {
-                out.notes.push(format!(
-                    "{withheld} audit events (tailopsmcp-audit) withheld: reading them needs audit:read"
+async fn analyze_logs(ctx: ToolContext, args: AnalyzeArgs) -> Result<Output<Analysis>, ToolError> {
+    let max = bounded(
+        "max_entries",
+        args.max_entries,
+        ANALYZE_ENTRIES.0,
+        ANALYZE_ENTRIES.1,
+        ANALYZE_ENTRIES.2,
+    )?;
+    let top = bounded("top", args.top, ANALYZE_TOP.0, ANALYZE_TOP.1, ANALYZE_TOP.2)?;
+    let filter = Filter {
+        unit: args.unit,
+        identifier: args.identifier,
+        priority: None,
+        since: args.since,
+        until: args.until,
+    };
+    let withheld;
+    let (records, source, cut) = match args.path {
+        Some(path) => {
+            if filter != Filter::default() {
+                return Err(ToolError::InvalidArgs(
+                    "`unit`, `identifier`, `since` and `until` filter the journal; they cannot be \
+                     combined with `path`"
+                        .into(),
                 ));
             }
-            if cut {
-                out.truncated = Some(Truncated {
-                    cap: format!("max_entries={max} (newest kept)"),
-                    omitted: None,
-                });
-            }
-            if args.summarize {
-                summarize(&ctx, &mut out).await;
-            }
-            let text = render_analysis(&out);
-            ToolOutput::new(&out, text)
-        })
+            let audit = AuditAccess::of(&ctx);
+            audit.check_path(&path, &ctx.target.id)?;
+            let roots = logs_roots(&ctx);
+            let mut tail = blocking(move || roots.tail(&path, max, ANALYZE_WINDOW, None))
+                .await?
+                .map_err(fs_failed)?;
+            audit.check_path(&tail.path, &ctx.target.id)?;
+            withheld = audit.withhold_lines(&mut tail.lines);
+            // Line numbers only when the window started at the top of the file.
+            let first_line = tail.lines_available.saturating_sub(tail.lines.len() as u64) + 1;
+            let records: Vec<Record> = tail
+                .lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let mut r = Record::from_line(l, first_line + i as u64);
+                    if tail.window_cut {
+                        r.line = None;
+                    }
+                    r
+                })
+                .collect();
+            let cut = tail.window_cut || tail.lines_available > tail.lines.len() as u64;
+            (records, format!("file {}", tail.path), cut)
+        }
+        None => {
+            journal::validate(&filter).map_err(ToolError::InvalidArgs)?;
+            let audit = AuditAccess::of(&ctx);
+            audit.check_filter(&filter, &ctx.target.id)?;
+            let (mut entries, cut) = journal::query(&filter, max, journal_limits(&ctx))
+                .await
+                .map_err(journal_failed)?;
+            let full = entries.len() >= max;
+            withheld = audit.withhold(&mut entries);
+            let records = entries.into_iter().map(Record::from_entry).collect();
+            (records, describe_filter(&filter), cut || full)
+        }
+    };
+    let mut out = analyze(&records, top);
+    out.source = source;
+    if withheld > 0 {
+        out.notes.push(format!(
+            "{withheld} audit events (tailopsmcp-audit) withheld: reading them needs audit:read"
+        ));
     }
+    if cut {
+        out.truncated = Some(Truncated {
+            cap: format!("max_entries={max} (newest kept)"),
+            omitted: None,
+        });
+    }
+    if args.summarize {
+        summarize(&ctx, &mut out).await;
+    }
+    let text = render_analysis(&out);
+    Ok(Output::new(out, text))
 }
 
 /// Most tokens the client's model may write for a summary.

@@ -60,14 +60,45 @@ pub enum ToolError {
     Internal(String),
 }
 
+/// An `exec` failure is the call's failure, with `exec`'s message. (A toolset whose messages
+/// differ on purpose maps it itself, e.g. `containers` turns a refusal into a bad argument.)
+impl From<crate::exec::ExecError> for ToolError {
+    fn from(e: crate::exec::ExecError) -> ToolError {
+        ToolError::Failed(e.to_string())
+    }
+}
+
+/// The error for a target whose executor a handler cannot use. The call pipeline runs a tool
+/// only on the target kinds it declares, so reaching this is a bug (or a direct call that
+/// skipped the pipeline).
+pub(crate) fn undeclared_kind(ctx: &ToolContext) -> ToolError {
+    ToolError::Internal(format!(
+        "target `{}` is a {} target, a kind this tool does not declare",
+        ctx.target.id,
+        ctx.target.kind.as_str()
+    ))
+}
+
+/// Run blocking code (`exec`, the stores) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ToolError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ToolError::Internal(format!("blocking task failed: {e}")))
+}
+
 /// A tool as the server runs it: its spec, the target kinds it works on, and its handler. Every
 /// tool is built by [`tool`] from a [`Declaration`] and a typed handler; nothing else implements
 /// this trait outside tests.
 pub trait Tool: Send + Sync {
     fn spec(&self) -> &ToolSpec;
-    /// The target kinds it works on. The call pipeline checks a call's targets against them
-    /// before the handler runs; a tool no configured target supports is not offered
-    /// ([`for_targets`]).
+    /// The target kinds it works on (a [`Declaration`]'s `kinds`). The call pipeline checks a
+    /// call's targets against them before the handler runs; a tool no configured target
+    /// supports is not offered ([`for_targets`]).
+    #[cfg(not(test))]
+    fn kinds(&self) -> &'static [Kind];
+    /// In this crate's unit tests only, test doubles that implement `Tool` by hand (`mcp`'s
+    /// gate tests) may leave it out; every tool built by [`tool`] declares its own.
+    #[cfg(test)]
     fn kinds(&self) -> &'static [Kind] {
         ANY_KIND
     }
@@ -131,7 +162,7 @@ where
             requires: d.requires,
             risk: d.risk,
             annotations: d.annotations,
-            input_schema: input_schema::<A>(),
+            input_schema: listed_input_schema::<A>(d.requires),
             output_schema: output_schema::<O>(),
         },
         kinds: d.kinds,
@@ -196,6 +227,50 @@ pub fn input_schema<T: schemars::JsonSchema + std::any::Any>() -> Arc<JsonObject
         .unwrap_or_else(|e| panic!("input schema of {}: {e}", std::any::type_name::<T>()))
 }
 
+/// The input schema of a tool taking `A`: `A`'s, with a place for the call layer's `target` as
+/// its first property unless the tool takes none ([`Requirement::Across`]). The call layer
+/// takes `target` out of the arguments before `A` parses them and lists its own description of
+/// it; keeping the place here keeps `target` first in the listed
+/// schema, where clients have always seen it.
+///
+/// Built like rmcp's `schema_for_input` (the draft 2020-12 schema, then its root `title` and
+/// `description` removed), with `properties` right after `type` as schemars writes it: the
+/// listed schemas are byte for byte those of the argument structs that used to declare
+/// `target` themselves (the catalog snapshot checks it).
+fn listed_input_schema<A: schemars::JsonSchema + std::any::Any>(requires: Requirement) -> Arc<JsonObject> {
+    if matches!(requires, Requirement::Across(_)) {
+        return input_schema::<A>();
+    }
+    let raw = rmcp::handler::server::common::schema_for_type::<A>();
+    let with_target = |props: Option<&JsonObject>| {
+        let mut out = JsonObject::new();
+        // A place holder: the call layer lists its own description of `target`.
+        out.insert("target".into(), serde_json::json!({"type": "string"}));
+        out.extend(props.into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+        serde_json::Value::Object(out)
+    };
+    let mut schema = JsonObject::new();
+    for (key, value) in raw.iter() {
+        if key == "properties" {
+            schema.insert(key.clone(), with_target(value.as_object()));
+            continue;
+        }
+        schema.insert(key.clone(), value.clone());
+        if key == "type" && !raw.contains_key("properties") {
+            schema.insert("properties".into(), with_target(None));
+        }
+    }
+    if schema.get("type").and_then(serde_json::Value::as_str) != Some("object") {
+        panic!(
+            "input schema of {}: the root is not an object",
+            std::any::type_name::<A>()
+        );
+    }
+    schema.remove("title");
+    schema.remove("description");
+    Arc::new(schema)
+}
+
 /// The output JSON Schema of `T`, for `structuredContent`.
 pub fn output_schema<T: schemars::JsonSchema + std::any::Any>() -> Arc<JsonObject> {
     rmcp::handler::server::common::schema_for_output::<T>()
@@ -248,61 +323,64 @@ pub fn select(config: &crate::config::ToolsConfig) -> Result<Vec<Arc<dyn Tool>>,
 
 /// Every tool this build knows, in catalog order, each with the target kinds it works on.
 pub fn catalog() -> Vec<Arc<dyn Tool>> {
-    use crate::targets::Kind::{Docker, Local, Ssh};
     let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
     tools.extend(identity::tools());
-    tools.extend(on(&[Local, Ssh], system::tools()));
+    tools.extend(system::tools());
     tools.extend(targets::tools());
-    tools.extend(on(&[Docker], containers::tools()));
-    tools.extend(on(&[Local], stacks::tools()));
-    tools.extend(on(&[Local, Ssh], services::tools()));
-    tools.extend(on(&[Local], logs::tools()));
-    tools.extend(on(&[Local], files::tools()));
-    for t in network::tools() {
-        // ping and traceroute are commands run on the target; the others use this host's sockets.
-        let kinds: &'static [crate::targets::Kind] = match t.spec().name {
-            "network_ping" | "network_traceroute" => &[Local, Ssh],
-            _ => &[Local],
-        };
-        tools.extend(on(kinds, vec![t]));
-    }
-    tools.extend(on(&[Local, Ssh], packages::tools()));
-    for t in inventory::tools() {
-        // A scan reads this host; stored entries (get/set/annotate) exist for any target id.
-        if t.spec().name == "inventory_scan" {
-            tools.extend(on(&[Local], vec![t]));
-        } else {
-            tools.push(t);
-        }
-    }
+    tools.extend(containers::tools());
+    tools.extend(stacks::tools());
+    tools.extend(services::tools());
+    tools.extend(logs::tools());
+    tools.extend(files::tools());
+    tools.extend(network::tools());
+    tools.extend(packages::tools());
+    tools.extend(inventory::tools());
     tools.extend(proxmox::tools());
     tools.extend(approvals::tools());
     tools
 }
 
-/// `tools`, declared to work only on targets of `kinds`: not listed for a caller unless one of
-/// their allowed targets has such a kind, and not offered at all when no target has.
-fn on(kinds: &'static [crate::targets::Kind], tools: Vec<Arc<dyn Tool>>) -> Vec<Arc<dyn Tool>> {
-    tools
-        .into_iter()
-        .map(|inner| Arc::new(OnKinds { inner, kinds }) as Arc<dyn Tool>)
-        .collect()
-}
+/// What the toolsets' unit tests share: a direct call of a tool on the `local` target (no call
+/// pipeline: no policy, no kind check, `target` never in the arguments) and the check for an
+/// argument error.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
 
-struct OnKinds {
-    inner: Arc<dyn Tool>,
-    kinds: &'static [crate::targets::Kind],
-}
+    use super::{Tool, ToolContext, ToolError, ToolOutput};
 
-impl Tool for OnKinds {
-    fn spec(&self) -> &ToolSpec {
-        self.inner.spec()
+    /// Run `name`, one of `tools`, with `args` (a JSON object) and the default configuration.
+    pub async fn call(tools: Vec<Arc<dyn Tool>>, name: &str, args: serde_json::Value) -> Result<ToolOutput, ToolError> {
+        call_with(crate::config::Config::defaults(), tools, name, args).await
     }
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        self.inner.call(ctx, args)
+
+    /// [`call`] with `config`.
+    pub async fn call_with(
+        config: crate::config::Config,
+        tools: Vec<Arc<dyn Tool>>,
+        name: &str,
+        args: serde_json::Value,
+    ) -> Result<ToolOutput, ToolError> {
+        let serde_json::Value::Object(args) = args else {
+            panic!("arguments are an object")
+        };
+        let tool = tools
+            .into_iter()
+            .find(|t| t.spec().name == name)
+            .unwrap_or_else(|| panic!("no tool {name}"));
+        tool.call(ToolContext::local(ToolContext::test_caller(), Arc::new(config)), args)
+            .await
     }
-    fn kinds(&self) -> &'static [Kind] {
-        self.kinds
+
+    /// `r` is an argument error whose message contains `needle`.
+    pub fn invalid(r: Result<ToolOutput, ToolError>, needle: &str) {
+        match r {
+            Err(ToolError::InvalidArgs(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
+            other => panic!(
+                "expected invalid arguments with `{needle}`, got {:?}",
+                other.map(|o| o.text)
+            ),
+        }
     }
 }
 

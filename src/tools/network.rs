@@ -14,14 +14,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Annotations, Requirement, Risk, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated, bounded,
-    input_schema, output_schema, parse_args,
+    Annotations, Declaration, Kind, Output, Requirement, Risk, Tool, ToolContext, ToolError, Truncated, bounded, tool,
+    undeclared_kind,
 };
 use crate::exec::net::{self, DnsResult, Host, PingResult, PortState, ProbeResult, TlsReport, TraceResult};
 use crate::exec::remote::{LocalRunner, Runner};
@@ -34,15 +32,114 @@ pub const CA_PEM_MAX: usize = 64 * 1024;
 /// Most ports one `network_port_check` call may try.
 pub const PORTS_MAX: usize = 32;
 
+/// `ping` and `traceroute` run as commands: on this host, or on an SSH target's host.
+const COMMAND_KINDS: &[Kind] = &[Kind::Local, Kind::Ssh];
+/// The other tools open sockets from this server's own host.
+const SOCKET_KINDS: &[Kind] = &[Kind::Local];
+const NETWORK_READ: Requirement = Requirement::Scope(Scope::new(Area::Network, Level::Read));
+
 /// The tools of this toolset, in catalog order.
 pub fn tools() -> Vec<Arc<dyn Tool>> {
     vec![
-        Arc::new(NetTool::new(Kind::Ping)),
-        Arc::new(NetTool::new(Kind::PortCheck)),
-        Arc::new(NetTool::new(Kind::DnsLookup)),
-        Arc::new(NetTool::new(Kind::TlsCheck)),
-        Arc::new(NetTool::new(Kind::HttpProbe)),
-        Arc::new(NetTool::new(Kind::Traceroute)),
+        tool(
+            Declaration {
+                name: "network_ping",
+                title: "Ping a host",
+                description: "Send `count` ICMP echo requests (1-10, default 3, 200 ms apart) to `host` (IP address or DNS \
+                    name) with iputils `ping`, waiting at most `timeout_secs` (1-30, default 5). Returns packets \
+                    transmitted/received, loss percent, min/avg/max/mdev round-trip times (ms), each reply's time, \
+                    the address used and ICMP errors. Runs on `local` and on `ssh` targets (from that host).",
+                requires: NETWORK_READ,
+                risk: Risk::Low,
+                annotations: NETWORK_READ_ONLY,
+                kinds: COMMAND_KINDS,
+            },
+            ping,
+        ),
+        tool(
+            Declaration {
+                name: "network_port_check",
+                title: "Check TCP ports",
+                description: "Try a TCP connection to each of `ports` (1-32 ports) on `host` at once, each within \
+                    `timeout_ms` (100-10000, default 2000). Each port is `open` (connected; closed again at once, \
+                    nothing sent), `closed` (refused), `filtered` (no answer in time) or `error`. A name resolves \
+                    through `[network] dns_servers` when set (else the system resolver); the first address is \
+                    used. Runs from this server's host (`local` target only).",
+                requires: NETWORK_READ,
+                risk: Risk::Low,
+                annotations: NETWORK_READ_ONLY,
+                kinds: SOCKET_KINDS,
+            },
+            port_check,
+        ),
+        tool(
+            Declaration {
+                name: "network_dns_lookup",
+                title: "DNS lookup",
+                description: "Look up `name` for `record_type` (A, AAAA, CNAME, MX, TXT, NS, SOA, PTR, SRV or CAA; default A; \
+                    for PTR an IP address is turned into its reverse name) at `resolver` (IP or IP:PORT), else the \
+                    configured `[network] dns_servers`, else the system's resolvers. Returns status (NOERROR or \
+                    NXDOMAIN), the answer records (name, type, TTL, value; at most `limit`, 1-100, default 50) and \
+                    the time taken. Server failures (SERVFAIL, REFUSED, timeouts) are errors. `local` target only.",
+                requires: NETWORK_READ,
+                risk: Risk::Low,
+                annotations: NETWORK_READ_ONLY,
+                kinds: SOCKET_KINDS,
+            },
+            dns_lookup,
+        ),
+        tool(
+            Declaration {
+                name: "network_tls_check",
+                title: "Check a TLS certificate",
+                description: "Connect to `host`:`port` (default 443), complete a TLS handshake for `server_name` (default \
+                    `host`) and describe what the server presented: protocol and cipher suite; each certificate of \
+                    the chain (subject, issuer, serial, validity, days left, CA flag, SANs); the leaf's expiry and \
+                    days left; whether `server_name` matches a SAN; and whether the chain verifies now against the \
+                    system's CA store or the given `ca_pem` (with the reason when not). A bad certificate is \
+                    reported, not refused. Names resolve like `network_port_check`. `local` target only.",
+                requires: NETWORK_READ,
+                risk: Risk::Low,
+                annotations: NETWORK_READ_ONLY,
+                kinds: SOCKET_KINDS,
+            },
+            tls_check,
+        ),
+        tool(
+            Declaration {
+                name: "network_http_probe",
+                title: "Probe an HTTP endpoint",
+                description: "Send one `GET` or `HEAD` to `url` (http or https, TLS verified against the system's store or \
+                    `ca_pem`) and report the status, HTTP version, a subset of response headers (content-type, \
+                    content-length, server, location, cache-control, date, last-modified, etag, ...), the body \
+                    size read (at most `max_body_bytes`) with a 512-byte text preview, and timings (DNS, connect, \
+                    TLS, first byte, total). Redirects are reported, never followed. Only destinations allowed by \
+                    `[network] http_allow` are probed; cloud metadata and (unless configured) link-local \
+                    addresses are refused even when a name resolves there; a name allowed by a name rule must \
+                    resolve to public addresses only (not loopback, private, tailnet or this node's own) unless \
+                    an address rule contains them; the connection goes to the checked address. `local` target only.",
+                requires: NETWORK_READ,
+                risk: Risk::Low,
+                annotations: NETWORK_READ_ONLY,
+                kinds: SOCKET_KINDS,
+            },
+            http_probe,
+        ),
+        tool(
+            Declaration {
+                name: "network_traceroute",
+                title: "Trace the route to a host",
+                description: "Trace the route to `host` with `traceroute -n -q 1 -w 1` (or iputils `tracepath` when \
+                    traceroute is not installed), up to `max_hops` (1-30, default 15). Returns each hop's number, \
+                    the address that answered (absent for `*`), its round-trip time and notes (`!H`, `reached`), \
+                    and whether the destination was reached. Runs on `local` and on `ssh` targets.",
+                requires: NETWORK_READ,
+                risk: Risk::Low,
+                annotations: NETWORK_READ_ONLY,
+                kinds: COMMAND_KINDS,
+            },
+            traceroute,
+        ),
     ]
 }
 
@@ -50,9 +147,6 @@ pub fn tools() -> Vec<Arc<dyn Tool>> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PingArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// IP address or DNS name to ping.
     pub host: String,
     /// Echo requests to send, 1 to 10 (default 3), 200 ms apart.
@@ -69,9 +163,6 @@ pub struct PingArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortCheckArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// IP address or DNS name to connect to.
     pub host: String,
     /// TCP ports to try (1-65535), 1 to 32 of them, all at once.
@@ -86,9 +177,6 @@ pub struct PortCheckArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DnsLookupArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// The name to look up (for PTR, an IP address or a reverse name).
     pub name: String,
     /// A, AAAA, CNAME, MX, TXT, NS, SOA, PTR, SRV or CAA (default A).
@@ -111,9 +199,6 @@ pub struct DnsLookupArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsCheckArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// IP address or DNS name to connect to.
     pub host: String,
     /// TCP port, 1 to 65535 (default 443).
@@ -136,9 +221,6 @@ pub struct TlsCheckArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProbeArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// `http://` or `https://` URL; its host must be allowed by `[network] http_allow`.
     pub url: String,
     /// `GET` (default) or `HEAD`.
@@ -161,9 +243,6 @@ pub struct HttpProbeArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TracerouteArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// IP address or DNS name to trace the route to.
     pub host: String,
     /// Most hops to probe, 1 to 30 (default 15).
@@ -201,141 +280,17 @@ pub struct HttpProbeOutput {
     pub truncated: Option<Truncated>,
 }
 
-const NETWORK_READ: Annotations = Annotations {
+const NETWORK_READ_ONLY: Annotations = Annotations {
     read_only: true,
     destructive: false,
     idempotent: true,
     open_world: true,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Ping,
-    PortCheck,
-    DnsLookup,
-    TlsCheck,
-    HttpProbe,
-    Traceroute,
-}
-
-/// One network tool; `kind` picks the handler.
-pub struct NetTool {
-    kind: Kind,
-    spec: ToolSpec,
-}
-
-impl NetTool {
-    fn new(kind: Kind) -> NetTool {
-        let (name, title, description, input, output) = match kind {
-            Kind::Ping => (
-                "network_ping",
-                "Ping a host",
-                "Send `count` ICMP echo requests (1-10, default 3, 200 ms apart) to `host` (IP address or DNS \
-                 name) with iputils `ping`, waiting at most `timeout_secs` (1-30, default 5). Returns packets \
-                 transmitted/received, loss percent, min/avg/max/mdev round-trip times (ms), each reply's time, \
-                 the address used and ICMP errors. Runs on `local` and on `ssh` targets (from that host).",
-                input_schema::<PingArgs>(),
-                output_schema::<PingResult>(),
-            ),
-            Kind::PortCheck => (
-                "network_port_check",
-                "Check TCP ports",
-                "Try a TCP connection to each of `ports` (1-32 ports) on `host` at once, each within \
-                 `timeout_ms` (100-10000, default 2000). Each port is `open` (connected; closed again at once, \
-                 nothing sent), `closed` (refused), `filtered` (no answer in time) or `error`. A name resolves \
-                 through `[network] dns_servers` when set (else the system resolver); the first address is \
-                 used. Runs from this server's host (`local` target only).",
-                input_schema::<PortCheckArgs>(),
-                output_schema::<PortCheckOutput>(),
-            ),
-            Kind::DnsLookup => (
-                "network_dns_lookup",
-                "DNS lookup",
-                "Look up `name` for `record_type` (A, AAAA, CNAME, MX, TXT, NS, SOA, PTR, SRV or CAA; default A; \
-                 for PTR an IP address is turned into its reverse name) at `resolver` (IP or IP:PORT), else the \
-                 configured `[network] dns_servers`, else the system's resolvers. Returns status (NOERROR or \
-                 NXDOMAIN), the answer records (name, type, TTL, value; at most `limit`, 1-100, default 50) and \
-                 the time taken. Server failures (SERVFAIL, REFUSED, timeouts) are errors. `local` target only.",
-                input_schema::<DnsLookupArgs>(),
-                output_schema::<DnsLookupOutput>(),
-            ),
-            Kind::TlsCheck => (
-                "network_tls_check",
-                "Check a TLS certificate",
-                "Connect to `host`:`port` (default 443), complete a TLS handshake for `server_name` (default \
-                 `host`) and describe what the server presented: protocol and cipher suite; each certificate of \
-                 the chain (subject, issuer, serial, validity, days left, CA flag, SANs); the leaf's expiry and \
-                 days left; whether `server_name` matches a SAN; and whether the chain verifies now against the \
-                 system's CA store or the given `ca_pem` (with the reason when not). A bad certificate is \
-                 reported, not refused. Names resolve like `network_port_check`. `local` target only.",
-                input_schema::<TlsCheckArgs>(),
-                output_schema::<TlsReport>(),
-            ),
-            Kind::HttpProbe => (
-                "network_http_probe",
-                "Probe an HTTP endpoint",
-                "Send one `GET` or `HEAD` to `url` (http or https, TLS verified against the system's store or \
-                 `ca_pem`) and report the status, HTTP version, a subset of response headers (content-type, \
-                 content-length, server, location, cache-control, date, last-modified, etag, ...), the body \
-                 size read (at most `max_body_bytes`) with a 512-byte text preview, and timings (DNS, connect, \
-                 TLS, first byte, total). Redirects are reported, never followed. Only destinations allowed by \
-                 `[network] http_allow` are probed; cloud metadata and (unless configured) link-local \
-                 addresses are refused even when a name resolves there; a name allowed by a name rule must \
-                 resolve to public addresses only (not loopback, private, tailnet or this node's own) unless \
-                 an address rule contains them; the connection goes to the checked address. `local` target only.",
-                input_schema::<HttpProbeArgs>(),
-                output_schema::<HttpProbeOutput>(),
-            ),
-            Kind::Traceroute => (
-                "network_traceroute",
-                "Trace the route to a host",
-                "Trace the route to `host` with `traceroute -n -q 1 -w 1` (or iputils `tracepath` when \
-                 traceroute is not installed), up to `max_hops` (1-30, default 15). Returns each hop's number, \
-                 the address that answered (absent for `*`), its round-trip time and notes (`!H`, `reached`), \
-                 and whether the destination was reached. Runs on `local` and on `ssh` targets.",
-                input_schema::<TracerouteArgs>(),
-                output_schema::<TraceResult>(),
-            ),
-        };
-        NetTool {
-            kind,
-            spec: ToolSpec {
-                name,
-                title,
-                description,
-                requires: Requirement::Scope(Scope::new(Area::Network, Level::Read)),
-                risk: Risk::Low,
-                annotations: NETWORK_READ,
-                input_schema: input,
-                output_schema: output,
-            },
-        }
-    }
-}
-
-impl Tool for NetTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            match self.kind {
-                Kind::Ping => ping(&ctx, parse_args(args)?).await,
-                Kind::PortCheck => port_check(&ctx, parse_args(args)?).await,
-                Kind::DnsLookup => dns_lookup(&ctx, parse_args(args)?).await,
-                Kind::TlsCheck => tls_check(&ctx, parse_args(args)?).await,
-                Kind::HttpProbe => http_probe(&ctx, parse_args(args)?).await,
-                Kind::Traceroute => traceroute(&ctx, parse_args(args)?).await,
-            }
-        })
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
-async fn ping(ctx: &ToolContext, args: PingArgs) -> Result<ToolOutput, ToolError> {
+async fn ping(ctx: ToolContext, args: PingArgs) -> Result<Output<PingResult>, ToolError> {
     let host = host_arg("host", &args.host)?;
     let count = bounded("count", args.count, 3, 1, 10)? as u32;
     let deadline = bounded("timeout_secs", args.timeout_secs, 5, 1, 30)? as u32;
@@ -343,7 +298,7 @@ async fn ping(ctx: &ToolContext, args: PingArgs) -> Result<ToolOutput, ToolError
         timeout: Duration::from_secs(u64::from(deadline) + 5),
         max_output: 64 * 1024,
     });
-    let runner = command_runner(ctx, "network_ping", &local)?;
+    let runner = command_runner(&ctx, &local)?;
     let result = net::ping(runner, &host, count, deadline).await.map_err(|e| match e {
         // Locally, a ping whose file capability the service's bounding set forbids cannot
         // even start.
@@ -351,7 +306,7 @@ async fn ping(ctx: &ToolContext, args: PingArgs) -> Result<ToolOutput, ToolError
             "{m}: /usr/bin/ping needs CAP_NET_RAW in the service's capability bounding set \
                  (a drop-in with `CapabilityBoundingSet=CAP_NET_RAW`)"
         )),
-        other => failed(other),
+        other => other.into(),
     })?;
     let mut text = format!(
         "{} ({}): {}/{} received, {}% loss",
@@ -367,10 +322,10 @@ async fn ping(ctx: &ToolContext, args: PingArgs) -> Result<ToolOutput, ToolError
     for e in &result.errors {
         let _ = write!(text, "\n{e}");
     }
-    ToolOutput::new(&result, text)
+    Ok(Output::new(result, text))
 }
 
-async fn port_check(ctx: &ToolContext, args: PortCheckArgs) -> Result<ToolOutput, ToolError> {
+async fn port_check(ctx: ToolContext, args: PortCheckArgs) -> Result<Output<PortCheckOutput>, ToolError> {
     let host = host_arg("host", &args.host)?;
     if args.ports.is_empty() || args.ports.len() > PORTS_MAX {
         return Err(ToolError::InvalidArgs(format!(
@@ -389,10 +344,7 @@ async fn port_check(ctx: &ToolContext, args: PortCheckArgs) -> Result<ToolOutput
         }
     }
     let timeout = Duration::from_millis(bounded("timeout_ms", args.timeout_ms, 2000, 100, 10_000)? as u64);
-    local_only(ctx, "network_port_check")?;
-    let ips = net::resolve(&host, &ctx.config.network.dns_servers, timeout)
-        .await
-        .map_err(failed)?;
+    let ips = net::resolve(&host, &ctx.config.network.dns_servers, timeout).await?;
     let ip = ips[0];
     let states = net::port_check(ip, &ports, timeout).await;
     let output = PortCheckOutput {
@@ -414,10 +366,10 @@ async fn port_check(ctx: &ToolContext, args: PortCheckArgs) -> Result<ToolOutput
             let _ = write!(text, " ({e})");
         }
     }
-    ToolOutput::new(&output, text)
+    Ok(Output::new(output, text))
 }
 
-async fn dns_lookup(ctx: &ToolContext, args: DnsLookupArgs) -> Result<ToolOutput, ToolError> {
+async fn dns_lookup(ctx: ToolContext, args: DnsLookupArgs) -> Result<Output<DnsLookupOutput>, ToolError> {
     let rtype = net::RecordType::parse(args.record_type.as_deref().unwrap_or("A")).map_err(ToolError::InvalidArgs)?;
     let name = match rtype {
         net::RecordType::PTR if args.name.parse::<std::net::IpAddr>().is_ok() => args.name.clone(),
@@ -429,10 +381,7 @@ async fn dns_lookup(ctx: &ToolContext, args: DnsLookupArgs) -> Result<ToolOutput
     };
     let timeout = Duration::from_millis(bounded("timeout_ms", args.timeout_ms, 3000, 100, 10_000)? as u64);
     let limit = bounded("limit", args.limit, 50, 1, 100)?;
-    local_only(ctx, "network_dns_lookup")?;
-    let (result, total) = net::dns_lookup(&name, rtype, &servers, timeout, limit)
-        .await
-        .map_err(failed)?;
+    let (result, total) = net::dns_lookup(&name, rtype, &servers, timeout, limit).await?;
     let truncated = (total > result.answers.len()).then(|| Truncated {
         cap: format!("limit={limit}"),
         omitted: Some((total - result.answers.len()) as u64),
@@ -452,10 +401,10 @@ async fn dns_lookup(ctx: &ToolContext, args: DnsLookupArgs) -> Result<ToolOutput
     if let Some(t) = &truncated {
         let _ = write!(text, "\n(… {} more, {})", t.omitted.unwrap_or(0), t.cap);
     }
-    ToolOutput::new(&DnsLookupOutput { result, truncated }, text)
+    Ok(Output::new(DnsLookupOutput { result, truncated }, text))
 }
 
-async fn tls_check(ctx: &ToolContext, args: TlsCheckArgs) -> Result<ToolOutput, ToolError> {
+async fn tls_check(ctx: ToolContext, args: TlsCheckArgs) -> Result<Output<TlsReport>, ToolError> {
     let host = host_arg("host", &args.host)?;
     let port = bounded("port", args.port, 443, 1, 65_535)? as u16;
     let name = match &args.server_name {
@@ -466,13 +415,8 @@ async fn tls_check(ctx: &ToolContext, args: TlsCheckArgs) -> Result<ToolOutput, 
     };
     let ca = ca_arg(args.ca_pem.as_deref())?;
     let timeout = Duration::from_millis(bounded("timeout_ms", args.timeout_ms, 5000, 100, 10_000)? as u64);
-    local_only(ctx, "network_tls_check")?;
-    let ips = net::resolve(&host, &ctx.config.network.dns_servers, timeout)
-        .await
-        .map_err(failed)?;
-    let report = net::tls_check(SocketAddr::new(ips[0], port), &name, ca.as_deref(), timeout)
-        .await
-        .map_err(failed)?;
+    let ips = net::resolve(&host, &ctx.config.network.dns_servers, timeout).await?;
+    let report = net::tls_check(SocketAddr::new(ips[0], port), &name, ca.as_deref(), timeout).await?;
     let mut text = format!(
         "{} ({}) {} {}: {}",
         name,
@@ -503,10 +447,10 @@ async fn tls_check(ctx: &ToolContext, args: TlsCheckArgs) -> Result<ToolOutput, 
             let _ = write!(text, " SANs: {}", c.sans.join(", "));
         }
     }
-    ToolOutput::new(&report, text)
+    Ok(Output::new(report, text))
 }
 
-async fn http_probe(ctx: &ToolContext, args: HttpProbeArgs) -> Result<ToolOutput, ToolError> {
+async fn http_probe(ctx: ToolContext, args: HttpProbeArgs) -> Result<Output<HttpProbeOutput>, ToolError> {
     let (url, https, host, port) =
         net::parse_url(&args.url).map_err(|e| ToolError::InvalidArgs(format!("`url`: {e}")))?;
     let method = match args.method.as_deref().unwrap_or("GET") {
@@ -522,7 +466,6 @@ async fn http_probe(ctx: &ToolContext, args: HttpProbeArgs) -> Result<ToolOutput
     let max_body = bounded("max_body_bytes", args.max_body_bytes, 65_536, 0, 1_048_576)?;
     let timeout = Duration::from_millis(bounded("timeout_ms", args.timeout_ms, 10_000, 100, 30_000)? as u64);
     let ca = ca_arg(args.ca_pem.as_deref())?;
-    local_only(ctx, "network_http_probe")?;
     let req = net::ProbeRequest {
         url,
         https,
@@ -538,9 +481,7 @@ async fn http_probe(ctx: &ToolContext, args: HttpProbeArgs) -> Result<ToolOutput
     let own = tokio::task::spawn_blocking(move || net::own_addresses(&tailnet))
         .await
         .map_err(|e| ToolError::Internal(format!("listing this node's addresses: {e}")))?;
-    let result = net::http_probe(&req, &ctx.config.network.http, &ctx.config.network.dns_servers, &own)
-        .await
-        .map_err(failed)?;
+    let result = net::http_probe(&req, &ctx.config.network.http, &ctx.config.network.dns_servers, &own).await?;
     let truncated = result.body_truncated.then(|| Truncated {
         cap: format!("{max_body} bytes"),
         omitted: None,
@@ -575,18 +516,18 @@ async fn http_probe(ctx: &ToolContext, args: HttpProbeArgs) -> Result<ToolOutput
             ""
         }
     );
-    ToolOutput::new(&HttpProbeOutput { result, truncated }, text)
+    Ok(Output::new(HttpProbeOutput { result, truncated }, text))
 }
 
-async fn traceroute(ctx: &ToolContext, args: TracerouteArgs) -> Result<ToolOutput, ToolError> {
+async fn traceroute(ctx: ToolContext, args: TracerouteArgs) -> Result<Output<TraceResult>, ToolError> {
     let host = host_arg("host", &args.host)?;
     let max_hops = bounded("max_hops", args.max_hops, 15, 1, 30)? as u32;
     let local = LocalRunner(Limits {
         timeout: Duration::from_secs(u64::from(max_hops) * 2 + 10),
         max_output: 64 * 1024,
     });
-    let runner = command_runner(ctx, "network_traceroute", &local)?;
-    let result = net::traceroute(runner, &host, max_hops).await.map_err(failed)?;
+    let runner = command_runner(&ctx, &local)?;
+    let result = net::traceroute(runner, &host, max_hops).await?;
     let mut text = format!(
         "{} to {} ({} hops max): {}",
         result.program,
@@ -603,7 +544,7 @@ async fn traceroute(ctx: &ToolContext, args: TracerouteArgs) -> Result<ToolOutpu
             let _ = write!(text, " {n}");
         }
     }
-    ToolOutput::new(&result, text)
+    Ok(Output::new(result, text))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -625,55 +566,23 @@ fn ca_arg(
 }
 
 /// Where a command-based tool runs: this host, or an SSH target's host.
-fn command_runner<'a>(ctx: &'a ToolContext, tool: &str, local: &'a LocalRunner) -> Result<&'a dyn Runner, ToolError> {
+fn command_runner<'a>(ctx: &'a ToolContext, local: &'a LocalRunner) -> Result<&'a dyn Runner, ToolError> {
     match &ctx.target.executor {
         Executor::Local => Ok(local),
         Executor::Ssh(ssh) => Ok(ssh),
-        _ => Err(ToolError::Failed(format!(
-            "{tool} is not supported on {} targets (target `{}`): it runs on local and ssh targets",
-            ctx.target.kind.as_str(),
-            ctx.target.id
-        ))),
+        _ => Err(undeclared_kind(ctx)),
     }
-}
-
-/// Socket-based tools run from this server's own host.
-fn local_only(ctx: &ToolContext, tool: &str) -> Result<(), ToolError> {
-    match &ctx.target.executor {
-        Executor::Local => Ok(()),
-        _ => Err(ToolError::Failed(format!(
-            "{tool} is not supported on {} targets (target `{}`): it runs from this server's host, on `local` targets only",
-            ctx.target.kind.as_str(),
-            ctx.target.id
-        ))),
-    }
-}
-
-fn failed(e: ExecError) -> ToolError {
-    ToolError::Failed(e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::ToolOutput;
+    use crate::tools::testing::{self, invalid};
     use serde_json::{Value, json};
 
-    fn ctx() -> ToolContext {
-        ToolContext::local(ToolContext::test_caller(), Arc::new(crate::config::Config::defaults()))
-    }
-
     async fn call(name: &str, args: Value) -> Result<ToolOutput, ToolError> {
-        let Value::Object(args) = args else { panic!("object") };
-        let t = tools().into_iter().find(|t| t.spec().name == name).unwrap();
-        t.call(ctx(), args).await
-    }
-
-    fn invalid(r: Result<ToolOutput, ToolError>, needle: &str) {
-        match r {
-            Err(ToolError::InvalidArgs(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
-            Err(e) => panic!("expected invalid arguments, got {e:?}"),
-            Ok(o) => panic!("expected invalid arguments, got {}", o.text),
-        }
+        testing::call(tools(), name, args).await
     }
 
     #[test]
@@ -692,7 +601,7 @@ mod tests {
         );
         for t in tools() {
             let s = t.spec();
-            assert_eq!(s.annotations, NETWORK_READ, "{}", s.name);
+            assert_eq!(s.annotations, NETWORK_READ_ONLY, "{}", s.name);
             assert!(s.annotations.open_world && !s.mutates());
             assert_eq!(s.risk, Risk::Low);
             assert_eq!(s.requires, Requirement::Scope(Scope::new(Area::Network, Level::Read)));

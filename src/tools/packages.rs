@@ -9,15 +9,13 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::services::{Host, exec_failed, helper_plan};
+use super::services::{Host, helper_plan};
 use super::{
-    Annotations, Requirement, Risk, Step, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated, bounded,
-    input_schema, output_schema, parse_args,
+    Annotations, Declaration, Kind, Output, Requirement, Risk, Step, Tool, ToolContext, ToolError, Truncated, bounded,
+    tool,
 };
 use crate::exec::packages::{self, Upgrade};
 use crate::exec::systemd::{self, HelperOp, HelperRequest, HelperResult, MAX_INSTALL_PACKAGES, UNIT_NAME_MAX};
@@ -26,12 +24,70 @@ use crate::policy::{Area, Level, Scope};
 pub const UPDATES_LIMIT_DEFAULT: i64 = 100;
 pub const UPDATES_LIMIT_MAX: i64 = 1000;
 
+/// apt on this host or over SSH.
+const KINDS: &[Kind] = &[Kind::Local, Kind::Ssh];
+
 /// The tools of this toolset, in catalog order.
 pub fn tools() -> Vec<Arc<dyn Tool>> {
     vec![
-        Arc::new(UpdatesTool::new()),
-        Arc::new(ChangeTool::new(Change::Upgrade)),
-        Arc::new(ChangeTool::new(Change::Install)),
+        tool(
+            Declaration {
+                name: "packages_updates",
+                title: "Available package upgrades",
+                description: "Upgrades apt offers on the host (`apt list --upgradable`, as of the host's last \
+                    `apt-get update`): package, installed version (`from`), candidate version (`to`), suites and \
+                    architecture. `limit` caps the rows (1-1000, default 100); `truncated` says how many were left \
+                    out. Hosts with another package manager (dnf, yum, zypper, pacman, apk) get an error naming it.",
+                requires: Requirement::Scope(Scope::new(Area::Packages, Level::Read)),
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            updates,
+        ),
+        tool(
+            Declaration {
+                name: "packages_upgrade",
+                title: "Upgrade packages",
+                description: "Upgrade the installed packages of an apt host: the root helper unit \
+                    (tailopsmcp-helper@.service) runs `apt-get update` then `apt-get upgrade -y` (no new \
+                    recommends, changed config files kept) and reports every package whose version changed \
+                    (`from` → `to`) and the end of apt's output. `dry_run: true` returns the plan and the \
+                    upgrades apt offers now, without doing anything; the plan is returned either way.",
+                requires: Requirement::Scope(Scope::new(Area::Packages, Level::Admin)),
+                risk: Risk::High,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: true,
+                    idempotent: true,
+                    open_world: true,
+                },
+                kinds: KINDS,
+            },
+            upgrade,
+        ),
+        tool(
+            Declaration {
+                name: "packages_install",
+                title: "Install packages",
+                description: "Install Debian packages (1 to 8 names; Debian's name grammar: a-z 0-9 + - ., \
+                    no versions, architectures, paths or options) on an apt host: the root helper unit \
+                    (tailopsmcp-helper@.service) runs `apt-get update` then `apt-get install -y -- NAMES` \
+                    (no recommends) and reports every package whose version changed, dependencies included. \
+                    Installing software is root-equivalent. `dry_run: true` returns the plan without doing \
+                    anything; the plan is returned either way.",
+                requires: Requirement::Scope(Scope::new(Area::Packages, Level::Admin)),
+                risk: Risk::Critical,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: true,
+                    open_world: true,
+                },
+                kinds: KINDS,
+            },
+            install,
+        ),
     ]
 }
 
@@ -39,9 +95,6 @@ pub fn tools() -> Vec<Arc<dyn Tool>> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatesArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Rows to return, 1 to 1000 (default 100).
     #[serde(default)]
     #[schemars(range(min = 1, max = 1000))]
@@ -63,9 +116,6 @@ pub struct UpdatesOutput {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpgradeArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Return the plan (and the upgrades apt currently offers) without doing anything.
     #[serde(default)]
     pub dry_run: bool,
@@ -75,9 +125,6 @@ pub struct UpgradeArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstallArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Debian package names (1 to 8): lowercase letters, digits, `+`, `-`, `.`. No versions,
     /// architectures, paths or options.
     pub packages: Vec<String>,
@@ -100,206 +147,103 @@ pub struct ChangeOutput {
     pub result: Option<HelperResult>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    Upgrade,
-    Install,
-}
+// ---------------------------------------------------------------------------------------------
+// Handlers
 
 /// `packages_updates`.
-pub struct UpdatesTool {
-    spec: ToolSpec,
+async fn updates(ctx: ToolContext, args: UpdatesArgs) -> Result<Output<UpdatesOutput>, ToolError> {
+    let limit = bounded("limit", args.limit, UPDATES_LIMIT_DEFAULT, 1, UPDATES_LIMIT_MAX)?;
+    let host = Host::of(&ctx, None)?;
+    let manager = require_apt(host.runner(), &ctx.target.id).await?;
+    let mut upgrades = packages::apt_upgrades(host.runner()).await?;
+    let count = upgrades.len();
+    upgrades.truncate(limit);
+    let truncated = (count > upgrades.len()).then(|| Truncated {
+        cap: format!("limit={limit}"),
+        omitted: Some((count - upgrades.len()) as u64),
+    });
+    let out = UpdatesOutput {
+        manager: manager.to_string(),
+        count,
+        upgrades,
+        truncated,
+    };
+    let text = render_updates(&out);
+    Ok(Output::new(out, text))
 }
 
-impl UpdatesTool {
-    pub fn new() -> UpdatesTool {
-        UpdatesTool {
-            spec: ToolSpec {
-                name: "packages_updates",
-                title: "Available package upgrades",
-                description: "Upgrades apt offers on the host (`apt list --upgradable`, as of the host's last \
-                    `apt-get update`): package, installed version (`from`), candidate version (`to`), suites and \
-                    architecture. `limit` caps the rows (1-1000, default 100); `truncated` says how many were left \
-                    out. Hosts with another package manager (dnf, yum, zypper, pacman, apk) get an error naming it.",
-                requires: Requirement::Scope(Scope::new(Area::Packages, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations {
-                    read_only: true,
-                    destructive: false,
-                    idempotent: true,
-                    open_world: false,
-                },
-                input_schema: input_schema::<UpdatesArgs>(),
-                output_schema: output_schema::<UpdatesOutput>(),
-            },
+/// `packages_upgrade`.
+async fn upgrade(ctx: ToolContext, args: UpgradeArgs) -> Result<Output<ChangeOutput>, ToolError> {
+    let inner = "apt-get update; apt-get upgrade -y".to_string();
+    change(ctx, HelperOp::AptUpgrade, args.dry_run, inner, true).await
+}
+
+/// `packages_install`.
+async fn install(ctx: ToolContext, args: InstallArgs) -> Result<Output<ChangeOutput>, ToolError> {
+    if args.packages.is_empty() || args.packages.len() > MAX_INSTALL_PACKAGES {
+        return Err(ToolError::InvalidArgs(format!(
+            "`packages` must name 1 to {MAX_INSTALL_PACKAGES} packages, got {}",
+            args.packages.len()
+        )));
+    }
+    for p in &args.packages {
+        packages::validate_package(p).map_err(ToolError::InvalidArgs)?;
+    }
+    let mut names = args.packages.clone();
+    names.dedup();
+    let inner = format!("apt-get update; apt-get install -y -- {}", names.join(" "));
+    change(ctx, HelperOp::AptInstall(names), args.dry_run, inner, false).await
+}
+
+/// Run `op` through the root helper (`inner` is what it runs as root, for the plan); a dry run
+/// lists the upgrades apt offers now when `pending`.
+async fn change(
+    ctx: ToolContext,
+    op: HelperOp,
+    dry_run: bool,
+    inner: String,
+    pending: bool,
+) -> Result<Output<ChangeOutput>, ToolError> {
+    let host = Host::of(&ctx, Some(ctx.config.services.helper_timeout))?;
+    let manager = require_apt(host.runner(), &ctx.target.id).await?;
+    let req = HelperRequest::new(op);
+    // systemd refuses unit names over 255 bytes (each `-` of a name takes 4 escaped).
+    if req.unit().len() > UNIT_NAME_MAX {
+        return Err(ToolError::InvalidArgs(format!(
+            "these package names make a root-helper request of {} bytes, over systemd's {UNIT_NAME_MAX}-byte \
+             unit name limit; install fewer packages at once",
+            req.unit().len()
+        )));
+    }
+    let mut out = ChangeOutput {
+        manager: manager.to_string(),
+        dry_run,
+        plan: helper_plan(&ctx.target.id, &req, &inner),
+        pending: None,
+        result: None,
+    };
+    if dry_run {
+        if pending {
+            out.pending = Some(packages::apt_upgrades(host.runner()).await?);
         }
+    } else {
+        let result = systemd::run_helper(host.runner(), &req).await?;
+        if !result.ok {
+            return Err(ToolError::Failed(format!(
+                "{}: {}",
+                result.summary,
+                systemd::cut(result.output_tail.trim(), 1500)
+            )));
+        }
+        out.result = Some(result);
     }
-}
-
-impl Default for UpdatesTool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Tool for UpdatesTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: UpdatesArgs = parse_args(args)?;
-            let limit = bounded("limit", args.limit, UPDATES_LIMIT_DEFAULT, 1, UPDATES_LIMIT_MAX)?;
-            let host = Host::of(&ctx, self.spec.name, None)?;
-            let manager = require_apt(host.runner(), &ctx.target.id).await?;
-            let mut upgrades = packages::apt_upgrades(host.runner()).await.map_err(exec_failed)?;
-            let count = upgrades.len();
-            upgrades.truncate(limit);
-            let truncated = (count > upgrades.len()).then(|| Truncated {
-                cap: format!("limit={limit}"),
-                omitted: Some((count - upgrades.len()) as u64),
-            });
-            let out = UpdatesOutput {
-                manager: manager.to_string(),
-                count,
-                upgrades,
-                truncated,
-            };
-            let text = render_updates(&out);
-            ToolOutput::new(&out, text)
-        })
-    }
-}
-
-/// `packages_upgrade` / `packages_install`.
-pub struct ChangeTool {
-    spec: ToolSpec,
-    change: Change,
-}
-
-impl ChangeTool {
-    pub fn new(change: Change) -> ChangeTool {
-        let spec = match change {
-            Change::Upgrade => ToolSpec {
-                name: "packages_upgrade",
-                title: "Upgrade packages",
-                description: "Upgrade the installed packages of an apt host: the root helper unit \
-                    (tailopsmcp-helper@.service) runs `apt-get update` then `apt-get upgrade -y` (no new \
-                    recommends, changed config files kept) and reports every package whose version changed \
-                    (`from` → `to`) and the end of apt's output. `dry_run: true` returns the plan and the \
-                    upgrades apt offers now, without doing anything; the plan is returned either way.",
-                requires: Requirement::Scope(Scope::new(Area::Packages, Level::Admin)),
-                risk: Risk::High,
-                annotations: Annotations {
-                    read_only: false,
-                    destructive: true,
-                    idempotent: true,
-                    open_world: true,
-                },
-                input_schema: input_schema::<UpgradeArgs>(),
-                output_schema: output_schema::<ChangeOutput>(),
-            },
-            Change::Install => ToolSpec {
-                name: "packages_install",
-                title: "Install packages",
-                description: "Install Debian packages (1 to 8 names; Debian's name grammar: a-z 0-9 + - ., \
-                    no versions, architectures, paths or options) on an apt host: the root helper unit \
-                    (tailopsmcp-helper@.service) runs `apt-get update` then `apt-get install -y -- NAMES` \
-                    (no recommends) and reports every package whose version changed, dependencies included. \
-                    Installing software is root-equivalent. `dry_run: true` returns the plan without doing \
-                    anything; the plan is returned either way.",
-                requires: Requirement::Scope(Scope::new(Area::Packages, Level::Admin)),
-                risk: Risk::Critical,
-                annotations: Annotations {
-                    read_only: false,
-                    destructive: false,
-                    idempotent: true,
-                    open_world: true,
-                },
-                input_schema: input_schema::<InstallArgs>(),
-                output_schema: output_schema::<ChangeOutput>(),
-            },
-        };
-        ChangeTool { spec, change }
-    }
-}
-
-impl Tool for ChangeTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let (op, dry_run, inner) = match self.change {
-                Change::Upgrade => {
-                    let a: UpgradeArgs = parse_args(args)?;
-                    (
-                        HelperOp::AptUpgrade,
-                        a.dry_run,
-                        "apt-get update; apt-get upgrade -y".to_string(),
-                    )
-                }
-                Change::Install => {
-                    let a: InstallArgs = parse_args(args)?;
-                    if a.packages.is_empty() || a.packages.len() > MAX_INSTALL_PACKAGES {
-                        return Err(ToolError::InvalidArgs(format!(
-                            "`packages` must name 1 to {MAX_INSTALL_PACKAGES} packages, got {}",
-                            a.packages.len()
-                        )));
-                    }
-                    for p in &a.packages {
-                        packages::validate_package(p).map_err(ToolError::InvalidArgs)?;
-                    }
-                    let mut names = a.packages.clone();
-                    names.dedup();
-                    let inner = format!("apt-get update; apt-get install -y -- {}", names.join(" "));
-                    (HelperOp::AptInstall(names), a.dry_run, inner)
-                }
-            };
-            let host = Host::of(&ctx, self.spec.name, Some(ctx.config.services.helper_timeout))?;
-            let manager = require_apt(host.runner(), &ctx.target.id).await?;
-            let req = HelperRequest::new(op);
-            // systemd refuses unit names over 255 bytes (each `-` of a name takes 4 escaped).
-            if req.unit().len() > UNIT_NAME_MAX {
-                return Err(ToolError::InvalidArgs(format!(
-                    "these package names make a root-helper request of {} bytes, over systemd's {UNIT_NAME_MAX}-byte \
-                     unit name limit; install fewer packages at once",
-                    req.unit().len()
-                )));
-            }
-            let mut out = ChangeOutput {
-                manager: manager.to_string(),
-                dry_run,
-                plan: helper_plan(&ctx.target.id, &req, &inner),
-                pending: None,
-                result: None,
-            };
-            if dry_run {
-                if self.change == Change::Upgrade {
-                    out.pending = Some(packages::apt_upgrades(host.runner()).await.map_err(exec_failed)?);
-                }
-            } else {
-                let result = systemd::run_helper(host.runner(), &req).await.map_err(exec_failed)?;
-                if !result.ok {
-                    return Err(ToolError::Failed(format!(
-                        "{}: {}",
-                        result.summary,
-                        systemd::cut(result.output_tail.trim(), 1500)
-                    )));
-                }
-                out.result = Some(result);
-            }
-            let text = render_change(&out);
-            ToolOutput::new(&out, text)
-        })
-    }
+    let text = render_change(&out);
+    Ok(Output::new(out, text))
 }
 
 /// `apt`, or an error naming the package manager that was found instead.
 async fn require_apt(r: &dyn crate::exec::remote::Runner, target: &str) -> Result<&'static str, ToolError> {
-    match packages::detect(r).await.map_err(exec_failed)? {
+    match packages::detect(r).await? {
         Some("apt") => Ok("apt"),
         Some(other) => Err(ToolError::Failed(format!(
             "target `{target}` uses {other}; only apt (Debian, Ubuntu) is supported by the packages tools"
@@ -359,20 +303,12 @@ fn render_change(out: &ChangeOutput) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::testing::{self, invalid};
+    use crate::tools::{ToolOutput, ToolSpec};
     use serde_json::{Value, json};
 
     async fn call(name: &str, args: Value) -> Result<ToolOutput, ToolError> {
-        let Value::Object(args) = args else { panic!() };
-        let ctx = ToolContext::local(ToolContext::test_caller(), Arc::new(crate::config::Config::defaults()));
-        let t = tools().into_iter().find(|t| t.spec().name == name).unwrap();
-        t.call(ctx, args).await
-    }
-
-    fn invalid(r: Result<ToolOutput, ToolError>, needle: &str) {
-        match r {
-            Err(ToolError::InvalidArgs(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
-            other => panic!("expected invalid args ({needle}), got {:?}", other.map(|o| o.text)),
-        }
+        testing::call(tools(), name, args).await
     }
 
     #[test]

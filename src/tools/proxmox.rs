@@ -17,17 +17,16 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Annotations, Requirement, Risk, Step, StepKind, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated,
-    bounded, input_schema, output_schema, parse_args,
+    Annotations, Declaration, Kind, Output, Requirement, Risk, Step, StepKind, Tool, ToolContext, ToolError, Truncated,
+    bounded, tool, undeclared_kind,
 };
 use crate::exec::proxmox::{self, Guest, GuestAction, GuestStatus, GuestType, Node, Proxmox, Snapshot, TaskStatus};
 use crate::policy::{Area, Level, Scope};
+use crate::text::human_bytes;
 
 /// The longest a changing tool waits for its task (`wait_seconds`).
 pub const WAIT_MAX_SECONDS: i64 = 600;
@@ -40,19 +39,113 @@ pub const SNAPSHOTS_LIMIT_DEFAULT: i64 = 100;
 /// Characters of a snapshot description.
 pub const DESCRIPTION_MAX: usize = 1024;
 
+/// The Proxmox API, through an `http` target.
+const KINDS: &[Kind] = &[Kind::Http];
+const SYSTEM_READ: Requirement = Requirement::Scope(Scope::new(Area::System, Level::Read));
+const SYSTEM_CONTROL: Requirement = Requirement::Scope(Scope::new(Area::System, Level::Control));
+
 /// The tools of this toolset, in catalog order.
 pub fn tools() -> Vec<Arc<dyn Tool>> {
-    [
-        Op::Nodes,
-        Op::Guests,
-        Op::GuestStatus,
-        Op::GuestAction,
-        Op::Snapshots,
-        Op::SnapshotCreate,
+    vec![
+        tool(
+            Declaration {
+                name: "proxmox_nodes",
+                title: "Proxmox nodes",
+                description: "The nodes of a Proxmox VE cluster (an `http` target whose base_url is the Proxmox API): \
+                    name, status (online/offline), CPU usage percent and count, memory and root disk used/total \
+                    (bytes), uptime (seconds).",
+                requires: SYSTEM_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            nodes,
+        ),
+        tool(
+            Declaration {
+                name: "proxmox_guests",
+                title: "Proxmox VMs and containers",
+                description: "VMs (`qemu`) and LXC containers (`lxc`) of a Proxmox VE cluster, from \
+                    /cluster/resources, by vmid: vmid, type, name, node, status, template, CPUs and CPU usage \
+                    percent, memory used/total and disk size (bytes), uptime, tags, lock. Filters: `node`, `type`, \
+                    `status`; at most `limit` rows (1-1000, default 200), `truncated` says how many were left out.",
+                requires: SYSTEM_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            guests,
+        ),
+        tool(
+            Declaration {
+                name: "proxmox_guest_status",
+                title: "Proxmox guest status",
+                description: "Current status of one VM or container by `vmid` (node and type are looked up unless \
+                    given): status, QMP status (VMs), CPUs and usage percent, memory used/total, disk size, uptime, \
+                    pid, lock, whether HA manages it, tags.",
+                requires: SYSTEM_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            guest_status,
+        ),
+        tool(
+            Declaration {
+                name: "proxmox_guest_action",
+                title: "Start, stop, shut down or reboot a Proxmox guest",
+                description: "Power action on one VM or container by `vmid`: `start`, `shutdown` (clean), `reboot` \
+                    (clean) or `stop` (hard power-off: unsaved guest state is lost; prefer `shutdown`). Returns the \
+                    exact API call as `plan` and the Proxmox task id (UPID); `wait_seconds` (0-600) waits for the \
+                    task and reports its exit status (a failed task is an error). `dry_run: true` returns the plan \
+                    and sends nothing but a lookup of where the guest lives.",
+                requires: SYSTEM_CONTROL,
+                risk: Risk::High,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: true,
+                    idempotent: false,
+                    open_world: false,
+                },
+                kinds: KINDS,
+            },
+            guest_action,
+        ),
+        tool(
+            Declaration {
+                name: "proxmox_snapshots",
+                title: "Proxmox snapshots",
+                description: "Snapshots of one VM or container by `vmid`, oldest first: name, description, created_at \
+                    (RFC 3339 UTC), parent, whether RAM is included; the last entry (`is_current: true`) is the \
+                    guest's present state. At most `limit` rows (1-500, default 100).",
+                requires: SYSTEM_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            snapshots,
+        ),
+        tool(
+            Declaration {
+                name: "proxmox_snapshot_create",
+                title: "Create a Proxmox snapshot",
+                description: "Snapshot one VM or container by `vmid` (e.g. before an upgrade): `name` (a letter, then \
+                    letters, digits, `_` or `-`; 2-40 characters), optional `description`, `include_ram` (VMs only). \
+                    Returns the exact API call as `plan` and the task id (UPID); `wait_seconds` (0-600) waits for the \
+                    task. `dry_run: true` returns the plan without creating anything.",
+                requires: SYSTEM_CONTROL,
+                risk: Risk::Moderate,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: false,
+                    open_world: false,
+                },
+                kinds: KINDS,
+            },
+            snapshot_create,
+        ),
     ]
-    .into_iter()
-    .map(|op| Arc::new(ProxmoxTool::new(op)) as Arc<dyn Tool>)
-    .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -61,19 +154,12 @@ pub fn tools() -> Vec<Arc<dyn Tool>> {
 /// Arguments of `proxmox_nodes`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NodesArgs {
-    /// The Proxmox `http` target; resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
-}
+pub struct NodesArgs {}
 
 /// Arguments of `proxmox_guests`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestsArgs {
-    /// The Proxmox `http` target; resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Only guests on this node (default: the whole cluster).
     #[serde(default)]
     pub node: Option<String>,
@@ -93,9 +179,6 @@ pub struct GuestsArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestArgs {
-    /// The Proxmox `http` target; resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// The guest's id (100 to 999999999).
     #[schemars(range(min = 100, max = 999_999_999))]
     pub vmid: i64,
@@ -111,9 +194,6 @@ pub struct GuestArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotsArgs {
-    /// The Proxmox `http` target; resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// The guest's id (100 to 999999999).
     #[schemars(range(min = 100, max = 999_999_999))]
     pub vmid: i64,
@@ -133,9 +213,6 @@ pub struct SnapshotsArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionArgs {
-    /// The Proxmox `http` target; resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// The guest's id (100 to 999999999).
     #[schemars(range(min = 100, max = 999_999_999))]
     pub vmid: i64,
@@ -160,9 +237,6 @@ pub struct ActionArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotCreateArgs {
-    /// The Proxmox `http` target; resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// The guest's id (100 to 999999999).
     #[schemars(range(min = 100, max = 999_999_999))]
     pub vmid: i64,
@@ -266,146 +340,11 @@ pub struct SnapshotCreateOutput {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The tools
+// Handlers
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Nodes,
-    Guests,
-    GuestStatus,
-    GuestAction,
-    Snapshots,
-    SnapshotCreate,
-}
-
-/// One tool of this toolset.
-pub struct ProxmoxTool {
-    spec: ToolSpec,
-    op: Op,
-}
-
-impl ProxmoxTool {
-    fn new(op: Op) -> ProxmoxTool {
-        let read = Requirement::Scope(Scope::new(Area::System, Level::Read));
-        let control = Requirement::Scope(Scope::new(Area::System, Level::Control));
-        let spec = match op {
-            Op::Nodes => ToolSpec {
-                name: "proxmox_nodes",
-                title: "Proxmox nodes",
-                description: "The nodes of a Proxmox VE cluster (an `http` target whose base_url is the Proxmox API): \
-                    name, status (online/offline), CPU usage percent and count, memory and root disk used/total \
-                    (bytes), uptime (seconds).",
-                requires: read,
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<NodesArgs>(),
-                output_schema: output_schema::<NodesOutput>(),
-            },
-            Op::Guests => ToolSpec {
-                name: "proxmox_guests",
-                title: "Proxmox VMs and containers",
-                description: "VMs (`qemu`) and LXC containers (`lxc`) of a Proxmox VE cluster, from \
-                    /cluster/resources, by vmid: vmid, type, name, node, status, template, CPUs and CPU usage \
-                    percent, memory used/total and disk size (bytes), uptime, tags, lock. Filters: `node`, `type`, \
-                    `status`; at most `limit` rows (1-1000, default 200), `truncated` says how many were left out.",
-                requires: read,
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<GuestsArgs>(),
-                output_schema: output_schema::<GuestsOutput>(),
-            },
-            Op::GuestStatus => ToolSpec {
-                name: "proxmox_guest_status",
-                title: "Proxmox guest status",
-                description: "Current status of one VM or container by `vmid` (node and type are looked up unless \
-                    given): status, QMP status (VMs), CPUs and usage percent, memory used/total, disk size, uptime, \
-                    pid, lock, whether HA manages it, tags.",
-                requires: read,
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<GuestArgs>(),
-                output_schema: output_schema::<GuestStatus>(),
-            },
-            Op::GuestAction => ToolSpec {
-                name: "proxmox_guest_action",
-                title: "Start, stop, shut down or reboot a Proxmox guest",
-                description: "Power action on one VM or container by `vmid`: `start`, `shutdown` (clean), `reboot` \
-                    (clean) or `stop` (hard power-off: unsaved guest state is lost; prefer `shutdown`). Returns the \
-                    exact API call as `plan` and the Proxmox task id (UPID); `wait_seconds` (0-600) waits for the \
-                    task and reports its exit status (a failed task is an error). `dry_run: true` returns the plan \
-                    and sends nothing but a lookup of where the guest lives.",
-                requires: control,
-                risk: Risk::High,
-                annotations: Annotations {
-                    read_only: false,
-                    destructive: true,
-                    idempotent: false,
-                    open_world: false,
-                },
-                input_schema: input_schema::<ActionArgs>(),
-                output_schema: output_schema::<ActionOutput>(),
-            },
-            Op::Snapshots => ToolSpec {
-                name: "proxmox_snapshots",
-                title: "Proxmox snapshots",
-                description: "Snapshots of one VM or container by `vmid`, oldest first: name, description, created_at \
-                    (RFC 3339 UTC), parent, whether RAM is included; the last entry (`is_current: true`) is the \
-                    guest's present state. At most `limit` rows (1-500, default 100).",
-                requires: read,
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<SnapshotsArgs>(),
-                output_schema: output_schema::<SnapshotsOutput>(),
-            },
-            Op::SnapshotCreate => ToolSpec {
-                name: "proxmox_snapshot_create",
-                title: "Create a Proxmox snapshot",
-                description: "Snapshot one VM or container by `vmid` (e.g. before an upgrade): `name` (a letter, then \
-                    letters, digits, `_` or `-`; 2-40 characters), optional `description`, `include_ram` (VMs only). \
-                    Returns the exact API call as `plan` and the task id (UPID); `wait_seconds` (0-600) waits for the \
-                    task. `dry_run: true` returns the plan without creating anything.",
-                requires: control,
-                risk: Risk::Moderate,
-                annotations: Annotations {
-                    read_only: false,
-                    destructive: false,
-                    idempotent: false,
-                    open_world: false,
-                },
-                input_schema: input_schema::<SnapshotCreateArgs>(),
-                output_schema: output_schema::<SnapshotCreateOutput>(),
-            },
-        };
-        ProxmoxTool { spec, op }
-    }
-}
-
-impl Tool for ProxmoxTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn supports(&self, kind: crate::targets::Kind) -> bool {
-        kind == crate::targets::Kind::Http
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            match self.op {
-                Op::Nodes => nodes(&ctx, self.spec.name, parse_args(args)?).await,
-                Op::Guests => guests(&ctx, self.spec.name, parse_args(args)?).await,
-                Op::GuestStatus => guest_status(&ctx, self.spec.name, parse_args(args)?).await,
-                Op::GuestAction => guest_action(&ctx, self.spec.name, parse_args(args)?).await,
-                Op::Snapshots => snapshots(&ctx, self.spec.name, parse_args(args)?).await,
-                Op::SnapshotCreate => snapshot_create(&ctx, self.spec.name, parse_args(args)?).await,
-            }
-        })
-    }
-}
-
-async fn nodes(ctx: &ToolContext, tool: &str, _args: NodesArgs) -> Result<ToolOutput, ToolError> {
-    let px = api(ctx, tool)?;
-    let nodes = px.nodes().await.map_err(failed)?;
+async fn nodes(ctx: ToolContext, _args: NodesArgs) -> Result<Output<NodesOutput>, ToolError> {
+    let px = api(&ctx)?;
+    let nodes = px.nodes().await?;
     let mut text = format!("{} node(s):\n", nodes.len());
     for n in &nodes {
         let _ = writeln!(
@@ -420,16 +359,16 @@ async fn nodes(ctx: &ToolContext, tool: &str, _args: NodesArgs) -> Result<ToolOu
             n.uptime_seconds.map_or("-".into(), duration)
         );
     }
-    ToolOutput::new(
-        &NodesOutput {
+    Ok(Output::new(
+        NodesOutput {
             count: nodes.len(),
             nodes,
         },
         text,
-    )
+    ))
 }
 
-async fn guests(ctx: &ToolContext, tool: &str, args: GuestsArgs) -> Result<ToolOutput, ToolError> {
+async fn guests(ctx: ToolContext, args: GuestsArgs) -> Result<Output<GuestsOutput>, ToolError> {
     let limit = bounded("limit", args.limit, GUESTS_LIMIT_DEFAULT, 1, GUESTS_LIMIT_MAX)?;
     if let Some(node) = &args.node {
         proxmox::validate_node(node).map_err(ToolError::InvalidArgs)?;
@@ -441,8 +380,8 @@ async fn guests(ctx: &ToolContext, tool: &str, args: GuestsArgs) -> Result<ToolO
             "`status` is a Proxmox state such as `running` or `stopped`".into(),
         ));
     }
-    let px = api(ctx, tool)?;
-    let mut all = px.guests().await.map_err(failed)?;
+    let px = api(&ctx)?;
+    let mut all = px.guests().await?;
     all.retain(|g| {
         args.node.as_ref().is_none_or(|n| &g.node == n)
             && args.kind.is_none_or(|k| g.kind == k)
@@ -473,22 +412,22 @@ async fn guests(ctx: &ToolContext, tool: &str, args: GuestsArgs) -> Result<ToolO
     if let Some(t) = &truncated {
         let _ = writeln!(text, "  … {} more (raise `limit` or filter)", t.omitted.unwrap_or(0));
     }
-    ToolOutput::new(
-        &GuestsOutput {
+    Ok(Output::new(
+        GuestsOutput {
             total,
             shown: all.len(),
             guests: all,
             truncated,
         },
         text,
-    )
+    ))
 }
 
-async fn guest_status(ctx: &ToolContext, tool: &str, args: GuestArgs) -> Result<ToolOutput, ToolError> {
+async fn guest_status(ctx: ToolContext, args: GuestArgs) -> Result<Output<GuestStatus>, ToolError> {
     let wanted = Wanted::check(args.vmid, args.node.as_deref(), args.kind)?;
-    let px = api(ctx, tool)?;
+    let px = api(&ctx)?;
     let (node, kind, vmid) = wanted.resolve(&px).await?;
-    let s = px.guest_status(&node, kind, vmid).await.map_err(failed)?;
+    let s = px.guest_status(&node, kind, vmid).await?;
     let text = format!(
         "{} {} ({}) on {}: {}{}; cpu {} of {}, mem {} / {}, up {}{}{}\n",
         s.kind.as_str(),
@@ -509,15 +448,15 @@ async fn guest_status(ctx: &ToolContext, tool: &str, args: GuestArgs) -> Result<
         s.lock.as_deref().map(|l| format!(", locked ({l})")).unwrap_or_default(),
         if s.ha_managed { ", HA-managed" } else { "" },
     );
-    ToolOutput::new(&s, text)
+    Ok(Output::new(s, text))
 }
 
-async fn guest_action(ctx: &ToolContext, tool: &str, args: ActionArgs) -> Result<ToolOutput, ToolError> {
+async fn guest_action(ctx: ToolContext, args: ActionArgs) -> Result<Output<ActionOutput>, ToolError> {
     let wait = bounded("wait_seconds", args.wait_seconds, 0, 0, WAIT_MAX_SECONDS)?;
     let wanted = Wanted::check(args.vmid, args.node.as_deref(), args.kind)?;
-    let px = api(ctx, tool)?;
+    let px = api(&ctx)?;
     let (node, kind, vmid) = wanted.resolve(&px).await?;
-    let path = proxmox::action_path(&node, kind, vmid, args.action).map_err(failed)?;
+    let path = proxmox::action_path(&node, kind, vmid, args.action)?;
     let plan = vec![Step {
         kind: StepKind::Api,
         target: ctx.target.id.clone(),
@@ -526,7 +465,7 @@ async fn guest_action(ctx: &ToolContext, tool: &str, args: ActionArgs) -> Result
     let task = if args.dry_run {
         None
     } else {
-        let upid = px.action(&node, kind, vmid, args.action).await.map_err(failed)?;
+        let upid = px.action(&node, kind, vmid, args.action).await?;
         Some(
             follow(
                 &px,
@@ -539,8 +478,8 @@ async fn guest_action(ctx: &ToolContext, tool: &str, args: ActionArgs) -> Result
         )
     };
     let text = changed_text(args.dry_run, &plan, task.as_ref());
-    ToolOutput::new(
-        &ActionOutput {
+    Ok(Output::new(
+        ActionOutput {
             vmid,
             kind,
             node,
@@ -550,15 +489,15 @@ async fn guest_action(ctx: &ToolContext, tool: &str, args: ActionArgs) -> Result
             task,
         },
         text,
-    )
+    ))
 }
 
-async fn snapshots(ctx: &ToolContext, tool: &str, args: SnapshotsArgs) -> Result<ToolOutput, ToolError> {
+async fn snapshots(ctx: ToolContext, args: SnapshotsArgs) -> Result<Output<SnapshotsOutput>, ToolError> {
     let limit = bounded("limit", args.limit, SNAPSHOTS_LIMIT_DEFAULT, 1, SNAPSHOTS_LIMIT_MAX)?;
     let wanted = Wanted::check(args.vmid, args.node.as_deref(), args.kind)?;
-    let px = api(ctx, tool)?;
+    let px = api(&ctx)?;
     let (node, kind, vmid) = wanted.resolve(&px).await?;
-    let mut snaps = px.snapshots(&node, kind, vmid).await.map_err(failed)?;
+    let mut snaps = px.snapshots(&node, kind, vmid).await?;
     let total = snaps.len();
     // Keep the newest `limit` entries (`current` is last): old ones are what gets cut.
     let truncated = (total > limit).then(|| Truncated {
@@ -584,8 +523,8 @@ async fn snapshots(ctx: &ToolContext, tool: &str, args: SnapshotsArgs) -> Result
             if s.includes_ram { " [ram]" } else { "" }
         );
     }
-    ToolOutput::new(
-        &SnapshotsOutput {
+    Ok(Output::new(
+        SnapshotsOutput {
             vmid,
             kind,
             node,
@@ -594,10 +533,13 @@ async fn snapshots(ctx: &ToolContext, tool: &str, args: SnapshotsArgs) -> Result
             truncated,
         },
         text,
-    )
+    ))
 }
 
-async fn snapshot_create(ctx: &ToolContext, tool: &str, args: SnapshotCreateArgs) -> Result<ToolOutput, ToolError> {
+async fn snapshot_create(
+    ctx: ToolContext,
+    args: SnapshotCreateArgs,
+) -> Result<Output<SnapshotCreateOutput>, ToolError> {
     let wait = bounded("wait_seconds", args.wait_seconds, 0, 0, WAIT_MAX_SECONDS)?;
     proxmox::validate_snapshot_name(&args.name).map_err(ToolError::InvalidArgs)?;
     if let Some(d) = &args.description
@@ -608,7 +550,7 @@ async fn snapshot_create(ctx: &ToolContext, tool: &str, args: SnapshotCreateArgs
         )));
     }
     let wanted = Wanted::check(args.vmid, args.node.as_deref(), args.kind)?;
-    let px = api(ctx, tool)?;
+    let px = api(&ctx)?;
     let (node, kind, vmid) = wanted.resolve(&px).await?;
     if args.include_ram && kind == GuestType::Lxc {
         return Err(ToolError::Failed(format!(
@@ -622,8 +564,7 @@ async fn snapshot_create(ctx: &ToolContext, tool: &str, args: SnapshotCreateArgs
         &args.name,
         args.description.as_deref(),
         args.include_ram,
-    )
-    .map_err(failed)?;
+    )?;
     let plan = vec![Step {
         kind: StepKind::Api,
         target: ctx.target.id.clone(),
@@ -641,8 +582,7 @@ async fn snapshot_create(ctx: &ToolContext, tool: &str, args: SnapshotCreateArgs
                 args.description.as_deref(),
                 args.include_ram,
             )
-            .await
-            .map_err(failed)?;
+            .await?;
         Some(
             follow(
                 &px,
@@ -655,8 +595,8 @@ async fn snapshot_create(ctx: &ToolContext, tool: &str, args: SnapshotCreateArgs
         )
     };
     let text = changed_text(args.dry_run, &plan, task.as_ref());
-    ToolOutput::new(
-        &SnapshotCreateOutput {
+    Ok(Output::new(
+        SnapshotCreateOutput {
             vmid,
             kind,
             node,
@@ -666,7 +606,7 @@ async fn snapshot_create(ctx: &ToolContext, tool: &str, args: SnapshotCreateArgs
             task,
         },
         text,
-    )
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -693,7 +633,7 @@ impl<'a> Wanted<'a> {
         if let (Some(node), Some(kind)) = (self.node, self.kind) {
             return Ok((node.to_string(), kind, self.vmid));
         }
-        let g = px.locate(self.vmid).await.map_err(failed)?;
+        let g = px.locate(self.vmid).await?;
         if let Some(node) = self.node
             && node != g.node
         {
@@ -718,16 +658,11 @@ impl<'a> Wanted<'a> {
     }
 }
 
-/// The Proxmox API of the call's target, or why this target is not one.
-fn api<'c>(ctx: &'c ToolContext, tool: &str) -> Result<Proxmox<'c>, ToolError> {
+/// The Proxmox API of the call's target.
+fn api(ctx: &ToolContext) -> Result<Proxmox<'_>, ToolError> {
     match &ctx.target.executor {
         crate::targets::Executor::Http(http) => Ok(Proxmox::new(http)),
-        _ => Err(ToolError::Failed(format!(
-            "{tool} talks to a Proxmox VE API, which is not supported on {} targets (target `{}`): configure an \
-             `http` target whose base_url is https://HOST:8006/api2/json",
-            ctx.target.kind.as_str(),
-            ctx.target.id
-        ))),
+        _ => Err(undeclared_kind(ctx)),
     }
 }
 
@@ -792,28 +727,13 @@ fn changed_text(dry_run: bool, plan: &[Step], task: Option<&Task>) -> String {
     text
 }
 
-fn failed(e: crate::exec::ExecError) -> ToolError {
-    ToolError::Failed(e.to_string())
-}
-
 fn pct(p: Option<f64>) -> String {
     p.map_or("?".into(), |p| format!("{p:.1}%"))
 }
 
+/// [`human_bytes`], or `?` when unknown.
 fn bytes(b: Option<u64>) -> String {
-    let Some(b) = b else { return "?".into() };
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    b.map_or("?".into(), human_bytes)
 }
 
 fn duration(seconds: u64) -> String {
@@ -828,26 +748,12 @@ fn duration(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::testing::{self, invalid};
+    use crate::tools::{ToolOutput, ToolSpec};
     use serde_json::{Value, json};
 
-    fn ctx() -> ToolContext {
-        ToolContext::local(ToolContext::test_caller(), Arc::new(crate::config::Config::defaults()))
-    }
-
     async fn call(name: &str, args: Value) -> Result<ToolOutput, ToolError> {
-        let Value::Object(args) = args else { panic!() };
-        let t = tools().into_iter().find(|t| t.spec().name == name).unwrap();
-        t.call(ctx(), args).await
-    }
-
-    fn invalid(r: Result<ToolOutput, ToolError>, says: &str) {
-        match r {
-            Err(ToolError::InvalidArgs(m)) => assert!(m.contains(says), "{m:?} lacks {says:?}"),
-            other => panic!(
-                "expected invalid arguments saying {says:?}, got {:?}",
-                other.map(|o| o.text)
-            ),
-        }
+        testing::call(tools(), name, args).await
     }
 
     #[test]
@@ -896,7 +802,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_arguments_are_refused_before_the_target_is_asked() {
-        // On `local`, anything that got past validation would fail with "not supported".
+        // Each is refused before the target is looked at.
         for (tool, args, says) in [
             ("proxmox_guest_status", json!({"vmid": 99}), "between 100 and 999999999"),
             ("proxmox_guest_status", json!({"vmid": 1_000_000_000}), "between 100"),
@@ -948,8 +854,10 @@ mod tests {
         ] {
             invalid(call(tool, args.clone()).await, says);
         }
+        // Valid arguments reach the executor, which on `local` is no Proxmox API (the call
+        // pipeline never runs these tools there).
         match call("proxmox_nodes", json!({})).await {
-            Err(ToolError::Failed(m)) => assert!(m.contains("not supported on local targets"), "{m}"),
+            Err(ToolError::Internal(m)) => assert!(m.contains("is a local target"), "{m}"),
             other => panic!("{:?}", other.map(|o| o.text)),
         }
     }

@@ -10,18 +10,16 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Annotations, Requirement, Risk, Step, StepKind, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated,
-    bounded, input_schema, output_schema, parse_args,
+    Annotations, Declaration, Kind, Output, Requirement, Risk, Step, StepKind, Tool, ToolContext, ToolError, Truncated,
+    bounded, tool, undeclared_kind,
 };
 use crate::exec::remote::{LocalRunner, Runner};
 use crate::exec::systemd::{self, Glob, HelperOp, HelperRequest, HelperResult, UnitRow, UnitStatus, Verb};
-use crate::exec::{CommandSpec, ExecError, Limits};
+use crate::exec::{CommandSpec, Limits};
 use crate::policy::{Area, Level, Scope};
 
 pub const LIST_LIMIT_DEFAULT: i64 = 100;
@@ -29,17 +27,179 @@ pub const LIST_LIMIT_MAX: i64 = 1000;
 pub const STATUS_LINES_DEFAULT: i64 = 20;
 pub const STATUS_LINES_MAX: i64 = 200;
 
+/// The shared part of every changing tool's description, after its own sentence.
+macro_rules! control_note {
+    () => {
+        " `unit` gets `.service` when it has no type suffix and must be on the server's \
+         `[services] units` list (others are refused before anything runs). `dry_run: true` returns the plan (the \
+         exact commands) without running them; the plan is returned either way."
+    };
+}
+
+/// systemctl on this host or over SSH.
+const KINDS: &[Kind] = &[Kind::Local, Kind::Ssh];
+
 /// The tools of this toolset, in catalog order.
 pub fn tools() -> Vec<Arc<dyn Tool>> {
     vec![
-        Arc::new(ListTool::new()),
-        Arc::new(StatusTool::new()),
-        Arc::new(ControlTool::new(Verb::Start)),
-        Arc::new(ControlTool::new(Verb::Stop)),
-        Arc::new(ControlTool::new(Verb::Restart)),
-        Arc::new(ControlTool::new(Verb::Reload)),
-        Arc::new(ControlTool::new(Verb::Enable)),
-        Arc::new(ControlTool::new(Verb::Disable)),
+        tool(
+            Declaration {
+                name: "services_list",
+                title: "List systemd units",
+                description: "systemd units of the host, sorted by name: unit, load state, active state, sub-state, \
+                    unit-file state (`enabled`, `disabled`, `static`, ...) and description. Loaded units and \
+                    installed unit files that are not loaded are both listed. `pattern` is a glob over unit names \
+                    (default `*.service`); `state` keeps units whose active, sub, load or unit-file state equals it \
+                    (e.g. `failed`, `running`, `enabled`); `limit` caps the rows (1-1000, default 100) and \
+                    `truncated` says how many matching units were left out.",
+                requires: Requirement::Scope(Scope::new(Area::Services, Level::Read)),
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            list,
+        ),
+        tool(
+            Declaration {
+                name: "services_status",
+                title: "systemd unit status",
+                description: "State of one unit (`systemctl show`: Description, LoadState, ActiveState, SubState, \
+                    UnitFileState, Result, MainPID, ExecMainStatus, NRestarts, timestamps, MemoryCurrent, \
+                    CPUUsageNSec, TasksCurrent, FragmentPath, User, Restart; unset ones omitted) and its newest \
+                    journal lines (`lines`, 0-200, default 20; each message cut at 1000 characters), oldest first \
+                    with time, priority (0 emerg .. 7 debug), identifier and pid. `unit` gets `.service` when it \
+                    has no type suffix.",
+                requires: Requirement::Scope(Scope::new(Area::Services, Level::Read)),
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            status,
+        ),
+        tool(
+            Declaration {
+                name: "services_start",
+                title: "Start a unit",
+                description: concat!(
+                    "Start a systemd unit (`systemctl start`) and report `is-active`/`is-enabled` afterwards.",
+                    control_note!()
+                ),
+                requires: Requirement::Scope(Scope::new(Area::Services, Level::Control)),
+                risk: Risk::Moderate,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: true,
+                    open_world: false,
+                },
+                kinds: KINDS,
+            },
+            |ctx, args| control(ctx, args, Verb::Start),
+        ),
+        tool(
+            Declaration {
+                name: "services_stop",
+                title: "Stop a unit",
+                description: concat!(
+                    "Stop a systemd unit (`systemctl stop`) and report `is-active`/`is-enabled` afterwards.",
+                    control_note!()
+                ),
+                requires: Requirement::Scope(Scope::new(Area::Services, Level::Control)),
+                risk: Risk::Moderate,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: true,
+                    idempotent: true,
+                    open_world: false,
+                },
+                kinds: KINDS,
+            },
+            |ctx, args| control(ctx, args, Verb::Stop),
+        ),
+        tool(
+            Declaration {
+                name: "services_restart",
+                title: "Restart a unit",
+                description: concat!(
+                    "Restart a systemd unit (`systemctl restart`; starts it when stopped) and report \
+                     `is-active`/`is-enabled` afterwards.",
+                    control_note!()
+                ),
+                requires: Requirement::Scope(Scope::new(Area::Services, Level::Control)),
+                risk: Risk::Moderate,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: true,
+                    idempotent: false,
+                    open_world: false,
+                },
+                kinds: KINDS,
+            },
+            |ctx, args| control(ctx, args, Verb::Restart),
+        ),
+        tool(
+            Declaration {
+                name: "services_reload",
+                title: "Reload a unit",
+                description: concat!(
+                    "Ask a running unit to reload its configuration (`systemctl reload`; fails for units \
+                     without ExecReload) and report `is-active`/`is-enabled` afterwards.",
+                    control_note!()
+                ),
+                requires: Requirement::Scope(Scope::new(Area::Services, Level::Control)),
+                risk: Risk::Moderate,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: false,
+                    open_world: false,
+                },
+                kinds: KINDS,
+            },
+            |ctx, args| control(ctx, args, Verb::Reload),
+        ),
+        tool(
+            Declaration {
+                name: "services_enable",
+                title: "Enable a unit",
+                description: concat!(
+                    "Enable a systemd unit at boot (`systemctl enable`, run by the root helper unit \
+                     tailopsmcp-helper@.service; does not start it) and report `is-enabled` afterwards.",
+                    control_note!()
+                ),
+                requires: Requirement::Scope(Scope::new(Area::Services, Level::Admin)),
+                risk: Risk::Moderate,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: false,
+                    idempotent: true,
+                    open_world: false,
+                },
+                kinds: KINDS,
+            },
+            |ctx, args| control(ctx, args, Verb::Enable),
+        ),
+        tool(
+            Declaration {
+                name: "services_disable",
+                title: "Disable a unit",
+                description: concat!(
+                    "Disable a systemd unit at boot (`systemctl disable`, run by the root helper unit \
+                     tailopsmcp-helper@.service; does not stop it) and report `is-enabled` afterwards.",
+                    control_note!()
+                ),
+                requires: Requirement::Scope(Scope::new(Area::Services, Level::Admin)),
+                risk: Risk::High,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: true,
+                    idempotent: true,
+                    open_world: false,
+                },
+                kinds: KINDS,
+            },
+            |ctx, args| control(ctx, args, Verb::Disable),
+        ),
     ]
 }
 
@@ -47,9 +207,6 @@ pub fn tools() -> Vec<Arc<dyn Tool>> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Only units in this state: matched against the active state (`active`, `failed`, ...),
     /// the sub-state (`running`, `exited`, `dead`, ...), the load state (`not-found`, `masked`)
     /// and the unit-file state (`enabled`, `disabled`, `static`, ...).
@@ -79,9 +236,6 @@ pub struct ListOutput {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Unit name; `.service` is added when there is no type suffix.
     pub unit: String,
     /// Newest journal lines to include, 0 to 200 (default 20).
@@ -103,9 +257,6 @@ pub struct StatusOutput {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ControlArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Unit name; `.service` is added when there is no type suffix. It must be on the server's
     /// `[services] units` list.
     pub unit: String,
@@ -130,322 +281,131 @@ pub struct ControlOutput {
     pub helper: Option<HelperResult>,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
 /// `services_list`.
-pub struct ListTool {
-    spec: ToolSpec,
-}
-
-impl ListTool {
-    pub fn new() -> ListTool {
-        ListTool {
-            spec: ToolSpec {
-                name: "services_list",
-                title: "List systemd units",
-                description: "systemd units of the host, sorted by name: unit, load state, active state, sub-state, \
-                    unit-file state (`enabled`, `disabled`, `static`, ...) and description. Loaded units and \
-                    installed unit files that are not loaded are both listed. `pattern` is a glob over unit names \
-                    (default `*.service`); `state` keeps units whose active, sub, load or unit-file state equals it \
-                    (e.g. `failed`, `running`, `enabled`); `limit` caps the rows (1-1000, default 100) and \
-                    `truncated` says how many matching units were left out.",
-                requires: Requirement::Scope(Scope::new(Area::Services, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<ListArgs>(),
-                output_schema: output_schema::<ListOutput>(),
-            },
+async fn list(ctx: ToolContext, args: ListArgs) -> Result<Output<ListOutput>, ToolError> {
+    let limit = bounded("limit", args.limit, LIST_LIMIT_DEFAULT, 1, LIST_LIMIT_MAX)?;
+    let pattern = Glob::new(args.pattern.as_deref().unwrap_or("*.service")).map_err(ToolError::InvalidArgs)?;
+    let state = match args.state.as_deref() {
+        None => None,
+        Some(s) if !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_lowercase() || c == '-') => {
+            Some(s.to_string())
         }
-    }
-}
-
-impl Default for ListTool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Tool for ListTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: ListArgs = parse_args(args)?;
-            let limit = bounded("limit", args.limit, LIST_LIMIT_DEFAULT, 1, LIST_LIMIT_MAX)?;
-            let pattern = Glob::new(args.pattern.as_deref().unwrap_or("*.service")).map_err(ToolError::InvalidArgs)?;
-            let state = match args.state.as_deref() {
-                None => None,
-                Some(s) if !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_lowercase() || c == '-') => {
-                    Some(s.to_string())
-                }
-                Some(s) => {
-                    return Err(ToolError::InvalidArgs(format!(
-                        "state `{}` is not a unit state (lowercase letters and `-`, e.g. `failed`, `running`, `enabled`)",
-                        systemd::shown(s)
-                    )));
-                }
-            };
-            let host = Host::of(&ctx, self.spec.name, None)?;
-            let all = systemd::list_units(host.runner()).await.map_err(exec_failed)?;
-            let mut rows: Vec<UnitRow> = all
-                .into_iter()
-                .filter(|r| pattern.matches(&r.unit))
-                .filter(|r| {
-                    state.as_deref().is_none_or(|s| {
-                        [&r.active, &r.sub, &r.load, &r.enabled]
-                            .iter()
-                            .any(|v| v.as_deref() == Some(s))
-                    })
-                })
-                .collect();
-            let matched = rows.len();
-            rows.truncate(limit);
-            let truncated = (matched > rows.len()).then(|| Truncated {
-                cap: format!("limit={limit}"),
-                omitted: Some((matched - rows.len()) as u64),
-            });
-            let out = ListOutput {
-                matched,
-                shown: rows.len(),
-                units: rows,
-                truncated,
-            };
-            let text = render_list(&out);
-            ToolOutput::new(&out, text)
+        Some(s) => {
+            return Err(ToolError::InvalidArgs(format!(
+                "state `{}` is not a unit state (lowercase letters and `-`, e.g. `failed`, `running`, `enabled`)",
+                systemd::shown(s)
+            )));
+        }
+    };
+    let host = Host::of(&ctx, None)?;
+    let all = systemd::list_units(host.runner()).await?;
+    let mut rows: Vec<UnitRow> = all
+        .into_iter()
+        .filter(|r| pattern.matches(&r.unit))
+        .filter(|r| {
+            state.as_deref().is_none_or(|s| {
+                [&r.active, &r.sub, &r.load, &r.enabled]
+                    .iter()
+                    .any(|v| v.as_deref() == Some(s))
+            })
         })
-    }
+        .collect();
+    let matched = rows.len();
+    rows.truncate(limit);
+    let truncated = (matched > rows.len()).then(|| Truncated {
+        cap: format!("limit={limit}"),
+        omitted: Some((matched - rows.len()) as u64),
+    });
+    let out = ListOutput {
+        matched,
+        shown: rows.len(),
+        units: rows,
+        truncated,
+    };
+    let text = render_list(&out);
+    Ok(Output::new(out, text))
 }
 
 /// `services_status`.
-pub struct StatusTool {
-    spec: ToolSpec,
+async fn status(ctx: ToolContext, args: StatusArgs) -> Result<Output<StatusOutput>, ToolError> {
+    let lines = bounded("lines", args.lines, STATUS_LINES_DEFAULT, 0, STATUS_LINES_MAX)?;
+    let unit = systemd::validate_unit(&args.unit).map_err(ToolError::InvalidArgs)?;
+    let host = Host::of(&ctx, None)?;
+    let status = systemd::unit_status(host.runner(), &unit, lines).await?;
+    let truncated = (lines > 0 && status.journal.len() >= lines).then(|| Truncated {
+        cap: format!("lines={lines}"),
+        omitted: None,
+    });
+    let out = StatusOutput { status, truncated };
+    let text = render_status(&out.status);
+    Ok(Output::new(out, text))
 }
 
-impl StatusTool {
-    pub fn new() -> StatusTool {
-        StatusTool {
-            spec: ToolSpec {
-                name: "services_status",
-                title: "systemd unit status",
-                description: "State of one unit (`systemctl show`: Description, LoadState, ActiveState, SubState, \
-                    UnitFileState, Result, MainPID, ExecMainStatus, NRestarts, timestamps, MemoryCurrent, \
-                    CPUUsageNSec, TasksCurrent, FragmentPath, User, Restart; unset ones omitted) and its newest \
-                    journal lines (`lines`, 0-200, default 20; each message cut at 1000 characters), oldest first \
-                    with time, priority (0 emerg .. 7 debug), identifier and pid. `unit` gets `.service` when it \
-                    has no type suffix.",
-                requires: Requirement::Scope(Scope::new(Area::Services, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<StatusArgs>(),
-                output_schema: output_schema::<StatusOutput>(),
+/// The changing tools (`services_start` … `services_disable`): `verb` on one allowed unit.
+async fn control(ctx: ToolContext, args: ControlArgs, verb: Verb) -> Result<Output<ControlOutput>, ToolError> {
+    let unit = systemd::validate_unit(&args.unit).map_err(ToolError::InvalidArgs)?;
+    let allowed = &ctx.config.services.units;
+    if !systemd::unit_allowed(&unit, allowed) {
+        let list: Vec<&str> = allowed.iter().map(Glob::as_str).collect();
+        return Err(ToolError::Failed(format!(
+            "{unit} is not on this server's `[services] units` list ({}); services_{} refused",
+            if list.is_empty() {
+                "the list is empty".to_string()
+            } else {
+                list.join(", ")
             },
-        }
+            verb.as_str()
+        )));
     }
-}
-
-impl Default for StatusTool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Tool for StatusTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: StatusArgs = parse_args(args)?;
-            let lines = bounded("lines", args.lines, STATUS_LINES_DEFAULT, 0, STATUS_LINES_MAX)?;
-            let unit = systemd::validate_unit(&args.unit).map_err(ToolError::InvalidArgs)?;
-            let host = Host::of(&ctx, self.spec.name, None)?;
-            let status = systemd::unit_status(host.runner(), &unit, lines)
-                .await
-                .map_err(exec_failed)?;
-            let truncated = (lines > 0 && status.journal.len() >= lines).then(|| Truncated {
-                cap: format!("lines={lines}"),
-                omitted: None,
-            });
-            let out = StatusOutput { status, truncated };
-            let text = render_status(&out.status);
-            ToolOutput::new(&out, text)
+    let helper_timeout = ctx.config.services.helper_timeout;
+    let host = Host::of(&ctx, verb.via_helper().then_some(helper_timeout))?;
+    let target = ctx.target.id.clone();
+    let request = verb.via_helper().then(|| {
+        HelperRequest::new(if verb == Verb::Enable {
+            HelperOp::Enable(unit.clone())
+        } else {
+            HelperOp::Disable(unit.clone())
         })
-    }
-}
-
-/// One of the changing tools (`services_start` … `services_disable`).
-pub struct ControlTool {
-    spec: ToolSpec,
-    verb: Verb,
-}
-
-impl ControlTool {
-    pub fn new(verb: Verb) -> ControlTool {
-        let (name, title, description, level, risk, destructive, idempotent) = match verb {
-            Verb::Start => (
-                "services_start",
-                "Start a unit",
-                "Start a systemd unit (`systemctl start`) and report `is-active`/`is-enabled` afterwards.",
-                Level::Control,
-                Risk::Moderate,
-                false,
-                true,
-            ),
-            Verb::Stop => (
-                "services_stop",
-                "Stop a unit",
-                "Stop a systemd unit (`systemctl stop`) and report `is-active`/`is-enabled` afterwards.",
-                Level::Control,
-                Risk::Moderate,
-                true,
-                true,
-            ),
-            Verb::Restart => (
-                "services_restart",
-                "Restart a unit",
-                "Restart a systemd unit (`systemctl restart`; starts it when stopped) and report \
-                 `is-active`/`is-enabled` afterwards.",
-                Level::Control,
-                Risk::Moderate,
-                true,
-                false,
-            ),
-            Verb::Reload => (
-                "services_reload",
-                "Reload a unit",
-                "Ask a running unit to reload its configuration (`systemctl reload`; fails for units \
-                 without ExecReload) and report `is-active`/`is-enabled` afterwards.",
-                Level::Control,
-                Risk::Moderate,
-                false,
-                false,
-            ),
-            Verb::Enable => (
-                "services_enable",
-                "Enable a unit",
-                "Enable a systemd unit at boot (`systemctl enable`, run by the root helper unit \
-                 tailopsmcp-helper@.service; does not start it) and report `is-enabled` afterwards.",
-                Level::Admin,
-                Risk::Moderate,
-                false,
-                true,
-            ),
-            Verb::Disable => (
-                "services_disable",
-                "Disable a unit",
-                "Disable a systemd unit at boot (`systemctl disable`, run by the root helper unit \
-                 tailopsmcp-helper@.service; does not stop it) and report `is-enabled` afterwards.",
-                Level::Admin,
-                Risk::High,
-                true,
-                true,
-            ),
-        };
-        ControlTool {
-            verb,
-            spec: ToolSpec {
-                name,
-                title,
-                description: leak_description(description),
-                requires: Requirement::Scope(Scope::new(Area::Services, level)),
-                risk,
-                annotations: Annotations {
-                    read_only: false,
-                    destructive,
-                    idempotent,
-                    open_world: false,
-                },
-                input_schema: input_schema::<ControlArgs>(),
-                output_schema: output_schema::<ControlOutput>(),
-            },
-        }
-    }
-}
-
-/// The shared part of every changing tool's description, after its own sentence.
-const CONTROL_NOTE: &str = " `unit` gets `.service` when it has no type suffix and must be on the server's \
-    `[services] units` list (others are refused before anything runs). `dry_run: true` returns the plan (the \
-    exact commands) without running them; the plan is returned either way.";
-
-fn leak_description(own: &'static str) -> &'static str {
-    // Built once per tool at catalog construction; the catalog lives for the whole process.
-    Box::leak(format!("{own}{CONTROL_NOTE}").into_boxed_str())
-}
-
-impl Tool for ControlTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: ControlArgs = parse_args(args)?;
-            let unit = systemd::validate_unit(&args.unit).map_err(ToolError::InvalidArgs)?;
-            let allowed = &ctx.config.services.units;
-            if !systemd::unit_allowed(&unit, allowed) {
-                let list: Vec<&str> = allowed.iter().map(Glob::as_str).collect();
-                return Err(ToolError::Failed(format!(
-                    "{unit} is not on this server's `[services] units` list ({}); {} refused",
-                    if list.is_empty() {
-                        "the list is empty".to_string()
-                    } else {
-                        list.join(", ")
-                    },
-                    self.spec.name
-                )));
+    });
+    let plan = match &request {
+        None => vec![command_step(&target, &systemd::control_command(verb, &unit))],
+        Some(req) => helper_plan(&target, req, &format!("systemctl {} -- {unit}", verb.as_str())),
+    };
+    let mut out = ControlOutput {
+        unit: unit.clone(),
+        verb,
+        dry_run: args.dry_run,
+        plan,
+        active: None,
+        enabled: None,
+        helper: None,
+    };
+    if !args.dry_run {
+        match &request {
+            None => {
+                systemd::control(host.runner(), verb, &unit).await?;
             }
-            let verb = self.verb;
-            let helper_timeout = ctx.config.services.helper_timeout;
-            let host = Host::of(&ctx, self.spec.name, verb.via_helper().then_some(helper_timeout))?;
-            let target = ctx.target.id.clone();
-            let request = verb.via_helper().then(|| {
-                HelperRequest::new(if verb == Verb::Enable {
-                    HelperOp::Enable(unit.clone())
-                } else {
-                    HelperOp::Disable(unit.clone())
-                })
-            });
-            let plan = match &request {
-                None => vec![command_step(&target, &systemd::control_command(verb, &unit))],
-                Some(req) => helper_plan(&target, req, &format!("systemctl {} -- {unit}", verb.as_str())),
-            };
-            let mut out = ControlOutput {
-                unit: unit.clone(),
-                verb,
-                dry_run: args.dry_run,
-                plan,
-                active: None,
-                enabled: None,
-                helper: None,
-            };
-            if !args.dry_run {
-                match &request {
-                    None => {
-                        systemd::control(host.runner(), verb, &unit)
-                            .await
-                            .map_err(exec_failed)?;
-                    }
-                    Some(req) => {
-                        let result = systemd::run_helper(host.runner(), req).await.map_err(exec_failed)?;
-                        if !result.ok {
-                            return Err(ToolError::Failed(format!(
-                                "{} (helper output: {})",
-                                result.summary,
-                                systemd::cut(result.output_tail.trim(), 500)
-                            )));
-                        }
-                        out.helper = Some(result);
-                    }
+            Some(req) => {
+                let result = systemd::run_helper(host.runner(), req).await?;
+                if !result.ok {
+                    return Err(ToolError::Failed(format!(
+                        "{} (helper output: {})",
+                        result.summary,
+                        systemd::cut(result.output_tail.trim(), 500)
+                    )));
                 }
-                let (active, enabled) = systemd::states(host.runner(), &unit).await;
-                out.active = active;
-                out.enabled = enabled;
+                out.helper = Some(result);
             }
-            let text = render_control(&out);
-            ToolOutput::new(&out, text)
-        })
+        }
+        let (active, enabled) = systemd::states(host.runner(), &unit).await;
+        out.active = active;
+        out.enabled = enabled;
     }
+    let text = render_control(&out);
+    Ok(Output::new(out, text))
 }
 
 /// The steps of a root-helper request: start the instance (the helper runs `inner` as root),
@@ -497,7 +457,7 @@ pub enum Host<'a> {
 
 impl<'a> Host<'a> {
     /// The runner for `ctx.target`; `long` replaces the local timeout (root-helper runs).
-    pub fn of(ctx: &'a ToolContext, tool: &str, long: Option<std::time::Duration>) -> Result<Host<'a>, ToolError> {
+    pub fn of(ctx: &'a ToolContext, long: Option<std::time::Duration>) -> Result<Host<'a>, ToolError> {
         match &ctx.target.executor {
             crate::targets::Executor::Local => {
                 let mut limits: Limits = ctx.target.limits;
@@ -507,11 +467,7 @@ impl<'a> Host<'a> {
                 Ok(Host::Local(LocalRunner(limits)))
             }
             crate::targets::Executor::Ssh(ssh) => Ok(Host::Remote(ssh)),
-            _ => Err(ToolError::Failed(format!(
-                "{tool} runs systemctl on a host; it is not supported on {} targets (target `{}`)",
-                ctx.target.kind.as_str(),
-                ctx.target.id
-            ))),
+            _ => Err(undeclared_kind(ctx)),
         }
     }
 
@@ -521,10 +477,6 @@ impl<'a> Host<'a> {
             Host::Remote(r) => *r,
         }
     }
-}
-
-pub fn exec_failed(e: ExecError) -> ToolError {
-    ToolError::Failed(e.to_string())
 }
 
 fn render_list(out: &ListOutput) -> String {
@@ -614,25 +566,14 @@ fn render_control(out: &ControlOutput) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::ToolOutput;
+    use crate::tools::testing::{self, invalid};
     use serde_json::{Value, json};
 
-    fn ctx(config: &str) -> ToolContext {
+    async fn call(name: &str, config: &str, args: Value) -> Result<ToolOutput, ToolError> {
         let config =
             crate::config::Config::from_toml(config, std::path::Path::new("t.toml"), &Default::default()).unwrap();
-        ToolContext::local(ToolContext::test_caller(), Arc::new(config))
-    }
-
-    async fn call(name: &str, config: &str, args: Value) -> Result<ToolOutput, ToolError> {
-        let Value::Object(args) = args else { panic!() };
-        let t = tools().into_iter().find(|t| t.spec().name == name).unwrap();
-        t.call(ctx(config), args).await
-    }
-
-    fn invalid(r: Result<ToolOutput, ToolError>, needle: &str) {
-        match r {
-            Err(ToolError::InvalidArgs(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
-            other => panic!("expected invalid args ({needle}), got {:?}", other.map(|o| o.text)),
-        }
+        testing::call_with(config, tools(), name, args).await
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The `stacks` toolset: compose stacks on this host — list, status, deploy from git, update
 //! (pull + `up -d`), remove (`down`).
 //!
-//! Tools parse and validate arguments, refuse targets other than this host, and call
-//! `exec::compose`, which validates every name, URL, ref and path again before anything runs
-//! and records the plan it follows. They never run commands or touch files themselves, never
-//! check scopes and never write audit rows.
+//! Tools run on `local` targets only. They parse and validate arguments and call
+//! `exec::compose`, which validates every name, URL, ref and path again before anything runs and
+//! records the plan it follows. They never run commands or touch files themselves, never check
+//! scopes and never write audit rows.
 //!
 //! Not done: progress notifications while a deploy runs. rmcp sends them through the request's
 //! peer (`notify_progress` with the client's progress token), and `ToolContext` carries no peer;
@@ -14,14 +14,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Annotations, Requirement, Risk, Step, StepKind, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated,
-    bounded, input_schema, output_schema, parse_args,
+    Annotations, Declaration, Kind, Output, Requirement, Risk, Step, StepKind, Tool, ToolContext, ToolError, Truncated,
+    bounded, tool,
 };
 use crate::exec::compose::{ChangeReport, DeployRequest, StackError, StackListing, StackStatus, Stacks};
 use crate::policy::{Area, Level, Scope};
@@ -29,14 +27,110 @@ use crate::policy::{Area, Level, Scope};
 /// `stacks_list.limit`: default, min, max.
 pub const LIST_LIMIT: (i64, i64, i64) = (100, 1, 500);
 
+/// Compose runs on this server's own host: `local` targets only.
+const KINDS: &[Kind] = &[Kind::Local];
+
 /// The tools of this toolset, in catalog order.
 pub fn tools() -> Vec<Arc<dyn Tool>> {
     vec![
-        Arc::new(ListTool::new()),
-        Arc::new(StatusTool::new()),
-        Arc::new(DeployTool::new()),
-        Arc::new(UpdateTool::new()),
-        Arc::new(RemoveTool::new()),
+        tool(
+            Declaration {
+                name: "stacks_list",
+                title: "List compose stacks",
+                description: "Compose stacks on this host: every directory in the stacks directory with a compose file \
+                    (deployed from git by this server = `managed`, or made by hand), merged by name with the compose \
+                    projects the Docker engine knows from its containers' `com.docker.compose.project` labels. Each: \
+                    name, directory and compose file (when on disk), container and running counts, the project's \
+                    working directory (for projects started elsewhere) and any problem with its directory. At most \
+                    `limit` stacks (1-500, default 100), sorted by name.",
+                requires: Requirement::Scope(Scope::new(Area::Stacks, Level::Read)),
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            list,
+        ),
+        tool(
+            Declaration {
+                name: "stacks_status",
+                title: "Compose stack status",
+                description: "One stack's services (from `compose config --services`) and their containers on the engine \
+                    (name, id, state, status, image), containers of services no longer defined, the directory and \
+                    compose file, the `.env` keys (never values), the compose CLI used and, for stacks deployed from \
+                    git, where from (URL, branch, commit, when). A compose project started outside the stacks \
+                    directory is described from its containers' labels only.",
+                requires: Requirement::Scope(Scope::new(Area::Stacks, Level::Read)),
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            status,
+        ),
+        tool(
+            Declaration {
+                name: "stacks_deploy",
+                title: "Deploy a compose stack from git",
+                description: "Clone a git repository (its host must be in the server's allowed_git_hosts; `branch` or \
+                    `commit`, default branch otherwise) into the stack's directory, check that the compose file stays \
+                    inside the checkout, write `env` to the stack's `.env` (mode 0600; values are never shown back), \
+                    and run `compose up --detach --remove-orphans` with the stack name as project name. Deploying an \
+                    existing stack that this server deployed replaces its checkout (redeploy; `.env` kept when `env` \
+                    is omitted); any other existing directory or compose project of that name is refused. Returns \
+                    the plan (exact commands and file writes), each command's output end, and the containers. \
+                    `dry_run: true` returns the plan only.",
+                requires: Requirement::Scope(Scope::new(Area::Stacks, Level::Admin)),
+                risk: Risk::High,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: true,
+                    idempotent: false,
+                    open_world: true,
+                },
+                kinds: KINDS,
+            },
+            deploy,
+        ),
+        tool(
+            Declaration {
+                name: "stacks_update",
+                title: "Update a compose stack",
+                description: "Pull the stack's images (`compose pull --ignore-pull-failures`: an image that cannot be \
+                    pulled, such as one built or imported locally, is a warning and keeps the local image) and \
+                    `compose up --detach`, which recreates the containers whose image or configuration changed. \
+                    Reports the services recreated and the containers afterwards. The compose file and the images it \
+                    names are not changed (redeploy with stacks_deploy for that). `dry_run: true` returns the plan \
+                    only.",
+                requires: Requirement::Scope(Scope::new(Area::Stacks, Level::Control)),
+                risk: Risk::High,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: true,
+                    idempotent: true,
+                    open_world: true,
+                },
+                kinds: KINDS,
+            },
+            update,
+        ),
+        tool(
+            Declaration {
+                name: "stacks_remove",
+                title: "Remove a compose stack",
+                description: "`compose down`: stop and remove the stack's containers and networks. Named volumes (the \
+                    stack's data) are removed only with `volumes: true`; the stack's directory (checkout, `.env`, \
+                    metadata) only with `delete_files: true`. `dry_run: true` returns the plan only.",
+                requires: Requirement::Scope(Scope::new(Area::Stacks, Level::Admin)),
+                risk: Risk::High,
+                annotations: Annotations {
+                    read_only: false,
+                    destructive: true,
+                    idempotent: true,
+                    open_world: false,
+                },
+                kinds: KINDS,
+            },
+            remove,
+        ),
     ]
 }
 
@@ -44,9 +138,6 @@ pub fn tools() -> Vec<Arc<dyn Tool>> {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// At most this many stacks, 1 to 500 (default 100).
     #[serde(default)]
     #[schemars(range(min = 1, max = 500))]
@@ -57,8 +148,6 @@ pub struct ListArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusArgs {
-    #[serde(default)]
-    pub target: Option<String>,
     /// The stack (its directory name and compose project name).
     pub name: String,
 }
@@ -67,8 +156,6 @@ pub struct StatusArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployArgs {
-    #[serde(default)]
-    pub target: Option<String>,
     /// Stack name: 1-63 of `a-z 0-9 _ -`, starting with a letter or digit. Also the compose
     /// project name.
     pub name: String,
@@ -99,8 +186,6 @@ pub struct DeployArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateArgs {
-    #[serde(default)]
-    pub target: Option<String>,
     pub name: String,
     /// Return the plan without doing anything.
     #[serde(default)]
@@ -111,8 +196,6 @@ pub struct UpdateArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveArgs {
-    #[serde(default)]
-    pub target: Option<String>,
     pub name: String,
     /// Also remove the stack's named volumes (its data). Default false: volumes are kept.
     #[serde(default)]
@@ -145,26 +228,19 @@ pub struct ChangeOutput {
     pub report: ChangeReport,
 }
 
-fn stacks(ctx: &ToolContext, tool: &str) -> Result<Stacks, ToolError> {
-    match ctx.target.executor {
-        crate::targets::Executor::Local => Ok(Stacks::new(ctx.config.stacks.clone(), ctx.target.limits)),
-        _ => Err(ToolError::Failed(format!(
-            "{tool} runs compose on this server's own host; target `{}` is a {} target (stacks are supported on \
-             local targets only)",
-            ctx.target.id,
-            ctx.target.kind.as_str()
-        ))),
-    }
+/// Compose stacks of this host, under `[stacks]`, within the target's limits.
+fn stacks(ctx: &ToolContext) -> Stacks {
+    Stacks::new(ctx.config.stacks.clone(), ctx.target.limits)
 }
 
 fn stack_error(e: StackError) -> ToolError {
     match e {
         StackError::Invalid(m) => ToolError::InvalidArgs(m),
-        StackError::Exec(e) => ToolError::Failed(e.to_string()),
+        StackError::Exec(e) => e.into(),
     }
 }
 
-fn change_output(ctx: &ToolContext, mut report: ChangeReport) -> Result<ToolOutput, ToolError> {
+fn change_output(ctx: &ToolContext, mut report: ChangeReport) -> Result<Output<ChangeOutput>, ToolError> {
     let plan: Vec<Step> = std::mem::take(&mut report.plan)
         .into_iter()
         .map(|s| Step {
@@ -175,257 +251,71 @@ fn change_output(ctx: &ToolContext, mut report: ChangeReport) -> Result<ToolOutp
         .collect();
     let out = ChangeOutput { plan, report };
     let text = render_change(&out);
-    ToolOutput::new(&out, text)
+    Ok(Output::new(out, text))
 }
 
-const READ: Annotations = Annotations {
-    read_only: true,
-    destructive: false,
-    idempotent: true,
-    open_world: false,
-};
+// ---------------------------------------------------------------------------------------------
+// Handlers
 
-macro_rules! tool_struct {
-    ($name:ident) => {
-        pub struct $name {
-            spec: ToolSpec,
-        }
-        impl Default for $name {
-            fn default() -> Self {
-                Self::new()
-            }
-        }
+/// `stacks_list`.
+async fn list(ctx: ToolContext, args: ListArgs) -> Result<Output<ListOutput>, ToolError> {
+    let (default, min, max) = LIST_LIMIT;
+    let limit = bounded("limit", args.limit, default, min, max)?;
+    let stacks = stacks(&ctx);
+    let mut listing = stacks.list().await?;
+    let total = listing.stacks.len();
+    listing.stacks.truncate(limit);
+    let truncated = (total > limit).then(|| Truncated {
+        cap: format!("limit={limit}"),
+        omitted: Some((total - limit) as u64),
+    });
+    let out = ListOutput {
+        count: listing.stacks.len(),
+        listing,
+        truncated,
     };
+    let text = render_list(&out);
+    Ok(Output::new(out, text))
 }
 
-tool_struct!(ListTool);
-tool_struct!(StatusTool);
-tool_struct!(DeployTool);
-tool_struct!(UpdateTool);
-tool_struct!(RemoveTool);
-
-impl ListTool {
-    pub fn new() -> ListTool {
-        ListTool {
-            spec: ToolSpec {
-                name: "stacks_list",
-                title: "List compose stacks",
-                description: "Compose stacks on this host: every directory in the stacks directory with a compose file \
-                    (deployed from git by this server = `managed`, or made by hand), merged by name with the compose \
-                    projects the Docker engine knows from its containers' `com.docker.compose.project` labels. Each: \
-                    name, directory and compose file (when on disk), container and running counts, the project's \
-                    working directory (for projects started elsewhere) and any problem with its directory. At most \
-                    `limit` stacks (1-500, default 100), sorted by name.",
-                requires: Requirement::Scope(Scope::new(Area::Stacks, Level::Read)),
-                risk: Risk::Low,
-                annotations: READ,
-                input_schema: input_schema::<ListArgs>(),
-                output_schema: output_schema::<ListOutput>(),
-            },
-        }
-    }
+/// `stacks_status`.
+async fn status(ctx: ToolContext, args: StatusArgs) -> Result<Output<StackStatus>, ToolError> {
+    let stacks = stacks(&ctx);
+    let status = stacks.status(&args.name).await.map_err(stack_error)?;
+    let text = render_status(&status);
+    Ok(Output::new(status, text))
 }
 
-impl Tool for ListTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: ListArgs = parse_args(args)?;
-            let (default, min, max) = LIST_LIMIT;
-            let limit = bounded("limit", args.limit, default, min, max)?;
-            let stacks = stacks(&ctx, self.spec.name)?;
-            let mut listing = stacks.list().await.map_err(|e| ToolError::Failed(e.to_string()))?;
-            let total = listing.stacks.len();
-            listing.stacks.truncate(limit);
-            let truncated = (total > limit).then(|| Truncated {
-                cap: format!("limit={limit}"),
-                omitted: Some((total - limit) as u64),
-            });
-            let out = ListOutput {
-                count: listing.stacks.len(),
-                listing,
-                truncated,
-            };
-            let text = render_list(&out);
-            ToolOutput::new(&out, text)
-        })
-    }
+/// `stacks_deploy`.
+async fn deploy(ctx: ToolContext, args: DeployArgs) -> Result<Output<ChangeOutput>, ToolError> {
+    let stacks = stacks(&ctx).with_progress(ctx.progress_fn());
+    let req = DeployRequest {
+        name: args.name,
+        repository: args.repository,
+        branch: args.branch,
+        commit: args.commit,
+        compose_file: args.compose_file,
+        env: args.env,
+    };
+    let report = stacks.deploy(req, args.dry_run).await.map_err(stack_error)?;
+    change_output(&ctx, report)
 }
 
-impl StatusTool {
-    pub fn new() -> StatusTool {
-        StatusTool {
-            spec: ToolSpec {
-                name: "stacks_status",
-                title: "Compose stack status",
-                description: "One stack's services (from `compose config --services`) and their containers on the engine \
-                    (name, id, state, status, image), containers of services no longer defined, the directory and \
-                    compose file, the `.env` keys (never values), the compose CLI used and, for stacks deployed from \
-                    git, where from (URL, branch, commit, when). A compose project started outside the stacks \
-                    directory is described from its containers' labels only.",
-                requires: Requirement::Scope(Scope::new(Area::Stacks, Level::Read)),
-                risk: Risk::Low,
-                annotations: READ,
-                input_schema: input_schema::<StatusArgs>(),
-                output_schema: output_schema::<StackStatus>(),
-            },
-        }
-    }
+/// `stacks_update`.
+async fn update(ctx: ToolContext, args: UpdateArgs) -> Result<Output<ChangeOutput>, ToolError> {
+    let stacks = stacks(&ctx).with_progress(ctx.progress_fn());
+    let report = stacks.update(&args.name, args.dry_run).await.map_err(stack_error)?;
+    change_output(&ctx, report)
 }
 
-impl Tool for StatusTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: StatusArgs = parse_args(args)?;
-            let stacks = stacks(&ctx, self.spec.name)?;
-            let status = stacks.status(&args.name).await.map_err(stack_error)?;
-            let text = render_status(&status);
-            ToolOutput::new(&status, text)
-        })
-    }
-}
-
-impl DeployTool {
-    pub fn new() -> DeployTool {
-        DeployTool {
-            spec: ToolSpec {
-                name: "stacks_deploy",
-                title: "Deploy a compose stack from git",
-                description: "Clone a git repository (its host must be in the server's allowed_git_hosts; `branch` or \
-                    `commit`, default branch otherwise) into the stack's directory, check that the compose file stays \
-                    inside the checkout, write `env` to the stack's `.env` (mode 0600; values are never shown back), \
-                    and run `compose up --detach --remove-orphans` with the stack name as project name. Deploying an \
-                    existing stack that this server deployed replaces its checkout (redeploy; `.env` kept when `env` \
-                    is omitted); any other existing directory or compose project of that name is refused. Returns \
-                    the plan (exact commands and file writes), each command's output end, and the containers. \
-                    `dry_run: true` returns the plan only.",
-                requires: Requirement::Scope(Scope::new(Area::Stacks, Level::Admin)),
-                risk: Risk::High,
-                annotations: Annotations {
-                    read_only: false,
-                    destructive: true,
-                    idempotent: false,
-                    open_world: true,
-                },
-                input_schema: input_schema::<DeployArgs>(),
-                output_schema: output_schema::<ChangeOutput>(),
-            },
-        }
-    }
-}
-
-impl Tool for DeployTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: DeployArgs = parse_args(args)?;
-            let stacks = stacks(&ctx, self.spec.name)?.with_progress(ctx.progress_fn());
-            let req = DeployRequest {
-                name: args.name,
-                repository: args.repository,
-                branch: args.branch,
-                commit: args.commit,
-                compose_file: args.compose_file,
-                env: args.env,
-            };
-            let report = stacks.deploy(req, args.dry_run).await.map_err(stack_error)?;
-            change_output(&ctx, report)
-        })
-    }
-}
-
-impl UpdateTool {
-    pub fn new() -> UpdateTool {
-        UpdateTool {
-            spec: ToolSpec {
-                name: "stacks_update",
-                title: "Update a compose stack",
-                description: "Pull the stack's images (`compose pull --ignore-pull-failures`: an image that cannot be \
-                    pulled, such as one built or imported locally, is a warning and keeps the local image) and \
-                    `compose up --detach`, which recreates the containers whose image or configuration changed. \
-                    Reports the services recreated and the containers afterwards. The compose file and the images it \
-                    names are not changed (redeploy with stacks_deploy for that). `dry_run: true` returns the plan \
-                    only.",
-                requires: Requirement::Scope(Scope::new(Area::Stacks, Level::Control)),
-                risk: Risk::High,
-                annotations: Annotations {
-                    read_only: false,
-                    destructive: true,
-                    idempotent: true,
-                    open_world: true,
-                },
-                input_schema: input_schema::<UpdateArgs>(),
-                output_schema: output_schema::<ChangeOutput>(),
-            },
-        }
-    }
-}
-
-impl Tool for UpdateTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: UpdateArgs = parse_args(args)?;
-            let stacks = stacks(&ctx, self.spec.name)?.with_progress(ctx.progress_fn());
-            let report = stacks.update(&args.name, args.dry_run).await.map_err(stack_error)?;
-            change_output(&ctx, report)
-        })
-    }
-}
-
-impl RemoveTool {
-    pub fn new() -> RemoveTool {
-        RemoveTool {
-            spec: ToolSpec {
-                name: "stacks_remove",
-                title: "Remove a compose stack",
-                description: "`compose down`: stop and remove the stack's containers and networks. Named volumes (the \
-                    stack's data) are removed only with `volumes: true`; the stack's directory (checkout, `.env`, \
-                    metadata) only with `delete_files: true`. `dry_run: true` returns the plan only.",
-                requires: Requirement::Scope(Scope::new(Area::Stacks, Level::Admin)),
-                risk: Risk::High,
-                annotations: Annotations {
-                    read_only: false,
-                    destructive: true,
-                    idempotent: true,
-                    open_world: false,
-                },
-                input_schema: input_schema::<RemoveArgs>(),
-                output_schema: output_schema::<ChangeOutput>(),
-            },
-        }
-    }
-}
-
-impl Tool for RemoveTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: RemoveArgs = parse_args(args)?;
-            let stacks = stacks(&ctx, self.spec.name)?;
-            let report = stacks
-                .remove(&args.name, args.volumes, args.delete_files, args.dry_run)
-                .await
-                .map_err(stack_error)?;
-            change_output(&ctx, report)
-        })
-    }
+/// `stacks_remove`.
+async fn remove(ctx: ToolContext, args: RemoveArgs) -> Result<Output<ChangeOutput>, ToolError> {
+    let stacks = stacks(&ctx);
+    let report = stacks
+        .remove(&args.name, args.volumes, args.delete_files, args.dry_run)
+        .await
+        .map_err(stack_error)?;
+    change_output(&ctx, report)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,27 +1,26 @@
 //! The `system` toolset: read-only views of a host — status, processes, network interfaces,
-//! sockets and disks — each declared as data next to its handler.
+//! sockets and disks — each declared as data next to its handler, on `local` and `ssh` targets.
 //!
-//! Tools here parse and validate arguments, call `exec::local` inside `spawn_blocking`, and
-//! render a compact text next to the structured result. They never read `/proc` or `/sys`
-//! themselves, never check scopes (the `mcp` layer does), and never write audit rows.
-//! `target` is resolved by the `mcp` layer: every args struct accepts and ignores it.
+//! Tools here parse and validate arguments, call `exec::local` inside `spawn_blocking` (or
+//! `exec::remote` over SSH), and render a compact text next to the structured result. They never
+//! read `/proc` or `/sys` themselves, never check scopes (the `mcp` layer does), and never write
+//! audit rows.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Annotations, Requirement, Risk, TailnetInfo, Tool, ToolContext, ToolError, ToolOutput, ToolSpec, Truncated,
-    bounded, input_schema, output_schema, parse_args,
+    Annotations, Declaration, Kind, Output, Requirement, Risk, TailnetInfo, Tool, ToolContext, ToolError, Truncated,
+    blocking, bounded, tool, undeclared_kind,
 };
 use crate::exec::local::{self, Interface, ProcessList, ProcessSort, SystemStatus};
 use crate::exec::procfs::{DisksReport, Protocol, SocketList, SocketQuery, StateFilter};
 use crate::policy::{Area, Level, Scope};
+use crate::text::human_bytes;
 
 /// The allowed range of `system_processes.limit`.
 pub const PROCESS_LIMIT_MIN: i64 = 1;
@@ -35,33 +34,119 @@ pub const SOCKET_LIMIT_DEFAULT: i64 = 100;
 pub const DISK_LIMIT_MAX: i64 = 500;
 pub const DISK_LIMIT_DEFAULT: i64 = 100;
 
+/// This host, or an SSH host through standard commands.
+const KINDS: &[Kind] = &[Kind::Local, Kind::Ssh];
+const SYSTEM_READ: Requirement = Requirement::Scope(Scope::new(Area::System, Level::Read));
+
 /// The tools of this toolset, in catalog order.
 pub fn tools() -> Vec<Arc<dyn Tool>> {
     vec![
-        Arc::new(SystemStatusTool::new()),
-        Arc::new(SystemProcessesTool::new()),
-        Arc::new(NetworkInterfacesTool::new()),
-        Arc::new(SystemSocketsTool::new()),
-        Arc::new(SystemDisksTool::new()),
+        tool(
+            Declaration {
+                name: "system_status",
+                title: "System status",
+                description: "Snapshot of the host: hostname; OS name and version; kernel; architecture; uptime \
+                    (seconds) and boot time; load average (1/5/15 min); CPU count, model and usage percent of all \
+                    CPUs; memory and swap (bytes); mounted storage file systems with total/available bytes and used \
+                    percent (pseudo file systems such as tmpfs and overlay omitted unless at `/`); virtualization \
+                    (`kind` such as none/lxc/docker/kvm, `container`, `container_id` = Proxmox CT id or Docker id, \
+                    underlying `hypervisor`); and this server's own tailnet name and addresses. Times are RFC 3339 \
+                    UTC. CPU usage is averaged over `cpu.sample_ms`: since the previous call, or over a fresh \
+                    200 ms sample when there was none in the last minute.",
+                requires: SYSTEM_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            status,
+        ),
+        tool(
+            Declaration {
+                name: "system_processes",
+                title: "Top processes",
+                description: "Top processes on the host, sorted by `cpu` (default) or `memory`, at most `limit` \
+                    rows (1-100, default 20). Each row: pid, ppid, uid and user, name, command line (at most 512 \
+                    characters; `[name]` for kernel threads), state (running, sleeping, disk-sleep, zombie, ...), \
+                    cpu_percent (percent of ONE CPU over the sample window, so up to 100 × cpu_count), \
+                    memory_bytes (resident set size), memory_percent (of total memory), started_at (RFC 3339 UTC) \
+                    and run_time_seconds. Also returns `total` (all processes; threads are not listed separately), \
+                    `shown`, `sort`, `cpu_count` and `cpu_sample_ms` (the window CPU usage covers: since the \
+                    previous call, or a fresh 200 ms sample when there was none in the last minute).",
+                requires: SYSTEM_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            processes,
+        ),
+        tool(
+            Declaration {
+                name: "network_interfaces",
+                title: "Network interfaces",
+                description: "Network interfaces of the host, in kernel index order: name, index, MAC, MTU, \
+                    operational state (up/down/unknown; `unknown` is normal for loopback and tun), admin_up, IP \
+                    addresses with prefix length, and cumulative rx/tx bytes, packets, errors and drops since the \
+                    interface appeared. Tailnet addresses (100.64.0.0/10, fd7a:115c:a1e0::/48) and the interfaces \
+                    holding them are marked `tailnet: true`. Optional `name` returns only that interface (exact \
+                    match; an unknown name is an error listing the existing ones).",
+                requires: Requirement::Scope(Scope::new(Area::Network, Level::Read)),
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            interfaces,
+        ),
+        tool(
+            Declaration {
+                name: "system_sockets",
+                title: "Sockets and connections",
+                description: "TCP and UDP sockets of the host (IPv4 and IPv6) from the kernel's /proc/net tables: \
+                    protocol, family, state (TCP states in snake case; UDP `unconnected` or `established`), local \
+                    and remote address and port, owner uid and user, socket inode, and the pid and name of the \
+                    process holding it when that process's /proc/PID/fd is readable (`processes_unreadable` \
+                    counts the ones that were not). Filters: `state` (all, listening, established, time_wait, \
+                    close_wait), `port` (local or remote), `protocol` (tcp, udp). Listeners first, then \
+                    connections, ordered by protocol and port; at most `limit` rows (1-1000, default 100), \
+                    `matched` counts all that matched.",
+                requires: SYSTEM_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            sockets,
+        ),
+        tool(
+            Declaration {
+                name: "system_disks",
+                title: "Disks and mounts",
+                description: "Storage of the host. `devices`: block devices from /proc/partitions (empty loop \
+                    devices and RAM disks left out) with major:minor, kind (disk/partition), size, read-only, \
+                    removable, rotational, model, first mount point, and cumulative I/O counters since boot from \
+                    /proc/diskstats (reads, read bytes, writes, write bytes, in-flight I/Os, milliseconds busy). \
+                    `mounts`: mount point, source, file system type, options, read-only, major:minor, the block \
+                    device behind it, and usage (total/used/available bytes, used percent as `df` computes it, \
+                    inodes). Pseudo file systems (proc, sysfs, tmpfs, overlay, cgroup, ...) are omitted unless \
+                    `all: true` (`/` is always listed). Each list holds at most `limit` rows (1-500, default \
+                    100).",
+                requires: SYSTEM_READ,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: KINDS,
+            },
+            disks,
+        ),
     ]
 }
 
 /// Arguments of `system_status`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SystemStatusArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
-}
+pub struct SystemStatusArgs {}
 
 /// Arguments of `system_processes`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SystemProcessesArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Order: `cpu` (highest CPU usage first, the default) or `memory` (largest resident set first).
     #[serde(default)]
     pub sort: ProcessSort,
@@ -75,9 +160,6 @@ pub struct SystemProcessesArgs {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterfacesArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Only the interface with exactly this name (e.g. `eth0`, `tailscale0`).
     #[serde(default)]
     pub name: Option<String>,
@@ -124,193 +206,10 @@ pub struct NetworkInterfacesOutput {
     pub interfaces: Vec<Interface>,
 }
 
-/// `system_status`: a snapshot of the host.
-pub struct SystemStatusTool {
-    spec: ToolSpec,
-}
-
-impl SystemStatusTool {
-    pub fn new() -> SystemStatusTool {
-        SystemStatusTool {
-            spec: ToolSpec {
-                name: "system_status",
-                title: "System status",
-                description: "Snapshot of the host: hostname; OS name and version; kernel; architecture; uptime \
-                    (seconds) and boot time; load average (1/5/15 min); CPU count, model and usage percent of all \
-                    CPUs; memory and swap (bytes); mounted storage file systems with total/available bytes and used \
-                    percent (pseudo file systems such as tmpfs and overlay omitted unless at `/`); virtualization \
-                    (`kind` such as none/lxc/docker/kvm, `container`, `container_id` = Proxmox CT id or Docker id, \
-                    underlying `hypervisor`); and this server's own tailnet name and addresses. Times are RFC 3339 \
-                    UTC. CPU usage is averaged over `cpu.sample_ms`: since the previous call, or over a fresh \
-                    200 ms sample when there was none in the last minute.",
-                requires: Requirement::Scope(Scope::new(Area::System, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<SystemStatusArgs>(),
-                output_schema: output_schema::<SystemStatusOutput>(),
-            },
-        }
-    }
-}
-
-impl Default for SystemStatusTool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Tool for SystemStatusTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let _: SystemStatusArgs = parse_args(args)?;
-            let status = match host(&ctx, self.spec.name)? {
-                Host::Local => blocking(local::system_status).await?,
-                Host::Remote(r) => crate::exec::remote::system_status(r).await.map_err(exec_failed)?,
-            };
-            let output = SystemStatusOutput {
-                status,
-                tailnet: TailnetSummary::from(ctx.tailnet.as_ref()),
-            };
-            let text = render_status(&output);
-            ToolOutput::new(&output, text)
-        })
-    }
-}
-
-/// `system_processes`: the top of the process table.
-pub struct SystemProcessesTool {
-    spec: ToolSpec,
-}
-
-impl SystemProcessesTool {
-    pub fn new() -> SystemProcessesTool {
-        SystemProcessesTool {
-            spec: ToolSpec {
-                name: "system_processes",
-                title: "Top processes",
-                description: "Top processes on the host, sorted by `cpu` (default) or `memory`, at most `limit` \
-                    rows (1-100, default 20). Each row: pid, ppid, uid and user, name, command line (at most 512 \
-                    characters; `[name]` for kernel threads), state (running, sleeping, disk-sleep, zombie, ...), \
-                    cpu_percent (percent of ONE CPU over the sample window, so up to 100 × cpu_count), \
-                    memory_bytes (resident set size), memory_percent (of total memory), started_at (RFC 3339 UTC) \
-                    and run_time_seconds. Also returns `total` (all processes; threads are not listed separately), \
-                    `shown`, `sort`, `cpu_count` and `cpu_sample_ms` (the window CPU usage covers: since the \
-                    previous call, or a fresh 200 ms sample when there was none in the last minute).",
-                requires: Requirement::Scope(Scope::new(Area::System, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<SystemProcessesArgs>(),
-                output_schema: output_schema::<ProcessList>(),
-            },
-        }
-    }
-}
-
-impl Default for SystemProcessesTool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Tool for SystemProcessesTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: SystemProcessesArgs = parse_args(args)?;
-            let limit = validate_limit(args.limit)?;
-            let sort = args.sort;
-            let list = match host(&ctx, self.spec.name)? {
-                Host::Local => blocking(move || local::processes(sort, limit)).await?,
-                Host::Remote(r) => crate::exec::remote::processes(r, sort, limit)
-                    .await
-                    .map_err(exec_failed)?,
-            };
-            let text = render_processes(&list);
-            ToolOutput::new(&list, text)
-        })
-    }
-}
-
-/// `network_interfaces`: interfaces, addresses and counters.
-pub struct NetworkInterfacesTool {
-    spec: ToolSpec,
-}
-
-impl NetworkInterfacesTool {
-    pub fn new() -> NetworkInterfacesTool {
-        NetworkInterfacesTool {
-            spec: ToolSpec {
-                name: "network_interfaces",
-                title: "Network interfaces",
-                description: "Network interfaces of the host, in kernel index order: name, index, MAC, MTU, \
-                    operational state (up/down/unknown; `unknown` is normal for loopback and tun), admin_up, IP \
-                    addresses with prefix length, and cumulative rx/tx bytes, packets, errors and drops since the \
-                    interface appeared. Tailnet addresses (100.64.0.0/10, fd7a:115c:a1e0::/48) and the interfaces \
-                    holding them are marked `tailnet: true`. Optional `name` returns only that interface (exact \
-                    match; an unknown name is an error listing the existing ones).",
-                requires: Requirement::Scope(Scope::new(Area::Network, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<NetworkInterfacesArgs>(),
-                output_schema: output_schema::<NetworkInterfacesOutput>(),
-            },
-        }
-    }
-}
-
-impl Default for NetworkInterfacesTool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Tool for NetworkInterfacesTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: NetworkInterfacesArgs = parse_args(args)?;
-            let mut interfaces = match host(&ctx, self.spec.name)? {
-                Host::Local => blocking(local::network_interfaces).await?,
-                Host::Remote(r) => crate::exec::remote::network_interfaces(r).await.map_err(exec_failed)?,
-            };
-            if let Some(name) = args.name.as_deref() {
-                if !interfaces.iter().any(|i| i.name == name) {
-                    let known: Vec<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
-                    return Err(ToolError::Failed(format!(
-                        "no interface named `{}` (interfaces: {})",
-                        truncate(name, 64),
-                        known.join(", ")
-                    )));
-                }
-                interfaces.retain(|i| i.name == name);
-            }
-            let output = NetworkInterfacesOutput {
-                count: interfaces.len(),
-                interfaces,
-            };
-            let text = render_interfaces(&output.interfaces);
-            ToolOutput::new(&output, text)
-        })
-    }
-}
-
 /// Arguments of `system_sockets`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SystemSocketsArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// `all` (default), `listening` (TCP listen + unconnected UDP), `established`, `time_wait`
     /// or `close_wait`.
     #[serde(default)]
@@ -340,9 +239,6 @@ pub struct SystemSocketsOutput {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SystemDisksArgs {
-    /// The host to run against (`local` when omitted); resolved by the server.
-    #[serde(default)]
-    pub target: Option<String>,
     /// Also list pseudo file systems (proc, sysfs, tmpfs, overlay, cgroup, ...).
     #[serde(default)]
     pub all: bool,
@@ -361,131 +257,99 @@ pub struct SystemDisksOutput {
     pub truncated: Option<Truncated>,
 }
 
-/// `system_sockets`: listening sockets and connections.
-pub struct SystemSocketsTool {
-    spec: ToolSpec,
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+/// `system_status`: a snapshot of the host.
+async fn status(ctx: ToolContext, _: SystemStatusArgs) -> Result<Output<SystemStatusOutput>, ToolError> {
+    let status = match host(&ctx)? {
+        Host::Local => blocking(local::system_status).await?,
+        Host::Remote(r) => crate::exec::remote::system_status(r).await?,
+    };
+    let output = SystemStatusOutput {
+        status,
+        tailnet: TailnetSummary::from(ctx.tailnet.as_ref()),
+    };
+    let text = render_status(&output);
+    Ok(Output::new(output, text))
 }
 
-impl SystemSocketsTool {
-    pub fn new() -> SystemSocketsTool {
-        SystemSocketsTool {
-            spec: ToolSpec {
-                name: "system_sockets",
-                title: "Sockets and connections",
-                description: "TCP and UDP sockets of the host (IPv4 and IPv6) from the kernel's /proc/net tables: \
-                    protocol, family, state (TCP states in snake case; UDP `unconnected` or `established`), local \
-                    and remote address and port, owner uid and user, socket inode, and the pid and name of the \
-                    process holding it when that process's /proc/PID/fd is readable (`processes_unreadable` \
-                    counts the ones that were not). Filters: `state` (all, listening, established, time_wait, \
-                    close_wait), `port` (local or remote), `protocol` (tcp, udp). Listeners first, then \
-                    connections, ordered by protocol and port; at most `limit` rows (1-1000, default 100), \
-                    `matched` counts all that matched.",
-                requires: Requirement::Scope(Scope::new(Area::System, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<SystemSocketsArgs>(),
-                output_schema: output_schema::<SystemSocketsOutput>(),
-            },
+/// `system_processes`: the top of the process table.
+async fn processes(ctx: ToolContext, args: SystemProcessesArgs) -> Result<Output<ProcessList>, ToolError> {
+    let limit = validate_limit(args.limit)?;
+    let sort = args.sort;
+    let list = match host(&ctx)? {
+        Host::Local => blocking(move || local::processes(sort, limit)).await?,
+        Host::Remote(r) => crate::exec::remote::processes(r, sort, limit).await?,
+    };
+    let text = render_processes(&list);
+    Ok(Output::new(list, text))
+}
+
+/// `network_interfaces`: interfaces, addresses and counters.
+async fn interfaces(
+    ctx: ToolContext,
+    args: NetworkInterfacesArgs,
+) -> Result<Output<NetworkInterfacesOutput>, ToolError> {
+    let mut interfaces = match host(&ctx)? {
+        Host::Local => blocking(local::network_interfaces).await?,
+        Host::Remote(r) => crate::exec::remote::network_interfaces(r).await?,
+    };
+    if let Some(name) = args.name.as_deref() {
+        if !interfaces.iter().any(|i| i.name == name) {
+            let known: Vec<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
+            return Err(ToolError::Failed(format!(
+                "no interface named `{}` (interfaces: {})",
+                truncate(name, 64),
+                known.join(", ")
+            )));
         }
+        interfaces.retain(|i| i.name == name);
     }
+    let output = NetworkInterfacesOutput {
+        count: interfaces.len(),
+        interfaces,
+    };
+    let text = render_interfaces(&output.interfaces);
+    Ok(Output::new(output, text))
 }
 
-impl Default for SystemSocketsTool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Tool for SystemSocketsTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: SystemSocketsArgs = parse_args(args)?;
-            let limit = bounded("limit", args.limit, SOCKET_LIMIT_DEFAULT, 1, SOCKET_LIMIT_MAX)?;
-            let q = SocketQuery {
-                state: args.state,
-                port: args.port,
-                protocol: args.protocol,
-                limit,
-            };
-            let list = match host(&ctx, self.spec.name)? {
-                Host::Local => blocking(move || local::sockets(&q)).await?,
-                Host::Remote(r) => crate::exec::remote::sockets(r, &q).await.map_err(exec_failed)?,
-            };
-            let truncated = (list.matched > list.shown).then(|| Truncated {
-                cap: format!("limit={limit}"),
-                omitted: Some((list.matched - list.shown) as u64),
-            });
-            let text = render_sockets(&list);
-            ToolOutput::new(&SystemSocketsOutput { list, truncated }, text)
-        })
-    }
+/// `system_sockets`: listening sockets and connections.
+async fn sockets(ctx: ToolContext, args: SystemSocketsArgs) -> Result<Output<SystemSocketsOutput>, ToolError> {
+    let limit = bounded("limit", args.limit, SOCKET_LIMIT_DEFAULT, 1, SOCKET_LIMIT_MAX)?;
+    let q = SocketQuery {
+        state: args.state,
+        port: args.port,
+        protocol: args.protocol,
+        limit,
+    };
+    let list = match host(&ctx)? {
+        Host::Local => blocking(move || local::sockets(&q)).await?,
+        Host::Remote(r) => crate::exec::remote::sockets(r, &q).await?,
+    };
+    let truncated = (list.matched > list.shown).then(|| Truncated {
+        cap: format!("limit={limit}"),
+        omitted: Some((list.matched - list.shown) as u64),
+    });
+    let text = render_sockets(&list);
+    Ok(Output::new(SystemSocketsOutput { list, truncated }, text))
 }
 
 /// `system_disks`: block devices, mounts, usage and I/O counters.
-pub struct SystemDisksTool {
-    spec: ToolSpec,
-}
-
-impl SystemDisksTool {
-    pub fn new() -> SystemDisksTool {
-        SystemDisksTool {
-            spec: ToolSpec {
-                name: "system_disks",
-                title: "Disks and mounts",
-                description: "Storage of the host. `devices`: block devices from /proc/partitions (empty loop \
-                    devices and RAM disks left out) with major:minor, kind (disk/partition), size, read-only, \
-                    removable, rotational, model, first mount point, and cumulative I/O counters since boot from \
-                    /proc/diskstats (reads, read bytes, writes, write bytes, in-flight I/Os, milliseconds busy). \
-                    `mounts`: mount point, source, file system type, options, read-only, major:minor, the block \
-                    device behind it, and usage (total/used/available bytes, used percent as `df` computes it, \
-                    inodes). Pseudo file systems (proc, sysfs, tmpfs, overlay, cgroup, ...) are omitted unless \
-                    `all: true` (`/` is always listed). Each list holds at most `limit` rows (1-500, default \
-                    100).",
-                requires: Requirement::Scope(Scope::new(Area::System, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations::READ_ONLY,
-                input_schema: input_schema::<SystemDisksArgs>(),
-                output_schema: output_schema::<SystemDisksOutput>(),
-            },
-        }
-    }
-}
-
-impl Default for SystemDisksTool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Tool for SystemDisksTool {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let args: SystemDisksArgs = parse_args(args)?;
-            let limit = bounded("limit", args.limit, DISK_LIMIT_DEFAULT, 1, DISK_LIMIT_MAX)?;
-            let all = args.all;
-            let report = match host(&ctx, self.spec.name)? {
-                Host::Local => blocking(move || local::disks_report(all, limit)).await?,
-                Host::Remote(r) => crate::exec::remote::disks_report(r, all, limit)
-                    .await
-                    .map_err(exec_failed)?,
-            };
-            let omitted = (report.devices_total - report.devices.len()) + (report.mounts_total - report.mounts.len());
-            let truncated = (omitted > 0).then(|| Truncated {
-                cap: format!("limit={limit} per list"),
-                omitted: Some(omitted as u64),
-            });
-            let text = render_disks(&report);
-            ToolOutput::new(&SystemDisksOutput { report, truncated }, text)
-        })
-    }
+async fn disks(ctx: ToolContext, args: SystemDisksArgs) -> Result<Output<SystemDisksOutput>, ToolError> {
+    let limit = bounded("limit", args.limit, DISK_LIMIT_DEFAULT, 1, DISK_LIMIT_MAX)?;
+    let all = args.all;
+    let report = match host(&ctx)? {
+        Host::Local => blocking(move || local::disks_report(all, limit)).await?,
+        Host::Remote(r) => crate::exec::remote::disks_report(r, all, limit).await?,
+    };
+    let omitted = (report.devices_total - report.devices.len()) + (report.mounts_total - report.mounts.len());
+    let truncated = (omitted > 0).then(|| Truncated {
+        cap: format!("limit={limit} per list"),
+        omitted: Some(omitted as u64),
+    });
+    let text = render_disks(&report);
+    Ok(Output::new(SystemDisksOutput { report, truncated }, text))
 }
 
 fn default_limit() -> i64 {
@@ -502,34 +366,18 @@ fn validate_limit(limit: i64) -> Result<usize, ToolError> {
 }
 
 /// Where these tools read a host's `/proc` and `/sys`: this host directly, or an SSH host
-/// through standard commands. Other kinds are refused rather than answered about the wrong
-/// machine.
+/// through standard commands.
 enum Host<'a> {
     Local,
     Remote(&'a dyn crate::exec::remote::Runner),
 }
 
-fn host<'a>(ctx: &'a ToolContext, tool: &str) -> Result<Host<'a>, ToolError> {
+fn host(ctx: &ToolContext) -> Result<Host<'_>, ToolError> {
     match &ctx.target.executor {
         crate::targets::Executor::Local => Ok(Host::Local),
         crate::targets::Executor::Ssh(ssh) => Ok(Host::Remote(ssh)),
-        _ => Err(ToolError::Failed(format!(
-            "{tool} reads a host's own /proc and /sys; target `{}` is a {} target",
-            ctx.target.id,
-            ctx.target.kind.as_str()
-        ))),
+        _ => Err(undeclared_kind(ctx)),
     }
-}
-
-fn exec_failed(e: crate::exec::ExecError) -> ToolError {
-    ToolError::Failed(e.to_string())
-}
-
-/// Run blocking `exec` code off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ToolError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ToolError::Internal(format!("blocking task failed: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -705,22 +553,6 @@ fn render_interfaces(interfaces: &[Interface]) -> String {
     }
 }
 
-/// `1536` → `1.5 KiB`.
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 /// `90061` → `1d 1h 1m`.
 fn render_sockets(list: &SocketList) -> String {
     let mut t = String::new();
@@ -834,6 +666,9 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::testing::invalid;
+    use crate::tools::{ToolOutput, ToolSpec};
+    use rmcp::model::JsonObject;
     use serde_json::{Value, json};
 
     fn ctx() -> ToolContext {
@@ -948,16 +783,6 @@ mod tests {
         Ok(())
     }
 
-    fn assert_invalid_args(result: Result<ToolOutput, ToolError>, needle: &str) {
-        match result {
-            Err(ToolError::InvalidArgs(msg)) => {
-                assert!(msg.contains(needle), "`{msg}` lacks `{needle}`")
-            }
-            Err(other) => panic!("expected invalid arguments, got {other:?}"),
-            Ok(out) => panic!("expected invalid arguments, got {}", out.text),
-        }
-    }
-
     fn meminfo_total_bytes() -> u64 {
         let text = std::fs::read_to_string("/proc/meminfo").unwrap();
         let line = text.lines().find(|l| l.starts_with("MemTotal:")).unwrap();
@@ -1051,8 +876,12 @@ mod tests {
         assert!(!kind.is_empty());
         assert_eq!(v["tailnet"]["addresses"], json!([]));
         assert!(out.text.contains("memory:"), "{}", out.text);
-        // A target key is the server's business: tools accept it.
-        call("system_status", json!({"target": "local"})).await.unwrap();
+        // `target` is the call layer's: it takes it out of the arguments and lists it.
+        assert!(
+            tool("system_status").spec().input_schema["properties"]
+                .get("target")
+                .is_some()
+        );
     }
 
     #[tokio::test]
@@ -1099,29 +928,27 @@ mod tests {
 
     #[tokio::test]
     async fn system_processes_rejects_bad_arguments() {
-        assert_invalid_args(call("system_processes", json!({"limit": 0})).await, "between 1 and 100");
-        assert_invalid_args(
+        invalid(call("system_processes", json!({"limit": 0})).await, "between 1 and 100");
+        invalid(
             call("system_processes", json!({"limit": 101})).await,
             "between 1 and 100",
         );
-        assert_invalid_args(
+        invalid(
             call("system_processes", json!({"limit": -5})).await,
             "between 1 and 100",
         );
-        assert_invalid_args(call("system_processes", json!({"limit": "ten"})).await, "invalid type");
-        assert_invalid_args(
+        invalid(call("system_processes", json!({"limit": "ten"})).await, "invalid type");
+        invalid(
             call("system_processes", json!({"sort": "disk"})).await,
             "unknown variant",
         );
-        assert_invalid_args(
+        invalid(
             call("system_processes", json!({"colour": "red"})).await,
             "unknown field",
         );
-        assert_invalid_args(call("system_status", json!({"verbose": true})).await, "unknown field");
-        assert_invalid_args(call("network_interfaces", json!({"name": 7})).await, "invalid type");
-        call("system_processes", json!({"limit": 1, "target": "local"}))
-            .await
-            .unwrap();
+        invalid(call("system_status", json!({"verbose": true})).await, "unknown field");
+        invalid(call("network_interfaces", json!({"name": 7})).await, "invalid type");
+        call("system_processes", json!({"limit": 1})).await.unwrap();
         call("system_processes", json!({"limit": 100})).await.unwrap();
     }
 
@@ -1197,12 +1024,12 @@ mod tests {
         if out.structured["matched"].as_u64().unwrap() > 1 {
             assert_eq!(out.structured["truncated"]["cap"], "limit=1");
         }
-        assert_invalid_args(
+        invalid(
             call("system_sockets", json!({"limit": 1001})).await,
             "between 1 and 1000",
         );
-        assert_invalid_args(call("system_sockets", json!({"port": 70000})).await, "invalid value");
-        assert_invalid_args(
+        invalid(call("system_sockets", json!({"port": 70000})).await, "invalid value");
+        invalid(
             call("system_sockets", json!({"state": "open"})).await,
             "unknown variant",
         );
@@ -1234,7 +1061,7 @@ mod tests {
                 .any(|m| m["fs_type"] == "proc"),
             "all: true lists /proc"
         );
-        assert_invalid_args(call("system_disks", json!({"limit": 0})).await, "between 1 and 500");
+        invalid(call("system_disks", json!({"limit": 0})).await, "between 1 and 500");
     }
 
     #[test]

@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::future::BoxFuture;
-use rmcp::model::JsonObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Annotations, Requirement, Risk, Tool, ToolContext, ToolError, ToolOutput, ToolSpec};
+use super::{ANY_KIND, Annotations, Declaration, Output, Requirement, Risk, Tool, ToolContext, ToolError, tool};
 use crate::policy::{self, Area, Level, Scope};
 use crate::targets::{Health, Registry, Target};
 
@@ -23,8 +21,45 @@ pub const HEALTH_MAX_AGE: Duration = Duration::from_secs(30);
 /// How many targets `targets_list` checks at once.
 const CHECKS_AT_ONCE: usize = 8;
 
+/// The tools of this toolset, in catalog order.
 pub fn tools() -> Vec<Arc<dyn Tool>> {
-    vec![Arc::new(List::new()), Arc::new(Check::new())]
+    vec![
+        tool(
+            Declaration {
+                name: "targets_list",
+                title: "List targets",
+                description: "The systems you may operate through this server (this host is `local`), each with its \
+                    kind (local, ssh, docker, http), groups, the scopes you hold there, and its health \
+                    (reachable with working credentials; checked at most every 30 s, `checked_at` says \
+                    when). Pass a target's id as `target` to other tools, or several ids / `group:NAME` \
+                    as `targets` to fan out.",
+                requires: Requirement::AnyGrant,
+                risk: Risk::Low,
+                annotations: Annotations::READ_ONLY,
+                kinds: ANY_KIND,
+            },
+            list,
+        ),
+        tool(
+            Declaration {
+                name: "targets_check",
+                title: "Check a target",
+                description: "Connect to the target (default `local`), authenticate, and run the cheapest real \
+                    operation; reports ok, latency and what failed (unreachable, host key or TLS \
+                    verification, credentials). Use `targets` to check several at once.",
+                requires: Requirement::Scope(Scope::new(Area::Targets, Level::Read)),
+                risk: Risk::Low,
+                annotations: Annotations {
+                    read_only: true,
+                    destructive: false,
+                    idempotent: true,
+                    open_world: true,
+                },
+                kinds: ANY_KIND,
+            },
+            check,
+        ),
+    ]
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -64,63 +99,25 @@ pub struct TargetHealth {
     pub checked_at: String,
 }
 
-struct List {
-    spec: ToolSpec,
-}
-
-impl List {
-    fn new() -> List {
-        List {
-            spec: ToolSpec {
-                name: "targets_list",
-                title: "List targets",
-                description: "The systems you may operate through this server (this host is `local`), each with its \
-                              kind (local, ssh, docker, http), groups, the scopes you hold there, and its health \
-                              (reachable with working credentials; checked at most every 30 s, `checked_at` says \
-                              when). Pass a target's id as `target` to other tools, or several ids / `group:NAME` \
-                              as `targets` to fan out.",
-                requires: Requirement::AnyGrant,
-                risk: Risk::Low,
-                annotations: Annotations {
-                    read_only: true,
-                    destructive: false,
-                    idempotent: true,
-                    open_world: false,
-                },
-                input_schema: super::input_schema::<NoArgs>(),
-                output_schema: super::output_schema::<TargetList>(),
-            },
-        }
+/// `targets_list`.
+async fn list(ctx: ToolContext, _: NoArgs) -> Result<Output<TargetList>, ToolError> {
+    refresh_health(&ctx.targets, &ctx.grants, HEALTH_MAX_AGE).await;
+    let TargetList { targets } = visible(&ctx.targets, &ctx.grants);
+    let mut text = format!("{} target(s) you may use:\n", targets.len());
+    for t in &targets {
+        let health = match &t.health {
+            Some(h) if h.ok => "ok".to_string(),
+            Some(h) => format!("FAILED: {}", h.detail),
+            None => "unchecked".to_string(),
+        };
+        text.push_str(&format!(
+            "  {:<16} {:<7} {:<40} {health}\n",
+            t.id,
+            t.kind,
+            t.scopes.join(", ")
+        ));
     }
-}
-
-impl Tool for List {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let _: NoArgs = super::parse_args(args)?;
-            refresh_health(&ctx.targets, &ctx.grants, HEALTH_MAX_AGE).await;
-            let TargetList { targets } = visible(&ctx.targets, &ctx.grants);
-            let mut text = format!("{} target(s) you may use:\n", targets.len());
-            for t in &targets {
-                let health = match &t.health {
-                    Some(h) if h.ok => "ok".to_string(),
-                    Some(h) => format!("FAILED: {}", h.detail),
-                    None => "unchecked".to_string(),
-                };
-                text.push_str(&format!(
-                    "  {:<16} {:<7} {:<40} {health}\n",
-                    t.id,
-                    t.kind,
-                    t.scopes.join(", ")
-                ));
-            }
-            ToolOutput::new(&TargetList { targets }, text)
-        })
-    }
+    Ok(Output::new(TargetList { targets }, text))
 }
 
 /// The targets a caller with `grants` may use, with the scopes they hold on each and their
@@ -195,57 +192,21 @@ fn effective_scopes(granted: &[Scope], ceiling: Option<&[Scope]>) -> Vec<Scope> 
     keep
 }
 
-struct Check {
-    spec: ToolSpec,
-}
-
-impl Check {
-    fn new() -> Check {
-        Check {
-            spec: ToolSpec {
-                name: "targets_check",
-                title: "Check a target",
-                description: "Connect to the target (default `local`), authenticate, and run the cheapest real \
-                              operation; reports ok, latency and what failed (unreachable, host key or TLS \
-                              verification, credentials). Use `targets` to check several at once.",
-                requires: Requirement::Scope(Scope::new(Area::Targets, Level::Read)),
-                risk: Risk::Low,
-                annotations: Annotations {
-                    read_only: true,
-                    destructive: false,
-                    idempotent: true,
-                    open_world: true,
-                },
-                input_schema: super::input_schema::<NoArgs>(),
-                output_schema: super::output_schema::<Health>(),
-            },
-        }
-    }
-}
-
-impl Tool for Check {
-    fn spec(&self) -> &ToolSpec {
-        &self.spec
-    }
-
-    fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>> {
-        Box::pin(async move {
-            let _: NoArgs = super::parse_args(args)?;
-            let health = ctx.target.check().await;
-            let text = format!(
-                "{} ({}): {} in {:.1} ms: {}",
-                health.target,
-                health.kind,
-                if health.ok { "ok" } else { "FAILED" },
-                health.latency_ms,
-                health.detail
-            );
-            if health.ok {
-                ToolOutput::new(&health, text)
-            } else {
-                Err(ToolError::Failed(text))
-            }
-        })
+/// `targets_check`: the call's target.
+async fn check(ctx: ToolContext, _: NoArgs) -> Result<Output<Health>, ToolError> {
+    let health = ctx.target.check().await;
+    let text = format!(
+        "{} ({}): {} in {:.1} ms: {}",
+        health.target,
+        health.kind,
+        if health.ok { "ok" } else { "FAILED" },
+        health.latency_ms,
+        health.detail
+    );
+    if health.ok {
+        Ok(Output::new(health, text))
+    } else {
+        Err(ToolError::Failed(text))
     }
 }
 
