@@ -31,6 +31,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::docker::{ContainerSummary, Docker, DockerSettings};
+use super::show::cut_after;
 use super::{CommandSpec, ExecError, Limits, Output};
 
 /// Where stacks live unless `[stacks] dir` says otherwise: inside the service's own
@@ -152,7 +153,7 @@ pub fn validate_stack_name(name: &str) -> Result<(), String> {
         Err(format!(
             "stack name `{}` is not valid: 1 to 63 characters of lowercase letters, digits, `_` and `-`, starting \
              with a letter or digit",
-            shorten(name, 64)
+            cut_after(name, 64)
         ))
     }
 }
@@ -191,10 +192,10 @@ pub fn parse_git_url(raw: &str, rules: &[GitHostRule]) -> Result<GitSource, Stri
         return Err(format!(
             "`{}` is not a URL: use https://HOST/PATH, ssh://USER@HOST/PATH or file:///PATH (scp-like HOST:PATH is \
              not accepted)",
-            shorten(raw, 200)
+            cut_after(raw, 200)
         ));
     }
-    let url = url::Url::parse(raw).map_err(|e| format!("`{}` is not a valid URL: {e}", shorten(raw, 200)))?;
+    let url = url::Url::parse(raw).map_err(|e| format!("`{}` is not a valid URL: {e}", cut_after(raw, 200)))?;
     let scheme = url.scheme().to_string();
     if !matches!(scheme.as_str(), "https" | "http" | "ssh" | "git" | "file") {
         return Err(format!(
@@ -252,7 +253,7 @@ pub fn parse_git_url(raw: &str, rules: &[GitHostRule]) -> Result<GitSource, Stri
     if !rules.iter().any(|r| matches!(r, GitHostRule::Host(h) if *h == host)) {
         return Err(format!(
             "git host `{}` is not in [stacks] allowed_git_hosts (allowed: {})",
-            shorten(&host, 100),
+            cut_after(&host, 100),
             list_rules(rules)
         ));
     }
@@ -290,7 +291,7 @@ pub fn validate_branch(branch: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "`branch` `{}` is not a valid branch or tag name (letters, digits, `.`, `_`, `/`, `-`, `+`; at most 200)",
-            shorten(branch, 64)
+            cut_after(branch, 64)
         ))
     }
 }
@@ -305,7 +306,7 @@ pub fn validate_commit(commit: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "`commit` `{}` is not a commit id (7 to 64 hexadecimal digits)",
-            shorten(commit, 64)
+            cut_after(commit, 64)
         ))
     }
 }
@@ -319,13 +320,13 @@ pub fn validate_compose_path(path: &str) -> Result<(), String> {
     if path.starts_with('/') {
         return Err(format!(
             "`compose_file` `{}` is absolute: give a path relative to the repository root",
-            shorten(path, 64)
+            cut_after(path, 64)
         ));
     }
     if path.split('/').any(|c| c == "..") {
         return Err(format!(
             "`compose_file` `{}` escapes the repository (`..`)",
-            shorten(path, 64)
+            cut_after(path, 64)
         ));
     }
     let ok = path
@@ -341,7 +342,7 @@ pub fn validate_compose_path(path: &str) -> Result<(), String> {
         Err(format!(
             "`compose_file` `{}` is not valid: a relative path of letters, digits, `.`, `_`, `-` and `/` ending in \
              .yml or .yaml",
-            shorten(path, 64)
+            cut_after(path, 64)
         ))
     }
 }
@@ -362,7 +363,7 @@ pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), String> {
         if !key_ok {
             return Err(format!(
                 "env key `{}` is not a variable name ([A-Za-z_][A-Za-z0-9_]*, at most 128)",
-                shorten(key, 64)
+                cut_after(key, 64)
             ));
         }
         if value.len() > MAX_ENV_VALUE {
@@ -398,15 +399,6 @@ pub fn resolve_within(root: &Path, rel: &str) -> Result<PathBuf, String> {
         return Err(format!("compose file `{rel}` is not a regular file"));
     }
     Ok(real)
-}
-
-fn shorten(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let cut: String = s.chars().take(max).collect();
-        format!("{cut}…")
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -697,7 +689,7 @@ static DETECTED: Mutex<Option<(Vec<String>, ComposeCli)>> = Mutex::new(None);
 static STACK_LOCKS: Mutex<Option<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = Mutex::new(None);
 
 fn stack_lock(name: &str) -> Arc<tokio::sync::Mutex<()>> {
-    let mut guard = STACK_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = super::lock(&STACK_LOCKS);
     guard
         .get_or_insert_with(HashMap::new)
         .entry(name.to_string())
@@ -797,7 +789,7 @@ impl Stacks {
     /// Found once per process (per configured command).
     pub async fn compose(&self) -> Result<ComposeCli, ExecError> {
         let key = self.settings.compose_command.clone();
-        if let Some((k, cli)) = DETECTED.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+        if let Some((k, cli)) = super::lock(&DETECTED).as_ref()
             && *k == key
         {
             return Ok(cli.clone());
@@ -833,7 +825,7 @@ impl Stacks {
             match version {
                 Some(version) => {
                     let cli = ComposeCli { argv, version };
-                    *DETECTED.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, cli.clone()));
+                    *super::lock(&DETECTED) = Some((key, cli.clone()));
                     return Ok(cli);
                 }
                 None => tried.push(format!(
@@ -1460,7 +1452,7 @@ fn pull_failures(output: &str) -> Vec<(String, String)> {
         if let Some((svc, why)) = found
             && !out.iter().any(|(s, _)| *s == svc)
         {
-            out.push((svc, shorten(&why, 300)));
+            out.push((svc, cut_after(&why, 300)));
         }
     }
     out
@@ -1470,7 +1462,7 @@ fn last_line(stderr: &str, stdout: &str) -> String {
     let text = if stderr.trim().is_empty() { stdout } else { stderr };
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     // Compose prints progress first and the error last.
-    shorten(lines.last().copied().unwrap_or("no output"), 300)
+    cut_after(lines.last().copied().unwrap_or("no output"), 300)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use super::show::cut;
 use super::{CommandSpec, ExecError, Limits};
 
 /// The journal fields requested (`__REALTIME_TIMESTAMP` always comes).
@@ -205,16 +206,6 @@ fn field_text(v: &serde_json::Value) -> Option<String> {
         }
         serde_json::Value::Array(items) => items.first().and_then(field_text),
         _ => None,
-    }
-}
-
-fn cut(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut o: String = s.chars().take(max - 1).collect();
-        o.push('…');
-        o
     }
 }
 

@@ -21,6 +21,9 @@ use sysinfo::{
 };
 
 use super::procfs;
+use super::show::{percent, round1};
+// `local::truncate_chars` is what the inventory tools call it.
+pub(crate) use super::show::cut as truncate_chars;
 use crate::tailnet::is_tailnet_ip;
 
 /// Longest command line returned per process, in characters (longer ones end with `…`).
@@ -1223,16 +1226,6 @@ fn state_name(status: ProcessStatus) -> String {
     .to_string()
 }
 
-/// At most `max` characters, the last one `…` when cut.
-pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
 fn read_trimmed(path: &Path) -> Option<String> {
     fs::read_to_string(path)
         .ok()
@@ -1243,17 +1236,6 @@ fn read_trimmed(path: &Path) -> Option<String> {
 pub(crate) fn rfc3339(unix_seconds: u64) -> Option<String> {
     let secs = i64::try_from(unix_seconds).ok().filter(|s| *s > 0)?;
     chrono::DateTime::from_timestamp(secs, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-}
-
-pub(crate) fn round1(x: f64) -> f64 {
-    if x.is_finite() { (x * 10.0).round() / 10.0 } else { 0.0 }
-}
-
-pub(crate) fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        return 0.0;
-    }
-    round1(part as f64 * 100.0 / whole as f64)
 }
 
 fn millis(d: Duration) -> u64 {

@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
 use super::remote::Runner;
+use super::show::cut;
 use super::{CommandSpec, ExecError, Output};
 
 /// Names that reach cloud metadata services; refused by the HTTP probe whatever they resolve to.
@@ -111,7 +112,7 @@ pub fn parse_dns_name(s: &str) -> Result<String, String> {
 }
 
 fn check_name(s: &str, underscore: bool) -> Result<String, String> {
-    let shown = shorten(s, 80);
+    let shown = cut(s, 80);
     let name = s.strip_suffix('.').unwrap_or(s);
     if name.is_empty() {
         return Err("host name is empty".to_string());
@@ -189,7 +190,7 @@ pub fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
     let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
     bare.parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| format!("`{}` is not a DNS server address (IP or IP:PORT)", shorten(s, 80)))
+        .map_err(|_| format!("`{}` is not a DNS server address (IP or IP:PORT)", cut(s, 80)))
 }
 
 fn dns_resolver(servers: &[SocketAddr], timeout: Duration) -> Result<hickory_resolver::TokioResolver, ExecError> {
@@ -285,7 +286,7 @@ pub async fn ping(runner: &dyn Runner, host: &Host, count: u32, deadline_secs: u
              capability bounding set (ping's file capability; a drop-in with \
              `CapabilityBoundingSet=CAP_NET_RAW`) or the service's group in \
              net.ipv4.ping_group_range",
-            shorten(out.stderr.trim(), 200)
+            cut(out.stderr.trim(), 200)
         ))),
         None => Err(command_failed("ping", &out)),
     }
@@ -354,7 +355,7 @@ pub fn parse_ping(host: &str, stdout: &str) -> Option<PingResult> {
                 }
             }
         } else if line.starts_with("From ") && result.errors.len() < 5 {
-            result.errors.push(shorten(line, 200));
+            result.errors.push(cut(line, 200));
         }
     }
     stats.then_some(result)
@@ -639,11 +640,7 @@ impl RecordType {
             .find(|t| t.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
                 let all: Vec<&str> = RecordType::ALL.iter().map(|t| t.as_str()).collect();
-                format!(
-                    "unknown record type `{}` (supported: {})",
-                    shorten(s, 20),
-                    all.join(", ")
-                )
+                format!("unknown record type `{}` (supported: {})", cut(s, 20), all.join(", "))
             })
     }
 
@@ -819,7 +816,7 @@ fn rdata_text(data: &hickory_resolver::proto::rr::RData) -> String {
             .join(" "),
         other => other.to_string(),
     };
-    shorten(&text, 1024)
+    cut(&text, 1024)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -906,7 +903,7 @@ fn root_store(ca: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> Resu
 
 fn server_name(name: &str) -> Result<rustls::pki_types::ServerName<'static>, ExecError> {
     rustls::pki_types::ServerName::try_from(name.to_string())
-        .map_err(|_| ExecError::Config(format!("`{}` is not a valid TLS server name", shorten(name, 80))))
+        .map_err(|_| ExecError::Config(format!("`{}` is not a valid TLS server name", cut(name, 80))))
 }
 
 /// Connect to `addr`, complete a TLS handshake naming `name`, and report the chain and whether
@@ -1035,8 +1032,8 @@ fn cert_info(der: &[u8], now: i64) -> Option<CertInfo> {
     }
     sans.truncate(100);
     Some(CertInfo {
-        subject: shorten(&cert.subject().to_string(), 512),
-        issuer: shorten(&cert.issuer().to_string(), 512),
+        subject: cut(&cert.subject().to_string(), 512),
+        issuer: cut(&cert.issuer().to_string(), 512),
         serial: cert.raw_serial_as_string(),
         not_before: rfc3339(not_before),
         not_after: rfc3339(not_after),
@@ -1126,12 +1123,9 @@ impl AllowRule {
         if let Some(suffix) = s.strip_prefix("*.") {
             return check_name(suffix, false).map(AllowRule::Suffix);
         }
-        check_name(s, false).map(AllowRule::Name).map_err(|_| {
-            format!(
-                "`{}` is not a host name, `*.domain`, IP address or CIDR",
-                shorten(s, 80)
-            )
-        })
+        check_name(s, false)
+            .map(AllowRule::Name)
+            .map_err(|_| format!("`{}` is not a host name, `*.domain`, IP address or CIDR", cut(s, 80)))
     }
 
     fn matches_name(&self, name: &str) -> bool {
@@ -1359,7 +1353,7 @@ pub struct ProbeRequest {
 
 /// Parse and validate a probe URL: `http://` or `https://`, a host, no user info.
 pub fn parse_url(url: &str) -> Result<(http::Uri, bool, Host, u16), String> {
-    let shown = shorten(url, 120);
+    let shown = cut(url, 120);
     let uri: http::Uri = url.parse().map_err(|e| format!("`{shown}` is not a URL: {e}"))?;
     let https = match uri.scheme_str() {
         Some("http") => false,
@@ -1543,7 +1537,7 @@ pub async fn http_probe(
         .filter(|(name, _)| REPORTED_HEADERS.contains(&name.as_str()))
         .map(|(name, value)| HeaderField {
             name: name.as_str().to_string(),
-            value: shorten(&String::from_utf8_lossy(value.as_bytes()), HEADER_VALUE_MAX),
+            value: cut(&String::from_utf8_lossy(value.as_bytes()), HEADER_VALUE_MAX),
         })
         .collect();
     Ok(ProbeResult {
@@ -1602,18 +1596,8 @@ fn command_failed(program: &str, out: &Output) -> ExecError {
     ExecError::Failed(format!(
         "`{program}` failed (exit {}): {}",
         out.status.map(|s| s.to_string()).unwrap_or_else(|| "signal".into()),
-        shorten(detail, 300)
+        cut(detail, 300)
     ))
-}
-
-fn shorten(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-        out.push('…');
-        out
-    }
 }
 
 #[cfg(test)]

@@ -372,7 +372,7 @@ impl MountUsage {
             total_bytes: total,
             used_bytes: used,
             available_bytes: available,
-            used_percent: super::local::percent(used, used.saturating_add(available)),
+            used_percent: super::show::percent(used, used.saturating_add(available)),
             inodes_total,
             inodes_used,
         }

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::ExecError;
 use super::http::Http;
+use super::show::cut_after;
 
 /// Smallest and largest vmid Proxmox accepts.
 pub const VMID_MIN: i64 = 100;
@@ -472,9 +473,9 @@ impl<'a> Proxmox<'a> {
             Value::Object(o) => o
                 .get("errors")
                 .or_else(|| o.get("message"))
-                .map(|e| format!(": {}", shorten(&e.to_string(), 300)))
+                .map(|e| format!(": {}", cut_after(&e.to_string(), 300)))
                 .unwrap_or_default(),
-            Value::String(s) if !s.trim().is_empty() => format!(": {}", shorten(s.trim(), 300)),
+            Value::String(s) if !s.trim().is_empty() => format!(": {}", cut_after(s.trim(), 300)),
             _ => String::new(),
         };
         match r.status {
@@ -573,19 +574,9 @@ fn rfc3339(epoch: i64) -> Option<String> {
     chrono::DateTime::from_timestamp(epoch, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
-fn shorten(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(max).collect();
-        out.push('…');
-        out
-    }
-}
-
 /// A caller's string fit for an error message: at most 64 characters, no control characters.
 fn shown(s: &str) -> String {
-    shorten(
+    cut_after(
         &s.chars()
             .map(|c| if c.is_control() { '�' } else { c })
             .collect::<String>(),

@@ -13,6 +13,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::remote::Runner;
+// `systemd::cut` and `systemd::shown` are what the services tools call them.
+pub use super::show::{cut, shown};
 use super::{CommandSpec, ExecError, Output};
 
 /// Unit type suffixes systemd knows.
@@ -724,22 +726,6 @@ fn stdout_ok(out: Output, what: &str) -> Result<String, ExecError> {
         ))),
         _ => Err(ExecError::Failed(explain_systemctl(&out, what))),
     }
-}
-
-/// At most `max` characters, `…` marking a cut.
-pub fn cut(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-        out.push('…');
-        out
-    }
-}
-
-/// A name as shown in an error: at most 64 characters, control characters escaped.
-pub fn shown(raw: &str) -> String {
-    cut(&raw.escape_debug().to_string(), 64)
 }
 
 #[cfg(test)]
