@@ -599,39 +599,6 @@ impl UserNames {
 // ---------------------------------------------------------------------------------------------
 // Disks
 
-/// File system types that do not hold user data (kept only when mounted at `/`).
-pub(crate) const PSEUDO_FS: &[&str] = &[
-    "autofs",
-    "binfmt_misc",
-    "bpf",
-    "cgroup",
-    "cgroup2",
-    "configfs",
-    "debugfs",
-    "devpts",
-    "devtmpfs",
-    "efivarfs",
-    "fuse.gvfsd-fuse",
-    "fuse.lxcfs",
-    "fuse.portal",
-    "fusectl",
-    "hugetlbfs",
-    "mqueue",
-    "nsfs",
-    "overlay",
-    "proc",
-    "pstore",
-    "ramfs",
-    "rootfs",
-    "rpc_pipefs",
-    "securityfs",
-    "selinuxfs",
-    "squashfs",
-    "sysfs",
-    "tmpfs",
-    "tracefs",
-];
-
 /// One mount as listed, before filtering.
 #[derive(Debug, Clone)]
 pub(crate) struct RawDisk {
@@ -667,7 +634,7 @@ pub(crate) fn select_disks(raw: Vec<RawDisk>) -> Vec<DiskStatus> {
     let mut by_device: HashMap<String, RawDisk> = HashMap::new();
     for d in raw {
         let root = d.mount_point == "/";
-        if !root && (PSEUDO_FS.contains(&d.fs_type.as_str()) || !d.is_dir || d.total == 0) {
+        if !root && (procfs::PSEUDO_FS.contains(&d.fs_type.as_str()) || !d.is_dir || d.total == 0) {
             continue;
         }
         let key = if root { String::new() } else { d.device.clone() };
@@ -904,57 +871,6 @@ fn cgroup_runtime_id(cgroup: &str, parents: &[&str], prefix: &str) -> Option<Str
     None
 }
 
-/// One line of `/proc/self/mountinfo`, with octal escapes (`\040`) decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Mount {
-    /// The path inside the source file system that is mounted (field 4).
-    root: String,
-    mount_point: String,
-    fs_type: String,
-    source: String,
-}
-
-fn parse_mountinfo(mountinfo: &str) -> impl Iterator<Item = Mount> + '_ {
-    mountinfo.lines().filter_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mut left = left.split(' ').skip(3);
-        let root = unescape_mount(left.next()?);
-        let mount_point = unescape_mount(left.next()?);
-        let mut right = right.split(' ');
-        let fs_type = right.next()?.to_string();
-        let source = unescape_mount(right.next()?);
-        Some(Mount {
-            root,
-            mount_point,
-            fs_type,
-            source,
-        })
-    })
-}
-
-/// Decode the `\NNN` octal escapes the kernel uses for space, tab, newline and backslash.
-pub(crate) fn unescape_mount(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut n = 0;
-    while n < bytes.len() {
-        if bytes[n] == b'\\'
-            && let Some(digits) = bytes.get(n + 1..n + 4)
-            && digits.iter().all(|d| (b'0'..=b'7').contains(d))
-        {
-            let value = digits.iter().fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-            if let Ok(v) = u8::try_from(value) {
-                out.push(v);
-                n += 4;
-                continue;
-            }
-        }
-        out.push(bytes[n]);
-        n += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Container runtimes bind-mount these files from the container's own directory on the host.
 const RUNTIME_FILE_MOUNTS: &[&str] = &["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"];
 
@@ -962,7 +878,8 @@ const RUNTIME_FILE_MOUNTS: &[&str] = &["/etc/hostname", "/etc/hosts", "/etc/reso
 /// `.../<dir>/<id>/...` (Docker: `containers`, Podman: `overlay-containers`). Only those mount
 /// points count: on a Docker *host*, `/var/lib/docker/containers/<id>/mounts/shm` is mounted too.
 fn runtime_id_from_mountinfo(mountinfo: &str, dir: &str) -> Option<String> {
-    parse_mountinfo(mountinfo)
+    procfs::parse_mountinfo(mountinfo)
+        .into_iter()
         .filter(|m| RUNTIME_FILE_MOUNTS.contains(&m.mount_point.as_str()))
         .find_map(|m| {
             let segs: Vec<&str> = m.root.split('/').collect();
@@ -976,7 +893,10 @@ fn runtime_id_from_mountinfo(mountinfo: &str, dir: &str) -> Option<String> {
 /// `rpool/data/subvol-101-disk-0`, or a btrfs root path `/images/101/subvol-101-disk-0.subvol`.
 fn proxmox_ct_id_from_mountinfo(mountinfo: &str) -> Option<String> {
     // The last mount on `/` is the one in effect.
-    let root = parse_mountinfo(mountinfo).filter(|m| m.mount_point == "/").last()?;
+    let root = procfs::parse_mountinfo(mountinfo)
+        .into_iter()
+        .filter(|m| m.mount_point == "/")
+        .last()?;
     proxmox_volume_ct_id(&root.source).or_else(|| proxmox_volume_ct_id(&root.root))
 }
 
@@ -1628,24 +1548,6 @@ mod tests {
             ..bare_metal_host()
         };
         check("proxmox host", proxmox_host, "none", false, None, None, None);
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        let m: Vec<Mount> =
-            parse_mountinfo("36 35 98:0 /my\\040dir /mnt/with\\040space\\134x rw - ext3 /dev/root rw\nbroken line\n")
-                .collect();
-        assert_eq!(
-            m,
-            vec![Mount {
-                root: "/my dir".to_string(),
-                mount_point: "/mnt/with space\\x".to_string(),
-                fs_type: "ext3".to_string(),
-                source: "/dev/root".to_string(),
-            }]
-        );
-        assert_eq!(unescape_mount("a\\09b\\"), "a\\09b\\");
-        assert_eq!(unescape_mount("é\\011"), "é\t");
     }
 
     #[test]
