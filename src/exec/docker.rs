@@ -939,8 +939,7 @@ impl Docker {
                         id: short_image_id(&i.id),
                         tags,
                         digests,
-                        created: chrono::DateTime::from_timestamp(i.created, 0)
-                            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                        created: crate::when::rfc3339(i.created),
                         size_bytes: u64::try_from(i.size).unwrap_or(0),
                         containers: u64::try_from(i.containers).ok(),
                     };
@@ -2090,10 +2089,7 @@ fn summary_from(c: bollard::models::ContainerSummary) -> ContainerSummary {
         image: c.image.unwrap_or_default(),
         state: c.state.map(|s| s.to_string()).unwrap_or_default(),
         status: c.status.unwrap_or_default(),
-        created: c
-            .created
-            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        created: c.created.and_then(crate::when::rfc3339),
         compose_project: labels.get("com.docker.compose.project").cloned(),
         compose_service: labels.get("com.docker.compose.service").cloned(),
         ports,

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{LazyLock, Mutex, MutexGuard, OnceLock};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use schemars::JsonSchema;
@@ -20,8 +20,8 @@ use sysinfo::{
     ThreadKind, UpdateKind,
 };
 
-use super::procfs;
 use super::show::{percent, round1};
+use super::{lock, procfs};
 // `local::truncate_chars` is what the inventory tools call it.
 pub(crate) use super::show::cut as truncate_chars;
 use crate::tailnet::is_tailnet_ip;
@@ -571,11 +571,6 @@ static PROCESSES: LazyLock<Mutex<Sampled>> = LazyLock::new(|| {
 });
 static USERS: LazyLock<Mutex<UserNames>> = LazyLock::new(|| Mutex::new(UserNames::default()));
 static VIRTUALIZATION: OnceLock<Virtualization> = OnceLock::new();
-
-/// A poisoned lock only means another call panicked mid-refresh; the data is still usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// uid → name from `/etc/passwd`, reloaded when the file's mtime changes.
 #[derive(Default)]
@@ -1153,9 +1148,12 @@ fn read_trimmed(path: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// [`crate::when::rfc3339`] for the kernel's unsigned times, where 0 means "unknown".
 pub(crate) fn rfc3339(unix_seconds: u64) -> Option<String> {
-    let secs = i64::try_from(unix_seconds).ok().filter(|s| *s > 0)?;
-    chrono::DateTime::from_timestamp(secs, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    i64::try_from(unix_seconds)
+        .ok()
+        .filter(|s| *s > 0)
+        .and_then(crate::when::rfc3339)
 }
 
 fn millis(d: Duration) -> u64 {

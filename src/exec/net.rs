@@ -1043,10 +1043,10 @@ fn cert_info(der: &[u8], now: i64) -> Option<CertInfo> {
     })
 }
 
+/// [`crate::when::rfc3339`], or the number itself when it is out of range (a certificate may
+/// say anything).
 fn rfc3339(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| ts.to_string())
+    crate::when::rfc3339(ts).unwrap_or_else(|| ts.to_string())
 }
 
 /// A verifier that records the chain and accepts it; handshake signatures are still verified

@@ -403,7 +403,7 @@ impl<'a> Proxmox<'a> {
                     time.unwrap_or(i64::MAX),
                     Snapshot {
                         is_current: name == "current",
-                        created_at: time.and_then(rfc3339),
+                        created_at: time.and_then(crate::when::rfc3339),
                         description: str_of(s, "description").map(|d| d.trim_end().to_string()),
                         parent: str_of(s, "parent"),
                         includes_ram: u64_of(s, "vmstate") == Some(1),
@@ -570,10 +570,6 @@ fn percent(fraction: f64) -> f64 {
     (fraction * 10_000.0).round() / 100.0
 }
 
-fn rfc3339(epoch: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp(epoch, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-}
-
 /// A caller's string fit for an error message: at most 64 characters, no control characters.
 fn shown(s: &str) -> String {
     cut_after(
@@ -706,6 +702,5 @@ mod tests {
         assert_eq!(tags(&v).as_deref(), Some("web;prod"));
         assert_eq!(tags(&serde_json::json!({"tags": "a, b"})).as_deref(), Some("a;b"));
         assert_eq!(tags(&serde_json::json!({"tags": ""})), None);
-        assert_eq!(rfc3339(0).as_deref(), Some("1970-01-01T00:00:00Z"));
     }
 }

@@ -68,7 +68,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::timeout_at;
 
-use crate::exec::{CommandSpec, ExecError, Limits, Output, Secret};
+use crate::exec::{CommandSpec, ExecError, Limits, Output, Secret, lock};
+use crate::text::glob_match;
 
 /// How an `ssh` target is reached and trusted (embedded in the config's `[[target]]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -1425,7 +1426,8 @@ fn host_patterns_match(patterns: &str, name: &str) -> bool {
             Some(p) => (true, p),
             None => (false, pattern),
         };
-        if pattern.starts_with("|1|") || !wildcard_match(&pattern.to_ascii_lowercase(), name) {
+        // `*` any run of bytes, `?` any one byte (OpenSSH's `match_pattern`): the crate's glob.
+        if pattern.starts_with("|1|") || !glob_match(pattern.to_ascii_lowercase().as_bytes(), name.as_bytes()) {
             continue;
         }
         if negated {
@@ -1434,12 +1436,6 @@ fn host_patterns_match(patterns: &str, name: &str) -> bool {
         positive = true;
     }
     positive
-}
-
-/// `*` matches any run of bytes, `?` any one byte, everything else itself (as OpenSSH's
-/// `match_pattern`): the same glob as the file tools' deny patterns.
-fn wildcard_match(pattern: &str, text: &str) -> bool {
-    super::fs::glob_match(pattern.as_bytes(), text.as_bytes())
 }
 
 /// Trust on first use: append `[host]:port KEY` (the line russh would write) to known_hosts,
@@ -1541,10 +1537,6 @@ fn quote_command(words: &[&str]) -> Result<String, ExecError> {
 
 fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
-}
-
-fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -1665,7 +1657,11 @@ mod tests {
             ("**", "", true),
             ("", "x", false),
         ] {
-            assert_eq!(wildcard_match(pattern, text), want, "{pattern:?} vs {text:?}");
+            assert_eq!(
+                glob_match(pattern.as_bytes(), text.as_bytes()),
+                want,
+                "{pattern:?} vs {text:?}"
+            );
         }
         assert!(host_patterns_match("A,B,*.Example", "x.example"));
         assert!(!host_patterns_match("!x.example,*.example", "x.example"));
