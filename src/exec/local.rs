@@ -890,8 +890,7 @@ fn proxmox_ct_id_from_mountinfo(mountinfo: &str) -> Option<String> {
     // The last mount on `/` is the one in effect.
     let root = procfs::parse_mountinfo(mountinfo)
         .into_iter()
-        .filter(|m| m.mount_point == "/")
-        .last()?;
+        .rfind(|m| m.mount_point == "/")?;
     proxmox_volume_ct_id(&root.source).or_else(|| proxmox_volume_ct_id(&root.root))
 }
 
