@@ -53,6 +53,13 @@
 //!   retried: it may have run.
 //!
 //! It knows nothing about callers, policy or audit.
+//!
+//! Here: the settings, [`Ssh`] and its connection pool, shells and kills. `known_hosts` decides
+//! on host keys (and is the russh client handler); `channel` runs one command on a channel or in
+//! a persistent shell and collects its capped output (it uses `known_hosts`' handler type).
+
+mod channel;
+mod known_hosts;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -61,15 +68,20 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use russh::client;
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
-use russh::{ChannelMsg, Sig};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::timeout_at;
 
+use self::channel::{
+    Connection, OpenError, Raw, SHELL_START, SHELL_STATEFUL, Shell, collect, open_on, shell_collect, shell_script, wrap,
+};
+use self::known_hosts::{
+    Client, Handshake, Recorded, Verifier, handshake_error, host_key_order, known_hosts_name, recorded_keys,
+    ssh_failed, valid_sha256_pin,
+};
 use crate::exec::{CommandSpec, ExecError, Limits, Output, Secret, lock};
-use crate::text::glob_match;
 
 /// How an `ssh` target is reached and trusted (embedded in the config's `[[target]]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -382,43 +394,6 @@ struct Inner {
     /// Idle persistent shells, ready for the next command.
     shells: StdMutex<Vec<Shell>>,
     shells_started: AtomicU64,
-}
-
-struct Connection {
-    handle: client::Handle<Client>,
-    host_key_fingerprint: String,
-    server_version: String,
-    /// A duplicate of the TCP socket russh owns, only ever polled: it tells at once that the
-    /// server closed or reset the connection, even before russh's task has read that.
-    socket: std::os::fd::OwnedFd,
-}
-
-impl Connection {
-    /// False once the connection is known to be gone: russh ended it, or the peer's FIN or RST
-    /// already arrived. (A connection whose peer vanished without either looks alive.)
-    fn alive(&self) -> bool {
-        use std::os::fd::AsRawFd;
-        if self.handle.is_closed() {
-            return false;
-        }
-        let mut pfd = libc::pollfd {
-            fd: self.socket.as_raw_fd(),
-            events: libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for an fd we own; a zero timeout never blocks.
-        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
-        ready == 0 || pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) == 0
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // The duplicate keeps the socket open after russh dropped its end: close it for real.
-        // SAFETY: shutdown(2) on an fd we own.
-        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
-    }
 }
 
 impl Inner {
@@ -738,21 +713,26 @@ impl Inner {
         })
     }
 
+    /// The hash to sign with: for an RSA key, the best the server supports (`None` lets russh
+    /// choose); other key types have none.
+    async fn rsa_hash(&self, handle: &client::Handle<Client>, rsa: bool) -> Result<Option<HashAlg>, ExecError> {
+        if !rsa {
+            return Ok(None);
+        }
+        Ok(handle
+            .best_supported_rsa_hash()
+            .await
+            .map_err(|e| ssh_failed(&self.dest, e))?
+            .flatten())
+    }
+
     async fn authenticate(&self, handle: &mut client::Handle<Client>) -> Result<(), ExecError> {
         let s = &self.settings;
         let mut tried = Vec::new();
         if let Some(path) = &s.key_file {
             let key = load_key(path)?;
             let fingerprint = key.public_key().fingerprint(HashAlg::Sha256).to_string();
-            let hash = if key.algorithm().is_rsa() {
-                handle
-                    .best_supported_rsa_hash()
-                    .await
-                    .map_err(|e| ssh_failed(&self.dest, e))?
-                    .flatten()
-            } else {
-                None
-            };
+            let hash = self.rsa_hash(handle, key.algorithm().is_rsa()).await?;
             let result = handle
                 .authenticate_publickey(&s.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
                 .await
@@ -775,15 +755,7 @@ impl Inner {
                     continue;
                 };
                 let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-                let hash = if key.algorithm().is_rsa() {
-                    handle
-                        .best_supported_rsa_hash()
-                        .await
-                        .map_err(|e| ssh_failed(&self.dest, e))?
-                        .flatten()
-                } else {
-                    None
-                };
+                let hash = self.rsa_hash(handle, key.algorithm().is_rsa()).await?;
                 match handle.authenticate_publickey_with(&s.user, key, hash, &mut agent).await {
                     Ok(result) if result.success() => return Ok(()),
                     Ok(_) => tried.push(format!("agent key {fingerprint}")),
@@ -803,311 +775,8 @@ impl Inner {
     }
 }
 
-/// Open a session channel on `conn`, telling a dropped connection apart from a final error.
-async fn open_on(
-    conn: &Connection,
-    deadline: tokio::time::Instant,
-    timeout: Duration,
-) -> Result<russh::Channel<client::Msg>, OpenError> {
-    match timeout_at(deadline, conn.handle.channel_open_session()).await {
-        Err(_) => Err(OpenError::Final(ExecError::Timeout(timeout))),
-        Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(russh::Error::ChannelOpenFailure(reason))) => Err(OpenError::Final(ExecError::Refused(format!(
-            "the server refused a session channel ({reason:?}); is max_concurrent above sshd's MaxSessions (default 10)?"
-        )))),
-        Ok(Err(e)) => Err(OpenError::Dropped(e.to_string())),
-    }
-}
-
-enum OpenError {
-    /// The connection is gone; a new one may be tried.
-    Dropped(String),
-    Final(ExecError),
-}
-
-/// Send `command`, close stdin, and collect output until the channel closes or the deadline.
-async fn collect(
-    mut channel: russh::Channel<client::Msg>,
-    command: Vec<u8>,
-    cap: usize,
-    deadline: tokio::time::Instant,
-) -> Result<Raw, ExecError> {
-    let lost = |e: russh::Error| ExecError::Failed(format!("ssh channel failed: {e}"));
-    let wrapped = command.starts_with(MARKER_PREFIX);
-    channel.exec(true, command).await.map_err(lost)?;
-    channel.eof().await.map_err(lost)?;
-    let mut raw = Raw {
-        stdout: Capped::new(cap),
-        stderr: Capped::new(cap),
-        ..Raw::default()
-    };
-    // stderr is held back until the process-group marker has been seen (or cannot come any more).
-    let mut marker: Option<Vec<u8>> = wrapped.then(Vec::new);
-    let mut exited = false;
-    loop {
-        match timeout_at(deadline, channel.wait()).await {
-            Err(_) => {
-                // sshd `killpg`s the session's process group on a signal request.
-                let _ = channel.signal(Sig::KILL).await;
-                let _ = channel.close().await;
-                raw.timed_out = true;
-                raw.status = None;
-                break;
-            }
-            Ok(None) | Ok(Some(ChannelMsg::Close)) => break,
-            Ok(Some(msg)) => match msg {
-                ChannelMsg::Data { data } => raw.stdout.push(&data),
-                ChannelMsg::ExtendedData { data, ext: 1 } => match marker.as_mut() {
-                    None => raw.stderr.push(&data),
-                    Some(pending) => {
-                        pending.extend_from_slice(&data);
-                        if let Some((pgid, rest)) = take_marker(pending) {
-                            raw.pgid = Some(pgid);
-                            raw.stderr.push(&rest);
-                            marker = None;
-                        } else if pending.len() > MARKER_SEARCH_LIMIT {
-                            raw.stderr.push(pending);
-                            marker = None;
-                        }
-                    }
-                },
-                ChannelMsg::ExitStatus { exit_status } => {
-                    raw.status = i32::try_from(exit_status).ok();
-                    exited = true;
-                }
-                ChannelMsg::ExitSignal { .. } => exited = true,
-                ChannelMsg::Failure => {
-                    return Err(ExecError::Failed("the server refused to run the command".into()));
-                }
-                _ => {}
-            },
-        }
-    }
-    if let Some(pending) = marker {
-        raw.stderr.push(&pending);
-    }
-    if !raw.timed_out && !exited {
-        return Err(ExecError::Failed(
-            "the connection closed before the command finished".into(),
-        ));
-    }
-    Ok(raw)
-}
-
-#[derive(Default)]
-struct Raw {
-    stdout: Capped,
-    stderr: Capped,
-    status: Option<i32>,
-    timed_out: bool,
-    /// The remote session's process group, from the marker line.
-    pgid: Option<u32>,
-}
-
-/// A command on a channel of its own runs as `echo MARKER$$ >&2; COMMAND`: sshd makes the
-/// session's shell a session and process-group leader, so `$$` names the group to kill on
-/// timeout (what the shell starts stays in it). The marker line is removed from stderr.
-const MARKER: &str = "tailopsmcp-pgid:";
-const MARKER_PREFIX: &[u8] = b"echo tailopsmcp-pgid:";
-/// Startup noise (e.g. from a shell rc file) tolerated before the marker on stderr.
-const MARKER_SEARCH_LIMIT: usize = 64 * 1024;
 /// How long killing a timed-out command's process group may take.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn wrap(line: &str) -> Vec<u8> {
-    format!("echo {MARKER}$$ >&2; {line}").into_bytes()
-}
-
-/// Finds `MARKER<digits>\n` in `pending`; returns the pid and the bytes around the line.
-fn take_marker(pending: &[u8]) -> Option<(u32, Vec<u8>)> {
-    let start = pending.windows(MARKER.len()).position(|w| w == MARKER.as_bytes())?;
-    let digits_at = start + MARKER.len();
-    let end = digits_at + pending[digits_at..].iter().position(|&b| b == b'\n')?;
-    let pgid = std::str::from_utf8(&pending[digits_at..end]).ok()?.parse().ok()?;
-    let mut rest = pending[..start].to_vec();
-    rest.extend_from_slice(&pending[end + 1..]);
-    Some((pgid, rest))
-}
-
-/// A persistent `/bin/sh` on one session channel of a connection: commands are written to its
-/// stdin one at a time, each followed by end lines carrying a per-command random nonce, so a
-/// command costs no new channel, no fork of sshd's session child and no login-shell start-up.
-struct Shell {
-    conn: Arc<Connection>,
-    channel: russh::Channel<client::Msg>,
-    /// The shell's pid, which is also its process group (what a timeout kills).
-    pgid: u32,
-}
-
-impl Shell {
-    /// Still on a live connection and silent while idle (an idle shell that sent anything, an
-    /// EOF or a close, has ended or misbehaved).
-    fn usable(&mut self) -> bool {
-        use futures::FutureExt;
-        self.conn.alive() && self.channel.wait().now_or_never().is_none()
-    }
-
-    async fn discard(self) {
-        let _ = self.channel.close().await;
-    }
-}
-
-/// Programs that would change or end the persistent shell itself (its directory, environment,
-/// options, traps, limits) if run in it: they get a channel of their own.
-const SHELL_STATEFUL: &[&str] = &[
-    ".", ":", "alias", "bg", "break", "builtin", "cd", "command", "continue", "declare", "eval", "exec", "exit",
-    "export", "fg", "getopts", "hash", "jobs", "local", "logout", "read", "readonly", "return", "set", "shift",
-    "source", "times", "trap", "typeset", "ulimit", "umask", "unalias", "unset", "wait",
-];
-
-/// What a persistent shell's channel runs: the login shell replaces itself with a plain POSIX sh
-/// reading commands from the channel (same pid, so the same process group).
-const SHELL_START: &str = "exec /bin/sh";
-/// Start of the end lines: `END<nonce>:<status>\n` on stdout, `END<nonce>\n` on stderr.
-const SHELL_END: &str = "tailopsmcp-end-";
-
-/// One command for a persistent shell: stdin from `/dev/null` (a command must not read the
-/// following script), then the exit status and end lines. `line` is quoted words only.
-fn shell_script(line: &str, nonce: &str) -> bytes::Bytes {
-    format!("{{ {line}\n}} </dev/null; printf '{SHELL_END}{nonce}:%d\\n' \"$?\"; printf '{SHELL_END}{nonce}\\n' >&2\n")
-        .into()
-}
-
-/// Reads one command's output from a persistent shell until both end lines arrived.
-async fn shell_collect(
-    channel: &mut russh::Channel<client::Msg>,
-    nonce: &str,
-    cap: usize,
-    deadline: tokio::time::Instant,
-) -> Result<Raw, ExecError> {
-    let end = format!("{SHELL_END}{nonce}");
-    let mut out = UntilEnd::new(&end, cap);
-    let mut err = UntilEnd::new(&end, cap);
-    let mut raw = Raw::default();
-    while !(out.line().is_some() && err.line().is_some()) {
-        match timeout_at(deadline, channel.wait()).await {
-            Err(_) => {
-                raw.timed_out = true;
-                break;
-            }
-            Ok(Some(ChannelMsg::Data { data })) => out.push(&data),
-            Ok(Some(ChannelMsg::ExtendedData { data, ext: 1 })) => err.push(&data),
-            Ok(Some(ChannelMsg::WindowAdjusted { .. } | ChannelMsg::Success)) => {}
-            Ok(Some(ChannelMsg::Failure)) => {
-                return Err(ExecError::Failed("the server refused to start a shell".into()));
-            }
-            Ok(Some(_)) | Ok(None) => {
-                return Err(ExecError::Failed(
-                    "the remote shell ended before the command finished".into(),
-                ));
-            }
-        }
-    }
-    if !raw.timed_out {
-        let status = out.line().and_then(|l| l.strip_prefix(b":"));
-        raw.status = status
-            .and_then(|s| std::str::from_utf8(s).ok())
-            .and_then(|s| s.parse().ok());
-        if raw.status.is_none() {
-            return Err(ExecError::Failed("the remote shell sent a malformed end line".into()));
-        }
-    }
-    raw.stdout = out.into_kept();
-    raw.stderr = err.into_kept();
-    Ok(raw)
-}
-
-/// One stream of a persistent shell: bytes before the end marker go to a [`Capped`]; the rest of
-/// the end line is kept apart.
-struct UntilEnd {
-    end: Vec<u8>,
-    kept: Capped,
-    /// Bytes that may be the start of the end marker.
-    pending: Vec<u8>,
-    /// Bytes after the marker, once it was seen.
-    after: Option<Vec<u8>>,
-}
-
-impl UntilEnd {
-    fn new(end: &str, cap: usize) -> UntilEnd {
-        UntilEnd {
-            end: end.as_bytes().to_vec(),
-            kept: Capped::new(cap),
-            pending: Vec::new(),
-            after: None,
-        }
-    }
-
-    fn push(&mut self, data: &[u8]) {
-        if let Some(after) = self.after.as_mut() {
-            after.extend_from_slice(data);
-            return;
-        }
-        self.pending.extend_from_slice(data);
-        let n = self.end.len();
-        if let Some(at) = self.pending.windows(n).position(|w| w == self.end.as_slice()) {
-            self.kept.push(&self.pending[..at]);
-            self.after = Some(self.pending[at + n..].to_vec());
-            self.pending.clear();
-        } else if self.pending.len() >= n {
-            let safe = self.pending.len() - (n - 1);
-            self.kept.push(&self.pending[..safe]);
-            self.pending.drain(..safe);
-        }
-    }
-
-    /// What the command wrote: before the marker, or everything when it never came (timeout).
-    fn into_kept(mut self) -> Capped {
-        self.kept.push(&self.pending);
-        self.kept
-    }
-
-    /// The rest of the end line (without its newline), once it is complete.
-    fn line(&self) -> Option<&[u8]> {
-        let after = self.after.as_deref()?;
-        let newline = after.iter().position(|&b| b == b'\n')?;
-        Some(&after[..newline])
-    }
-}
-
-/// One output stream: the first `cap` bytes, and a count of the rest.
-#[derive(Default)]
-struct Capped {
-    kept: Vec<u8>,
-    dropped: u64,
-    cap: usize,
-}
-
-impl Capped {
-    fn new(cap: usize) -> Capped {
-        Capped {
-            kept: Vec::new(),
-            dropped: 0,
-            cap,
-        }
-    }
-
-    fn push(&mut self, data: &[u8]) {
-        let room = self.cap.saturating_sub(self.kept.len());
-        let take = room.min(data.len());
-        self.kept.extend_from_slice(&data[..take]);
-        self.dropped += (data.len() - take) as u64;
-    }
-
-    /// The kept bytes as text and how many bytes were cut in all: when the cap split a UTF-8
-    /// sequence, the partial sequence is cut too. Other invalid bytes become U+FFFD. A cut stream
-    /// ends with the same marker line as the local process executor's (`\n[… N bytes cut]`).
-    fn into_text(self) -> (String, u64) {
-        let (mut text, trimmed) = into_text(self.kept, self.dropped > 0);
-        let cut = self.dropped + trimmed;
-        if cut > 0 {
-            text.push_str(&cut_marker(cut));
-        }
-        (text, cut)
-    }
-}
-
-use super::process::cut_marker;
 
 /// How tools run commands on an SSH target: a program on the target's sudo allow-list runs
 /// under `sudo -n` (what `sudo = { allow = [...] }` promises), anything else as the login user.
@@ -1116,357 +785,6 @@ impl super::remote::Runner for Ssh {
         let sudo = matches!(&self.inner.settings.sudo, SudoPolicy::Allow(programs) if programs.contains(&cmd.program));
         Box::pin(Ssh::run(self, cmd, sudo))
     }
-}
-
-/// Returns the text and how many trailing bytes were trimmed.
-fn into_text(mut bytes: Vec<u8>, was_cut: bool) -> (String, u64) {
-    let mut trimmed = 0;
-    if was_cut
-        && let Err(e) = std::str::from_utf8(&bytes)
-        && e.error_len().is_none()
-    {
-        trimmed = (bytes.len() - e.valid_up_to()) as u64;
-        bytes.truncate(e.valid_up_to());
-    }
-    match String::from_utf8(bytes) {
-        Ok(s) => (s, trimmed),
-        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), trimmed),
-    }
-}
-
-/// What the handshake learned, read after it.
-#[derive(Default, Clone)]
-struct Handshake {
-    fingerprint: String,
-    server_version: String,
-}
-
-struct Client {
-    verifier: Verifier,
-    state: Arc<StdMutex<Handshake>>,
-}
-
-#[derive(Debug)]
-enum ClientError {
-    Ssh(russh::Error),
-    HostKey(String),
-}
-
-impl From<russh::Error> for ClientError {
-    fn from(e: russh::Error) -> Self {
-        ClientError::Ssh(e)
-    }
-}
-
-impl client::Handler for Client {
-    type Error = ClientError;
-
-    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            return Err(ClientError::HostKey(format!(
-                "{} presented a host certificate; host certificates are not supported",
-                self.verifier.dest
-            )));
-        };
-        lock(&self.state).fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        self.verifier.verify(key).map_err(ClientError::HostKey)?;
-        Ok(true)
-    }
-
-    async fn kex_done(
-        &mut self,
-        _shared_secret: Option<&[u8]>,
-        _names: &russh::Names,
-        session: &mut client::Session,
-    ) -> Result<(), Self::Error> {
-        let mut state = lock(&self.state);
-        if state.server_version.is_empty() {
-            state.server_version = String::from_utf8_lossy(session.remote_sshid()).trim().to_string();
-        }
-        Ok(())
-    }
-}
-
-/// The host-key decision for one connection attempt.
-struct Verifier {
-    dest: String,
-    host: String,
-    port: u16,
-    known_hosts: Option<PathBuf>,
-    /// What `known_hosts` says about this host, read before connecting.
-    recorded: Recorded,
-    pin: Option<String>,
-    tofu: bool,
-    target_id: String,
-}
-
-impl Verifier {
-    fn verify(&self, presented: &PublicKey) -> Result<(), String> {
-        let fp = presented.fingerprint(HashAlg::Sha256).to_string();
-        let algo = presented.algorithm().to_string();
-        if let Some(pin) = &self.pin
-            && *pin != fp
-        {
-            return Err(format!(
-                "HOST KEY MISMATCH for {}: the server presents {algo} {fp} but host_key_fingerprint pins {pin}. \
-                 Someone may be intercepting the connection (man-in-the-middle), or the host was reinstalled. \
-                 Refusing to connect; update the pin only after verifying the new fingerprint out of band",
-                self.dest
-            ));
-        }
-        let Some(path) = &self.known_hosts else {
-            return Ok(()); // pinned and matched
-        };
-        if self
-            .recorded
-            .revoked
-            .iter()
-            .any(|k| k.key_data() == presented.key_data())
-        {
-            return Err(format!(
-                "host key {algo} {fp} of {} is marked @revoked in {}; refusing to connect",
-                self.dest,
-                path.display()
-            ));
-        }
-        match host_key_status(presented, &self.recorded.entries) {
-            KeyStatus::Known => Ok(()),
-            KeyStatus::Changed(recorded) => {
-                let was = recorded
-                    .iter()
-                    .map(|(line, key)| {
-                        format!("{} {} (line {line})", key.algorithm(), key.fingerprint(HashAlg::Sha256))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                Err(format!(
-                    "HOST KEY CHANGED for {}: the server presents {algo} {fp} but {} records {was}. \
-                     Someone may be intercepting the connection (man-in-the-middle), or the host was reinstalled. \
-                     Refusing to connect; replace the entry only after verifying the new fingerprint out of band",
-                    self.dest,
-                    path.display()
-                ))
-            }
-            KeyStatus::Unknown if self.pin.is_some() => Ok(()), // the pin matched
-            KeyStatus::Unknown if self.tofu => {
-                append_known_host(path, &self.host, self.port, presented).map_err(|e| {
-                    format!(
-                        "trust_on_first_use: cannot record the host key in {}: {e}",
-                        path.display()
-                    )
-                })?;
-                tracing::warn!(
-                    target_id = %self.target_id, dest = %self.dest, key = %format!("{algo} {fp}"),
-                    known_hosts = %path.display(),
-                    "trust on first use: accepted an unknown SSH host key and recorded it"
-                );
-                Ok(())
-            }
-            KeyStatus::Unknown => Err(format!(
-                "host key for {} is not in known_hosts {} (the server presents {algo} {fp}); add it after \
-                 verifying the fingerprint out of band, or pin it with host_key_fingerprint",
-                self.dest,
-                path.display()
-            )),
-        }
-    }
-}
-
-#[derive(Debug, PartialEq)]
-enum KeyStatus {
-    Known,
-    /// The host has entries, none with the presented key (of any type: a server that has a
-    /// recorded type is asked for it first, see [`host_key_order`]).
-    Changed(Vec<(usize, PublicKey)>),
-    /// No entry at all for the host: the only case trust on first use may accept.
-    Unknown,
-}
-
-/// A recorded key equal to the presented one → known; otherwise any entry for the host, whatever
-/// its key type → changed (stricter than OpenSSH, which calls a key of a new type unknown: a
-/// man-in-the-middle offering only another type must not pass as a first contact); no entry →
-/// unknown.
-fn host_key_status(presented: &PublicKey, recorded: &[(usize, PublicKey)]) -> KeyStatus {
-    if recorded.iter().any(|(_, k)| k.key_data() == presented.key_data()) {
-        KeyStatus::Known
-    } else if recorded.is_empty() {
-        KeyStatus::Unknown
-    } else {
-        KeyStatus::Changed(recorded.to_vec())
-    }
-}
-
-fn is_rsa(a: &russh::keys::Algorithm) -> bool {
-    matches!(a, russh::keys::Algorithm::Rsa { .. })
-}
-
-/// Host key algorithms to offer: those recorded for the host first (so a server with several
-/// host keys presents one we know), then the rest of russh's default order.
-fn host_key_order(recorded: &[(usize, PublicKey)]) -> Vec<russh::keys::Algorithm> {
-    let defaults = russh::Preferred::default().key.into_owned();
-    let known = |a: &russh::keys::Algorithm| {
-        recorded.iter().any(|(_, k)| {
-            let r = k.algorithm();
-            r == *a || (is_rsa(&r) && is_rsa(a))
-        })
-    };
-    let mut order: Vec<_> = defaults.iter().filter(|a| known(a)).cloned().collect();
-    order.extend(defaults.iter().filter(|a| !known(a)).cloned());
-    order
-}
-
-/// What a known_hosts file says about one host.
-#[derive(Default, Debug)]
-struct Recorded {
-    /// `(line, key)` entries for this host.
-    entries: Vec<(usize, PublicKey)>,
-    /// Keys on `@revoked` lines.
-    revoked: Vec<PublicKey>,
-    /// Lines whose host field is hashed (matched by russh's reader).
-    hashed_lines: Vec<usize>,
-}
-
-/// The known_hosts entries for `host:port`. A missing file is an error unless trusting on first
-/// use (which creates it).
-///
-/// Plain host lines are read here, as OpenSSH reads them: fields separated by any run of spaces
-/// or tabs, host names compared case-insensitively, comma-separated patterns with `*` and `?`
-/// wildcards and `!` negation. Hashed names (`|1|salt|hmac`) are matched by russh's reader
-/// against the lowercased name (as ssh hashes it); it splits fields on single spaces, which is
-/// how ssh and `ssh-keygen -H` write them. A line naming this host whose key cannot be parsed is
-/// an error (it must not be skipped into "no entry", which would allow trust on first use).
-fn recorded_keys(host: &str, port: u16, path: &Path, tofu: bool) -> Result<Recorded, ExecError> {
-    match std::fs::metadata(path) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && tofu => return Ok(Recorded::default()),
-        Err(e) => {
-            return Err(ExecError::HostVerification(format!(
-                "cannot read known_hosts {}: {e}",
-                path.display()
-            )));
-        }
-    }
-    let unreadable = |e: &dyn std::fmt::Display| {
-        ExecError::HostVerification(format!("cannot read known_hosts {}: {e}", path.display()))
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| unreadable(&e))?;
-    let lower = host.to_ascii_lowercase();
-    let mut recorded = parse_known_hosts(&text, &known_hosts_name(&lower, port)).map_err(|e| unreadable(&e))?;
-    if recorded.hashed_lines.is_empty() {
-        return Ok(recorded);
-    }
-    let hashed = russh::keys::known_hosts::known_host_keys_path(&lower, port, path).map_err(|e| unreadable(&e))?;
-    // russh numbers entries without counting `#` comment lines; report the file's own line numbers.
-    let physical: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.starts_with('#'))
-        .map(|(i, _)| i + 1)
-        .collect();
-    for (n, key) in hashed {
-        // Plain lines russh also matched are already in (read above, by OpenSSH's rules).
-        if let Some(&line) = physical.get(n.wrapping_sub(1))
-            && recorded.hashed_lines.contains(&line)
-            && !recorded.entries.iter().any(|(l, _)| *l == line)
-        {
-            recorded.entries.push((line, key));
-        }
-    }
-    recorded.entries.sort_by_key(|(line, _)| *line);
-    Ok(recorded)
-}
-
-/// The plain (unhashed) entries of known_hosts `text` for `name` (`host` or `[host]:port`,
-/// lowercased), the `@revoked` keys, and the lines with hashed host names (left to russh).
-/// `@cert-authority` lines are skipped: host certificates are not supported.
-fn parse_known_hosts(text: &str, name: &str) -> Result<Recorded, String> {
-    let mut recorded = Recorded::default();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        let mut fields = line.split_whitespace();
-        let Some(hosts) = fields.next() else { continue };
-        if hosts.starts_with('#') {
-            continue;
-        }
-        if hosts == "@revoked" {
-            // `@revoked PATTERNS TYPE KEY`: refused for every host (the pattern is not consulted).
-            if let Some(key) = fields
-                .nth(2)
-                .and_then(|b64| russh::keys::parse_public_key_base64(b64).ok())
-            {
-                recorded.revoked.push(key);
-            }
-            continue;
-        }
-        if hosts.starts_with('@') {
-            continue;
-        }
-        if hosts.split(',').any(|p| p.starts_with("|1|")) {
-            recorded.hashed_lines.push(n);
-        }
-        if !host_patterns_match(hosts, name) {
-            continue;
-        }
-        let key = fields
-            .nth(1)
-            .and_then(|b64| russh::keys::parse_public_key_base64(b64).ok())
-            .ok_or_else(|| format!("line {n} names {name} but its key cannot be parsed"))?;
-        recorded.entries.push((n, key));
-    }
-    Ok(recorded)
-}
-
-/// OpenSSH's rule for a known_hosts host field: some pattern of the comma-separated list matches
-/// `name` and no negated (`!`) one does; case-insensitive, with `*` and `?` wildcards. Hashed
-/// patterns never match here.
-fn host_patterns_match(patterns: &str, name: &str) -> bool {
-    let mut positive = false;
-    for pattern in patterns.split(',') {
-        let (negated, pattern) = match pattern.strip_prefix('!') {
-            Some(p) => (true, p),
-            None => (false, pattern),
-        };
-        // `*` any run of bytes, `?` any one byte (OpenSSH's `match_pattern`): the crate's glob.
-        if pattern.starts_with("|1|") || !glob_match(pattern.to_ascii_lowercase().as_bytes(), name.as_bytes()) {
-            continue;
-        }
-        if negated {
-            return false;
-        }
-        positive = true;
-    }
-    positive
-}
-
-/// Trust on first use: append `[host]:port KEY` (the line russh would write) to known_hosts,
-/// created with mode 0600, and make sure it reached the disk before the key counts as recorded.
-fn append_known_host(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    let key = key.to_openssh().map_err(std::io::Error::other)?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)?;
-    let mut line = String::new();
-    let mut last = [0u8; 1];
-    if file.seek(SeekFrom::End(-1)).is_ok() {
-        file.read_exact(&mut last)?;
-        if last[0] != b'\n' {
-            line.push('\n');
-        }
-    }
-    line.push_str(&format!(
-        "{} {key}\n",
-        known_hosts_name(&host.to_ascii_lowercase(), port)
-    ));
-    file.write_all(line.as_bytes())?;
-    file.sync_all()
 }
 
 /// Load a private key file. Errors name the file, never its contents.
@@ -1484,37 +802,6 @@ fn load_key(path: &Path) -> Result<russh::keys::PrivateKey, ExecError> {
             path.display()
         )),
     })
-}
-
-fn handshake_error(dest: &str, e: ClientError) -> ExecError {
-    match e {
-        ClientError::HostKey(msg) => ExecError::HostVerification(msg),
-        ClientError::Ssh(russh::Error::NoCommonAlgo { kind, .. }) => {
-            ExecError::Failed(format!("{dest}: no common {kind:?} algorithm with the server"))
-        }
-        ClientError::Ssh(e @ (russh::Error::IO(_) | russh::Error::Disconnect | russh::Error::HUP)) => {
-            ExecError::Unreachable(format!("{dest}: connection closed during the SSH handshake ({e})"))
-        }
-        ClientError::Ssh(e) => ssh_failed(dest, e),
-    }
-}
-
-fn ssh_failed(dest: &str, e: russh::Error) -> ExecError {
-    ExecError::Failed(format!("{dest}: ssh: {e}"))
-}
-
-/// `host` for port 22, `[host]:port` otherwise (the known_hosts spelling).
-fn known_hosts_name(host: &str, port: u16) -> String {
-    if port == 22 {
-        host.to_string()
-    } else {
-        format!("[{host}]:{port}")
-    }
-}
-
-fn valid_sha256_pin(pin: &str) -> bool {
-    pin.strip_prefix("SHA256:")
-        .is_some_and(|b64| b64.len() == 43 && b64.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/'))
 }
 
 /// Quote every word for a POSIX shell: `'...'` with each `'` written as `'\''`. NUL cannot be
@@ -1543,14 +830,6 @@ fn millis(d: Duration) -> f64 {
 mod tests {
     use super::*;
 
-    fn key(b64: &str) -> PublicKey {
-        russh::keys::parse_public_key_base64(b64).unwrap()
-    }
-
-    const ED_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
-    const ED_B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G1sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X";
-    const ECDSA: &str = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBCCMZaMYIfJnE0f9S58a4ImwRJo0qEt+UseMVmVC0jVgROeExFXJGLs3ZYjSD9fnEWHKm2giltXy5cTWTkw8+1w=";
-
     #[test]
     fn quoting_keeps_every_word_literal() {
         fn check(words: &[&str], expected: &str) {
@@ -1565,222 +844,6 @@ mod tests {
         );
         check(&["echo", "back\\slash\nnewline"], "'echo' 'back\\slash\nnewline'");
         assert!(matches!(quote_command(&["echo", "a\0b"]), Err(ExecError::Refused(_))));
-    }
-
-    #[test]
-    fn process_group_marker_is_taken_out_of_stderr() {
-        assert_eq!(wrap("'true'"), b"echo tailopsmcp-pgid:$$ >&2; 'true'".to_vec());
-        assert!(wrap("x").starts_with(MARKER_PREFIX));
-        assert_eq!(take_marker(b"tailopsmcp-pgid:123\nerr"), Some((123, b"err".to_vec())));
-        assert_eq!(
-            take_marker(b"rc noise\ntailopsmcp-pgid:7\n"),
-            Some((7, b"rc noise\n".to_vec()))
-        );
-        assert_eq!(take_marker(b"tailopsmcp-pgid:12"), None); // incomplete: wait for more
-    }
-
-    #[test]
-    fn host_key_status_refuses_any_other_key_for_a_recorded_host() {
-        let (a, b) = (key(ED_A), key(ED_B));
-        assert_eq!(host_key_status(&a, &[(1, a.clone())]), KeyStatus::Known);
-        assert_eq!(
-            host_key_status(&a, &[(3, b.clone())]),
-            KeyStatus::Changed(vec![(3, b.clone())])
-        );
-        assert_eq!(host_key_status(&a, &[(1, b.clone()), (2, a.clone())]), KeyStatus::Known);
-        assert_eq!(host_key_status(&a, &[]), KeyStatus::Unknown);
-        // Only a key of another type is recorded: changed, not unknown (no trust on first use).
-        let ecdsa = key(ECDSA);
-        assert_eq!(
-            host_key_status(&a, &[(2, ecdsa.clone())]),
-            KeyStatus::Changed(vec![(2, ecdsa.clone())])
-        );
-        assert_eq!(
-            host_key_status(&ecdsa, &[(1, a.clone())]),
-            KeyStatus::Changed(vec![(1, a)])
-        );
-    }
-
-    #[test]
-    fn known_hosts_lines_are_read_as_openssh_reads_them() {
-        let name = "[server.example]:2222";
-        let parse = |text: &str| parse_known_hosts(text, name).unwrap();
-        let lines = |text: &str| parse(text).entries.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-        // Exact, other case, tabs and several spaces, in a list, wildcards.
-        assert_eq!(lines(&format!("[server.example]:2222 ssh-ed25519 {ED_A}\n")), [1]);
-        assert_eq!(
-            lines(&format!("[Server.EXAMPLE]:2222 ssh-ed25519 {ED_A} comment\n")),
-            [1]
-        );
-        assert_eq!(
-            lines(&format!("# c\n\n  [server.example]:2222\tssh-ed25519  {ED_A}\n")),
-            [3]
-        );
-        assert_eq!(lines(&format!("other,[server.example]:2222 ssh-ed25519 {ED_A}\n")), [1]);
-        assert_eq!(lines(&format!("[*.example]:2222 ssh-ed25519 {ED_A}\n")), [1]);
-        assert_eq!(lines(&format!("[server.exampl?]:* ssh-ed25519 {ED_A}\n")), [1]);
-        assert_eq!(lines(&format!("* ssh-ed25519 {ED_A}\n")), [1]);
-        // Not this host: another port, the name without its port, a negated match, a comment.
-        assert!(lines(&format!("[server.example]:22 ssh-ed25519 {ED_A}\n")).is_empty());
-        assert!(lines(&format!("server.example ssh-ed25519 {ED_A}\n")).is_empty());
-        assert!(lines(&format!("*,![server.example]:2222 ssh-ed25519 {ED_A}\n")).is_empty());
-        assert!(lines(&format!("#[server.example]:2222 ssh-ed25519 {ED_A}\n")).is_empty());
-        assert!(lines(&format!("@cert-authority * ssh-ed25519 {ED_A}\n")).is_empty());
-        // @revoked keys are collected whatever the pattern; hashed lines are noted for russh.
-        let r = parse(&format!(
-            "@revoked\tnowhere ssh-ed25519 {ED_B}\n|1|x|y ssh-ed25519 {ED_A}\n"
-        ));
-        assert_eq!(
-            (r.entries.len(), r.revoked, r.hashed_lines),
-            (0, vec![key(ED_B)], vec![2])
-        );
-        // A line for this host with a key that cannot be read is an error, not "no entry".
-        let err = parse_known_hosts("[server.example]:2222 ssh-ed25519 AAAAnotakey\n", name).unwrap_err();
-        assert!(err.contains("line 1"), "{err}");
-        assert!(parse_known_hosts("[server.example]:2222\n", name).is_err());
-        assert!(parse_known_hosts("elsewhere ssh-ed25519 AAAAnotakey\n", name).is_ok());
-    }
-
-    #[test]
-    fn wildcards_match_like_openssh() {
-        for (pattern, text, want) in [
-            ("abc", "abc", true),
-            ("abc", "abd", false),
-            ("a*", "a", true),
-            ("*c", "abc", true),
-            ("a*c", "abbbc", true),
-            ("a*c", "abbbd", false),
-            ("a?c", "abc", true),
-            ("a?c", "ac", false),
-            ("*.*.example", "x.y.example", true),
-            ("*a*b", "xaxxab", true),
-            ("**", "", true),
-            ("", "x", false),
-        ] {
-            assert_eq!(
-                glob_match(pattern.as_bytes(), text.as_bytes()),
-                want,
-                "{pattern:?} vs {text:?}"
-            );
-        }
-        assert!(host_patterns_match("A,B,*.Example", "x.example"));
-        assert!(!host_patterns_match("!x.example,*.example", "x.example"));
-        assert!(host_patterns_match("!y.example,*.example", "x.example"));
-        assert!(!host_patterns_match("!x.example", "x.example"));
-    }
-
-    #[test]
-    fn recorded_keys_reads_plain_and_hashed_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("known_hosts");
-        // The hashed line is russh's own test entry for example.com (port 22).
-        let hashed = "|1|O33ESRMWPVkMYIwJ1Uw+n877jTo=|nuuC5vEqXlEZ/8BXQR7m619W6Ak= ssh-ed25519 \
-                      AAAAC3NzaC1lZDI1NTE5AAAAILIG2T/B0l0gaqj3puu510tu9N1OkQ4znY3LYuEm5zCF";
-        std::fs::write(
-            &path,
-            format!("# comment\nEXAMPLE.com\tssh-ed25519 {ED_A}\n{hashed}\nother ssh-ed25519 {ED_B}\n"),
-        )
-        .unwrap();
-        let r = recorded_keys("Example.Com", 22, &path, false).unwrap();
-        let lines: Vec<usize> = r.entries.iter().map(|(n, _)| *n).collect();
-        assert_eq!(lines, [2, 3], "{r:?}");
-        assert_eq!(r.entries[0].1, key(ED_A));
-        let r = recorded_keys("other", 22, &path, false).unwrap();
-        assert_eq!(r.entries, [(4, key(ED_B))]);
-        assert!(
-            recorded_keys("example.com", 2222, &path, false)
-                .unwrap()
-                .entries
-                .is_empty()
-        );
-        // A missing file: an error, unless trusting on first use (which creates it).
-        let missing = dir.path().join("missing");
-        assert!(recorded_keys("h", 22, &missing, false).is_err());
-        assert!(recorded_keys("h", 22, &missing, true).unwrap().entries.is_empty());
-    }
-
-    #[test]
-    fn trust_on_first_use_appends_a_synced_line() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub").join("known_hosts");
-        append_known_host(&path, "Host.Example", 2222, &key(ED_A)).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, format!("[host.example]:2222 ssh-ed25519 {ED_A}\n"));
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        // A file without a final newline gets one before the new line; port 22 is the bare name.
-        std::fs::write(&path, "x ssh-ed25519 AAAA").unwrap();
-        append_known_host(&path, "h", 22, &key(ED_B)).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, format!("x ssh-ed25519 AAAA\nh ssh-ed25519 {ED_B}\n"));
-        assert_eq!(parse_known_hosts(&text, "h").unwrap().entries, [(2, key(ED_B))]);
-        // A write that cannot happen is an error, not a silent success.
-        assert!(append_known_host(dir.path(), "h", 22, &key(ED_A)).is_err());
-        assert!(append_known_host(Path::new("/dev/full"), "h", 22, &key(ED_A)).is_err());
-    }
-
-    #[test]
-    fn known_host_algorithms_come_first() {
-        let order = host_key_order(&[]);
-        assert_eq!(order, russh::Preferred::default().key.into_owned());
-        let ed = key(ED_A);
-        assert_eq!(host_key_order(&[(1, ed)])[0], russh::keys::Algorithm::Ed25519);
-        // Only ECDSA recorded: asked for first, so a server that also has it presents it.
-        let order = host_key_order(&[(1, key(ECDSA))]);
-        assert_eq!(
-            order[0],
-            russh::keys::Algorithm::Ecdsa {
-                curve: russh::keys::EcdsaCurve::NistP256
-            }
-        );
-        assert_eq!(order.len(), russh::Preferred::default().key.len());
-    }
-
-    #[test]
-    fn end_marker_is_found_across_chunks() {
-        let end = "tailopsmcp-end-abc";
-        let stream = b"out\ntailopsmcp-end-a line\npartial tailopsmcp-end-abc:42\n";
-        for split in 1..stream.len() {
-            let mut u = UntilEnd::new(end, 1024);
-            for chunk in stream.chunks(split) {
-                u.push(chunk);
-            }
-            assert_eq!(u.line(), Some(&b":42"[..]), "chunks of {split}");
-            let kept = u.into_kept().kept;
-            assert_eq!(kept, b"out\ntailopsmcp-end-a line\npartial ", "chunks of {split}");
-        }
-        // No marker yet: nothing is lost, and the end line is not complete.
-        let mut u = UntilEnd::new(end, 1024);
-        u.push(b"no end tailopsmcp-end-ab");
-        assert_eq!(u.line(), None);
-        assert_eq!(u.into_kept().kept, b"no end tailopsmcp-end-ab");
-        // The cap counts what the command wrote, not the end line.
-        let mut u = UntilEnd::new(end, 4);
-        u.push(b"0123456789tailopsmcp-end-abc:0\n");
-        let kept = u.into_kept();
-        assert_eq!((kept.kept.as_slice(), kept.dropped), (&b"0123"[..], 6));
-    }
-
-    #[test]
-    fn output_cap_counts_and_keeps_utf8_whole() {
-        let mut c = Capped::new(4);
-        c.push(b"ab");
-        c.push(b"cdef");
-        assert_eq!((c.kept.as_slice(), c.dropped), (&b"abcd"[..], 2));
-        // "aé" is 3 bytes; a cap of 2 splits the é: the partial byte is trimmed.
-        assert_eq!(into_text("aé".as_bytes()[..2].to_vec(), true), ("a".to_string(), 1));
-        assert_eq!(into_text(b"ok".to_vec(), false), ("ok".to_string(), 0));
-        let mut c = Capped::new(2);
-        c.push("aé".as_bytes());
-        assert_eq!(c.into_text(), ("a\n[… 2 bytes cut]".to_string(), 2));
-        let mut c = Capped::new(3);
-        c.push("aé".as_bytes());
-        assert_eq!(
-            c.into_text(),
-            ("aé".to_string(), 0),
-            "exactly at the cap: nothing cut, no marker"
-        );
     }
 
     #[test]
