@@ -6,12 +6,10 @@ use std::collections::VecDeque;
 
 use bollard::query_parameters::LogsOptionsBuilder;
 use futures::StreamExt;
-use schemars::JsonSchema;
-use serde::Deserialize;
 
 use super::containers::short_id;
 use super::engine::Docker;
-use super::model::{LogLine, LogStream, Logs};
+use super::model::{LogLine, LogQuery, LogStream, Logs};
 use super::refs::validate_ref;
 use crate::exec::ExecError;
 
@@ -20,49 +18,6 @@ pub const MAX_TAIL: usize = 100_000;
 
 /// Longest `grep` pattern accepted, in bytes.
 pub const MAX_GREP_LEN: usize = 1024;
-
-/// Which log lines to return.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LogQuery {
-    /// How many of the most recent lines to read (1..=100000; default 100).
-    #[serde(default = "default_tail")]
-    pub tail: usize,
-    /// Only lines logged at or after this time (Unix seconds).
-    #[serde(default)]
-    pub since: Option<i64>,
-    /// Keep only the lines (of those read) that contain this text (case-sensitive).
-    #[serde(default)]
-    pub grep: Option<String>,
-    /// Treat `grep` as a regular expression (Rust `regex` syntax: linear time, no
-    /// backreferences) instead of plain text.
-    #[serde(default)]
-    pub regex: bool,
-    /// Most bytes of line text to return (default 64 KiB; the target's output cap applies too);
-    /// the oldest lines are dropped first.
-    #[serde(default = "default_max_bytes")]
-    pub max_bytes: usize,
-}
-
-impl Default for LogQuery {
-    fn default() -> Self {
-        LogQuery {
-            tail: default_tail(),
-            since: None,
-            grep: None,
-            regex: false,
-            max_bytes: default_max_bytes(),
-        }
-    }
-}
-
-fn default_tail() -> usize {
-    100
-}
-
-fn default_max_bytes() -> usize {
-    64 * 1024
-}
 
 impl Docker {
     /// The last `q.tail` lines of stdout and stderr (since `q.since`), filtered by `q.grep`, the

@@ -40,9 +40,9 @@ mod update;
 
 pub use containers::{env_key_is_secret, redact_env};
 pub use engine::{DEFAULT_ENDPOINT, Docker, DockerSettings};
-pub use logs::{LogQuery, MAX_GREP_LEN, MAX_TAIL};
+pub use logs::{MAX_GREP_LEN, MAX_TAIL};
 pub use model::{
-    ActionResult, ContainerDetails, ContainerState, ContainerSummary, EngineInfo, EnvVar, ImageInfo, LogLine,
+    ActionResult, ContainerDetails, ContainerState, ContainerSummary, EngineInfo, EnvVar, ImageInfo, LogLine, LogQuery,
     LogStream, Logs, Mount, Network, NetworkInfo, PortMapping, PullResult, REDACTED, RemoveResult, RestartPolicy,
     Stats, UpdateReport, VolumeInfo,
 };

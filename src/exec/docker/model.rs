@@ -1,10 +1,11 @@
-//! What the operations return: curated serde + schemars types (bollard's models never leave
-//! `exec::docker`). Plain data; the conversions from bollard's models sit with the operations.
+//! What the operations take and return: curated serde + schemars types (bollard's models never
+//! leave `exec::docker`). Plain data; the conversions from bollard's models and the checks of
+//! a [`LogQuery`] sit with the operations.
 
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::plan::ApiCall;
 
@@ -195,6 +196,49 @@ pub struct RemoveResult {
     pub volumes_removed: Vec<String>,
     /// Volumes the container used that are still there (named volumes are never removed).
     pub volumes_kept: Vec<String>,
+}
+
+/// Which log lines to return.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// How many of the most recent lines to read (1..=100000; default 100).
+    #[serde(default = "default_tail")]
+    pub tail: usize,
+    /// Only lines logged at or after this time (Unix seconds).
+    #[serde(default)]
+    pub since: Option<i64>,
+    /// Keep only the lines (of those read) that contain this text (case-sensitive).
+    #[serde(default)]
+    pub grep: Option<String>,
+    /// Treat `grep` as a regular expression (Rust `regex` syntax: linear time, no
+    /// backreferences) instead of plain text.
+    #[serde(default)]
+    pub regex: bool,
+    /// Most bytes of line text to return (default 64 KiB; the target's output cap applies too);
+    /// the oldest lines are dropped first.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+}
+
+impl Default for LogQuery {
+    fn default() -> Self {
+        LogQuery {
+            tail: default_tail(),
+            since: None,
+            grep: None,
+            regex: false,
+            max_bytes: default_max_bytes(),
+        }
+    }
+}
+
+fn default_tail() -> usize {
+    100
+}
+
+fn default_max_bytes() -> usize {
+    64 * 1024
 }
 
 /// Log lines, oldest first, and what was cut.
