@@ -43,11 +43,7 @@ pub fn system_status() -> SystemStatus {
         };
         (cpu, memory, swap)
     };
-    let os = ["/etc/os-release", "/usr/lib/os-release"]
-        .iter()
-        .find_map(|p| fs::read_to_string(p).ok())
-        .map(|s| parse_os_release(&s))
-        .unwrap_or_default();
+    let os = os_info();
     let load = System::load_average();
     SystemStatus {
         hostname: System::host_name(),
@@ -73,11 +69,7 @@ pub fn system_status() -> SystemStatus {
 pub fn identity() -> Identity {
     Identity {
         hostname: System::host_name(),
-        os: ["/etc/os-release", "/usr/lib/os-release"]
-            .iter()
-            .find_map(|p| fs::read_to_string(p).ok())
-            .map(|s| parse_os_release(&s))
-            .unwrap_or_default(),
+        os: os_info(),
         kernel: System::kernel_version(),
         arch: System::cpu_arch(),
         virtualization: virtualization(),
@@ -230,6 +222,15 @@ pub(crate) fn select_disks(raw: Vec<RawDisk>) -> Vec<DiskStatus> {
         .collect();
     out.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
     out
+}
+
+/// This host's OS, from `/etc/os-release` (or `/usr/lib/os-release`).
+fn os_info() -> OsInfo {
+    ["/etc/os-release", "/usr/lib/os-release"]
+        .iter()
+        .find_map(|p| fs::read_to_string(p).ok())
+        .map(|s| parse_os_release(&s))
+        .unwrap_or_default()
 }
 
 /// `/etc/os-release`: `KEY=value` lines, values optionally quoted with `"` or `'` and

@@ -72,6 +72,16 @@ pub(super) enum OpenError {
     Final(ExecError),
 }
 
+impl OpenError {
+    /// The error to report when no other connection is tried.
+    pub(super) fn into_error(self, dest: &str) -> ExecError {
+        match self {
+            OpenError::Final(e) => e,
+            OpenError::Dropped(why) => ExecError::Unreachable(format!("{dest}: connection dropped: {why}")),
+        }
+    }
+}
+
 /// Send `command`, close stdin, and collect output until the channel closes or the deadline.
 pub(super) async fn collect(
     mut channel: russh::Channel<client::Msg>,

@@ -293,16 +293,9 @@ impl Ssh {
         let connect_ms = millis(started.elapsed());
         let t = Instant::now();
         let _permit = self.inner.permit(deadline).await?;
-        let channel = match open_on(&conn, deadline, self.inner.limits.timeout).await {
-            Ok(channel) => channel,
-            Err(OpenError::Final(e)) => return Err(e),
-            Err(OpenError::Dropped(why)) => {
-                return Err(ExecError::Unreachable(format!(
-                    "{}: connection dropped: {why}",
-                    self.inner.dest
-                )));
-            }
-        };
+        let channel = open_on(&conn, deadline, self.inner.limits.timeout)
+            .await
+            .map_err(|e| e.into_error(&self.inner.dest))?;
         let raw = collect(channel, wrap("true"), 64, deadline).await?;
         if raw.timed_out {
             return Err(ExecError::Timeout(self.inner.limits.timeout));
@@ -444,10 +437,7 @@ impl Inner {
                     self.invalidate(&conn).await;
                     tracing::debug!(target_id = %self.target_id, %why, "ssh connection dropped; reconnecting");
                     if attempt >= 2 {
-                        return Err(ExecError::Unreachable(format!(
-                            "{}: connection dropped: {why}",
-                            self.dest
-                        )));
+                        return Err(OpenError::Dropped(why).into_error(&self.dest));
                     }
                 }
             }
@@ -508,16 +498,9 @@ impl Inner {
             Err(e) => return Err(e),
         }
         let conn = self.connect(deadline).await?;
-        let channel = match open_on(&conn, deadline, KILL_TIMEOUT).await {
-            Ok(channel) => channel,
-            Err(OpenError::Final(e)) => return Err(e),
-            Err(OpenError::Dropped(why)) => {
-                return Err(ExecError::Unreachable(format!(
-                    "{}: connection dropped: {why}",
-                    self.dest
-                )));
-            }
-        };
+        let channel = open_on(&conn, deadline, KILL_TIMEOUT)
+            .await
+            .map_err(|e| e.into_error(&self.dest))?;
         collect(channel, line.as_bytes().to_vec(), 1024, deadline).await
     }
 
