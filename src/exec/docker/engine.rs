@@ -480,90 +480,34 @@ mod tests {
 
     #[test]
     fn settings() {
+        let plain = |endpoint: &str| DockerSettings {
+            insecure_plain_tcp: true,
+            ..tcp(endpoint)
+        };
         check_settings(DockerSettings::default(), Ok("unix /var/run/docker.sock"));
         check_settings(tcp("unix:///run/x.sock"), Ok("unix /run/x.sock"));
         check_settings(tcp("unix://run/x.sock"), Err("must be absolute"));
         check_settings(tcp("tcp://10.0.0.5:2376"), Err("plain tcp:// is refused"));
+        check_settings(plain("tcp://10.0.0.5:2375"), Ok("plain 10.0.0.5:2375"));
+        check_settings(plain("tcp://h"), Ok("plain h:2375"));
         check_settings(
-            DockerSettings {
-                insecure_plain_tcp: true,
-                ..tcp("tcp://10.0.0.5:2375")
-            },
-            Ok("plain 10.0.0.5:2375"),
-        );
-        check_settings(
-            DockerSettings {
-                insecure_plain_tcp: true,
-                ..tcp("tcp://h")
-            },
-            Ok("plain h:2375"),
-        );
-        check_settings(
-            DockerSettings {
-                insecure_plain_tcp: true,
-                ..tcp("tcp://[fd7a:115c:a1e0::1]:2375/")
-            },
+            plain("tcp://[fd7a:115c:a1e0::1]:2375/"),
             Ok("plain [fd7a:115c:a1e0::1]:2375"),
         );
-        check_settings(
-            DockerSettings {
-                insecure_plain_tcp: true,
-                ..tcp("tcp://h:2375/v1.41")
-            },
-            Err("expected tcp://"),
-        );
-        check_settings(
-            DockerSettings {
-                insecure_plain_tcp: true,
-                ..tcp("tcp://u@h:2375")
-            },
-            Err("expected tcp://"),
-        );
-        check_settings(
-            DockerSettings {
-                insecure_plain_tcp: true,
-                ..tcp("tcp://")
-            },
-            Err("expected tcp://"),
-        );
-        check_settings(
-            DockerSettings {
-                insecure_plain_tcp: true,
-                ..tcp("tcp://h:0")
-            },
-            Err("port 0"),
-        );
+        check_settings(plain("tcp://h:2375/v1.41"), Err("expected tcp://"));
+        check_settings(plain("tcp://u@h:2375"), Err("expected tcp://"));
+        check_settings(plain("tcp://"), Err("expected tcp://"));
+        check_settings(plain("tcp://h:0"), Err("port 0"));
         check_settings(tcp("http://h:2375"), Err("expected unix:///PATH or tcp://HOST:PORT"));
         check_settings(tcp("/var/run/docker.sock"), Err("expected unix:///PATH"));
-        check_settings(
-            DockerSettings {
-                insecure_plain_tcp: true,
-                ..DockerSettings::default()
-            },
-            Err("apply to tcp:// endpoints only"),
-        );
-        check_settings(
-            DockerSettings {
-                tls_ca: Some("/nonexistent/ca.pem".into()),
-                ..DockerSettings::default()
-            },
-            Err("apply to tcp:// endpoints only"),
-        );
-        check_settings(
-            DockerSettings {
-                insecure_plain_tcp: true,
-                tls_ca: Some("/nonexistent/ca.pem".into()),
-                ..tcp("tcp://h:2376")
-            },
-            Err("contradicts"),
-        );
-        check_settings(
-            DockerSettings {
-                tls_ca: Some("/nonexistent/ca.pem".into()),
-                ..tcp("tcp://h:2376")
-            },
-            Err("tls_ca /nonexistent/ca.pem"),
-        );
+        check_settings(plain(DEFAULT_ENDPOINT), Err("apply to tcp:// endpoints only"));
+        let ca = |s: DockerSettings| DockerSettings {
+            tls_ca: Some("/nonexistent/ca.pem".into()),
+            ..s
+        };
+        check_settings(ca(DockerSettings::default()), Err("apply to tcp:// endpoints only"));
+        check_settings(ca(plain("tcp://h:2376")), Err("contradicts"));
+        check_settings(ca(tcp("tcp://h:2376")), Err("tls_ca /nonexistent/ca.pem"));
     }
 
     #[test]
