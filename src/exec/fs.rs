@@ -233,30 +233,8 @@ pub fn valid_pattern(pattern: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `*` and `?` glob matching over bytes (iterative, linear backtracking on the last `*`).
-pub fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
-    let (mut p, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == name[n]) {
-            p += 1;
-            n += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, n));
-            p += 1;
-        } else if let Some((sp, sn)) = star {
-            p = sp + 1;
-            n = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    while p < pattern.len() && pattern[p] == b'*' {
-        p += 1;
-    }
-    p == pattern.len()
-}
+/// The crate's one glob (`*`, `?`), under the name the file tools have always used.
+pub use crate::text::glob_match;
 
 /// Configured roots and deny patterns of one toolset (`files` or `logs`).
 #[derive(Debug, Clone)]

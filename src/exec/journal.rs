@@ -9,6 +9,7 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use super::show::cut;
 use super::{CommandSpec, ExecError, Limits};
 
 /// The journal fields requested (`__REALTIME_TIMESTAMP` always comes).
@@ -178,10 +179,7 @@ pub fn parse_line(line: &str) -> Option<Entry> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let obj = v.as_object()?;
     let text = |key: &str| field_text(obj.get(key)?);
-    let time = text("__REALTIME_TIMESTAMP")
-        .and_then(|t| t.parse::<i64>().ok())
-        .and_then(chrono::DateTime::from_timestamp_micros)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    let time = text("__REALTIME_TIMESTAMP").and_then(|t| realtime(&t));
     let about_unit = text("UNIT");
     Some(Entry {
         time,
@@ -192,6 +190,16 @@ pub fn parse_line(line: &str) -> Option<Entry> {
         message: cut(&text("MESSAGE").unwrap_or_default(), MAX_MESSAGE_CHARS),
         about_unit,
     })
+}
+
+/// A `__REALTIME_TIMESTAMP` (microseconds since the epoch, as text) as RFC 3339 UTC with
+/// microseconds; `None` when it is not such a number.
+pub fn realtime(micros: &str) -> Option<String> {
+    micros
+        .parse::<i64>()
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
 /// A journal JSON field: a string, an array of bytes (non-UTF-8 data) or, for a field that
@@ -205,16 +213,6 @@ fn field_text(v: &serde_json::Value) -> Option<String> {
         }
         serde_json::Value::Array(items) => items.first().and_then(field_text),
         _ => None,
-    }
-}
-
-fn cut(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut o: String = s.chars().take(max - 1).collect();
-        o.push('…');
-        o
     }
 }
 

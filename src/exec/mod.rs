@@ -25,6 +25,7 @@ pub mod process;
 pub mod procfs;
 pub mod proxmox;
 pub mod remote;
+mod show;
 pub mod ssh;
 pub mod systemd;
 
@@ -93,7 +94,7 @@ static SECRET_ENV: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::ne
 
 /// Keep the variable `name` (a secret) out of child processes' environments.
 pub fn hide_env_from_children(name: &str) {
-    let mut names = SECRET_ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let mut names = lock(&SECRET_ENV);
     if !names.iter().any(|n| n == name) {
         names.push(name.to_string());
     }
@@ -101,7 +102,12 @@ pub fn hide_env_from_children(name: &str) {
 
 /// The variables [`hide_env_from_children`] was given.
 pub(crate) fn env_hidden_from_children() -> Vec<String> {
-    SECRET_ENV.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    lock(&SECRET_ENV).clone()
+}
+
+/// A poisoned lock only means another call panicked while holding it; the data is still usable.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Where a secret (key, token) comes from. Secrets are read when needed and never logged,

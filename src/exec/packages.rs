@@ -25,7 +25,7 @@ pub const MANAGERS: &[(&str, &str)] = &[
 /// versions (`pkg=1.0`), paths and options are refused, and so is a trailing `-`: to
 /// `apt-get install`, `NAME-` means *remove* NAME (no real package name ends in `-`).
 pub fn validate_package(name: &str) -> Result<(), String> {
-    let shown = super::systemd::shown(name);
+    let shown = super::show::shown(name);
     if name.len() < 2 || name.len() > 128 {
         return Err(format!("package name `{shown}` must be 2 to 128 characters"));
     }

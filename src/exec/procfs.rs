@@ -372,7 +372,7 @@ impl MountUsage {
             total_bytes: total,
             used_bytes: used,
             available_bytes: available,
-            used_percent: super::local::percent(used, used.saturating_add(available)),
+            used_percent: super::show::percent(used, used.saturating_add(available)),
             inodes_total,
             inodes_used,
         }
@@ -425,6 +425,8 @@ pub fn parse_diskstats(text: &str) -> HashMap<String, DiskIo> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
     pub dev: String,
+    /// The path inside the source file system that is mounted (field 4).
+    pub root: String,
     pub mount_point: String,
     pub mount_options: String,
     pub fs_type: String,
@@ -442,19 +444,76 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let mut right = right.split(' ');
             Some(MountEntry {
                 dev: left.get(2)?.to_string(),
-                mount_point: super::local::unescape_mount(left.get(4)?),
+                root: unescape_mount(left.get(3)?),
+                mount_point: unescape_mount(left.get(4)?),
                 mount_options: left.get(5)?.to_string(),
                 fs_type: right.next()?.to_string(),
-                source: super::local::unescape_mount(right.next()?),
+                source: unescape_mount(right.next()?),
                 super_options: right.next().unwrap_or("").to_string(),
             })
         })
         .collect()
 }
 
+/// Decode the `\NNN` octal escapes the kernel uses for space, tab, newline and backslash.
+pub fn unescape_mount(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut n = 0;
+    while n < bytes.len() {
+        if bytes[n] == b'\\'
+            && let Some(digits) = bytes.get(n + 1..n + 4)
+            && digits.iter().all(|d| (b'0'..=b'7').contains(d))
+        {
+            let value = digits.iter().fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            if let Ok(v) = u8::try_from(value) {
+                out.push(v);
+                n += 4;
+                continue;
+            }
+        }
+        out.push(bytes[n]);
+        n += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// File system types that do not hold user data (kept only when mounted at `/`).
+pub const PSEUDO_FS: &[&str] = &[
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "efivarfs",
+    "fuse.gvfsd-fuse",
+    "fuse.lxcfs",
+    "fuse.portal",
+    "fusectl",
+    "hugetlbfs",
+    "mqueue",
+    "nsfs",
+    "overlay",
+    "proc",
+    "pstore",
+    "ramfs",
+    "rootfs",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "sysfs",
+    "tmpfs",
+    "tracefs",
+];
+
 /// Whether a mount is listed by default: storage, not kernel or runtime pseudo file systems.
 pub fn is_storage_mount(m: &MountEntry) -> bool {
-    m.mount_point == "/" || !super::local::PSEUDO_FS.contains(&m.fs_type.as_str())
+    m.mount_point == "/" || !PSEUDO_FS.contains(&m.fs_type.as_str())
 }
 
 /// `df -a -B1 --output=size,used,avail,itotal,iused,target` → usage by mount point (the
@@ -750,6 +809,26 @@ mod tests {
         assert!(r.mounts[1].read_only);
         let all = assemble_disks(&parts, &stats, &files, &mounts, &usage, true, 1);
         assert_eq!((all.mounts_total, all.mounts.len(), all.devices.len()), (3, 1, 1));
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        let m =
+            parse_mountinfo("36 35 98:0 /my\\040dir /mnt/with\\040space\\134x rw - ext3 /dev/root rw\nbroken line\n");
+        assert_eq!(
+            m,
+            vec![MountEntry {
+                dev: "98:0".to_string(),
+                root: "/my dir".to_string(),
+                mount_point: "/mnt/with space\\x".to_string(),
+                mount_options: "rw".to_string(),
+                fs_type: "ext3".to_string(),
+                source: "/dev/root".to_string(),
+                super_options: "rw".to_string(),
+            }]
+        );
+        assert_eq!(unescape_mount("a\\09b\\"), "a\\09b\\");
+        assert_eq!(unescape_mount("é\\011"), "é\t");
     }
 
     #[test]

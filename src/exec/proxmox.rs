@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::ExecError;
 use super::http::Http;
+use super::show::cut_after;
 
 /// Smallest and largest vmid Proxmox accepts.
 pub const VMID_MIN: i64 = 100;
@@ -402,7 +403,7 @@ impl<'a> Proxmox<'a> {
                     time.unwrap_or(i64::MAX),
                     Snapshot {
                         is_current: name == "current",
-                        created_at: time.and_then(rfc3339),
+                        created_at: time.and_then(crate::when::rfc3339),
                         description: str_of(s, "description").map(|d| d.trim_end().to_string()),
                         parent: str_of(s, "parent"),
                         includes_ram: u64_of(s, "vmstate") == Some(1),
@@ -472,9 +473,9 @@ impl<'a> Proxmox<'a> {
             Value::Object(o) => o
                 .get("errors")
                 .or_else(|| o.get("message"))
-                .map(|e| format!(": {}", shorten(&e.to_string(), 300)))
+                .map(|e| format!(": {}", cut_after(&e.to_string(), 300)))
                 .unwrap_or_default(),
-            Value::String(s) if !s.trim().is_empty() => format!(": {}", shorten(s.trim(), 300)),
+            Value::String(s) if !s.trim().is_empty() => format!(": {}", cut_after(s.trim(), 300)),
             _ => String::new(),
         };
         match r.status {
@@ -569,23 +570,9 @@ fn percent(fraction: f64) -> f64 {
     (fraction * 10_000.0).round() / 100.0
 }
 
-fn rfc3339(epoch: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp(epoch, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-}
-
-fn shorten(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(max).collect();
-        out.push('…');
-        out
-    }
-}
-
 /// A caller's string fit for an error message: at most 64 characters, no control characters.
 fn shown(s: &str) -> String {
-    shorten(
+    cut_after(
         &s.chars()
             .map(|c| if c.is_control() { '�' } else { c })
             .collect::<String>(),
@@ -715,6 +702,5 @@ mod tests {
         assert_eq!(tags(&v).as_deref(), Some("web;prod"));
         assert_eq!(tags(&serde_json::json!({"tags": "a, b"})).as_deref(), Some("a;b"));
         assert_eq!(tags(&serde_json::json!({"tags": ""})), None);
-        assert_eq!(rfc3339(0).as_deref(), Some("1970-01-01T00:00:00Z"));
     }
 }

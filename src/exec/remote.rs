@@ -15,6 +15,7 @@ use super::local::{
     self, CpuStatus, Interface, InterfaceAddress, InterfaceCounters, LoadAverage, MemoryStatus, ProcessInfo,
     ProcessList, ProcessSort, RawDisk, SwapStatus, SystemStatus, VirtInputs,
 };
+use super::show::{cut, percent, round1};
 use super::{CommandSpec, ExecError, Limits, Output, procfs};
 use crate::tailnet::is_tailnet_ip;
 
@@ -128,7 +129,7 @@ pub async fn system_status(r: &dyn Runner) -> Result<SystemStatus, ExecError> {
                 .find(|l| l.starts_with("model name"))
                 .and_then(|l| l.split_once(':'))
                 .map(|(_, v)| v.trim().to_string()),
-            usage_percent: local::round1(usage),
+            usage_percent: round1(usage),
             sample_ms: CPU_SAMPLE.as_millis() as u64,
         },
         memory: MemoryStatus {
@@ -427,12 +428,12 @@ fn parse_ps(
                 ppid,
                 uid,
                 user: uid.and_then(|u| users.get(&u).cloned()),
-                command: local::truncate_chars(&crate::secrets::redact_command_line(&args), local::MAX_COMMAND_CHARS),
+                command: cut(&crate::secrets::redact_command_line(&args), local::MAX_COMMAND_CHARS),
                 name,
                 state: state_name(&stat),
-                cpu_percent: local::round1(pcpu),
+                cpu_percent: round1(pcpu),
                 memory_bytes,
-                memory_percent: local::percent(memory_bytes, mem_total),
+                memory_percent: percent(memory_bytes, mem_total),
                 started_at: local::rfc3339(now.saturating_sub(etimes)),
                 run_time_seconds: etimes,
             })

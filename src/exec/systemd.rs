@@ -13,6 +13,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::remote::Runner;
+// `systemd::cut` and `systemd::shown` are what the services tools call them.
+pub use super::show::{cut, shown};
 use super::{CommandSpec, ExecError, Output};
 
 /// Unit type suffixes systemd knows.
@@ -116,7 +118,7 @@ impl Glob {
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        glob_match(self.0.as_bytes(), name.as_bytes())
+        crate::text::glob_match(self.0.as_bytes(), name.as_bytes())
     }
 
     /// The pattern as an anchored JavaScript regular expression (for the polkit rule).
@@ -136,31 +138,6 @@ impl Glob {
         re.push('$');
         re
     }
-}
-
-fn glob_match(p: &[u8], s: &[u8]) -> bool {
-    // Iterative matcher with backtracking to the last `*`: linear in practice, no recursion.
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
 }
 
 /// Whether `unit` matches one of `allowed`.
@@ -380,10 +357,7 @@ pub fn parse_journal(text: &str) -> Vec<JournalLine> {
                 }
                 _ => String::new(),
             };
-            let time = field("__REALTIME_TIMESTAMP")
-                .and_then(|t| t.parse::<i64>().ok())
-                .and_then(chrono::DateTime::from_timestamp_micros)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+            let time = field("__REALTIME_TIMESTAMP").and_then(|t| super::journal::realtime(&t));
             JournalLine {
                 time,
                 priority: field("PRIORITY").and_then(|p| p.parse().ok()),
@@ -724,22 +698,6 @@ fn stdout_ok(out: Output, what: &str) -> Result<String, ExecError> {
         ))),
         _ => Err(ExecError::Failed(explain_systemctl(&out, what))),
     }
-}
-
-/// At most `max` characters, `…` marking a cut.
-pub fn cut(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-        out.push('…');
-        out
-    }
-}
-
-/// A name as shown in an error: at most 64 characters, control characters escaped.
-pub fn shown(raw: &str) -> String {
-    cut(&raw.escape_debug().to_string(), 64)
 }
 
 #[cfg(test)]
