@@ -334,7 +334,11 @@ impl McpServer {
             None => format!("malformed params for `{method}`"),
         };
         if let Some(rec) = rec {
-            self.shared.audit.refuse(rec.denied(message.clone())).await.map_err(audit_failed)?;
+            self.shared
+                .audit
+                .refuse(rec.denied(message.clone()))
+                .await
+                .map_err(audit_failed)?;
         }
         Err(ErrorData::invalid_params(message, None))
     }

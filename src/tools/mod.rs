@@ -88,20 +88,13 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
 
 /// A tool as the server runs it: its spec, the target kinds it works on, and its handler. Every
 /// tool is built by [`tool`] from a [`Declaration`] and a typed handler; nothing else implements
-/// this trait outside tests.
+/// this trait.
 pub trait Tool: Send + Sync {
     fn spec(&self) -> &ToolSpec;
     /// The target kinds it works on (a [`Declaration`]'s `kinds`). The call pipeline checks a
     /// call's targets against them before the handler runs; a tool no configured target
     /// supports is not offered ([`for_targets`]).
-    #[cfg(not(test))]
     fn kinds(&self) -> &'static [Kind];
-    /// In this crate's unit tests only, test doubles that implement `Tool` by hand (`mcp`'s
-    /// gate tests) may leave it out; every tool built by [`tool`] declares its own.
-    #[cfg(test)]
-    fn kinds(&self) -> &'static [Kind] {
-        ANY_KIND
-    }
     fn call(&self, ctx: ToolContext, args: JsonObject) -> BoxFuture<'_, Result<ToolOutput, ToolError>>;
     fn supports(&self, kind: Kind) -> bool {
         self.kinds().contains(&kind)
