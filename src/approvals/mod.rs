@@ -6,8 +6,8 @@
 //! [`ApprovalView`]), approval ids, the canonical form and hash of a call's arguments, and the
 //! sealed `requestState` of a confirmation on protocol 2026-07-28 ([`Sealer`]).
 //!
-//! Does not: run SQL (its [`Store`] handle goes to `store::approvals`), write audit rows (the `mcp` layer records every step, with both identities in the
-//! reason), run tools (the `mcp` layer runs the dry run whose plan is stored here), or decide
+//! Does not: run SQL (its [`Store`] handle goes to `store::approvals`), write audit rows (the `call` pipeline records every step, with both identities in the
+//! reason), run tools (the `call` pipeline runs the dry run whose plan is stored here), or decide
 //! scopes (`policy` does; the approvals tools need `approvals:read` / `approvals:control`).
 //!
 //! **Invariant:** an approval is decided once, by a principal other than its requester, and is

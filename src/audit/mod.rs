@@ -7,7 +7,7 @@
 //! retention pruning with checkpoints ([`Auditor::prune`]), the journald mirror, and the queries,
 //! renderings and SIEM export ([`export_jsonl`]) the CLI uses.
 //!
-//! Does not: decide anything (policy does), run tools, or get called by tools (the `mcp` layer
+//! Does not: decide anything (policy does), run tools, or get called by tools (the `call` pipeline
 //! records around them). It never drops a record silently: every write either resolves after
 //! its transaction committed or returns an error the caller must act on (refuse the action).
 //!

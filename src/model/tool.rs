@@ -66,7 +66,7 @@ pub enum Requirement {
     /// Any caller holding at least one grant (used by `whoami`).
     AnyGrant,
     /// This scope on every target of each record the tool shows or changes (the approvals
-    /// tools: a request names its own targets). The call names no target; the `mcp` layer
+    /// tools: a request names its own targets). The call names no target; the `call` pipeline
     /// admits it when the caller holds the scope on some target, and the tool checks each
     /// record with [`ToolContext::may`].
     Across(Scope),

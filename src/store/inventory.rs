@@ -7,7 +7,7 @@
 //! never touch rusqlite. Where the process holds no `Store` on the file (the CLI, a test
 //! reading a server's file), a write opens one for the call, and a read opens the file
 //! read-only for the call and never creates or migrates it. Does not: detect anything (that is
-//! `exec::inventory`), check who may write (the `mcp` layer did), or write audit rows.
+//! `exec::inventory`), check who may write (the `call` pipeline did), or write audit rows.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,9 +1,11 @@
-//! The tool catalog: each tool is declared as data ([`ToolSpec`]: name, scope, risk, required
-//! annotations, schemas) next to its handler, one file per toolset.
+//! The tool catalog, one file per toolset. Every tool is made one way: [`tool`] from a
+//! [`Declaration`] (name, words for clients, requirement, risk, annotations, target kinds) and a
+//! handler of typed arguments returning a typed [`Output`]; the schemas come from those types.
 //!
 //! Tools do not touch bollard, russh, reqwest or rusqlite: they call `exec` for anything that
-//! reaches the system, and never write audit rows (the `mcp` layer does that around them).
-//! Filtering (policy, read-only mode) happens in one place, `mcp`; a tool never checks scopes.
+//! reaches the system, and never write audit rows (the `call` pipeline does that around them).
+//! Authorization and the target-kind check happen in one place, the `call` pipeline; a tool
+//! never checks scopes or kinds. `[tools]` filtering is [`select`], once at start-up.
 
 pub mod approvals;
 pub mod containers;

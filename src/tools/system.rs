@@ -3,7 +3,7 @@
 //!
 //! Tools here parse and validate arguments, call `exec::local` inside `spawn_blocking` (or
 //! `exec::remote` over SSH), and render a compact text next to the structured result. They never
-//! read `/proc` or `/sys` themselves, never check scopes (the `mcp` layer does), and never write
+//! read `/proc` or `/sys` themselves, never check scopes (the `call` pipeline does), and never write
 //! audit rows.
 
 use std::fmt::Write as _;

@@ -8,7 +8,7 @@
 //! They are declared for `docker` targets only, so the call pipeline refuses a `local` or `ssh`
 //! target rather than guess at an engine (one on this host is a `[[target]]` of kind `docker`
 //! with its socket as endpoint).
-//! They never touch bollard, never check scopes (the `mcp` layer does) and never write audit rows.
+//! They never touch bollard, never check scopes (the `call` pipeline does) and never write audit rows.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
