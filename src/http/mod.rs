@@ -457,7 +457,7 @@ async fn audit_refusal(
 ) {
     let session = session.map(str::to_string);
     let rec = match caller {
-        Some(c) => mcp::record_for(c, session, "http"),
+        Some(c) => Record::request(c, session, "http"),
         None => {
             let mut r = Record::new();
             r.method = "http".into();

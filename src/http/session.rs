@@ -359,7 +359,7 @@ impl Sessions {
         else {
             return;
         };
-        let mut rec = crate::mcp::record_for(caller, Some(session.to_string()), "tools/call");
+        let mut rec = crate::audit::Record::request(caller, Some(session.to_string()), "tools/call");
         rec.tool = Some(call.params.name.to_string());
         rec.arguments = call.params.arguments.clone().map(serde_json::Value::Object);
         if let Err(e) = auditor.refuse(rec.denied(reason.to_string())).await {

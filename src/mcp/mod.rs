@@ -133,11 +133,6 @@ const SERVED_METHODS: &[&str] = {
     ]
 };
 
-/// An audit record carrying the caller's identity (the HTTP layer's rows use it too).
-pub fn record_for(caller: &Caller, session: Option<String>, method: &str) -> Record {
-    Record::request(caller, session, method)
-}
-
 fn to_mcp_tool(t: &dyn Tool) -> McpTool {
     let s = t.spec();
     let fans_out = matches!(s.requires, Requirement::Scope(_));
@@ -304,7 +299,7 @@ impl McpServer {
             "tools/call" => {
                 let why = serde_json::from_value::<CallToolRequestParams>(params.clone()).err();
                 let (caller, session) = request_facts(&ctx)?;
-                let mut rec = record_for(&caller, session, "tools/call");
+                let mut rec = Record::request(&caller, session, "tools/call");
                 rec.tool = field("name");
                 rec.arguments = params.get("arguments").cloned();
                 (why, Some(rec))
@@ -312,7 +307,7 @@ impl McpServer {
             "resources/read" => {
                 let why = serde_json::from_value::<rmcp::model::ReadResourceRequestParams>(params.clone()).err();
                 let (caller, session) = request_facts(&ctx)?;
-                let mut rec = record_for(&caller, session, "resources/read");
+                let mut rec = Record::request(&caller, session, "resources/read");
                 rec.arguments = Some(serde_json::json!({ "uri": params.get("uri") }));
                 (why, Some(rec))
             }
@@ -416,7 +411,7 @@ impl McpServer {
         let (caller, session) = request_facts(&ctx)?;
         let shared = &self.shared;
         let uri: String = request.uri.chars().take(512).collect();
-        let mut rec = record_for(&caller, session, "resources/read");
+        let mut rec = Record::request(&caller, session, "resources/read");
         rec.arguments = Some(serde_json::json!({ "uri": uri }));
         let effective = shared.effective(&caller);
         let which = Which::parse(&request.uri);
