@@ -52,34 +52,3 @@ pub trait Client: Send + Sync {
     /// Resolves when the client cancels the call (or its session ends).
     fn cancelled(&self) -> BoxFuture<'_, ()>;
 }
-
-/// A client that can do nothing: no progress token, no elicitation, no sampling (the CLI, and
-/// tools run outside MCP).
-pub struct NoClient;
-
-impl Client for NoClient {
-    fn stateless(&self) -> bool {
-        false
-    }
-    fn can_elicit(&self) -> bool {
-        false
-    }
-    fn can_sample(&self) -> bool {
-        false
-    }
-    fn has_progress_token(&self) -> bool {
-        false
-    }
-    fn progress(&self, _: f64, _: Option<f64>, _: String) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn confirm(&self, _: String, _: Duration) -> BoxFuture<'_, Result<Reply, String>> {
-        Box::pin(async { Err("the client cannot ask its user".to_string()) })
-    }
-    fn sample(&self, _: String, _: String, _: u32, _: Duration) -> BoxFuture<'_, Result<Sampled, String>> {
-        Box::pin(async { Err("the client did not declare the sampling capability".to_string()) })
-    }
-    fn cancelled(&self) -> BoxFuture<'_, ()> {
-        Box::pin(std::future::pending())
-    }
-}

@@ -7,7 +7,7 @@ mod scope;
 mod target;
 mod tool;
 
-pub use client::{Client, NoClient, Reply, Sampled};
+pub use client::{Client, Reply, Sampled};
 pub use identity::{Caller, IdentitySource, Reresolve, host_identity};
 pub use scope::{Area, BUNDLES, Level, Scope, expand};
 pub use target::{Kind, LOCAL};

@@ -18,10 +18,7 @@ pub enum Risk {
 }
 
 impl Risk {
-    /// Every level, lowest first.
-    pub const ALL: [Risk; 4] = [Risk::Low, Risk::Moderate, Risk::High, Risk::Critical];
-
-    /// The level's position in [`Risk::ALL`] (tables indexed by risk).
+    /// The level's position, lowest first (tables indexed by risk).
     pub const fn index(self) -> usize {
         self as usize
     }
